@@ -1,0 +1,394 @@
+//! A deployment: `ai_deploy_model`'s arguments checked into one value, and the same value
+//! rebuilt from the catalog when a function calls the model.
+
+use crate::error::AiError;
+use crate::params::{self, Phase};
+use crate::registry::{self, ModelSpec};
+use crate::retry::RetryPolicy;
+use crate::secret::KeySource;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    Beijing,
+    Singapore,
+    Virginia,
+}
+
+impl Region {
+    pub const ALL: [Region; 3] = [Region::Beijing, Region::Singapore, Region::Virginia];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Region::Beijing => "beijing",
+            Region::Singapore => "singapore",
+            Region::Virginia => "virginia",
+        }
+    }
+
+    /// The compatible-mode endpoint of the region.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Region::Beijing => "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            Region::Singapore => "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+            Region::Virginia => "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Region, AiError> {
+        let lower = s.trim().to_ascii_lowercase();
+        Region::ALL
+            .into_iter()
+            .find(|r| r.as_str() == lower)
+            .ok_or_else(|| {
+                AiError::invalid(format!(
+                    "invalid region \"{}\"; allowed: beijing, singapore, virginia \
+                 (or pass base_url to use another endpoint)",
+                    s.escape_default()
+                ))
+            })
+    }
+}
+
+/// Retry and timeout settings, in the ranges of seed 000.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetrySettings {
+    pub max_retries: u32,
+    pub initial_retry_delay: f64,
+    pub max_retry_delay: f64,
+    pub timeout: f64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_retries: 2,
+            initial_retry_delay: 0.5,
+            max_retry_delay: 8.0,
+            timeout: 600.0,
+        }
+    }
+}
+
+fn in_range(name: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, AiError> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(AiError::invalid(format!(
+            "{name} must be between {lo} and {hi}{unit}, got {v}"
+        )))
+    }
+}
+
+impl RetrySettings {
+    pub fn new(max_retries: i32, initial: f64, max: f64, timeout: f64) -> Result<Self, AiError> {
+        if !(0..=100).contains(&max_retries) {
+            return Err(AiError::invalid(format!(
+                "max_retries must be between 0 and 100, got {max_retries}"
+            )));
+        }
+        let initial = in_range("initial_retry_delay", initial, 0.5, 8.0, " seconds")?;
+        let max = in_range("max_retry_delay", max, 1.0, 60.0, " seconds")?;
+        let timeout = in_range("timeout", timeout, 1.0, 1200.0, " seconds")?;
+        if initial > max {
+            return Err(AiError::invalid(format!(
+                "initial_retry_delay ({initial} seconds) must not exceed max_retry_delay ({max} seconds)"
+            )));
+        }
+        Ok(RetrySettings {
+            max_retries: max_retries as u32,
+            initial_retry_delay: initial,
+            max_retry_delay: max,
+            timeout,
+        })
+    }
+
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries,
+            initial_delay: Duration::from_secs_f64(self.initial_retry_delay),
+            max_delay: Duration::from_secs_f64(self.max_retry_delay),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout)
+    }
+}
+
+/// Client-side rate limits of a deployment (requests and tokens per minute).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+impl RateLimits {
+    pub fn new(rpm: Option<i32>, tpm: Option<i32>) -> Result<Self, AiError> {
+        let check = |name: &str, v: Option<i32>| {
+            match v {
+            None => Ok(None),
+            Some(n) if (1..=100_000_000).contains(&n) => Ok(Some(n as u32)),
+            Some(n) => Err(AiError::invalid(format!(
+                "{name} must be a positive integer (at most 100000000) or NULL for no limit, got {n}"
+            ))),
+        }
+        };
+        Ok(RateLimits {
+            requests_per_minute: check("requests_per_minute", rpm)?,
+            tokens_per_minute: check("tokens_per_minute", tpm)?,
+        })
+    }
+}
+
+/// A checked deployment.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub name: String,
+    pub spec: &'static ModelSpec,
+    pub key: KeySource,
+    pub params: Map<String, Value>,
+    pub retry: RetrySettings,
+    pub region: Region,
+    pub base_url: Option<String>,
+    pub limits: RateLimits,
+}
+
+/// `ai_deploy_model`'s arguments as SQL passed them (None = SQL NULL).
+#[derive(Clone, Debug, Default)]
+pub struct DeployArgs {
+    pub model_name: Option<String>,
+    pub model_type: Option<String>,
+    pub api_key: Option<String>,
+    pub params: Option<Value>,
+    pub max_retries: Option<i32>,
+    pub initial_retry_delay: Option<f64>,
+    pub max_retry_delay: Option<f64>,
+    pub timeout: Option<f64>,
+    pub region: Option<String>,
+    pub base_url: Option<String>,
+    pub requests_per_minute: Option<i32>,
+    pub tokens_per_minute: Option<i32>,
+}
+
+fn required<T>(v: Option<T>, name: &str) -> Result<T, AiError> {
+    v.ok_or_else(|| AiError::invalid(format!("{name} must not be NULL")))
+}
+
+/// Model names are free text but must be printable and reasonably short, as they appear in
+/// every query that calls the model.
+pub fn check_model_name(name: &str) -> Result<(), AiError> {
+    if name.trim().is_empty() {
+        return Err(AiError::invalid("model_name must not be empty"));
+    }
+    if name.chars().count() > 128 {
+        return Err(AiError::invalid(format!(
+            "model_name must be at most 128 characters, got {}",
+            name.chars().count()
+        )));
+    }
+    if name.chars().any(char::is_control) || name.trim() != name {
+        return Err(AiError::invalid(
+            "model_name must not contain control characters or leading/trailing whitespace",
+        ));
+    }
+    Ok(())
+}
+
+pub fn find_model_type(model_type: &str) -> Result<&'static ModelSpec, AiError> {
+    registry::find(model_type).ok_or_else(|| {
+        let near = registry::similar(model_type, 3);
+        let hint = if near.is_empty() {
+            "SELECT model_type FROM ai_supported_models() lists the supported models.".to_string()
+        } else {
+            format!(
+                "Did you mean {}? SELECT model_type FROM ai_supported_models() lists them all.",
+                near.iter()
+                    .map(|m| format!("\"{m}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        };
+        AiError::invalid_with_hint(
+            format!("unsupported model_type \"{}\"", model_type.escape_default()),
+            hint,
+        )
+    })
+}
+
+/// Checks an http(s) URL and returns it without a trailing slash.
+pub fn check_base_url(raw: &str) -> Result<String, AiError> {
+    let bad = |why: &str| {
+        AiError::invalid(format!(
+            "invalid base_url \"{}\": {why}; allowed: an http:// or https:// URL such as \
+             https://dashscope.aliyuncs.com/compatible-mode/v1",
+            crate::secret::scrub_keys(raw).escape_default()
+        ))
+    };
+    let url = reqwest::Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials do not belong in the URL (use api_key)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a query string or fragment is not allowed"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+impl Deployment {
+    /// Checks every argument, in the order of the signature, and stops at the first problem.
+    pub fn from_args(a: DeployArgs) -> Result<Deployment, AiError> {
+        let name = required(a.model_name, "model_name")?;
+        check_model_name(&name)?;
+        let spec = find_model_type(&required(a.model_type, "model_type")?)?;
+        let key = KeySource::parse(&required(a.api_key, "api_key")?)?;
+        let params = params::validate(spec, &a.params.unwrap_or(Value::Null), Phase::Deploy)?;
+        let retry = RetrySettings::new(
+            required(a.max_retries, "max_retries")?,
+            required(a.initial_retry_delay, "initial_retry_delay")?,
+            required(a.max_retry_delay, "max_retry_delay")?,
+            required(a.timeout, "timeout")?,
+        )?;
+        let region = Region::parse(&required(a.region, "region")?)?;
+        let base_url = a.base_url.as_deref().map(check_base_url).transpose()?;
+        let limits = RateLimits::new(a.requests_per_minute, a.tokens_per_minute)?;
+        Ok(Deployment {
+            name,
+            spec,
+            key,
+            params,
+            retry,
+            region,
+            base_url,
+            limits,
+        })
+    }
+
+    /// Where requests go: `base_url` when given, else the region's endpoint.
+    pub fn endpoint(&self) -> &str {
+        self.base_url.as_deref().unwrap_or(self.region.endpoint())
+    }
+
+    /// The embedding dimension requests ask for.
+    pub fn dimension(&self) -> Option<u32> {
+        self.params
+            .get("dimension")
+            .and_then(Value::as_u64)
+            .map(|d| d as u32)
+            .or(self.spec.default_dimension)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args() -> DeployArgs {
+        DeployArgs {
+            model_name: Some("m".into()),
+            model_type: Some("qwen-plus".into()),
+            api_key: Some("sk-0123456789abcdef".into()),
+            params: Some(json!({})),
+            max_retries: Some(2),
+            initial_retry_delay: Some(0.5),
+            max_retry_delay: Some(8.0),
+            timeout: Some(600.0),
+            region: Some("beijing".into()),
+            base_url: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+        }
+    }
+
+    fn err(f: impl FnOnce(&mut DeployArgs)) -> String {
+        let mut a = args();
+        f(&mut a);
+        Deployment::from_args(a).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_deploy() {
+        let d = Deployment::from_args(args()).unwrap();
+        assert_eq!(
+            d.endpoint(),
+            "https://dashscope.aliyuncs.com/compatible-mode/v1"
+        );
+        assert_eq!(d.retry, RetrySettings::default());
+    }
+
+    #[test]
+    fn retry_ranges_are_inclusive() {
+        assert!(RetrySettings::new(0, 0.5, 1.0, 1.0).is_ok());
+        assert!(RetrySettings::new(100, 8.0, 60.0, 1200.0).is_ok());
+        assert_eq!(
+            err(|a| a.max_retries = Some(101)),
+            "max_retries must be between 0 and 100, got 101"
+        );
+        assert_eq!(
+            err(|a| a.max_retries = Some(-1)),
+            "max_retries must be between 0 and 100, got -1"
+        );
+        assert_eq!(
+            err(|a| a.initial_retry_delay = Some(0.4)),
+            "initial_retry_delay must be between 0.5 and 8 seconds, got 0.4"
+        );
+        assert!(err(|a| a.max_retry_delay = Some(61.0))
+            .starts_with("max_retry_delay must be between 1 and 60"));
+        assert!(err(|a| a.timeout = Some(0.0)).starts_with("timeout must be between 1 and 1200"));
+        assert!(err(|a| a.timeout = Some(f64::NAN)).contains("got NaN"));
+        assert!(err(|a| {
+            a.initial_retry_delay = Some(8.0);
+            a.max_retry_delay = Some(2.0)
+        })
+        .contains("must not exceed max_retry_delay"));
+    }
+
+    #[test]
+    fn names_regions_urls() {
+        assert_eq!(
+            err(|a| a.model_name = Some(" ".into())),
+            "model_name must not be empty"
+        );
+        assert_eq!(err(|a| a.model_name = None), "model_name must not be NULL");
+        assert!(err(|a| a.model_type = Some("gpt-4".into()))
+            .starts_with("unsupported model_type \"gpt-4\""));
+        assert!(err(|a| a.region = Some("hangzhou".into()))
+            .contains("allowed: beijing, singapore, virginia"));
+        let mut a = args();
+        a.region = Some("Singapore".into());
+        assert_eq!(Deployment::from_args(a).unwrap().region, Region::Singapore);
+        assert!(
+            err(|a| a.base_url = Some("ftp://x".into())).contains("scheme must be http or https")
+        );
+        assert!(err(|a| a.base_url = Some("not a url".into())).starts_with("invalid base_url"));
+        assert!(err(|a| a.base_url = Some("http://u:p@h/v1".into())).contains("credentials"));
+        let mut a = args();
+        a.base_url = Some("http://127.0.0.1:9999/compatible-mode/v1/".into());
+        assert_eq!(
+            Deployment::from_args(a).unwrap().endpoint(),
+            "http://127.0.0.1:9999/compatible-mode/v1"
+        );
+        assert!(err(|a| a.requests_per_minute = Some(0))
+            .contains("requests_per_minute must be a positive integer"));
+    }
+
+    #[test]
+    fn embedding_dimension_defaults_from_registry() {
+        let mut a = args();
+        a.model_type = Some("text-embedding-v4".into());
+        assert_eq!(
+            Deployment::from_args(a.clone()).unwrap().dimension(),
+            Some(1024)
+        );
+        a.params = Some(json!({"dimension": 256}));
+        assert_eq!(Deployment::from_args(a).unwrap().dimension(), Some(256));
+    }
+}

@@ -1,0 +1,16 @@
+//! Everything pg_bailian does that does not need PostgreSQL: the model registry, validation of
+//! deployments and parameters, the retry policy, rate limits, request bodies and the HTTP
+//! client. The extension crate is glue around this.
+
+pub mod client;
+pub mod deploy;
+pub mod error;
+pub mod params;
+pub mod ratelimit;
+pub mod registry;
+pub mod request;
+pub mod retry;
+pub mod runtime;
+pub mod secret;
+
+pub use error::AiError;

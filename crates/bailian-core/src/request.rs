@@ -1,0 +1,349 @@
+//! Request bodies for the compatible-mode API and the parsing of its answers. Pure functions:
+//! what goes on the wire is decided here and unit-tested without a network.
+
+use crate::error::AiError;
+use serde_json::{json, Map, Value};
+
+/// Chat parameters copied verbatim into the request body.
+const CHAT_BODY_KEYS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop",
+    "enable_thinking",
+    "modalities",
+    "audio",
+];
+
+/// `POST {base}/chat/completions` for `ai_gen`: an optional system message from params, then
+/// the prompt as the user message (as content parts when images are attached).
+pub fn chat_body(model_type: &str, prompt: &str, params: &Map<String, Value>) -> Value {
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = params.get("system").and_then(Value::as_str) {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    let content = match params.get("images").and_then(Value::as_array) {
+        Some(images) if !images.is_empty() => {
+            let mut parts: Vec<Value> = images
+                .iter()
+                .map(|url| json!({"type": "image_url", "image_url": {"url": url}}))
+                .collect();
+            parts.push(json!({"type": "text", "text": prompt}));
+            Value::Array(parts)
+        }
+        _ => Value::String(prompt.to_string()),
+    };
+    messages.push(json!({"role": "user", "content": content}));
+    let mut body = Map::new();
+    body.insert("model".into(), model_type.into());
+    body.insert("messages".into(), Value::Array(messages));
+    for key in CHAT_BODY_KEYS {
+        if let Some(v) = params.get(*key) {
+            body.insert((*key).into(), v.clone());
+        }
+    }
+    Value::Object(body)
+}
+
+/// Qwen-MT: exactly one user message and `translation_options` (no system message: the
+/// translation models reject one).
+pub fn translation_body(
+    model_type: &str,
+    content: &str,
+    target_lang: &str,
+    params: &Map<String, Value>,
+) -> Value {
+    let mut options = Map::new();
+    options.insert(
+        "source_lang".into(),
+        params
+            .get("source_lang")
+            .cloned()
+            .unwrap_or_else(|| "auto".into()),
+    );
+    options.insert("target_lang".into(), target_lang.into());
+    for key in ["terms", "tm_list", "domains"] {
+        if let Some(v) = params.get(key) {
+            options.insert(key.into(), v.clone());
+        }
+    }
+    json!({
+        "model": model_type,
+        "messages": [{"role": "user", "content": content}],
+        "translation_options": Value::Object(options),
+    })
+}
+
+/// `ai_translate` on a chat model: the same chat request with an instruction around the text.
+pub fn translation_prompt(content: &str, target_lang: &str) -> String {
+    format!(
+        "Translate the following text into {target_lang}. Reply with the translation only, \
+         without quotes or explanations.\n\n{content}"
+    )
+}
+
+/// `POST {base}/embeddings`. `dimensions` is sent only to models that offer a choice: the
+/// fixed-size models reject the field.
+pub fn embedding_body(
+    model_type: &str,
+    inputs: &[&str],
+    dimension: Option<u32>,
+    choosable: bool,
+) -> Value {
+    let mut body = json!({"model": model_type, "input": inputs, "encoding_format": "float"});
+    if let (Some(d), true) = (dimension, choosable) {
+        body["dimensions"] = d.into();
+    }
+    body
+}
+
+/// Token counts from a response's `usage`, for the client-side token rate limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub total_tokens: u64,
+}
+
+fn usage_of(v: &Value) -> Usage {
+    Usage {
+        total_tokens: v
+            .pointer("/usage/total_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    }
+}
+
+fn malformed(model: &str, detail: impl Into<String>) -> AiError {
+    AiError::MalformedResponse {
+        model: model.into(),
+        detail: detail.into(),
+    }
+}
+
+/// The assistant text of a chat completion.
+pub fn parse_chat(model: &str, v: &Value) -> Result<(String, Usage), AiError> {
+    let message = v
+        .pointer("/choices/0/message")
+        .ok_or_else(|| malformed(model, "no choices[0].message in the response"))?;
+    let text = match message.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        // Some multimodal models answer with content parts.
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        Some(Value::Null) | None => {
+            return Err(malformed(
+                model,
+                "choices[0].message.content is missing or null",
+            ))
+        }
+        Some(other) => {
+            return Err(malformed(
+                model,
+                format!("choices[0].message.content is not text: {other}"),
+            ))
+        }
+    };
+    Ok((text, usage_of(v)))
+}
+
+/// The vectors of an embeddings response, in input order, each checked for its length.
+pub fn parse_embeddings(
+    model: &str,
+    v: &Value,
+    expected: usize,
+    dimension: Option<u32>,
+) -> Result<(Vec<Vec<f32>>, Usage), AiError> {
+    let data = v
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed(model, "no data array in the response"))?;
+    if data.len() != expected {
+        return Err(malformed(
+            model,
+            format!("{} embeddings for {expected} inputs", data.len()),
+        ));
+    }
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; expected];
+    for (pos, item) in data.iter().enumerate() {
+        let index = match item.get("index") {
+            Some(i) => i.as_u64().map(|i| i as usize),
+            None => Some(pos),
+        }
+        .filter(|i| *i < expected)
+        .ok_or_else(|| malformed(model, format!("data[{pos}] has no valid index")))?;
+        let values = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .ok_or_else(|| malformed(model, format!("data[{pos}].embedding is not an array")))?;
+        let vector: Option<Vec<f32>> = values
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect();
+        let vector = vector
+            .ok_or_else(|| malformed(model, format!("data[{pos}].embedding holds a non-number")))?;
+        if let Some(d) = dimension {
+            if vector.len() != d as usize {
+                return Err(malformed(
+                    model,
+                    format!(
+                        "data[{pos}].embedding has {} values, expected {d}",
+                        vector.len()
+                    ),
+                ));
+            }
+        }
+        if out[index].replace(vector).is_some() {
+            return Err(malformed(model, format!("index {index} appears twice")));
+        }
+    }
+    let vectors = out
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| malformed(model, "an index is missing"))?;
+    Ok((vectors, usage_of(v)))
+}
+
+/// The pieces of an error body, in the compatible-mode shape
+/// `{"error":{"message","type","param","code"},"request_id"}` or the DashScope-native one
+/// `{"code","message","request_id"}`.
+#[derive(Debug, Default, PartialEq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+pub fn parse_error_body(body: &[u8]) -> ErrorBody {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let err = v.get("error").filter(|e| e.is_object()).unwrap_or(&v);
+            let mut code = text(err.get("code"));
+            if code.is_empty() {
+                code = text(err.get("type"));
+            }
+            ErrorBody {
+                code,
+                message: text(err.get("message")),
+                request_id: v
+                    .get("request_id")
+                    .or(v.get("id"))
+                    .and_then(Value::as_str)
+                    .map(String::from),
+            }
+        }
+        Err(_) => {
+            let raw = String::from_utf8_lossy(body);
+            let snippet: String = raw.chars().take(200).collect();
+            ErrorBody {
+                code: String::new(),
+                message: snippet.trim().to_string(),
+                request_id: None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn chat_body_carries_system_and_params() {
+        let b = chat_body(
+            "qwen-plus",
+            "hi",
+            &params(
+                json!({"system": "Be brief.", "temperature": 0.3, "max_tokens": 5, "timeout": 3, "max_retries": 1}),
+            ),
+        );
+        assert_eq!(
+            b,
+            json!({"model": "qwen-plus", "messages": [
+                {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                "temperature": 0.3, "max_tokens": 5})
+        );
+    }
+
+    #[test]
+    fn images_become_content_parts() {
+        let b = chat_body(
+            "qwen3-vl-plus",
+            "what is this?",
+            &params(json!({"images": ["https://a/b.png"]})),
+        );
+        assert_eq!(
+            b["messages"][0]["content"],
+            json!([{"type": "image_url", "image_url": {"url": "https://a/b.png"}}, {"type": "text", "text": "what is this?"}])
+        );
+    }
+
+    #[test]
+    fn translation_body_is_one_user_message() {
+        let b = translation_body(
+            "qwen-mt-plus",
+            "我看到这个视频后没有笑",
+            "English",
+            &params(json!({"terms": [{"source": "a", "target": "b"}], "domains": "IT"})),
+        );
+        assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            b["translation_options"],
+            json!({"source_lang": "auto", "target_lang": "English", "terms": [{"source": "a", "target": "b"}], "domains": "IT"})
+        );
+    }
+
+    #[test]
+    fn embedding_body_dimensions_only_when_choosable() {
+        assert_eq!(
+            embedding_body("text-embedding-v4", &["a", "b"], Some(256), true)["dimensions"],
+            256
+        );
+        assert!(
+            embedding_body("text-embedding-v1", &["a"], Some(1536), false)
+                .get("dimensions")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn parses_responses_and_errors() {
+        let chat = json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {"total_tokens": 9}});
+        assert_eq!(
+            parse_chat("m", &chat).unwrap(),
+            ("ok".into(), Usage { total_tokens: 9 })
+        );
+        assert!(parse_chat("m", &json!({"choices": []})).is_err());
+        let emb = json!({"data": [{"index": 1, "embedding": [3.0, 4.0]}, {"index": 0, "embedding": [1.0, 2.0]}]});
+        let (v, _) = parse_embeddings("m", &emb, 2, Some(2)).unwrap();
+        assert_eq!(v, vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+        assert!(parse_embeddings("m", &emb, 3, Some(2)).is_err());
+        assert!(parse_embeddings("m", &emb, 2, Some(3)).is_err());
+        let dup =
+            json!({"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]});
+        assert!(parse_embeddings("m", &dup, 2, None).is_err());
+        let e = parse_error_body(br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"r1"}"#);
+        assert_eq!(
+            e,
+            ErrorBody {
+                code: "invalid_api_key".into(),
+                message: "bad".into(),
+                request_id: Some("r1".into())
+            }
+        );
+        let e =
+            parse_error_body(br#"{"code":"Throttling","message":"slow down","request_id":"r2"}"#);
+        assert_eq!(e.code, "Throttling");
+        assert_eq!(
+            parse_error_body(b"<html>502</html>").message,
+            "<html>502</html>"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Deterministic embeddings with a usable geometry: each word contributes a fixed
+//! pseudo-random direction, so texts that share words point closer together than unrelated
+//! ones, and the same text always gets the same unit vector.
+
+/// The stand-in's vector for `text` at `dim` dimensions (unit length).
+pub fn embedding_for(text: &str, dim: usize) -> Vec<f32> {
+    let mut acc = vec![0f64; dim];
+    let mut words = 0;
+    for word in words_of(text) {
+        add_direction(&mut acc, fnv1a(word.as_bytes()));
+        words += 1;
+    }
+    if words == 0 {
+        add_direction(&mut acc, fnv1a(text.as_bytes()));
+    }
+    let norm = acc
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    acc.iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// Lower-cased runs of ASCII letters and digits; every other alphabetic character (CJK and
+/// the like) is a word of its own.
+fn words_of(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            cur.push(c.to_ascii_lowercase());
+            continue;
+        }
+        if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        if c.is_alphanumeric() {
+            out.push(c.to_lowercase().collect());
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn add_direction(acc: &mut [f64], seed: u64) {
+    let mut s = seed;
+    for x in acc.iter_mut() {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        *x += (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn deterministic_unit_vectors_of_the_asked_size() {
+        let a = embedding_for("The quick brown fox", 256);
+        assert_eq!(a.len(), 256);
+        assert_eq!(a, embedding_for("The quick brown fox", 256));
+        assert!((cosine(&a, &a) - 1.0).abs() < 1e-4);
+        assert_eq!(embedding_for("", 8).len(), 8);
+    }
+
+    #[test]
+    fn shared_words_are_closer() {
+        let fox = embedding_for("the quick brown fox jumps", 1024);
+        let dog = embedding_for("the quick brown dog sleeps", 1024);
+        let tax = embedding_for("quarterly revenue report for taxes", 1024);
+        assert!(cosine(&fox, &dog) > cosine(&fox, &tax) + 0.3);
+        let zh1 = embedding_for("我喜欢猫", 512);
+        let zh2 = embedding_for("我喜欢狗", 512);
+        assert!(cosine(&zh1, &zh2) > cosine(&zh1, &tax));
+    }
+}

@@ -1,0 +1,148 @@
+//! A stand-in for Bailian's compatible-mode API (`/chat/completions`, `/embeddings`) on
+//! loopback, for tests, benchmarks and the demo. It answers with the documented success and
+//! error bodies, deterministic content tests can assert on, configurable latency, faults by
+//! rate or scripted per input, an optional requests-per-minute limit, and counters plus a
+//! request log that tests read (in process through [`Standin`], or over HTTP under
+//! `/_standin/`).
+//!
+//! It plays the provider, so it keeps its own notion of models and limits rather than
+//! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
+
+mod embedding;
+mod handler;
+mod state;
+
+pub use embedding::embedding_for;
+pub use handler::{chat_reply, translation_reply};
+pub use state::{Config, Fault, LoggedRequest, StatsSnapshot};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use state::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running stand-in. Dropping it stops the server.
+pub struct Standin {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Standin {
+    /// Starts on a free loopback port.
+    pub fn start(config: Config) -> std::io::Result<Standin> {
+        Standin::start_on("127.0.0.1:0", config)
+    }
+
+    /// Starts on `addr` in a thread of its own with its own runtime, so synchronous tests can
+    /// use it while they block on PostgreSQL.
+    pub fn start_on(addr: &str, config: Config) -> std::io::Result<Standin> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let (tx, rx) = oneshot::channel();
+        let server_shared = shared.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bailian-standin")
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("bailian-standin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(std_listener).expect("listener");
+                    serve(listener, server_shared, rx).await;
+                });
+                // Connections still open (a held request) must not keep the test process waiting.
+                runtime.shutdown_background();
+            })?;
+        Ok(Standin {
+            addr,
+            shared,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `base_url` to deploy models with.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/compatible-mode/v1", self.addr)
+    }
+
+    pub fn configure(&self, f: impl FnOnce(&mut Config)) {
+        f(&mut self.shared.config.lock().unwrap());
+    }
+
+    pub fn config(&self) -> Config {
+        self.shared.config.lock().unwrap().clone()
+    }
+
+    /// The next requests whose input is exactly `input` get these faults, one per request;
+    /// after that they succeed.
+    pub fn script(&self, input: &str, faults: Vec<Fault>) {
+        self.shared.script(input, faults);
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats()
+    }
+
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Clears counters, the request log, scripts and the rate-limit window.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Blocks until the server thread ends (for the binary).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot::Receiver<()>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        let conn_guard = shared.connection_opened();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _conn_guard = conn_guard;
+            let svc = service_fn(move |req| handler::handle(shared.clone(), req));
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,55 @@
+//! `bailian-standin`: run the stand-in as a process, for the demo and benchmarks.
+//! Control it at runtime under `/_standin/` (stats, requests, config, script, reset).
+
+use bailian_standin::{Config, Standin};
+
+const USAGE: &str = "usage: bailian-standin [--listen ADDR] [--latency-ms N] [--fail-rate-500 F] \
+[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--no-log-bodies] [--addr-file PATH]";
+
+fn main() {
+    let mut listen = "127.0.0.1:0".to_string();
+    let mut addr_file = None;
+    let mut config = Config::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next().unwrap_or_else(|| {
+                eprintln!("{flag} needs a value\n{USAGE}");
+                std::process::exit(2)
+            })
+        };
+        fn num<T: std::str::FromStr>(flag: &str, v: String) -> T {
+            v.parse().unwrap_or_else(|_| {
+                eprintln!("{flag}: not a number: {v}\n{USAGE}");
+                std::process::exit(2)
+            })
+        }
+        match flag.as_str() {
+            "--listen" => listen = value(),
+            "--latency-ms" => config.latency_ms = num(&flag, value()),
+            "--fail-rate-500" => config.fail_rate_500 = num(&flag, value()),
+            "--fail-rate-429" => config.fail_rate_429 = num(&flag, value()),
+            "--retry-after" => config.retry_after_secs = Some(num(&flag, value())),
+            "--rpm" => config.rpm_limit = Some(num(&flag, value())),
+            "--no-log-bodies" => config.log_bodies = false,
+            "--addr-file" => addr_file = Some(value()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other}\n{USAGE}");
+                std::process::exit(2)
+            }
+        }
+    }
+    let standin = Standin::start_on(&listen, config).unwrap_or_else(|e| {
+        eprintln!("cannot listen on {listen}: {e}");
+        std::process::exit(1)
+    });
+    if let Some(path) = addr_file {
+        std::fs::write(&path, standin.addr().to_string()).expect("write --addr-file");
+    }
+    println!("bailian stand-in listening on {}", standin.base_url());
+    standin.wait();
+}

@@ -1,0 +1,270 @@
+//! The stand-in's configuration, scripted faults, counters and request log.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Added to every model request before it is answered.
+    pub latency_ms: u64,
+    /// Share of model requests answered 500 internal_error, at random.
+    pub fail_rate_500: f64,
+    /// Share of model requests answered 429 limit_requests, at random.
+    pub fail_rate_429: f64,
+    /// Retry-After seconds sent with 429 answers (None: no header).
+    pub retry_after_secs: Option<f64>,
+    /// Requests per minute before 429 limit_requests (a sliding 60-second window).
+    pub rpm_limit: Option<u32>,
+    /// Keys that authenticate; None accepts any `sk-` key.
+    pub accepted_keys: Option<Vec<String>>,
+    /// Models answered 404 model_not_found.
+    pub unavailable_models: Vec<String>,
+    /// Repeat the presented key in 401 messages, as some providers do, to test redaction.
+    pub echo_key_in_errors: bool,
+    /// Keep request bodies in the log (benchmarks turn this off to save memory).
+    pub log_bodies: bool,
+    /// Seed of the random faults, so a run is repeatable.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            latency_ms: 0,
+            fail_rate_500: 0.0,
+            fail_rate_429: 0.0,
+            retry_after_secs: None,
+            rpm_limit: None,
+            accepted_keys: None,
+            unavailable_models: Vec::new(),
+            echo_key_in_errors: false,
+            log_bodies: true,
+            seed: 42,
+        }
+    }
+}
+
+/// A scripted answer for one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// An error status with the realistic body for it (400, 401, 404, 429, 500, 503, ...).
+    Status(u16),
+    /// 429 limit_requests with this Retry-After (seconds).
+    RateLimited { retry_after_secs: f64 },
+    /// 400 data_inspection_failed (content moderation).
+    Inspection,
+    /// Never answer (until the client goes away).
+    Hang,
+    /// Answer normally after this many extra milliseconds.
+    Delay(u64),
+    /// 200 with a body that is not JSON.
+    Malformed,
+    /// Close the connection without answering.
+    Reset,
+}
+
+/// One request as the stand-in saw it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoggedRequest {
+    pub id: u64,
+    pub path: String,
+    pub model: String,
+    /// The presented key as a hint (`sk-...abcd`), never the key.
+    pub auth_hint: String,
+    pub inputs: Vec<String>,
+    pub body: Value,
+    /// HTTP status answered; 0 when the client went away first or the connection was reset.
+    pub status: u16,
+    pub fault: Option<String>,
+    /// Milliseconds since the stand-in started.
+    pub received_ms: f64,
+    pub finished_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub chat_requests: u64,
+    pub embedding_requests: u64,
+    /// Texts received: one per chat request, one per embedding input.
+    pub inputs: u64,
+    pub by_status: BTreeMap<u16, u64>,
+    /// 429s given by the requests-per-minute limit (not by fault injection).
+    pub rate_limited: u64,
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub peak_connections_open: u64,
+    /// Requests whose client went away before the answer.
+    pub aborted: u64,
+    /// Requests being handled right now.
+    pub in_flight: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub requests: AtomicU64,
+    pub chat_requests: AtomicU64,
+    pub embedding_requests: AtomicU64,
+    pub inputs: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub peak_connections_open: AtomicU64,
+    pub aborted: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub config: Mutex<Config>,
+    pub counters: Counters,
+    pub by_status: Mutex<BTreeMap<u16, u64>>,
+    pub log: Mutex<Vec<LoggedRequest>>,
+    scripts: Mutex<HashMap<String, VecDeque<Fault>>>,
+    window: Mutex<VecDeque<Instant>>,
+    rng: Mutex<u64>,
+    pub started: Instant,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        let seed = config.seed;
+        Shared {
+            config: Mutex::new(config),
+            counters: Counters::default(),
+            by_status: Mutex::new(BTreeMap::new()),
+            log: Mutex::new(Vec::new()),
+            scripts: Mutex::new(HashMap::new()),
+            window: Mutex::new(VecDeque::new()),
+            rng: Mutex::new(seed),
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn ms_since_start(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    pub fn script(&self, input: &str, faults: Vec<Fault>) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert(input.to_string(), faults.into());
+    }
+
+    /// The next scripted fault for the first input that has one left.
+    pub fn take_scripted(&self, inputs: &[String]) -> Option<Fault> {
+        let mut scripts = self.scripts.lock().unwrap();
+        if scripts.is_empty() {
+            return None;
+        }
+        inputs
+            .iter()
+            .find_map(|i| scripts.get_mut(i).and_then(VecDeque::pop_front))
+    }
+
+    /// A uniform number in [0, 1) from the seeded sequence.
+    pub fn random(&self) -> f64 {
+        let mut s = self.rng.lock().unwrap();
+        *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Admits a request under the per-minute limit, or says how long until a slot frees.
+    pub fn admit(&self, limit: Option<u32>) -> Result<(), f64> {
+        let Some(limit) = limit else { return Ok(()) };
+        let mut w = self.window.lock().unwrap();
+        let now = Instant::now();
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t).as_secs_f64() >= 60.0)
+        {
+            w.pop_front();
+        }
+        if w.len() as u64 >= u64::from(limit) {
+            let oldest = *w.front().unwrap();
+            return Err(60.0 - now.duration_since(oldest).as_secs_f64());
+        }
+        w.push_back(now);
+        Ok(())
+    }
+
+    pub fn count_status(&self, status: u16) {
+        *self.by_status.lock().unwrap().entry(status).or_default() += 1;
+    }
+
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        let c = &self.counters;
+        c.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let open = c.connections_open.fetch_add(1, Ordering::Relaxed) + 1;
+        c.peak_connections_open.fetch_max(open, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            requests: get(&c.requests),
+            chat_requests: get(&c.chat_requests),
+            embedding_requests: get(&c.embedding_requests),
+            inputs: get(&c.inputs),
+            by_status: self.by_status.lock().unwrap().clone(),
+            rate_limited: get(&c.rate_limited),
+            connections_accepted: get(&c.connections_accepted),
+            connections_open: get(&c.connections_open),
+            peak_connections_open: get(&c.peak_connections_open),
+            aborted: get(&c.aborted),
+            in_flight: get(&c.in_flight),
+        }
+    }
+
+    pub fn reset(&self) {
+        let c = &self.counters;
+        for a in [
+            &c.requests,
+            &c.chat_requests,
+            &c.embedding_requests,
+            &c.inputs,
+            &c.rate_limited,
+            &c.connections_accepted,
+            &c.aborted,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+        c.peak_connections_open.store(
+            c.connections_open.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.by_status.lock().unwrap().clear();
+        self.log.lock().unwrap().clear();
+        self.scripts.lock().unwrap().clear();
+        self.window.lock().unwrap().clear();
+    }
+}
+
+pub(crate) struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
