@@ -1,2 +1,47 @@
+//! pg_bailian: Alibaba Cloud Model Studio (Bailian) models as SQL functions.
+//!
+//! This crate is the PostgreSQL glue: argument decoding, the catalog tables, errors with
+//! their SQLSTATEs, and waiting on the network without blocking cancels. Everything else
+//! (registry, validation, HTTP, retries) lives in `bailian-core` and is tested without a
+//! database.
+
 use pgrx::prelude::*;
+
+mod backend;
+mod catalog;
+mod entry;
+mod functions;
+mod guc;
+
 pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!(
+    "../sql/functions.sql",
+    name = "functions",
+    requires = ["catalog"]
+);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // Only settings here: the runtime and HTTP client are created on first use inside a
+    // backend, never in the postmaster when the library is preloaded.
+    guc::register();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    include!("../pgrx-tests/catalog.rs");
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -217,13 +217,32 @@ pub fn find_model_type(model_type: &str) -> Result<&'static ModelSpec, AiError> 
     })
 }
 
+/// `raw` as it may appear in a message: userinfo (`user:password@`) and key-shaped tokens
+/// replaced, since a URL can carry credentials.
+fn shown_url(raw: &str) -> String {
+    let masked = match raw.find("://") {
+        Some(start) => {
+            let rest = &raw[start + 3..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{}://***@{}", &raw[..start], &rest[at + 1..]),
+                None => raw.to_string(),
+            }
+        }
+        None => raw.to_string(),
+    };
+    crate::secret::scrub_keys(&masked)
+        .escape_default()
+        .to_string()
+}
+
 /// Checks an http(s) URL and returns it without a trailing slash.
 pub fn check_base_url(raw: &str) -> Result<String, AiError> {
     let bad = |why: &str| {
         AiError::invalid(format!(
             "invalid base_url \"{}\": {why}; allowed: an http:// or https:// URL such as \
              https://dashscope.aliyuncs.com/compatible-mode/v1",
-            crate::secret::scrub_keys(raw).escape_default()
+            shown_url(raw)
         ))
     };
     let url = reqwest::Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
@@ -369,7 +388,11 @@ mod tests {
             err(|a| a.base_url = Some("ftp://x".into())).contains("scheme must be http or https")
         );
         assert!(err(|a| a.base_url = Some("not a url".into())).starts_with("invalid base_url"));
-        assert!(err(|a| a.base_url = Some("http://u:p@h/v1".into())).contains("credentials"));
+        let e = err(|a| a.base_url = Some("http://user:s3cret@h/v1".into()));
+        assert!(
+            e.contains("credentials") && e.contains("http://***@h/v1") && !e.contains("s3cret"),
+            "{e}"
+        );
         let mut a = args();
         a.base_url = Some("http://127.0.0.1:9999/compatible-mode/v1/".into());
         assert_eq!(

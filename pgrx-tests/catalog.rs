@@ -1,0 +1,325 @@
+// In-database tests of the model catalog, run by `cargo pgrx test` inside a real PostgreSQL
+// (see README). Included into `mod tests` of src/lib.rs; each test runs in a transaction
+// that is rolled back afterwards.
+
+use pgrx::prelude::*;
+
+const SECRET: &str = "sk-pgtest-secret-7f3a9c";
+const OTHER_SECRET: &str = "sk-pgtest-other-51d0e2";
+
+/// Creates `pg_temp.try_sql(q)`: runs q, returns 'OK' or 'SQLSTATE message'.
+fn install_try_sql() {
+    Spi::run(
+        "CREATE FUNCTION pg_temp.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN EXECUTE q; RETURN 'OK';
+         EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ' ' || SQLERRM; END $$",
+    )
+    .unwrap();
+}
+
+fn try_sql(sql: &str) -> String {
+    Spi::get_one_with_args::<String>("SELECT pg_temp.try_sql($1)", &[sql.into()]).unwrap().unwrap()
+}
+
+/// Both catalog tables, as one comparable text.
+fn catalog_snapshot() -> String {
+    Spi::get_one::<String>(
+        "SELECT coalesce((SELECT jsonb_agg(m ORDER BY model_name)::text FROM bailian.models m), '[]')
+             || coalesce((SELECT jsonb_agg(k ORDER BY model_name)::text FROM bailian.model_keys k), '[]')",
+    )
+    .unwrap()
+    .unwrap()
+}
+
+fn deploy_sql(name: &str, model_type: &str, key: &str, rest: &str) -> String {
+    format!("SELECT ai_deploy_model('{name}', '{model_type}', '{key}'{rest})")
+}
+
+#[pg_test]
+fn supported_models_lists_the_registry() {
+    let n = Spi::get_one::<i64>("SELECT count(*) FROM ai_supported_models()").unwrap().unwrap();
+    assert_eq!(n, 54);
+    let by_task = Spi::get_one::<String>(
+        "SELECT string_agg(task || '=' || n, ',' ORDER BY task)
+           FROM (SELECT task, count(*) n FROM ai_supported_models() GROUP BY task) t",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(by_task, "chat=42,embedding=8,translation=4");
+    let (dims, default, max_inputs) = Spi::get_three::<Vec<i32>, i32, i32>(
+        "SELECT dimensions, default_dimension, max_inputs_per_request
+           FROM ai_supported_models() WHERE model_type = 'text-embedding-v4'",
+    )
+    .unwrap();
+    assert_eq!(dims.unwrap(), vec![2048, 1536, 1024, 768, 512, 256, 128, 64]);
+    assert_eq!(default, Some(1024));
+    assert_eq!(max_inputs, Some(10));
+    let omni = Spi::get_one::<Vec<String>>(
+        "SELECT params FROM ai_supported_models() WHERE model_type = 'qwen3-omni-flash'",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(omni.contains(&"modalities".to_string()) && omni.contains(&"audio".to_string()));
+    let vision_call = Spi::get_one::<Vec<String>>(
+        "SELECT call_params FROM ai_supported_models() WHERE model_type = 'qwen3-vl-plus'",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(vision_call, vec!["images", "timeout", "max_retries"]);
+}
+
+#[pg_test]
+fn deploy_replace_undeploy() {
+    install_try_sql();
+    Spi::run(&deploy_sql(
+        "chat",
+        "qwen-plus",
+        SECRET,
+        ", params => '{\"temperature\": 0.2, \"system\": \"Be brief.\"}', max_retries => 5, region => 'singapore'",
+    ))
+    .unwrap();
+    let row = Spi::get_one::<String>(
+        "SELECT concat_ws('|', model_type, task, key_hint, params::text, max_retries, initial_retry_delay,
+                          max_retry_delay, timeout, region, coalesce(base_url, '-'), endpoint, deployed_by)
+           FROM ai_models WHERE model_name = 'chat'",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        row,
+        "qwen-plus|chat|sk-...3a9c|{\"system\": \"Be brief.\", \"temperature\": 0.2}|5|0.5|8|600|singapore|-|\
+         https://dashscope-intl.aliyuncs.com/compatible-mode/v1|postgres"
+    );
+
+    // Same name again: refused, nothing changes.
+    let before = catalog_snapshot();
+    let r = try_sql(&deploy_sql("chat", "qwen-max", OTHER_SECRET, ""));
+    assert_eq!(r, "42710 model \"chat\" is already deployed");
+    assert_eq!(catalog_snapshot(), before);
+
+    // replace => true: every field follows the new call, the key included.
+    Spi::run(&deploy_sql(
+        "chat",
+        "qwen-max",
+        OTHER_SECRET,
+        ", base_url => 'http://127.0.0.1:9/compatible-mode/v1/', replace => true, timeout => 30",
+    ))
+    .unwrap();
+    let (model_type, endpoint, timeout) = Spi::get_three::<String, String, f64>(
+        "SELECT model_type, endpoint, timeout FROM ai_models WHERE model_name = 'chat'",
+    )
+    .unwrap();
+    assert_eq!(model_type.as_deref(), Some("qwen-max"));
+    assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:9/compatible-mode/v1"));
+    assert_eq!(timeout, Some(30.0));
+    let key = Spi::get_one::<String>("SELECT api_key FROM bailian.model_keys WHERE model_name = 'chat'")
+        .unwrap()
+        .unwrap();
+    assert_eq!(key, OTHER_SECRET);
+    assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ai_models").unwrap(), Some(1));
+
+    // replace => true of a new name simply deploys it; env: keys store only the name.
+    Spi::run(&deploy_sql("emb", "text-embedding-v4", "env:PG_BAILIAN_NOT_SET_ANYWHERE", ", replace => true"))
+        .unwrap();
+    assert_eq!(
+        Spi::get_one::<String>("SELECT key_hint FROM ai_models WHERE model_name = 'emb'").unwrap().as_deref(),
+        Some("env:PG_BAILIAN_NOT_SET_ANYWHERE")
+    );
+
+    assert_eq!(Spi::get_one::<bool>("SELECT ai_undeploy_model('chat')").unwrap(), Some(true));
+    assert_eq!(Spi::get_one::<bool>("SELECT ai_undeploy_model('chat')").unwrap(), Some(false));
+    assert_eq!(
+        Spi::get_one::<i64>("SELECT count(*) FROM bailian.model_keys WHERE model_name = 'chat'").unwrap(),
+        Some(0)
+    );
+    assert_eq!(try_sql("SELECT ai_undeploy_model(NULL)"), "22023 model_name must not be NULL");
+}
+
+#[pg_test]
+fn translation_params_in_the_seed_shape() {
+    Spi::run(&deploy_sql(
+        "mt",
+        "qwen-mt-plus",
+        SECRET,
+        ", params => '{\"extra_body\": {\"translation_options\": {\"source_lang\": \"zh\", \
+           \"domains\": \"The sentence is from Ali Cloud IT domain.\", \
+           \"terms\": [{\"source\": \"生物特徵辨識感應器\", \"target\": \"biological sensor\"}], \
+           \"tm_list\": [{\"source\": \"bla\", \"target\": \"bla\"}]}}}'",
+    ))
+    .unwrap();
+    let params = Spi::get_one::<String>("SELECT params::text FROM ai_models WHERE model_name = 'mt'")
+        .unwrap()
+        .unwrap();
+    assert!(params.starts_with("{\"terms\""), "{params}");
+    assert!(!params.contains("extra_body"), "stored flat: {params}");
+}
+
+/// Every bad deployment: its SQLSTATE, the start of its message, and an unchanged catalog.
+#[pg_test]
+fn bad_deployments_are_rejected_and_change_nothing() {
+    install_try_sql();
+    Spi::run(&deploy_sql("taken", "qwen-plus", SECRET, "")).unwrap();
+    let before = catalog_snapshot();
+    let k = SECRET;
+    let cases: Vec<(String, &str)> = vec![
+        (deploy_sql("m", "gpt-4", k, ""), "22023 unsupported model_type \"gpt-4\""),
+        (deploy_sql("m", "QWEN-PLUS", k, ""), "22023 unsupported model_type \"QWEN-PLUS\""),
+        (format!("SELECT ai_deploy_model('m', NULL, '{k}')"), "22023 model_type must not be NULL"),
+        (deploy_sql("", "qwen-plus", k, ""), "22023 model_name must not be empty"),
+        (format!("SELECT ai_deploy_model(NULL, 'qwen-plus', '{k}')"), "22023 model_name must not be NULL"),
+        (deploy_sql("a\nb", "qwen-plus", k, ""), "22023 model_name must not contain control characters"),
+        (deploy_sql("m", "qwen-plus", "abc", ""), "22023 api_key must be a Bailian API key 'sk-...'"),
+        (deploy_sql("m", "qwen-plus", "sk-short", ""), "22023 api_key must be a Bailian API key 'sk-...'"),
+        (deploy_sql("m", "qwen-plus", "env:1BAD", ""), "22023 invalid environment variable name in api_key"),
+        ("SELECT ai_deploy_model('m', 'qwen-plus', NULL)".into(), "22023 api_key must not be NULL"),
+        (deploy_sql("m", "qwen-plus", k, ", params => '[1, 2]'"), "22023 params must be a JSON object, got an array"),
+        (
+            deploy_sql("m", "qwen-plus", k, ", params => '{\"temperature\": 2}'"),
+            "22023 invalid value for parameter \"temperature\": 2; allowed: a number in [0, 2)",
+        ),
+        (deploy_sql("m", "qwen-plus", k, ", params => '{\"temperature\": -0.5}'"), "22023 invalid value for parameter \"temperature\""),
+        (
+            deploy_sql("m", "qwen-plus", k, ", params => '{\"top_p\": 0}'"),
+            "22023 invalid value for parameter \"top_p\": 0; allowed: a number in (0, 1]",
+        ),
+        (deploy_sql("m", "qwen-plus", k, ", params => '{\"top_p\": 1.5}'"), "22023 invalid value for parameter \"top_p\": 1.5"),
+        (
+            deploy_sql("m", "qwen-plus", k, ", params => '{\"max_tokens\": 0}'"),
+            "22023 invalid value for parameter \"max_tokens\": 0; allowed: a positive integer",
+        ),
+        (deploy_sql("m", "qwen-plus", k, ", params => '{\"max_tokens\": 1.5}'"), "22023 invalid value for parameter \"max_tokens\": 1.5"),
+        (
+            deploy_sql("m", "qwen-plus", k, ", params => '{\"foo\": 1}'"),
+            "22023 unknown parameter \"foo\" for chat model qwen-plus; allowed: temperature, top_p, max_tokens",
+        ),
+        (
+            deploy_sql("m", "text-embedding-v4", k, ", params => '{\"temperature\": 0.5}'"),
+            "22023 parameter \"temperature\" does not apply to embedding model text-embedding-v4; allowed: dimension",
+        ),
+        (
+            deploy_sql("m", "qwen-plus", k, ", params => '{\"source_lang\": \"zh\"}'"),
+            "22023 parameter \"source_lang\" does not apply to chat model qwen-plus",
+        ),
+        (
+            deploy_sql("m", "text-embedding-v3", k, ", params => '{\"dimension\": 2048}'"),
+            "22023 invalid value for parameter \"dimension\": 2048; allowed: one of 1024 (default), 768, 512, 256, 128, 64",
+        ),
+        (deploy_sql("m", "text-embedding-v4", k, ", params => '{\"dimension\": \"1024\"}'"), "22023 invalid value for parameter \"dimension\": \"1024\""),
+        (deploy_sql("m", "qwen3-omni-flash", k, ", params => '{\"audio\": {\"voice\": \"Cherry\", \"format\": \"mp3\"}}'"), "22023 invalid value for parameter \"audio\""),
+        (deploy_sql("m", "qwen-plus", k, ", params => '{\"modalities\": [\"text\"]}'"), "22023 parameter \"modalities\" does not apply to chat model qwen-plus"),
+        (deploy_sql("m", "qwen-mt-plus", k, ", params => '{\"extra_body\": {\"options\": {}}}'"), "22023 invalid value for parameter \"extra_body\""),
+        (deploy_sql("m", "qwen-mt-plus", k, ", params => '{\"target_lang\": \"en\"}'"), "22023 parameter \"target_lang\" is not a model parameter"),
+        (deploy_sql("m", "qwen3-vl-plus", k, ", params => '{\"images\": [\"https://x.y/z.png\"]}'"), "22023 parameter \"images\" is not allowed in deployed params"),
+        (deploy_sql("m", "qwen-plus", k, ", max_retries => 101"), "22023 max_retries must be between 0 and 100, got 101"),
+        (deploy_sql("m", "qwen-plus", k, ", max_retries => -1"), "22023 max_retries must be between 0 and 100, got -1"),
+        (deploy_sql("m", "qwen-plus", k, ", initial_retry_delay => 0.1"), "22023 initial_retry_delay must be between 0.5 and 8 seconds, got 0.1"),
+        (deploy_sql("m", "qwen-plus", k, ", initial_retry_delay => 9"), "22023 initial_retry_delay must be between 0.5 and 8 seconds, got 9"),
+        (deploy_sql("m", "qwen-plus", k, ", max_retry_delay => 0.5"), "22023 max_retry_delay must be between 1 and 60 seconds, got 0.5"),
+        (deploy_sql("m", "qwen-plus", k, ", max_retry_delay => 61"), "22023 max_retry_delay must be between 1 and 60 seconds, got 61"),
+        (deploy_sql("m", "qwen-plus", k, ", timeout => 0"), "22023 timeout must be between 1 and 1200 seconds, got 0"),
+        (deploy_sql("m", "qwen-plus", k, ", timeout => 1201"), "22023 timeout must be between 1 and 1200 seconds, got 1201"),
+        (deploy_sql("m", "qwen-plus", k, ", timeout => 'NaN'"), "22023 timeout must be between 1 and 1200 seconds, got NaN"),
+        (
+            deploy_sql("m", "qwen-plus", k, ", initial_retry_delay => 8, max_retry_delay => 2"),
+            "22023 initial_retry_delay (8 seconds) must not exceed max_retry_delay (2 seconds)",
+        ),
+        (deploy_sql("m", "qwen-plus", k, ", region => 'hangzhou'"), "22023 invalid region \"hangzhou\"; allowed: beijing, singapore, virginia"),
+        (deploy_sql("m", "qwen-plus", k, ", base_url => 'ftp://example.com/v1'"), "22023 invalid base_url \"ftp://example.com/v1\": the scheme must be http or https"),
+        (deploy_sql("m", "qwen-plus", k, ", base_url => 'not a url'"), "22023 invalid base_url \"not a url\""),
+        (deploy_sql("m", "qwen-plus", k, ", base_url => 'https://user:pw@example.com/v1'"), "22023 invalid base_url"),
+        (deploy_sql("m", "qwen-plus", k, ", requests_per_minute => 0"), "22023 requests_per_minute must be a positive integer"),
+        (deploy_sql("m", "qwen-plus", k, ", replace => NULL"), "22023 replace must not be NULL"),
+        (deploy_sql("taken", "qwen-max", OTHER_SECRET, ""), "42710 model \"taken\" is already deployed"),
+    ];
+    assert!(cases.len() >= 25);
+    for (sql, expected) in &cases {
+        let got = try_sql(sql);
+        assert!(got.starts_with(expected), "\n  sql: {sql}\n  expected: {expected}\n  got: {got}");
+        for secret in [&SECRET[3..], &OTHER_SECRET[3..], "pw@"] {
+            assert!(!got.contains(secret), "error repeats a secret: {got}");
+        }
+        assert_eq!(catalog_snapshot(), before, "catalog changed by: {sql}");
+    }
+}
+
+/// A role with no grants can use models but reach no key: not through any relation of the
+/// extension, any function it may execute, nor an error message.
+#[pg_test]
+fn a_role_without_grants_cannot_reach_a_key() {
+    install_try_sql();
+    Spi::run(&deploy_sql("chat", "qwen-plus", SECRET, ", base_url => 'http://127.0.0.1:9/v1', max_retries => 0")).unwrap();
+    Spi::run(&deploy_sql("emb", "text-embedding-v4", OTHER_SECRET, "")).unwrap();
+    Spi::run("CREATE ROLE bailian_test_user NOLOGIN").unwrap();
+
+    // What the extension lets PUBLIC execute: the AI functions, never deploy/undeploy.
+    let executable = Spi::get_one::<String>(
+        "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
+           FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+          WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_bailian')
+            AND d.classid = 'pg_proc'::regclass AND p.pronamespace <> 'tests'::regnamespace
+            AND has_function_privilege('bailian_test_user', p.oid, 'EXECUTE')",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        executable,
+        "ai_embed(text,text), ai_gen(text), ai_gen(text,text,jsonb), ai_supported_models(), \
+         ai_translate(text,text,text,jsonb)"
+    );
+
+    // Every relation of the extension: either the role cannot read it, or nothing it can
+    // read holds a key.
+    let relations = Spi::connect(|c| {
+        c.select(
+            "SELECT c.oid::regclass::text, has_table_privilege('bailian_test_user', c.oid, 'SELECT')
+               FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+              WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_bailian')
+                AND d.classid = 'pg_class'::regclass AND c.relkind IN ('r', 'v', 'm', 'p')
+              ORDER BY 1",
+            None,
+            &[],
+        )
+        .unwrap()
+        .map(|r| (r.get::<String>(1).unwrap().unwrap(), r.get::<bool>(2).unwrap().unwrap()))
+        .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        relations,
+        vec![
+            ("ai_models".to_string(), true),
+            ("bailian.model_keys".to_string(), false),
+            ("bailian.models".to_string(), false)
+        ]
+    );
+
+    Spi::run("SET LOCAL ROLE bailian_test_user").unwrap();
+    let leaks = |text: &str| text.contains(&SECRET[3..]) || text.contains(&OTHER_SECRET[3..]);
+    for (rel, readable) in &relations {
+        let r = try_sql(&format!("SELECT count(*) FROM {rel}"));
+        if *readable {
+            assert_eq!(r, "OK", "{rel}");
+            let all = Spi::get_one::<String>(&format!("SELECT coalesce(string_agg(t::text, ''), '') FROM {rel} t"))
+                .unwrap()
+                .unwrap();
+            assert!(!leaks(&all), "{rel} shows a key: {all}");
+            assert!(all.contains("sk-...3a9c"), "the hint is shown: {all}");
+        } else {
+            assert!(r.starts_with("42501 permission denied"), "{rel}: {r}");
+        }
+    }
+    assert!(try_sql("SELECT * FROM ai_supported_models()") == "OK");
+    let deploy = try_sql(&deploy_sql("mine", "qwen-plus", SECRET, ""));
+    assert_eq!(deploy, "42501 permission denied for function ai_deploy_model");
+    assert_eq!(try_sql("SELECT ai_undeploy_model('chat')"), "42501 permission denied for function ai_undeploy_model");
+
+    // The role can use a model; a failing call tells what failed and never the key.
+    let failed = try_sql("SELECT ai_gen('chat', 'hello')");
+    assert!(failed.starts_with("ZBC01 could not reach http://127.0.0.1:9/v1"), "{failed}");
+    assert!(!leaks(&failed), "{failed}");
+    let wrong = try_sql("SELECT ai_embed('chat', 'x')");
+    assert!(wrong.starts_with("42809 ai_embed cannot use model \"chat\""), "{wrong}");
+    assert!(!leaks(&wrong));
+    // The role identity is back after the catalog read.
+    assert_eq!(Spi::get_one::<String>("SELECT current_user::text").unwrap().as_deref(), Some("bailian_test_user"));
+    Spi::run("RESET ROLE").unwrap();
+}

@@ -1,0 +1,39 @@
+-- pg_bailian catalog: deployed models and their keys, in a schema of the extension's own.
+-- Neither table is readable by PUBLIC; users see models through the ai_models view, and the
+-- AI functions read keys as the catalog owner (see src/catalog.rs).
+
+CREATE SCHEMA bailian;
+COMMENT ON SCHEMA bailian IS 'pg_bailian internals: deployed models and their API keys. Use ai_models and the ai_* functions instead.';
+REVOKE ALL ON SCHEMA bailian FROM PUBLIC;
+
+CREATE TABLE bailian.models (
+    model_name          text PRIMARY KEY,
+    model_type          text NOT NULL,
+    task                text NOT NULL CHECK (task IN ('chat', 'translation', 'embedding')),
+    params              jsonb NOT NULL DEFAULT '{}',
+    max_retries         int NOT NULL CHECK (max_retries BETWEEN 0 AND 100),
+    initial_retry_delay float8 NOT NULL CHECK (initial_retry_delay BETWEEN 0.5 AND 8),
+    max_retry_delay     float8 NOT NULL CHECK (max_retry_delay BETWEEN 1 AND 60),
+    timeout             float8 NOT NULL CHECK (timeout BETWEEN 1 AND 1200),
+    region              text NOT NULL CHECK (region IN ('beijing', 'singapore', 'virginia')),
+    base_url            text,
+    endpoint            text NOT NULL,
+    requests_per_minute int CHECK (requests_per_minute > 0),
+    tokens_per_minute   int CHECK (tokens_per_minute > 0),
+    key_hint            text NOT NULL,
+    deployed_by         name NOT NULL,
+    deployed_at         timestamptz NOT NULL
+);
+COMMENT ON TABLE bailian.models IS 'Deployed Bailian models (no keys). Written by ai_deploy_model, read through ai_models.';
+
+CREATE TABLE bailian.model_keys (
+    model_name text PRIMARY KEY REFERENCES bailian.models (model_name) ON DELETE CASCADE ON UPDATE CASCADE,
+    api_key    text NOT NULL
+);
+COMMENT ON TABLE bailian.model_keys IS 'API keys of deployed models (''sk-...'' or ''env:NAME''). Readable only by its owner.';
+
+REVOKE ALL ON bailian.models, bailian.model_keys FROM PUBLIC;
+
+-- Deployed models survive pg_dump / pg_restore.
+SELECT pg_catalog.pg_extension_config_dump('bailian.models', '');
+SELECT pg_catalog.pg_extension_config_dump('bailian.model_keys', '');

@@ -1,0 +1,41 @@
+-- Functions implemented as plain fmgr entry points (src/entry.rs) so they can raise
+-- pg_bailian's own SQLSTATEs. COST is high so the planner evaluates cheap quals first.
+
+CREATE FUNCTION ai_deploy_model(
+    model_name          text,
+    model_type          text,
+    api_key             text,
+    params              jsonb   DEFAULT '{}',
+    max_retries         int     DEFAULT 2,
+    initial_retry_delay float8  DEFAULT 0.5,
+    max_retry_delay     float8  DEFAULT 8,
+    timeout             float8  DEFAULT 600,
+    region              text    DEFAULT 'beijing',
+    base_url            text    DEFAULT NULL,
+    replace             boolean DEFAULT false,
+    requests_per_minute int     DEFAULT NULL,
+    tokens_per_minute   int     DEFAULT NULL
+) RETURNS void
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_deploy_model';
+
+CREATE FUNCTION ai_undeploy_model(model_name text) RETURNS boolean
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_undeploy_model';
+
+CREATE FUNCTION ai_gen(model_name text, prompt text, params jsonb DEFAULT NULL) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_gen';
+
+CREATE FUNCTION ai_gen(prompt text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_gen_default';
+
+CREATE FUNCTION ai_translate(model_name text, content text, target_lang text, params jsonb DEFAULT NULL)
+RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_translate';
+
+CREATE FUNCTION ai_embed(model_name text, content text) RETURNS real[]
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_embed';

@@ -1,0 +1,120 @@
+//! Per-backend network state: one runtime, one pooled HTTP client and one rate limiter per
+//! deployed model, all created on first use, and the wait that gives way to cancels.
+
+use bailian_core::client::{Call, Client};
+use bailian_core::deploy::Deployment;
+use bailian_core::ratelimit::RateLimiter;
+use bailian_core::retry::RetryPolicy;
+use bailian_core::runtime::Runtime;
+use bailian_core::secret::ApiKey;
+use bailian_core::AiError;
+use once_cell::sync::OnceCell;
+use pgrx::pg_sys;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Backend {
+    runtime: Runtime,
+    client: Client,
+    /// Keyed by model name and its limits, so a redeploy with new limits starts fresh.
+    limiters: Mutex<HashMap<(String, Option<u32>, Option<u32>), Arc<RateLimiter>>>,
+}
+
+static BACKEND: OnceCell<Backend> = OnceCell::new();
+
+fn backend() -> Result<&'static Backend, AiError> {
+    BACKEND.get_or_try_init(|| {
+        Ok(Backend {
+            runtime: Runtime::new()?,
+            client: Client::new()?,
+            limiters: Mutex::new(HashMap::new()),
+        })
+    })
+}
+
+/// True once PostgreSQL wants this statement or backend to stop.
+fn interrupt_pending() -> bool {
+    // SAFETY: plain reads of sig_atomic_t flags that signal handlers set; we are on the
+    // backend's thread (the runtime is current-thread).
+    unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 }
+}
+
+/// A deployed model ready to call: its deployment, the resolved key, its rate limiter and
+/// the settings of this call (deployed retry/timeout overridden by per-call params).
+pub struct Target<'a> {
+    pub deployment: &'a Deployment,
+    key: ApiKey,
+    timeout: Duration,
+    retry: RetryPolicy,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(
+        deployment: &'a Deployment,
+        call_params: &Map<String, Value>,
+    ) -> Result<Target<'a>, AiError> {
+        let key = deployment.key.resolve(&deployment.name)?;
+        let timeout = call_params
+            .get("timeout")
+            .and_then(Value::as_f64)
+            .map(Duration::from_secs_f64)
+            .unwrap_or_else(|| deployment.retry.timeout());
+        let mut retry = deployment.retry.policy();
+        if let Some(n) = call_params.get("max_retries").and_then(Value::as_u64) {
+            retry.max_retries = n as u32;
+        }
+        Ok(Target {
+            deployment,
+            key,
+            timeout,
+            retry,
+            limiter: limiter_for(deployment)?,
+        })
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call {
+            model: &self.deployment.name,
+            endpoint: self.deployment.endpoint(),
+            key: &self.key,
+            timeout: self.timeout,
+            retry: self.retry,
+            limiter: self.limiter.as_deref(),
+        }
+    }
+}
+
+/// The backend's limiter for a deployment with limits; one per model and limit values, so
+/// every statement in this backend shares the model's budget.
+fn limiter_for(d: &Deployment) -> Result<Option<Arc<RateLimiter>>, AiError> {
+    let (rpm, tpm) = (d.limits.requests_per_minute, d.limits.tokens_per_minute);
+    if rpm.is_none() && tpm.is_none() {
+        return Ok(None);
+    }
+    let mut map = backend()?
+        .limiters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let limiter = map
+        .entry((d.name.clone(), rpm, tpm))
+        .or_insert_with(|| Arc::new(RateLimiter::new(rpm, tpm)));
+    Ok(Some(limiter.clone()))
+}
+
+/// Runs `work` with the backend's client and a `Call` for `target`, waiting in the runtime
+/// until it finishes or PostgreSQL asks to cancel; the caller raises the cancel afterwards.
+pub fn run<'t, T, Fut>(
+    target: &'t Target<'_>,
+    work: impl FnOnce(&'static Client, Call<'t>) -> Fut,
+) -> Result<T, AiError>
+where
+    Fut: Future<Output = Result<T, AiError>>,
+{
+    let b = backend()?;
+    b.runtime
+        .block_on_interruptible(work(&b.client, target.call()), interrupt_pending)?
+}

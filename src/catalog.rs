@@ -1,0 +1,330 @@
+//! The catalog of deployed models (`bailian.models`, keys in `bailian.model_keys`).
+//!
+//! Neither table is readable by PUBLIC. The AI functions read them as the catalog's owner for
+//! the duration of one fixed, fully-qualified query, so any role allowed to call a function
+//! can use a model without any path to its key. Loaded deployments are cached for the rest
+//! of the statement (and transaction): a column of 10,000 rows reads the catalog once.
+
+use bailian_core::deploy::{DeployArgs, Deployment};
+use bailian_core::registry::Task;
+use bailian_core::AiError;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::Arc;
+
+const SCHEMA: &str = "bailian";
+
+/// Runs `f` as the owner of the catalog schema, restoring the caller's identity afterwards,
+/// also when `f` raises an error. Every query run this way must name schemas and operators
+/// explicitly: the caller's search_path is still in effect.
+fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'bailian'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| error!("pg_bailian: the catalog schema \"{SCHEMA}\" is missing; recreate the extension"));
+
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the identity saved below; a plain setter with no failure path.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let mut saved_user = pg_sys::Oid::INVALID;
+    let mut saved_context = 0;
+    // SAFETY: reads and sets this backend's current user id and security context.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let _restore = Restore(saved_user, saved_context);
+    f()
+}
+
+fn current_user_name() -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd C string for a valid role id.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
+fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
+    AiError::Internal {
+        message: format!("catalog query failed: {e}"),
+    }
+}
+
+// ---- per-statement cache -------------------------------------------------------------
+
+#[derive(Default)]
+struct Cache {
+    stamp: (i64, i64, u64),
+    models: HashMap<String, Arc<Deployment>>,
+    default_chat: Option<String>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static GENERATION: RefCell<u64> = const { RefCell::new(0) };
+}
+
+/// Changes with every statement, transaction, and deploy/undeploy in this backend.
+fn stamp() -> (i64, i64, u64) {
+    // SAFETY: plain reads of the current transaction's timestamps.
+    let (stmt, xact) = unsafe {
+        (
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetCurrentTransactionStartTimestamp(),
+        )
+    };
+    (stmt, xact, GENERATION.with(|g| *g.borrow()))
+}
+
+fn with_cache<T>(f: impl FnOnce(&mut Cache) -> T) -> T {
+    let now = stamp();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.stamp != now {
+            *c = Cache {
+                stamp: now,
+                ..Cache::default()
+            };
+        }
+        f(&mut c)
+    })
+}
+
+fn invalidate() {
+    GENERATION.with(|g| *g.borrow_mut() += 1);
+}
+
+// ---- reads ---------------------------------------------------------------------------
+
+const LOAD: &str = "
+SELECT m.model_type, m.params, m.max_retries, m.initial_retry_delay, m.max_retry_delay,
+       m.timeout, m.region, m.base_url, m.requests_per_minute, m.tokens_per_minute, k.api_key
+  FROM bailian.models m
+  JOIN bailian.model_keys k ON k.model_name OPERATOR(pg_catalog.=) m.model_name
+ WHERE m.model_name OPERATOR(pg_catalog.=) $1";
+
+/// The deployment named `name`.
+pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
+    if let Some(hit) = with_cache(|c| c.models.get(name).cloned()) {
+        return Ok(hit);
+    }
+    let args = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(LOAD, Some(1), &[name.into()])
+                .map_err(spi_failed)?;
+            let Some(row) = rows.into_iter().next() else {
+                return Ok(None);
+            };
+            let get_err = spi_failed;
+            Ok::<_, AiError>(Some(DeployArgs {
+                model_name: Some(name.to_string()),
+                model_type: row.get::<String>(1).map_err(get_err)?,
+                params: row.get::<JsonB>(2).map_err(get_err)?.map(|j| j.0),
+                max_retries: row.get::<i32>(3).map_err(get_err)?,
+                initial_retry_delay: row.get::<f64>(4).map_err(get_err)?,
+                max_retry_delay: row.get::<f64>(5).map_err(get_err)?,
+                timeout: row.get::<f64>(6).map_err(get_err)?,
+                region: row.get::<String>(7).map_err(get_err)?,
+                base_url: row.get::<String>(8).map_err(get_err)?,
+                requests_per_minute: row.get::<i32>(9).map_err(get_err)?,
+                tokens_per_minute: row.get::<i32>(10).map_err(get_err)?,
+                api_key: row.get::<String>(11).map_err(get_err)?,
+            }))
+        })
+    })?;
+    let Some(args) = args else {
+        return Err(AiError::ModelNotDeployed {
+            name: name.to_string(),
+            hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
+        });
+    };
+    // Rows were validated when deployed; checking again guards against hand-edited rows and
+    // models an upgrade no longer supports.
+    let deployment = Deployment::from_args(args).map_err(|e| {
+        AiError::invalid(format!(
+            "deployed model \"{name}\" is no longer valid: {e}; redeploy it"
+        ))
+    })?;
+    let deployment = Arc::new(deployment);
+    with_cache(|c| c.models.insert(name.to_string(), deployment.clone()));
+    Ok(deployment)
+}
+
+/// The deployment named `name`, checked to be usable by `function`.
+pub fn load_for(name: &str, function: &str, tasks: &[Task]) -> Result<Arc<Deployment>, AiError> {
+    let d = load(name)?;
+    if tasks.contains(&d.spec.task) {
+        return Ok(d);
+    }
+    let allowed = tasks
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(AiError::WrongTask {
+        model: name.to_string(),
+        model_type: d.spec.model_type.to_string(),
+        task: d.spec.task.to_string(),
+        function: function.to_string(),
+        allowed: format!(
+            "{function} needs a model whose task is {allowed}; SELECT model_name, task FROM ai_models shows each model's task."
+        ),
+    })
+}
+
+/// The model `ai_gen(prompt)` uses: `pg_bailian.default_chat_model`, or the only deployed
+/// chat model.
+pub fn default_chat_model() -> Result<String, AiError> {
+    if let Some(name) = crate::guc::default_chat_model() {
+        return Ok(name);
+    }
+    if let Some(hit) = with_cache(|c| c.default_chat.clone()) {
+        return Ok(hit);
+    }
+    let names: Vec<String> = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT model_name FROM bailian.models WHERE task OPERATOR(pg_catalog.=) 'chat' \
+                     ORDER BY model_name LIMIT 6",
+                    None,
+                    &[],
+                )
+                .map_err(spi_failed)?;
+            rows.into_iter()
+                .map(|r| {
+                    r.get::<String>(1)
+                        .map_err(spi_failed)
+                        .map(Option::unwrap_or_default)
+                })
+                .collect::<Result<Vec<_>, AiError>>()
+        })
+    })?;
+    match names.as_slice() {
+        [only] => {
+            with_cache(|c| c.default_chat = Some(only.clone()));
+            Ok(only.clone())
+        }
+        [] => Err(AiError::NoDefaultChatModel {
+            message: "ai_gen(prompt) needs a chat model, and none is deployed".into(),
+            hint: "Deploy one, e.g. SELECT ai_deploy_model('chat', 'qwen-plus', 'env:DASHSCOPE_API_KEY'), \
+                   or call ai_gen(model_name, prompt)."
+                .into(),
+        }),
+        several => Err(AiError::NoDefaultChatModel {
+            message: format!(
+                "ai_gen(prompt) cannot choose among the deployed chat models ({}{})",
+                several.iter().take(5).map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "),
+                if several.len() > 5 { ", ..." } else { "" }
+            ),
+            hint: "SET pg_bailian.default_chat_model = '<model_name>', or call ai_gen(model_name, prompt).".into(),
+        }),
+    }
+}
+
+// ---- writes --------------------------------------------------------------------------
+
+const UPSERT_MODEL: &str = "
+INSERT INTO bailian.models (model_name, model_type, task, params, max_retries,
+    initial_retry_delay, max_retry_delay, timeout, region, base_url, endpoint,
+    requests_per_minute, tokens_per_minute, key_hint, deployed_by, deployed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, pg_catalog.now())
+ON CONFLICT (model_name) DO UPDATE SET
+    model_type = EXCLUDED.model_type, task = EXCLUDED.task, params = EXCLUDED.params,
+    max_retries = EXCLUDED.max_retries, initial_retry_delay = EXCLUDED.initial_retry_delay,
+    max_retry_delay = EXCLUDED.max_retry_delay, timeout = EXCLUDED.timeout,
+    region = EXCLUDED.region, base_url = EXCLUDED.base_url, endpoint = EXCLUDED.endpoint,
+    requests_per_minute = EXCLUDED.requests_per_minute,
+    tokens_per_minute = EXCLUDED.tokens_per_minute, key_hint = EXCLUDED.key_hint,
+    deployed_by = EXCLUDED.deployed_by, deployed_at = EXCLUDED.deployed_at
+  WHERE $16
+RETURNING NOT (xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid) AS replaced";
+
+const UPSERT_KEY: &str = "
+INSERT INTO bailian.model_keys (model_name, api_key) VALUES ($1, $2)
+ON CONFLICT (model_name) DO UPDATE SET api_key = EXCLUDED.api_key";
+
+/// Stores `d`; an existing model of that name is replaced only when `replace` is true.
+/// Returns whether a model was replaced.
+pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
+    let deployed_by = current_user_name();
+    let params = JsonB(serde_json::Value::Object(d.params.clone()));
+    let outcome = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let rows = client
+                .update(
+                    UPSERT_MODEL,
+                    Some(1),
+                    &[
+                        d.name.as_str().into(),
+                        d.spec.model_type.into(),
+                        d.spec.task.as_str().into(),
+                        params.into(),
+                        (d.retry.max_retries as i32).into(),
+                        d.retry.initial_retry_delay.into(),
+                        d.retry.max_retry_delay.into(),
+                        d.retry.timeout.into(),
+                        d.region.as_str().into(),
+                        d.base_url.clone().into(),
+                        d.endpoint().into(),
+                        d.limits.requests_per_minute.map(|n| n as i32).into(),
+                        d.limits.tokens_per_minute.map(|n| n as i32).into(),
+                        d.key.hint().into(),
+                        deployed_by.as_str().into(),
+                        replace.into(),
+                    ],
+                )
+                .map_err(spi_failed)?;
+            let Some(row) = rows.into_iter().next() else {
+                return Ok(None);
+            };
+            let replaced = row.get::<bool>(1).map_err(spi_failed)?.unwrap_or(false);
+            client
+                .update(
+                    UPSERT_KEY,
+                    None,
+                    &[d.name.as_str().into(), d.key.stored().into()],
+                )
+                .map_err(spi_failed)?;
+            Ok::<_, AiError>(Some(replaced))
+        })
+    })?;
+    invalidate();
+    outcome.ok_or_else(|| AiError::DuplicateModel {
+        name: d.name.clone(),
+    })
+}
+
+/// Removes the model named `name`; false when there was none.
+pub fn undeploy(name: &str) -> Result<bool, AiError> {
+    let removed = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let rows = client
+                .update(
+                    "DELETE FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1 RETURNING 1",
+                    None,
+                    &[name.into()],
+                )
+                .map_err(spi_failed)?;
+            Ok::<_, AiError>(!rows.is_empty())
+        })
+    })?;
+    invalidate();
+    Ok(removed)
+}

@@ -1,0 +1,195 @@
+//! SQL entry points that can raise pg_bailian's own SQLSTATEs.
+//!
+//! pgrx's `#[pg_extern]` can only report the SQLSTATEs its enum knows, so the functions that
+//! raise `ZBxxx` codes are plain V1 fmgr functions declared in `sql/functions.sql`. Each runs
+//! its body inside pgrx's guard (panics and PostgreSQL errors from the body are reported as
+//! usual) and, if the body returns an `AiError`, raises it here from a frame that owns
+//! nothing, which is what makes the longjmp out of Rust sound.
+
+use bailian_core::AiError;
+use pgrx::pg_sys;
+use std::ffi::{c_char, c_int, CString};
+
+/// Declares `pg_finfo_$name` and `$name` for a body `fn(FunctionCallInfo) -> Result<Option<Datum>, AiError>`.
+/// `Secret` marks functions whose arguments may hold an API key: their errors keep the
+/// statement and its context out of the server log.
+macro_rules! sql_entry {
+    ($finfo:ident, $name:ident, $body:path) => {
+        $crate::entry::sql_entry!($finfo, $name, $body, $crate::entry::Args::Plain);
+    };
+    ($finfo:ident, $name:ident, $body:path, $args:expr) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+            const V1: ::pgrx::pg_sys::Pg_finfo_record =
+                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+
+        #[no_mangle]
+        #[doc(hidden)]
+        pub unsafe extern "C-unwind" fn $name(
+            fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
+        ) -> ::pgrx::pg_sys::Datum {
+            // SAFETY: called by PostgreSQL's fmgr with a valid fcinfo, on the backend thread.
+            unsafe { $crate::entry::run(fcinfo, $body, $args) }
+        }
+    };
+}
+pub(crate) use sql_entry;
+
+pub type Body = fn(pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError>;
+
+/// Whether a function's arguments may carry an API key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Args {
+    Plain,
+    Secret,
+}
+
+/// An error on its way out, as plain text only.
+struct Report {
+    code: c_int,
+    message: CString,
+    detail: Option<CString>,
+    hint: Option<CString>,
+    hide_sql: bool,
+}
+
+fn cstring(s: String) -> CString {
+    CString::new(s.replace('\0', "\\0")).unwrap_or_default()
+}
+
+impl From<AiError> for Report {
+    fn from(e: AiError) -> Report {
+        Report {
+            code: make_sqlstate(&e.sqlstate()),
+            message: cstring(e.to_string()),
+            detail: e.detail().map(cstring),
+            hint: e.hint().map(cstring),
+            hide_sql: false,
+        }
+    }
+}
+
+/// PostgreSQL's MAKE_SQLSTATE: six bits per character.
+fn make_sqlstate(code: &str) -> c_int {
+    code.bytes().take(5).enumerate().fold(0, |acc, (i, b)| {
+        acc | ((c_int::from(b.wrapping_sub(b'0')) & 0x3F) << (6 * i))
+    })
+}
+
+/// # Safety
+/// `fcinfo` must be the valid call info PostgreSQL passed to the entry point.
+pub unsafe fn run(fcinfo: pg_sys::FunctionCallInfo, body: Body, args: Args) -> pg_sys::Datum {
+    let outcome: Result<Option<pg_sys::Datum>, Report> = unsafe {
+        pgrx::pgrx_extern_c_guard(|| match body(fcinfo) {
+            Ok(v) => Ok(v),
+            Err(AiError::Interrupted) => {
+                // PostgreSQL raises its own error for the pending cancel or termination
+                // (statement timeout, pg_cancel_backend, pg_terminate_backend).
+                pgrx::check_for_interrupts!();
+                Err(Report::from(AiError::Interrupted))
+            }
+            Err(e) => Err(Report::from(e)),
+        })
+    };
+    match outcome {
+        Ok(Some(datum)) => datum,
+        Ok(None) => {
+            // SAFETY: fcinfo is valid for the duration of the call.
+            unsafe { (*fcinfo).isnull = true };
+            pg_sys::Datum::from(0)
+        }
+        Err(mut report) => {
+            report.hide_sql = args == Args::Secret;
+            unsafe { raise(report) }
+        }
+    }
+}
+
+unsafe extern "C-unwind" {
+    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+    fn errcode(sqlerrcode: c_int) -> c_int;
+    fn errmsg(fmt: *const c_char, ...) -> c_int;
+    fn errdetail(fmt: *const c_char, ...) -> c_int;
+    fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errhidestmt(hide_stmt: bool) -> c_int;
+    fn errhidecontext(hide_ctx: bool) -> c_int;
+    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+}
+
+/// Raises `report` as an ERROR. For `Args::Secret` functions the statement and context (which
+/// quote the call, key included) stay out of the server log.
+///
+/// # Safety
+/// Must be called from the outermost Rust frame of an fmgr entry point: `errfinish` longjmps
+/// over it, so nothing with a destructor may be alive above this call.
+unsafe fn raise(report: Report) -> ! {
+    let percent_s = c"%s".as_ptr();
+    // SAFETY: the err* calls follow ereport's protocol; errmsg and friends copy their
+    // arguments into the error context, so the Rust strings can be freed before errfinish.
+    unsafe {
+        if errstart(pg_sys::PGERROR as c_int, std::ptr::null()) {
+            errcode(report.code);
+            errmsg(percent_s, report.message.as_ptr());
+            if let Some(d) = &report.detail {
+                errdetail(percent_s, d.as_ptr());
+            }
+            if let Some(h) = &report.hint {
+                errhint(percent_s, h.as_ptr());
+            }
+            if report.hide_sql {
+                errhidestmt(true);
+                errhidecontext(true);
+            }
+            drop(report);
+            errfinish(c"pg_bailian".as_ptr(), 0, c"pg_bailian".as_ptr());
+        }
+    }
+    unreachable!("errfinish returned for an ERROR")
+}
+
+#[derive(Clone, Copy)]
+pub enum Level {
+    Notice,
+    Warning,
+}
+
+/// A NOTICE or WARNING that never quotes the calling statement in the server log, for
+/// functions whose arguments may hold a key. (pgrx's notice!/warning! cannot hide it.)
+pub fn notify(level: Level, message: &str) {
+    let message = cstring(message.to_string());
+    let elevel = match level {
+        Level::Notice => pg_sys::NOTICE,
+        Level::Warning => pg_sys::WARNING,
+    } as c_int;
+    // SAFETY: below ERROR, errfinish returns; the guard turns any error raised meanwhile
+    // (out of memory, say) into a Rust panic instead of a longjmp over Rust frames.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            if errstart(elevel, std::ptr::null()) {
+                errmsg(c"%s".as_ptr(), message.as_ptr());
+                errhidestmt(true);
+                errhidecontext(true);
+                errfinish(c"pg_bailian".as_ptr(), 0, c"pg_bailian".as_ptr());
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlstate_encoding_matches_postgres() {
+        // ERRCODE_QUERY_CANCELED = MAKE_SQLSTATE('5','7','0','1','4')
+        assert_eq!(
+            super::make_sqlstate("57014"),
+            pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32
+        );
+        assert_eq!(
+            super::make_sqlstate("22023"),
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32
+        );
+    }
+}

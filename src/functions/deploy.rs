@@ -1,0 +1,74 @@
+//! ai_deploy_model and ai_undeploy_model.
+
+use super::arg;
+use crate::catalog;
+use crate::entry::{notify, sql_entry, Args, Level};
+use bailian_core::deploy::{DeployArgs, Deployment};
+use bailian_core::secret::KeySource;
+use bailian_core::AiError;
+use pgrx::{pg_sys, IntoDatum, JsonB};
+
+sql_entry!(
+    pg_finfo_pg_bailian_deploy_model,
+    pg_bailian_deploy_model,
+    deploy_model,
+    Args::Secret
+);
+sql_entry!(
+    pg_finfo_pg_bailian_undeploy_model,
+    pg_bailian_undeploy_model,
+    undeploy_model,
+    Args::Secret
+);
+
+fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let args = DeployArgs {
+        model_name: arg::<String>(fcinfo, 0),
+        model_type: arg::<String>(fcinfo, 1),
+        api_key: arg::<String>(fcinfo, 2),
+        params: arg::<JsonB>(fcinfo, 3).map(|j| j.0),
+        max_retries: arg::<i32>(fcinfo, 4),
+        initial_retry_delay: arg::<f64>(fcinfo, 5),
+        max_retry_delay: arg::<f64>(fcinfo, 6),
+        timeout: arg::<f64>(fcinfo, 7),
+        region: arg::<String>(fcinfo, 8),
+        base_url: arg::<String>(fcinfo, 9),
+        requests_per_minute: arg::<i32>(fcinfo, 11),
+        tokens_per_minute: arg::<i32>(fcinfo, 12),
+    };
+    let replace =
+        arg::<bool>(fcinfo, 10).ok_or_else(|| AiError::invalid("replace must not be NULL"))?;
+    let deployment = Deployment::from_args(args)?;
+    let replaced = catalog::deploy(&deployment, replace)?;
+    if let KeySource::Env(var) = &deployment.key {
+        if std::env::var_os(var).is_none() {
+            notify(
+                Level::Warning,
+                &format!(
+                    "environment variable {var} is not set in this PostgreSQL server; calls to model \"{}\" \
+                     will fail until it is set and the server restarted",
+                    deployment.name
+                ),
+            );
+        }
+    }
+    let verb = if replaced { "redeployed" } else { "deployed" };
+    notify(
+        Level::Notice,
+        &format!(
+            "{verb} model \"{}\" ({}, {} task) at {}",
+            deployment.name,
+            deployment.spec.model_type,
+            deployment.spec.task,
+            deployment.endpoint()
+        ),
+    );
+    Ok(Some(pgrx::fcinfo::pg_return_void()))
+}
+
+fn undeploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let Some(name) = arg::<String>(fcinfo, 0) else {
+        return Err(AiError::invalid("model_name must not be NULL"));
+    };
+    Ok(catalog::undeploy(&name)?.into_datum())
+}

@@ -1,0 +1,17 @@
+//! The SQL functions. Each body decodes its arguments, calls the catalog and bailian-core,
+//! and returns a Datum; `entry::sql_entry!` makes it an fmgr function.
+
+mod deploy;
+mod embed;
+mod generate;
+mod supported;
+
+use pgrx::datum::FromDatum;
+use pgrx::pg_sys;
+
+/// Argument `n`, or None for SQL NULL.
+fn arg<T: FromDatum>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<T> {
+    // SAFETY: fcinfo is the live call info of the running function, and each body reads only
+    // the arguments its CREATE FUNCTION declares, with their declared types.
+    unsafe { pgrx::fcinfo::pg_getarg::<T>(fcinfo, n) }
+}
