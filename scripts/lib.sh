@@ -89,7 +89,10 @@ cluster_start() {
         mkdir -p "$PGDATA_DIR"
         chown postgres:postgres "$PGDATA_DIR"
         pg_as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-        cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
+        echo "include_if_exists = 'pg_bailian_cluster.conf'" >>"$PGDATA_DIR/postgresql.conf"
+    fi
+    # Rewritten at every start, so a changed setting reaches an existing cluster.
+    cat >"$PGDATA_DIR/pg_bailian_cluster.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PGPORT
 unix_socket_directories = '$PGDATA_DIR'
@@ -97,8 +100,9 @@ max_connections = 60
 shared_buffers = 256MB
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = info
+log_error_verbosity = verbose
 EOF
-    fi
+    chown postgres:postgres "$PGDATA_DIR/pg_bailian_cluster.conf"
     cluster_stop quiet
     : >"$PGLOG"
     chown postgres:postgres "$PGLOG"

@@ -32,13 +32,25 @@ macro_rules! sql_entry {
             fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
         ) -> ::pgrx::pg_sys::Datum {
             // SAFETY: called by PostgreSQL's fmgr with a valid fcinfo, on the backend thread.
-            unsafe { $crate::entry::run(fcinfo, $body, $args) }
+            const WHERE: $crate::entry::Location = $crate::entry::Location {
+                function: concat!(stringify!($name), "\0"),
+                file: concat!(file!(), "\0"),
+                line: line!(),
+            };
+            unsafe { $crate::entry::run(fcinfo, $body, $args, &WHERE) }
         }
     };
 }
 pub(crate) use sql_entry;
 
 pub type Body = fn(pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError>;
+
+/// Where an error is reported from, for `\set VERBOSITY verbose` (NUL-terminated strings).
+pub struct Location {
+    pub function: &'static str,
+    pub file: &'static str,
+    pub line: u32,
+}
 
 /// Whether a function's arguments may carry an API key.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,7 +93,12 @@ fn make_sqlstate(code: &str) -> c_int {
 
 /// # Safety
 /// `fcinfo` must be the valid call info PostgreSQL passed to the entry point.
-pub unsafe fn run(fcinfo: pg_sys::FunctionCallInfo, body: Body, args: Args) -> pg_sys::Datum {
+pub unsafe fn run(
+    fcinfo: pg_sys::FunctionCallInfo,
+    body: Body,
+    args: Args,
+    at: &'static Location,
+) -> pg_sys::Datum {
     let outcome: Result<Option<pg_sys::Datum>, Report> = unsafe {
         pgrx::pgrx_extern_c_guard(|| match body(fcinfo) {
             Ok(v) => Ok(v),
@@ -103,7 +120,7 @@ pub unsafe fn run(fcinfo: pg_sys::FunctionCallInfo, body: Body, args: Args) -> p
         }
         Err(mut report) => {
             report.hide_sql = args == Args::Secret;
-            unsafe { raise(report) }
+            unsafe { raise(report, at) }
         }
     }
 }
@@ -125,7 +142,7 @@ unsafe extern "C-unwind" {
 /// # Safety
 /// Must be called from the outermost Rust frame of an fmgr entry point: `errfinish` longjmps
 /// over it, so nothing with a destructor may be alive above this call.
-unsafe fn raise(report: Report) -> ! {
+unsafe fn raise(report: Report, at: &'static Location) -> ! {
     let percent_s = c"%s".as_ptr();
     // SAFETY: the err* calls follow ereport's protocol; errmsg and friends copy their
     // arguments into the error context, so the Rust strings can be freed before errfinish.
@@ -144,7 +161,11 @@ unsafe fn raise(report: Report) -> ! {
                 errhidecontext(true);
             }
             drop(report);
-            errfinish(c"pg_bailian".as_ptr(), 0, c"pg_bailian".as_ptr());
+            errfinish(
+                at.file.as_ptr().cast(),
+                at.line as c_int,
+                at.function.as_ptr().cast(),
+            );
         }
     }
     unreachable!("errfinish returned for an ERROR")

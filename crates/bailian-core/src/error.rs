@@ -176,7 +176,7 @@ impl fmt::Display for AiError {
                 ..
             } => write!(
                 f,
-                "{function} cannot use model \"{model}\": it is a {task} model ({model_type})"
+                "{function} cannot use model \"{model}\": its task is {task} ({model_type})"
             ),
             AiError::NoDefaultChatModel { message, .. } => f.write_str(message),
             AiError::ApiKeyUnavailable { model, variable } => write!(

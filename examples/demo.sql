@@ -1,0 +1,58 @@
+-- pg_bailian walkthrough, run by scripts/demo.sh against the stand-in (psql variable
+-- base_url). Against real Bailian, drop base_url and pass your key or 'env:NAME'.
+\pset footer off
+\set ON_ERROR_STOP 1
+
+CREATE EXTENSION pg_bailian;
+
+\echo '\n-- What can be deployed: 54 models of seed 000, by task'
+SELECT task, count(*) AS models FROM ai_supported_models() GROUP BY task ORDER BY task;
+SELECT model_type, params, dimensions, default_dimension, max_inputs_per_request
+  FROM ai_supported_models() WHERE task = 'embedding' AND model_type LIKE 'text-%';
+
+\echo '\n-- A DBA deploys three models once (keys stay in a table only the owner can read)'
+SELECT ai_deploy_model('chat', 'qwen-plus', 'env:PG_BAILIAN_DEMO_KEY',
+       params   => '{"temperature": 0.3, "system": "You are a concise assistant."}',
+       base_url => :'base_url');
+SELECT ai_deploy_model('translator', 'qwen-mt-plus', 'sk-demo0123456789abcdef',
+       params   => '{"extra_body": {"translation_options": {"source_lang": "auto",
+                     "terms": [{"source": "数据库", "target": "database"}]}}}',
+       base_url => :'base_url');
+SELECT ai_deploy_model('embedder', 'text-embedding-v4', 'sk-demo0123456789abcdef',
+       params   => '{"dimension": 256}', max_retries => 3, base_url => :'base_url');
+SELECT model_name, model_type, task, key_hint, params, endpoint FROM ai_models ORDER BY model_name;
+
+\echo '\n-- Anyone then calls the models from SQL; the data never leaves the database tier'
+CREATE TABLE reviews (id int PRIMARY KEY, body text);
+INSERT INTO reviews VALUES
+  (1, '这个数据库非常快，查询几乎是瞬间完成的'),
+  (2, 'The checkout page crashed twice before my order went through.'),
+  (3, 'Great battery life, the phone lasts two full days.'),
+  (4, '物流太慢了，等了两个星期'),
+  (5, 'The phone battery died after one day, very disappointing.'),
+  (6, NULL);
+
+SELECT id, ai_gen('chat', 'Classify the sentiment of: ' || body) AS answer FROM reviews ORDER BY id;
+SELECT id, ai_translate('translator', body, 'English') AS english FROM reviews ORDER BY id;
+SELECT ai_gen('Say hello to the DBA.') AS default_chat_model;
+
+ALTER TABLE reviews ADD COLUMN embedding real[];
+UPDATE reviews SET embedding = ai_embed('embedder', body);
+SELECT id, cardinality(embedding) AS dims, embedding[1:3] AS head FROM reviews ORDER BY id;
+
+\echo '\n-- Nearest neighbours by cosine similarity (unit vectors: the dot product)'
+CREATE FUNCTION pg_temp.cosine(a real[], b real[]) RETURNS float8
+  LANGUAGE sql IMMUTABLE AS $$ SELECT sum(x * y) FROM unnest(a, b) AS t(x, y) $$;
+SELECT a.id, b.id AS nearest, round(pg_temp.cosine(a.embedding, b.embedding)::numeric, 3) AS cosine
+  FROM reviews a
+  CROSS JOIN LATERAL (SELECT id, embedding FROM reviews b
+                       WHERE b.id <> a.id AND b.embedding IS NOT NULL
+                       ORDER BY pg_temp.cosine(a.embedding, b.embedding) DESC LIMIT 1) b
+ WHERE a.embedding IS NOT NULL ORDER BY a.id;
+
+\echo '\n-- Errors say what went wrong, with their own SQLSTATE, and never show a key'
+\set ON_ERROR_STOP 0
+\set VERBOSITY verbose
+SELECT ai_embed('chat', 'wrong task');
+SELECT ai_gen('chat', 'hot', '{"temperature": 5}');
+\set VERBOSITY default

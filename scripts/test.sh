@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or again: installs what is missing, then runs
+#   1. unit tests of the core crate and the stand-in (no database),
+#   2. in-database tests (pgrx-tests/, through `cargo pgrx test`),
+#   3. end-to-end tests (tests/) against a throwaway PostgreSQL cluster and the stand-in.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO"
+
+ensure_toolchain
+
+say "1/3 unit tests: registry, validation, retry policy, HTTP client against the stand-in"
+cargo test -p bailian-core -p bailian-standin
+
+say "2/3 in-database tests: cargo pgrx test pg$PG_MAJOR"
+prepare_run_dir
+mkdir -p "$RUN_DIR/pgrx-test-data"
+chown postgres:postgres "$RUN_DIR/pgrx-test-data"
+cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$RUN_DIR/pgrx-test-data"
+
+say "3/3 end-to-end tests: PostgreSQL $PG_MAJOR + pg_bailian + the stand-in over loopback"
+install_extension
+cluster_start
+trap 'cluster_stop' EXIT
+cargo test -p pg_bailian --test '*' -- --test-threads="${E2E_THREADS:-2}"
+
+# Every e2e key contains "e2esecret"; none may have reached the server log.
+if grep -n "e2esecret" "$PGLOG"; then
+    echo "FAIL: an API key reached the server log ($PGLOG)" >&2
+    exit 1
+fi
+say "all tests passed"

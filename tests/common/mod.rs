@@ -1,0 +1,100 @@
+//! Shared pieces of the end-to-end tests: a database of its own per test in the throwaway
+//! cluster that `scripts/test.sh` starts, and a stand-in per test on its own loopback port.
+#![allow(dead_code)]
+
+use bailian_standin::{Config, Standin};
+use postgres::{Client, NoTls};
+use std::time::{Duration, Instant};
+
+/// Keys in e2e tests all contain this, so the final log check can look for any of them.
+pub const KEY_MARK: &str = "e2esecret";
+
+pub fn key(tag: &str) -> String {
+    format!("sk-{KEY_MARK}-{tag}-0000")
+}
+
+fn conn_string(db: &str) -> String {
+    let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("PGPORT").unwrap_or_else(|_| "28816".into());
+    format!("host={host} port={port} user=postgres dbname={db} connect_timeout=10")
+}
+
+pub fn connect(db: &str) -> Client {
+    Client::connect(&conn_string(db), NoTls).unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to the test cluster ({}): {e}\n\
+             These tests need the cluster that `bash scripts/test.sh` starts.",
+            conn_string(db)
+        )
+    })
+}
+
+/// A fresh database named after the test, with the extension created.
+pub fn fresh_db(test: &str) -> (Client, String) {
+    let name = format!("e2e_{test}");
+    let mut admin = connect("postgres");
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mut c = connect(&name);
+    c.batch_execute("CREATE EXTENSION pg_bailian").unwrap();
+    (c, name)
+}
+
+pub fn standin() -> Standin {
+    Standin::start(Config::default()).unwrap()
+}
+
+pub fn standin_with(config: Config) -> Standin {
+    Standin::start(config).unwrap()
+}
+
+/// Deploys `name` as `model_type` against the stand-in; `extra` is appended to the
+/// argument list (e.g. ", max_retries => 0").
+pub fn deploy(c: &mut Client, s: &Standin, name: &str, model_type: &str, extra: &str) {
+    let sql = format!(
+        "SELECT ai_deploy_model('{name}', '{model_type}', '{}', base_url => '{}'{extra})",
+        key(name),
+        s.base_url()
+    );
+    c.batch_execute(&sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The SQLSTATE and message of a failed statement.
+pub fn error_of(r: Result<impl Sized, postgres::Error>) -> (String, String) {
+    match r {
+        Ok(_) => panic!("the statement succeeded; an error was expected"),
+        Err(e) => match e.as_db_error() {
+            Some(db) => (db.code().code().to_string(), db.message().to_string()),
+            None => panic!("not a database error: {e}"),
+        },
+    }
+}
+
+pub fn one_text(c: &mut Client, sql: &str) -> Option<String> {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// Waits until `cond` holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// The cluster's server log (path from `PG_BAILIAN_LOG`, set by scripts/test.sh).
+pub fn server_log() -> String {
+    let path = std::env::var("PG_BAILIAN_LOG").expect("PG_BAILIAN_LOG (set by scripts/test.sh)");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
