@@ -21,7 +21,7 @@ say "3/3 end-to-end tests: PostgreSQL $PG_MAJOR + pg_bailian + the stand-in over
 install_extension
 cluster_start
 trap 'cluster_stop' EXIT
-cargo test -p pg_bailian --test '*' -- --test-threads="${E2E_THREADS:-2}"
+cargo test -p pg_bailian_e2e -- --test-threads="${E2E_THREADS:-2}"
 
 # Every e2e key contains "e2esecret"; none may have reached the server log.
 if grep -n "e2esecret" "$PGLOG"; then

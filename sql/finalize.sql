@@ -8,6 +8,10 @@ SELECT model_name, model_type, task, key_hint, params,
   FROM bailian.models;
 GRANT SELECT ON ai_models TO PUBLIC;
 
+-- The column procedures call into the bailian schema with the caller's rights; its tables
+-- stay unreadable (no grants on them).
+GRANT USAGE ON SCHEMA bailian TO PUBLIC;
+
 -- Deploying is for administrators: GRANT EXECUTE to a role to delegate it.
 REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_undeploy_model(text) FROM PUBLIC;
@@ -28,3 +32,15 @@ COMMENT ON FUNCTION ai_embed(text, text) IS
   'Embed content with a deployed embedding model; returns the deployed dimension (or the model default) as real[]. NULL or empty content returns NULL.';
 COMMENT ON FUNCTION ai_supported_models() IS
   'Every Bailian model pg_bailian can deploy: task, inputs, outputs, deployable params, per-call params, embedding dimensions and default, inputs per embedding request.';
+COMMENT ON FUNCTION ai_embed_batch(text, text[]) IS
+  'Embed an array of texts: one row per element (ord is 1-based, NULL or empty text gives a NULL embedding), inputs packed up to the model''s per-request limit, up to pg_bailian.max_concurrency requests in flight. Fails as a whole if a request fails after retries.';
+COMMENT ON FUNCTION ai_gen_batch(text, text[], jsonb) IS
+  'Generate for an array of prompts: one row per element (ord is 1-based) with the response, or the error (SQLSTATE: message) of a prompt that failed after retries; up to pg_bailian.max_concurrency requests in flight.';
+COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
+  'Fill target_column (real[] or pgvector vector) with embeddings of source_column for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. Rows that fail keep NULL and are reported.';
+COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS
+  'Fill target_column (text) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. Rows that fail keep NULL and are reported.';
+COMMENT ON FUNCTION bailian.fill_batch(text, text, text, text, text[], text, jsonb) IS
+  'Internal: one batch of ai_embed_column / ai_gen_column.';
+COMMENT ON PROCEDURE bailian.fill_column(text, text, regclass, name, name, text, int, text, jsonb) IS
+  'Internal: the batch loop of ai_embed_column / ai_gen_column.';

@@ -39,3 +39,20 @@ AS 'MODULE_PATHNAME', 'pg_bailian_translate';
 CREATE FUNCTION ai_embed(model_name text, content text) RETURNS real[]
 LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed';
+
+CREATE FUNCTION ai_embed_batch(model_name text, contents text[])
+RETURNS TABLE (ord int, embedding real[])
+LANGUAGE c VOLATILE COST 10000 ROWS 1000
+AS 'MODULE_PATHNAME', 'pg_bailian_embed_batch';
+
+CREATE FUNCTION ai_gen_batch(model_name text, prompts text[], params jsonb DEFAULT NULL)
+RETURNS TABLE (ord int, response text, error text)
+LANGUAGE c VOLATILE COST 10000 ROWS 100
+AS 'MODULE_PATHNAME', 'pg_bailian_gen_batch';
+
+-- One batch of a column procedure (sql/procedures.sql); not for direct use.
+CREATE FUNCTION bailian.fill_batch(kind text, model_name text, select_sql text, update_sql text,
+                                   last_key text[], prompt_template text, params jsonb)
+RETURNS jsonb
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_fill_batch';

@@ -8,12 +8,14 @@ use bailian_core::retry::RetryPolicy;
 use bailian_core::runtime::Runtime;
 use bailian_core::secret::ApiKey;
 use bailian_core::AiError;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use once_cell::sync::OnceCell;
 use pgrx::pg_sys;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 struct Backend {
@@ -27,11 +29,7 @@ static BACKEND: OnceCell<Backend> = OnceCell::new();
 
 fn backend() -> Result<&'static Backend, AiError> {
     BACKEND.get_or_try_init(|| {
-        Ok(Backend {
-            runtime: Runtime::new()?,
-            client: Client::new()?,
-            limiters: Mutex::new(HashMap::new()),
-        })
+        Ok(Backend { runtime: Runtime::new()?, client: Client::new()?, limiters: Mutex::new(HashMap::new()) })
     })
 }
 
@@ -53,10 +51,7 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    pub fn new(
-        deployment: &'a Deployment,
-        call_params: &Map<String, Value>,
-    ) -> Result<Target<'a>, AiError> {
+    pub fn new(deployment: &'a Deployment, call_params: &Map<String, Value>) -> Result<Target<'a>, AiError> {
         let key = deployment.key.resolve(&deployment.name)?;
         let timeout = call_params
             .get("timeout")
@@ -67,13 +62,7 @@ impl<'a> Target<'a> {
         if let Some(n) = call_params.get("max_retries").and_then(Value::as_u64) {
             retry.max_retries = n as u32;
         }
-        Ok(Target {
-            deployment,
-            key,
-            timeout,
-            retry,
-            limiter: limiter_for(deployment)?,
-        })
+        Ok(Target { deployment, key, timeout, retry, limiter: limiter_for(deployment)? })
     }
 
     fn call(&self) -> Call<'_> {
@@ -95,14 +84,83 @@ fn limiter_for(d: &Deployment) -> Result<Option<Arc<RateLimiter>>, AiError> {
     if rpm.is_none() && tpm.is_none() {
         return Ok(None);
     }
-    let mut map = backend()?
-        .limiters
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let limiter = map
-        .entry((d.name.clone(), rpm, tpm))
-        .or_insert_with(|| Arc::new(RateLimiter::new(rpm, tpm)));
+    let mut map = backend()?.limiters.lock().unwrap_or_else(|p| p.into_inner());
+    let limiter =
+        map.entry((d.name.clone(), rpm, tpm)).or_insert_with(|| Arc::new(RateLimiter::new(rpm, tpm)));
     Ok(Some(limiter.clone()))
+}
+
+/// Runs `count` units of work with up to `pg_bailian.max_concurrency` in flight: `make(i)`
+/// starts unit i, and `done` receives each unit's output as soon as it completes, outside
+/// the runtime, so it may use SPI while the other requests are on the wire. Stops early on
+/// a cancel (returning `AiError::Interrupted`) or the first error from `done`.
+pub fn drive<'t, T, Fut>(
+    target: &'t Target<'_>,
+    count: usize,
+    mut make: impl FnMut(&'static Client, Call<'t>, usize) -> Fut,
+    mut done: impl FnMut(T) -> Result<(), AiError>,
+) -> Result<(), AiError>
+where
+    Fut: Future<Output = T>,
+{
+    let b = backend()?;
+    // Declared before `pending`, so it runs after the dropped requests are gone.
+    let _settle = Settle(&b.runtime);
+    let limit = crate::guc::max_concurrency();
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0;
+    loop {
+        // Inside the runtime: wait for a completion, start its replacement and let it reach
+        // the socket, and pick up whatever else finished meanwhile. Only then leave, to hand
+        // the outputs to `done` (SPI) while the new requests are already on the wire.
+        let ready = b.runtime.block_on_interruptible(
+            async {
+                let mut ready = Vec::new();
+                loop {
+                    while next < count && pending.len() < limit {
+                        pending.push(make(&b.client, target.call(), next));
+                        next += 1;
+                    }
+                    let polled = if ready.is_empty() {
+                        Poll::Ready(pending.next().await)
+                    } else {
+                        futures_util::poll!(pending.next())
+                    };
+                    match polled {
+                        Poll::Ready(Some(out)) => ready.push(out),
+                        Poll::Ready(None) => return ready,
+                        Poll::Pending => {
+                            // New requests were polled once (handed to their connections);
+                            // the connection tasks write them on these turns.
+                            tokio::task::yield_now().await;
+                            tokio::task::yield_now().await;
+                            match futures_util::poll!(pending.next()) {
+                                Poll::Ready(Some(out)) => ready.push(out),
+                                _ => return ready,
+                            }
+                        }
+                    }
+                }
+            },
+            interrupt_pending,
+        )?;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        for out in ready {
+            done(out)?;
+        }
+    }
+}
+
+/// Lets connections of requests dropped outside the runtime (by an error or a cancel while
+/// `done` ran) close at once instead of at this backend's next call.
+struct Settle<'a>(&'a Runtime);
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.0.settle();
+    }
 }
 
 /// Runs `work` with the backend's client and a `Call` for `target`, waiting in the runtime
@@ -115,6 +173,5 @@ where
     Fut: Future<Output = Result<T, AiError>>,
 {
     let b = backend()?;
-    b.runtime
-        .block_on_interruptible(work(&b.client, target.call()), interrupt_pending)?
+    b.runtime.block_on_interruptible(work(&b.client, target.call()), interrupt_pending)?
 }

@@ -26,7 +26,9 @@ fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
     )
     .ok()
     .flatten()
-    .unwrap_or_else(|| error!("pg_bailian: the catalog schema \"{SCHEMA}\" is missing; recreate the extension"));
+    .unwrap_or_else(|| {
+        error!("pg_bailian: the catalog schema \"{SCHEMA}\" is missing; recreate the extension")
+    });
 
     struct Restore(pg_sys::Oid, i32);
     impl Drop for Restore {
@@ -60,9 +62,7 @@ fn current_user_name() -> String {
 }
 
 fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
-    AiError::Internal {
-        message: format!("catalog query failed: {e}"),
-    }
+    AiError::Internal { message: format!("catalog query failed: {e}") }
 }
 
 // ---- per-statement cache -------------------------------------------------------------
@@ -83,10 +83,7 @@ thread_local! {
 fn stamp() -> (i64, i64, u64) {
     // SAFETY: plain reads of the current transaction's timestamps.
     let (stmt, xact) = unsafe {
-        (
-            pg_sys::GetCurrentStatementStartTimestamp(),
-            pg_sys::GetCurrentTransactionStartTimestamp(),
-        )
+        (pg_sys::GetCurrentStatementStartTimestamp(), pg_sys::GetCurrentTransactionStartTimestamp())
     };
     (stmt, xact, GENERATION.with(|g| *g.borrow()))
 }
@@ -96,10 +93,7 @@ fn with_cache<T>(f: impl FnOnce(&mut Cache) -> T) -> T {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.stamp != now {
-            *c = Cache {
-                stamp: now,
-                ..Cache::default()
-            };
+            *c = Cache { stamp: now, ..Cache::default() };
         }
         f(&mut c)
     })
@@ -125,9 +119,7 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
     }
     let args = as_catalog_owner(|| {
         Spi::connect(|client| {
-            let rows = client
-                .select(LOAD, Some(1), &[name.into()])
-                .map_err(spi_failed)?;
+            let rows = client.select(LOAD, Some(1), &[name.into()]).map_err(spi_failed)?;
             let Some(row) = rows.into_iter().next() else {
                 return Ok(None);
             };
@@ -157,9 +149,7 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
     // Rows were validated when deployed; checking again guards against hand-edited rows and
     // models an upgrade no longer supports.
     let deployment = Deployment::from_args(args).map_err(|e| {
-        AiError::invalid(format!(
-            "deployed model \"{name}\" is no longer valid: {e}; redeploy it"
-        ))
+        AiError::invalid(format!("deployed model \"{name}\" is no longer valid: {e}; redeploy it"))
     })?;
     let deployment = Arc::new(deployment);
     with_cache(|c| c.models.insert(name.to_string(), deployment.clone()));
@@ -172,11 +162,7 @@ pub fn load_for(name: &str, function: &str, tasks: &[Task]) -> Result<Arc<Deploy
     if tasks.contains(&d.spec.task) {
         return Ok(d);
     }
-    let allowed = tasks
-        .iter()
-        .map(|t| t.as_str())
-        .collect::<Vec<_>>()
-        .join(" or ");
+    let allowed = tasks.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" or ");
     Err(AiError::WrongTask {
         model: name.to_string(),
         model_type: d.spec.model_type.to_string(),
@@ -208,11 +194,7 @@ pub fn default_chat_model() -> Result<String, AiError> {
                 )
                 .map_err(spi_failed)?;
             rows.into_iter()
-                .map(|r| {
-                    r.get::<String>(1)
-                        .map_err(spi_failed)
-                        .map(Option::unwrap_or_default)
-                })
+                .map(|r| r.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default))
                 .collect::<Result<Vec<_>, AiError>>()
         })
     })?;
@@ -233,7 +215,8 @@ pub fn default_chat_model() -> Result<String, AiError> {
                 several.iter().take(5).map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "),
                 if several.len() > 5 { ", ..." } else { "" }
             ),
-            hint: "SET pg_bailian.default_chat_model = '<model_name>', or call ai_gen(model_name, prompt).".into(),
+            hint: "SET pg_bailian.default_chat_model = '<model_name>', or call ai_gen(model_name, prompt)."
+                .into(),
         }),
     }
 }
@@ -296,19 +279,13 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
             };
             let replaced = row.get::<bool>(1).map_err(spi_failed)?.unwrap_or(false);
             client
-                .update(
-                    UPSERT_KEY,
-                    None,
-                    &[d.name.as_str().into(), d.key.stored().into()],
-                )
+                .update(UPSERT_KEY, None, &[d.name.as_str().into(), d.key.stored().into()])
                 .map_err(spi_failed)?;
             Ok::<_, AiError>(Some(replaced))
         })
     })?;
     invalidate();
-    outcome.ok_or_else(|| AiError::DuplicateModel {
-        name: d.name.clone(),
-    })
+    outcome.ok_or_else(|| AiError::DuplicateModel { name: d.name.clone() })
 }
 
 /// Removes the model named `name`; false when there was none.

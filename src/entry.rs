@@ -21,8 +21,7 @@ macro_rules! sql_entry {
         #[no_mangle]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record =
-                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            const V1: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
             &V1
         }
 
@@ -86,9 +85,10 @@ impl From<AiError> for Report {
 
 /// PostgreSQL's MAKE_SQLSTATE: six bits per character.
 fn make_sqlstate(code: &str) -> c_int {
-    code.bytes().take(5).enumerate().fold(0, |acc, (i, b)| {
-        acc | ((c_int::from(b.wrapping_sub(b'0')) & 0x3F) << (6 * i))
-    })
+    code.bytes()
+        .take(5)
+        .enumerate()
+        .fold(0, |acc, (i, b)| acc | ((c_int::from(b.wrapping_sub(b'0')) & 0x3F) << (6 * i)))
 }
 
 /// # Safety
@@ -161,11 +161,7 @@ unsafe fn raise(report: Report, at: &'static Location) -> ! {
                 errhidecontext(true);
             }
             drop(report);
-            errfinish(
-                at.file.as_ptr().cast(),
-                at.line as c_int,
-                at.function.as_ptr().cast(),
-            );
+            errfinish(at.file.as_ptr().cast(), at.line as c_int, at.function.as_ptr().cast());
         }
     }
     unreachable!("errfinish returned for an ERROR")
@@ -204,10 +200,7 @@ mod tests {
     #[test]
     fn sqlstate_encoding_matches_postgres() {
         // ERRCODE_QUERY_CANCELED = MAKE_SQLSTATE('5','7','0','1','4')
-        assert_eq!(
-            super::make_sqlstate("57014"),
-            pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32
-        );
+        assert_eq!(super::make_sqlstate("57014"), pgrx::PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32);
         assert_eq!(
             super::make_sqlstate("22023"),
             pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32

@@ -4,8 +4,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// The chat model `ai_gen(prompt)` uses when more than one is deployed.
-pub static DEFAULT_CHAT_MODEL: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(None);
+pub static DEFAULT_CHAT_MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Requests one batch function or procedure keeps in flight.
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);

@@ -12,35 +12,25 @@ use std::time::{Duration, Instant};
 const LIMIT: Duration = Duration::from_millis(1500);
 
 /// Runs `sql` on `c` in a thread; returns (client, error SQLSTATE or "OK", seconds taken).
-fn spawn_query(
-    mut c: Client,
-    sql: &'static str,
-) -> std::thread::JoinHandle<(Client, String, Instant)> {
+fn spawn_query(mut c: Client, sql: &'static str) -> std::thread::JoinHandle<(Client, String, Instant)> {
     std::thread::spawn(move || {
         let r = c.query_one(sql, &[]);
         let code = match r {
             Ok(_) => "OK".to_string(),
-            Err(e) => e
-                .as_db_error()
-                .map(|d| d.code().code().to_string())
-                .unwrap_or_else(|| format!("{e}")),
+            Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| format!("{e}")),
         };
         (c, code, Instant::now())
     })
 }
 
 fn wait_in_flight(s: &Standin) {
-    assert!(
-        wait_for(Duration::from_secs(5), || s.stats().in_flight == 1),
-        "the request never arrived"
-    );
+    assert!(wait_for(Duration::from_secs(5), || s.stats().in_flight == 1), "the request never arrived");
 }
 
 /// The stand-in saw the client hang up: the request did not outlive the cancel.
 fn assert_request_closed(s: &Standin) {
     assert!(
-        wait_for(Duration::from_millis(500), || s.stats().aborted == 1
-            && s.stats().in_flight == 0),
+        wait_for(Duration::from_millis(500), || s.stats().aborted == 1 && s.stats().in_flight == 0),
         "the held request is still open at the stand-in: {:?}",
         s.stats()
     );
@@ -56,10 +46,7 @@ fn statement_timeout_ends_a_held_request() {
     let start = Instant::now();
     let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'hold')", &[]));
     let took = start.elapsed();
-    assert_eq!(
-        (code.as_str(), msg.as_str()),
-        ("57014", "canceling statement due to statement timeout")
-    );
+    assert_eq!((code.as_str(), msg.as_str()), ("57014", "canceling statement due to statement timeout"));
     assert!(took < LIMIT, "took {took:?}");
     assert_request_closed(&s);
     // The same backend goes on working.
@@ -81,16 +68,10 @@ fn pg_cancel_backend_ends_a_held_request() {
     wait_in_flight(&s);
     let mut admin = connect(&db);
     let cancelled_at = Instant::now();
-    admin
-        .execute("SELECT pg_cancel_backend($1)", &[&pid])
-        .unwrap();
+    admin.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
     let (mut c, code, ended) = worker.join().unwrap();
     assert_eq!(code, "57014");
-    assert!(
-        ended - cancelled_at < LIMIT,
-        "took {:?}",
-        ended - cancelled_at
-    );
+    assert!(ended - cancelled_at < LIMIT, "took {:?}", ended - cancelled_at);
     assert_request_closed(&s);
     assert_eq!(
         one_text(&mut c, "SELECT ai_gen('chat', 'again')").as_deref(),
@@ -112,13 +93,10 @@ fn a_cancel_also_ends_a_retry_backoff() {
     s.script("fail", vec![Fault::Status(500); 10]);
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let worker = spawn_query(c, "SELECT ai_gen('chat', 'fail')");
-    assert!(wait_for(Duration::from_secs(5), || s.stats().requests == 1
-        && s.stats().in_flight == 0));
+    assert!(wait_for(Duration::from_secs(5), || s.stats().requests == 1 && s.stats().in_flight == 0));
     std::thread::sleep(Duration::from_millis(200));
     let cancelled_at = Instant::now();
-    connect(&db)
-        .execute("SELECT pg_cancel_backend($1)", &[&pid])
-        .unwrap();
+    connect(&db).execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
     let (_, code, ended) = worker.join().unwrap();
     assert_eq!(code, "57014");
     assert!(ended - cancelled_at < LIMIT);
@@ -133,30 +111,19 @@ fn pg_terminate_backend_leaves_the_server_healthy() {
     deploy(&mut c, &s, "chat", "qwen-plus", "");
     s.script("hold", vec![Fault::Hang]);
     let mut admin = connect(&db);
-    let started: String = admin
-        .query_one("SELECT pg_postmaster_start_time()::text", &[])
-        .unwrap()
-        .get(0);
+    let started: String = admin.query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let worker = spawn_query(c, "SELECT ai_gen('chat', 'hold')");
     wait_in_flight(&s);
     let terminated_at = Instant::now();
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-        .unwrap();
+    admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
     let (mut c, code, ended) = worker.join().unwrap();
-    assert_eq!(
-        code, "57P01",
-        "terminating connection due to administrator command"
-    );
+    assert_eq!(code, "57P01", "terminating connection due to administrator command");
     assert!(ended - terminated_at < LIMIT);
     assert!(c.is_closed() || c.is_valid(Duration::from_secs(1)).is_err());
     assert_request_closed(&s);
     // No crash and no restart: same postmaster, new sessions work.
-    let again: String = admin
-        .query_one("SELECT pg_postmaster_start_time()::text", &[])
-        .unwrap()
-        .get(0);
+    let again: String = admin.query_one("SELECT pg_postmaster_start_time()::text", &[]).unwrap().get(0);
     assert_eq!(again, started);
     let mut fresh = connect(&db);
     assert_eq!(

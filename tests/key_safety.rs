@@ -25,7 +25,9 @@ fn keys_reach_no_error_notice_or_log_line() {
     ))
     .unwrap();
     let statements = [
-        format!("SELECT ai_deploy_model('x', 'qwen-plus', '{bad_deploy}', params => '{{\"temperature\": 9}}')"),
+        format!(
+            "SELECT ai_deploy_model('x', 'qwen-plus', '{bad_deploy}', params => '{{\"temperature\": 9}}')"
+        ),
         format!("SELECT ai_deploy_model('leaky', 'qwen-plus', '{bad_deploy}')"),
         format!("DO $$ BEGIN PERFORM ai_deploy_model('y', 'no-such-model', '{bad_deploy}'); END $$"),
         format!("SELECT ai_deploy_model('z', 'qwen-plus', '{bad_deploy}', region => 'mars')"),
@@ -45,19 +47,11 @@ fn keys_reach_no_error_notice_or_log_line() {
     let (code, msg) = error_of(c.query_one("SELECT ai_gen('leaky', 'hello')", &[]));
     assert_eq!(code, "ZB401");
     assert!(
-        msg.starts_with(
-            "Bailian rejected the request to model \"leaky\": HTTP 401 invalid_api_key"
-        ),
+        msg.starts_with("Bailian rejected the request to model \"leaky\": HTTP 401 invalid_api_key"),
         "{msg}"
     );
-    assert!(
-        msg.contains("sk-...0000") && !msg.contains(KEY_MARK),
-        "{msg}"
-    );
-    let (_, msg) = error_of(c.query_one(
-        "DO $$ BEGIN PERFORM ai_gen('leaky', 'from plpgsql'); END $$",
-        &[],
-    ));
+    assert!(msg.contains("sk-...0000") && !msg.contains(KEY_MARK), "{msg}");
+    let (_, msg) = error_of(c.query_one("DO $$ BEGIN PERFORM ai_gen('leaky', 'from plpgsql'); END $$", &[]));
     assert!(!msg.contains(KEY_MARK), "{msg}");
 
     // Notices and warnings, collected through a second connection's notice handler.
@@ -65,14 +59,8 @@ fn keys_reach_no_error_notice_or_log_line() {
     let mut noisy = {
         let port = std::env::var("PGPORT").unwrap_or_else(|_| "28816".into());
         let mut cfg: postgres::Config =
-            format!("host=127.0.0.1 port={port} user=postgres dbname=e2e_key_safety")
-                .parse()
-                .unwrap();
-        cfg.notice_callback(move |n| {
-            sink.lock()
-                .unwrap()
-                .push(format!("{}: {}", n.severity(), n.message()))
-        });
+            format!("host=127.0.0.1 port={port} user=postgres dbname=e2e_key_safety").parse().unwrap();
+        cfg.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())));
         cfg.connect(postgres::NoTls).unwrap()
     };
     noisy
@@ -84,30 +72,18 @@ fn keys_reach_no_error_notice_or_log_line() {
         ))
         .unwrap();
     let seen = notices.lock().unwrap().join("\n");
-    assert!(
-        seen.contains("NOTICE: redeployed model \"leaky\" (qwen-max, chat task)"),
-        "{seen}"
-    );
-    assert!(
-        seen.contains("WARNING: environment variable PG_BAILIAN_UNSET_X is not set"),
-        "{seen}"
-    );
+    assert!(seen.contains("NOTICE: redeployed model \"leaky\" (qwen-max, chat task)"), "{seen}");
+    assert!(seen.contains("WARNING: environment variable PG_BAILIAN_UNSET_X is not set"), "{seen}");
     assert!(!seen.contains(KEY_MARK), "{seen}");
 
     // The server log has these errors (so the check below is not vacuous) and no key.
-    assert!(wait_for(std::time::Duration::from_secs(3), || server_log()
-        .contains("model \"leaky\": HTTP 401")));
-    let log = server_log();
     assert!(
-        log.contains("unsupported model_type \"no-such-model\""),
-        "deploy errors are logged"
+        wait_for(std::time::Duration::from_secs(3), || server_log().contains("model \"leaky\": HTTP 401"))
     );
+    let log = server_log();
+    assert!(log.contains("unsupported model_type \"no-such-model\""), "deploy errors are logged");
     for secret in [&leaky[3..], &bad_deploy[3..]] {
         let hits: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
-        assert!(
-            hits.is_empty(),
-            "the server log shows a key:\n{}",
-            hits.join("\n")
-        );
+        assert!(hits.is_empty(), "the server log shows a key:\n{}", hits.join("\n"));
     }
 }

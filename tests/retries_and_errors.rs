@@ -18,10 +18,7 @@ fn transient_failures_are_retried_with_backoff() {
         "qwen-plus",
         ", max_retries => 3, initial_retry_delay => 0.5, max_retry_delay => 1",
     );
-    s.script(
-        "flaky",
-        vec![Fault::Status(500), Fault::Status(503), Fault::Status(429)],
-    );
+    s.script("flaky", vec![Fault::Status(500), Fault::Status(503), Fault::Status(429)]);
     let start = Instant::now();
     assert_eq!(
         one_text(&mut c, "SELECT ai_gen('chat', 'flaky')").as_deref(),
@@ -31,15 +28,9 @@ fn transient_failures_are_retried_with_backoff() {
     let log = s.requests();
     assert_eq!(log.len(), 4, "three failures, then success");
     // Gaps between attempts: 0.5, 1.0, 1.0 (capped) seconds, jitter taking at most 25% off.
-    let gaps: Vec<f64> = log
-        .windows(2)
-        .map(|w| (w[1].received_ms - w[0].finished_ms) / 1000.0)
-        .collect();
+    let gaps: Vec<f64> = log.windows(2).map(|w| (w[1].received_ms - w[0].finished_ms) / 1000.0).collect();
     for (gap, nominal) in gaps.iter().zip([0.5, 1.0, 1.0]) {
-        assert!(
-            *gap >= nominal * 0.75 - 0.02 && *gap <= nominal + 0.25,
-            "gaps {gaps:?}"
-        );
+        assert!(*gap >= nominal * 0.75 - 0.02 && *gap <= nominal + 0.25, "gaps {gaps:?}");
     }
     assert!(took < 3.5, "took {took}");
 }
@@ -55,19 +46,11 @@ fn retry_after_is_honoured() {
         "qwen-plus",
         ", max_retries => 1, initial_retry_delay => 0.5, max_retry_delay => 1",
     );
-    s.script(
-        "busy",
-        vec![Fault::RateLimited {
-            retry_after_secs: 2.0,
-        }],
-    );
+    s.script("busy", vec![Fault::RateLimited { retry_after_secs: 2.0 }]);
     one_text(&mut c, "SELECT ai_gen('chat', 'busy')");
     let log = s.requests();
     let gap = (log[1].received_ms - log[0].finished_ms) / 1000.0;
-    assert!(
-        (1.95..2.6).contains(&gap),
-        "waited {gap} s for Retry-After: 2"
-    );
+    assert!((1.95..2.6).contains(&gap), "waited {gap} s for Retry-After: 2");
 }
 
 #[test]
@@ -93,23 +76,16 @@ fn retries_stop_at_max_retries() {
     // Per call, max_retries overrides the deployment.
     s.reset();
     s.script("down", vec![Fault::Status(429); 10]);
-    let (code, msg) =
-        error_of(c.query_one("SELECT ai_gen('chat', 'down', '{\"max_retries\": 0}')", &[]));
+    let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'down', '{\"max_retries\": 0}')", &[]));
     assert_eq!(code, "ZBR01");
-    assert!(
-        msg.contains("failed after 1 attempt: HTTP 429 limit_requests"),
-        "{msg}"
-    );
+    assert!(msg.contains("failed after 1 attempt: HTTP 429 limit_requests"), "{msg}");
     assert_eq!(s.stats().requests, 1);
 }
 
 #[test]
 fn client_errors_are_not_retried_and_keep_their_status() {
     let (mut c, _) = fresh_db("client_errors");
-    let s = standin_with(Config {
-        unavailable_models: vec!["qwen-long".into()],
-        ..Config::default()
-    });
+    let s = standin_with(Config { unavailable_models: vec!["qwen-long".into()], ..Config::default() });
     deploy(&mut c, &s, "chat", "qwen-plus", ", max_retries => 5");
     deploy(&mut c, &s, "long", "qwen-long", ", max_retries => 5");
     s.script("bad", vec![Fault::Status(400)]);
@@ -131,22 +107,13 @@ fn client_errors_are_not_retried_and_keep_their_status() {
 fn timeouts_refused_connections_and_malformed_bodies() {
     let (mut c, _) = fresh_db("transport_errors");
     let s = standin();
-    deploy(
-        &mut c,
-        &s,
-        "chat",
-        "qwen-plus",
-        ", max_retries => 0, timeout => 1",
-    );
+    deploy(&mut c, &s, "chat", "qwen-plus", ", max_retries => 0, timeout => 1");
     s.script("slow", vec![Fault::Delay(5000)]);
     let start = Instant::now();
     let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'slow')", &[]));
     assert_eq!(
         (code.as_str(), msg.as_str()),
-        (
-            "ZBT01",
-            "request to model \"chat\" timed out after 1.0 s (1 attempt)"
-        )
+        ("ZBT01", "request to model \"chat\" timed out after 1.0 s (1 attempt)")
     );
     assert!(start.elapsed() < Duration::from_millis(1800));
 
@@ -160,10 +127,7 @@ fn timeouts_refused_connections_and_malformed_bodies() {
 
     // A broken connection is retried like a 5xx.
     s.script("cut", vec![Fault::Reset]);
-    let out = one_text(
-        &mut c,
-        "SELECT ai_gen('chat', 'cut', '{\"max_retries\": 1}')",
-    );
+    let out = one_text(&mut c, "SELECT ai_gen('chat', 'cut', '{\"max_retries\": 1}')");
     assert_eq!(out.as_deref(), Some("Echo from qwen-plus: cut"));
 
     let port = {
@@ -195,11 +159,7 @@ fn wrong_model_and_wrong_task() {
     deploy(&mut c, &s, "emb", "text-embedding-v4", "");
     deploy(&mut c, &s, "mt", "qwen-mt-flash", "");
     let cases = [
-        (
-            "SELECT ai_gen('nope', 'x')",
-            "42704",
-            "model \"nope\" is not deployed",
-        ),
+        ("SELECT ai_gen('nope', 'x')", "42704", "model \"nope\" is not deployed"),
         (
             "SELECT ai_embed('chat', 'x')",
             "42809",
@@ -215,11 +175,7 @@ fn wrong_model_and_wrong_task() {
             "42809",
             "ai_gen cannot use model \"mt\": its task is translation (qwen-mt-flash)",
         ),
-        (
-            "SELECT ai_translate('emb', 'x', 'English')",
-            "42809",
-            "ai_translate cannot use model \"emb\"",
-        ),
+        ("SELECT ai_translate('emb', 'x', 'English')", "42809", "ai_translate cannot use model \"emb\""),
     ];
     for (sql, want_code, want_msg) in cases {
         let (code, msg) = error_of(c.query_one(sql, &[]));

@@ -8,18 +8,8 @@ use bailian_core::secret::KeySource;
 use bailian_core::AiError;
 use pgrx::{pg_sys, IntoDatum, JsonB};
 
-sql_entry!(
-    pg_finfo_pg_bailian_deploy_model,
-    pg_bailian_deploy_model,
-    deploy_model,
-    Args::Secret
-);
-sql_entry!(
-    pg_finfo_pg_bailian_undeploy_model,
-    pg_bailian_undeploy_model,
-    undeploy_model,
-    Args::Secret
-);
+sql_entry!(pg_finfo_pg_bailian_deploy_model, pg_bailian_deploy_model, deploy_model, Args::Secret);
+sql_entry!(pg_finfo_pg_bailian_undeploy_model, pg_bailian_undeploy_model, undeploy_model, Args::Secret);
 
 fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     let args = DeployArgs {
@@ -36,8 +26,7 @@ fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
         requests_per_minute: arg::<i32>(fcinfo, 11),
         tokens_per_minute: arg::<i32>(fcinfo, 12),
     };
-    let replace =
-        arg::<bool>(fcinfo, 10).ok_or_else(|| AiError::invalid("replace must not be NULL"))?;
+    let replace = arg::<bool>(fcinfo, 10).ok_or_else(|| AiError::invalid("replace must not be NULL"))?;
     let deployment = Deployment::from_args(args)?;
     let replaced = catalog::deploy(&deployment, replace)?;
     if let KeySource::Env(var) = &deployment.key {

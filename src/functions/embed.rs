@@ -22,11 +22,9 @@ fn embed(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiEr
     let d = catalog::load_for(&model, "ai_embed", &[Task::Embedding])?;
     let dimension = d.dimension();
     let choosable = d.spec.dimensions.len() > 1;
-    let body =
-        request::embedding_body(d.spec.model_type, &[content.as_str()], dimension, choosable);
+    let body = request::embedding_body(d.spec.model_type, &[content.as_str()], dimension, choosable);
     let target = Target::new(&d, &call_params(&d, None)?)?;
-    let mut vectors = backend::run(&target, |client, call| async move {
-        client.embed(&call, &body, 1, dimension).await
-    })?;
+    let mut vectors =
+        backend::run(&target, |client, call| async move { client.embed(&call, &body, 1, dimension).await })?;
     Ok(vectors.pop().into_datum())
 }

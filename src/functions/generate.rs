@@ -13,22 +13,11 @@ use pgrx::{pg_sys, IntoDatum, JsonB};
 use serde_json::{Map, Value};
 
 sql_entry!(pg_finfo_pg_bailian_gen, pg_bailian_gen, gen);
-sql_entry!(
-    pg_finfo_pg_bailian_gen_default,
-    pg_bailian_gen_default,
-    gen_default
-);
-sql_entry!(
-    pg_finfo_pg_bailian_translate,
-    pg_bailian_translate,
-    translate
-);
+sql_entry!(pg_finfo_pg_bailian_gen_default, pg_bailian_gen_default, gen_default);
+sql_entry!(pg_finfo_pg_bailian_translate, pg_bailian_translate, translate);
 
 /// Per-call params checked for the model, then laid over the deployed ones.
-pub(crate) fn call_params(
-    d: &Deployment,
-    given: Option<JsonB>,
-) -> Result<Map<String, Value>, AiError> {
+pub(crate) fn call_params(d: &Deployment, given: Option<JsonB>) -> Result<Map<String, Value>, AiError> {
     let given = given.map(|j| j.0).unwrap_or(Value::Null);
     let call = params::validate(d.spec, &given, Phase::Call)?;
     Ok(params::merge(&d.params, &call))
@@ -37,9 +26,7 @@ pub(crate) fn call_params(
 fn chat(d: &Deployment, prompt: &str, merged: &Map<String, Value>) -> Result<String, AiError> {
     let body = request::chat_body(d.spec.model_type, prompt, merged);
     let target = Target::new(d, merged)?;
-    backend::run(&target, |client, call| async move {
-        client.chat(&call, &body).await.map(|(text, _)| text)
-    })
+    backend::run(&target, |client, call| async move { client.chat(&call, &body).await.map(|(text, _)| text) })
 }
 
 fn gen(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
@@ -65,24 +52,16 @@ fn translate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
         return Ok(None);
     };
     let Some(target_lang) = arg::<String>(fcinfo, 2).filter(|t| !t.trim().is_empty()) else {
-        return Err(AiError::invalid(
-            "target_lang must be a language name or code, e.g. 'English' or 'en'",
-        ));
+        return Err(AiError::invalid("target_lang must be a language name or code, e.g. 'English' or 'en'"));
     };
     let d = catalog::load_for(&model, "ai_translate", &[Task::Translation, Task::Chat])?;
     let merged = call_params(&d, arg::<JsonB>(fcinfo, 3))?;
     if d.spec.task == Task::Chat {
-        return Ok(chat(
-            &d,
-            &request::translation_prompt(&content, &target_lang),
-            &merged,
-        )?
-        .into_datum());
+        return Ok(chat(&d, &request::translation_prompt(&content, &target_lang), &merged)?.into_datum());
     }
     let body = request::translation_body(d.spec.model_type, &content, &target_lang, &merged);
     let target = Target::new(&d, &merged)?;
-    let text = backend::run(&target, |client, call| async move {
-        client.chat(&call, &body).await.map(|(t, _)| t)
-    })?;
+    let text =
+        backend::run(&target, |client, call| async move { client.chat(&call, &body).await.map(|(t, _)| t) })?;
     Ok(text.into_datum())
 }

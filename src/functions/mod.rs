@@ -1,9 +1,12 @@
 //! The SQL functions. Each body decodes its arguments, calls the catalog and bailian-core,
 //! and returns a Datum; `entry::sql_entry!` makes it an fmgr function.
 
+mod batch;
+mod column;
 mod deploy;
 mod embed;
 mod generate;
+mod many;
 mod supported;
 
 use pgrx::datum::FromDatum;

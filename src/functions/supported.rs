@@ -25,10 +25,8 @@ fn ai_supported_models() -> TableIterator<
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     TableIterator::new(MODELS.iter().map(move |m| {
         let deploy = accepted_names(m, Phase::Deploy);
-        let per_call: Vec<&str> = accepted_names(m, Phase::Call)
-            .into_iter()
-            .filter(|p| !deploy.contains(p))
-            .collect();
+        let per_call: Vec<&str> =
+            accepted_names(m, Phase::Call).into_iter().filter(|p| !deploy.contains(p)).collect();
         (
             m.model_type.to_string(),
             m.category.to_string(),

@@ -33,12 +33,8 @@ pub fn connect(db: &str) -> Client {
 pub fn fresh_db(test: &str) -> (Client, String) {
     let name = format!("e2e_{test}");
     let mut admin = connect("postgres");
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let mut c = connect(&name);
     c.batch_execute("CREATE EXTENSION pg_bailian").unwrap();
     (c, name)
@@ -60,8 +56,7 @@ pub fn deploy(c: &mut Client, s: &Standin, name: &str, model_type: &str, extra: 
         key(name),
         s.base_url()
     );
-    c.batch_execute(&sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// The SQLSTATE and message of a failed statement.
@@ -76,9 +71,7 @@ pub fn error_of(r: Result<impl Sized, postgres::Error>) -> (String, String) {
 }
 
 pub fn one_text(c: &mut Client, sql: &str) -> Option<String> {
-    c.query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
 /// Waits until `cond` holds or `timeout` passes; returns whether it held.

@@ -6,6 +6,7 @@ use crate::ratelimit::RateLimiter;
 use crate::request::{self, Usage};
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::secret::ApiKey;
+use bytes::Bytes;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -43,19 +44,12 @@ impl Client {
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(60))
             .build()
-            .map_err(|e| AiError::Internal {
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .map_err(|e| AiError::Internal { message: format!("cannot build the HTTP client: {e}") })?;
         Ok(Client { http })
     }
 
-    /// `POST {endpoint}{path}` with retries; returns the parsed JSON of the first success.
-    pub async fn post_json(
-        &self,
-        call: &Call<'_>,
-        path: &str,
-        body: &Value,
-    ) -> Result<Value, AiError> {
+    /// `POST {endpoint}{path}` with retries; returns the body of the first success.
+    pub async fn post(&self, call: &Call<'_>, path: &str, body: &Value) -> Result<Bytes, AiError> {
         let url = format!("{}{path}", call.endpoint);
         let payload = bytes_of(body);
         let mut attempt: u32 = 1;
@@ -76,12 +70,7 @@ impl Client {
         }
     }
 
-    async fn attempt(
-        &self,
-        call: &Call<'_>,
-        url: &str,
-        payload: Vec<u8>,
-    ) -> Result<Value, Failure> {
+    async fn attempt(&self, call: &Call<'_>, url: &str, payload: Vec<u8>) -> Result<Bytes, Failure> {
         let sent = self
             .http
             .post(url)
@@ -98,17 +87,11 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_failure(call, e))?;
+        let body = response.bytes().await.map_err(|e| transport_failure(call, e))?;
         if !status.is_success() {
             let parsed = request::parse_error_body(&body);
             let message = if parsed.message.is_empty() {
-                status
-                    .canonical_reason()
-                    .unwrap_or("no message")
-                    .to_string()
+                status.canonical_reason().unwrap_or("no message").to_string()
             } else {
                 parsed.message
             };
@@ -116,29 +99,19 @@ impl Client {
                 error: AiError::Provider {
                     model: call.model.into(),
                     status: status.as_u16(),
-                    code: call.key.redact(if parsed.code.is_empty() {
-                        "-"
-                    } else {
-                        &parsed.code
-                    }),
+                    code: call.key.redact(if parsed.code.is_empty() { "-" } else { &parsed.code }),
                     message: call.key.redact(&message),
                     request_id: parsed.request_id.map(|r| call.key.redact(&r)),
                 },
                 retry_after,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| Failure {
-            error: AiError::MalformedResponse {
-                model: call.model.into(),
-                detail: format!("the body is not JSON ({e})"),
-            },
-            retry_after: None,
-        })
+        Ok(body)
     }
 
     /// `ai_gen`: the assistant's text.
     pub async fn chat(&self, call: &Call<'_>, body: &Value) -> Result<(String, Usage), AiError> {
-        let v = self.post_json(call, "/chat/completions", body).await?;
+        let v = self.post(call, "/chat/completions", body).await?;
         let out = request::parse_chat(call.model, &v)?;
         if let Some(limiter) = call.limiter {
             limiter.record_tokens(out.1.total_tokens);
@@ -154,12 +127,38 @@ impl Client {
         expected: usize,
         dimension: Option<u32>,
     ) -> Result<Vec<Vec<f32>>, AiError> {
-        let v = self.post_json(call, "/embeddings", body).await?;
+        let v = self.post(call, "/embeddings", body).await?;
         let (vectors, usage) = request::parse_embeddings(call.model, &v, expected, dimension)?;
         if let Some(limiter) = call.limiter {
             limiter.record_tokens(usage.total_tokens);
         }
         Ok(vectors)
+    }
+}
+
+/// Embeds `inputs` in one request; when Bailian refuses the whole request with a 400 (one
+/// input it will not take, such as data_inspection_failed), each input is sent alone so
+/// only the offending ones fail. Results are per input, in order.
+pub async fn embed_each(
+    client: &Client,
+    call: &Call<'_>,
+    model_type: &str,
+    inputs: &[&str],
+    dimension: Option<u32>,
+    choosable: bool,
+) -> Vec<Result<Vec<f32>, AiError>> {
+    let body = request::embedding_body(model_type, inputs, dimension, choosable);
+    match client.embed(call, &body, inputs.len(), dimension).await {
+        Ok(vectors) => vectors.into_iter().map(Ok).collect(),
+        Err(AiError::Provider { status: 400, .. }) if inputs.len() > 1 => {
+            let mut out = Vec::with_capacity(inputs.len());
+            for input in inputs {
+                let body = request::embedding_body(model_type, &[input], dimension, choosable);
+                out.push(client.embed(call, &body, 1, dimension).await.map(|mut v| v.remove(0)));
+            }
+            out
+        }
+        Err(e) => vec![Err(e); inputs.len()],
     }
 }
 
@@ -176,11 +175,7 @@ struct Failure {
 /// outer "error sending request" wrapper.
 fn transport_failure(call: &Call<'_>, e: reqwest::Error) -> Failure {
     let error = if e.is_timeout() {
-        AiError::Timeout {
-            model: call.model.into(),
-            timeout: call.timeout,
-            attempts: 1,
-        }
+        AiError::Timeout { model: call.model.into(), timeout: call.timeout, attempts: 1 }
     } else {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -198,41 +193,23 @@ fn transport_failure(call: &Call<'_>, e: reqwest::Error) -> Failure {
             attempts: 1,
         }
     };
-    Failure {
-        error,
-        retry_after: None,
-    }
+    Failure { error, retry_after: None }
 }
 
 /// The error reported once the retry loop stops, carrying the number of attempts made.
 fn final_error(call: &Call<'_>, error: AiError, attempts: u32) -> AiError {
     match error {
-        AiError::Provider {
-            status,
-            code,
-            message,
-            ..
-        } if status == 429 || status >= 500 => AiError::RetriesExhausted {
-            model: call.model.into(),
-            attempts,
-            last: format!("HTTP {status} {code}: {message}"),
-        },
-        AiError::Timeout { model, timeout, .. } => AiError::Timeout {
-            model,
-            timeout,
-            attempts,
-        },
-        AiError::Connect {
-            model,
-            endpoint,
-            detail,
-            ..
-        } => AiError::Connect {
-            model,
-            endpoint,
-            detail,
-            attempts,
-        },
+        AiError::Provider { status, code, message, .. } if status == 429 || status >= 500 => {
+            AiError::RetriesExhausted {
+                model: call.model.into(),
+                attempts,
+                last: format!("HTTP {status} {code}: {message}"),
+            }
+        }
+        AiError::Timeout { model, timeout, .. } => AiError::Timeout { model, timeout, attempts },
+        AiError::Connect { model, endpoint, detail, .. } => {
+            AiError::Connect { model, endpoint, detail, attempts }
+        }
         other => other,
     }
 }

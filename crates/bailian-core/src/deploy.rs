@@ -38,16 +38,13 @@ impl Region {
 
     pub fn parse(s: &str) -> Result<Region, AiError> {
         let lower = s.trim().to_ascii_lowercase();
-        Region::ALL
-            .into_iter()
-            .find(|r| r.as_str() == lower)
-            .ok_or_else(|| {
-                AiError::invalid(format!(
-                    "invalid region \"{}\"; allowed: beijing, singapore, virginia \
+        Region::ALL.into_iter().find(|r| r.as_str() == lower).ok_or_else(|| {
+            AiError::invalid(format!(
+                "invalid region \"{}\"; allowed: beijing, singapore, virginia \
                  (or pass base_url to use another endpoint)",
-                    s.escape_default()
-                ))
-            })
+                s.escape_default()
+            ))
+        })
     }
 }
 
@@ -62,12 +59,7 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        RetrySettings {
-            max_retries: 2,
-            initial_retry_delay: 0.5,
-            max_retry_delay: 8.0,
-            timeout: 600.0,
-        }
+        RetrySettings { max_retries: 2, initial_retry_delay: 0.5, max_retry_delay: 8.0, timeout: 600.0 }
     }
 }
 
@@ -75,9 +67,7 @@ fn in_range(name: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, AiE
     if v.is_finite() && v >= lo && v <= hi {
         Ok(v)
     } else {
-        Err(AiError::invalid(format!(
-            "{name} must be between {lo} and {hi}{unit}, got {v}"
-        )))
+        Err(AiError::invalid(format!("{name} must be between {lo} and {hi}{unit}, got {v}")))
     }
 }
 
@@ -126,14 +116,12 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(rpm: Option<i32>, tpm: Option<i32>) -> Result<Self, AiError> {
-        let check = |name: &str, v: Option<i32>| {
-            match v {
+        let check = |name: &str, v: Option<i32>| match v {
             None => Ok(None),
             Some(n) if (1..=100_000_000).contains(&n) => Ok(Some(n as u32)),
             Some(n) => Err(AiError::invalid(format!(
                 "{name} must be a positive integer (at most 100000000) or NULL for no limit, got {n}"
             ))),
-        }
         };
         Ok(RateLimits {
             requests_per_minute: check("requests_per_minute", rpm)?,
@@ -204,10 +192,7 @@ pub fn find_model_type(model_type: &str) -> Result<&'static ModelSpec, AiError> 
         } else {
             format!(
                 "Did you mean {}? SELECT model_type FROM ai_supported_models() lists them all.",
-                near.iter()
-                    .map(|m| format!("\"{m}\""))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                near.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(" or ")
             )
         };
         AiError::invalid_with_hint(
@@ -231,9 +216,7 @@ fn shown_url(raw: &str) -> String {
         }
         None => raw.to_string(),
     };
-    crate::secret::scrub_keys(&masked)
-        .escape_default()
-        .to_string()
+    crate::secret::scrub_keys(&masked).escape_default().to_string()
 }
 
 /// Checks an http(s) URL and returns it without a trailing slash.
@@ -278,16 +261,7 @@ impl Deployment {
         let region = Region::parse(&required(a.region, "region")?)?;
         let base_url = a.base_url.as_deref().map(check_base_url).transpose()?;
         let limits = RateLimits::new(a.requests_per_minute, a.tokens_per_minute)?;
-        Ok(Deployment {
-            name,
-            spec,
-            key,
-            params,
-            retry,
-            region,
-            base_url,
-            limits,
-        })
+        Ok(Deployment { name, spec, key, params, retry, region, base_url, limits })
     }
 
     /// Where requests go: `base_url` when given, else the region's endpoint.
@@ -297,11 +271,7 @@ impl Deployment {
 
     /// The embedding dimension requests ask for.
     pub fn dimension(&self) -> Option<u32> {
-        self.params
-            .get("dimension")
-            .and_then(Value::as_u64)
-            .map(|d| d as u32)
-            .or(self.spec.default_dimension)
+        self.params.get("dimension").and_then(Value::as_u64).map(|d| d as u32).or(self.spec.default_dimension)
     }
 }
 
@@ -336,10 +306,7 @@ mod tests {
     #[test]
     fn defaults_deploy() {
         let d = Deployment::from_args(args()).unwrap();
-        assert_eq!(
-            d.endpoint(),
-            "https://dashscope.aliyuncs.com/compatible-mode/v1"
-        );
+        assert_eq!(d.endpoint(), "https://dashscope.aliyuncs.com/compatible-mode/v1");
         assert_eq!(d.retry, RetrySettings::default());
     }
 
@@ -347,20 +314,15 @@ mod tests {
     fn retry_ranges_are_inclusive() {
         assert!(RetrySettings::new(0, 0.5, 1.0, 1.0).is_ok());
         assert!(RetrySettings::new(100, 8.0, 60.0, 1200.0).is_ok());
-        assert_eq!(
-            err(|a| a.max_retries = Some(101)),
-            "max_retries must be between 0 and 100, got 101"
-        );
-        assert_eq!(
-            err(|a| a.max_retries = Some(-1)),
-            "max_retries must be between 0 and 100, got -1"
-        );
+        assert_eq!(err(|a| a.max_retries = Some(101)), "max_retries must be between 0 and 100, got 101");
+        assert_eq!(err(|a| a.max_retries = Some(-1)), "max_retries must be between 0 and 100, got -1");
         assert_eq!(
             err(|a| a.initial_retry_delay = Some(0.4)),
             "initial_retry_delay must be between 0.5 and 8 seconds, got 0.4"
         );
-        assert!(err(|a| a.max_retry_delay = Some(61.0))
-            .starts_with("max_retry_delay must be between 1 and 60"));
+        assert!(
+            err(|a| a.max_retry_delay = Some(61.0)).starts_with("max_retry_delay must be between 1 and 60")
+        );
         assert!(err(|a| a.timeout = Some(0.0)).starts_with("timeout must be between 1 and 1200"));
         assert!(err(|a| a.timeout = Some(f64::NAN)).contains("got NaN"));
         assert!(err(|a| {
@@ -372,33 +334,20 @@ mod tests {
 
     #[test]
     fn names_regions_urls() {
-        assert_eq!(
-            err(|a| a.model_name = Some(" ".into())),
-            "model_name must not be empty"
-        );
+        assert_eq!(err(|a| a.model_name = Some(" ".into())), "model_name must not be empty");
         assert_eq!(err(|a| a.model_name = None), "model_name must not be NULL");
-        assert!(err(|a| a.model_type = Some("gpt-4".into()))
-            .starts_with("unsupported model_type \"gpt-4\""));
-        assert!(err(|a| a.region = Some("hangzhou".into()))
-            .contains("allowed: beijing, singapore, virginia"));
+        assert!(err(|a| a.model_type = Some("gpt-4".into())).starts_with("unsupported model_type \"gpt-4\""));
+        assert!(err(|a| a.region = Some("hangzhou".into())).contains("allowed: beijing, singapore, virginia"));
         let mut a = args();
         a.region = Some("Singapore".into());
         assert_eq!(Deployment::from_args(a).unwrap().region, Region::Singapore);
-        assert!(
-            err(|a| a.base_url = Some("ftp://x".into())).contains("scheme must be http or https")
-        );
+        assert!(err(|a| a.base_url = Some("ftp://x".into())).contains("scheme must be http or https"));
         assert!(err(|a| a.base_url = Some("not a url".into())).starts_with("invalid base_url"));
         let e = err(|a| a.base_url = Some("http://user:s3cret@h/v1".into()));
-        assert!(
-            e.contains("credentials") && e.contains("http://***@h/v1") && !e.contains("s3cret"),
-            "{e}"
-        );
+        assert!(e.contains("credentials") && e.contains("http://***@h/v1") && !e.contains("s3cret"), "{e}");
         let mut a = args();
         a.base_url = Some("http://127.0.0.1:9999/compatible-mode/v1/".into());
-        assert_eq!(
-            Deployment::from_args(a).unwrap().endpoint(),
-            "http://127.0.0.1:9999/compatible-mode/v1"
-        );
+        assert_eq!(Deployment::from_args(a).unwrap().endpoint(), "http://127.0.0.1:9999/compatible-mode/v1");
         assert!(err(|a| a.requests_per_minute = Some(0))
             .contains("requests_per_minute must be a positive integer"));
     }
@@ -407,10 +356,7 @@ mod tests {
     fn embedding_dimension_defaults_from_registry() {
         let mut a = args();
         a.model_type = Some("text-embedding-v4".into());
-        assert_eq!(
-            Deployment::from_args(a.clone()).unwrap().dimension(),
-            Some(1024)
-        );
+        assert_eq!(Deployment::from_args(a.clone()).unwrap().dimension(), Some(1024));
         a.params = Some(json!({"dimension": 256}));
         assert_eq!(Deployment::from_args(a).unwrap().dimension(), Some(256));
     }

@@ -56,15 +56,7 @@ const ALL: &[Param] = &[
     MaxRetries,
 ];
 
-const CHAT: &[Param] = &[
-    Temperature,
-    TopP,
-    MaxTokens,
-    EnableThinking,
-    Seed,
-    Stop,
-    System,
-];
+const CHAT: &[Param] = &[Temperature, TopP, MaxTokens, EnableThinking, Seed, Stop, System];
 const OMNI: &[Param] = &[Modalities, Audio];
 const TRANSLATION: &[Param] = &[SourceLang, Terms, TmList, Domains];
 
@@ -106,12 +98,10 @@ impl Param {
             System => "a non-empty string".into(),
             Modalities => "[\"text\"] or [\"text\", \"audio\"]".into(),
             Audio => "an object {\"voice\": \"<voice name>\", \"format\": \"wav\"}".into(),
-            Images => "a non-empty array of image URLs (http://, https://) or data:image/... URIs"
-                .into(),
+            Images => "a non-empty array of image URLs (http://, https://) or data:image/... URIs".into(),
             SourceLang => "a non-empty language name or code, e.g. \"auto\", \"zh\", \"English\"".into(),
             Terms | TmList => {
-                "an array of objects {\"source\": \"...\", \"target\": \"...\"} with non-empty strings"
-                    .into()
+                "an array of objects {\"source\": \"...\", \"target\": \"...\"} with non-empty strings".into()
             }
             Domains => "a non-empty string describing the domain".into(),
             Dimension => {
@@ -138,31 +128,24 @@ impl Param {
         let ok = match self {
             Temperature => v.as_f64().is_some_and(|t| (0.0..2.0).contains(&t)),
             TopP => v.as_f64().is_some_and(|p| p > 0.0 && p <= 1.0),
-            MaxTokens => v
-                .as_u64()
-                .is_some_and(|n| (1..=i32::MAX as u64).contains(&n)),
+            MaxTokens => v.as_u64().is_some_and(|n| (1..=i32::MAX as u64).contains(&n)),
             EnableThinking => v.is_boolean(),
             Seed => v.as_u64().is_some_and(|n| n <= i32::MAX as u64),
             Stop => match v {
                 Value::String(s) => !s.is_empty(),
                 Value::Array(a) => {
-                    (1..=4).contains(&a.len())
-                        && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+                    (1..=4).contains(&a.len()) && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty()))
                 }
                 _ => false,
             },
             System | Domains | SourceLang => v.as_str().is_some_and(|s| !s.trim().is_empty()),
             Modalities => {
-                let m: Option<Vec<&str>> = v
-                    .as_array()
-                    .and_then(|a| a.iter().map(Value::as_str).collect());
+                let m: Option<Vec<&str>> = v.as_array().and_then(|a| a.iter().map(Value::as_str).collect());
                 matches!(m.as_deref(), Some(["text"]) | Some(["text", "audio"]))
             }
             Audio => v.as_object().is_some_and(|o| {
                 o.keys().all(|k| k == "voice" || k == "format")
-                    && o.get("voice")
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
+                    && o.get("voice").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
                     && o.get("format").is_none_or(|f| f == "wav")
             }),
             Images => v.as_array().is_some_and(|a| {
@@ -170,8 +153,7 @@ impl Param {
                     && a.iter().all(|i| {
                         i.as_str().is_some_and(|s| {
                             let lower = s.to_ascii_lowercase();
-                            (lower.starts_with("https://") || lower.starts_with("http://"))
-                                && s.len() > 8
+                            (lower.starts_with("https://") || lower.starts_with("http://")) && s.len() > 8
                                 || lower.starts_with("data:image/") && s.contains(',')
                         })
                     })
@@ -180,19 +162,15 @@ impl Param {
                 a.iter().all(|pair| {
                     pair.as_object().is_some_and(|o| {
                         o.len() == 2
-                            && ["source", "target"].iter().all(|k| {
-                                o.get(*k)
-                                    .and_then(Value::as_str)
-                                    .is_some_and(|s| !s.is_empty())
-                            })
+                            && ["source", "target"]
+                                .iter()
+                                .all(|k| o.get(*k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
                     })
                 })
             }),
-            Dimension => v.as_u64().is_some_and(|d| {
-                spec.dimensions
-                    .iter()
-                    .any(|allowed| u64::from(*allowed) == d)
-            }),
+            Dimension => {
+                v.as_u64().is_some_and(|d| spec.dimensions.iter().any(|allowed| u64::from(*allowed) == d))
+            }
             Timeout => v.as_f64().is_some_and(|t| (1.0..=1200.0).contains(&t)),
             MaxRetries => v.as_u64().is_some_and(|n| n <= 100),
         };
@@ -265,11 +243,8 @@ fn flatten_translation_shape(obj: &Map<String, Value>) -> Result<Map<String, Val
         None => Map::new(),
         Some(_) => return Err(bad_shape()),
     };
-    let mut flat: Map<String, Value> = obj
-        .iter()
-        .filter(|(k, _)| *k != "extra_body")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut flat: Map<String, Value> =
+        obj.iter().filter(|(k, _)| *k != "extra_body").map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in options {
         if k == "target_lang" {
             return Err(target_lang_error());
@@ -292,26 +267,13 @@ fn target_lang_error() -> AiError {
 }
 
 /// Validates `params` for `spec`, returning the object to store or use.
-pub fn validate(
-    spec: &ModelSpec,
-    params: &Value,
-    phase: Phase,
-) -> Result<Map<String, Value>, AiError> {
+pub fn validate(spec: &ModelSpec, params: &Value, phase: Phase) -> Result<Map<String, Value>, AiError> {
     let obj = match params {
         Value::Object(o) => o,
         Value::Null => return Ok(Map::new()),
-        other => {
-            return Err(AiError::invalid(format!(
-                "params must be a JSON object, got {}",
-                kind(other)
-            )))
-        }
+        other => return Err(AiError::invalid(format!("params must be a JSON object, got {}", kind(other)))),
     };
-    let obj = if spec.task == Task::Translation {
-        flatten_translation_shape(obj)?
-    } else {
-        obj.clone()
-    };
+    let obj = if spec.task == Task::Translation { flatten_translation_shape(obj)? } else { obj.clone() };
     let keys = accepted(spec, phase);
     let allowed_list = || keys.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
     for (name, value) in &obj {
@@ -320,9 +282,8 @@ pub fn validate(
             if name == "target_lang" {
                 return Err(target_lang_error());
             }
-            let per_call_only =
-                matches!(Param::from_name(name), Some(Timeout | MaxRetries | Images))
-                    && accepted(spec, Phase::Call).contains(&Param::from_name(name).unwrap());
+            let per_call_only = matches!(Param::from_name(name), Some(Timeout | MaxRetries | Images))
+                && accepted(spec, Phase::Call).contains(&Param::from_name(name).unwrap());
             if per_call_only {
                 let hint = if name == "images" {
                     "Images are per call: ai_gen(model, prompt, params => '{\"images\": [...]}')."
@@ -336,20 +297,11 @@ pub fn validate(
                 ));
             }
             let what = if Param::from_name(name).is_some() {
-                format!(
-                    "parameter \"{name}\" does not apply to {} model {}",
-                    spec.task, spec.model_type
-                )
+                format!("parameter \"{name}\" does not apply to {} model {}", spec.task, spec.model_type)
             } else {
-                format!(
-                    "unknown parameter \"{name}\" for {} model {}",
-                    spec.task, spec.model_type
-                )
+                format!("unknown parameter \"{name}\" for {} model {}", spec.task, spec.model_type)
             };
-            return Err(AiError::invalid(format!(
-                "{what}; allowed: {}",
-                allowed_list()
-            )));
+            return Err(AiError::invalid(format!("{what}; allowed: {}", allowed_list())));
         };
         if param.check(value, spec).is_none() {
             return Err(AiError::invalid(format!(
@@ -388,33 +340,20 @@ mod tests {
 
     #[test]
     fn chat_ranges() {
-        assert!(deploy(
-            "qwen-plus",
-            json!({"temperature": 0, "top_p": 1, "max_tokens": 1})
-        )
-        .is_ok());
+        assert!(deploy("qwen-plus", json!({"temperature": 0, "top_p": 1, "max_tokens": 1})).is_ok());
         assert!(deploy("qwen-plus", json!({"temperature": 1.99, "top_p": 0.01})).is_ok());
         let e = deploy("qwen-plus", json!({"temperature": 2})).unwrap_err();
-        assert_eq!(
-            e,
-            "invalid value for parameter \"temperature\": 2; allowed: a number in [0, 2)"
-        );
+        assert_eq!(e, "invalid value for parameter \"temperature\": 2; allowed: a number in [0, 2)");
         assert!(deploy("qwen-plus", json!({"temperature": -0.1})).is_err());
         assert!(deploy("qwen-plus", json!({"temperature": "0.5"})).is_err());
-        assert!(deploy("qwen-plus", json!({"top_p": 0}))
-            .unwrap_err()
-            .contains("(0, 1]"));
+        assert!(deploy("qwen-plus", json!({"top_p": 0})).unwrap_err().contains("(0, 1]"));
         assert!(deploy("qwen-plus", json!({"top_p": 1.01})).is_err());
         assert!(deploy("qwen-plus", json!({"max_tokens": 0})).is_err());
         assert!(deploy("qwen-plus", json!({"max_tokens": 1.5})).is_err());
         assert!(deploy("qwen-plus", json!({"max_tokens": -3})).is_err());
         assert!(deploy("qwen-plus", json!({"max_tokens": 2147483648u64})).is_err());
         assert!(deploy("qwen-plus", json!({"enable_thinking": "yes"})).is_err());
-        assert!(deploy(
-            "qwen-plus",
-            json!({"seed": 42, "stop": ["\n\n"], "system": "Be brief."})
-        )
-        .is_ok());
+        assert!(deploy("qwen-plus", json!({"seed": 42, "stop": ["\n\n"], "system": "Be brief."})).is_ok());
         assert!(deploy("qwen-plus", json!({"stop": []})).is_err());
         assert!(deploy("qwen-plus", json!({"system": "  "})).is_err());
     }
@@ -423,9 +362,7 @@ mod tests {
     fn keys_are_checked_by_task() {
         let e = deploy("qwen-plus", json!({"foo": 1})).unwrap_err();
         assert!(
-            e.starts_with(
-                "unknown parameter \"foo\" for chat model qwen-plus; allowed: temperature"
-            ),
+            e.starts_with("unknown parameter \"foo\" for chat model qwen-plus; allowed: temperature"),
             "{e}"
         );
         let e = deploy("text-embedding-v4", json!({"temperature": 0.5})).unwrap_err();
@@ -439,11 +376,7 @@ mod tests {
             json!({"modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}})
         )
         .is_ok());
-        assert!(deploy(
-            "qwen3-omni-flash",
-            json!({"audio": {"voice": "Cherry", "format": "mp3"}})
-        )
-        .is_err());
+        assert!(deploy("qwen3-omni-flash", json!({"audio": {"voice": "Cherry", "format": "mp3"}})).is_err());
         assert!(deploy("qwen3-omni-flash", json!({"modalities": ["audio"]})).is_err());
     }
 
@@ -468,7 +401,11 @@ mod tests {
         assert!(flat.get("extra_body").is_none());
         assert!(deploy("qwen-mt-turbo", json!({"terms": [{"source": "a"}]})).is_err());
         assert!(deploy("qwen-mt-turbo", json!({"extra_body": {"other": {}}})).is_err());
-        let e = deploy("qwen-mt-turbo", json!({"source_lang": "en", "extra_body": {"translation_options": {"source_lang": "zh"}}})).unwrap_err();
+        let e = deploy(
+            "qwen-mt-turbo",
+            json!({"source_lang": "en", "extra_body": {"translation_options": {"source_lang": "zh"}}}),
+        )
+        .unwrap_err();
         assert!(e.contains("given twice"), "{e}");
         let e = deploy("qwen-mt-turbo", json!({"target_lang": "en"})).unwrap_err();
         assert!(e.contains("target_lang"), "{e}");
@@ -479,29 +416,14 @@ mod tests {
         let spec = find("qwen3-vl-plus").unwrap();
         let call = json!({"images": ["https://example.com/a.png", "data:image/png;base64,AAAA"], "timeout": 5, "max_retries": 0});
         assert!(validate(spec, &call, Phase::Call).is_ok());
-        let e = validate(
-            spec,
-            &json!({"images": ["https://example.com/a.png"]}),
-            Phase::Deploy,
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("not allowed in deployed params"),
-            "{e}"
-        );
-        assert!(validate(
-            find("qwen-plus").unwrap(),
-            &json!({"images": ["https://x.y/z.png"]}),
-            Phase::Call
-        )
-        .is_err());
+        let e = validate(spec, &json!({"images": ["https://example.com/a.png"]}), Phase::Deploy).unwrap_err();
+        assert!(e.to_string().contains("not allowed in deployed params"), "{e}");
+        assert!(validate(find("qwen-plus").unwrap(), &json!({"images": ["https://x.y/z.png"]}), Phase::Call)
+            .is_err());
         assert!(validate(spec, &json!({"images": ["ftp://x"]}), Phase::Call).is_err());
         assert!(validate(spec, &json!({"timeout": 0.5}), Phase::Call).is_err());
         assert!(validate(spec, &json!({"max_retries": 101}), Phase::Call).is_err());
-        assert!(validate(spec, &json!([1]), Phase::Call)
-            .unwrap_err()
-            .to_string()
-            .contains("JSON object"));
+        assert!(validate(spec, &json!([1]), Phase::Call).unwrap_err().to_string().contains("JSON object"));
     }
 
     #[test]

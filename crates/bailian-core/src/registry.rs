@@ -214,30 +214,9 @@ pub static MODELS: &[ModelSpec] = &[
     embedding("text-embedding-v2", TEXT, &[1536], 1536, 25, ""),
     embedding("text-embedding-v3", TEXT, V3_DIMS, 1024, 10, ""),
     embedding("text-embedding-v4", TEXT, V4_DIMS, 1024, 10, ""),
-    embedding(
-        "tongyi-embedding-vision-plus",
-        VISION_IN,
-        &[1152],
-        1152,
-        10,
-        NO_VIDEO_OUTSIDE,
-    ),
-    embedding(
-        "tongyi-embedding-vision-flash",
-        VISION_IN,
-        &[768],
-        768,
-        10,
-        NO_VIDEO_OUTSIDE,
-    ),
-    embedding(
-        "multimodal-embedding-v1",
-        VISION_IN,
-        &[1024],
-        1024,
-        10,
-        NO_VIDEO_OUTSIDE,
-    ),
+    embedding("tongyi-embedding-vision-plus", VISION_IN, &[1152], 1152, 10, NO_VIDEO_OUTSIDE),
+    embedding("tongyi-embedding-vision-flash", VISION_IN, &[768], 768, 10, NO_VIDEO_OUTSIDE),
+    embedding("multimodal-embedding-v1", VISION_IN, &[1024], 1024, 10, NO_VIDEO_OUTSIDE),
     embedding(
         "qwen3-vl-embedding",
         VISION_IN,
@@ -258,21 +237,11 @@ pub fn similar(wanted: &str, n: usize) -> Vec<&'static str> {
     let wanted = wanted.to_ascii_lowercase();
     let mut scored: Vec<(usize, &'static str)> = MODELS
         .iter()
-        .map(|m| {
-            (
-                edit_distance(&wanted, &m.model_type.to_ascii_lowercase()),
-                m.model_type,
-            )
-        })
+        .map(|m| (edit_distance(&wanted, &m.model_type.to_ascii_lowercase()), m.model_type))
         .collect();
     scored.sort();
     let limit = wanted.len().max(4) / 2;
-    scored
-        .into_iter()
-        .filter(|(d, _)| *d <= limit)
-        .take(n)
-        .map(|(_, m)| m)
-        .collect()
+    scored.into_iter().filter(|(d, _)| *d <= limit).take(n).map(|(_, m)| m).collect()
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -314,18 +283,9 @@ mod tests {
         let v3 = find("text-embedding-v3").unwrap();
         assert_eq!(v3.dimensions, &[1024, 768, 512, 256, 128, 64]);
         assert_eq!(v3.default_dimension, Some(1024));
-        assert_eq!(
-            find("text-embedding-v1").unwrap().max_inputs_per_request,
-            Some(25)
-        );
-        assert_eq!(
-            find("text-embedding-v2").unwrap().max_inputs_per_request,
-            Some(25)
-        );
-        assert_eq!(
-            find("qwen3-vl-embedding").unwrap().default_dimension,
-            Some(2560)
-        );
+        assert_eq!(find("text-embedding-v1").unwrap().max_inputs_per_request, Some(25));
+        assert_eq!(find("text-embedding-v2").unwrap().max_inputs_per_request, Some(25));
+        assert_eq!(find("qwen3-vl-embedding").unwrap().default_dimension, Some(2560));
         for m in MODELS {
             match m.task {
                 Task::Embedding => {

@@ -2,19 +2,12 @@
 //! what goes on the wire is decided here and unit-tested without a network.
 
 use crate::error::AiError;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// Chat parameters copied verbatim into the request body.
-const CHAT_BODY_KEYS: &[&str] = &[
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "seed",
-    "stop",
-    "enable_thinking",
-    "modalities",
-    "audio",
-];
+const CHAT_BODY_KEYS: &[&str] =
+    &["temperature", "top_p", "max_tokens", "seed", "stop", "enable_thinking", "modalities", "audio"];
 
 /// `POST {base}/chat/completions` for `ai_gen`: an optional system message from params, then
 /// the prompt as the user message (as content parts when images are attached).
@@ -25,10 +18,8 @@ pub fn chat_body(model_type: &str, prompt: &str, params: &Map<String, Value>) ->
     }
     let content = match params.get("images").and_then(Value::as_array) {
         Some(images) if !images.is_empty() => {
-            let mut parts: Vec<Value> = images
-                .iter()
-                .map(|url| json!({"type": "image_url", "image_url": {"url": url}}))
-                .collect();
+            let mut parts: Vec<Value> =
+                images.iter().map(|url| json!({"type": "image_url", "image_url": {"url": url}})).collect();
             parts.push(json!({"type": "text", "text": prompt}));
             Value::Array(parts)
         }
@@ -55,13 +46,7 @@ pub fn translation_body(
     params: &Map<String, Value>,
 ) -> Value {
     let mut options = Map::new();
-    options.insert(
-        "source_lang".into(),
-        params
-            .get("source_lang")
-            .cloned()
-            .unwrap_or_else(|| "auto".into()),
-    );
+    options.insert("source_lang".into(), params.get("source_lang").cloned().unwrap_or_else(|| "auto".into()));
     options.insert("target_lang".into(), target_lang.into());
     for key in ["terms", "tm_list", "domains"] {
         if let Some(v) = params.get(key) {
@@ -85,12 +70,7 @@ pub fn translation_prompt(content: &str, target_lang: &str) -> String {
 
 /// `POST {base}/embeddings`. `dimensions` is sent only to models that offer a choice: the
 /// fixed-size models reject the field.
-pub fn embedding_body(
-    model_type: &str,
-    inputs: &[&str],
-    dimension: Option<u32>,
-    choosable: bool,
-) -> Value {
+pub fn embedding_body(model_type: &str, inputs: &[&str], dimension: Option<u32>, choosable: bool) -> Value {
     let mut body = json!({"model": model_type, "input": inputs, "encoding_format": "float"});
     if let (Some(d), true) = (dimension, choosable) {
         body["dimensions"] = d.into();
@@ -99,111 +79,117 @@ pub fn embedding_body(
 }
 
 /// Token counts from a response's `usage`, for the client-side token rate limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
+    #[serde(default)]
     pub total_tokens: u64,
 }
 
-fn usage_of(v: &Value) -> Usage {
-    Usage {
-        total_tokens: v
-            .pointer("/usage/total_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
-    }
+fn malformed(model: &str, detail: impl Into<String>) -> AiError {
+    AiError::MalformedResponse { model: model.into(), detail: detail.into() }
 }
 
-fn malformed(model: &str, detail: impl Into<String>) -> AiError {
-    AiError::MalformedResponse {
-        model: model.into(),
-        detail: detail.into(),
-    }
+// Responses are deserialized straight into these shapes (no intermediate `Value` tree):
+// an embedding of 1024 floats is parsed once, into the Vec it is returned in.
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    #[serde(default)]
+    choices: Vec<ChatChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct ChatChoice {
+    message: Option<ChatMessage>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    #[serde(default)]
+    content: Value,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingResponse {
+    data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    index: Option<usize>,
+    embedding: Vec<f32>,
+}
+
+fn parse<'a, T: Deserialize<'a>>(model: &str, body: &'a [u8]) -> Result<T, AiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            malformed(model, format!("the body is not JSON ({e})"))
+        } else {
+            malformed(model, format!("unexpected response shape ({e})"))
+        }
+    })
 }
 
 /// The assistant text of a chat completion.
-pub fn parse_chat(model: &str, v: &Value) -> Result<(String, Usage), AiError> {
-    let message = v
-        .pointer("/choices/0/message")
+pub fn parse_chat(model: &str, body: &[u8]) -> Result<(String, Usage), AiError> {
+    let r: ChatResponse = parse(model, body)?;
+    let message = r
+        .choices
+        .into_iter()
+        .next()
+        .and_then(|c| c.message)
         .ok_or_else(|| malformed(model, "no choices[0].message in the response"))?;
-    let text = match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
+    let text = match message.content {
+        Value::String(s) => s,
         // Some multimodal models answer with content parts.
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
-        Some(Value::Null) | None => {
-            return Err(malformed(
-                model,
-                "choices[0].message.content is missing or null",
-            ))
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
         }
-        Some(other) => {
-            return Err(malformed(
-                model,
-                format!("choices[0].message.content is not text: {other}"),
-            ))
-        }
+        Value::Null => return Err(malformed(model, "choices[0].message.content is missing or null")),
+        other => return Err(malformed(model, format!("choices[0].message.content is not text: {other}"))),
     };
-    Ok((text, usage_of(v)))
+    Ok((text, r.usage.unwrap_or_default()))
 }
 
 /// The vectors of an embeddings response, in input order, each checked for its length.
 pub fn parse_embeddings(
     model: &str,
-    v: &Value,
+    body: &[u8],
     expected: usize,
     dimension: Option<u32>,
 ) -> Result<(Vec<Vec<f32>>, Usage), AiError> {
-    let data = v
-        .get("data")
-        .and_then(Value::as_array)
-        .ok_or_else(|| malformed(model, "no data array in the response"))?;
-    if data.len() != expected {
-        return Err(malformed(
-            model,
-            format!("{} embeddings for {expected} inputs", data.len()),
-        ));
+    let r: EmbeddingResponse = parse(model, body)?;
+    if r.data.len() != expected {
+        return Err(malformed(model, format!("{} embeddings for {expected} inputs", r.data.len())));
     }
     let mut out: Vec<Option<Vec<f32>>> = vec![None; expected];
-    for (pos, item) in data.iter().enumerate() {
-        let index = match item.get("index") {
-            Some(i) => i.as_u64().map(|i| i as usize),
-            None => Some(pos),
+    for (pos, item) in r.data.into_iter().enumerate() {
+        let index = item.index.unwrap_or(pos);
+        if index >= expected {
+            return Err(malformed(
+                model,
+                format!("data[{pos}] has index {index}, beyond the {expected} inputs"),
+            ));
         }
-        .filter(|i| *i < expected)
-        .ok_or_else(|| malformed(model, format!("data[{pos}] has no valid index")))?;
-        let values = item
-            .get("embedding")
-            .and_then(Value::as_array)
-            .ok_or_else(|| malformed(model, format!("data[{pos}].embedding is not an array")))?;
-        let vector: Option<Vec<f32>> = values
-            .iter()
-            .map(|x| x.as_f64().map(|f| f as f32))
-            .collect();
-        let vector = vector
-            .ok_or_else(|| malformed(model, format!("data[{pos}].embedding holds a non-number")))?;
         if let Some(d) = dimension {
-            if vector.len() != d as usize {
+            if item.embedding.len() != d as usize {
                 return Err(malformed(
                     model,
-                    format!(
-                        "data[{pos}].embedding has {} values, expected {d}",
-                        vector.len()
-                    ),
+                    format!("data[{pos}].embedding has {} values, expected {d}", item.embedding.len()),
                 ));
             }
         }
-        if out[index].replace(vector).is_some() {
+        if out[index].replace(item.embedding).is_some() {
             return Err(malformed(model, format!("index {index} appears twice")));
         }
     }
-    let vectors = out
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| malformed(model, "an index is missing"))?;
-    Ok((vectors, usage_of(v)))
+    let vectors =
+        out.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| malformed(model, "an index is missing"))?;
+    Ok((vectors, r.usage.unwrap_or_default()))
 }
 
 /// The pieces of an error body, in the compatible-mode shape
@@ -228,21 +214,13 @@ pub fn parse_error_body(body: &[u8]) -> ErrorBody {
             ErrorBody {
                 code,
                 message: text(err.get("message")),
-                request_id: v
-                    .get("request_id")
-                    .or(v.get("id"))
-                    .and_then(Value::as_str)
-                    .map(String::from),
+                request_id: v.get("request_id").or(v.get("id")).and_then(Value::as_str).map(String::from),
             }
         }
         Err(_) => {
             let raw = String::from_utf8_lossy(body);
             let snippet: String = raw.chars().take(200).collect();
-            ErrorBody {
-                code: String::new(),
-                message: snippet.trim().to_string(),
-                request_id: None,
-            }
+            ErrorBody { code: String::new(), message: snippet.trim().to_string(), request_id: None }
         }
     }
 }
@@ -274,11 +252,7 @@ mod tests {
 
     #[test]
     fn images_become_content_parts() {
-        let b = chat_body(
-            "qwen3-vl-plus",
-            "what is this?",
-            &params(json!({"images": ["https://a/b.png"]})),
-        );
+        let b = chat_body("qwen3-vl-plus", "what is this?", &params(json!({"images": ["https://a/b.png"]})));
         assert_eq!(
             b["messages"][0]["content"],
             json!([{"type": "image_url", "image_url": {"url": "https://a/b.png"}}, {"type": "text", "text": "what is this?"}])
@@ -302,33 +276,32 @@ mod tests {
 
     #[test]
     fn embedding_body_dimensions_only_when_choosable() {
-        assert_eq!(
-            embedding_body("text-embedding-v4", &["a", "b"], Some(256), true)["dimensions"],
-            256
-        );
-        assert!(
-            embedding_body("text-embedding-v1", &["a"], Some(1536), false)
-                .get("dimensions")
-                .is_none()
-        );
+        assert_eq!(embedding_body("text-embedding-v4", &["a", "b"], Some(256), true)["dimensions"], 256);
+        assert!(embedding_body("text-embedding-v1", &["a"], Some(1536), false).get("dimensions").is_none());
     }
 
     #[test]
     fn parses_responses_and_errors() {
-        let chat = json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {"total_tokens": 9}});
-        assert_eq!(
-            parse_chat("m", &chat).unwrap(),
-            ("ok".into(), Usage { total_tokens: 9 })
+        let bytes = |v: Value| serde_json::to_vec(&v).unwrap();
+        let chat = bytes(
+            json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {"total_tokens": 9}}),
         );
-        assert!(parse_chat("m", &json!({"choices": []})).is_err());
-        let emb = json!({"data": [{"index": 1, "embedding": [3.0, 4.0]}, {"index": 0, "embedding": [1.0, 2.0]}]});
+        assert_eq!(parse_chat("m", &chat).unwrap(), ("ok".into(), Usage { total_tokens: 9 }));
+        assert!(parse_chat("m", &bytes(json!({"choices": []}))).is_err());
+        let e = parse_chat("m", b"{\"choices\": [trunc").unwrap_err();
+        assert!(e.to_string().contains("the body is not JSON"), "{e}");
+        let emb = bytes(
+            json!({"data": [{"index": 1, "embedding": [3.0, 4.0]}, {"index": 0, "embedding": [1.0, 2.0]}]}),
+        );
         let (v, _) = parse_embeddings("m", &emb, 2, Some(2)).unwrap();
         assert_eq!(v, vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
         assert!(parse_embeddings("m", &emb, 3, Some(2)).is_err());
         assert!(parse_embeddings("m", &emb, 2, Some(3)).is_err());
         let dup =
-            json!({"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]});
+            bytes(json!({"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]}));
         assert!(parse_embeddings("m", &dup, 2, None).is_err());
+        let e = parse_embeddings("m", &bytes(json!({"data": [{"embedding": ["x"]}]})), 1, None).unwrap_err();
+        assert!(e.to_string().contains("unexpected response shape"), "{e}");
         let e = parse_error_body(br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":"invalid_api_key"},"request_id":"r1"}"#);
         assert_eq!(
             e,
@@ -338,12 +311,8 @@ mod tests {
                 request_id: Some("r1".into())
             }
         );
-        let e =
-            parse_error_body(br#"{"code":"Throttling","message":"slow down","request_id":"r2"}"#);
+        let e = parse_error_body(br#"{"code":"Throttling","message":"slow down","request_id":"r2"}"#);
         assert_eq!(e.code, "Throttling");
-        assert_eq!(
-            parse_error_body(b"<html>502</html>").message,
-            "<html>502</html>"
-        );
+        assert_eq!(parse_error_body(b"<html>502</html>").message, "<html>502</html>");
     }
 }

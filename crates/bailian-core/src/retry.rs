@@ -23,8 +23,7 @@ impl RetryPolicy {
     /// Backoff before retry number `retry` (1-based): initial * 2^(retry-1), capped at
     /// max_delay, scaled by a random factor in [0.75, 1].
     pub fn backoff(&self, retry: u32) -> Duration {
-        let base =
-            self.initial_delay.as_secs_f64() * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
+        let base = self.initial_delay.as_secs_f64() * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
         let capped = base.min(self.max_delay.as_secs_f64());
         Duration::from_secs_f64(capped * (JITTER_FLOOR + (1.0 - JITTER_FLOOR) * unit_random()))
     }
@@ -92,8 +91,7 @@ mod tests {
     #[test]
     fn jitter_varies() {
         let p = policy(8.0, 60.0);
-        let samples: std::collections::HashSet<u128> =
-            (0..50).map(|_| p.backoff(1).as_micros()).collect();
+        let samples: std::collections::HashSet<u128> = (0..50).map(|_| p.backoff(1).as_micros()).collect();
         assert!(samples.len() > 10);
     }
 

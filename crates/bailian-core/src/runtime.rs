@@ -21,20 +21,14 @@ impl Runtime {
             .on_thread_start(block_signals_in_this_thread)
             .max_blocking_threads(4)
             .build()
-            .map_err(|e| AiError::Internal {
-                message: format!("cannot start the async runtime: {e}"),
-            })?;
+            .map_err(|e| AiError::Internal { message: format!("cannot start the async runtime: {e}") })?;
         Ok(Runtime { rt })
     }
 
     /// Runs `fut` to completion unless `interrupted()` turns true first; then `fut` is dropped,
     /// which closes its connections, and `Err(AiError::Interrupted)` is returned so the caller
     /// can raise the cancel outside the runtime.
-    pub fn block_on_interruptible<F, T>(
-        &self,
-        fut: F,
-        interrupted: impl Fn() -> bool,
-    ) -> Result<T, AiError>
+    pub fn block_on_interruptible<F, T>(&self, fut: F, interrupted: impl Fn() -> bool) -> Result<T, AiError>
     where
         F: Future<Output = T>,
     {
@@ -70,6 +64,18 @@ impl Runtime {
                     }
                     Err(AiError::Interrupted)
                 }
+            }
+        })
+    }
+}
+
+impl Runtime {
+    /// Gives the runtime's tasks a few turns, so connections whose requests were dropped
+    /// outside `block_on` see it and close their sockets now.
+    pub fn settle(&self) {
+        self.rt.block_on(async {
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
             }
         })
     }

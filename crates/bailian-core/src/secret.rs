@@ -40,8 +40,7 @@ impl KeySource {
         let valid = body.is_some_and(|b| {
             b.len() >= 8
                 && raw.len() <= 256
-                && b.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
         if valid {
             Ok(KeySource::Literal(raw.to_string()))
@@ -51,15 +50,9 @@ impl KeySource {
             } else if raw.trim() != raw {
                 "a value with leading or trailing whitespace".to_string()
             } else if raw.starts_with("sk-") {
-                format!(
-                    "a {}-character value starting with 'sk-'",
-                    raw.chars().count()
-                )
+                format!("a {}-character value starting with 'sk-'", raw.chars().count())
             } else {
-                format!(
-                    "a {}-character value not starting with 'sk-' or 'env:'",
-                    raw.chars().count()
-                )
+                format!("a {}-character value not starting with 'sk-' or 'env:'", raw.chars().count())
             };
             Err(AiError::invalid_with_hint(
                 format!("{KEY_RULE}; got {what}"),
@@ -90,10 +83,7 @@ impl KeySource {
             KeySource::Literal(k) => Ok(ApiKey(k.clone())),
             KeySource::Env(name) => match std::env::var(name) {
                 Ok(v) if !v.is_empty() => Ok(ApiKey(v)),
-                _ => Err(AiError::ApiKeyUnavailable {
-                    model: model.into(),
-                    variable: name.clone(),
-                }),
+                _ => Err(AiError::ApiKeyUnavailable { model: model.into(), variable: name.clone() }),
             },
         }
     }
@@ -106,14 +96,7 @@ impl fmt::Debug for KeySource {
 }
 
 fn hint_of(key: &str) -> String {
-    let tail: String = key
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
     format!("sk-...{tail}")
 }
 
@@ -137,11 +120,7 @@ impl ApiKey {
 
     /// Removes this key, and anything else shaped like a Bailian key, from `text`.
     pub fn redact(&self, text: &str) -> String {
-        let text = if self.0.len() >= 8 {
-            text.replace(&self.0, &self.hint())
-        } else {
-            text.into()
-        };
+        let text = if self.0.len() >= 8 { text.replace(&self.0, &self.hint()) } else { text.into() };
         scrub_keys(&text)
     }
 }
@@ -211,11 +190,7 @@ mod tests {
 
     #[test]
     fn errors_never_repeat_the_value() {
-        for bad in [
-            "sk-abc!defghijkl",
-            "xk-secretsecretsecret",
-            "sk-secret secret",
-        ] {
+        for bad in ["sk-abc!defghijkl", "xk-secretsecretsecret", "sk-secret secret"] {
             let e = KeySource::parse(bad).unwrap_err().to_string();
             assert!(!e.contains("secret") && !e.contains("abc!"), "{e}");
             assert!(e.contains("'sk-...'") && e.contains("env:NAME"), "{e}");
@@ -227,10 +202,7 @@ mod tests {
         let k = KeySource::parse("sk-0123456789abcdef3f9a").unwrap();
         assert_eq!(k.hint(), "sk-...3f9a");
         assert_eq!(KeySource::Env("X".into()).hint(), "env:X");
-        assert_eq!(
-            format!("{:?}", ApiKey::new("sk-0123456789abcdef3f9a")),
-            "ApiKey(sk-...3f9a)"
-        );
+        assert_eq!(format!("{:?}", ApiKey::new("sk-0123456789abcdef3f9a")), "ApiKey(sk-...3f9a)");
     }
 
     #[test]
@@ -240,23 +212,14 @@ mod tests {
         let r = key.redact(text);
         assert!(!r.contains("live0123456789"), "{r}");
         assert!(!r.contains("other99999999"), "{r}");
-        assert!(
-            r.contains("sk-...6789") && r.contains("sk-...9999") && r.contains("sk-abc"),
-            "{r}"
-        );
-        assert_eq!(
-            scrub_keys("task-12345678 risk-free"),
-            "task-12345678 risk-free"
-        );
+        assert!(r.contains("sk-...6789") && r.contains("sk-...9999") && r.contains("sk-abc"), "{r}");
+        assert_eq!(scrub_keys("task-12345678 risk-free"), "task-12345678 risk-free");
     }
 
     #[test]
     fn env_keys_resolve_at_call_time() {
         let src = KeySource::Env("PG_BAILIAN_UNIT_TEST_KEY_VAR".into());
-        assert!(matches!(
-            src.resolve("m"),
-            Err(AiError::ApiKeyUnavailable { .. })
-        ));
+        assert!(matches!(src.resolve("m"), Err(AiError::ApiKeyUnavailable { .. })));
         std::env::set_var("PG_BAILIAN_UNIT_TEST_KEY_VAR", "sk-fromenv12345678");
         assert_eq!(src.resolve("m").unwrap().expose(), "sk-fromenv12345678");
         std::env::remove_var("PG_BAILIAN_UNIT_TEST_KEY_VAR");

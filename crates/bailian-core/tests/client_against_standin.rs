@@ -54,9 +54,7 @@ impl Fixture {
 
     fn gen(&self, call: &Call<'_>, prompt: &str) -> Result<String, AiError> {
         let body = request::chat_body("qwen-plus", prompt, &Map::new());
-        self.rt
-            .block_on_interruptible(self.client.chat(call, &body), || false)?
-            .map(|(t, _)| t)
+        self.rt.block_on_interruptible(self.client.chat(call, &body), || false)?.map(|(t, _)| t)
     }
 }
 
@@ -67,9 +65,7 @@ fn chat_and_embeddings_round_trip() {
     assert_eq!(f.gen(&call, "hello").unwrap(), "Echo from qwen-plus: hello");
     let body = request::embedding_body("text-embedding-v4", &["a b", "c"], Some(64), true);
     let v =
-        f.rt.block_on_interruptible(f.client.embed(&call, &body, 2, Some(64)), || false)
-            .unwrap()
-            .unwrap();
+        f.rt.block_on_interruptible(f.client.embed(&call, &body, 2, Some(64)), || false).unwrap().unwrap();
     assert_eq!(v[0], bailian_standin::embedding_for("a b", 64));
     assert_eq!(v[1], bailian_standin::embedding_for("c", 64));
     let log = f.standin.requests();
@@ -79,10 +75,7 @@ fn chat_and_embeddings_round_trip() {
 #[test]
 fn retries_transient_errors_with_backoff() {
     let f = Fixture::new(Config::default());
-    f.standin.script(
-        "flaky",
-        vec![Fault::Status(500), Fault::Status(429), Fault::Status(503)],
-    );
+    f.standin.script("flaky", vec![Fault::Status(500), Fault::Status(429), Fault::Status(503)]);
     let start = Instant::now();
     let out = f.gen(&f.call(policy(3, 0.5, 1.0), 5.0), "flaky").unwrap();
     let took = start.elapsed().as_secs_f64();
@@ -96,18 +89,9 @@ fn retries_transient_errors_with_backoff() {
 fn gives_up_after_max_retries_and_never_retries_other_4xx() {
     let f = Fixture::new(Config::default());
     f.standin.script("down", vec![Fault::Status(500); 10]);
-    let e = f
-        .gen(&f.call(policy(2, 0.5, 1.0), 5.0), "down")
-        .unwrap_err();
-    assert!(
-        matches!(e, AiError::RetriesExhausted { attempts: 3, .. }),
-        "{e:?}"
-    );
-    assert!(
-        e.to_string()
-            .contains("failed after 3 attempts: HTTP 500 internal_error"),
-        "{e}"
-    );
+    let e = f.gen(&f.call(policy(2, 0.5, 1.0), 5.0), "down").unwrap_err();
+    assert!(matches!(e, AiError::RetriesExhausted { attempts: 3, .. }), "{e:?}");
+    assert!(e.to_string().contains("failed after 3 attempts: HTTP 500 internal_error"), "{e}");
     assert_eq!(f.standin.stats().requests, 3);
 
     f.standin.reset();
@@ -115,28 +99,17 @@ fn gives_up_after_max_retries_and_never_retries_other_4xx() {
     let e = f.gen(&f.call(policy(5, 0.5, 1.0), 5.0), "bad").unwrap_err();
     assert_eq!(e.sqlstate(), "ZB400");
     f.standin.script("nsfw", vec![Fault::Inspection]);
-    let e = f
-        .gen(&f.call(policy(5, 0.5, 1.0), 5.0), "nsfw")
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("HTTP 400 data_inspection_failed"),
-        "{e}"
-    );
+    let e = f.gen(&f.call(policy(5, 0.5, 1.0), 5.0), "nsfw").unwrap_err();
+    assert!(e.to_string().contains("HTTP 400 data_inspection_failed"), "{e}");
     assert_eq!(f.standin.stats().requests, 2);
 }
 
 #[test]
 fn honours_retry_after() {
     let f = Fixture::new(Config::default());
-    f.standin.script(
-        "slowdown",
-        vec![Fault::RateLimited {
-            retry_after_secs: 2.0,
-        }],
-    );
+    f.standin.script("slowdown", vec![Fault::RateLimited { retry_after_secs: 2.0 }]);
     let start = Instant::now();
-    f.gen(&f.call(policy(1, 0.5, 1.0), 5.0), "slowdown")
-        .unwrap();
+    f.gen(&f.call(policy(1, 0.5, 1.0), 5.0), "slowdown").unwrap();
     let took = start.elapsed().as_secs_f64();
     assert!((2.0..3.0).contains(&took), "took {took}");
 }
@@ -145,16 +118,12 @@ fn honours_retry_after() {
 fn timeouts_connection_errors_and_malformed_bodies() {
     let f = Fixture::new(Config::default());
     f.standin.script("slow", vec![Fault::Delay(3000)]);
-    let e = f
-        .gen(&f.call(policy(0, 0.5, 1.0), 1.0), "slow")
-        .unwrap_err();
+    let e = f.gen(&f.call(policy(0, 0.5, 1.0), 1.0), "slow").unwrap_err();
     assert!(matches!(e, AiError::Timeout { attempts: 1, .. }), "{e:?}");
     assert_eq!(e.sqlstate(), "ZBT01");
 
     f.standin.script("garbage", vec![Fault::Malformed]);
-    let e = f
-        .gen(&f.call(policy(3, 0.5, 1.0), 5.0), "garbage")
-        .unwrap_err();
+    let e = f.gen(&f.call(policy(3, 0.5, 1.0), 5.0), "garbage").unwrap_err();
     assert_eq!(e.sqlstate(), "ZBM01", "{e}");
 
     f.standin.script("reset", vec![Fault::Reset, Fault::Reset]);
@@ -166,16 +135,10 @@ fn timeouts_connection_errors_and_malformed_bodies() {
         l.local_addr().unwrap()
     };
     let endpoint = format!("http://{closed}/v1");
-    let call = Call {
-        endpoint: &endpoint,
-        ..f.call(policy(1, 0.5, 1.0), 5.0)
-    };
+    let call = Call { endpoint: &endpoint, ..f.call(policy(1, 0.5, 1.0), 5.0) };
     let e = f.gen(&call, "x").unwrap_err();
     assert!(matches!(e, AiError::Connect { attempts: 2, .. }), "{e:?}");
-    assert!(
-        e.to_string().to_lowercase().contains("connection refused"),
-        "{e}"
-    );
+    assert!(e.to_string().to_lowercase().contains("connection refused"), "{e}");
 }
 
 #[test]
@@ -212,8 +175,7 @@ fn dropping_a_request_closes_it_at_the_server() {
     let call = f.call(policy(0, 0.5, 1.0), 60.0);
     let start = Instant::now();
     let r = f.rt.block_on_interruptible(
-        f.client
-            .chat(&call, &request::chat_body("qwen-plus", "hold", &Map::new())),
+        f.client.chat(&call, &request::chat_body("qwen-plus", "hold", &Map::new())),
         || start.elapsed() > Duration::from_millis(300),
     );
     assert_eq!(r.unwrap_err(), AiError::Interrupted);
@@ -224,4 +186,23 @@ fn dropping_a_request_closes_it_at_the_server() {
     let s = f.standin.stats();
     assert_eq!(s.aborted, 1, "{s:?}");
     assert_eq!(s.in_flight, 0, "{s:?}");
+}
+
+#[test]
+fn a_refused_batch_is_retried_input_by_input() {
+    let f = Fixture::new(Config::default());
+    f.standin.script("bad apple", vec![Fault::Inspection, Fault::Inspection]);
+    let call = f.call(policy(0, 0.5, 1.0), 5.0);
+    let inputs = ["good one", "bad apple", "good two"];
+    let out =
+        f.rt.block_on_interruptible(
+            bailian_core::client::embed_each(&f.client, &call, "text-embedding-v4", &inputs, Some(64), true),
+            || false,
+        )
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap(), &bailian_standin::embedding_for("good one", 64));
+    assert_eq!(out[1].as_ref().unwrap_err().sqlstate(), "ZB400");
+    assert_eq!(out[2].as_ref().unwrap(), &bailian_standin::embedding_for("good two", 64));
+    let sizes: Vec<usize> = f.standin.requests().iter().map(|r| r.inputs.len()).collect();
+    assert_eq!(sizes, vec![3, 1, 1, 1]);
 }

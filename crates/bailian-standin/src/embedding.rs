@@ -13,12 +13,7 @@ pub fn embedding_for(text: &str, dim: usize) -> Vec<f32> {
     if words == 0 {
         add_direction(&mut acc, fnv1a(text.as_bytes()));
     }
-    let norm = acc
-        .iter()
-        .map(|x| x * x)
-        .sum::<f64>()
-        .sqrt()
-        .max(f64::MIN_POSITIVE);
+    let norm = acc.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
     acc.iter().map(|x| (x / norm) as f32).collect()
 }
 
@@ -58,9 +53,7 @@ fn add_direction(acc: &mut [f64], seed: u64) {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

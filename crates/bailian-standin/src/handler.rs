@@ -20,11 +20,7 @@ fn json_response(status: u16, body: &Value, retry_after: Option<f64>) -> Respons
     if let Some(ra) = retry_after {
         builder = builder.header("retry-after", format!("{}", ra.max(0.0).ceil() as u64));
     }
-    builder
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(body).unwrap_or_default(),
-        )))
-        .unwrap()
+    builder.body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))).unwrap()
 }
 
 pub(crate) async fn handle(
@@ -57,11 +53,7 @@ pub(crate) async fn handle(
     let body = req.into_body().collect().await?.to_bytes();
     let outcome = answer(&shared, kind, &auth, &body, id, &mut guard.entry).await;
     match outcome {
-        Outcome::Respond {
-            status,
-            body,
-            retry_after,
-        } => {
+        Outcome::Respond { status, body, retry_after } => {
             guard.finish(status);
             Ok(json_response(status, &body, retry_after))
         }
@@ -87,11 +79,7 @@ enum Kind {
 }
 
 enum Outcome {
-    Respond {
-        status: u16,
-        body: Value,
-        retry_after: Option<f64>,
-    },
+    Respond { status: u16, body: Value, retry_after: Option<f64> },
     Malformed,
     Reset,
 }
@@ -107,7 +95,8 @@ struct InFlight {
 impl InFlight {
     fn new(shared: Arc<Shared>, id: u64, path: &str, auth: &str) -> InFlight {
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = shared.counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.counters.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         let entry = LoggedRequest {
             id,
             path: path.to_string(),
@@ -120,11 +109,7 @@ impl InFlight {
             received_ms: shared.ms_since_start(),
             finished_ms: 0.0,
         };
-        InFlight {
-            shared,
-            entry,
-            done: false,
-        }
+        InFlight { shared, entry, done: false }
     }
 
     fn finish(&mut self, status: u16) {
@@ -138,15 +123,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.shared
-            .counters
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         if !self.done {
             self.shared.counters.aborted.fetch_add(1, Ordering::Relaxed);
-            self.entry
-                .fault
-                .get_or_insert_with(|| "client went away".into());
+            self.entry.fault.get_or_insert_with(|| "client went away".into());
         }
         self.entry.finished_ms = self.shared.ms_since_start();
         let entry = std::mem::replace(
@@ -169,14 +149,7 @@ impl Drop for InFlight {
 }
 
 fn key_hint(key: &str) -> String {
-    let tail: String = key
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
     if key.is_empty() {
         String::new()
     } else {
@@ -200,20 +173,10 @@ fn status_error(status: u16, id: u64, model: &str) -> Value {
             None,
             id,
         ),
-        401 => error_body(
-            "Incorrect API key provided. ",
-            "invalid_request_error",
-            "invalid_api_key",
-            None,
-            id,
-        ),
-        403 => error_body(
-            "Access denied.",
-            "invalid_request_error",
-            "access_denied",
-            None,
-            id,
-        ),
+        401 => {
+            error_body("Incorrect API key provided. ", "invalid_request_error", "invalid_api_key", None, id)
+        }
+        403 => error_body("Access denied.", "invalid_request_error", "access_denied", None, id),
         404 => error_body(
             &format!("The model `{model}` does not exist or you do not have access to it."),
             "invalid_request_error",
@@ -242,26 +205,14 @@ fn status_error(status: u16, id: u64, model: &str) -> Value {
             None,
             id,
         ),
-        _ => error_body(
-            "The request failed.",
-            "invalid_request_error",
-            "invalid_request_error",
-            None,
-            id,
-        ),
+        _ => error_body("The request failed.", "invalid_request_error", "invalid_request_error", None, id),
     }
 }
 
 fn invalid_parameter(message: &str, id: u64) -> Outcome {
     Outcome::Respond {
         status: 400,
-        body: error_body(
-            message,
-            "invalid_request_error",
-            "invalid_parameter_error",
-            None,
-            id,
-        ),
+        body: error_body(message, "invalid_request_error", "invalid_parameter_error", None, id),
         retry_after: None,
     }
 }
@@ -276,10 +227,8 @@ fn content_text(content: &Value) -> (String, usize) {
                 .filter_map(|p| p.get("text").and_then(Value::as_str))
                 .collect::<Vec<_>>()
                 .join("");
-            let images = parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
-                .count();
+            let images =
+                parts.iter().filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url")).count();
             (text, images)
         }
         _ => (String::new(), 0),
@@ -291,19 +240,12 @@ fn inputs_of(kind: Kind, body: &Value) -> Vec<String> {
         Kind::Chat => body
             .get("messages")
             .and_then(Value::as_array)
-            .and_then(|m| {
-                m.iter()
-                    .rev()
-                    .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            })
+            .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
             .map(|m| vec![content_text(m.get("content").unwrap_or(&Value::Null)).0])
             .unwrap_or_default(),
         Kind::Embeddings => match body.get("input") {
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_string())
-                .collect(),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
             _ => Vec::new(),
         },
     }
@@ -319,10 +261,7 @@ async fn answer(
 ) -> Outcome {
     let config: Config = shared.config.lock().unwrap().clone();
     let authorized = key.starts_with("sk-")
-        && config
-            .accepted_keys
-            .as_ref()
-            .is_none_or(|keys| keys.iter().any(|k| k == key));
+        && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
     if !authorized {
         let message = if config.echo_key_in_errors {
             format!("Incorrect API key provided: {key}. You can find your API key in the console.")
@@ -331,13 +270,7 @@ async fn answer(
         };
         return Outcome::Respond {
             status: 401,
-            body: error_body(
-                &message,
-                "invalid_request_error",
-                "invalid_api_key",
-                None,
-                id,
-            ),
+            body: error_body(&message, "invalid_request_error", "invalid_api_key", None, id),
             retry_after: None,
         };
     }
@@ -345,11 +278,7 @@ async fn answer(
         Ok(v) => v,
         Err(_) => return invalid_parameter("The request body is not valid JSON.", id),
     };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let model = body.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
     let inputs = inputs_of(kind, &body);
     entry.model = model.clone();
     entry.inputs = inputs.clone();
@@ -403,11 +332,7 @@ async fn answer(
             }
         }
         Some(Fault::Status(s)) => {
-            return Outcome::Respond {
-                status: s,
-                body: status_error(s, id, &model),
-                retry_after: None,
-            }
+            return Outcome::Respond { status: s, body: status_error(s, id, &model), retry_after: None }
         }
         Some(Fault::RateLimited { retry_after_secs }) => {
             return Outcome::Respond {
@@ -437,11 +362,7 @@ async fn answer(
         return invalid_parameter("Model not specified.", id);
     }
     if config.unavailable_models.iter().any(|m| *m == model) {
-        return Outcome::Respond {
-            status: 404,
-            body: status_error(404, id, &model),
-            retry_after: None,
-        };
+        return Outcome::Respond { status: 404, body: status_error(404, id, &model), retry_after: None };
     }
     match kind {
         Kind::Chat => chat(&body, &model, id),
@@ -463,12 +384,7 @@ pub fn chat_reply(model: &str, prompt: &str, images: usize) -> String {
 }
 
 /// The stand-in's deterministic "translation": the glossary applied, tagged with the pair.
-pub fn translation_reply(
-    text: &str,
-    source: &str,
-    target: &str,
-    terms: &[(String, String)],
-) -> String {
+pub fn translation_reply(text: &str, source: &str, target: &str, terms: &[(String, String)]) -> String {
     let mut out = text.to_string();
     for (s, t) in terms {
         out = out.replace(s.as_str(), t);
@@ -494,11 +410,7 @@ fn completion(model: &str, content: String, prompt_tokens: u64, finish: &str, id
 }
 
 fn chat(body: &Value, model: &str, id: u64) -> Outcome {
-    let Some(messages) = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-    else {
+    let Some(messages) = body.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
         return invalid_parameter("messages must be a non-empty array.", id);
     };
     if let Some(t) = body.get("temperature") {
@@ -525,20 +437,14 @@ fn chat(body: &Value, model: &str, id: u64) -> Outcome {
         let Some(target) = options.get("target_lang").and_then(Value::as_str) else {
             return invalid_parameter("translation_options.target_lang is required.", id);
         };
-        let source = options
-            .get("source_lang")
-            .and_then(Value::as_str)
-            .unwrap_or("auto");
+        let source = options.get("source_lang").and_then(Value::as_str).unwrap_or("auto");
         let terms: Vec<(String, String)> = options
             .get("terms")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
                     .filter_map(|t| {
-                        Some((
-                            t.get("source")?.as_str()?.to_string(),
-                            t.get("target")?.as_str()?.to_string(),
-                        ))
+                        Some((t.get("source")?.as_str()?.to_string(), t.get("target")?.as_str()?.to_string()))
                     })
                     .collect()
             })
@@ -552,10 +458,7 @@ fn chat(body: &Value, model: &str, id: u64) -> Outcome {
             id,
         );
     }
-    let Some(user) = messages
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    let Some(user) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
     else {
         return invalid_parameter("messages must contain a user message.", id);
     };
@@ -639,12 +542,7 @@ fn embeddings(body: &Value, model: &str, inputs: &[String], id: u64) -> Outcome 
     }
 }
 
-fn control_endpoint(
-    shared: &Shared,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Response<Full<Bytes>> {
+fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
     let ok = |v: Value| json_response(200, &v, None);
     let bad = |m: String| json_response(400, &json!({"error": m}), None);
     match (method, path) {

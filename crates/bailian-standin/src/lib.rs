@@ -53,22 +53,15 @@ impl Standin {
             .thread_name("bailian-standin")
             .enable_all()
             .build()?;
-        let thread = std::thread::Builder::new()
-            .name("bailian-standin".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(std_listener).expect("listener");
-                    serve(listener, server_shared, rx).await;
-                });
-                // Connections still open (a held request) must not keep the test process waiting.
-                runtime.shutdown_background();
-            })?;
-        Ok(Standin {
-            addr,
-            shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("bailian-standin".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                serve(listener, server_shared, rx).await;
+            });
+            // Connections still open (a held request) must not keep the test process waiting.
+            runtime.shutdown_background();
+        })?;
+        Ok(Standin { addr, shared, shutdown: Some(tx), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -139,10 +132,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: oneshot
         tokio::spawn(async move {
             let _conn_guard = conn_guard;
             let svc = service_fn(move |req| handler::handle(shared.clone(), req));
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -104,6 +104,8 @@ pub struct StatsSnapshot {
     pub aborted: u64,
     /// Requests being handled right now.
     pub in_flight: u64,
+    /// The most requests handled at once.
+    pub peak_in_flight: u64,
 }
 
 #[derive(Default)]
@@ -118,6 +120,7 @@ pub(crate) struct Counters {
     pub peak_connections_open: AtomicU64,
     pub aborted: AtomicU64,
     pub in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -157,10 +160,7 @@ impl Shared {
     }
 
     pub fn script(&self, input: &str, faults: Vec<Fault>) {
-        self.scripts
-            .lock()
-            .unwrap()
-            .insert(input.to_string(), faults.into());
+        self.scripts.lock().unwrap().insert(input.to_string(), faults.into());
     }
 
     /// The next scripted fault for the first input that has one left.
@@ -169,9 +169,7 @@ impl Shared {
         if scripts.is_empty() {
             return None;
         }
-        inputs
-            .iter()
-            .find_map(|i| scripts.get_mut(i).and_then(VecDeque::pop_front))
+        inputs.iter().find_map(|i| scripts.get_mut(i).and_then(VecDeque::pop_front))
     }
 
     /// A uniform number in [0, 1) from the seeded sequence.
@@ -190,10 +188,7 @@ impl Shared {
         let Some(limit) = limit else { return Ok(()) };
         let mut w = self.window.lock().unwrap();
         let now = Instant::now();
-        while w
-            .front()
-            .is_some_and(|t| now.duration_since(*t).as_secs_f64() >= 60.0)
-        {
+        while w.front().is_some_and(|t| now.duration_since(*t).as_secs_f64() >= 60.0) {
             w.pop_front();
         }
         if w.len() as u64 >= u64::from(limit) {
@@ -231,6 +226,7 @@ impl Shared {
             peak_connections_open: get(&c.peak_connections_open),
             aborted: get(&c.aborted),
             in_flight: get(&c.in_flight),
+            peak_in_flight: get(&c.peak_in_flight),
         }
     }
 
@@ -247,10 +243,8 @@ impl Shared {
         ] {
             a.store(0, Ordering::Relaxed);
         }
-        c.peak_connections_open.store(
-            c.connections_open.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        c.peak_connections_open.store(c.connections_open.load(Ordering::Relaxed), Ordering::Relaxed);
+        c.peak_in_flight.store(c.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
         self.by_status.lock().unwrap().clear();
         self.log.lock().unwrap().clear();
         self.scripts.lock().unwrap().clear();
@@ -262,9 +256,6 @@ pub(crate) struct ConnectionGuard(Arc<Shared>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0
-            .counters
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
