@@ -251,7 +251,8 @@ fn a_role_without_grants_cannot_reach_a_key() {
     Spi::run(&deploy_sql("emb", "text-embedding-v4", OTHER_SECRET, "")).unwrap();
     Spi::run("CREATE ROLE bailian_test_user NOLOGIN").unwrap();
 
-    // What the extension lets PUBLIC execute: the AI functions, never deploy/undeploy.
+    // What the extension lets PUBLIC execute: the AI functions and the column procedures'
+    // internals (which run with the caller's rights), never deploy/undeploy.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
            FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
@@ -263,8 +264,12 @@ fn a_role_without_grants_cannot_reach_a_key() {
     .unwrap();
     assert_eq!(
         executable,
-        "ai_embed(text,text), ai_gen(text), ai_gen(text,text,jsonb), ai_supported_models(), \
-         ai_translate(text,text,text,jsonb)"
+        "ai_embed(text,text), ai_embed_batch(text,text[]), \
+         ai_embed_column(regclass,name,name,text,integer), ai_gen(text), ai_gen(text,text,jsonb), \
+         ai_gen_batch(text,text[],jsonb), ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
+         ai_supported_models(), ai_translate(text,text,text,jsonb), \
+         bailian.fill_column(text,text,regclass,name,name,text,integer,text,jsonb), \
+         bailian.run_fill(text,text,text,text,text,text,text,bigint,integer,text,jsonb)"
     );
 
     // Every relation of the extension: either the role cannot read it, or nothing it can

@@ -89,8 +89,9 @@ cluster_start() {
         mkdir -p "$PGDATA_DIR"
         chown postgres:postgres "$PGDATA_DIR"
         pg_as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-        echo "include_if_exists = 'pg_bailian_cluster.conf'" >>"$PGDATA_DIR/postgresql.conf"
     fi
+    grep -q "pg_bailian_cluster.conf" "$PGDATA_DIR/postgresql.conf" ||
+        echo "include_if_exists = 'pg_bailian_cluster.conf'" >>"$PGDATA_DIR/postgresql.conf"
     # Rewritten at every start, so a changed setting reaches an existing cluster.
     cat >"$PGDATA_DIR/pg_bailian_cluster.conf" <<EOF
 listen_addresses = '127.0.0.1'

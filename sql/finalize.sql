@@ -40,7 +40,7 @@ COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
   'Fill target_column (real[] or pgvector vector) with embeddings of source_column for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. Rows that fail keep NULL and are reported.';
 COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS
   'Fill target_column (text) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. Rows that fail keep NULL and are reported.';
-COMMENT ON FUNCTION bailian.fill_batch(text, text, text, text, text[], text, jsonb) IS
-  'Internal: one batch of ai_embed_column / ai_gen_column.';
+COMMENT ON PROCEDURE bailian.run_fill(text, text, text, text, text, text, text, bigint, int, text, jsonb) IS
+  'Internal: runs an ai_embed_column / ai_gen_column job, committing every batch.';
 COMMENT ON PROCEDURE bailian.fill_column(text, text, regclass, name, name, text, int, text, jsonb) IS
-  'Internal: the batch loop of ai_embed_column / ai_gen_column.';
+  'Internal: argument checks and statements of ai_embed_column / ai_gen_column.';

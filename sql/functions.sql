@@ -50,9 +50,9 @@ RETURNS TABLE (ord int, response text, error text)
 LANGUAGE c VOLATILE COST 10000 ROWS 100
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_batch';
 
--- One batch of a column procedure (sql/procedures.sql); not for direct use.
-CREATE FUNCTION bailian.fill_batch(kind text, model_name text, select_sql text, update_sql text,
-                                   last_key text[], prompt_template text, params jsonb)
-RETURNS jsonb
-LANGUAGE c VOLATILE
-AS 'MODULE_PATHNAME', 'pg_bailian_fill_batch';
+-- The engine of the column procedures (sql/procedures.sql); not for direct use.
+CREATE PROCEDURE bailian.run_fill(kind text, model_name text, select_first text, select_next text,
+                                  update_sql text, key_columns text, target_column text, total bigint,
+                                  batch_size int, prompt_template text, params jsonb)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_bailian_run_fill';

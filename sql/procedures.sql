@@ -1,6 +1,7 @@
 -- ai_embed_column and ai_gen_column: fill a column of any table with a primary key, in
--- primary-key order, one committed batch at a time. bailian.fill_column holds the loop for
--- both; bailian.fill_batch (Rust) does one batch. Everything runs with the caller's rights.
+-- primary-key order, committing every batch_size rows. bailian.fill_column checks the
+-- arguments and builds the statements for both; bailian.run_fill (Rust, src/functions/
+-- column.rs) runs the job. Everything runs with the caller's rights.
 
 CREATE PROCEDURE bailian.fill_column(
     kind text, proc text, table_name regclass, source_column name, target_column name,
@@ -14,21 +15,12 @@ DECLARE
     pk_list text;
     pk_text text;
     key_args text;
+    key_args2 text;
     select_first text;
     select_next text;
     update_sql text;
     src_cond text;
     total bigint;
-    filled bigint := 0;
-    failed bigint := 0;
-    skipped bigint := 0;
-    done bigint;
-    last_key text[];
-    r jsonb;
-    f jsonb;
-    started timestamptz := clock_timestamp();
-    elapsed float8;
-    rate float8;
     dims int;
     model_dims int;
 BEGIN
@@ -88,53 +80,29 @@ BEGIN
     -- Embedding an empty text is impossible: such rows are left alone rather than retried forever.
     src_cond := format('%I IS NOT NULL', source_column) || CASE WHEN kind = 'embed' THEN format(' AND %I::text <> %L', source_column, '') ELSE '' END;
     pk_list := array_to_string(pk_names, ', ');
-    SELECT string_agg(format('%s::text', n), ', '), string_agg(format('$1[%s]::%s', i, pk_types[i]), ', ')
-      INTO pk_text, key_args
+    SELECT string_agg(format('%s::text', n), ', '),
+           string_agg(format('$1[%s]::%s', i, pk_types[i]), ', '),
+           string_agg(format('$2[%s]::%s', i, pk_types[i]), ', ')
+      INTO pk_text, key_args, key_args2
       FROM unnest(pk_names) WITH ORDINALITY AS p(n, i);
     select_first := format(
-        'SELECT ctid, %1$I::text, ARRAY[%2$s] FROM %3$s WHERE %4$I IS NULL AND %5$s %6$s'
-        ' ORDER BY %7$s LIMIT %8$s FOR UPDATE SKIP LOCKED',
-        source_column, pk_text, table_name, target_column, src_cond, '', pk_list, batch_size);
+        'SELECT ARRAY[%1$s], %2$I::text FROM %3$s WHERE %4$I IS NULL AND %5$s ORDER BY %6$s LIMIT $2 FOR UPDATE SKIP LOCKED',
+        pk_text, source_column, table_name, target_column, src_cond, pk_list);
     select_next := format(
-        'SELECT ctid, %1$I::text, ARRAY[%2$s] FROM %3$s WHERE %4$I IS NULL AND %5$s %6$s'
-        ' ORDER BY %7$s LIMIT %8$s FOR UPDATE SKIP LOCKED',
-        source_column, pk_text, table_name, target_column, src_cond,
-        format('AND (%s) > (%s)', pk_list, key_args), pk_list, batch_size);
-    update_sql := format('UPDATE %s SET %I = $1 WHERE ctid = $2', table_name, target_column);
+        'SELECT ARRAY[%1$s], %2$I::text FROM %3$s WHERE %4$I IS NULL AND %5$s AND (%6$s) > (%7$s) ORDER BY %6$s LIMIT $2 FOR UPDATE SKIP LOCKED',
+        pk_text, source_column, table_name, target_column, src_cond, pk_list, key_args);
+    -- Written by key, only if still empty and the source is what was sent: rows are read
+    -- ahead and may be written after a commit released their lock.
+    update_sql := format(
+        'UPDATE %1$s SET %2$I = $1 WHERE (%3$s) = (%4$s) AND %2$I IS NULL AND %5$I::text = $3 RETURNING 1',
+        table_name, target_column, pk_list, key_args2, source_column);
 
     EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL AND %s', table_name, target_column, src_cond)
        INTO total;
     RAISE NOTICE '%: % rows of % to fill (% IS NULL, % has text), % per batch',
         proc, total, table_name, target_column, source_column, batch_size;
-
-    LOOP
-        r := bailian.fill_batch(kind, model_name, CASE WHEN last_key IS NULL THEN select_first ELSE select_next END,
-                                update_sql, last_key, prompt_template, params);
-        EXIT WHEN (r->>'rows')::int = 0;
-        filled := filled + (r->>'filled')::bigint;
-        failed := failed + (r->>'failed')::bigint;
-        skipped := skipped + (r->>'skipped')::bigint;
-        last_key := ARRAY(SELECT jsonb_array_elements_text(r->'last_key'));
-        COMMIT;
-        FOR f IN SELECT * FROM jsonb_array_elements(r->'failures') LOOP
-            RAISE WARNING '%: row (%)=(%) failed: % %', proc, pk_list, f->>'key', f->>'sqlstate', f->>'error';
-        END LOOP;
-        done := filled + failed + skipped;
-        elapsed := extract(epoch FROM clock_timestamp() - started);
-        rate := done / greatest(elapsed, 0.001);
-        RAISE NOTICE '%: %/% rows (% %%), % rows/s, ETA % s',
-            proc, done, total, round(100.0 * done / greatest(total, 1), 1), round(rate::numeric, 1),
-            round((greatest(total - done, 0) / greatest(rate, 0.001))::numeric, 1);
-    END LOOP;
-
-    elapsed := extract(epoch FROM clock_timestamp() - started);
-    RAISE NOTICE '%: finished in % s: % filled, % failed, % skipped, % rows/s',
-        proc, round(elapsed::numeric, 1), filled, failed, skipped,
-        round(((filled + failed + skipped) / greatest(elapsed, 0.001))::numeric, 1);
-    IF failed > 0 THEN
-        RAISE WARNING '%: % rows failed and keep a NULL %', proc, failed, target_column
-            USING HINT = format('CALL %s again to retry them.', proc);
-    END IF;
+    CALL bailian.run_fill(kind, model_name, select_first, select_next, update_sql,
+                          pk_list, target_column, total, batch_size, prompt_template, params);
 END
 $proc$;
 

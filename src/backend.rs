@@ -90,14 +90,14 @@ fn limiter_for(d: &Deployment) -> Result<Option<Arc<RateLimiter>>, AiError> {
     Ok(Some(limiter.clone()))
 }
 
-/// Runs `count` units of work with up to `pg_bailian.max_concurrency` in flight: `make(i)`
-/// starts unit i, and `done` receives each unit's output as soon as it completes, outside
-/// the runtime, so it may use SPI while the other requests are on the wire. Stops early on
-/// a cancel (returning `AiError::Interrupted`) or the first error from `done`.
+/// Runs units of work with up to `pg_bailian.max_concurrency` in flight: `next_unit` starts
+/// the next one (None when there is no more, for now), and `done` receives each unit's
+/// output as soon as it completes, outside the runtime, so it may use SPI while the other
+/// requests are on the wire. `next_unit` runs inside the runtime and must not touch SPI.
+/// Stops early on a cancel (returning `AiError::Interrupted`) or the first error of `done`.
 pub fn drive<'t, T, Fut>(
     target: &'t Target<'_>,
-    count: usize,
-    mut make: impl FnMut(&'static Client, Call<'t>, usize) -> Fut,
+    mut next_unit: impl FnMut(&'static Client, Call<'t>) -> Option<Fut>,
     mut done: impl FnMut(T) -> Result<(), AiError>,
 ) -> Result<(), AiError>
 where
@@ -108,7 +108,6 @@ where
     let _settle = Settle(&b.runtime);
     let limit = crate::guc::max_concurrency();
     let mut pending = FuturesUnordered::new();
-    let mut next = 0;
     loop {
         // Inside the runtime: wait for a completion, start its replacement and let it reach
         // the socket, and pick up whatever else finished meanwhile. Only then leave, to hand
@@ -117,9 +116,11 @@ where
             async {
                 let mut ready = Vec::new();
                 loop {
-                    while next < count && pending.len() < limit {
-                        pending.push(make(&b.client, target.call(), next));
-                        next += 1;
+                    while pending.len() < limit {
+                        match next_unit(&b.client, target.call()) {
+                            Some(unit) => pending.push(unit),
+                            None => break,
+                        }
                     }
                     let polled = if ready.is_empty() {
                         Poll::Ready(pending.next().await)

@@ -307,6 +307,12 @@ fn column_procedures_check_their_arguments() {
         assert_eq!(code, want_code, "{sql}: {msg}");
         assert!(msg.starts_with(want_msg), "{sql}: {msg}");
     }
+    // It commits per batch, so not inside a transaction block.
+    let mut tx = c.transaction().unwrap();
+    let (code, msg) = error_of(tx.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb')"));
+    assert_eq!(code, "2D000");
+    assert_eq!(msg, "ai_embed_column commits after every batch, so it cannot run inside a transaction block");
+    drop(tx);
     assert_eq!(s.stats().requests, 0);
 }
 

@@ -23,16 +23,16 @@ pub fn embed_texts(
     let target = Target::new(d, &Map::new())?;
     let (dimension, choosable) = (d.dimension(), d.spec.dimensions.len() > 1);
     let model_type = d.spec.model_type;
+    let mut next = 0..chunks.len();
     backend::drive(
         &target,
-        chunks.len(),
-        |client, call, i| {
-            let chunk = chunks[i];
+        |client, call| {
+            let chunk = chunks[next.next()?];
             let inputs: Vec<&str> = chunk.iter().map(|p| texts[*p].unwrap_or_default()).collect();
-            async move {
+            Some(async move {
                 let results = embed_each(client, &call, model_type, &inputs, dimension, choosable).await;
                 (chunk, results)
-            }
+            })
         },
         |(chunk, results)| {
             for (position, result) in chunk.iter().zip(results) {
@@ -51,19 +51,18 @@ pub fn generate(
     prompts: &[Option<String>],
     mut done: impl FnMut(usize, Result<String, AiError>) -> Result<(), AiError>,
 ) -> Result<(), AiError> {
-    let positions: Vec<usize> = (0..prompts.len()).filter(|i| prompts[*i].is_some()).collect();
     let target = Target::new(d, params)?;
+    let mut next = (0..prompts.len()).filter(|i| prompts[*i].is_some());
     backend::drive(
         &target,
-        positions.len(),
-        |client, call, i| {
-            let position = positions[i];
+        |client, call| {
+            let position = next.next()?;
             let body = request::chat_body(
                 d.spec.model_type,
                 prompts[position].as_deref().unwrap_or_default(),
                 params,
             );
-            async move { (position, client.chat(&call, &body).await.map(|(text, _)| text)) }
+            Some(async move { (position, client.chat(&call, &body).await.map(|(text, _)| text)) })
         },
         |(position, result)| done(position, result),
     )

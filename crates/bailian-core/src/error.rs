@@ -32,6 +32,8 @@ pub enum AiError {
     Connect { model: String, endpoint: String, detail: String, attempts: u32 },
     /// The provider answered 2xx with a body we cannot use.
     MalformedResponse { model: String, detail: String },
+    /// A procedure that commits was called where it cannot (inside a transaction block).
+    TransactionControl { message: String, hint: String },
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
     Interrupted,
     /// A bug or an impossible state; reported rather than panicking.
@@ -62,7 +64,8 @@ impl AiError {
             AiError::Timeout { .. } => "ZBT01".into(),
             AiError::Connect { .. } => "ZBC01".into(),
             AiError::MalformedResponse { .. } => "ZBM01".into(),
-            AiError::Interrupted => "57014".into(), // query_canceled
+            AiError::TransactionControl { .. } => "2D000".into(), // invalid_transaction_termination
+            AiError::Interrupted => "57014".into(),               // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
     }
@@ -74,7 +77,9 @@ impl AiError {
                 Some("Pass replace => true to redeploy it, or choose another model_name.".into())
             }
             AiError::WrongTask { allowed, .. } => Some(allowed.clone()),
-            AiError::NoDefaultChatModel { hint, .. } => Some(hint.clone()),
+            AiError::NoDefaultChatModel { hint, .. } | AiError::TransactionControl { hint, .. } => {
+                Some(hint.clone())
+            }
             AiError::ApiKeyUnavailable { .. } => Some(
                 "Set the variable in the PostgreSQL server's environment and restart it, \
                  or redeploy the model with an 'sk-...' key."
@@ -129,7 +134,9 @@ impl fmt::Display for AiError {
             AiError::WrongTask { model, model_type, task, function, .. } => {
                 write!(f, "{function} cannot use model \"{model}\": its task is {task} ({model_type})")
             }
-            AiError::NoDefaultChatModel { message, .. } => f.write_str(message),
+            AiError::NoDefaultChatModel { message, .. } | AiError::TransactionControl { message, .. } => {
+                f.write_str(message)
+            }
             AiError::ApiKeyUnavailable { model, variable } => write!(
                 f,
                 "API key of model \"{model}\" is unavailable: environment variable {variable} \
