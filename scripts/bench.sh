@@ -22,7 +22,7 @@ BENCH_RESULTS="$TABLE" "$REPO/target/release/pg_bailian_bench" "$@" || status=$?
 {
     echo "# Benchmark results"
     echo
-    echo "Command: \`bash scripts/bench.sh $*\` on $(date -u +%Y-%m-%d), $(nproc) cores,"
+    echo "Command: \`bash scripts/bench.sh${*:+ $*}\` on $(date -u +%Y-%m-%d), $(nproc) cores,"
     echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), PostgreSQL $PG_MAJOR,"
     echo "pg_bailian release build, stand-in in the benchmark process on loopback."
     echo
