@@ -50,6 +50,15 @@ SELECT a.id, b.id AS nearest, round(pg_temp.cosine(a.embedding, b.embedding)::nu
                        ORDER BY pg_temp.cosine(a.embedding, b.embedding) DESC LIMIT 1) b
  WHERE a.embedding IS NOT NULL ORDER BY a.id;
 
+\echo '\n-- Many rows: a whole column in one CALL (commits as it goes; CALL again resumes)'
+CREATE TABLE articles AS
+  SELECT g AS id, 'article ' || g || ' about ' || (ARRAY['databases', 'cats', 'rust', 'cooking'])[1 + g % 4] AS body
+    FROM generate_series(1, 2000) g;
+ALTER TABLE articles ADD PRIMARY KEY (id), ADD COLUMN embedding real[];
+CALL ai_embed_column('articles', 'body', 'embedding', 'embedder', batch_size => 500);
+SELECT count(embedding) AS embedded, min(cardinality(embedding)) AS dims FROM articles;
+SELECT ord, response, error FROM ai_gen_batch('chat', ARRAY['first prompt', NULL, 'third prompt']);
+
 \echo '\n-- Errors say what went wrong, with their own SQLSTATE, and never show a key'
 \set ON_ERROR_STOP 0
 \set VERBOSITY verbose

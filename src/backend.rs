@@ -43,7 +43,7 @@ fn interrupt_pending() -> bool {
 /// A deployed model ready to call: its deployment, the resolved key, its rate limiter and
 /// the settings of this call (deployed retry/timeout overridden by per-call params).
 pub struct Target<'a> {
-    pub deployment: &'a Deployment,
+    deployment: &'a Deployment,
     key: ApiKey,
     timeout: Duration,
     retry: RetryPolicy,
