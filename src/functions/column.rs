@@ -232,13 +232,13 @@ fn run_fill(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
     });
     reader.borrow_mut().top_up(ahead)?;
 
-    let (model_type, dimension, choosable) = (d.spec.model_type, d.dimension(), d.spec.dimensions.len() > 1);
+    let model = d.embedding_model();
     backend::drive(
         &target,
         |client, call| {
             let rows = reader.borrow_mut().take(per_unit)?;
             let prompt = (task != Task::Embedding).then(|| template.replace("{0}", &rows[0].source));
-            let body = prompt.map(|p| request::chat_body(model_type, &p, &params));
+            let body = prompt.map(|p| request::chat_body(d.spec.model_type, &p, &params));
             Some(async move {
                 let results: Vec<Result<Value, AiError>> = match body {
                     Some(body) => {
@@ -246,7 +246,7 @@ fn run_fill(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
                     }
                     None => {
                         let inputs: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
-                        embed_each(client, &call, model_type, &inputs, dimension, choosable)
+                        embed_each(client, &call, &model, &inputs)
                             .await
                             .into_iter()
                             .map(|r| r.map(Value::Vector))

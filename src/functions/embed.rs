@@ -1,12 +1,10 @@
 //! ai_embed.
 
 use super::arg;
-use super::generate::call_params;
 use crate::backend::{self, Target};
 use crate::catalog;
 use crate::entry::sql_entry;
 use bailian_core::registry::Task;
-use bailian_core::request;
 use bailian_core::AiError;
 use pgrx::{pg_sys, IntoDatum};
 
@@ -20,11 +18,13 @@ fn embed(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiEr
         return Ok(None);
     }
     let d = catalog::load_for(&model, "ai_embed", &[Task::Embedding])?;
-    let dimension = d.dimension();
-    let choosable = d.spec.dimensions.len() > 1;
-    let body = request::embedding_body(d.spec.model_type, &[content.as_str()], dimension, choosable);
-    let target = Target::new(&d, &call_params(&d, None)?)?;
+    let model = d.embedding_model();
+    let body = model.body(&[content.as_str()]);
+    let target = Target::new(&d, &d.params)?;
     let mut vectors =
-        backend::run(&target, |client, call| async move { client.embed(&call, &body, 1, dimension).await })?;
+        backend::run(
+            &target,
+            |client, call| async move { client.embed(&call, &body, 1, model.dimension).await },
+        )?;
     Ok(vectors.pop().into_datum())
 }

@@ -23,10 +23,14 @@ pub(crate) fn call_params(d: &Deployment, given: Option<JsonB>) -> Result<Map<St
     Ok(params::merge(&d.params, &call))
 }
 
-fn chat(d: &Deployment, prompt: &str, merged: &Map<String, Value>) -> Result<String, AiError> {
-    let body = request::chat_body(d.spec.model_type, prompt, merged);
+/// Sends a chat-completions `body` and returns the assistant's text.
+fn complete(d: &Deployment, body: Value, merged: &Map<String, Value>) -> Result<String, AiError> {
     let target = Target::new(d, merged)?;
     backend::run(&target, |client, call| async move { client.chat(&call, &body).await.map(|(text, _)| text) })
+}
+
+fn chat(d: &Deployment, prompt: &str, merged: &Map<String, Value>) -> Result<String, AiError> {
+    complete(d, request::chat_body(d.spec.model_type, prompt, merged), merged)
 }
 
 fn gen(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
@@ -60,8 +64,5 @@ fn translate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
         return Ok(chat(&d, &request::translation_prompt(&content, &target_lang), &merged)?.into_datum());
     }
     let body = request::translation_body(d.spec.model_type, &content, &target_lang, &merged);
-    let target = Target::new(&d, &merged)?;
-    let text =
-        backend::run(&target, |client, call| async move { client.chat(&call, &body).await.map(|(t, _)| t) })?;
-    Ok(text.into_datum())
+    Ok(complete(&d, body, &merged)?.into_datum())
 }

@@ -21,8 +21,7 @@ pub fn embed_texts(
         (0..texts.len()).filter(|i| texts[*i].is_some_and(|t| !t.is_empty())).collect();
     let chunks: Vec<&[usize]> = positions.chunks(per_request).collect();
     let target = Target::new(d, &Map::new())?;
-    let (dimension, choosable) = (d.dimension(), d.spec.dimensions.len() > 1);
-    let model_type = d.spec.model_type;
+    let model = d.embedding_model();
     let mut next = 0..chunks.len();
     backend::drive(
         &target,
@@ -30,7 +29,7 @@ pub fn embed_texts(
             let chunk = chunks[next.next()?];
             let inputs: Vec<&str> = chunk.iter().map(|p| texts[*p].unwrap_or_default()).collect();
             Some(async move {
-                let results = embed_each(client, &call, model_type, &inputs, dimension, choosable).await;
+                let results = embed_each(client, &call, &model, &inputs).await;
                 (chunk, results)
             })
         },

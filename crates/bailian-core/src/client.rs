@@ -3,7 +3,7 @@
 
 use crate::error::AiError;
 use crate::ratelimit::RateLimiter;
-use crate::request::{self, Usage};
+use crate::request::{self, EmbeddingModel, Usage};
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::secret::ApiKey;
 use bytes::Bytes;
@@ -142,19 +142,16 @@ impl Client {
 pub async fn embed_each(
     client: &Client,
     call: &Call<'_>,
-    model_type: &str,
+    model: &EmbeddingModel,
     inputs: &[&str],
-    dimension: Option<u32>,
-    choosable: bool,
 ) -> Vec<Result<Vec<f32>, AiError>> {
-    let body = request::embedding_body(model_type, inputs, dimension, choosable);
-    match client.embed(call, &body, inputs.len(), dimension).await {
+    match client.embed(call, &model.body(inputs), inputs.len(), model.dimension).await {
         Ok(vectors) => vectors.into_iter().map(Ok).collect(),
         Err(AiError::Provider { status: 400, .. }) if inputs.len() > 1 => {
             let mut out = Vec::with_capacity(inputs.len());
             for input in inputs {
-                let body = request::embedding_body(model_type, &[input], dimension, choosable);
-                out.push(client.embed(call, &body, 1, dimension).await.map(|mut v| v.remove(0)));
+                let one = client.embed(call, &model.body(&[input]), 1, model.dimension).await;
+                out.push(one.map(|mut v| v.remove(0)));
             }
             out
         }

@@ -269,6 +269,15 @@ impl Deployment {
         self.base_url.as_deref().unwrap_or(self.region.endpoint())
     }
 
+    /// How embedding requests to this model are made.
+    pub fn embedding_model(&self) -> crate::request::EmbeddingModel {
+        crate::request::EmbeddingModel {
+            model_type: self.spec.model_type,
+            dimension: self.dimension(),
+            choosable: self.spec.dimensions.len() > 1,
+        }
+    }
+
     /// The embedding dimension requests ask for.
     pub fn dimension(&self) -> Option<u32> {
         self.params.get("dimension").and_then(Value::as_u64).map(|d| d as u32).or(self.spec.default_dimension)

@@ -68,6 +68,22 @@ pub fn translation_prompt(content: &str, target_lang: &str) -> String {
     )
 }
 
+/// What an embeddings request needs to know about the deployed model.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingModel {
+    pub model_type: &'static str,
+    /// The dimension asked for (deployed or the model's default).
+    pub dimension: Option<u32>,
+    /// Whether the model offers a choice of dimension (and so accepts `dimensions`).
+    pub choosable: bool,
+}
+
+impl EmbeddingModel {
+    pub fn body(&self, inputs: &[&str]) -> Value {
+        embedding_body(self.model_type, inputs, self.dimension, self.choosable)
+    }
+}
+
 /// `POST {base}/embeddings`. `dimensions` is sent only to models that offer a choice: the
 /// fixed-size models reject the field.
 pub fn embedding_body(model_type: &str, inputs: &[&str], dimension: Option<u32>, choosable: bool) -> Value {

@@ -196,7 +196,16 @@ fn a_refused_batch_is_retried_input_by_input() {
     let inputs = ["good one", "bad apple", "good two"];
     let out =
         f.rt.block_on_interruptible(
-            bailian_core::client::embed_each(&f.client, &call, "text-embedding-v4", &inputs, Some(64), true),
+            bailian_core::client::embed_each(
+                &f.client,
+                &call,
+                &request::EmbeddingModel {
+                    model_type: "text-embedding-v4",
+                    dimension: Some(64),
+                    choosable: true,
+                },
+                &inputs,
+            ),
             || false,
         )
         .unwrap();
