@@ -108,7 +108,12 @@ EOF
     : >"$PGLOG"
     chown postgres:postgres "$PGLOG"
     say "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$PGPORT (log: $PGLOG)"
-    pg_as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null
+    if ! pg_as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null; then
+        echo "PostgreSQL did not start; the end of $PGLOG:" >&2
+        tail -n 5 "$PGLOG" >&2
+        echo "(another server on port $PGPORT? set PG_BAILIAN_PORT to use another)" >&2
+        return 1
+    fi
 }
 
 cluster_stop() {
