@@ -1,12 +1,18 @@
 //! The HTTP client for Bailian's compatible-mode API: one pooled keep-alive client, the retry
 //! loop, and the mapping of every failure to an `AiError` with the key scrubbed out.
+//!
+//! Whatever answers at `base_url` is not trusted: it may be Bailian, a gateway, a proxy or a
+//! typo'd host. A body is read only up to `Call::max_response_bytes` (it lands in the memory of
+//! a PostgreSQL backend), a redirect is not followed (it would send the prompt, and for the
+//! same host the key, somewhere nobody deployed), and the parsers in `request` refuse what
+//! PostgreSQL cannot store. Nothing the provider sends can make this code panic.
 
 use crate::error::AiError;
 use crate::ratelimit::RateLimiter;
 use crate::request::{self, EmbeddingModel, Usage};
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::secret::ApiKey;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -22,6 +28,11 @@ pub struct Call<'a> {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub limiter: Option<&'a RateLimiter>,
+    /// The largest response body read, in bytes (`pg_bailian.max_response_size`). A success
+    /// body that declares or turns out to be larger fails with `AiError::ResponseTooLarge`
+    /// (not retried: the same question gets the same size of answer) as soon as that is
+    /// known, without reading the rest.
+    pub max_response_bytes: u64,
 }
 
 #[derive(Clone)]
@@ -33,6 +44,17 @@ pub struct Client {
 /// retry policy try a fresh one instead of sitting out the whole request timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Of an error (non-2xx) body, only this much is read. What we use of it (code, message,
+/// request id) is a few hundred bytes, and the status alone decides what the error is.
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Buffer reserved up front from a declared Content-Length: a length that lies costs at most
+/// this, while an honest one of any allowed size still needs few reallocations.
+const MAX_PREALLOCATION: u64 = 8 << 20;
+
+/// How much of a redirect's Location a message shows.
+const MAX_LOCATION_CHARS: usize = 200;
+
 impl Client {
     pub fn new() -> Result<Client, AiError> {
         let http = reqwest::Client::builder()
@@ -43,6 +65,10 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(60))
+            // base_url alone decides where prompts and the key go. A redirect to another host
+            // would carry the prompt there (307/308 resend the body), and reqwest keeps the
+            // Authorization header when the host stays the same, even from https to http.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AiError::Internal { message: format!("cannot build the HTTP client: {e}") })?;
         Ok(Client { http })
@@ -82,31 +108,13 @@ impl Client {
             .await;
         let response = sent.map_err(|e| transport_failure(call, e))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let body = response.bytes().await.map_err(|e| transport_failure(call, e))?;
-        if !status.is_success() {
-            let parsed = request::parse_error_body(&body);
-            let message = if parsed.message.is_empty() {
-                status.canonical_reason().unwrap_or("no message").to_string()
-            } else {
-                parsed.message
-            };
-            return Err(Failure {
-                error: AiError::Provider {
-                    model: call.model.into(),
-                    status: status.as_u16(),
-                    code: call.key.redact(if parsed.code.is_empty() { "-" } else { &parsed.code }),
-                    message: call.key.redact(&message),
-                    request_id: parsed.request_id.map(|r| call.key.redact(&r)),
-                },
-                retry_after,
-            });
+        if status.is_redirection() {
+            return Err(Failure { error: redirect_error(call, url, &response), retry_after: None });
         }
-        Ok(body)
+        if !status.is_success() {
+            return Err(provider_failure(call, response).await);
+        }
+        read_success_body(call, response).await
     }
 
     /// `ai_gen`: the assistant's text.
@@ -159,6 +167,115 @@ pub async fn embed_each(
     }
 }
 
+/// A body as far as it was read: all of it, or the first `limit` bytes of a longer one.
+enum Capped {
+    Complete(Bytes),
+    Over(Bytes),
+}
+
+/// Reads `response`'s body chunk by chunk and stops as soon as it goes past `limit`, so an
+/// endless or huge body costs at most `limit` bytes plus one chunk, however long it is.
+async fn read_capped(mut response: reqwest::Response, limit: u64) -> Result<Capped, reqwest::Error> {
+    let reserve = response.content_length().unwrap_or(0).min(limit).min(MAX_PREALLOCATION);
+    let mut body = BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await? {
+        // `body` never holds more than `limit`, so `room` cannot underflow.
+        let room = limit - body.len() as u64;
+        if chunk.len() as u64 > room {
+            // Dropping `response` on return closes the connection instead of draining it.
+            body.extend_from_slice(&chunk[..room as usize]);
+            return Ok(Capped::Over(body.freeze()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Complete(body.freeze()))
+}
+
+/// The body of a 2xx answer, refused as soon as it is known to exceed the cap: at once when
+/// Content-Length says so, else when the bytes read go past it (chunked encoding).
+async fn read_success_body(call: &Call<'_>, response: reqwest::Response) -> Result<Bytes, Failure> {
+    let too_large = || Failure {
+        error: AiError::ResponseTooLarge { model: call.model.into(), limit_bytes: call.max_response_bytes },
+        retry_after: None,
+    };
+    if response.content_length().is_some_and(|n| n > call.max_response_bytes) {
+        return Err(too_large());
+    }
+    match read_capped(response, call.max_response_bytes).await {
+        Ok(Capped::Complete(body)) => Ok(body),
+        Ok(Capped::Over(_)) => Err(too_large()),
+        Err(e) => Err(transport_failure(call, e)),
+    }
+}
+
+/// A non-2xx answer as `AiError::Provider`, with the provider's code, message and request id
+/// from its body, scrubbed of keys.
+///
+/// Only the first `ERROR_BODY_LIMIT` bytes (or the cap, if smaller) are read, and an error
+/// body larger than that is not an error of its own: its status is what matters (a 429 must
+/// stay retryable, a 401 must still say the key is wrong), while ResponseTooLarge would hide
+/// it. The prefix is still good for a message (they are cut to 200 characters when the body
+/// is not JSON anyway).
+async fn provider_failure(call: &Call<'_>, response: reqwest::Response) -> Failure {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = match read_capped(response, call.max_response_bytes.min(ERROR_BODY_LIMIT)).await {
+        Ok(Capped::Complete(body) | Capped::Over(body)) => body,
+        Err(e) => return transport_failure(call, e),
+    };
+    let parsed = request::parse_error_body(&body);
+    let message = if parsed.message.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_string()
+    } else {
+        parsed.message
+    };
+    Failure {
+        error: AiError::Provider {
+            model: call.model.into(),
+            status: status.as_u16(),
+            code: call.key.redact(if parsed.code.is_empty() { "-" } else { &parsed.code }),
+            message: call.key.redact(&message),
+            request_id: parsed.request_id.map(|r| call.key.redact(&r)),
+        },
+        retry_after,
+    }
+}
+
+/// A 3xx answer, which is not followed (see `Client::new`) and not retried: the same request
+/// gets the same redirect. Its status stays in the SQLSTATE (ZB301, ZB302, ...).
+fn redirect_error(call: &Call<'_>, url: &str, response: &reqwest::Response) -> AiError {
+    let location = response.headers().get(reqwest::header::LOCATION).map(|v| v.as_bytes());
+    AiError::Provider {
+        model: call.model.into(),
+        status: response.status().as_u16(),
+        code: "redirect".into(),
+        message: format!(
+            "the endpoint answered with a redirect {}, which was not followed (pg_bailian \
+             follows no redirects); deploy the model with the base_url requests should go to",
+            describe_location(call, url, location)
+        ),
+        request_id: None,
+    }
+}
+
+/// Where a redirect points, for a message: resolved against the request URL, without user
+/// info, query or fragment (where tokens travel), scrubbed of keys and cut short.
+fn describe_location(call: &Call<'_>, url: &str, location: Option<&[u8]>) -> String {
+    let Some(raw) = location else { return "without a Location".into() };
+    let target = std::str::from_utf8(raw).ok().and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok());
+    let Some(mut target) = target else { return "to a Location that is not a URL".into() };
+    let _ = target.set_username("");
+    let _ = target.set_password(None);
+    target.set_query(None);
+    target.set_fragment(None);
+    let shown: String = call.key.redact(target.as_str()).chars().take(MAX_LOCATION_CHARS).collect();
+    format!("to {}", request::without_nul(&shown))
+}
+
 fn bytes_of(body: &Value) -> Vec<u8> {
     serde_json::to_vec(body).unwrap_or_default()
 }
@@ -186,7 +303,7 @@ fn transport_failure(call: &Call<'_>, e: reqwest::Error) -> Failure {
         AiError::Connect {
             model: call.model.into(),
             endpoint: call.endpoint.into(),
-            detail: call.key.redact(&detail),
+            detail: call.key.redact(&request::without_nul(&detail)),
             attempts: 1,
         }
     };
@@ -208,5 +325,65 @@ fn final_error(call: &Call<'_>, error: AiError, attempts: u32) -> AiError {
             AiError::Connect { model, endpoint, detail, attempts }
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &str = "sk-unittest0123456789";
+
+    fn describe(key: &ApiKey, location: &[u8]) -> String {
+        let call = Call {
+            model: "m",
+            endpoint: "https://gw.example/compatible-mode/v1",
+            key,
+            timeout: Duration::from_secs(1),
+            retry: RetryPolicy { max_retries: 0, initial_delay: Duration::ZERO, max_delay: Duration::ZERO },
+            limiter: None,
+            max_response_bytes: 1024,
+        };
+        describe_location(&call, "https://gw.example/compatible-mode/v1/chat/completions", Some(location))
+    }
+
+    #[test]
+    fn locations_are_shown_without_secrets() {
+        let key = ApiKey::new(KEY);
+        assert_eq!(
+            describe(&key, b"https://user:pw@other.example/v1/chat?token=abc#frag"),
+            "to https://other.example/v1/chat"
+        );
+        assert_eq!(describe(&key, b"/login"), "to https://gw.example/login");
+        let shown = describe(&key, format!("https://x.example/{KEY}/sk-another12345678").as_bytes());
+        assert!(!shown.contains("unittest0123456789") && !shown.contains("another12345678"), "{shown}");
+        assert_eq!(describe(&key, b"http://[bad"), "to a Location that is not a URL");
+        assert_eq!(describe(&key, b"\xff\xfe"), "to a Location that is not a URL");
+    }
+
+    proptest! {
+        // The Location header is provider bytes: any of them make a short message without NUL
+        // or key, and no panic.
+        #[test]
+        fn any_location_is_safe_to_show(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let shown = describe(&ApiKey::new(KEY), &raw);
+            prop_assert!(!shown.contains('\0'));
+            prop_assert!(!shown.contains("unittest0123456789"));
+            prop_assert!(shown.chars().count() <= MAX_LOCATION_CHARS + 3);
+        }
+
+        #[test]
+        fn any_location_string_is_safe_to_show(raw in "\\PC*") {
+            let shown = describe(&ApiKey::new(KEY), raw.as_bytes());
+            prop_assert!(!shown.contains('\0'));
+            prop_assert!(shown.chars().count() <= MAX_LOCATION_CHARS + 3);
+        }
+
+        #[test]
+        fn a_key_anywhere_in_a_location_is_not_shown(before in "\\PC{0,40}", after in "\\PC{0,40}") {
+            let shown = describe(&ApiKey::new(KEY), format!("{before}{KEY}{after}").as_bytes());
+            prop_assert!(!shown.contains("unittest0123456789"), "{}", shown);
+        }
     }
 }

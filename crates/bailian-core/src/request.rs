@@ -101,8 +101,27 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+/// Details quote the provider (a JSON value, serde's echo of a string it did not expect), so
+/// they are kept short and free of NUL like any provider text.
+const MAX_DETAIL_CHARS: usize = 300;
+
 fn malformed(model: &str, detail: impl Into<String>) -> AiError {
-    AiError::MalformedResponse { model: model.into(), detail: detail.into() }
+    let detail = without_nul(&detail.into());
+    let detail = match detail.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => format!("{} ...", &detail[..cut]),
+        None => detail,
+    };
+    AiError::MalformedResponse { model: model.into(), detail }
+}
+
+/// What stands for U+0000 in provider text that only goes into messages (error codes, error
+/// messages, request ids): PostgreSQL text cannot hold NUL, and a message with one would be
+/// cut short where it is turned into a C string.
+const NUL_REPLACEMENT: &str = "\u{FFFD}";
+
+/// `text` with every NUL replaced by U+FFFD, the replacement character.
+pub fn without_nul(text: &str) -> String {
+    text.replace('\0', NUL_REPLACEMENT)
 }
 
 // Responses are deserialized straight into these shapes (no intermediate `Value` tree):
@@ -168,6 +187,17 @@ pub fn parse_chat(model: &str, body: &[u8]) -> Result<(String, Usage), AiError> 
         Value::Null => return Err(malformed(model, "choices[0].message.content is missing or null")),
         other => return Err(malformed(model, format!("choices[0].message.content is not text: {other}"))),
     };
+    // Unlike an error message, the answer is the result: replacing the NUL would hand back a
+    // text the model did not write, so it is refused instead.
+    if let Some(at) = text.find('\0') {
+        return Err(malformed(
+            model,
+            format!(
+                "choices[0].message.content contains a NUL character (U+0000) at byte {at}, \
+                 which PostgreSQL text cannot hold"
+            ),
+        ));
+    }
     Ok((text, r.usage.unwrap_or_default()))
 }
 
@@ -199,6 +229,7 @@ pub fn parse_embeddings(
                 ));
             }
         }
+        check_finite(model, pos, index, &item.embedding)?;
         if out[index].replace(item.embedding).is_some() {
             return Err(malformed(model, format!("index {index} appears twice")));
         }
@@ -206,6 +237,22 @@ pub fn parse_embeddings(
     let vectors =
         out.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| malformed(model, "an index is missing"))?;
     Ok((vectors, r.usage.unwrap_or_default()))
+}
+
+/// JSON numbers beyond f32's range (1e39) parse, as infinity: serde narrows the f64 it reads
+/// with `as f32`. JSON itself has no NaN or infinity, so this is the way one gets in; `real[]`
+/// would store it and every distance computed with it would be NaN.
+fn check_finite(model: &str, pos: usize, index: usize, embedding: &[f32]) -> Result<(), AiError> {
+    match embedding.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(at) => Err(malformed(
+            model,
+            format!(
+                "data[{pos}] (index {index}) embedding[{at}] is not a finite 32-bit float \
+                 (the number is beyond f32's range of about 3.4e38)"
+            ),
+        )),
+    }
 }
 
 /// The pieces of an error body, in the compatible-mode shape
@@ -218,8 +265,10 @@ pub struct ErrorBody {
     pub request_id: Option<String>,
 }
 
+/// Never fails: any body becomes at least a message (the first 200 characters of the body
+/// when it is not JSON). The pieces carry no NUL.
 pub fn parse_error_body(body: &[u8]) -> ErrorBody {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
+    let text = |v: Option<&Value>| without_nul(v.and_then(Value::as_str).unwrap_or_default());
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => {
             let err = v.get("error").filter(|e| e.is_object()).unwrap_or(&v);
@@ -230,13 +279,13 @@ pub fn parse_error_body(body: &[u8]) -> ErrorBody {
             ErrorBody {
                 code,
                 message: text(err.get("message")),
-                request_id: v.get("request_id").or(v.get("id")).and_then(Value::as_str).map(String::from),
+                request_id: v.get("request_id").or(v.get("id")).and_then(Value::as_str).map(without_nul),
             }
         }
         Err(_) => {
             let raw = String::from_utf8_lossy(body);
             let snippet: String = raw.chars().take(200).collect();
-            ErrorBody { code: String::new(), message: snippet.trim().to_string(), request_id: None }
+            ErrorBody { code: String::new(), message: without_nul(snippet.trim()), request_id: None }
         }
     }
 }
@@ -330,5 +379,42 @@ mod tests {
         let e = parse_error_body(br#"{"code":"Throttling","message":"slow down","request_id":"r2"}"#);
         assert_eq!(e.code, "Throttling");
         assert_eq!(parse_error_body(b"<html>502</html>").message, "<html>502</html>");
+    }
+
+    #[test]
+    fn nul_is_refused_in_answers_and_replaced_in_errors() {
+        let chat = br#"{"choices": [{"message": {"content": "ab\u0000c"}}]}"#;
+        let e = parse_chat("m", chat).unwrap_err();
+        assert_eq!(e.sqlstate(), "ZBM01");
+        assert!(e.to_string().contains("NUL character (U+0000) at byte 2"), "{e}");
+        let parts = br#"{"choices": [{"message": {"content": [{"text": "a"}, {"text": "\u0000"}]}}]}"#;
+        assert!(parse_chat("m", parts).is_err());
+        let e = parse_error_body(
+            br#"{"error": {"message": "x\u0000y", "code": "c\u0000"}, "request_id": "\u0000"}"#,
+        );
+        assert_eq!((e.message.as_str(), e.code.as_str()), ("x\u{FFFD}y", "c\u{FFFD}"));
+        assert_eq!(e.request_id.as_deref(), Some("\u{FFFD}"));
+        assert_eq!(parse_error_body(b"bad\0gateway").message, "bad\u{FFFD}gateway");
+    }
+
+    #[test]
+    fn embeddings_must_be_finite_f32() {
+        let body =
+            br#"{"data": [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [0.5, -1e39]}]}"#;
+        let e = parse_embeddings("m", body, 2, Some(2)).unwrap_err();
+        assert_eq!(e.sqlstate(), "ZBM01");
+        assert!(e.to_string().contains("data[1] (index 1) embedding[1] is not a finite"), "{e}");
+        let edge = br#"{"data": [{"embedding": [3.4e38, -3.4e38, 1e-50]}]}"#;
+        assert!(parse_embeddings("m", edge, 1, Some(3)).is_ok());
+    }
+
+    #[test]
+    fn details_quoting_the_provider_are_short() {
+        let long =
+            format!(r#"{{"choices": [{{"message": {{"content": {{"k": "{}"}}}}}}]}}"#, "x".repeat(10_000));
+        let AiError::MalformedResponse { detail, .. } = parse_chat("m", long.as_bytes()).unwrap_err() else {
+            panic!("not malformed")
+        };
+        assert!(detail.chars().count() <= MAX_DETAIL_CHARS + 4, "{}", detail.len());
     }
 }

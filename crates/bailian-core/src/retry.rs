@@ -1,7 +1,7 @@
 //! When to try again and how long to wait first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
@@ -25,7 +25,10 @@ impl RetryPolicy {
     pub fn backoff(&self, retry: u32) -> Duration {
         let base = self.initial_delay.as_secs_f64() * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
         let capped = base.min(self.max_delay.as_secs_f64());
-        Duration::from_secs_f64(capped * (JITTER_FLOOR + (1.0 - JITTER_FLOOR) * unit_random()))
+        let jittered = capped * (JITTER_FLOOR + (1.0 - JITTER_FLOOR) * unit_random());
+        // Near Duration::MAX the f64 round trip can land past what a Duration holds (where
+        // `from_secs_f64` panics) or a few nanoseconds past max_delay; both end at max_delay.
+        Duration::try_from_secs_f64(jittered).map_or(self.max_delay, |d| d.min(self.max_delay))
     }
 
     /// The wait before retry `retry`, honouring the provider's Retry-After when it asks for
@@ -54,10 +57,39 @@ fn unit_random() -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Parses a Retry-After header: delay-seconds (HTTP-dates are not used by Bailian).
+/// Parses a Retry-After header (RFC 9110 section 10.2.3) as the wait it asks for, at most
+/// `MAX_RETRY_AFTER`: delay-seconds, or an HTTP-date (a date already past asks for no wait).
+/// None for anything else: empty, negative, NaN, `inf`, exponents, garbage. The header comes
+/// from whatever answers at base_url (a gateway, a proxy), so every value must be survivable.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    parse_retry_after_at(value, SystemTime::now())
+}
+
+/// [`parse_retry_after`] with the current time passed in, so HTTP-dates are testable.
+pub fn parse_retry_after_at(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Some(secs) = delay_seconds(value) {
+        return Some(secs);
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+}
+
+/// `1*DIGIT`, as RFC 9110 has it, and also `1*DIGIT "." 1*DIGIT` (some servers send
+/// fractions). A plain f64 parse would also take "inf", "NaN", "1e9" and "-1"; a digit string
+/// too long for an f64 parses as infinity, which the clamp below turns into the cap.
+fn delay_seconds(value: &str) -> Option<Duration> {
+    let (whole, fraction) = match value.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (value, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !fraction.is_none_or(digits) {
+        return None;
+    }
+    let secs: f64 = value.parse().ok()?;
+    // Clamped before it becomes a Duration: `from_secs_f64` panics past u64::MAX seconds.
+    Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
 }
 
 #[cfg(test)]
@@ -103,7 +135,55 @@ mod tests {
         assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("0.25"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
+    fn retry_after_seconds_are_digits_and_capped() {
+        assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("120"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("99999999999999999999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(&"9".repeat(400)), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(&format!("1.{}", "9".repeat(400))), Some(Duration::from_secs(2)));
+        for bad in [
+            "", " ", "-1", "-0", "+1", "1e3", "inf", "NaN", "infinity", ".5", "5.", "1.2.3", "0x10", "1 2",
+            "soon", "１",
+        ] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_dates_count_from_now() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let at = |v: &str| parse_retry_after_at(v, now);
+        assert_eq!(at("Wed, 21 Oct 2015 07:28:30 GMT"), Some(Duration::from_secs(30)));
+        // The two obsolete forms RFC 9110 still requires recipients to accept.
+        assert_eq!(at("Wednesday, 21-Oct-15 07:28:05 GMT"), Some(Duration::from_secs(5)));
+        assert_eq!(at("Wed Oct 21 07:28:10 2015"), Some(Duration::from_secs(10)));
+        assert_eq!(at("Wed, 21 Oct 2015 07:27:00 GMT"), Some(Duration::ZERO), "past means now");
+        assert_eq!(at("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(at("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(at("Wed, 21 Oct 2015 07:28:00"), None, "no zone");
+        assert_eq!(at("Wed, 32 Oct 2015 07:28:00 GMT"), None);
+        // Today's clock, through the public entry point.
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn delays_never_panic_at_the_extremes() {
+        let extremes =
+            [Duration::ZERO, Duration::from_nanos(1), Duration::from_secs(u64::MAX / 2), Duration::MAX];
+        for initial in extremes {
+            for max in extremes {
+                let p = RetryPolicy { max_retries: u32::MAX, initial_delay: initial, max_delay: max };
+                for retry in [0, 1, 2, 31, 64, u32::MAX] {
+                    assert!(p.backoff(retry) <= max);
+                    for ra in [None, Some(Duration::ZERO), Some(Duration::MAX)] {
+                        assert!(p.delay(retry, ra) <= max.max(MAX_RETRY_AFTER));
+                    }
+                }
+            }
+        }
     }
 }

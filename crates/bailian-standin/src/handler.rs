@@ -1,10 +1,12 @@
 //! Request handling: the control endpoints under `/_standin/` and the two model endpoints.
 
 use crate::embedding::embedding_for;
+use crate::faults::{self, PaddedBody};
 use crate::state::{Config, Fault, LoggedRequest, Shared};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -13,20 +15,36 @@ use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn json_response(status: u16, body: &Value, retry_after: Option<f64>) -> Response<Full<Bytes>> {
+/// A body held in memory, or one generated as it is sent (`Fault::Oversized`).
+pub(crate) type AnyBody = Either<Full<Bytes>, PaddedBody>;
+
+fn json_response(status: u16, body: &Value, retry_after: Option<f64>) -> Response<AnyBody> {
     let mut builder = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json");
     if let Some(ra) = retry_after {
         builder = builder.header("retry-after", format!("{}", ra.max(0.0).ceil() as u64));
     }
-    builder.body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))).unwrap()
+    builder.body(Either::Left(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())))).unwrap()
+}
+
+fn raw_response(
+    status: u16,
+    content_type: &str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: AnyBody,
+) -> Result<Response<AnyBody>, BoxError> {
+    let mut builder = Response::builder().status(status).header("content-type", content_type);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    Ok(builder.body(body)?)
 }
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, BoxError> {
+) -> Result<Response<AnyBody>, BoxError> {
     let path = req.uri().path().to_string();
     if let Some(control) = path.strip_prefix("/_standin/") {
         let method = req.method().clone();
@@ -57,13 +75,14 @@ pub(crate) async fn handle(
             guard.finish(status);
             Ok(json_response(status, &body, retry_after))
         }
-        Outcome::Malformed => {
+        Outcome::Raw { status, headers, content_type, body } => {
+            guard.finish(status);
+            raw_response(status, content_type, headers, Either::Left(Full::new(body)))
+        }
+        Outcome::Padded { prefix, padding, suffix, content_length } => {
             guard.finish(200);
-            Ok(Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(b"{\"choices\": [truncated")))
-                .unwrap())
+            let body = PaddedBody::new(prefix, padding, suffix, content_length, shared.clone());
+            raw_response(200, "application/json", Vec::new(), Either::Right(body))
         }
         Outcome::Reset => {
             guard.finish(0);
@@ -73,14 +92,32 @@ pub(crate) async fn handle(
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Chat,
     Embeddings,
 }
 
-enum Outcome {
-    Respond { status: u16, body: Value, retry_after: Option<f64> },
-    Malformed,
+pub(crate) enum Outcome {
+    Respond {
+        status: u16,
+        body: Value,
+        retry_after: Option<f64>,
+    },
+    /// A body written as is, with extra headers (`Fault::Malformed` and the untrusted-endpoint
+    /// faults).
+    Raw {
+        status: u16,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        content_type: &'static str,
+        body: Bytes,
+    },
+    /// 200 with a body of `prefix`, `padding` bytes of `x`, `suffix`, generated as it is sent.
+    Padded {
+        prefix: Bytes,
+        padding: u64,
+        suffix: Bytes,
+        content_length: bool,
+    },
     Reset,
 }
 
@@ -354,19 +391,56 @@ async fn answer(
                 retry_after: None,
             }
         }
-        Some(Fault::Malformed) => return Outcome::Malformed,
+        Some(Fault::Malformed) => {
+            return Outcome::Raw {
+                status: 200,
+                headers: Vec::new(),
+                content_type: "application/json",
+                body: Bytes::from_static(b"{\"choices\": [truncated"),
+            }
+        }
         Some(Fault::Reset) => return Outcome::Reset,
-        Some(Fault::Hang) | Some(Fault::Delay(_)) | None => {}
+        Some(Fault::RateLimitedRaw { retry_after }) => {
+            return faults::rate_limited_raw(&retry_after, &status_error(429, id, &model), entry)
+        }
+        Some(Fault::Redirect { status, location }) => return faults::redirect(status, &location, entry),
+        Some(Fault::Hang)
+        | Some(Fault::Delay(_))
+        | Some(Fault::Oversized { .. })
+        | Some(Fault::NulInContent)
+        | Some(Fault::NonFiniteEmbedding { .. })
+        | None => {}
     }
     if model.is_empty() {
         return invalid_parameter("Model not specified.", id);
     }
-    if config.unavailable_models.iter().any(|m| *m == model) {
+    if config.unavailable_models.contains(&model) {
         return Outcome::Respond { status: 404, body: status_error(404, id, &model), retry_after: None };
     }
-    match kind {
+    let outcome = match kind {
         Kind::Chat => chat(&body, &model, id),
         Kind::Embeddings => embeddings(&body, &model, &inputs, id),
+    };
+    match fault {
+        Some(fault) => spoil(&fault, kind, outcome),
+        None => outcome,
+    }
+}
+
+/// The faults that spoil a good answer rather than replace it. An answer that is already an
+/// error (a bad parameter) is left alone: the request would have failed anyway.
+fn spoil(fault: &Fault, kind: Kind, outcome: Outcome) -> Outcome {
+    let body = match outcome {
+        Outcome::Respond { status: 200, body, .. } => body,
+        other => return other,
+    };
+    match (fault, kind) {
+        (Fault::Oversized { bytes, content_length }, _) => {
+            faults::oversized(kind, body, *bytes, *content_length)
+        }
+        (Fault::NulInContent, Kind::Chat) => faults::with_nul(body),
+        (Fault::NonFiniteEmbedding { literal }, Kind::Embeddings) => faults::with_literal(body, literal),
+        _ => Outcome::Respond { status: 200, body, retry_after: None },
     }
 }
 
@@ -542,7 +616,7 @@ fn embeddings(body: &Value, model: &str, inputs: &[String], id: u64) -> Outcome 
     }
 }
 
-fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
+fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Response<AnyBody> {
     let ok = |v: Value| json_response(200, &v, None);
     let bad = |m: String| json_response(400, &json!({"error": m}), None);
     match (method, path) {

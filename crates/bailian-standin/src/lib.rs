@@ -1,7 +1,9 @@
 //! A stand-in for Bailian's compatible-mode API (`/chat/completions`, `/embeddings`) on
 //! loopback, for tests, benchmarks and the demo. It answers with the documented success and
 //! error bodies, deterministic content tests can assert on, configurable latency, faults by
-//! rate or scripted per input, an optional requests-per-minute limit, and counters plus a
+//! rate or scripted per input (including answers no client should trust: oversized bodies,
+//! NUL in text, numbers beyond f32, any Retry-After, redirects), an optional
+//! requests-per-minute limit, and counters plus a
 //! request log that tests read (in process through [`Standin`], or over HTTP under
 //! `/_standin/`).
 //!
@@ -9,6 +11,7 @@
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
 
 mod embedding;
+mod faults;
 mod handler;
 mod state;
 

@@ -49,7 +49,13 @@ impl Default for Config {
     }
 }
 
-/// A scripted answer for one request.
+/// A scripted answer for one request. In JSON (`POST /_standin/script`), serde's external
+/// tagging: `"inspection"`, `{"status": 500}`, `{"oversized": {"bytes": 1048577,
+/// "content_length": false}}`, `{"rate_limited_raw": {"retry_after": "soon"}}`, ...
+///
+/// The faults after `Reset` model answers a client must not trust: Bailian documents none of
+/// them, but whatever answers at base_url (a gateway, a proxy, a misconfigured or hostile
+/// endpoint) can send them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
@@ -67,6 +73,28 @@ pub enum Fault {
     Malformed,
     /// Close the connection without answering.
     Reset,
+    /// 200 with the normal answer padded to `bytes` bytes of valid JSON (or its own size, when
+    /// that is larger): chat pads the content, embeddings add a `x_standin_padding` string. The
+    /// body is generated as it is sent, so 1 GB costs nothing until a client reads it. With
+    /// `content_length` the length is declared; without, it is sent chunked. Models a runaway
+    /// generation, a gateway answering with a huge page, an endpoint that never stops.
+    Oversized { bytes: u64, content_length: bool },
+    /// A chat answer whose content carries a NUL (`\u0000` in the JSON) in the middle, as a
+    /// model can emit when asked to echo binary-looking data. Embeddings answer normally.
+    NulInContent,
+    /// An embeddings answer whose last vector ends with the number written as `literal` in
+    /// the JSON text (e.g. `1e39`, which parses as f64 and overflows f32; JSON has no NaN).
+    /// Models a provider-side numeric fault or a proxy that rewrites numbers. Chat answers
+    /// normally.
+    NonFiniteEmbedding { literal: String },
+    /// 429 limit_requests with this exact Retry-After header value, whatever it is: a huge
+    /// number, a negative one, an HTTP-date, garbage. A value that cannot be a header value
+    /// (a control character) is left out, and the log says so.
+    RateLimitedRaw { retry_after: String },
+    /// A redirect (301, 302, 303, 307, 308; anything outside 3xx becomes 302) to `location`,
+    /// with a small HTML body as web servers send. Models an http-to-https redirect, a moved
+    /// endpoint, or a gateway's login page in front of base_url.
+    Redirect { status: u16, location: String },
 }
 
 /// One request as the stand-in saw it.
@@ -106,6 +134,10 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     /// The most requests handled at once.
     pub peak_in_flight: u64,
+    /// Bytes of `Fault::Oversized` bodies handed to connections: at most what clients read
+    /// plus the sockets' buffers, so tests can tell a client stopped reading early.
+    #[serde(default)]
+    pub oversized_bytes_sent: u64,
 }
 
 #[derive(Default)]
@@ -121,6 +153,7 @@ pub(crate) struct Counters {
     pub aborted: AtomicU64,
     pub in_flight: AtomicU64,
     pub peak_in_flight: AtomicU64,
+    pub oversized_bytes_sent: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -227,6 +260,7 @@ impl Shared {
             aborted: get(&c.aborted),
             in_flight: get(&c.in_flight),
             peak_in_flight: get(&c.peak_in_flight),
+            oversized_bytes_sent: get(&c.oversized_bytes_sent),
         }
     }
 
@@ -240,6 +274,7 @@ impl Shared {
             &c.rate_limited,
             &c.connections_accepted,
             &c.aborted,
+            &c.oversized_bytes_sent,
         ] {
             a.store(0, Ordering::Relaxed);
         }
