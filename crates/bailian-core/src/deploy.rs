@@ -3,6 +3,7 @@
 
 use crate::error::AiError;
 use crate::params::{self, Phase};
+use crate::policy::Policy;
 use crate::registry::{self, ModelSpec};
 use crate::retry::RetryPolicy;
 use crate::secret::KeySource;
@@ -130,6 +131,13 @@ impl RateLimits {
     }
 }
 
+/// What one call may spend: per attempt, and attempts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallSettings {
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
 /// A checked deployment.
 #[derive(Clone, Debug)]
 pub struct Deployment {
@@ -247,10 +255,29 @@ pub fn check_base_url(raw: &str) -> Result<String, AiError> {
 impl Deployment {
     /// Checks every argument, in the order of the signature, and stops at the first problem.
     pub fn from_args(a: DeployArgs) -> Result<Deployment, AiError> {
-        let name = required(a.model_name, "model_name")?;
+        let name = required(a.model_name.clone(), "model_name")?;
         check_model_name(&name)?;
-        let spec = find_model_type(&required(a.model_type, "model_type")?)?;
-        let key = KeySource::parse(&required(a.api_key, "api_key")?)?;
+        let spec = find_model_type(&required(a.model_type.clone(), "model_type")?)?;
+        let key = KeySource::parse(&required(a.api_key.clone(), "api_key")?)?;
+        Deployment::finish(name, spec, key, a)
+    }
+
+    /// A deployment read back from the catalog, whose key was stored sealed (so it is passed
+    /// decoded rather than through `api_key`). The row is checked again like a new deployment:
+    /// this guards against hand-edited rows and models an upgrade no longer supports.
+    pub fn from_catalog(a: DeployArgs, key: KeySource) -> Result<Deployment, AiError> {
+        let name = required(a.model_name.clone(), "model_name")?;
+        check_model_name(&name)?;
+        let spec = find_model_type(&required(a.model_type.clone(), "model_type")?)?;
+        Deployment::finish(name, spec, key, a)
+    }
+
+    fn finish(
+        name: String,
+        spec: &'static ModelSpec,
+        key: KeySource,
+        a: DeployArgs,
+    ) -> Result<Deployment, AiError> {
         let params = params::validate(spec, &a.params.unwrap_or(Value::Null), Phase::Deploy)?;
         let retry = RetrySettings::new(
             required(a.max_retries, "max_retries")?,
@@ -262,6 +289,48 @@ impl Deployment {
         let base_url = a.base_url.as_deref().map(check_base_url).transpose()?;
         let limits = RateLimits::new(a.requests_per_minute, a.tokens_per_minute)?;
         Ok(Deployment { name, spec, key, params, retry, region, base_url, limits })
+    }
+
+    /// Deploy-time checks that depend on the settings and on who deploys: the key source must
+    /// be one the superuser's lists allow, and a non-superuser's `base_url` must name an
+    /// allowed host (the region endpoints always are).
+    pub fn check_policy(&self, policy: &Policy, superuser: bool) -> Result<(), AiError> {
+        self.key.check(&self.name, policy)?;
+        match &self.base_url {
+            Some(url) if !superuser => policy.check_host(url),
+            _ => Ok(()),
+        }
+    }
+
+    /// The retry and timeout settings of one call: the deployed ones, lowered by per-call
+    /// `timeout` / `max_retries` (already range-checked by `params::validate`). Raising them
+    /// is refused: the deployer chose the most one call may cost, and any caller passes params.
+    pub fn call_settings(&self, params: &Map<String, Value>) -> Result<CallSettings, AiError> {
+        let raised = |what: &str, asked: String, deployed: String| {
+            AiError::invalid_with_hint(
+                format!(
+                    "per-call {what} {asked} is above the {what} model \"{}\" is deployed with ({deployed}); \
+                     a call may lower it, not raise it",
+                    self.name
+                ),
+                "A role that may deploy the model can redeploy it with a higher value.",
+            )
+        };
+        let mut timeout = self.retry.timeout;
+        if let Some(t) = params.get("timeout").and_then(Value::as_f64) {
+            if t > self.retry.timeout {
+                return Err(raised("timeout", format!("{t} s"), format!("{} s", self.retry.timeout)));
+            }
+            timeout = t;
+        }
+        let mut retry = self.retry.policy();
+        if let Some(n) = params.get("max_retries").and_then(Value::as_u64) {
+            if n > u64::from(self.retry.max_retries) {
+                return Err(raised("max_retries", n.to_string(), self.retry.max_retries.to_string()));
+            }
+            retry.max_retries = n as u32;
+        }
+        Ok(CallSettings { timeout: Duration::from_secs_f64(timeout), retry })
     }
 
     /// Where requests go: `base_url` when given, else the region's endpoint.
@@ -359,6 +428,42 @@ mod tests {
         assert_eq!(Deployment::from_args(a).unwrap().endpoint(), "http://127.0.0.1:9999/compatible-mode/v1");
         assert!(err(|a| a.requests_per_minute = Some(0))
             .contains("requests_per_minute must be a positive integer"));
+    }
+
+    #[test]
+    fn per_call_settings_lower_but_never_raise() {
+        let mut a = args();
+        a.max_retries = Some(3);
+        a.timeout = Some(30.0);
+        let d = Deployment::from_args(a).unwrap();
+        let s = d.call_settings(&Map::new()).unwrap();
+        assert_eq!((s.timeout, s.retry.max_retries), (Duration::from_secs(30), 3));
+        let lower = json!({"timeout": 5, "max_retries": 0});
+        let s = d.call_settings(lower.as_object().unwrap()).unwrap();
+        assert_eq!((s.timeout, s.retry.max_retries), (Duration::from_secs(5), 0));
+        let e = d.call_settings(json!({"timeout": 1200}).as_object().unwrap()).unwrap_err();
+        assert_eq!(e.sqlstate(), "22023");
+        assert_eq!(
+            e.to_string(),
+            "per-call timeout 1200 s is above the timeout model \"m\" is deployed with (30 s); a call may lower it, not raise it"
+        );
+        let e = d.call_settings(json!({"max_retries": 100}).as_object().unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("per-call max_retries 100 is above"), "{e}");
+    }
+
+    #[test]
+    fn policy_applies_to_keys_and_non_superuser_hosts() {
+        let mut a = args();
+        a.base_url = Some("http://127.0.0.1:9/compatible-mode/v1".into());
+        let d = Deployment::from_args(a.clone()).unwrap();
+        assert!(d.check_policy(&Policy::default(), true).is_ok(), "superusers may use any host");
+        assert_eq!(d.check_policy(&Policy::default(), false).unwrap_err().sqlstate(), "42501");
+        let loopback = Policy { hosts: crate::policy::HostList::parse("127.0.0.1"), ..Policy::default() };
+        assert!(d.check_policy(&loopback, false).is_ok());
+        a.base_url = None;
+        a.api_key = Some("env:HOME".into());
+        let d = Deployment::from_args(a).unwrap();
+        assert_eq!(d.check_policy(&Policy::default(), true).unwrap_err().sqlstate(), "42501");
     }
 
     #[test]

@@ -20,8 +20,16 @@ pub enum AiError {
     WrongTask { model: String, model_type: String, task: String, function: String, allowed: String },
     /// `ai_gen(prompt)` without a way to pick the chat model.
     NoDefaultChatModel { message: String, hint: String },
-    /// An `env:NAME` key whose variable the server does not have.
-    ApiKeyUnavailable { model: String, variable: String },
+    /// A deployment's key cannot be had at call time: an `env:NAME` variable the server does
+    /// not have, a `file:` key that cannot be read, or a source the settings no longer allow.
+    /// `reason` completes "API key of model ... is unavailable: ".
+    ApiKeyUnavailable { model: String, reason: String, hint: String },
+    /// The master key that encrypts stored API keys is missing, unreadable, unsafe, or not the
+    /// one a stored key was sealed with.
+    MasterKey { message: String, hint: String },
+    /// The caller may not do this: replace or undeploy another role's model, use a base_url
+    /// host, an `env:` name or a `file:` path the superuser's settings do not allow.
+    NotAllowed { message: String, hint: String },
     /// The provider refused the request with a status that retrying cannot fix.
     Provider { model: String, status: u16, code: String, message: String, request_id: Option<String> },
     /// Retryable failures (429, 5xx) until `max_retries` ran out.
@@ -32,6 +40,18 @@ pub enum AiError {
     Connect { model: String, endpoint: String, detail: String, attempts: u32 },
     /// The provider answered 2xx with a body we cannot use.
     MalformedResponse { model: String, detail: String },
+    /// The provider's answer is larger than `pg_bailian.max_response_size`.
+    ResponseTooLarge { model: String, limit_bytes: u64 },
+    /// A required argument is NULL (where NULL cannot mean "nothing to do").
+    NullArgument { message: String },
+    /// A relation a job cannot work on in its present state (a table without a primary key).
+    ObjectNotReady { message: String, hint: String },
+    /// A relation of the wrong kind (a view where a table is needed).
+    NotATable { message: String, hint: String },
+    /// A column that does not exist.
+    UndefinedColumn { message: String },
+    /// A column of a type the job cannot write, or of another dimension than the model's.
+    DatatypeMismatch { message: String },
     /// A procedure that commits was called where it cannot (inside a transaction block).
     TransactionControl { message: String, hint: String },
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
@@ -58,14 +78,22 @@ impl AiError {
             AiError::WrongTask { .. } => "42809".into(),       // wrong_object_type
             AiError::NoDefaultChatModel { .. } => "ZB002".into(),
             AiError::ApiKeyUnavailable { .. } => "ZBK01".into(),
+            AiError::MasterKey { .. } => "ZBK02".into(),
+            AiError::NotAllowed { .. } => "42501".into(), // insufficient_privilege
             // The HTTP status is part of the code: ZB400, ZB401, ZB404, ...
             AiError::Provider { status, .. } => format!("ZB{:03}", status.min(&999)),
             AiError::RetriesExhausted { .. } => "ZBR01".into(),
             AiError::Timeout { .. } => "ZBT01".into(),
             AiError::Connect { .. } => "ZBC01".into(),
             AiError::MalformedResponse { .. } => "ZBM01".into(),
+            AiError::ResponseTooLarge { .. } => "ZBM02".into(),
+            AiError::NullArgument { .. } => "22004".into(), // null_value_not_allowed
+            AiError::ObjectNotReady { .. } => "55000".into(), // object_not_in_prerequisite_state
+            AiError::NotATable { .. } => "42809".into(),    // wrong_object_type
+            AiError::UndefinedColumn { .. } => "42703".into(), // undefined_column
+            AiError::DatatypeMismatch { .. } => "42804".into(), // datatype_mismatch
             AiError::TransactionControl { .. } => "2D000".into(), // invalid_transaction_termination
-            AiError::Interrupted => "57014".into(),               // query_canceled
+            AiError::Interrupted => "57014".into(),         // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
     }
@@ -77,31 +105,63 @@ impl AiError {
                 Some("Pass replace => true to redeploy it, or choose another model_name.".into())
             }
             AiError::WrongTask { allowed, .. } => Some(allowed.clone()),
-            AiError::NoDefaultChatModel { hint, .. } | AiError::TransactionControl { hint, .. } => {
-                Some(hint.clone())
-            }
-            AiError::ApiKeyUnavailable { .. } => Some(
-                "Set the variable in the PostgreSQL server's environment and restart it, \
-                 or redeploy the model with an 'sk-...' key."
-                    .into(),
-            ),
+            AiError::NoDefaultChatModel { hint, .. }
+            | AiError::TransactionControl { hint, .. }
+            | AiError::ApiKeyUnavailable { hint, .. }
+            | AiError::MasterKey { hint, .. }
+            | AiError::NotAllowed { hint, .. }
+            | AiError::ObjectNotReady { hint, .. }
+            | AiError::NotATable { hint, .. } => Some(hint.clone()),
+            AiError::UndefinedColumn { .. }
+            | AiError::DatatypeMismatch { .. }
+            | AiError::NullArgument { .. } => None,
             AiError::Provider { status: 401, .. } => {
                 Some("Check the model's API key and that it belongs to the deployed region.".into())
             }
+            AiError::Provider { .. } => None,
             AiError::RetriesExhausted { .. } => {
                 Some("Raise max_retries or max_retry_delay, or lower the request rate.".into())
             }
-            AiError::Timeout { .. } => {
-                Some("Raise the model's timeout, or pass params => '{\"timeout\": seconds}'.".into())
-            }
-            _ => None,
+            AiError::Timeout { .. } => Some(
+                "Redeploy the model with a longer timeout (a per-call timeout may only lower it).".into(),
+            ),
+            AiError::ResponseTooLarge { .. } => Some(
+                "Raise pg_bailian.max_response_size if the answer is expected to be this large, \
+                 or ask for less (max_tokens, a smaller dimension)."
+                    .into(),
+            ),
+            AiError::Connect { .. }
+            | AiError::MalformedResponse { .. }
+            | AiError::Interrupted
+            | AiError::Internal { .. } => None,
         }
     }
 
     pub fn detail(&self) -> Option<String> {
         match self {
             AiError::Provider { request_id: Some(id), .. } => Some(format!("request_id: {id}")),
-            _ => None,
+            AiError::Provider { request_id: None, .. }
+            | AiError::InvalidArgument { .. }
+            | AiError::DuplicateModel { .. }
+            | AiError::ModelNotDeployed { .. }
+            | AiError::WrongTask { .. }
+            | AiError::NoDefaultChatModel { .. }
+            | AiError::ApiKeyUnavailable { .. }
+            | AiError::MasterKey { .. }
+            | AiError::NotAllowed { .. }
+            | AiError::RetriesExhausted { .. }
+            | AiError::Timeout { .. }
+            | AiError::Connect { .. }
+            | AiError::MalformedResponse { .. }
+            | AiError::ResponseTooLarge { .. }
+            | AiError::ObjectNotReady { .. }
+            | AiError::NotATable { .. }
+            | AiError::UndefinedColumn { .. }
+            | AiError::DatatypeMismatch { .. }
+            | AiError::NullArgument { .. }
+            | AiError::TransactionControl { .. }
+            | AiError::Interrupted
+            | AiError::Internal { .. } => None,
         }
     }
 
@@ -125,6 +185,17 @@ fn attempts_text(attempts: u32) -> String {
     }
 }
 
+/// A byte count the way PostgreSQL shows memory settings: "64MB", "512kB", "100 bytes".
+pub fn show_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{}MB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{}kB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 impl fmt::Display for AiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -137,11 +208,16 @@ impl fmt::Display for AiError {
             AiError::NoDefaultChatModel { message, .. } | AiError::TransactionControl { message, .. } => {
                 f.write_str(message)
             }
-            AiError::ApiKeyUnavailable { model, variable } => write!(
-                f,
-                "API key of model \"{model}\" is unavailable: environment variable {variable} \
-                 is not set in the PostgreSQL server"
-            ),
+            AiError::ApiKeyUnavailable { model, reason, .. } => {
+                write!(f, "API key of model \"{model}\" is unavailable: {reason}")
+            }
+            AiError::MasterKey { message, .. }
+            | AiError::NotAllowed { message, .. }
+            | AiError::ObjectNotReady { message, .. }
+            | AiError::NotATable { message, .. }
+            | AiError::UndefinedColumn { message }
+            | AiError::DatatypeMismatch { message }
+            | AiError::NullArgument { message } => f.write_str(message),
             AiError::Provider { model, status, code, message, .. } => write!(
                 f,
                 "Bailian rejected the request to model \"{model}\": HTTP {status} {code}: {message}"
@@ -163,6 +239,11 @@ impl fmt::Display for AiError {
             AiError::MalformedResponse { model, detail } => {
                 write!(f, "malformed response from Bailian for model \"{model}\": {detail}")
             }
+            AiError::ResponseTooLarge { model, limit_bytes } => write!(
+                f,
+                "response from Bailian for model \"{model}\" exceeds pg_bailian.max_response_size ({})",
+                show_bytes(*limit_bytes)
+            ),
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
         }
@@ -199,7 +280,14 @@ mod tests {
                 allowed: String::new(),
             },
             AiError::NoDefaultChatModel { message: String::new(), hint: String::new() },
-            AiError::ApiKeyUnavailable { model: "m".into(), variable: "V".into() },
+            AiError::ApiKeyUnavailable { model: "m".into(), reason: "r".into(), hint: "h".into() },
+            AiError::MasterKey { message: "m".into(), hint: "h".into() },
+            AiError::NotAllowed { message: "m".into(), hint: "h".into() },
+            AiError::ResponseTooLarge { model: "m".into(), limit_bytes: 64 << 20 },
+            AiError::ObjectNotReady { message: "m".into(), hint: "h".into() },
+            AiError::UndefinedColumn { message: "m".into() },
+            AiError::NullArgument { message: "m".into() },
+            AiError::DatatypeMismatch { message: "m".into() },
             provider(401),
             AiError::RetriesExhausted { model: "m".into(), attempts: 3, last: String::new() },
             AiError::Timeout { model: "m".into(), timeout: Duration::from_secs(1), attempts: 1 },

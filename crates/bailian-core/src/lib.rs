@@ -5,7 +5,9 @@
 pub mod client;
 pub mod deploy;
 pub mod error;
+pub mod keystore;
 pub mod params;
+pub mod policy;
 pub mod ratelimit;
 pub mod registry;
 pub mod request;

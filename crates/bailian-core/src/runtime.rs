@@ -1,5 +1,14 @@
 //! The async runtime a backend waits in: a current-thread tokio runtime (no worker threads
-//! inside a PostgreSQL backend) whose waits can be interrupted from outside.
+//! inside a PostgreSQL backend) whose waits give way to PostgreSQL's interrupts.
+//!
+//! A backend that waits without servicing interrupts stalls more than its own statement:
+//! cluster-wide operations such as `DROP DATABASE` wait for every backend to absorb a
+//! procsignal barrier, and `pg_log_backend_memory_contexts` or client-connection checks expect
+//! an answer. So a wait polls the flags every `INTERRUPT_POLL` and, when anything is pending,
+//! steps out of the runtime with every request still alive, lets the caller service the
+//! interrupt (outside the runtime, where PostgreSQL may run arbitrary code and raise errors),
+//! and steps back in. Only a cancel or termination ends the wait; then the requests are dropped
+//! (closing their connections) before the caller raises PostgreSQL's own error.
 
 use crate::error::AiError;
 use std::future::Future;
@@ -7,6 +16,28 @@ use std::time::Duration;
 
 /// How often a wait looks at the interrupt flags; bounds how late a cancel is noticed.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(10);
+
+/// What a wait does about the host's interrupts. In the extension these are PostgreSQL's
+/// flags and `CHECK_FOR_INTERRUPTS`; tests use plain flags.
+pub trait Interrupts {
+    /// Called inside the runtime every `INTERRUPT_POLL`: is anything pending? Must only look.
+    fn pending(&self) -> bool;
+    /// Called outside the runtime after `pending` said yes, with the wait's requests still in
+    /// flight. Services what can be serviced and returns `Err(AiError::Interrupted)` when the
+    /// wait must end (a cancel or a termination).
+    fn service(&self) -> Result<(), AiError>;
+}
+
+/// A plain flag: any pending interrupt ends the wait.
+impl<F: Fn() -> bool> Interrupts for F {
+    fn pending(&self) -> bool {
+        self()
+    }
+
+    fn service(&self) -> Result<(), AiError> {
+        Err(AiError::Interrupted)
+    }
+}
 
 pub struct Runtime {
     rt: tokio::runtime::Runtime,
@@ -25,59 +56,59 @@ impl Runtime {
         Ok(Runtime { rt })
     }
 
-    /// Runs `fut` to completion unless `interrupted()` turns true first; then `fut` is dropped,
-    /// which closes its connections, and `Err(AiError::Interrupted)` is returned so the caller
-    /// can raise the cancel outside the runtime.
-    pub fn block_on_interruptible<F, T>(&self, fut: F, interrupted: impl Fn() -> bool) -> Result<T, AiError>
+    /// Runs `fut` to completion, servicing interrupts as they come (see the module doc). When
+    /// `interrupts.service()` ends the wait, `fut` is dropped, which closes its connections,
+    /// and its error is returned so the caller can raise the cancel outside the runtime.
+    pub fn block_on_interruptible<F, T>(&self, fut: F, interrupts: &impl Interrupts) -> Result<T, AiError>
     where
         F: Future<Output = T>,
     {
-        if interrupted() {
-            return Err(AiError::Interrupted);
-        }
-        self.rt.block_on(async {
-            let finished = {
-                let mut ticker = tokio::time::interval(INTERRUPT_POLL);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut fut = std::pin::pin!(fut);
-                loop {
-                    tokio::select! {
-                        biased;
-                        out = &mut fut => break Some(out),
-                        _ = ticker.tick() => {
-                            if interrupted() {
-                                break None;
-                            }
-                        }
-                    }
-                }
-                // `fut` is dropped here, before the runtime stops.
-            };
-            match finished {
-                Some(out) => Ok(out),
-                None => {
-                    // Connections live in tasks that run only inside block_on: give them a
-                    // turn so they see their request gone and close the socket now, not at
-                    // this backend's next call.
-                    for _ in 0..8 {
-                        tokio::task::yield_now().await;
-                    }
-                    Err(AiError::Interrupted)
+        // Boxed so it can be polled across several block_on calls and dropped early.
+        let mut fut = Box::pin(fut);
+        loop {
+            if interrupts.pending() {
+                if let Err(e) = interrupts.service() {
+                    drop(fut);
+                    self.settle();
+                    return Err(e);
                 }
             }
-        })
+            let finished = self.rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    out = &mut fut => Some(out),
+                    _ = until_pending(interrupts) => None,
+                }
+            });
+            if let Some(out) = finished {
+                return Ok(out);
+            }
+        }
     }
-}
 
-impl Runtime {
     /// Gives the runtime's tasks a few turns, so connections whose requests were dropped
-    /// outside `block_on` see it and close their sockets now.
+    /// outside `block_on` see it and close their sockets now, not at this backend's next call.
     pub fn settle(&self) {
         self.rt.block_on(async {
             for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
         })
+    }
+}
+
+/// Completes once `interrupts.pending()`, looking every `INTERRUPT_POLL` (never at once, so an
+/// interrupt the host keeps pending, e.g. while it holds interrupts off, costs one check per
+/// poll rather than a busy loop).
+async fn until_pending(interrupts: &impl Interrupts) {
+    let start = tokio::time::Instant::now() + INTERRUPT_POLL;
+    let mut ticker = tokio::time::interval_at(start, INTERRUPT_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if interrupts.pending() {
+            return;
+        }
     }
 }
 
@@ -104,7 +135,7 @@ mod tests {
     #[test]
     fn completes_when_not_interrupted() {
         let rt = Runtime::new().unwrap();
-        assert_eq!(rt.block_on_interruptible(async { 7 }, || false), Ok(7));
+        assert_eq!(rt.block_on_interruptible(async { 7 }, &|| false), Ok(7));
     }
 
     #[test]
@@ -130,12 +161,58 @@ mod tests {
                 let _g = guard;
                 tokio::time::sleep(Duration::from_secs(30)).await;
             },
-            || flag.load(Ordering::SeqCst),
+            &|| flag.load(Ordering::SeqCst),
         );
         assert_eq!(r, Err(AiError::Interrupted));
         assert!(start.elapsed() < Duration::from_millis(500));
         assert!(dropped.load(Ordering::SeqCst));
         // The runtime is reusable after an interrupt.
-        assert_eq!(rt.block_on_interruptible(async { 1 }, || false), Ok(1));
+        assert_eq!(rt.block_on_interruptible(async { 1 }, &|| false), Ok(1));
+    }
+
+    /// An interrupt the host can service in place (a procsignal barrier, say) is serviced
+    /// promptly while the wait goes on, and the request still completes.
+    #[test]
+    fn other_interrupts_are_serviced_without_ending_the_wait() {
+        struct Barrier {
+            pending: Arc<AtomicBool>,
+            serviced_at: std::sync::Mutex<Vec<Instant>>,
+        }
+        impl Interrupts for Barrier {
+            fn pending(&self) -> bool {
+                self.pending.load(Ordering::SeqCst)
+            }
+            fn service(&self) -> Result<(), AiError> {
+                self.pending.store(false, Ordering::SeqCst);
+                self.serviced_at.lock().unwrap().push(Instant::now());
+                Ok(())
+            }
+        }
+        let rt = Runtime::new().unwrap();
+        let b = Barrier { pending: Arc::new(AtomicBool::new(false)), serviced_at: Default::default() };
+        let setter = b.pending.clone();
+        let raised_at = Arc::new(std::sync::Mutex::new(None));
+        let raised = raised_at.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            *raised.lock().unwrap() = Some(Instant::now());
+            setter.store(true, Ordering::SeqCst);
+        });
+        let r = rt.block_on_interruptible(
+            async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "answer"
+            },
+            &b,
+        );
+        assert_eq!(r, Ok("answer"));
+        let serviced = b.serviced_at.lock().unwrap().clone();
+        assert_eq!(serviced.len(), 1);
+        let raised = raised_at.lock().unwrap().unwrap();
+        assert!(
+            serviced[0] - raised < Duration::from_millis(100),
+            "serviced {:?} late",
+            serviced[0] - raised
+        );
     }
 }

@@ -2,20 +2,31 @@
 //! from elsewhere (provider error bodies) is scrubbed of anything that looks like a key.
 
 use crate::error::AiError;
+use crate::policy::Policy;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// Where a deployed model's key comes from, as written in the `api_key` argument.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// `sk-...`, stored in the extension's key table.
+    /// `sk-...`, stored sealed with the cluster's master key.
     Literal(String),
     /// `env:NAME`: read from the server's environment at call time; only the name is stored.
     Env(String),
+    /// `file:/path`: read from a file under `pg_bailian.key_directory` at call time.
+    File(PathBuf),
 }
 
 const KEY_RULE: &str = "api_key must be a Bailian API key 'sk-...' (\"sk-\" and at least 8 \
-letters, digits, '-' or '_') or 'env:NAME' (the key is read from the PostgreSQL server's \
-environment variable NAME at call time)";
+letters, digits, '-' or '_'), 'env:NAME' (read from the PostgreSQL server's environment \
+variable NAME at call time) or 'file:/absolute/path' (read from that file at call time)";
+
+/// A key file holds one key on one line; anything larger is not a key file.
+const MAX_KEY_FILE: u64 = 4096;
+
+fn unavailable(model: &str, reason: String, hint: &str) -> AiError {
+    AiError::ApiKeyUnavailable { model: model.into(), reason, hint: hint.into() }
+}
 
 impl KeySource {
     /// Parses the `api_key` argument. The error never repeats the value: it may be a real key
@@ -36,6 +47,18 @@ impl KeySource {
                 )))
             };
         }
+        if let Some(path) = raw.strip_prefix("file:") {
+            let valid = path.starts_with('/') && path.len() <= 1024 && !path.chars().any(char::is_control);
+            return if valid {
+                Ok(KeySource::File(PathBuf::from(path)))
+            } else {
+                Err(AiError::invalid(format!(
+                    "invalid path in api_key 'file:{}': an absolute path (starting with '/') \
+                     of at most 1024 characters is required",
+                    path.escape_default()
+                )))
+            };
+        }
         let body = raw.strip_prefix("sk-");
         let valid = body.is_some_and(|b| {
             b.len() >= 8
@@ -52,7 +75,10 @@ impl KeySource {
             } else if raw.starts_with("sk-") {
                 format!("a {}-character value starting with 'sk-'", raw.chars().count())
             } else {
-                format!("a {}-character value not starting with 'sk-' or 'env:'", raw.chars().count())
+                format!(
+                    "a {}-character value not starting with 'sk-', 'env:' or 'file:'",
+                    raw.chars().count()
+                )
             };
             Err(AiError::invalid_with_hint(
                 format!("{KEY_RULE}; got {what}"),
@@ -66,27 +92,107 @@ impl KeySource {
         match self {
             KeySource::Literal(k) => hint_of(k),
             KeySource::Env(name) => format!("env:{name}"),
+            KeySource::File(path) => format!("file:{}", path.display()),
         }
     }
 
-    /// The text kept in the catalog's key table.
-    pub fn stored(&self) -> String {
+    /// The text kept in the catalog's key table: `env:` and `file:` sources as written, a
+    /// literal key only through `seal` (the master key's encryption).
+    pub fn stored(&self, seal: impl FnOnce(&str) -> Result<String, AiError>) -> Result<String, AiError> {
         match self {
-            KeySource::Literal(k) => k.clone(),
-            KeySource::Env(name) => format!("env:{name}"),
+            KeySource::Literal(k) => seal(k),
+            KeySource::Env(_) | KeySource::File(_) => Ok(self.hint()),
         }
     }
 
-    /// The key to send, reading the environment for `env:` keys.
-    pub fn resolve(&self, model: &str) -> Result<ApiKey, AiError> {
+    /// The source back from the catalog's text; `open` decrypts a sealed literal key.
+    pub fn from_stored(
+        stored: &str,
+        open: impl FnOnce(&str) -> Result<String, AiError>,
+    ) -> Result<KeySource, AiError> {
+        if crate::keystore::is_sealed(stored) {
+            return Ok(KeySource::Literal(open(stored)?));
+        }
+        match KeySource::parse(stored)? {
+            KeySource::Literal(_) => Err(AiError::MasterKey {
+                message: "the stored API key is not encrypted".into(),
+                hint: "It was stored by an earlier version of pg_bailian; redeploy the model \
+                       (ai_deploy_model(..., replace => true)) to store it encrypted."
+                    .into(),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// At deploy time: the source is one `policy` allows, and a `file:` key is readable now.
+    /// An `env:` variable may be set later, so its absence is not an error here.
+    pub fn check(&self, model: &str, policy: &Policy) -> Result<(), AiError> {
+        match self {
+            KeySource::Literal(_) => Ok(()),
+            KeySource::Env(name) => policy.check_env(name),
+            KeySource::File(_) => self.resolve(model, policy).map(drop),
+        }
+    }
+
+    /// The key to send, reading the environment or the key file; the policy is checked again
+    /// at every read, so a narrowed list also applies to models already deployed.
+    pub fn resolve(&self, model: &str, policy: &Policy) -> Result<ApiKey, AiError> {
         match self {
             KeySource::Literal(k) => Ok(ApiKey(k.clone())),
-            KeySource::Env(name) => match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Ok(ApiKey(v)),
-                _ => Err(AiError::ApiKeyUnavailable { model: model.into(), variable: name.clone() }),
-            },
+            KeySource::Env(name) => {
+                policy.check_env(name)?;
+                match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => Ok(ApiKey(v)),
+                    _ => Err(unavailable(
+                        model,
+                        format!("environment variable {name} is not set in the PostgreSQL server"),
+                        "Set the variable in the PostgreSQL server's environment and restart it, \
+                         or redeploy the model with another key.",
+                    )),
+                }
+            }
+            KeySource::File(path) => {
+                let resolved = policy.check_file(path).map_err(|e| match e {
+                    AiError::ApiKeyUnavailable { reason, hint, .. } => {
+                        AiError::ApiKeyUnavailable { model: model.into(), reason, hint }
+                    }
+                    other => other,
+                })?;
+                read_key_file(model, path, &resolved)
+            }
         }
     }
+}
+
+/// Reads one key from `resolved` (the checked form of `path`, which messages show). The
+/// content never appears in a message: the file may hold anything.
+fn read_key_file(model: &str, path: &Path, resolved: &Path) -> Result<ApiKey, AiError> {
+    use std::io::Read;
+    let fail = |what: String| {
+        unavailable(
+            model,
+            format!("key file {} {what}", path.display()),
+            "The file must be readable by the PostgreSQL server's operating-system user and hold \
+             the key alone on one line.",
+        )
+    };
+    let file = std::fs::File::open(resolved).map_err(|e| fail(format!("cannot be opened ({e})")))?;
+    let meta = file.metadata().map_err(|e| fail(format!("cannot be read ({e})")))?;
+    if !meta.is_file() {
+        return Err(fail("is not a regular file".into()));
+    }
+    let mut content = zeroize::Zeroizing::new(String::new());
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_string(&mut content)
+        .map_err(|_| fail("is not a text file holding a key".into()))?;
+    let key = content.trim();
+    let shaped = content.len() as u64 <= MAX_KEY_FILE
+        && (8..=256).contains(&key.len())
+        && key.chars().all(|c| c.is_ascii_graphic());
+    if !shaped {
+        return Err(fail("does not hold a key (one line of 8 to 256 printable characters)".into()));
+    }
+    Ok(ApiKey(key.to_string()))
 }
 
 impl fmt::Debug for KeySource {
@@ -217,11 +323,53 @@ mod tests {
     }
 
     #[test]
-    fn env_keys_resolve_at_call_time() {
+    fn env_keys_resolve_at_call_time_within_the_allowed_names() {
+        let policy = Policy::default();
         let src = KeySource::Env("PG_BAILIAN_UNIT_TEST_KEY_VAR".into());
-        assert!(matches!(src.resolve("m"), Err(AiError::ApiKeyUnavailable { .. })));
+        assert!(matches!(src.resolve("m", &policy), Err(AiError::ApiKeyUnavailable { .. })));
         std::env::set_var("PG_BAILIAN_UNIT_TEST_KEY_VAR", "sk-fromenv12345678");
-        assert_eq!(src.resolve("m").unwrap().expose(), "sk-fromenv12345678");
+        assert_eq!(src.resolve("m", &policy).unwrap().expose(), "sk-fromenv12345678");
+        // Narrowing the list applies at the next read.
+        let narrowed = Policy { env_keys: crate::policy::NameList::parse("DASHSCOPE_API_KEY"), ..policy };
+        assert_eq!(src.resolve("m", &narrowed).unwrap_err().sqlstate(), "42501");
         std::env::remove_var("PG_BAILIAN_UNIT_TEST_KEY_VAR");
+        let home = KeySource::parse("env:HOME").unwrap();
+        assert_eq!(home.check("m", &Policy::default()).unwrap_err().sqlstate(), "42501");
+    }
+
+    #[test]
+    fn file_keys_are_read_from_the_key_directory_only() {
+        let dir = std::env::temp_dir().join(format!("pg_bailian_secret_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("good"), "sk-fromfile12345678\n").unwrap();
+        std::fs::write(dir.join("not-a-key"), "line one\nline two with secret words\n").unwrap();
+        std::fs::write(dir.join("big"), "x".repeat(10_000)).unwrap();
+        let policy = Policy { key_directory: Some(dir.clone()), ..Policy::default() };
+        let src = |name: &str| KeySource::parse(&format!("file:{}", dir.join(name).display())).unwrap();
+        assert_eq!(src("good").resolve("m", &policy).unwrap().expose(), "sk-fromfile12345678");
+        assert_eq!(src("good").hint(), format!("file:{}/good", dir.display()));
+        for bad in ["not-a-key", "big", "missing"] {
+            let e = src(bad).resolve("m", &policy).unwrap_err();
+            assert_eq!(e.sqlstate(), "ZBK01", "{bad}: {e}");
+            assert!(!e.to_string().contains("secret words") && !e.to_string().contains("xxxx"), "{e}");
+        }
+        assert_eq!(src("good").resolve("m", &Policy::default()).unwrap_err().sqlstate(), "42501");
+        assert!(KeySource::parse("file:relative/path").is_err());
+        assert!(KeySource::parse("file:").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_sealed_literals_come_back_from_the_catalog() {
+        let open = |s: &str| Ok(s.trim_start_matches("sealed:").to_string());
+        assert_eq!(
+            KeySource::from_stored("sealed:sk-0123456789abcdef", open).unwrap(),
+            KeySource::Literal("sk-0123456789abcdef".into())
+        );
+        assert_eq!(KeySource::from_stored("env:X", open).unwrap(), KeySource::Env("X".into()));
+        let e = KeySource::from_stored("sk-0123456789abcdef", open).unwrap_err();
+        assert_eq!(e.sqlstate(), "ZBK02");
+        let k = KeySource::parse("sk-0123456789abcdef").unwrap();
+        assert_eq!(k.stored(|p| Ok(format!("sealed:{}", p.len()))).unwrap(), "sealed:19");
     }
 }
