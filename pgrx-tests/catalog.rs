@@ -112,10 +112,12 @@ fn deploy_replace_undeploy() {
     assert_eq!(model_type.as_deref(), Some("qwen-max"));
     assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:9/compatible-mode/v1"));
     assert_eq!(timeout, Some(30.0));
+    // Stored sealed with the master key, bound to the model name; never in plain text.
     let key = Spi::get_one::<String>("SELECT api_key FROM bailian.model_keys WHERE model_name = 'chat'")
         .unwrap()
         .unwrap();
-    assert_eq!(key, OTHER_SECRET);
+    assert!(key.starts_with("sealed:v1:"), "{key}");
+    assert!(!key.contains(&OTHER_SECRET[3..]) && !key.contains(&SECRET[3..]), "{key}");
     assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ai_models").unwrap(), Some(1));
 
     // replace => true of a new name simply deploys it; env: keys store only the name.
@@ -251,8 +253,8 @@ fn a_role_without_grants_cannot_reach_a_key() {
     Spi::run(&deploy_sql("emb", "text-embedding-v4", OTHER_SECRET, "")).unwrap();
     Spi::run("CREATE ROLE bailian_test_user NOLOGIN").unwrap();
 
-    // What the extension lets PUBLIC execute: the AI functions and the column procedures'
-    // internals (which run with the caller's rights), never deploy/undeploy.
+    // What the extension lets PUBLIC execute: the AI functions and the column procedures
+    // (which run with the caller's rights), never deploy/undeploy, and no internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
            FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
@@ -267,9 +269,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
         "ai_embed(text,text), ai_embed_batch(text,text[]), \
          ai_embed_column(regclass,name,name,text,integer), ai_gen(text), ai_gen(text,text,jsonb), \
          ai_gen_batch(text,text[],jsonb), ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
-         ai_supported_models(), ai_translate(text,text,text,jsonb), \
-         bailian.fill_column(text,text,regclass,name,name,text,integer,text,jsonb), \
-         bailian.run_fill(text,text,text,text,text,text,text,bigint,integer,text,jsonb)"
+         ai_supported_models(), ai_translate(text,text,text,jsonb)"
     );
 
     // Every relation of the extension: either the role cannot read it, or nothing it can
@@ -327,4 +327,107 @@ fn a_role_without_grants_cannot_reach_a_key() {
     // The role identity is back after the catalog read.
     assert_eq!(Spi::get_one::<String>("SELECT current_user::text").unwrap().as_deref(), Some("bailian_test_user"));
     Spi::run("RESET ROLE").unwrap();
+}
+
+/// The superuser-only settings: their defaults are what bailian-core documents, and a role
+/// cannot change them.
+#[pg_test]
+fn security_settings_are_superuser_only_with_documented_defaults() {
+    install_try_sql();
+    let show = |name: &str| Spi::get_one::<String>(&format!("SHOW {name}")).unwrap().unwrap();
+    assert_eq!(show("pg_bailian.allowed_env_keys"), bailian_core::policy::DEFAULT_ENV_KEYS);
+    assert_eq!(show("pg_bailian.allowed_hosts"), bailian_core::policy::DEFAULT_HOSTS);
+    assert_eq!(show("pg_bailian.key_directory"), "");
+    assert_eq!(show("pg_bailian.max_response_size"), "64MB");
+    let context = Spi::get_one::<String>(
+        "SELECT string_agg(name || '=' || context, ',' ORDER BY name) FROM pg_settings
+          WHERE name IN ('pg_bailian.allowed_env_keys', 'pg_bailian.allowed_hosts',
+                         'pg_bailian.key_directory', 'pg_bailian.master_key_file')",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        context,
+        "pg_bailian.allowed_env_keys=superuser,pg_bailian.allowed_hosts=superuser,\
+         pg_bailian.key_directory=superuser,pg_bailian.master_key_file=sighup"
+    );
+    Spi::run("CREATE ROLE bailian_settings_user NOLOGIN").unwrap();
+    Spi::run("SET LOCAL ROLE bailian_settings_user").unwrap();
+    for name in ["allowed_env_keys", "allowed_hosts", "key_directory"] {
+        let r = try_sql(&format!("SET pg_bailian.{name} = '*'"));
+        assert!(r.starts_with("42501 permission denied to set parameter"), "{name}: {r}");
+    }
+    Spi::run("RESET ROLE").unwrap();
+}
+
+/// Deploying delegated to roles: each manages only its own models (and its members'), env:
+/// keys only of allowed names, base_url only to allowed hosts; per-call settings only lower.
+#[pg_test]
+fn delegated_deployment_grants_exactly_what_it_says() {
+    install_try_sql();
+    Spi::run(
+        "CREATE ROLE alice NOLOGIN; CREATE ROLE bob NOLOGIN; CREATE ROLE carol NOLOGIN IN ROLE alice;
+         GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int),
+                                   ai_undeploy_model(text) TO alice, bob, carol",
+    )
+    .unwrap();
+    let as_role = |role: &str, sql: &str| {
+        Spi::run(&format!("SET LOCAL ROLE {role}")).unwrap();
+        let r = try_sql(sql);
+        Spi::run("RESET ROLE").unwrap();
+        r
+    };
+    assert_eq!(as_role("alice", &deploy_sql("shared", "qwen-plus", SECRET, "")), "OK");
+    assert_eq!(
+        Spi::get_one::<String>("SELECT deployed_by::text FROM ai_models WHERE model_name = 'shared'").unwrap().as_deref(),
+        Some("alice")
+    );
+    let before = catalog_snapshot();
+    // Another role can neither replace nor undeploy it.
+    let r = as_role("bob", &deploy_sql("shared", "qwen-max", OTHER_SECRET, ", replace => true"));
+    assert_eq!(
+        r,
+        "42501 model \"shared\" was deployed by role \"alice\"; only that role, its members or a superuser may replace it"
+    );
+    let r = as_role("bob", "SELECT ai_undeploy_model('shared')");
+    assert!(r.starts_with("42501 model \"shared\" was deployed by role \"alice\""), "{r}");
+    assert!(!r.contains(&SECRET[3..]) && !r.contains(&OTHER_SECRET[3..]));
+    assert_eq!(catalog_snapshot(), before, "refused calls change nothing");
+    // A member of the deploying role can; so can a superuser.
+    assert_eq!(as_role("carol", &deploy_sql("shared", "qwen-max", SECRET, ", replace => true")), "OK");
+    assert_eq!(Spi::get_one::<bool>("SELECT ai_undeploy_model('shared')").unwrap(), Some(true));
+
+    // Keys and hosts a non-superuser may not use.
+    let cases = [
+        (deploy_sql("m", "qwen-plus", "env:HOME", ""), "42501 environment variable HOME is not allowed as an API key"),
+        (deploy_sql("m", "qwen-plus", "env:PGPASSWORD", ""), "42501 environment variable PGPASSWORD is not allowed"),
+        (deploy_sql("m", "qwen-plus", "file:/etc/passwd", ""), "42501 key file /etc/passwd is not allowed: pg_bailian.key_directory is not set"),
+        (
+            deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'https://collector.example.com/v1'"),
+            "42501 base_url host collector.example.com (port 443) is not in pg_bailian.allowed_hosts",
+        ),
+        (deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'http://127.0.0.1:9/v1'"), "42501 base_url host 127.0.0.1 (port 9)"),
+    ];
+    let before = catalog_snapshot();
+    for (sql, expected) in &cases {
+        let r = as_role("bob", sql);
+        assert!(r.starts_with(expected), "\n  sql: {sql}\n  expected: {expected}\n  got: {r}");
+        assert_eq!(catalog_snapshot(), before, "{sql}");
+    }
+    // env: names are checked for superusers too; base_url hosts are not.
+    assert!(try_sql(&deploy_sql("m", "qwen-plus", "env:HOME", "")).starts_with("42501"));
+    assert_eq!(try_sql(&deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'http://127.0.0.1:9/v1'")), "OK");
+    assert_eq!(as_role("bob", &deploy_sql("allowed", "qwen-plus", "env:PG_BAILIAN_SOMETHING", "")), "OK");
+    assert_eq!(as_role("bob", &deploy_sql("regional", "qwen-plus", SECRET, ", region => 'singapore'")), "OK");
+
+    // Per call, timeout and max_retries may only go down (checked before anything is sent).
+    Spi::run(&deploy_sql("limited", "qwen-plus", SECRET, ", timeout => 30, max_retries => 1, base_url => 'http://127.0.0.1:9/v1'"))
+        .unwrap();
+    assert_eq!(
+        try_sql("SELECT ai_gen('limited', 'x', '{\"timeout\": 1200}')"),
+        "22023 per-call timeout 1200 s is above the timeout model \"limited\" is deployed with (30 s); a call may lower it, not raise it"
+    );
+    assert!(try_sql("SELECT ai_gen('limited', 'x', '{\"max_retries\": 100}')").starts_with("22023 per-call max_retries 100 is above"));
+    let lowered = try_sql("SELECT ai_gen('limited', 'x', '{\"timeout\": 2, \"max_retries\": 0}')");
+    assert!(lowered.starts_with("ZBC01 could not reach http://127.0.0.1:9/v1 for model \"limited\" (1 attempt)"), "{lowered}");
 }

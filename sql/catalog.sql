@@ -1,6 +1,7 @@
 -- pg_bailian catalog: deployed models and their keys, in a schema of the extension's own.
 -- Neither table is readable by PUBLIC; users see models through the ai_models view, and the
--- AI functions read keys as the catalog owner (see src/catalog.rs).
+-- AI functions read keys as the catalog owner (see src/catalog.rs). Literal keys are stored
+-- sealed with a master key that lives outside the database (bailian_core::keystore).
 
 CREATE SCHEMA bailian;
 COMMENT ON SCHEMA bailian IS 'pg_bailian internals: deployed models and their API keys. Use ai_models and the ai_* functions instead.';
@@ -30,7 +31,7 @@ CREATE TABLE bailian.model_keys (
     model_name text PRIMARY KEY REFERENCES bailian.models (model_name) ON DELETE CASCADE ON UPDATE CASCADE,
     api_key    text NOT NULL
 );
-COMMENT ON TABLE bailian.model_keys IS 'API keys of deployed models (''sk-...'' or ''env:NAME''). Readable only by its owner.';
+COMMENT ON TABLE bailian.model_keys IS 'API keys of deployed models: ''env:NAME'', ''file:/path'', or a literal key sealed with the cluster''s master key (''sealed:...''). Readable only by its owner and the database owner (for pg_dump).';
 
 REVOKE ALL ON bailian.models, bailian.model_keys FROM PUBLIC;
 

@@ -1,11 +1,12 @@
 //! Per-backend network state: one runtime, one pooled HTTP client and one rate limiter per
-//! deployed model, all created on first use, and the wait that gives way to cancels.
+//! deployed model, all created on first use, and the wait that services PostgreSQL's
+//! interrupts.
 
 use bailian_core::client::{Call, Client};
 use bailian_core::deploy::Deployment;
 use bailian_core::ratelimit::RateLimiter;
 use bailian_core::retry::RetryPolicy;
-use bailian_core::runtime::Runtime;
+use bailian_core::runtime::{Interrupts, Runtime};
 use bailian_core::secret::ApiKey;
 use bailian_core::AiError;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -33,11 +34,29 @@ fn backend() -> Result<&'static Backend, AiError> {
     })
 }
 
-/// True once PostgreSQL wants this statement or backend to stop.
-fn interrupt_pending() -> bool {
-    // SAFETY: plain reads of sig_atomic_t flags that signal handlers set; we are on the
-    // backend's thread (the runtime is current-thread).
-    unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 }
+/// PostgreSQL's interrupts, as a wait in the runtime sees them.
+struct PgInterrupts;
+
+impl Interrupts for PgInterrupts {
+    fn pending(&self) -> bool {
+        // SAFETY: a plain read of a sig_atomic_t flag that signal handlers set; we are on the
+        // backend's thread (the runtime is current-thread).
+        unsafe { pg_sys::InterruptPending != 0 }
+    }
+
+    /// A cancel or termination ends the wait (the caller raises PostgreSQL's error after the
+    /// requests are dropped). Anything else (procsignal barriers, memory-context logging,
+    /// client-connection checks, ...) is serviced by CHECK_FOR_INTERRUPTS right here, with the
+    /// requests still in flight. Should it raise an ERROR, pgrx unwinds it as a panic through
+    /// the wait, dropping the requests on the way; a FATAL ends the process.
+    fn service(&self) -> Result<(), AiError> {
+        // SAFETY: plain reads of sig_atomic_t flags, on the backend's thread.
+        if unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 } {
+            return Err(AiError::Interrupted);
+        }
+        pgrx::check_for_interrupts!();
+        Ok(())
+    }
 }
 
 /// A deployed model ready to call: its deployment, the resolved key, its rate limiter and
@@ -48,21 +67,22 @@ pub struct Target<'a> {
     timeout: Duration,
     retry: RetryPolicy,
     limiter: Option<Arc<RateLimiter>>,
+    max_response_bytes: u64,
 }
 
 impl<'a> Target<'a> {
+    /// `call_params` may lower the deployment's timeout and max_retries, never raise them.
     pub fn new(deployment: &'a Deployment, call_params: &Map<String, Value>) -> Result<Target<'a>, AiError> {
-        let key = deployment.key.resolve(&deployment.name)?;
-        let timeout = call_params
-            .get("timeout")
-            .and_then(Value::as_f64)
-            .map(Duration::from_secs_f64)
-            .unwrap_or_else(|| deployment.retry.timeout());
-        let mut retry = deployment.retry.policy();
-        if let Some(n) = call_params.get("max_retries").and_then(Value::as_u64) {
-            retry.max_retries = n as u32;
-        }
-        Ok(Target { deployment, key, timeout, retry, limiter: limiter_for(deployment)? })
+        let settings = deployment.call_settings(call_params)?;
+        let key = deployment.key.resolve(&deployment.name, &crate::guc::policy())?;
+        Ok(Target {
+            deployment,
+            key,
+            timeout: settings.timeout,
+            retry: settings.retry,
+            limiter: limiter_for(deployment)?,
+            max_response_bytes: crate::guc::max_response_bytes(),
+        })
     }
 
     fn call(&self) -> Call<'_> {
@@ -73,6 +93,7 @@ impl<'a> Target<'a> {
             timeout: self.timeout,
             retry: self.retry,
             limiter: self.limiter.as_deref(),
+            max_response_bytes: self.max_response_bytes,
         }
     }
 }
@@ -143,7 +164,7 @@ where
                     }
                 }
             },
-            interrupt_pending,
+            &PgInterrupts,
         )?;
         if ready.is_empty() {
             return Ok(());
@@ -174,5 +195,5 @@ where
     Fut: Future<Output = Result<T, AiError>>,
 {
     let b = backend()?;
-    b.runtime.block_on_interruptible(work(&b.client, target.call()), interrupt_pending)?
+    b.runtime.block_on_interruptible(work(&b.client, target.call()), &PgInterrupts)?
 }

@@ -4,15 +4,25 @@
 //! the duration of one fixed, fully-qualified query, so any role allowed to call a function
 //! can use a model without any path to its key. Loaded deployments are cached for the rest
 //! of the statement (and transaction): a column of 10,000 rows reads the catalog once.
+//!
+//! Literal keys are stored sealed with the cluster's master key (a file outside the
+//! database, see `bailian_core::keystore`), bound to the model name: a reader of the table,
+//! of a dump, or a member of `pg_read_all_data` sees ciphertext only.
+//!
+//! A deployed model belongs to the role that deployed it: only that role, its members or a
+//! superuser may replace or undeploy it, as with PostgreSQL's own objects.
 
 use bailian_core::deploy::{DeployArgs, Deployment};
+use bailian_core::keystore::MasterKey;
 use bailian_core::registry::Task;
+use bailian_core::secret::KeySource;
 use bailian_core::AiError;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 const SCHEMA: &str = "bailian";
@@ -53,12 +63,59 @@ fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn current_user_name() -> String {
-    // SAFETY: GetUserNameFromId returns a palloc'd C string for a valid role id.
+/// The current user: its id and name.
+fn current_user() -> (pg_sys::Oid, String) {
+    // SAFETY: GetUserId is a plain read; GetUserNameFromId returns a palloc'd C string for a
+    // valid role id (the current user always is one).
     unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
-        CStr::from_ptr(name).to_string_lossy().into_owned()
+        let id = pg_sys::GetUserId();
+        let name = pg_sys::GetUserNameFromId(id, false);
+        (id, CStr::from_ptr(name).to_string_lossy().into_owned())
     }
+}
+
+/// Whether `caller` may replace or undeploy a model `owner` deployed: the same role, a member
+/// of it (with its privileges), or a superuser. A role that no longer exists is no one's.
+fn may_manage(caller: pg_sys::Oid, owner: &str) -> bool {
+    let Ok(owner) = CString::new(owner) else { return false };
+    // SAFETY: get_role_oid with missing_ok=true returns InvalidOid instead of raising;
+    // superuser_arg and has_privs_of_role only read the role catalogs.
+    unsafe {
+        if pg_sys::superuser_arg(caller) {
+            return true;
+        }
+        let owner = pg_sys::get_role_oid(owner.as_ptr(), true);
+        owner != pg_sys::Oid::INVALID && pg_sys::has_privs_of_role(caller, owner)
+    }
+}
+
+fn not_owner(name: &str, owner: &str, verb: &str) -> AiError {
+    AiError::NotAllowed {
+        message: format!(
+            "model \"{name}\" was deployed by role \"{owner}\"; only that role, its members or a superuser may {verb} it"
+        ),
+        hint: "Deploy under another model_name, or ask that role or a superuser.".into(),
+    }
+}
+
+// ---- the master key ------------------------------------------------------------------
+
+thread_local! {
+    /// Loaded once per backend and path (the path may change on a configuration reload).
+    static MASTER: RefCell<Option<(PathBuf, Arc<MasterKey>)>> = const { RefCell::new(None) };
+}
+
+/// The master key, read from its file (created on first use when `create`).
+fn master_key(create: bool) -> Result<Arc<MasterKey>, AiError> {
+    let path = crate::guc::master_key_file();
+    if let Some(hit) =
+        MASTER.with(|m| m.borrow().as_ref().filter(|(p, _)| *p == path).map(|(_, k)| k.clone()))
+    {
+        return Ok(hit);
+    }
+    let key = Arc::new(if create { MasterKey::load_or_create(&path)? } else { MasterKey::load(&path)? });
+    MASTER.with(|m| *m.borrow_mut() = Some((path, key.clone())));
+    Ok(key)
 }
 
 fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
@@ -124,31 +181,42 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
                 return Ok(None);
             };
             let get_err = spi_failed;
-            Ok::<_, AiError>(Some(DeployArgs {
-                model_name: Some(name.to_string()),
-                model_type: row.get::<String>(1).map_err(get_err)?,
-                params: row.get::<JsonB>(2).map_err(get_err)?.map(|j| j.0),
-                max_retries: row.get::<i32>(3).map_err(get_err)?,
-                initial_retry_delay: row.get::<f64>(4).map_err(get_err)?,
-                max_retry_delay: row.get::<f64>(5).map_err(get_err)?,
-                timeout: row.get::<f64>(6).map_err(get_err)?,
-                region: row.get::<String>(7).map_err(get_err)?,
-                base_url: row.get::<String>(8).map_err(get_err)?,
-                requests_per_minute: row.get::<i32>(9).map_err(get_err)?,
-                tokens_per_minute: row.get::<i32>(10).map_err(get_err)?,
-                api_key: row.get::<String>(11).map_err(get_err)?,
-            }))
+            Ok::<_, AiError>(Some((
+                DeployArgs {
+                    model_name: Some(name.to_string()),
+                    model_type: row.get::<String>(1).map_err(get_err)?,
+                    params: row.get::<JsonB>(2).map_err(get_err)?.map(|j| j.0),
+                    max_retries: row.get::<i32>(3).map_err(get_err)?,
+                    initial_retry_delay: row.get::<f64>(4).map_err(get_err)?,
+                    max_retry_delay: row.get::<f64>(5).map_err(get_err)?,
+                    timeout: row.get::<f64>(6).map_err(get_err)?,
+                    region: row.get::<String>(7).map_err(get_err)?,
+                    base_url: row.get::<String>(8).map_err(get_err)?,
+                    requests_per_minute: row.get::<i32>(9).map_err(get_err)?,
+                    tokens_per_minute: row.get::<i32>(10).map_err(get_err)?,
+                    api_key: None,
+                },
+                row.get::<String>(11).map_err(get_err)?.unwrap_or_default(),
+            )))
         })
     })?;
-    let Some(args) = args else {
+    let Some((args, stored_key)) = args else {
         return Err(AiError::ModelNotDeployed {
             name: name.to_string(),
             hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
         });
     };
-    // Rows were validated when deployed; checking again guards against hand-edited rows and
-    // models an upgrade no longer supports.
-    let deployment = Deployment::from_args(args).map_err(|e| {
+    let key =
+        KeySource::from_stored(&stored_key, |sealed| master_key(false)?.open(sealed, name)).map_err(|e| {
+            match e {
+                AiError::MasterKey { message, hint } => AiError::MasterKey {
+                    message: format!("cannot decrypt the API key of model \"{name}\": {message}"),
+                    hint,
+                },
+                other => other,
+            }
+        })?;
+    let deployment = Deployment::from_catalog(args, key).map_err(|e| {
         AiError::invalid(format!("deployed model \"{name}\" is no longer valid: {e}; redeploy it"))
     })?;
     let deployment = Arc::new(deployment);
@@ -223,42 +291,66 @@ pub fn default_chat_model() -> Result<String, AiError> {
 
 // ---- writes --------------------------------------------------------------------------
 
-const UPSERT_MODEL: &str = "
+const OWNER_OF: &str = "
+SELECT deployed_by::pg_catalog.text FROM bailian.models
+ WHERE model_name OPERATOR(pg_catalog.=) $1 FOR UPDATE";
+
+/// The role that deployed `name`, locking its row until the transaction ends; None when no
+/// model has that name.
+fn owner_of(client: &mut pgrx::spi::SpiClient<'_>, name: &str) -> Result<Option<String>, AiError> {
+    client
+        .update(OWNER_OF, Some(1), &[name.into()])
+        .map_err(spi_failed)?
+        .next()
+        .map(|row| row.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default))
+        .transpose()
+}
+
+const INSERT_MODEL: &str = "
 INSERT INTO bailian.models (model_name, model_type, task, params, max_retries,
     initial_retry_delay, max_retry_delay, timeout, region, base_url, endpoint,
     requests_per_minute, tokens_per_minute, key_hint, deployed_by, deployed_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, pg_catalog.now())
-ON CONFLICT (model_name) DO UPDATE SET
-    model_type = EXCLUDED.model_type, task = EXCLUDED.task, params = EXCLUDED.params,
-    max_retries = EXCLUDED.max_retries, initial_retry_delay = EXCLUDED.initial_retry_delay,
-    max_retry_delay = EXCLUDED.max_retry_delay, timeout = EXCLUDED.timeout,
-    region = EXCLUDED.region, base_url = EXCLUDED.base_url, endpoint = EXCLUDED.endpoint,
-    requests_per_minute = EXCLUDED.requests_per_minute,
-    tokens_per_minute = EXCLUDED.tokens_per_minute, key_hint = EXCLUDED.key_hint,
-    deployed_by = EXCLUDED.deployed_by, deployed_at = EXCLUDED.deployed_at
-  WHERE $16
-RETURNING NOT (xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid) AS replaced";
+ON CONFLICT (model_name) DO NOTHING
+RETURNING true";
+
+const UPDATE_MODEL: &str = "
+UPDATE bailian.models SET
+    model_type = $2, task = $3, params = $4, max_retries = $5, initial_retry_delay = $6,
+    max_retry_delay = $7, timeout = $8, region = $9, base_url = $10, endpoint = $11,
+    requests_per_minute = $12, tokens_per_minute = $13, key_hint = $14, deployed_by = $15,
+    deployed_at = pg_catalog.now()
+ WHERE model_name OPERATOR(pg_catalog.=) $1";
 
 const UPSERT_KEY: &str = "
 INSERT INTO bailian.model_keys (model_name, api_key) VALUES ($1, $2)
 ON CONFLICT (model_name) DO UPDATE SET api_key = EXCLUDED.api_key";
 
-/// Stores `d`; an existing model of that name is replaced only when `replace` is true.
-/// Returns whether a model was replaced.
+/// Stores `d`; an existing model of that name is replaced only when `replace` is true and the
+/// caller may manage it. Returns whether a model was replaced.
 pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
-    let deployed_by = current_user_name();
-    let params = JsonB(serde_json::Value::Object(d.params.clone()));
-    let outcome = as_catalog_owner(|| {
+    let (caller, caller_name) = current_user();
+    // Sealed before switching identity: the key file belongs to the server, not to a role.
+    let master = match &d.key {
+        KeySource::Literal(_) => Some(master_key(true)?),
+        KeySource::Env(_) | KeySource::File(_) => None,
+    };
+    let stored_key = d.key.stored(|plain| match &master {
+        Some(m) => m.try_seal(plain, &d.name),
+        None => Err(AiError::Internal { message: "no master key to seal with".into() }),
+    })?;
+    let replaced = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
-            let rows = client
-                .update(
-                    UPSERT_MODEL,
-                    Some(1),
-                    &[
+            // Two rounds at most: a new name can be taken by a concurrent deploy between the
+            // owner check and the insert, and is then treated as an existing model.
+            for _ in 0..2 {
+                let owner = owner_of(client, &d.name)?;
+                let values = || {
+                    vec![
                         d.name.as_str().into(),
                         d.spec.model_type.into(),
                         d.spec.task.as_str().into(),
-                        params.into(),
+                        JsonB(serde_json::Value::Object(d.params.clone())).into(),
                         (d.retry.max_retries as i32).into(),
                         d.retry.initial_retry_delay.into(),
                         d.retry.max_retry_delay.into(),
@@ -269,39 +361,60 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
                         d.limits.requests_per_minute.map(|n| n as i32).into(),
                         d.limits.tokens_per_minute.map(|n| n as i32).into(),
                         d.key.hint().into(),
-                        deployed_by.as_str().into(),
-                        replace.into(),
-                    ],
-                )
-                .map_err(spi_failed)?;
-            let Some(row) = rows.into_iter().next() else {
-                return Ok(None);
-            };
-            let replaced = row.get::<bool>(1).map_err(spi_failed)?.unwrap_or(false);
-            client
-                .update(UPSERT_KEY, None, &[d.name.as_str().into(), d.key.stored().into()])
-                .map_err(spi_failed)?;
-            Ok::<_, AiError>(Some(replaced))
+                        caller_name.as_str().into(),
+                    ]
+                };
+                let replaced = match owner {
+                    Some(_) if !replace => return Err(AiError::DuplicateModel { name: d.name.clone() }),
+                    Some(owner) if !may_manage(caller, &owner) => {
+                        return Err(not_owner(&d.name, &owner, "replace"))
+                    }
+                    Some(_) => {
+                        client.update(UPDATE_MODEL, None, &values()).map_err(spi_failed)?;
+                        true
+                    }
+                    None => {
+                        let inserted = client.update(INSERT_MODEL, None, &values()).map_err(spi_failed)?;
+                        if inserted.is_empty() {
+                            continue;
+                        }
+                        false
+                    }
+                };
+                client
+                    .update(UPSERT_KEY, None, &[d.name.as_str().into(), stored_key.as_str().into()])
+                    .map_err(spi_failed)?;
+                return Ok(replaced);
+            }
+            Err(AiError::Internal {
+                message: format!("model \"{}\" changed hands twice while deploying", d.name),
+            })
         })
-    })?;
+    });
     invalidate();
-    outcome.ok_or_else(|| AiError::DuplicateModel { name: d.name.clone() })
+    replaced
 }
 
 /// Removes the model named `name`; false when there was none.
 pub fn undeploy(name: &str) -> Result<bool, AiError> {
+    let (caller, _) = current_user();
     let removed = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
-            let rows = client
+            let owner = owner_of(client, name)?;
+            let Some(owner) = owner else { return Ok(false) };
+            if !may_manage(caller, &owner) {
+                return Err(not_owner(name, &owner, "undeploy"));
+            }
+            client
                 .update(
-                    "DELETE FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1 RETURNING 1",
+                    "DELETE FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1",
                     None,
                     &[name.into()],
                 )
                 .map_err(spi_failed)?;
-            Ok::<_, AiError>(!rows.is_empty())
+            Ok::<_, AiError>(true)
         })
-    })?;
+    });
     invalidate();
-    Ok(removed)
+    removed
 }

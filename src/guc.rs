@@ -1,13 +1,39 @@
 //! Settings under `pg_bailian.`.
+//!
+//! The security settings are superuser-only (`PGC_SUSET`, or `PGC_SIGHUP` for the master key
+//! file, which must be the same for every session of the cluster): they bound what a role
+//! that may deploy models can make the server read and where it may send it.
 
+use bailian_core::policy::{HostList, NameList, Policy};
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
 
 /// The chat model `ai_gen(prompt)` uses when more than one is deployed.
 pub static DEFAULT_CHAT_MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Requests one batch function or procedure keeps in flight.
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+/// Largest response body read from the provider, in kB.
+pub static MAX_RESPONSE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+
+// The two defaults below repeat bailian_core::policy::DEFAULT_ENV_KEYS / DEFAULT_HOSTS (a
+// GUC default must be a C string constant); pgrx-tests checks that they agree.
+pub static ALLOWED_ENV_KEYS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"DASHSCOPE_API_KEY, PG_BAILIAN_*"));
+
+pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(
+    c"dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com",
+));
+
+pub static KEY_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The name of the master key file in the data directory when `pg_bailian.master_key_file`
+/// is not set.
+pub const DEFAULT_MASTER_KEY_FILE: &str = "pg_bailian.master.key";
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -28,16 +54,82 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.max_response_size",
+        c"Largest response body accepted from the provider.",
+        c"A larger answer is an error (SQLSTATE ZBM02) and is not read further.",
+        &MAX_RESPONSE_SIZE_KB,
+        64,
+        1024 * 1024,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_bailian.allowed_env_keys",
+        c"Environment variables an 'env:NAME' API key may read.",
+        c"Comma-separated names; a name ending in * is a prefix; * alone allows any.",
+        &ALLOWED_ENV_KEYS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_bailian.allowed_hosts",
+        c"Hosts a non-superuser may name in ai_deploy_model's base_url.",
+        c"Comma-separated host names or addresses, *.domain for its subdomains, each optionally with :port.",
+        &ALLOWED_HOSTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_bailian.key_directory",
+        c"Directory that 'file:/path' API keys must be in.",
+        c"Empty disables file: keys.",
+        &KEY_DIRECTORY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_bailian.master_key_file",
+        c"File holding the master key that encrypts stored API keys.",
+        c"Empty: pg_bailian.master.key in the data directory, created on first use with mode 0600.",
+        &MASTER_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting.get().and_then(|s| s.into_string().ok()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 pub fn default_chat_model() -> Option<String> {
-    DEFAULT_CHAT_MODEL
-        .get()
-        .and_then(|s| s.into_string().ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    text(&DEFAULT_CHAT_MODEL)
 }
 
 pub fn max_concurrency() -> usize {
     MAX_CONCURRENCY.get().clamp(1, 256) as usize
+}
+
+pub fn max_response_bytes() -> u64 {
+    u64::try_from(MAX_RESPONSE_SIZE_KB.get()).unwrap_or(64) * 1024
+}
+
+/// The deploy policy of this session.
+pub fn policy() -> Policy {
+    Policy {
+        env_keys: NameList::parse(&text(&ALLOWED_ENV_KEYS).unwrap_or_default()),
+        key_directory: text(&KEY_DIRECTORY).map(PathBuf::from),
+        hosts: HostList::parse(&text(&ALLOWED_HOSTS).unwrap_or_default()),
+    }
+}
+
+/// Where the master key lives: the setting, else the data directory.
+pub fn master_key_file() -> PathBuf {
+    if let Some(path) = text(&MASTER_KEY_FILE) {
+        return PathBuf::from(path);
+    }
+    // SAFETY: DataDir is set once at backend start-up, before any function can run, and is a
+    // NUL-terminated absolute path that lives for the whole process.
+    let data_dir = unsafe { CStr::from_ptr(pgrx::pg_sys::DataDir) };
+    PathBuf::from(data_dir.to_string_lossy().into_owned()).join(DEFAULT_MASTER_KEY_FILE)
 }

@@ -12,6 +12,8 @@ mod catalog;
 mod entry;
 mod functions;
 mod guc;
+mod log_filter;
+mod spi;
 mod srf;
 
 pgrx::pg_module_magic!();
@@ -23,9 +25,10 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    // Only settings here: the runtime and HTTP client are created on first use inside a
-    // backend, never in the postmaster when the library is preloaded.
+    // Only settings and hooks here: the runtime and HTTP client are created on first use
+    // inside a backend, never in the postmaster when the library is preloaded.
     guc::register();
+    log_filter::install();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -3,6 +3,7 @@
 use super::arg;
 use crate::catalog;
 use crate::entry::{notify, sql_entry, Args, Level};
+use crate::log_filter;
 use bailian_core::deploy::{DeployArgs, Deployment};
 use bailian_core::secret::KeySource;
 use bailian_core::AiError;
@@ -12,6 +13,9 @@ sql_entry!(pg_finfo_pg_bailian_deploy_model, pg_bailian_deploy_model, deploy_mod
 sql_entry!(pg_finfo_pg_bailian_undeploy_model, pg_bailian_undeploy_model, undeploy_model, Args::Secret);
 
 fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    // Whatever error ends this call, PostgreSQL's own included, reaches the log without the
+    // statement that quotes the key (see log_filter).
+    let _secret = log_filter::SecretStatement::begin();
     let args = DeployArgs {
         model_name: arg::<String>(fcinfo, 0),
         model_type: arg::<String>(fcinfo, 1),
@@ -28,6 +32,9 @@ fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
     };
     let replace = arg::<bool>(fcinfo, 10).ok_or_else(|| AiError::invalid("replace must not be NULL"))?;
     let deployment = Deployment::from_args(args)?;
+    // SAFETY: superuser() only reads the current user's role entry.
+    let superuser = unsafe { pg_sys::superuser() };
+    deployment.check_policy(&crate::guc::policy(), superuser)?;
     let replaced = catalog::deploy(&deployment, replace)?;
     if let KeySource::Env(var) = &deployment.key {
         if std::env::var_os(var).is_none() {

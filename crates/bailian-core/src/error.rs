@@ -187,9 +187,9 @@ fn attempts_text(attempts: u32) -> String {
 
 /// A byte count the way PostgreSQL shows memory settings: "64MB", "512kB", "100 bytes".
 pub fn show_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{}MB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{}kB", n >> 10)
     } else {
         format!("{n} bytes")
