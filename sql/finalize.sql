@@ -6,11 +6,60 @@ SELECT model_name, model_type, task, key_hint, params,
        region, base_url, endpoint, requests_per_minute, tokens_per_minute,
        deployed_by, deployed_at
   FROM bailian.models;
+
+-- Privileges are set here and nowhere else. ALTER DEFAULT PRIVILEGES in force for the role
+-- running CREATE EXTENSION would otherwise grant on the objects just created (SELECT on the
+-- key table, EXECUTE on ai_deploy_model, CREATE on the bailian schema) to whoever it names:
+-- every grant on an object of the extension to a role other than its owner is revoked first.
+DO $acl$
+DECLARE
+    statement text;
+BEGIN
+    FOR statement IN
+        WITH ext AS (
+            SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_bailian'
+        ), objects AS (
+            SELECT 'TABLE ' OPERATOR(pg_catalog.||) c.oid::pg_catalog.regclass::pg_catalog.text AS object,
+                   c.relacl AS acl, c.relowner AS owner
+              FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) c.oid
+               AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+             WHERE d.refobjid OPERATOR(pg_catalog.=) (SELECT oid FROM ext) AND d.deptype OPERATOR(pg_catalog.=) 'e'
+            UNION ALL
+            SELECT 'ROUTINE ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::pg_catalog.text, p.proacl, p.proowner
+              FROM pg_catalog.pg_proc p
+              JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) p.oid
+               AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+             WHERE d.refobjid OPERATOR(pg_catalog.=) (SELECT oid FROM ext) AND d.deptype OPERATOR(pg_catalog.=) 'e'
+            UNION ALL
+            SELECT 'SCHEMA bailian', n.nspacl, n.nspowner
+              FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'bailian'
+        )
+        SELECT pg_catalog.format('REVOKE ALL ON %s FROM %s', o.object,
+                   CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                        ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END)
+          FROM objects o, pg_catalog.aclexplode(o.acl) a
+         WHERE a.grantee OPERATOR(pg_catalog.<>) o.owner
+         GROUP BY o.object, a.grantee
+    LOOP
+        EXECUTE statement;
+    END LOOP;
+END
+$acl$;
+
 GRANT SELECT ON ai_models TO PUBLIC;
 
--- The column procedures call into the bailian schema with the caller's rights; its tables
--- stay unreadable (no grants on them).
-GRANT USAGE ON SCHEMA bailian TO PUBLIC;
+-- pg_dump dumps the two catalog tables (pg_extension_config_dump), so whoever dumps the
+-- database must read them: its owner may (the keys in them are sealed). PostgreSQL 14 and
+-- later have pg_database_owner, which follows ALTER DATABASE ... OWNER TO.
+DO $owner$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
+        GRANT USAGE ON SCHEMA bailian TO pg_database_owner;
+        GRANT SELECT ON bailian.models, bailian.model_keys TO pg_database_owner;
+    END IF;
+END
+$owner$;
 
 -- Deploying is for administrators: GRANT EXECUTE to a role to delegate it.
 REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int) FROM PUBLIC;
@@ -19,11 +68,11 @@ REVOKE EXECUTE ON FUNCTION ai_undeploy_model(text) FROM PUBLIC;
 COMMENT ON VIEW ai_models IS
   'Deployed Bailian models, one row each, with a key hint (sk-...abcd or env:NAME) and never the key.';
 COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int) IS
-  'Deploy a Bailian model under model_name: model_type from ai_supported_models(), api_key ''sk-...'' or ''env:NAME'', default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url, optional client-side rate limits. replace => true redeploys an existing name. Administrators only.';
+  'Deploy a Bailian model under model_name: model_type from ai_supported_models(), api_key ''sk-...'' (stored encrypted), ''env:NAME'' (names in pg_bailian.allowed_env_keys) or ''file:/path'' (under pg_bailian.key_directory), default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url (for non-superusers, a host in pg_bailian.allowed_hosts), optional client-side rate limits. replace => true redeploys an existing name, only by the role that deployed it, its members or a superuser. Not executable by PUBLIC: GRANT EXECUTE to delegate.';
 COMMENT ON FUNCTION ai_undeploy_model(text) IS
-  'Remove a deployed model and its key; returns false if no model had that name. Administrators only.';
+  'Remove a deployed model and its key; returns false if no model had that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';
 COMMENT ON FUNCTION ai_gen(text, text, jsonb) IS
-  'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models, timeout, max_retries). NULL prompt returns NULL.';
+  'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models; timeout and max_retries, which may only lower the deployed values). NULL prompt returns NULL.';
 COMMENT ON FUNCTION ai_gen(text) IS
   'Generate text with the default chat model: pg_bailian.default_chat_model, or the only deployed chat model.';
 COMMENT ON FUNCTION ai_translate(text, text, text, jsonb) IS
@@ -37,10 +86,6 @@ COMMENT ON FUNCTION ai_embed_batch(text, text[]) IS
 COMMENT ON FUNCTION ai_gen_batch(text, text[], jsonb) IS
   'Generate for an array of prompts: one row per element (ord is 1-based) with the response, or the error (SQLSTATE: message) of a prompt that failed after retries; up to pg_bailian.max_concurrency requests in flight.';
 COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
-  'Fill target_column (real[] or pgvector vector) with embeddings of source_column for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. Rows that fail keep NULL and are reported.';
+  'Fill target_column (real[], or pgvector vector/halfvec) with embeddings of source_column for rows where the target is NULL and the source has text, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
 COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS
-  'Fill target_column (text) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. Rows that fail keep NULL and are reported.';
-COMMENT ON PROCEDURE bailian.run_fill(text, text, text, text, text, text, text, bigint, int, text, jsonb) IS
-  'Internal: runs an ai_embed_column / ai_gen_column job, committing every batch.';
-COMMENT ON PROCEDURE bailian.fill_column(text, text, regclass, name, name, text, int, text, jsonb) IS
-  'Internal: argument checks and statements of ai_embed_column / ai_gen_column.';
+  'Fill target_column (text or varchar) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';

@@ -49,10 +49,3 @@ CREATE FUNCTION ai_gen_batch(model_name text, prompts text[], params jsonb DEFAU
 RETURNS TABLE (ord int, response text, error text)
 LANGUAGE c VOLATILE COST 10000 ROWS 100
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_batch';
-
--- The engine of the column procedures (sql/procedures.sql); not for direct use.
-CREATE PROCEDURE bailian.run_fill(kind text, model_name text, select_first text, select_next text,
-                                  update_sql text, key_columns text, target_column text, total bigint,
-                                  batch_size int, prompt_template text, params jsonb)
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'pg_bailian_run_fill';

@@ -1,0 +1,167 @@
+//! The SPI pieces a procedure that commits needs and pgrx does not wrap: its own non-atomic
+//! connection (so it may `COMMIT`), and subtransactions that let one failing statement be
+//! rolled back without losing the rest of the transaction.
+
+use bailian_core::AiError;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::PgTryBuilder;
+
+/// A non-atomic SPI connection for the running procedure; pgrx's `Spi::connect` opens nested
+/// (atomic) connections inside it as usual. Closed on drop, also when an error unwinds.
+pub struct NonAtomicSpi(());
+
+impl NonAtomicSpi {
+    pub fn connect() -> Result<NonAtomicSpi, AiError> {
+        // SAFETY: opens a connection of this call's own; the guard closes it.
+        let rc = unsafe { pg_sys::SPI_connect_ext(pg_sys::SPI_OPT_NONATOMIC as i32) };
+        if rc != pg_sys::SPI_OK_CONNECT as i32 {
+            return Err(AiError::Internal { message: format!("SPI_connect_ext failed ({rc})") });
+        }
+        Ok(NonAtomicSpi(()))
+    }
+
+    /// Commits the transaction; the connection stays open in the new one.
+    pub fn commit(&self) {
+        // SAFETY: this connection is non-atomic and, nested connections being closed when
+        // their closures return, it is the innermost one.
+        unsafe { pg_sys::SPI_commit() };
+    }
+}
+
+impl Drop for NonAtomicSpi {
+    fn drop(&mut self) {
+        // SAFETY: closes the connection opened in connect(). On an error unwinding through
+        // here, pgrx has already flushed PostgreSQL's error state; SPI_finish only pops the
+        // connection, and the transaction abort that follows finds nothing left to clean.
+        unsafe { pg_sys::SPI_finish() };
+    }
+}
+
+/// An internal subtransaction, as a plpgsql `BEGIN ... EXCEPTION` block makes one: release it
+/// to keep its work, roll it back to undo it. Dropping it without either rolls it back.
+pub struct SubTransaction {
+    memory: pg_sys::MemoryContext,
+    owner: pg_sys::ResourceOwner,
+    open: bool,
+}
+
+impl SubTransaction {
+    pub fn begin() -> SubTransaction {
+        // SAFETY: plain reads of the current memory context and resource owner, then
+        // BeginInternalSubTransaction, which switches both; the memory context is switched
+        // back so statements run where the caller allocates (as plpgsql does).
+        unsafe {
+            let memory = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(memory);
+            SubTransaction { memory, owner, open: true }
+        }
+    }
+
+    pub fn release(mut self) {
+        self.open = false;
+        // SAFETY: the subtransaction begun above is the current one; the caller's memory
+        // context and resource owner are restored after it ends.
+        unsafe {
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(self.memory);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+
+    pub fn rollback(mut self) {
+        self.open = false;
+        self.abort();
+    }
+
+    fn abort(&self) {
+        // SAFETY: as in release(); rolling back releases what the subtransaction acquired
+        // (locks, buffers, nested SPI connections) through its resource owner.
+        unsafe {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(self.memory);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+}
+
+impl Drop for SubTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            self.abort();
+        }
+    }
+}
+
+/// How an error raised inside a subtransaction is to be treated.
+pub enum Caught {
+    /// The statement failed for a reason of its own (a constraint, a trigger, a value the
+    /// target rejects, a lock it could not get): the subtransaction is rolled back and the
+    /// caller goes on. Carries "SQLSTATE: message".
+    Statement(String),
+}
+
+/// Runs `f` in the open subtransaction `sub`. A PostgreSQL error of the kinds a single row
+/// can cause (see `row_level`) comes back as `Err(Caught)` after rolling `sub` back; any other
+/// error (a cancel, running out of memory or disk, an internal error) rolls back and
+/// continues unwinding, ending the statement as it would without the subtransaction.
+pub fn try_in<T>(
+    sub: SubTransaction,
+    f: impl FnOnce() -> T + std::panic::UnwindSafe,
+) -> (Result<T, Caught>, Option<SubTransaction>) {
+    // The subtransaction is taken by whichever of the two closures ends it.
+    let sub = std::panic::AssertUnwindSafe(std::cell::RefCell::new(Some(sub)));
+    let result = PgTryBuilder::new(|| Ok(f()))
+        .catch_others(|e| {
+            if let Some(s) = sub.borrow_mut().take() {
+                s.rollback();
+            }
+            match &e {
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
+                    if row_level(report.sql_error_code()) =>
+                {
+                    Err(Caught::Statement(format!(
+                        "{}: {}",
+                        code_text(report.sql_error_code()),
+                        report.message()
+                    )))
+                }
+                _ => e.rethrow(),
+            }
+        })
+        .execute();
+    (result, sub.0.into_inner())
+}
+
+/// Errors one row's statement can cause without saying anything about the others: data
+/// exceptions (22), integrity violations (23), trigger and check-option failures (09, 27, 44),
+/// plpgsql RAISE (P0), serialization failures and deadlocks (40), a lock not available (55P03).
+/// Everything else (a cancel, a read-only transaction, resources, internal errors) ends the job.
+fn row_level(code: pgrx::PgSqlErrorCode) -> bool {
+    let text = code_text(code);
+    matches!(&text[..2], "22" | "23" | "09" | "27" | "44" | "P0" | "40") || text == "55P03"
+}
+
+/// The five-character SQLSTATE of a pgrx error code (PostgreSQL's MAKE_SQLSTATE, undone).
+fn code_text(code: pgrx::PgSqlErrorCode) -> String {
+    let n = code as i32;
+    (0..5).map(|i| char::from(b'0'.wrapping_add(((n >> (6 * i)) & 0x3F) as u8))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlstates_come_back_as_text() {
+        use pgrx::PgSqlErrorCode as C;
+        assert_eq!(super::code_text(C::ERRCODE_STRING_DATA_RIGHT_TRUNCATION), "22001");
+        assert_eq!(super::code_text(C::ERRCODE_QUERY_CANCELED), "57014");
+        assert!(super::row_level(C::ERRCODE_CHECK_VIOLATION));
+        assert!(super::row_level(C::ERRCODE_RAISE_EXCEPTION));
+        assert!(super::row_level(C::ERRCODE_LOCK_NOT_AVAILABLE));
+        assert!(!super::row_level(C::ERRCODE_QUERY_CANCELED));
+        assert!(!super::row_level(C::ERRCODE_READ_ONLY_SQL_TRANSACTION));
+        assert!(!super::row_level(C::ERRCODE_OUT_OF_MEMORY));
+    }
+}
