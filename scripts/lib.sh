@@ -42,9 +42,45 @@ ensure_cargo_pgrx() {
     fi
 }
 
+# pgvector, for the tests of vector/halfvec targets. A user's machine installs its
+# distribution's package (postgresql-15-pgvector) or pgvector's own; Debian 12 has none, so
+# here it is built from a vendored source release when one is at hand:
+# $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the checkout.
+PGVECTOR_VERSION=0.8.6
+ensure_pgvector() {
+    local sharedir
+    sharedir="$("$PG_CONFIG" --sharedir)"
+    if [ -f "$sharedir/extension/vector.control" ]; then
+        export PG_BAILIAN_PGVECTOR=installed
+        return
+    fi
+    local tarball=""
+    for dir in "${PG_BAILIAN_VENDOR_DIR:-}" "$REPO/../shared/vendor"; do
+        if [ -n "$dir" ] && [ -f "$dir/pgvector-$PGVECTOR_VERSION.tar.gz" ]; then
+            tarball="$dir/pgvector-$PGVECTOR_VERSION.tar.gz"
+            break
+        fi
+    done
+    if [ -z "$tarball" ]; then
+        echo "note: pgvector is not installed and no pgvector-$PGVECTOR_VERSION.tar.gz was found;" \
+            "tests of vector targets will be skipped" >&2
+        export PG_BAILIAN_PGVECTOR=missing
+        return
+    fi
+    say "building pgvector $PGVECTOR_VERSION from $tarball"
+    local build
+    build="$(mktemp -d)"
+    tar xzf "$tarball" -C "$build"
+    make -s -C "$build/pgvector-$PGVECTOR_VERSION" PG_CONFIG="$PG_CONFIG" >/dev/null
+    as_root make -s -C "$build/pgvector-$PGVECTOR_VERSION" PG_CONFIG="$PG_CONFIG" install >/dev/null
+    rm -rf "$build"
+    export PG_BAILIAN_PGVECTOR=installed
+}
+
 ensure_toolchain() {
     ensure_packages
     ensure_cargo_pgrx
+    ensure_pgvector
 }
 
 # Installs the extension into the system PostgreSQL (pass --release for an optimized build).
@@ -102,6 +138,8 @@ shared_buffers = ${PG_BAILIAN_SHARED_BUFFERS:-128MB}
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = info
 log_error_verbosity = verbose
+# The stand-in listens on loopback: let roles that may deploy (not only superusers) use it.
+pg_bailian.allowed_hosts = '127.0.0.1, localhost, dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com'
 EOF
     chown postgres:postgres "$PGDATA_DIR/pg_bailian_cluster.conf"
     cluster_stop quiet
