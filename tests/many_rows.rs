@@ -13,13 +13,7 @@ use std::time::{Duration, Instant};
 
 /// A connection to `db` whose NOTICEs and WARNINGs are collected.
 fn connect_collecting(db: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
-    let port = std::env::var("PGPORT").unwrap_or_else(|_| "28816".into());
-    let mut cfg: postgres::Config =
-        format!("host=127.0.0.1 port={port} user=postgres dbname={db}").parse().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    cfg.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())));
-    (cfg.connect(postgres::NoTls).unwrap(), seen)
+    connect_collecting_as(db, "postgres")
 }
 
 fn make_table(c: &mut Client, rows: i32) {
@@ -314,34 +308,4 @@ fn column_procedures_check_their_arguments() {
     assert_eq!(msg, "ai_embed_column commits after every batch, so it cannot run inside a transaction block");
     drop(tx);
     assert_eq!(s.stats().requests, 0);
-}
-
-#[test]
-fn vector_targets_where_pgvector_is_installed() {
-    let (mut c, _) = fresh_db("vector_target");
-    let available: bool = c
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')", &[])
-        .unwrap()
-        .get(0);
-    let s = standin();
-    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
-    make_table(&mut c, 30);
-    if !available {
-        // Without pgvector the column can only be real[]; the cast path is what users get.
-        eprintln!("pgvector is not installed here: vector targets are tested where it is");
-        c.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb')").unwrap();
-        assert_eq!(assert_rows_match_their_text(&mut c, 64), 30);
-        return;
-    }
-    c.batch_execute(
-        "CREATE EXTENSION vector; ALTER TABLE docs ADD COLUMN v vector(64), ADD COLUMN wrong vector(3);
-         CALL ai_embed_column('docs', 'body', 'v', 'emb')",
-    )
-    .unwrap();
-    let same: i64 =
-        c.query_one("SELECT count(*) FROM docs WHERE v = ai_embed('emb', body)::vector", &[]).unwrap().get(0);
-    assert_eq!(same, 30);
-    let (code, msg) = error_of(c.batch_execute("CALL ai_embed_column('docs', 'body', 'wrong', 'emb')"));
-    assert_eq!(code, "42804");
-    assert!(msg.contains("model \"emb\" returns 64 dimensions"), "{msg}");
 }

@@ -107,10 +107,12 @@ fn client_errors_are_not_retried_and_keep_their_status() {
 fn timeouts_refused_connections_and_malformed_bodies() {
     let (mut c, _) = fresh_db("transport_errors");
     let s = standin();
-    deploy(&mut c, &s, "chat", "qwen-plus", ", max_retries => 0, timeout => 1");
+    // One retry deployed; the calls that must not retry lower it to none (a call may lower
+    // the deployed settings, never raise them).
+    deploy(&mut c, &s, "chat", "qwen-plus", ", max_retries => 1, timeout => 1");
     s.script("slow", vec![Fault::Delay(5000)]);
     let start = Instant::now();
-    let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'slow')", &[]));
+    let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'slow', '{\"max_retries\": 0}')", &[]));
     assert_eq!(
         (code.as_str(), msg.as_str()),
         ("ZBT01", "request to model \"chat\" timed out after 1.0 s (1 attempt)")
@@ -118,7 +120,7 @@ fn timeouts_refused_connections_and_malformed_bodies() {
     assert!(start.elapsed() < Duration::from_millis(1800));
 
     s.script("garbage", vec![Fault::Malformed]);
-    let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'garbage')", &[]));
+    let (code, msg) = error_of(c.query_one("SELECT ai_gen('chat', 'garbage', '{\"max_retries\": 0}')", &[]));
     assert_eq!(code, "ZBM01");
     assert!(
         msg.starts_with("malformed response from Bailian for model \"chat\": the body is not JSON"),
@@ -127,7 +129,7 @@ fn timeouts_refused_connections_and_malformed_bodies() {
 
     // A broken connection is retried like a 5xx.
     s.script("cut", vec![Fault::Reset]);
-    let out = one_text(&mut c, "SELECT ai_gen('chat', 'cut', '{\"max_retries\": 1}')");
+    let out = one_text(&mut c, "SELECT ai_gen('chat', 'cut')");
     assert_eq!(out.as_deref(), Some("Echo from qwen-plus: cut"));
 
     let port = {

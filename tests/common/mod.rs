@@ -13,31 +13,62 @@ pub fn key(tag: &str) -> String {
     format!("sk-{KEY_MARK}-{tag}-0000")
 }
 
-fn conn_string(db: &str) -> String {
+fn conn_string(db: &str, user: &str) -> String {
     let host = std::env::var("PGHOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let port = std::env::var("PGPORT").unwrap_or_else(|_| "28816".into());
-    format!("host={host} port={port} user=postgres dbname={db} connect_timeout=10")
+    format!("host={host} port={} user={user} dbname={db} connect_timeout=10", port())
+}
+
+pub fn port() -> String {
+    std::env::var("PGPORT").unwrap_or_else(|_| "28816".into())
 }
 
 pub fn connect(db: &str) -> Client {
-    Client::connect(&conn_string(db), NoTls).unwrap_or_else(|e| {
+    connect_as(db, "postgres")
+}
+
+/// A session of `user` (the test cluster trusts loopback connections).
+pub fn connect_as(db: &str, user: &str) -> Client {
+    Client::connect(&conn_string(db, user), NoTls).unwrap_or_else(|e| {
         panic!(
             "cannot connect to the test cluster ({}): {e}\n\
              These tests need the cluster that `bash scripts/test.sh` starts.",
-            conn_string(db)
+            conn_string(db, user)
         )
     })
 }
 
-/// A fresh database named after the test, with the extension created.
-pub fn fresh_db(test: &str) -> (Client, String) {
+/// A session of `user` whose NOTICEs and WARNINGs are collected as "SEVERITY: message".
+pub fn connect_collecting_as(
+    db: &str,
+    user: &str,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut cfg: postgres::Config = conn_string(db, user).parse().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    cfg.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())));
+    (cfg.connect(NoTls).unwrap(), seen)
+}
+
+/// A fresh database named after the test, without the extension.
+pub fn fresh_bare_db(test: &str) -> (Client, String) {
     let name = format!("e2e_{test}");
     let mut admin = connect("postgres");
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
     admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    let mut c = connect(&name);
+    (connect(&name), name)
+}
+
+/// A fresh database named after the test, with the extension created.
+pub fn fresh_db(test: &str) -> (Client, String) {
+    let (mut c, name) = fresh_bare_db(test);
     c.batch_execute("CREATE EXTENSION pg_bailian").unwrap();
     (c, name)
+}
+
+/// A login role of this name, made anew (roles are cluster-wide: names carry the test's).
+pub fn fresh_role(c: &mut Client, name: &str, options: &str) {
+    c.batch_execute(&format!("DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN {options}"))
+        .unwrap_or_else(|e| panic!("role {name}: {e}"));
 }
 
 pub fn standin() -> Standin {

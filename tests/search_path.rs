@@ -1,0 +1,275 @@
+//! Every function and procedure of the extension runs none of the objects another role
+//! planted on the caller's search_path.
+//!
+//! An unprivileged role that may create objects in `public` plants look-alikes of what SQL
+//! commonly resolves by name: every binary operator of pg_catalog over common types, common
+//! functions and aggregates, and domains named like built-in types. Each one, when run,
+//! raises a WARNING and records itself. A superuser then runs every routine of the extension
+//! with `search_path = public, pg_catalog` (the look-alikes win over pg_catalog there) and
+//! with the default search_path: nothing of theirs may run.
+
+mod common;
+
+use bailian_standin::embedding_for;
+use common::*;
+use postgres::Client;
+use std::sync::{Arc, Mutex};
+
+const PLANT: &str = r#"
+CREATE TABLE public.hijack_log (who text, what text);
+GRANT INSERT, SELECT ON public.hijack_log TO PUBLIC;
+CREATE FUNCTION public.hijacked(what pg_catalog.text) RETURNS pg_catalog.bool LANGUAGE plpgsql AS $f$
+BEGIN
+    RAISE WARNING 'HIJACKED as %: %', current_user, what;
+    INSERT INTO public.hijack_log VALUES (current_user, what);
+    RETURN true;
+END $f$;
+
+-- Every binary operator of pg_catalog between common types, shadowed.
+DO $do$
+DECLARE r record;
+BEGIN
+    FOR r IN
+        SELECT o.oid, o.oprname, o.oprleft::pg_catalog.regtype::pg_catalog.text AS l,
+               o.oprright::pg_catalog.regtype::pg_catalog.text AS r,
+               o.oprresult::pg_catalog.regtype::pg_catalog.text AS res, p.proname
+          FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode
+         WHERE o.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+           AND o.oprkind OPERATOR(pg_catalog.=) 'b'
+           AND o.oprleft::pg_catalog.regtype::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[
+                 'text', 'name', 'smallint', 'integer', 'bigint', 'oid', 'boolean', 'xid', 'tid',
+                 'real', 'double precision', 'numeric', 'jsonb', 'uuid', '"char"', 'character',
+                 'anyarray', 'anyelement', 'anyenum', 'regclass', 'regtype', 'text[]', 'real[]',
+                 'timestamp with time zone', 'interval'])
+           AND o.oprright::pg_catalog.regtype::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[
+                 'text', 'name', 'smallint', 'integer', 'bigint', 'oid', 'boolean', 'xid', 'tid',
+                 'real', 'double precision', 'numeric', 'jsonb', 'uuid', '"char"', 'character',
+                 'anyarray', 'anyelement', 'anyenum', 'regclass', 'regtype', 'text[]', 'real[]',
+                 'timestamp with time zone', 'interval'])
+    LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE FUNCTION public.shadow_op_%s(a %s, b %s) RETURNS %s LANGUAGE plpgsql AS %L',
+            r.oid, r.l, r.r, r.res,
+            pg_catalog.format('BEGIN PERFORM public.hijacked(%L); RETURN pg_catalog.%I(a, b); END',
+                              'operator ' OPERATOR(pg_catalog.||) r.oprname, r.proname));
+        EXECUTE pg_catalog.format('CREATE OPERATOR public.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = public.shadow_op_%s)',
+                                  r.oprname, r.l, r.r, r.oid);
+    END LOOP;
+END $do$;
+
+-- Common functions, every plain (not set-returning, not variadic) signature of each.
+DO $do$
+DECLARE r record; i int; args text; call text;
+BEGIN
+    FOR r IN
+        SELECT p.oid, p.proname, p.proargtypes::pg_catalog.oid[] AS types,
+               p.prorettype::pg_catalog.regtype::pg_catalog.text AS ret
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+           AND p.prokind OPERATOR(pg_catalog.=) 'f' AND NOT p.proretset
+           AND p.provariadic OPERATOR(pg_catalog.=) 0
+           AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY[
+                 'now', 'format', 'quote_ident', 'quote_literal', 'format_type', 'array_to_string',
+                 'position', 'substring', 'substr', 'length', 'lower', 'upper', 'btrim', 'replace',
+                 'concat_ws', 'hashtext', 'pg_try_advisory_lock', 'pg_advisory_unlock',
+                 'pg_try_advisory_xact_lock', 'to_jsonb', 'jsonb_build_object', 'row_to_json',
+                 'pg_get_userbyid', 'has_table_privilege', 'has_column_privilege', 'pg_has_role',
+                 'current_setting', 'set_config', 'textlen', 'texteq', 'int4eq', 'nameeq', 'oideq',
+                 'array_length', 'cardinality', 'array_position', 'pg_relation_size', 'string_to_array',
+                 'pg_extension_config_dump', 'aclexplode', 'encode', 'decode', 'md5', 'sha256',
+                 'array_append', 'array_cat', 'regexp_replace', 'pg_sleep', 'clock_timestamp',
+                 'statement_timestamp', 'txid_current', 'pg_backend_pid', 'version'])
+           AND NOT EXISTS (
+                 SELECT FROM pg_catalog.unnest(p.proargtypes::pg_catalog.oid[]) t(oid)
+                   JOIN pg_catalog.pg_type ty ON ty.oid OPERATOR(pg_catalog.=) t.oid
+                  WHERE ty.typtype OPERATOR(pg_catalog.=) 'p'
+                    AND ty.typname::pg_catalog.text OPERATOR(pg_catalog.<>) ALL (ARRAY['anyelement', 'anyarray', 'anynonarray', 'anyenum']))
+           AND (SELECT ty.typtype FROM pg_catalog.pg_type ty WHERE ty.oid OPERATOR(pg_catalog.=) p.prorettype)
+               OPERATOR(pg_catalog.<>) 'p'
+    LOOP
+        args := ''; call := '';
+        FOR i IN 1 .. COALESCE(pg_catalog.array_length(r.types, 1), 0) LOOP
+            args := args OPERATOR(pg_catalog.||) CASE WHEN i OPERATOR(pg_catalog.>) 1 THEN ', ' ELSE '' END
+                    OPERATOR(pg_catalog.||) 'a' OPERATOR(pg_catalog.||) i OPERATOR(pg_catalog.||) ' '
+                    OPERATOR(pg_catalog.||) r.types[i]::pg_catalog.regtype::pg_catalog.text;
+            call := call OPERATOR(pg_catalog.||) CASE WHEN i OPERATOR(pg_catalog.>) 1 THEN ', ' ELSE '' END
+                    OPERATOR(pg_catalog.||) 'a' OPERATOR(pg_catalog.||) i;
+        END LOOP;
+        BEGIN
+            EXECUTE pg_catalog.format(
+                'CREATE FUNCTION public.%I(%s) RETURNS %s LANGUAGE plpgsql AS %L', r.proname, args, r.ret,
+                pg_catalog.format('BEGIN PERFORM public.hijacked(%L); RETURN pg_catalog.%I(%s); END',
+                                  'function ' OPERATOR(pg_catalog.||) r.proname, r.proname, call));
+        EXCEPTION WHEN duplicate_function OR invalid_function_definition OR datatype_mismatch THEN
+            NULL;  -- a signature plpgsql cannot copy: leave it
+        END;
+    END LOOP;
+END $do$;
+
+-- Aggregates.
+CREATE FUNCTION public.count_step(s pg_catalog.int8) RETURNS pg_catalog.int8 LANGUAGE plpgsql AS
+  $f$ BEGIN PERFORM public.hijacked('aggregate count(*)'); RETURN s OPERATOR(pg_catalog.+) 1; END $f$;
+CREATE AGGREGATE public.count(*) (SFUNC = public.count_step, STYPE = pg_catalog.int8, INITCOND = '0');
+CREATE FUNCTION public.string_agg_step(s pg_catalog.text, v pg_catalog.text, d pg_catalog.text) RETURNS pg_catalog.text
+  LANGUAGE plpgsql AS $f$ BEGIN PERFORM public.hijacked('aggregate string_agg'); RETURN v; END $f$;
+CREATE AGGREGATE public.string_agg(pg_catalog.text, pg_catalog.text) (SFUNC = public.string_agg_step, STYPE = pg_catalog.text);
+
+-- Domains named like built-in types: a cast to "text" that resolves here runs the check.
+DO $do$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['text', 'name', 'int2', 'int4', 'int8', 'oid', 'bool', 'jsonb', 'float4',
+                             'float8', 'tid', 'xid', 'regclass', 'numeric', 'uuid'] LOOP
+        EXECUTE pg_catalog.format('CREATE DOMAIN public.%I AS pg_catalog.%I CHECK (public.hijacked(%L))',
+                                  t, t, 'domain ' OPERATOR(pg_catalog.||) t);
+    END LOOP;
+END $do$;
+"#;
+
+fn hijacks(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    seen.lock().unwrap().iter().filter(|n| n.contains("HIJACKED")).cloned().collect()
+}
+
+/// Runs every routine of the extension; returns the routines run, as regprocedure text.
+fn run_everything(
+    c: &mut Client,
+    s: &bailian_standin::Standin,
+    search_path: &str,
+    round: &str,
+) -> Vec<&'static str> {
+    c.batch_execute(&format!("SET search_path = {search_path}")).unwrap();
+    let base = s.base_url();
+    for (name, model, params) in [
+        ("chat", "qwen-plus", r#"{"temperature": 0.5}"#),
+        ("mt", "qwen-mt-plus", r#"{"source_lang": "auto"}"#),
+        ("emb", "text-embedding-v4", r#"{"dimension": 64}"#),
+    ] {
+        c.batch_execute(&format!(
+            "SELECT ai_deploy_model('{name}', '{model}', '{}', params => '{params}', base_url => '{base}', replace => true)",
+            key(round)
+        ))
+        .unwrap();
+    }
+    let models: i64 = c.query_one("SELECT pg_catalog.count(*) FROM ai_models", &[]).unwrap().get(0);
+    assert_eq!(models, 3);
+    let supported: i64 =
+        c.query_one("SELECT pg_catalog.count(*) FROM ai_supported_models()", &[]).unwrap().get(0);
+    assert_eq!(supported, 54);
+    c.batch_execute("SET pg_bailian.default_chat_model = 'chat'").unwrap();
+    assert_eq!(one_text(c, "SELECT ai_gen('chat', 'one')").as_deref(), Some("Echo from qwen-plus: one"));
+    assert_eq!(one_text(c, "SELECT ai_gen('two')").as_deref(), Some("Echo from qwen-plus: two"));
+    assert!(one_text(c, "SELECT ai_translate('mt', '你好', 'English')").unwrap().contains("English"));
+    assert!(one_text(c, "SELECT ai_translate('chat', 'hola', 'English')")
+        .unwrap()
+        .starts_with("Echo from qwen-plus"));
+    let v: Vec<f32> = c.query_one("SELECT ai_embed('emb', 'three')", &[]).unwrap().get(0);
+    assert_eq!(v, embedding_for("three", 64));
+    let n = c.query("SELECT * FROM ai_embed_batch('emb', ARRAY['a', 'b', NULL])", &[]).unwrap().len();
+    assert_eq!(n, 3);
+    let n = c
+        .query("SELECT * FROM ai_gen_batch('chat', ARRAY['a', 'b'], '{\"max_tokens\": 5}')", &[])
+        .unwrap()
+        .len();
+    assert_eq!(n, 2);
+    // One statement each: a multi-statement string is one transaction, where CALL cannot commit.
+    c.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb', batch_size => 3)").unwrap();
+    c.batch_execute(
+        "CALL ai_gen_column('docs', 'body', 'answer', 'chat', 'Say: {0}', batch_size => 2, params => '{\"max_tokens\": 50}')",
+    )
+    .unwrap();
+    let filled: i64 = c
+        .query_one(
+            "SELECT pg_catalog.count(*) FROM public.docs WHERE emb IS NOT NULL AND answer IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(filled, 7);
+    let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
+    assert!(dropped);
+    c.batch_execute("RESET search_path; RESET pg_bailian.default_chat_model").unwrap();
+    vec![
+        "ai_deploy_model(text,text,text,jsonb,integer,double precision,double precision,double precision,text,text,boolean,integer,integer)",
+        "ai_embed(text,text)",
+        "ai_embed_batch(text,text[])",
+        "ai_embed_column(regclass,name,name,text,integer)",
+        "ai_gen(text)",
+        "ai_gen(text,text,jsonb)",
+        "ai_gen_batch(text,text[],jsonb)",
+        "ai_gen_column(regclass,name,name,text,text,integer,jsonb)",
+        "ai_supported_models()",
+        "ai_translate(text,text,text,jsonb)",
+        "ai_undeploy_model(text)",
+    ]
+}
+
+#[test]
+fn planted_look_alikes_never_run() {
+    let (mut c, db) = fresh_db("search_path");
+    let s = standin();
+    fresh_role(&mut c, "sp_mallory", "");
+    c.batch_execute(
+        "GRANT CREATE ON SCHEMA public TO sp_mallory;
+         CREATE TABLE public.docs (id int PRIMARY KEY, body text, emb real[], answer text);
+         INSERT INTO public.docs SELECT g, 'row ' || g, NULL, NULL FROM generate_series(1, 7) g;",
+    )
+    .unwrap();
+    let mut mallory = connect_as(&db, "sp_mallory");
+    mallory.batch_execute(PLANT).unwrap();
+    let planted: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+                AND proowner = 'sp_mallory'::regrole",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(planted > 300, "only {planted} look-alikes planted");
+
+    let (mut admin, seen) = connect_collecting_as(&db, "postgres");
+    // Not vacuous: with this search_path, plain SQL does pick the look-alikes up.
+    admin
+        .batch_execute(
+            "SET search_path = public, pg_catalog; SELECT 'a'::text = 'b'::text; RESET search_path",
+        )
+        .unwrap();
+    assert!(
+        !hijacks(&seen).is_empty(),
+        "the planted operator was not picked up: the test would prove nothing"
+    );
+    seen.lock().unwrap().clear();
+    admin.batch_execute("TRUNCATE public.hijack_log").unwrap();
+    let log_before = server_log().len();
+
+    let mut run = Vec::new();
+    for (round, search_path) in [("hostile", "public, pg_catalog"), ("default", "\"$user\", public")] {
+        admin.batch_execute("UPDATE public.docs SET emb = NULL, answer = NULL").unwrap();
+        run = run_everything(&mut admin, &s, search_path, round);
+        assert_eq!(hijacks(&seen), Vec::<String>::new(), "search_path {search_path}: planted objects ran");
+    }
+    let logged: i64 =
+        admin.query_one("SELECT pg_catalog.count(*) FROM public.hijack_log", &[]).unwrap().get(0);
+    assert_eq!(logged, 0);
+    let log = server_log();
+    let since: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|l| l.contains("HIJACKED") && l.contains("e2e_search_path"))
+        .collect();
+    assert!(since.is_empty(), "the server log shows a hijack:\n{}", since.join("\n"));
+
+    // Every routine of the extension was run above.
+    let routines: Vec<String> = admin
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+              WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_bailian')
+                AND d.classid = 'pg_proc'::regclass ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut run: Vec<String> = run.into_iter().map(String::from).collect();
+    run.sort();
+    assert_eq!(routines, run, "a routine of the extension is not exercised by this test");
+}
