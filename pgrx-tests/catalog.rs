@@ -404,9 +404,14 @@ fn delegated_deployment_grants_exactly_what_it_says() {
         (deploy_sql("m", "qwen-plus", "file:/etc/passwd", ""), "42501 key file /etc/passwd is not allowed: pg_bailian.key_directory is not set"),
         (
             deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'https://collector.example.com/v1'"),
-            "42501 base_url host collector.example.com (port 443) is not in pg_bailian.allowed_hosts",
+            "42501 base_url https://collector.example.com:443 is not allowed by pg_bailian.allowed_hosts",
         ),
-        (deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'http://127.0.0.1:9/v1'"), "42501 base_url host 127.0.0.1 (port 9)"),
+        (deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'http://127.0.0.1:9/v1'"), "42501 base_url http://127.0.0.1:9 is not allowed"),
+        // Listed hosts are reached over https only, unless listed as http://host.
+        (
+            deploy_sql("m", "qwen-plus", SECRET, ", base_url => 'http://dashscope.aliyuncs.com/compatible-mode/v1'"),
+            "42501 base_url http://dashscope.aliyuncs.com:80 is not allowed",
+        ),
     ];
     let before = catalog_snapshot();
     for (sql, expected) in &cases {

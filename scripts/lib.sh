@@ -139,7 +139,7 @@ log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = info
 log_error_verbosity = verbose
 # The stand-in listens on loopback: let roles that may deploy (not only superusers) use it.
-pg_bailian.allowed_hosts = '127.0.0.1, localhost, dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com'
+pg_bailian.allowed_hosts = 'http://127.0.0.1, http://localhost, dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com'
 EOF
     chown postgres:postgres "$PGDATA_DIR/pg_bailian_cluster.conf"
     cluster_stop quiet

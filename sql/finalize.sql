@@ -47,7 +47,14 @@ BEGIN
 END
 $acl$;
 
+-- What everyone may use, granted explicitly: default privileges that revoke EXECUTE from
+-- PUBLIC must not take the AI functions away from their users either.
 GRANT SELECT ON ai_models TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(text, text, text, jsonb),
+    ai_embed(text, text), ai_embed_batch(text, text[]), ai_gen_batch(text, text[], jsonb),
+    ai_supported_models() TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE ai_embed_column(regclass, name, name, text, int),
+    ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
 
 -- pg_dump dumps the two catalog tables (pg_extension_config_dump), so whoever dumps the
 -- database must read them: its owner may (the keys in them are sealed). PostgreSQL 14 and

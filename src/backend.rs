@@ -34,14 +34,47 @@ fn backend() -> Result<&'static Backend, AiError> {
     })
 }
 
+unsafe extern "C-unwind" {
+    /// What the inline `PostmasterIsAlive()` of storage/pmsignal.h calls (exported by the
+    /// server since PostgreSQL 12; pgrx's bindings leave the inline out): a non-blocking read
+    /// of the postmaster-death pipe.
+    fn PostmasterIsAliveInternal() -> bool;
+}
+
+/// How often a wait asks whether the postmaster is alive (one read(2) each time).
+const POSTMASTER_CHECK: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// When the postmaster was last seen alive; None once it was seen dead (for good).
+    static POSTMASTER_SEEN: std::cell::Cell<Option<Option<std::time::Instant>>> =
+        const { std::cell::Cell::new(Some(None)) };
+}
+
+/// False once the postmaster is gone. Asked no more often than POSTMASTER_CHECK; a death,
+/// once seen, is remembered.
+fn postmaster_alive() -> bool {
+    let Some(last) = POSTMASTER_SEEN.with(|c| c.get()) else { return false };
+    let now = std::time::Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < POSTMASTER_CHECK) {
+        return true;
+    }
+    // SAFETY: a non-blocking read on the pipe the postmaster holds open; it raises nothing
+    // but a FATAL for a broken pipe, which ends the process as postmaster death would.
+    let alive = unsafe { PostmasterIsAliveInternal() };
+    POSTMASTER_SEEN.with(|c| c.set(alive.then_some(Some(now))));
+    alive
+}
+
 /// PostgreSQL's interrupts, as a wait in the runtime sees them.
 struct PgInterrupts;
 
 impl Interrupts for PgInterrupts {
+    /// An interrupt, or the postmaster's death: an orphaned backend must not go on waiting
+    /// (and sending) while a new postmaster cannot start because it still holds shared memory.
     fn pending(&self) -> bool {
         // SAFETY: a plain read of a sig_atomic_t flag that signal handlers set; we are on the
         // backend's thread (the runtime is current-thread).
-        unsafe { pg_sys::InterruptPending != 0 }
+        unsafe { std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0 || !postmaster_alive() }
     }
 
     /// A cancel or termination ends the wait (the caller raises PostgreSQL's error after the
@@ -50,6 +83,12 @@ impl Interrupts for PgInterrupts {
     /// requests still in flight. Should it raise an ERROR, pgrx unwinds it as a panic through
     /// the wait, dropping the requests on the way; a FATAL ends the process.
     fn service(&self) -> Result<(), AiError> {
+        if !postmaster_alive() {
+            // SAFETY: what a latch wait with WL_EXIT_ON_PM_DEATH does: exit at once, running
+            // the on_proc_exit callbacks; Rust frames are not unwound, and nothing of ours
+            // outlives the process (sockets close with it).
+            unsafe { pg_sys::proc_exit(1) };
+        }
         // SAFETY: plain reads of sig_atomic_t flags, on the backend's thread.
         if unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 } {
             return Err(AiError::Interrupted);

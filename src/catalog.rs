@@ -89,6 +89,17 @@ fn may_manage(caller: pg_sys::Oid, owner: &str) -> bool {
     }
 }
 
+/// Whether the role named `role` exists and is a superuser now.
+fn is_superuser(role: &str) -> bool {
+    let Ok(role) = CString::new(role) else { return false };
+    // SAFETY: get_role_oid with missing_ok=true returns InvalidOid instead of raising;
+    // superuser_arg reads the role's entry.
+    unsafe {
+        let oid = pg_sys::get_role_oid(role.as_ptr(), true);
+        oid != pg_sys::Oid::INVALID && pg_sys::superuser_arg(oid)
+    }
+}
+
 fn not_owner(name: &str, owner: &str, verb: &str) -> AiError {
     AiError::NotAllowed {
         message: format!(
@@ -164,7 +175,8 @@ fn invalidate() {
 
 const LOAD: &str = "
 SELECT m.model_type, m.params, m.max_retries, m.initial_retry_delay, m.max_retry_delay,
-       m.timeout, m.region, m.base_url, m.requests_per_minute, m.tokens_per_minute, k.api_key
+       m.timeout, m.region, m.base_url, m.requests_per_minute, m.tokens_per_minute, k.api_key,
+       m.deployed_by::pg_catalog.text
   FROM bailian.models m
   JOIN bailian.model_keys k ON k.model_name OPERATOR(pg_catalog.=) m.model_name
  WHERE m.model_name OPERATOR(pg_catalog.=) $1";
@@ -197,10 +209,11 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
                     api_key: None,
                 },
                 row.get::<String>(11).map_err(get_err)?.unwrap_or_default(),
+                row.get::<String>(12).map_err(get_err)?.unwrap_or_default(),
             )))
         })
     })?;
-    let Some((args, stored_key)) = args else {
+    let Some((args, stored_key, deployed_by)) = args else {
         return Err(AiError::ModelNotDeployed {
             name: name.to_string(),
             hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
@@ -219,6 +232,19 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
     let deployment = Deployment::from_catalog(args, key).map_err(|e| {
         AiError::invalid(format!("deployed model \"{name}\" is no longer valid: {e}; redeploy it"))
     })?;
+    // The host list applies at every use of a model a non-superuser deployed, so narrowing
+    // it takes effect for models already deployed (as the key lists do).
+    if let Some(url) = &deployment.base_url {
+        if !is_superuser(&deployed_by) {
+            crate::guc::policy().check_host(url).map_err(|e| match e {
+                AiError::NotAllowed { message, hint } => AiError::NotAllowed {
+                    message: format!("model \"{name}\" was deployed by role \"{deployed_by}\": {message}"),
+                    hint,
+                },
+                other => other,
+            })?;
+        }
+    }
     let deployment = Arc::new(deployment);
     with_cache(|c| c.models.insert(name.to_string(), deployment.clone()));
     Ok(deployment)

@@ -15,8 +15,9 @@
 //!   plpgsql EXCEPTION block (never reported) does not leave it set.
 //! - the same hook replaces anything shaped like a Bailian key (`sk-` and 8 or more key
 //!   characters) in message, detail, hint, context and internal query with its hint, in place
-//!   (the hint is never longer than the token, so no allocation happens while reporting an
-//!   error), and hides the statement when it holds such a token.
+//!   and on bytes (the hint is never longer than the token: nothing is allocated while an
+//!   error is being reported, and any server encoding works), and hides the statement when
+//!   it holds such a token.
 //! - `pg_stat_activity.query` is rewritten with the keys replaced while the function runs, so
 //!   the text left there after the statement (an idle session shows its last query) holds
 //!   none.
@@ -26,7 +27,7 @@
 //! `session_preload_libraries`), and keys that are not shaped like Bailian keys outside
 //! `ai_deploy_model`. `env:` and `file:` keys avoid the question entirely.
 
-use bailian_core::secret::scrub_keys;
+use bailian_core::secret::{has_key_token, scrub_keys, scrub_keys_in_place};
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,8 +123,7 @@ fn statement_quotes_a_key() -> bool {
         return false;
     }
     // SAFETY: as above.
-    let text = unsafe { CStr::from_ptr(query) }.to_string_lossy();
-    scrub_keys(&text) != text
+    has_key_token(unsafe { CStr::from_ptr(query) }.to_bytes())
 }
 
 /// Overwrites key-shaped tokens of the C string at `s` with their hints.
@@ -134,20 +134,14 @@ unsafe fn redact_in_place(s: *mut c_char) {
     if s.is_null() {
         return;
     }
-    // SAFETY: per the function's contract.
-    let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
-    let Ok(text) = std::str::from_utf8(bytes) else { return };
-    if !text.contains("sk-") {
-        return;
-    }
-    let redacted = scrub_keys(text);
-    // A hint ("sk-...abcd", 10 bytes) never exceeds the token it replaces (at least 11).
-    if redacted.len() <= bytes.len() && redacted != text {
-        // SAFETY: writes at most the original length plus the terminator into the same buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(redacted.as_ptr(), s.cast::<u8>(), redacted.len());
-            *s.add(redacted.len()) = 0;
-        }
+    // SAFETY: per the function's contract: the string and its terminator are ours to write.
+    let bytes = unsafe {
+        let len = CStr::from_ptr(s).to_bytes().len();
+        std::slice::from_raw_parts_mut(s.cast::<u8>(), len)
+    };
+    let len = scrub_keys_in_place(bytes);
+    if len < bytes.len() {
+        bytes[len] = 0;
     }
 }
 

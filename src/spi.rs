@@ -40,8 +40,12 @@ impl Drop for NonAtomicSpi {
 
 /// An internal subtransaction, as a plpgsql `BEGIN ... EXCEPTION` block makes one: release it
 /// to keep its work, roll it back to undo it. Dropping it without either rolls it back.
+///
+/// It may stay open across several steps of a job, each in a scratch memory context of its
+/// own; so ending it restores the memory context current when it ends (ending a
+/// subtransaction switches to the parent's CurTransactionContext), and the resource owner
+/// current when it began (a subtransaction never spans a commit).
 pub struct SubTransaction {
-    memory: pg_sys::MemoryContext,
     owner: pg_sys::ResourceOwner,
     open: bool,
 }
@@ -56,7 +60,7 @@ impl SubTransaction {
             let owner = pg_sys::CurrentResourceOwner;
             pg_sys::BeginInternalSubTransaction(std::ptr::null());
             pg_sys::MemoryContextSwitchTo(memory);
-            SubTransaction { memory, owner, open: true }
+            SubTransaction { owner, open: true }
         }
     }
 
@@ -65,8 +69,9 @@ impl SubTransaction {
         // SAFETY: the subtransaction begun above is the current one; the caller's memory
         // context and resource owner are restored after it ends.
         unsafe {
+            let memory = pg_sys::CurrentMemoryContext;
             pg_sys::ReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(self.memory);
+            pg_sys::MemoryContextSwitchTo(memory);
             pg_sys::CurrentResourceOwner = self.owner;
         }
     }
@@ -80,8 +85,9 @@ impl SubTransaction {
         // SAFETY: as in release(); rolling back releases what the subtransaction acquired
         // (locks, buffers, nested SPI connections) through its resource owner.
         unsafe {
+            let memory = pg_sys::CurrentMemoryContext;
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(self.memory);
+            pg_sys::MemoryContextSwitchTo(memory);
             pg_sys::CurrentResourceOwner = self.owner;
         }
     }
@@ -92,6 +98,54 @@ impl Drop for SubTransaction {
         if self.open {
             self.abort();
         }
+    }
+}
+
+/// A memory context for what one step of a long job allocates (datums built for a statement,
+/// values read back), emptied after each step. Without it, such allocations land in the
+/// procedure's SPI context, which lives as long as the CALL: a job over 100,000 rows would
+/// keep every row's vector.
+pub struct Scratch(pg_sys::MemoryContext);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        // SAFETY: a child of TopMemoryContext, so it outlives the job's commits; deleted on
+        // drop (also when an error unwinds through its owner).
+        Scratch(unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                pg_sys::TopMemoryContext,
+                c"pg_bailian job step".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            )
+        })
+    }
+
+    /// Runs `f` with this context current, then empties it.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Back(pg_sys::MemoryContext);
+        impl Drop for Back {
+            fn drop(&mut self) {
+                // SAFETY: switches back to the context current before run(), which outlives
+                // it; runs also when f unwinds, so the scratch context is never left current.
+                unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
+            }
+        }
+        // SAFETY: the scratch context is alive (owned by self).
+        let back = Back(unsafe { pg_sys::MemoryContextSwitchTo(self.0) });
+        let out = f();
+        drop(back);
+        // SAFETY: nothing allocated in the step is used after it: results are Rust values.
+        unsafe { pg_sys::MemoryContextReset(self.0) };
+        out
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: deletes the context created in new(); run() never leaves it current.
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
     }
 }
 

@@ -124,7 +124,8 @@ fn rows_locked_by_another_transaction_are_skipped_and_reported() {
 }
 
 /// Keys of every shape: composite, text, uuid, with INCLUDE columns (which may be NULL: they
-/// are not part of the key), a partitioned table.
+/// are not part of the key), a partitioned table, char(n) and bit(n) (whose casts need the
+/// typmod), floats (which must print in full to name their row again).
 #[test]
 fn primary_keys_of_any_shape() {
     let (mut c, db) = fresh_db("jobs_key_shapes");
@@ -144,11 +145,28 @@ fn primary_keys_of_any_shape() {
          CREATE TABLE parted (id bigint, day date, body text, emb real[], PRIMARY KEY (day, id)) PARTITION BY RANGE (day);
          CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
          CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
-         INSERT INTO parted SELECT g, date '2026-01-20' + (g % 20), 'parted row ' || g, NULL FROM generate_series(1, 27) g;",
+         INSERT INTO parted SELECT g, date '2026-01-20' + (g % 20), 'parted row ' || g, NULL FROM generate_series(1, 27) g;
+         CREATE TABLE chars (code char(10) PRIMARY KEY, body text, emb real[]);
+         INSERT INTO chars SELECT 'ORD' || lpad(g::text, 7, '0'), 'char row ' || g, NULL FROM generate_series(1, 19) g;
+         CREATE TABLE bits (b bit(8) PRIMARY KEY, body text, emb real[]);
+         INSERT INTO bits SELECT g::bit(8), 'bit row ' || g, NULL FROM generate_series(1, 17) g;
+         CREATE TABLE floats (x float8 PRIMARY KEY, body text, emb real[]);
+         INSERT INTO floats SELECT 1.0 / g, 'float row ' || g, NULL FROM generate_series(1, 21) g;",
     )
     .unwrap();
     let mut w = connect(&db);
-    for (table, rows) in [("composite", 36), ("texty", 31), ("uuids", 23), ("included", 25), ("parted", 27)] {
+    // A session that prints floats rounded: the job must still find its rows by key.
+    w.batch_execute("SET extra_float_digits = 0").unwrap();
+    for (table, rows) in [
+        ("composite", 36),
+        ("texty", 31),
+        ("uuids", 23),
+        ("included", 25),
+        ("parted", 27),
+        ("chars", 19),
+        ("bits", 17),
+        ("floats", 21),
+    ] {
         s.reset();
         w.batch_execute(&format!("CALL ai_embed_column('{table}', 'body', 'emb', 'emb', batch_size => 4)"))
             .unwrap_or_else(|e| panic!("{table}: {e}"));

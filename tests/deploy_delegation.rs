@@ -49,7 +49,7 @@ fn a_deployer_cannot_exfiltrate_the_environment() {
         collector.base_url()
     )));
     assert_eq!(code, "42501");
-    assert!(msg.starts_with("base_url host 127.0.0.1"), "{msg}");
+    assert!(msg.starts_with("base_url http://127.0.0.1:"), "{msg}");
     // Setting the list oneself is refused, also before the library is loaded (a placeholder
     // set by a role without the right is discarded when the real setting is defined).
     let mut fresh = connect_as(&db, "dlg_deployer");
@@ -68,6 +68,41 @@ fn a_deployer_cannot_exfiltrate_the_environment() {
     ))
     .unwrap();
     assert_eq!(collector.stats().requests, 0);
+}
+
+/// Narrowing pg_bailian.allowed_hosts also stops models a non-superuser deployed before; a
+/// superuser's models are not bound by the list.
+#[test]
+fn narrowing_the_host_list_applies_to_deployed_models() {
+    let (mut c, db) = fresh_db("delegation_narrow");
+    let s = standin();
+    fresh_role(&mut c, "dlg_narrow", "");
+    grant_deploy(&mut c, "dlg_narrow");
+    let mut d = connect_as(&db, "dlg_narrow");
+    d.batch_execute(&format!(
+        "SELECT ai_deploy_model('theirs', 'qwen-plus', 'env:PG_BAILIAN_DEMO_KEY', base_url => '{}')",
+        s.base_url()
+    ))
+    .unwrap();
+    deploy(&mut c, &s, "admins", "qwen-plus", "");
+    assert_eq!(
+        one_text(&mut c, "SELECT ai_gen('theirs', 'before')").as_deref(),
+        Some("Echo from qwen-plus: before")
+    );
+    c.batch_execute(&format!("ALTER DATABASE {db} SET pg_bailian.allowed_hosts = 'dashscope.aliyuncs.com'"))
+        .unwrap();
+    let mut user = connect(&db);
+    let (code, msg) = error_of(user.query_one("SELECT ai_gen('theirs', 'after')", &[]));
+    assert_eq!(code, "42501");
+    assert!(
+        msg.starts_with("model \"theirs\" was deployed by role \"dlg_narrow\": base_url http://127.0.0.1:"),
+        "{msg}"
+    );
+    assert_eq!(
+        one_text(&mut user, "SELECT ai_gen('admins', 'after')").as_deref(),
+        Some("Echo from qwen-plus: after")
+    );
+    assert_eq!(s.stats().requests, 2, "nothing was sent for the refused call");
 }
 
 /// A role cannot redirect another role's model (replace => true with its own base_url) nor

@@ -24,6 +24,7 @@ fn default_privileges_at_create_extension_grant_nothing() {
          ALTER DEFAULT PRIVILEGES GRANT ALL ON FUNCTIONS TO rest_snoop;
          ALTER DEFAULT PRIVILEGES GRANT ALL ON SCHEMAS TO rest_snoop, PUBLIC;
          ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO rest_snoop;
+         ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
          CREATE EXTENSION pg_bailian",
     )
     .unwrap();
@@ -37,6 +38,10 @@ fn default_privileges_at_create_extension_grant_nothing() {
         ("has_schema_privilege('rest_snoop', 'bailian', 'USAGE')", false),
         ("has_function_privilege('rest_snoop', 'ai_undeploy_model(text)', 'EXECUTE')", false),
         ("has_table_privilege('rest_snoop', 'ai_models', 'SELECT')", true),
+        // What everyone may use stays usable, whatever the default privileges revoke.
+        ("has_function_privilege('public', 'ai_gen(text,text,jsonb)', 'EXECUTE')", true),
+        ("has_function_privilege('public', 'ai_embed_column(regclass,name,name,text,integer)', 'EXECUTE')", true),
+        ("has_function_privilege('public', 'ai_deploy_model(text,text,text,jsonb,integer,float8,float8,float8,text,text,boolean,integer,integer)', 'EXECUTE')", false),
         ("has_table_privilege('rest_snoop', 'ai_models', 'INSERT')", false),
     ] {
         assert_eq!(has(&mut c, &format!("SELECT {check}")), expected, "{check}");

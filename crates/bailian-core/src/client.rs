@@ -120,7 +120,7 @@ impl Client {
     /// `ai_gen`: the assistant's text.
     pub async fn chat(&self, call: &Call<'_>, body: &Value) -> Result<(String, Usage), AiError> {
         let v = self.post(call, "/chat/completions", body).await?;
-        let out = request::parse_chat(call.model, &v)?;
+        let out = request::parse_chat(call.model, &v).map_err(|e| redacted(call, e))?;
         if let Some(limiter) = call.limiter {
             limiter.record_tokens(out.1.total_tokens);
         }
@@ -136,7 +136,8 @@ impl Client {
         dimension: Option<u32>,
     ) -> Result<Vec<Vec<f32>>, AiError> {
         let v = self.post(call, "/embeddings", body).await?;
-        let (vectors, usage) = request::parse_embeddings(call.model, &v, expected, dimension)?;
+        let (vectors, usage) =
+            request::parse_embeddings(call.model, &v, expected, dimension).map_err(|e| redacted(call, e))?;
         if let Some(limiter) = call.limiter {
             limiter.record_tokens(usage.total_tokens);
         }
@@ -274,6 +275,17 @@ fn describe_location(call: &Call<'_>, url: &str, location: Option<&[u8]>) -> Str
     target.set_fragment(None);
     let shown: String = call.key.redact(target.as_str()).chars().take(MAX_LOCATION_CHARS).collect();
     format!("to {}", request::without_nul(&shown))
+}
+
+/// A parse error's detail may quote the body, and a gateway may echo the request (its
+/// Authorization header included): the key is scrubbed out, whatever its shape.
+fn redacted(call: &Call<'_>, e: AiError) -> AiError {
+    match e {
+        AiError::MalformedResponse { model, detail } => {
+            AiError::MalformedResponse { model, detail: call.key.redact(&detail) }
+        }
+        other => other,
+    }
 }
 
 fn bytes_of(body: &Value) -> Vec<u8> {

@@ -458,7 +458,8 @@ mod tests {
         let d = Deployment::from_args(a.clone()).unwrap();
         assert!(d.check_policy(&Policy::default(), true).is_ok(), "superusers may use any host");
         assert_eq!(d.check_policy(&Policy::default(), false).unwrap_err().sqlstate(), "42501");
-        let loopback = Policy { hosts: crate::policy::HostList::parse("127.0.0.1"), ..Policy::default() };
+        let loopback =
+            Policy { hosts: crate::policy::HostList::parse("http://127.0.0.1"), ..Policy::default() };
         assert!(d.check_policy(&loopback, false).is_ok());
         a.base_url = None;
         a.api_key = Some("env:HOME".into());

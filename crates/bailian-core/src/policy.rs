@@ -9,7 +9,7 @@
 //! list takes effect for models already deployed.
 
 use crate::error::AiError;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// Default of `pg_bailian.allowed_env_keys`.
 pub const DEFAULT_ENV_KEYS: &str = "DASHSCOPE_API_KEY, PG_BAILIAN_*";
@@ -47,45 +47,38 @@ impl NameList {
 }
 
 /// A comma-separated list of hosts: `host`, `*.domain` (any subdomain, not the domain
-/// itself), each optionally with `:port` (else any port). Host names compare
+/// itself), each optionally with `:port` (else any port), reached over https; written
+/// `http://host`, plain http is allowed too (the API key would cross the network in clear,
+/// so only where that is meant: loopback, a gateway on a private network). Host names compare
 /// case-insensitively; IPv6 literals are written in brackets, as in a URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostList {
-    entries: Vec<(String, Option<u16>)>,
+    entries: Vec<HostEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HostEntry {
+    host: String,
+    port: Option<u16>,
+    http: bool,
 }
 
 impl HostList {
     pub fn parse(list: &str) -> HostList {
-        let entries = split_list(list)
-            .into_iter()
-            .map(|e| {
-                let e = e.to_ascii_lowercase();
-                // "[::1]:80" or "host:80"; a bare IPv6 literal without brackets has no port.
-                match e.rsplit_once(':') {
-                    Some((host, port))
-                        if !host.is_empty() && (host.ends_with(']') || !host.contains(':')) =>
-                    {
-                        match port.parse::<u16>() {
-                            Ok(p) => (host.to_string(), Some(p)),
-                            Err(_) => (e.clone(), None),
-                        }
-                    }
-                    _ => (e, None),
-                }
-            })
-            .collect();
+        let entries = split_list(list).into_iter().map(|e| HostEntry::parse(&e)).collect();
         HostList { entries }
     }
 
-    /// Whether `host` (as a URL shows it, brackets included for IPv6) at `port` is listed.
-    pub fn allows(&self, host: &str, port: u16) -> bool {
+    /// Whether `host` (as a URL shows it, brackets included for IPv6) at `port` over `scheme`
+    /// is listed.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
         let host = host.to_ascii_lowercase();
-        self.entries.iter().any(|(pattern, p)| {
-            let host_ok = match pattern.strip_prefix("*.") {
+        self.entries.iter().any(|e| {
+            let host_ok = match e.host.strip_prefix("*.") {
                 Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
-                None => *pattern == host,
+                None => e.host == host,
             };
-            host_ok && p.is_none_or(|p| p == port)
+            host_ok && e.port.is_none_or(|p| p == port) && (scheme == "https" || e.http && scheme == "http")
         })
     }
 
@@ -93,15 +86,37 @@ impl HostList {
         if self.entries.is_empty() {
             return "(none)".into();
         }
-        let shown: Vec<String> = self
-            .entries
-            .iter()
-            .map(|(h, p)| match p {
-                Some(p) => format!("{h}:{p}"),
-                None => h.clone(),
-            })
-            .collect();
-        shown.join(", ")
+        self.entries.iter().map(HostEntry::shown).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl HostEntry {
+    fn parse(entry: &str) -> HostEntry {
+        let e = entry.to_ascii_lowercase();
+        let (http, e) = match e.strip_prefix("http://") {
+            Some(rest) => (true, rest),
+            None => (false, e.strip_prefix("https://").unwrap_or(&e)),
+        };
+        let e = e.trim_end_matches('/');
+        // "[::1]:80" or "host:80"; a bare IPv6 literal without brackets has no port.
+        let (host, port) = match e.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && (host.ends_with(']') || !host.contains(':')) => {
+                match port.parse::<u16>() {
+                    Ok(p) => (host, Some(p)),
+                    Err(_) => (e, None),
+                }
+            }
+            _ => (e, None),
+        };
+        HostEntry { host: host.to_string(), port, http }
+    }
+
+    fn shown(&self) -> String {
+        let scheme = if self.http { "http://" } else { "" };
+        match self.port {
+            Some(p) => format!("{scheme}{}:{p}", self.host),
+            None => format!("{scheme}{}", self.host),
+        }
     }
 }
 
@@ -145,8 +160,10 @@ impl Policy {
         })
     }
 
-    /// `file:PATH` may be read: PATH resolves (symbolic links and `..` followed) to a file
-    /// inside the key directory. Returns the resolved path, which is what must be opened.
+    /// `file:PATH` may be read: PATH is inside the key directory as written (no `.` or `..`
+    /// component), and still is once symbolic links are resolved. Returns the resolved path,
+    /// which is what must be opened. The lexical check comes first and answers the same for
+    /// any path outside, so a deployer learns nothing about the rest of the filesystem.
     pub fn check_file(&self, path: &Path) -> Result<PathBuf, AiError> {
         let not_allowed = |why: String| AiError::NotAllowed {
             message: format!("key file {} is not allowed: {why}", path.display()),
@@ -157,38 +174,45 @@ impl Policy {
                 "pg_bailian.key_directory is not set, so file: keys are disabled".into(),
             ));
         };
-        let dir = dir.canonicalize().map_err(|e| {
-            not_allowed(format!("the key directory {} cannot be resolved ({e})", dir.display()))
-        })?;
+        let outside =
+            || not_allowed(format!("it is not inside pg_bailian.key_directory ({})", dir.display()));
+        let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !plain || !path.starts_with(dir) || path == dir {
+            return Err(outside());
+        }
         let resolved = path.canonicalize().map_err(|e| AiError::ApiKeyUnavailable {
             model: String::new(),
             reason: format!("key file {} cannot be resolved ({e})", path.display()),
             hint: "Create the file, readable by the PostgreSQL server's operating-system user.".into(),
         })?;
-        if resolved.parent().is_some_and(|p| p.starts_with(&dir)) {
+        let real_dir = dir.canonicalize().map_err(|_| outside())?;
+        if resolved.parent().is_some_and(|p| p.starts_with(&real_dir)) {
             Ok(resolved)
         } else {
-            Err(not_allowed(format!("it is not inside pg_bailian.key_directory ({})", dir.display())))
+            Err(outside())
         }
     }
 
-    /// A non-superuser's `base_url` must name a listed host.
+    /// A non-superuser's `base_url` must name a listed host, over https unless the entry is
+    /// written http://.
     pub fn check_host(&self, url: &str) -> Result<(), AiError> {
         let parsed =
             reqwest::Url::parse(url).map_err(|e| AiError::invalid(format!("invalid base_url: {e}")))?;
         // host_str() writes IPv6 literals in brackets, as the list does.
         let host = parsed.host_str().unwrap_or_default().to_string();
         let port = parsed.port_or_known_default().unwrap_or(0);
-        if self.hosts.allows(&host, port) {
+        let scheme = parsed.scheme();
+        if self.hosts.allows(scheme, &host, port) {
             return Ok(());
         }
         Err(AiError::NotAllowed {
             message: format!(
-                "base_url host {host} (port {port}) is not in pg_bailian.allowed_hosts ({})",
+                "base_url {scheme}://{host}:{port} is not allowed by pg_bailian.allowed_hosts ({})",
                 self.hosts.shown()
             ),
             hint: "Use region => 'beijing' | 'singapore' | 'virginia', ask a superuser to deploy the model, \
-                   or have a superuser add the host to pg_bailian.allowed_hosts."
+                   or have a superuser add the host to pg_bailian.allowed_hosts (written http://host to \
+                   allow plain http)."
                 .into(),
         })
     }
@@ -217,22 +241,29 @@ mod tests {
         let p = Policy::default();
         assert!(p.check_host("https://dashscope.aliyuncs.com/compatible-mode/v1").is_ok());
         assert!(p.check_host("https://DashScope-Intl.aliyuncs.com/compatible-mode/v1").is_ok());
-        assert!(p.check_host("http://x-hangzhou.opensearch.aliyuncs.com/v3").is_ok());
+        assert!(p.check_host("https://x-hangzhou.opensearch.aliyuncs.com/v3").is_ok());
         for bad in [
             "https://opensearch.aliyuncs.com/v3",
             "https://dashscope.aliyuncs.com.evil.example/v1",
             "https://evildashscope.aliyuncs.com/v1",
             "http://127.0.0.1:9/v1",
             "http://[::1]:9/v1",
+            // Listed hosts are https-only: the key must not cross the network in clear.
+            "http://dashscope.aliyuncs.com/compatible-mode/v1",
         ] {
             let e = p.check_host(bad).unwrap_err();
             assert_eq!(e.sqlstate(), "42501", "{bad}");
         }
-        let loopback = HostList::parse("127.0.0.1, localhost:8080, [::1]");
-        assert!(loopback.allows("127.0.0.1", 1234));
-        assert!(loopback.allows("localhost", 8080) && !loopback.allows("localhost", 8081));
-        assert!(loopback.allows("[::1]", 80));
-        assert!(!HostList::parse("").allows("127.0.0.1", 80));
+        assert_eq!(
+            p.check_host("http://dashscope.aliyuncs.com/compatible-mode/v1").unwrap_err().to_string(),
+            format!("base_url http://dashscope.aliyuncs.com:80 is not allowed by pg_bailian.allowed_hosts ({DEFAULT_HOSTS})")
+        );
+        let loopback = HostList::parse("http://127.0.0.1, localhost:8080, http://[::1]");
+        assert!(loopback.allows("http", "127.0.0.1", 1234) && loopback.allows("https", "127.0.0.1", 1234));
+        assert!(loopback.allows("https", "localhost", 8080) && !loopback.allows("http", "localhost", 8080));
+        assert!(!loopback.allows("https", "localhost", 8081));
+        assert!(loopback.allows("http", "[::1]", 80));
+        assert!(!HostList::parse("").allows("https", "127.0.0.1", 80));
     }
 
     #[test]
@@ -252,6 +283,13 @@ mod tests {
         assert_eq!(p.check_file(&dir.join("link")).unwrap_err().sqlstate(), "42501");
         assert_eq!(p.check_file(&root.join("outside")).unwrap_err().sqlstate(), "42501");
         assert_eq!(p.check_file(&dir.join("missing")).unwrap_err().sqlstate(), "ZBK01");
+        // Outside the directory, existing or not, readable or not: the same answer.
+        let e = |path: &str| p.check_file(Path::new(path)).unwrap_err().to_string();
+        assert_eq!(
+            e("/etc/shadow").replace("/etc/shadow", "X"),
+            e("/no/such/file").replace("/no/such/file", "X")
+        );
+        assert_eq!(p.check_file(&dir).unwrap_err().sqlstate(), "42501");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -168,6 +168,7 @@ impl KeySource {
 /// content never appears in a message: the file may hold anything.
 fn read_key_file(model: &str, path: &Path, resolved: &Path) -> Result<ApiKey, AiError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let fail = |what: String| {
         unavailable(
             model,
@@ -176,7 +177,13 @@ fn read_key_file(model: &str, path: &Path, resolved: &Path) -> Result<ApiKey, Ai
              the key alone on one line.",
         )
     };
-    let file = std::fs::File::open(resolved).map_err(|e| fail(format!("cannot be opened ({e})")))?;
+    // Non-blocking, so that a FIFO put there cannot hang the backend in open(); the type is
+    // checked on the open file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(resolved)
+        .map_err(|e| fail(format!("cannot be opened ({e})")))?;
     let meta = file.metadata().map_err(|e| fail(format!("cannot be read ({e})")))?;
     if !meta.is_file() {
         return Err(fail("is not a regular file".into()));
@@ -265,9 +272,79 @@ pub fn scrub_keys(text: &str) -> String {
     out
 }
 
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Where the next key-shaped token starts at or after `from`, and its length: `sk-` and 8 or
+/// more key characters, not preceded by a key character (the rule of `scrub_keys`).
+fn next_key_token(bytes: &[u8], mut from: usize) -> Option<(usize, usize)> {
+    while from + 3 <= bytes.len() {
+        let pos = from + bytes[from..].windows(3).position(|w| w == b"sk-")?;
+        let len = bytes[pos + 3..].iter().take_while(|b| is_key_byte(**b)).count();
+        if len >= 8 && (pos == 0 || !is_key_byte(bytes[pos - 1])) {
+            return Some((pos, 3 + len));
+        }
+        from = pos + 3 + len;
+    }
+    None
+}
+
+/// Whether `bytes` hold a key-shaped token. Allocates nothing.
+pub fn has_key_token(bytes: &[u8]) -> bool {
+    next_key_token(bytes, 0).is_some()
+}
+
+/// `scrub_keys` on bytes, in place: returns the new length (never longer: a hint is 10 bytes,
+/// a token at least 11). Allocates nothing, so it is safe while PostgreSQL reports an error,
+/// and works on text in any server encoding (the tokens are ASCII, and every byte of a
+/// multibyte character is outside ASCII in the encodings PostgreSQL allows on the server).
+pub fn scrub_keys_in_place(buf: &mut [u8]) -> usize {
+    let (mut read, mut write) = (0, 0);
+    while let Some((start, len)) = next_key_token(buf, read) {
+        buf.copy_within(read..start, write);
+        write += start - read;
+        let mut hint = [0u8; 10];
+        hint[..6].copy_from_slice(b"sk-...");
+        hint[6..].copy_from_slice(&buf[start + len - 4..start + len]);
+        buf[write..write + 10].copy_from_slice(&hint);
+        write += 10;
+        read = start + len;
+    }
+    buf.copy_within(read.., write);
+    write + (buf.len() - read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The in-place version agrees with scrub_keys on any text, and never grows it.
+        #[test]
+        fn in_place_scrubbing_agrees(parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                "sk-[A-Za-z0-9_-]{0,20}", "[a-z -]{0,6}", "\\PC{0,4}", proptest::strategy::Just("sk-".to_string())
+            ],
+            0..12,
+        )) {
+            let text: String = parts.concat();
+            let mut bytes = text.clone().into_bytes();
+            let n = scrub_keys_in_place(&mut bytes);
+            proptest::prop_assert!(n <= text.len());
+            let scrubbed = scrub_keys(&text);
+            proptest::prop_assert_eq!(&bytes[..n], scrubbed.as_bytes());
+            proptest::prop_assert_eq!(has_key_token(text.as_bytes()), scrubbed != text);
+        }
+    }
+
+    #[test]
+    fn in_place_scrubbing_works_on_any_bytes() {
+        let mut latin1 = b"mod\xe8le 'sk-e2esecret-0000' \xff sk-short".to_vec();
+        let n = scrub_keys_in_place(&mut latin1);
+        assert_eq!(&latin1[..n], b"mod\xe8le 'sk-...0000' \xff sk-short");
+        assert!(!has_key_token(b"risk-management sk-abc"));
+    }
 
     #[test]
     fn parses_literal_and_env_keys() {

@@ -1,17 +1,21 @@
 //! Claims on rows a column job has read but not yet written, so that two sessions filling the
 //! same column never send the same row.
 //!
-//! A job commits every batch, which releases its row locks while later rows are still queued
-//! or on the wire; another session could then pick those rows up and pay for them twice. A
-//! claim is a session-level advisory lock (it survives commits) on (table, target column,
-//! key), taken when the row is read and released once the row's outcome is written or known.
-//! A written row stays protected until its commit by the row lock its UPDATE holds: another
-//! job reading it before then skips it as locked, and after the commit sees it filled.
+//! A job holds no row locks while its requests are in flight (they would block writers to
+//! those rows for as long as the provider takes), and it commits every batch; another session
+//! could then pick the same rows up and pay for them twice. A claim is a session-level lock (it
+//! survives commits) on (table, target column, key), taken when the row is read and released
+//! once the row's outcome is written. A written row stays protected until its commit by the
+//! row lock its UPDATE holds: another job reading it before then skips it as locked, and after
+//! the commit sees it filled. A row that failed keeps its claim until the job ends, so that a
+//! session reading behind this one does not pay for the same failure again.
 //!
-//! Claims live in PostgreSQL's shared lock table (as `pg_try_advisory_lock(int4, int4)`
-//! would: `pg_locks` shows them with classid = the table's oid and objsubid = 2), at most a
-//! job's read-ahead plus its requests in flight. They are released on every way out,
-//! including an error unwinding through the job; a backend that exits releases them anyway.
+//! Claims are advisory locks in PostgreSQL's shared lock table, in a space of their own
+//! (`pg_locks` shows them as locktype advisory, classid = the table's oid, objsubid = 20562):
+//! `pg_advisory_lock` and friends use objsubid 1 and 2, so no SQL call can take or block a
+//! claim, nor wait on one. At most a job's read-ahead plus its requests in flight (and its
+//! failed rows) are held; they are released on every way out, including an error unwinding
+//! through the job, and a backend that exits releases them anyway.
 
 use pgrx::pg_sys;
 use std::collections::HashSet;
@@ -25,11 +29,17 @@ pub struct Claims {
     table: pg_sys::Oid,
     column: i16,
     held: HashSet<Claim>,
+    /// Claims of failed rows, released when the job ends.
+    kept: HashSet<Claim>,
 }
+
+/// The advisory-lock space of claims ("PR" for pg_bailian rows): not 1 or 2, the spaces of
+/// pg_advisory_lock(bigint) and pg_advisory_lock(int, int).
+const CLAIM_SPACE: u16 = 0x5052;
 
 impl Claims {
     pub fn new(table: pg_sys::Oid, column: i16) -> Claims {
-        Claims { table, column, held: HashSet::new() }
+        Claims { table, column, held: HashSet::new(), kept: HashSet::new() }
     }
 
     /// The claim for the row with these key values.
@@ -55,13 +65,13 @@ impl Claims {
     }
 
     fn tag(&self, claim: Claim) -> pg_sys::LOCKTAG {
-        // SET_LOCKTAG_INT32(tag, table, hash): what pg_try_advisory_lock(int4, int4) locks.
+        // SET_LOCKTAG_INT32's layout, in a space of our own (field4).
         pg_sys::LOCKTAG {
             // SAFETY: MyDatabaseId is set at connection start and never changes afterwards.
             locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
             locktag_field2: self.table.to_u32(),
             locktag_field3: claim.0,
-            locktag_field4: 2,
+            locktag_field4: CLAIM_SPACE,
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         }
@@ -71,7 +81,7 @@ impl Claims {
     /// already holds (two keys hashing alike) counts as taken: the second row waits for a
     /// later CALL rather than share the first one's claim.
     pub fn try_take(&mut self, claim: Claim) -> bool {
-        if self.held.contains(&claim) {
+        if self.held.contains(&claim) || self.kept.contains(&claim) {
             return false;
         }
         let tag = self.tag(claim);
@@ -83,13 +93,20 @@ impl Claims {
                 true
             }
             pg_sys::LockAcquireResult::LOCKACQUIRE_ALREADY_HELD => {
-                // The session held it already (the user's own advisory lock of the same
-                // numbers): undo the extra count and leave the row alone.
+                // Not ours by the sets above, so left by a job of this session that ended
+                // without releasing it (it cannot be; be safe): undo the extra count.
                 // SAFETY: releases the count just added.
                 unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true) };
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Keeps a failed row's claim until the job ends.
+    pub fn keep_until_the_end(&mut self, claim: Claim) {
+        if self.held.remove(&claim) {
+            self.kept.insert(claim);
         }
     }
 
@@ -104,7 +121,8 @@ impl Claims {
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        for claim in std::mem::take(&mut self.held) {
+        let all = std::mem::take(&mut self.held).into_iter().chain(std::mem::take(&mut self.kept));
+        for claim in all {
             let tag = self.tag(claim);
             // SAFETY: as in release(); also safe while an error unwinds (pgrx has flushed the
             // error state, and releasing a lock only touches the lock manager's tables).

@@ -19,7 +19,9 @@
 //! running out of memory) end it; committed batches stay, and a later CALL resumes.
 //!
 //! Deferred constraints are made immediate in every transaction of the job, so that their
-//! violations surface on the row's own statement rather than at COMMIT.
+//! violations surface on the row's own statement rather than at COMMIT. Keys travel as text
+//! and are cast back to the column's exact type (typmod included), with floats printed in
+//! full (`extra_float_digits = 3`), so that every key names its row again.
 
 mod claims;
 mod progress;
@@ -30,7 +32,7 @@ use super::generate::call_params;
 use crate::backend::{self, Target};
 use crate::catalog;
 use crate::entry::sql_entry;
-use crate::spi::{try_in, Caught, NonAtomicSpi, SubTransaction};
+use crate::spi::{try_in, Caught, NonAtomicSpi, Scratch, SubTransaction};
 use bailian_core::client::embed_each;
 use bailian_core::registry::Task;
 use bailian_core::{request, AiError};
@@ -156,7 +158,8 @@ enum Value {
 fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Datum>, AiError> {
     let job = Job::from_args(fcinfo, task)?;
     let procedure = job.procedure;
-    if !nonatomic(fcinfo) {
+    // SAFETY: a plain read of the transaction state.
+    if !nonatomic(fcinfo) || unsafe { pg_sys::IsSubTransaction() } {
         return Err(AiError::TransactionControl {
             message: format!(
                 "{procedure} commits after every batch, so it cannot run inside a transaction block"
@@ -185,7 +188,7 @@ fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Da
     table.check_privileges(procedure)?;
 
     let connection = NonAtomicSpi::connect()?;
-    immediate_constraints()?;
+    transaction_settings()?;
     let total = Spi::connect(|c| {
         c.select(&table.count_sql(), None, &[]).map_err(spi)?.first().get::<i64>(1).map_err(spi)
     })?
@@ -200,6 +203,8 @@ fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Da
     let per_unit = if embedding { d.spec.max_inputs_per_request.unwrap_or(1).max(1) as usize } else { 1 };
     let ahead = crate::guc::max_concurrency() * per_unit * 2;
     let writer = Writer::prepare(&table)?;
+    // Declared after the connection and before the state: dropped in between.
+    let scratch = Scratch::new();
     let state = RefCell::new(State {
         reader: Reader {
             table: &table,
@@ -213,7 +218,7 @@ fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Da
         writer,
         since_commit: 0,
     });
-    state.borrow_mut().top_up(ahead)?;
+    scratch.run(|| state.borrow_mut().top_up(ahead))?;
 
     let model = d.embedding_model();
     backend::drive(
@@ -239,38 +244,48 @@ fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Da
             })
         },
         |(rows, results)| {
-            let mut s = state.borrow_mut();
-            for (row, result) in rows.into_iter().zip(results) {
-                match result {
-                    Ok(value) => s.write(row, value)?,
-                    Err(AiError::Interrupted) => return Err(AiError::Interrupted),
-                    Err(e) => {
-                        s.progress.failure(&row.key, &format!("{} {e}", e.sqlstate()));
-                        s.claims.release(row.claim);
+            scratch.run(|| {
+                let mut s = state.borrow_mut();
+                for (row, result) in rows.into_iter().zip(results) {
+                    match result {
+                        Ok(value) => s.write(row, value)?,
+                        Err(AiError::Interrupted) => return Err(AiError::Interrupted),
+                        Err(e) => {
+                            s.progress.failure(&row.key, &format!("{} {e}", e.sqlstate()));
+                            s.claims.keep_until_the_end(row.claim);
+                        }
                     }
+                    s.since_commit += 1;
                 }
-                s.since_commit += 1;
-            }
-            if s.since_commit >= job.batch_size {
-                s.commit(&connection)?;
-            }
-            s.top_up(ahead)
+                if s.since_commit >= job.batch_size {
+                    s.commit(&connection)?;
+                }
+                s.top_up(ahead)
+            })
         },
     )?;
     let mut s = state.into_inner();
-    if s.since_commit > 0 {
-        s.commit(&connection)?;
-    }
-    s.recheck_locked()?;
+    scratch.run(|| {
+        if s.since_commit > 0 {
+            s.commit(&connection)?;
+        }
+        s.recheck_locked()
+    })?;
     s.progress.finish();
     drop(s);
     drop(connection);
     Ok(None)
 }
 
-/// `SET CONSTRAINTS ALL IMMEDIATE` for the current transaction (see the module doc).
-fn immediate_constraints() -> Result<(), AiError> {
-    Spi::connect_mut(|c| c.update("SET CONSTRAINTS ALL IMMEDIATE", None, &[]).map(drop)).map_err(spi)
+/// Settings for each transaction of the job: deferred constraints checked per row (see the
+/// module doc), and floats written with all their digits, so that a float key read as text
+/// names the same row when it is compared again.
+fn transaction_settings() -> Result<(), AiError> {
+    Spi::connect_mut(|c| {
+        c.update("SET CONSTRAINTS ALL IMMEDIATE", None, &[])?;
+        c.update("SET LOCAL extra_float_digits = 3", None, &[]).map(drop)
+    })
+    .map_err(spi)
 }
 
 struct State<'t> {
@@ -309,7 +324,7 @@ impl State<'_> {
         connection.commit();
         self.since_commit = 0;
         self.progress.committed();
-        immediate_constraints()
+        transaction_settings()
     }
 
     /// Rows found locked may have been another job's writes, committed since: those count as
@@ -381,17 +396,21 @@ impl Reader<'_> {
             }
         }
         if !claimed.is_empty() {
-            // Claimed rows still to fill, locked for this transaction unless another one
-            // holds them; the source is re-read, as it may have changed.
+            // Which claimed rows are still to fill and not locked by another transaction: a
+            // SKIP LOCKED read in a subtransaction rolled back at once, so that no row lock is
+            // held while requests are in flight (the write takes its own, and skips a row
+            // locked by then). The source is re-read, as it may have changed.
             let identities: Vec<Option<String>> =
                 claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
             let args = || [after.clone().into(), Some(last.clone()).into(), identities.clone().into()];
+            let probe = SubTransaction::begin();
             let lockable: HashMap<String, String> = Spi::connect_mut(|c| {
                 rows_of(self.table, c.update(&self.table.lock_page_sql(), None, &args()).map_err(spi)?)
             })?
             .into_iter()
             .map(|r| (r.identity, r.source))
             .collect();
+            probe.rollback();
             let mut unlockable = Vec::new();
             for (row, claim) in claimed {
                 match lockable.get(&row.identity) {
@@ -466,19 +485,17 @@ impl Writer {
     fn attempt(&mut self, row: &Pending, value: &Value) -> Result<Outcome, String> {
         let sub = self.slab.take().unwrap_or_else(SubTransaction::begin);
         let plan = AssertUnwindSafe(&self.plan);
-        let args = AssertUnwindSafe((
-            match value {
-                Value::Vector(v) => v.clone().into(),
-                Value::Text(t) => t.as_str().into(),
-            },
-            row.key.clone(),
-            row.source.clone(),
-        ));
+        let args = AssertUnwindSafe((value, &row.key, &row.source));
         let (result, sub) = try_in(sub, move || {
             let plan = plan;
             let AssertUnwindSafe((value, key, source)) = args;
             Spi::connect_mut(|c| {
-                let rows = c.update(&**plan, None, &[value, key.into(), source.as_str().into()])?;
+                // Datums are built here, in the nested connection's memory, freed with it.
+                let value = match value {
+                    Value::Vector(v) => v.clone().into(),
+                    Value::Text(t) => t.as_str().into(),
+                };
+                let rows = c.update(&**plan, None, &[value, key.clone().into(), source.as_str().into()])?;
                 let row = rows.first();
                 Ok::<_, pgrx::spi::SpiError>((
                     row.get::<bool>(1)?.unwrap_or(false),
@@ -491,7 +508,14 @@ impl Writer {
             Ok(Ok((_, true))) => Ok(Outcome::Filled),
             Ok(Ok((true, false))) => Ok(Outcome::Skipped),
             Ok(Ok((false, _))) => Ok(Outcome::Locked),
-            Ok(Err(e)) => Err(format!("XX000: {e}")),
+            Ok(Err(e)) => {
+                // An SPI error pgrx reports without raising: the subtransaction is still open
+                // and must be undone like a failed statement, so the slab can be redone.
+                if let Some(sub) = self.slab.take() {
+                    sub.rollback();
+                }
+                Err(format!("XX000: {e}"))
+            }
             Err(Caught::Statement(reason)) => Err(reason),
         }
     }
@@ -514,7 +538,7 @@ impl Writer {
                 // The slab is rolled back: redo what it held, then report this row.
                 self.redo(claims, progress)?;
                 progress.failure(&row.key, &reason);
-                claims.release(row.claim);
+                claims.keep_until_the_end(row.claim);
             }
         }
         Ok(())
@@ -547,7 +571,7 @@ impl Writer {
                 }
                 Err(reason) => {
                     progress.failure(&row.key, &reason);
-                    claims.release(row.claim);
+                    claims.keep_until_the_end(row.claim);
                 }
             }
         }

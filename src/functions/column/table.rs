@@ -31,7 +31,8 @@ pub enum TargetKind {
 
 struct KeyColumn {
     name: String,
-    /// `format_type_be_qualified` of the column's type.
+    /// The column's type, schema-qualified and with its typmod (`character(10)`, not
+    /// `character`, which would be char(1) and cut every key to its first character).
     type_sql: String,
     eq: String,
     lt: String,
@@ -132,6 +133,14 @@ impl Table {
         let keys = primary_key(procedure, relid, &shown)?;
         let (source_attnum, source_type, _) = column(procedure, relid, source, "source", &shown)?;
         let (target_attnum, target_type, target_typmod) = column(procedure, relid, target, "target", &shown)?;
+        // SAFETY: a catalog lookup for a column that exists.
+        if unsafe { pg_sys::get_attgenerated(relid, target_attnum) } != 0 {
+            return Err(AiError::DatatypeMismatch {
+                message: format!(
+                    "{procedure}: target column \"{target}\" is a generated column, which cannot be written"
+                ),
+            });
+        }
         let _ = (source_attnum, source_type);
         let target_kind = target_kind(procedure, target, target_type, target_typmod, embedding)?;
         let key_names = keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>().join(", ");
@@ -298,9 +307,8 @@ impl Table {
     }
 
     /// The claimed rows of a page (after `$1`, up to and including `$2`, identities `$3`)
-    /// still to fill and not locked by another transaction, locked for this one until it
-    /// commits. Only claimed rows: locking the page's others would keep them from the session
-    /// that claimed them.
+    /// still to fill and not locked by another transaction. Only claimed rows: locking the
+    /// page's others would keep them from the session that claimed them.
     pub fn lock_page_sql(&self) -> String {
         format!("{} FOR NO KEY UPDATE SKIP LOCKED", self.probe_page_sql())
     }
@@ -391,10 +399,9 @@ fn primary_key(procedure: &str, relid: pg_sys::Oid, shown: &str) -> Result<Vec<K
             let opclass = pg_sys::Oid::from(opclasses[i] as u32);
             // SAFETY: lsyscache lookups by the oids the catalog just gave; get_attname with
             // missing_ok=false raises for a column that vanished meanwhile.
-            let (name, typid, family, input) = unsafe {
+            let (name, family, input) = unsafe {
                 (
                     owned(pg_sys::get_attname(relid, attnums[i], false)).unwrap_or_default(),
-                    pg_sys::get_atttype(relid, attnums[i]),
                     pg_sys::get_opclass_family(opclass),
                     pg_sys::get_opclass_input_type(opclass),
                 )
@@ -410,8 +417,19 @@ fn primary_key(procedure: &str, relid: pg_sys::Oid, shown: &str) -> Result<Vec<K
                     operator_sql(op)
                 }
             };
-            // SAFETY: returns a palloc'd, always schema-qualified type name.
-            let type_sql = unsafe { owned(pg_sys::format_type_be_qualified(typid)) }.unwrap_or_default();
+            // SAFETY: catalog lookups for a column that exists; format_type_extended returns
+            // a palloc'd, schema-qualified name (SQL keywords such as `character(10)` stand
+            // for pg_catalog's types whatever the search_path).
+            let type_sql = unsafe {
+                let (mut typid, mut typmod, mut coll) = (pg_sys::Oid::INVALID, -1, pg_sys::Oid::INVALID);
+                pg_sys::get_atttypetypmodcoll(relid, attnums[i], &mut typid, &mut typmod, &mut coll);
+                owned(pg_sys::format_type_extended(
+                    typid,
+                    typmod,
+                    (pg_sys::FORMAT_TYPE_FORCE_QUALIFY | pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN) as u16,
+                ))
+            }
+            .unwrap_or_default();
             Ok(KeyColumn {
                 eq: member(BT_EQUAL)?,
                 lt: member(BT_LESS)?,
