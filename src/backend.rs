@@ -113,7 +113,7 @@ impl<'a> Target<'a> {
     /// `call_params` may lower the deployment's timeout and max_retries, never raise them.
     pub fn new(deployment: &'a Deployment, call_params: &Map<String, Value>) -> Result<Target<'a>, AiError> {
         let settings = deployment.call_settings(call_params)?;
-        let key = deployment.key.resolve(&deployment.name, &crate::guc::policy())?;
+        let key = deployment.key.resolve_with(&deployment.name, crate::guc::policy)?;
         Ok(Target {
             deployment,
             key,

@@ -137,10 +137,16 @@ impl KeySource {
     /// The key to send, reading the environment or the key file; the policy is checked again
     /// at every read, so a narrowed list also applies to models already deployed.
     pub fn resolve(&self, model: &str, policy: &Policy) -> Result<ApiKey, AiError> {
+        self.resolve_with(model, || policy.clone())
+    }
+
+    /// `resolve`, with the policy fetched only when a key is read from the environment or a
+    /// file (a literal key needs none, and the scalar path runs this for every call).
+    pub fn resolve_with(&self, model: &str, policy: impl FnOnce() -> Policy) -> Result<ApiKey, AiError> {
         match self {
             KeySource::Literal(k) => Ok(ApiKey(k.clone())),
             KeySource::Env(name) => {
-                policy.check_env(name)?;
+                policy().check_env(name)?;
                 match std::env::var(name) {
                     Ok(v) if !v.is_empty() => Ok(ApiKey(v)),
                     _ => Err(unavailable(
@@ -152,7 +158,7 @@ impl KeySource {
                 }
             }
             KeySource::File(path) => {
-                let resolved = policy.check_file(path).map_err(|e| match e {
+                let resolved = policy().check_file(path).map_err(|e| match e {
                     AiError::ApiKeyUnavailable { reason, hint, .. } => {
                         AiError::ApiKeyUnavailable { model: model.into(), reason, hint }
                     }
