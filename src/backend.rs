@@ -44,24 +44,31 @@ unsafe extern "C-unwind" {
 /// How often a wait asks whether the postmaster is alive (one read(2) each time).
 const POSTMASTER_CHECK: Duration = Duration::from_millis(100);
 
-thread_local! {
-    /// When the postmaster was last seen alive; None once it was seen dead (for good).
-    static POSTMASTER_SEEN: std::cell::Cell<Option<Option<std::time::Instant>>> =
-        const { std::cell::Cell::new(Some(None)) };
+/// What this backend knows of its postmaster.
+#[derive(Clone, Copy)]
+enum Postmaster {
+    Unchecked,
+    AliveAt(std::time::Instant),
+    /// For good: a dead postmaster does not come back.
+    Dead,
 }
 
-/// False once the postmaster is gone. Asked no more often than POSTMASTER_CHECK; a death,
-/// once seen, is remembered.
+thread_local! {
+    static POSTMASTER: std::cell::Cell<Postmaster> = const { std::cell::Cell::new(Postmaster::Unchecked) };
+}
+
+/// False once the postmaster is gone. Asked no more often than POSTMASTER_CHECK.
 fn postmaster_alive() -> bool {
-    let Some(last) = POSTMASTER_SEEN.with(|c| c.get()) else { return false };
     let now = std::time::Instant::now();
-    if last.is_some_and(|t| now.duration_since(t) < POSTMASTER_CHECK) {
-        return true;
+    match POSTMASTER.with(|c| c.get()) {
+        Postmaster::Dead => return false,
+        Postmaster::AliveAt(t) if now.duration_since(t) < POSTMASTER_CHECK => return true,
+        Postmaster::AliveAt(_) | Postmaster::Unchecked => {}
     }
     // SAFETY: a non-blocking read on the pipe the postmaster holds open; it raises nothing
     // but a FATAL for a broken pipe, which ends the process as postmaster death would.
     let alive = unsafe { PostmasterIsAliveInternal() };
-    POSTMASTER_SEEN.with(|c| c.set(alive.then_some(Some(now))));
+    POSTMASTER.with(|c| c.set(if alive { Postmaster::AliveAt(now) } else { Postmaster::Dead }));
     alive
 }
 

@@ -74,30 +74,27 @@ fn current_user() -> (pg_sys::Oid, String) {
     }
 }
 
+/// The role named `name`, if it exists.
+fn role_oid(name: &str) -> Option<pg_sys::Oid> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: get_role_oid with missing_ok=true returns InvalidOid instead of raising.
+    let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+    (oid != pg_sys::Oid::INVALID).then_some(oid)
+}
+
 /// Whether `caller` may replace or undeploy a model `owner` deployed: the same role, a member
 /// of it (with its privileges), or a superuser. A role that no longer exists is no one's.
 fn may_manage(caller: pg_sys::Oid, owner: &str) -> bool {
-    let Ok(owner) = CString::new(owner) else { return false };
-    // SAFETY: get_role_oid with missing_ok=true returns InvalidOid instead of raising;
-    // superuser_arg and has_privs_of_role only read the role catalogs.
+    // SAFETY: superuser_arg and has_privs_of_role only read the role catalogs.
     unsafe {
-        if pg_sys::superuser_arg(caller) {
-            return true;
-        }
-        let owner = pg_sys::get_role_oid(owner.as_ptr(), true);
-        owner != pg_sys::Oid::INVALID && pg_sys::has_privs_of_role(caller, owner)
+        pg_sys::superuser_arg(caller) || role_oid(owner).is_some_and(|o| pg_sys::has_privs_of_role(caller, o))
     }
 }
 
 /// Whether the role named `role` exists and is a superuser now.
 fn is_superuser(role: &str) -> bool {
-    let Ok(role) = CString::new(role) else { return false };
-    // SAFETY: get_role_oid with missing_ok=true returns InvalidOid instead of raising;
-    // superuser_arg reads the role's entry.
-    unsafe {
-        let oid = pg_sys::get_role_oid(role.as_ptr(), true);
-        oid != pg_sys::Oid::INVALID && pg_sys::superuser_arg(oid)
-    }
+    // SAFETY: superuser_arg reads the role's entry.
+    role_oid(role).is_some_and(|oid| unsafe { pg_sys::superuser_arg(oid) })
 }
 
 fn not_owner(name: &str, owner: &str, verb: &str) -> AiError {

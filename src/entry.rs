@@ -11,13 +11,10 @@ use pgrx::pg_sys;
 use std::ffi::{c_char, c_int, CString};
 
 /// Declares `pg_finfo_$name` and `$name` for a body `fn(FunctionCallInfo) -> Result<Option<Datum>, AiError>`.
-/// `Secret` marks functions whose arguments may hold an API key: their errors keep the
-/// statement and its context out of the server log.
+/// (A body whose arguments may hold an API key marks itself with
+/// `log_filter::SecretStatement`, which keeps the statement out of the server log.)
 macro_rules! sql_entry {
     ($finfo:ident, $name:ident, $body:path) => {
-        $crate::entry::sql_entry!($finfo, $name, $body, $crate::entry::Args::Plain);
-    };
-    ($finfo:ident, $name:ident, $body:path, $args:expr) => {
         #[no_mangle]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -36,7 +33,7 @@ macro_rules! sql_entry {
                 file: concat!(file!(), "\0"),
                 line: line!(),
             };
-            unsafe { $crate::entry::run(fcinfo, $body, $args, &WHERE) }
+            unsafe { $crate::entry::run(fcinfo, $body, &WHERE) }
         }
     };
 }
@@ -51,20 +48,12 @@ pub struct Location {
     pub line: u32,
 }
 
-/// Whether a function's arguments may carry an API key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Args {
-    Plain,
-    Secret,
-}
-
 /// An error on its way out, as plain text only.
 struct Report {
     code: c_int,
     message: CString,
     detail: Option<CString>,
     hint: Option<CString>,
-    hide_sql: bool,
 }
 
 fn cstring(s: String) -> CString {
@@ -78,7 +67,6 @@ impl From<AiError> for Report {
             message: cstring(e.to_string()),
             detail: e.detail().map(cstring),
             hint: e.hint().map(cstring),
-            hide_sql: false,
         }
     }
 }
@@ -91,14 +79,15 @@ fn make_sqlstate(code: &str) -> c_int {
         .fold(0, |acc, (i, b)| acc | ((c_int::from(b.wrapping_sub(b'0')) & 0x3F) << (6 * i)))
 }
 
+/// MAKE_SQLSTATE undone: the five characters of a pgrx error code.
+pub fn sqlstate_text(code: pgrx::PgSqlErrorCode) -> String {
+    let n = code as i32;
+    (0..5).map(|i| char::from(b'0'.wrapping_add(((n >> (6 * i)) & 0x3F) as u8))).collect()
+}
+
 /// # Safety
 /// `fcinfo` must be the valid call info PostgreSQL passed to the entry point.
-pub unsafe fn run(
-    fcinfo: pg_sys::FunctionCallInfo,
-    body: Body,
-    args: Args,
-    at: &'static Location,
-) -> pg_sys::Datum {
+pub unsafe fn run(fcinfo: pg_sys::FunctionCallInfo, body: Body, at: &'static Location) -> pg_sys::Datum {
     let outcome: Result<Option<pg_sys::Datum>, Report> = unsafe {
         pgrx::pgrx_extern_c_guard(|| match body(fcinfo) {
             Ok(v) => Ok(v),
@@ -118,10 +107,7 @@ pub unsafe fn run(
             unsafe { (*fcinfo).isnull = true };
             pg_sys::Datum::from(0)
         }
-        Err(mut report) => {
-            report.hide_sql = args == Args::Secret;
-            unsafe { raise(report, at) }
-        }
+        Err(report) => unsafe { raise(report, at) },
     }
 }
 
@@ -131,13 +117,10 @@ unsafe extern "C-unwind" {
     fn errmsg(fmt: *const c_char, ...) -> c_int;
     fn errdetail(fmt: *const c_char, ...) -> c_int;
     fn errhint(fmt: *const c_char, ...) -> c_int;
-    fn errhidestmt(hide_stmt: bool) -> c_int;
-    fn errhidecontext(hide_ctx: bool) -> c_int;
     fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
 }
 
-/// Raises `report` as an ERROR. For `Args::Secret` functions the statement and context (which
-/// quote the call, key included) stay out of the server log.
+/// Raises `report` as an ERROR.
 ///
 /// # Safety
 /// Must be called from the outermost Rust frame of an fmgr entry point: `errfinish` longjmps
@@ -156,43 +139,11 @@ unsafe fn raise(report: Report, at: &'static Location) -> ! {
             if let Some(h) = &report.hint {
                 errhint(percent_s, h.as_ptr());
             }
-            if report.hide_sql {
-                errhidestmt(true);
-                errhidecontext(true);
-            }
             drop(report);
             errfinish(at.file.as_ptr().cast(), at.line as c_int, at.function.as_ptr().cast());
         }
     }
     unreachable!("errfinish returned for an ERROR")
-}
-
-#[derive(Clone, Copy)]
-pub enum Level {
-    Notice,
-    Warning,
-}
-
-/// A NOTICE or WARNING that never quotes the calling statement in the server log, for
-/// functions whose arguments may hold a key. (pgrx's notice!/warning! cannot hide it.)
-pub fn notify(level: Level, message: &str) {
-    let message = cstring(message.to_string());
-    let elevel = match level {
-        Level::Notice => pg_sys::NOTICE,
-        Level::Warning => pg_sys::WARNING,
-    } as c_int;
-    // SAFETY: below ERROR, errfinish returns; the guard turns any error raised meanwhile
-    // (out of memory, say) into a Rust panic instead of a longjmp over Rust frames.
-    unsafe {
-        pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            if errstart(elevel, std::ptr::null()) {
-                errmsg(c"%s".as_ptr(), message.as_ptr());
-                errhidestmt(true);
-                errhidecontext(true);
-                errfinish(c"pg_bailian".as_ptr(), 0, c"pg_bailian".as_ptr());
-            }
-        })
-    }
 }
 
 #[cfg(test)]
@@ -205,5 +156,10 @@ mod tests {
             super::make_sqlstate("22023"),
             pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32
         );
+        for code in ["22001", "57014", "P0001", "55P03", "XX000"] {
+            let packed = super::make_sqlstate(code);
+            let back = pgrx::PgSqlErrorCode::from(packed);
+            assert_eq!(super::sqlstate_text(back), code);
+        }
     }
 }

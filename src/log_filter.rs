@@ -2,17 +2,18 @@
 //!
 //! `SELECT ai_deploy_model(..., 'sk-...')` quotes a key, and PostgreSQL writes the statement of
 //! a failed query to the log (`STATEMENT:`), its context (`CONTEXT: SQL statement "..."`) and,
-//! with `log_statement` or `log_min_duration_statement`, the statement itself. Our own errors
-//! hide statement and context (`errhidestmt`), but an error PostgreSQL raises while the
-//! function runs (a read-only transaction, a lock or statement timeout, a cancel) does not go
-//! through our code. So:
+//! with `log_statement` or `log_min_duration_statement`, the statement itself. Hiding the
+//! statement in our own ereport calls (`errhidestmt`) would not do: an error PostgreSQL raises
+//! while the function runs (a read-only transaction, a lock or statement timeout, a cancel)
+//! does not go through our code. So one mechanism covers every message:
 //!
 //! - an `emit_log_hook` sees every message on its way to the server log. While
-//!   `ai_deploy_model` runs, or when its error unwinds out of it, the message keeps neither the
-//!   statement nor its context. The flag is cleared when the function returns, or by the
-//!   (sub)transaction abort that follows an error: PostgreSQL reports an error before it
-//!   aborts, so the hook still sees the flag for that error, and an error caught by a
-//!   plpgsql EXCEPTION block (never reported) does not leave it set.
+//!   `ai_deploy_model` runs, and for the error that ends it (its own or PostgreSQL's), the
+//!   message keeps neither the statement nor its context. The flag is cleared when the
+//!   function returns successfully, or by the (sub)transaction abort that follows an error:
+//!   PostgreSQL reports an error before it aborts, so the hook still sees the flag for that
+//!   error, and an error caught by a plpgsql EXCEPTION block (never reported) does not leave
+//!   it set.
 //! - the same hook replaces anything shaped like a Bailian key (`sk-` and 8 or more key
 //!   characters) in message, detail, hint, context and internal query with its hint, in place
 //!   and on bytes (the hint is never longer than the token: nothing is allocated while an
@@ -49,8 +50,8 @@ pub fn install() {
     }
 }
 
-/// Marks the running statement as quoting a secret, for as long as this value lives and,
-/// when an error unwinds through it, until that error has been reported.
+/// Marks the running statement as quoting a secret until `succeeded`, or, when it fails,
+/// until its error has been reported (the abort callbacks below clear the flag).
 pub struct SecretStatement(());
 
 impl SecretStatement {
@@ -59,15 +60,9 @@ impl SecretStatement {
         redact_activity();
         SecretStatement(())
     }
-}
 
-impl Drop for SecretStatement {
-    fn drop(&mut self) {
-        // An error unwinding through here is reported after this drop: leave the flag to the
-        // abort callbacks below, which run after the report.
-        if !std::thread::panicking() {
-            SECRET_STATEMENT.store(false, Ordering::Relaxed);
-        }
+    pub fn succeeded(self) {
+        SECRET_STATEMENT.store(false, Ordering::Relaxed);
     }
 }
 

@@ -2,20 +2,26 @@
 
 use super::arg;
 use crate::catalog;
-use crate::entry::{notify, sql_entry, Args, Level};
+use crate::entry::sql_entry;
 use crate::log_filter;
 use bailian_core::deploy::{DeployArgs, Deployment};
 use bailian_core::secret::KeySource;
 use bailian_core::AiError;
 use pgrx::{pg_sys, IntoDatum, JsonB};
 
-sql_entry!(pg_finfo_pg_bailian_deploy_model, pg_bailian_deploy_model, deploy_model, Args::Secret);
-sql_entry!(pg_finfo_pg_bailian_undeploy_model, pg_bailian_undeploy_model, undeploy_model, Args::Secret);
+sql_entry!(pg_finfo_pg_bailian_deploy_model, pg_bailian_deploy_model, deploy_model);
+sql_entry!(pg_finfo_pg_bailian_undeploy_model, pg_bailian_undeploy_model, undeploy_model);
 
 fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    // Whatever error ends this call, PostgreSQL's own included, reaches the log without the
-    // statement that quotes the key (see log_filter).
-    let _secret = log_filter::SecretStatement::begin();
+    // Every message of this call (its notices, and whatever error ends it, PostgreSQL's own
+    // included) reaches the log without the statement that quotes the key (see log_filter).
+    let secret = log_filter::SecretStatement::begin();
+    deploy(fcinfo)?;
+    secret.succeeded();
+    Ok(Some(pgrx::fcinfo::pg_return_void()))
+}
+
+fn deploy(fcinfo: pg_sys::FunctionCallInfo) -> Result<(), AiError> {
     let args = DeployArgs {
         model_name: arg::<String>(fcinfo, 0),
         model_type: arg::<String>(fcinfo, 1),
@@ -38,28 +44,22 @@ fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
     let replaced = catalog::deploy(&deployment, replace)?;
     if let KeySource::Env(var) = &deployment.key {
         if std::env::var_os(var).is_none() {
-            notify(
-                Level::Warning,
-                &format!(
-                    "environment variable {var} is not set in this PostgreSQL server; calls to model \"{}\" \
-                     will fail until it is set and the server restarted",
-                    deployment.name
-                ),
+            pgrx::warning!(
+                "environment variable {var} is not set in this PostgreSQL server; calls to model \"{}\" \
+                 will fail until it is set and the server restarted",
+                deployment.name
             );
         }
     }
     let verb = if replaced { "redeployed" } else { "deployed" };
-    notify(
-        Level::Notice,
-        &format!(
-            "{verb} model \"{}\" ({}, {} task) at {}",
-            deployment.name,
-            deployment.spec.model_type,
-            deployment.spec.task,
-            deployment.endpoint()
-        ),
+    pgrx::notice!(
+        "{verb} model \"{}\" ({}, {} task) at {}",
+        deployment.name,
+        deployment.spec.model_type,
+        deployment.spec.task,
+        deployment.endpoint()
     );
-    Ok(Some(pgrx::fcinfo::pg_return_void()))
+    Ok(())
 }
 
 fn undeploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {

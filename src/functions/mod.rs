@@ -18,3 +18,12 @@ fn arg<T: FromDatum>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<T> {
     // the arguments its CREATE FUNCTION declares, with their declared types.
     unsafe { pgrx::fcinfo::pg_getarg::<T>(fcinfo, n) }
 }
+
+/// A `name` argument (a NameData, not a text), or None for NULL.
+fn name_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
+    let datum = arg::<pg_sys::Datum>(fcinfo, n)?;
+    // SAFETY: the declared type of argument n is `name`: the datum points to a NameData, a
+    // NUL-terminated array of NAMEDATALEN bytes.
+    let name = unsafe { std::ffi::CStr::from_ptr(datum.cast_mut_ptr::<std::ffi::c_char>()) };
+    Some(name.to_string_lossy().into_owned())
+}

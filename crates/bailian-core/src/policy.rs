@@ -164,7 +164,7 @@ impl Policy {
     /// component), and still is once symbolic links are resolved. Returns the resolved path,
     /// which is what must be opened. The lexical check comes first and answers the same for
     /// any path outside, so a deployer learns nothing about the rest of the filesystem.
-    pub fn check_file(&self, path: &Path) -> Result<PathBuf, AiError> {
+    pub fn check_file(&self, model: &str, path: &Path) -> Result<PathBuf, AiError> {
         let not_allowed = |why: String| AiError::NotAllowed {
             message: format!("key file {} is not allowed: {why}", path.display()),
             hint: "A superuser sets pg_bailian.key_directory; key files must be inside it.".into(),
@@ -181,7 +181,7 @@ impl Policy {
             return Err(outside());
         }
         let resolved = path.canonicalize().map_err(|e| AiError::ApiKeyUnavailable {
-            model: String::new(),
+            model: model.into(),
             reason: format!("key file {} cannot be resolved ({e})", path.display()),
             hint: "Create the file, readable by the PostgreSQL server's operating-system user.".into(),
         })?;
@@ -276,20 +276,20 @@ mod tests {
         std::os::unix::fs::symlink(root.join("outside"), dir.join("link")).unwrap();
 
         let mut p = Policy::default();
-        assert_eq!(p.check_file(&dir.join("k")).unwrap_err().sqlstate(), "42501", "disabled by default");
+        assert_eq!(p.check_file("m", &dir.join("k")).unwrap_err().sqlstate(), "42501", "disabled by default");
         p.key_directory = Some(dir.clone());
-        assert!(p.check_file(&dir.join("k")).is_ok());
-        assert_eq!(p.check_file(&dir.join("../outside")).unwrap_err().sqlstate(), "42501");
-        assert_eq!(p.check_file(&dir.join("link")).unwrap_err().sqlstate(), "42501");
-        assert_eq!(p.check_file(&root.join("outside")).unwrap_err().sqlstate(), "42501");
-        assert_eq!(p.check_file(&dir.join("missing")).unwrap_err().sqlstate(), "ZBK01");
+        assert!(p.check_file("m", &dir.join("k")).is_ok());
+        assert_eq!(p.check_file("m", &dir.join("../outside")).unwrap_err().sqlstate(), "42501");
+        assert_eq!(p.check_file("m", &dir.join("link")).unwrap_err().sqlstate(), "42501");
+        assert_eq!(p.check_file("m", &root.join("outside")).unwrap_err().sqlstate(), "42501");
+        assert_eq!(p.check_file("m", &dir.join("missing")).unwrap_err().sqlstate(), "ZBK01");
         // Outside the directory, existing or not, readable or not: the same answer.
-        let e = |path: &str| p.check_file(Path::new(path)).unwrap_err().to_string();
+        let e = |path: &str| p.check_file("m", Path::new(path)).unwrap_err().to_string();
         assert_eq!(
             e("/etc/shadow").replace("/etc/shadow", "X"),
             e("/no/such/file").replace("/no/such/file", "X")
         );
-        assert_eq!(p.check_file(&dir).unwrap_err().sqlstate(), "42501");
+        assert_eq!(p.check_file("m", &dir).unwrap_err().sqlstate(), "42501");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -27,8 +27,8 @@ mod claims;
 mod progress;
 mod table;
 
-use super::arg;
 use super::generate::call_params;
+use super::{arg, name_arg};
 use crate::backend::{self, Target};
 use crate::catalog;
 use crate::entry::sql_entry;
@@ -66,15 +66,6 @@ struct Job {
     batch_size: usize,
     template: String,
     params: Option<serde_json::Value>,
-}
-
-/// A `name` argument (a NameData, not a text), or None for NULL.
-fn name_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
-    let datum = arg::<pg_sys::Datum>(fcinfo, n)?;
-    // SAFETY: the declared type of argument n is `name`: the datum points to a NameData,
-    // a NUL-terminated array of NAMEDATALEN bytes.
-    let name = unsafe { std::ffi::CStr::from_ptr(datum.cast_mut_ptr::<std::ffi::c_char>()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 impl Job {
