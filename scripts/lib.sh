@@ -45,7 +45,7 @@ ensure_cargo_pgrx() {
 # pgvector, for the tests of vector/halfvec targets. A user's machine installs its
 # distribution's package (postgresql-15-pgvector) or pgvector's own; Debian 12 has none, so
 # here it is built from a vendored source release when one is at hand:
-# $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the checkout.
+# $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the checkout or beside its local origin.
 PGVECTOR_VERSION=0.8.6
 ensure_pgvector() {
     local sharedir
@@ -54,8 +54,11 @@ ensure_pgvector() {
         export PG_BAILIAN_PGVECTOR=installed
         return
     fi
-    local tarball=""
-    for dir in "${PG_BAILIAN_VENDOR_DIR:-}" "$REPO/../shared/vendor"; do
+    local tarball="" origin=""
+    # A clone of a local checkout (git clone . /tmp/x) has ../shared beside its origin.
+    origin="$(git -C "$REPO" remote get-url origin 2>/dev/null || true)"
+    [ -d "$origin" ] || origin=""
+    for dir in "${PG_BAILIAN_VENDOR_DIR:-}" "$REPO/../shared/vendor" ${origin:+"$origin/../shared/vendor"}; do
         if [ -n "$dir" ] && [ -f "$dir/pgvector-$PGVECTOR_VERSION.tar.gz" ]; then
             tarball="$dir/pgvector-$PGVECTOR_VERSION.tar.gz"
             break
