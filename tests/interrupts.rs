@@ -30,7 +30,10 @@ fn drop_database_does_not_wait_for_a_held_request() {
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let worker = hold(c, &s, "SELECT ai_gen('chat', 'hold for 30 s')");
 
-    // DROP DATABASE waits until every backend has absorbed a procsignal barrier.
+    // DROP DATABASE waits until every backend has absorbed a procsignal barrier. It also
+    // forces a checkpoint: flushed first, so that what is timed is the wait for backends,
+    // not the writing of buffers other tests dirtied.
+    admin.batch_execute("CHECKPOINT").unwrap();
     let start = Instant::now();
     admin.batch_execute("DROP DATABASE e2e_stall_victim").unwrap();
     let took = start.elapsed();
@@ -77,6 +80,7 @@ fn drop_database_does_not_wait_for_a_column_job() {
         wait_for(Duration::from_secs(5), || s.stats().in_flight == 16),
         "the job never filled its window"
     );
+    admin.batch_execute("CHECKPOINT").unwrap();
     let start = Instant::now();
     admin.batch_execute("DROP DATABASE e2e_stall_victim2").unwrap();
     let took = start.elapsed();
