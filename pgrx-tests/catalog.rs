@@ -367,7 +367,7 @@ fn delegated_deployment_grants_exactly_what_it_says() {
     install_try_sql();
     Spi::run(
         "CREATE ROLE alice NOLOGIN; CREATE ROLE bob NOLOGIN; CREATE ROLE carol NOLOGIN IN ROLE alice;
-         GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int),
+         GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text),
                                    ai_undeploy_model(text) TO alice, bob, carol",
     )
     .unwrap();

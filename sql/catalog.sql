@@ -9,6 +9,7 @@ REVOKE ALL ON SCHEMA bailian FROM PUBLIC;
 
 CREATE TABLE bailian.models (
     model_name          text PRIMARY KEY,
+    provider            text NOT NULL DEFAULT 'bailian' CHECK (provider IN ('bailian', 'opensearch')),
     model_type          text NOT NULL,
     task                text NOT NULL CHECK (task IN ('chat', 'translation', 'embedding')),
     params              jsonb NOT NULL DEFAULT '{}',
@@ -18,6 +19,7 @@ CREATE TABLE bailian.models (
     timeout             float8 NOT NULL CHECK (timeout BETWEEN 1 AND 1200),
     region              text NOT NULL CHECK (region IN ('beijing', 'singapore', 'virginia')),
     base_url            text,
+    workspace           text CHECK ((provider = 'opensearch') = (workspace IS NOT NULL)),
     endpoint            text NOT NULL,
     requests_per_minute int CHECK (requests_per_minute > 0),
     tokens_per_minute   int CHECK (tokens_per_minute > 0),
@@ -25,7 +27,7 @@ CREATE TABLE bailian.models (
     deployed_by         name NOT NULL,
     deployed_at         timestamptz NOT NULL
 );
-COMMENT ON TABLE bailian.models IS 'Deployed Bailian models (no keys). Written by ai_deploy_model, read through ai_models.';
+COMMENT ON TABLE bailian.models IS 'Deployed models of Bailian and OpenSearch (no keys). Written by ai_deploy_model, read through ai_models.';
 
 CREATE TABLE bailian.model_keys (
     model_name text PRIMARY KEY REFERENCES bailian.models (model_name) ON DELETE CASCADE ON UPDATE CASCADE,

@@ -4,7 +4,7 @@ CREATE VIEW ai_models AS
 SELECT model_name, model_type, task, key_hint, params,
        max_retries, initial_retry_delay, max_retry_delay, timeout,
        region, base_url, endpoint, requests_per_minute, tokens_per_minute,
-       deployed_by, deployed_at
+       deployed_by, deployed_at, provider, workspace
   FROM bailian.models;
 
 -- Privileges are set here and nowhere else. ALTER DEFAULT PRIVILEGES in force for the role
@@ -52,6 +52,8 @@ $acl$;
 GRANT SELECT ON ai_models TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(text, text, text, jsonb),
     ai_embed(text, text), ai_embed_batch(text, text[]), ai_gen_batch(text, text[], jsonb),
+    ai_chat(text, jsonb, jsonb), ai_gen_audio(text, text, jsonb),
+    ai_embed_image(text, text), ai_embed_image(text, bytea),
     ai_supported_models() TO PUBLIC;
 GRANT EXECUTE ON PROCEDURE ai_embed_column(regclass, name, name, text, int),
     ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
@@ -69,25 +71,33 @@ END
 $owner$;
 
 -- Deploying is for administrators: GRANT EXECUTE to a role to delegate it.
-REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_undeploy_model(text) FROM PUBLIC;
 
 COMMENT ON VIEW ai_models IS
   'Deployed Bailian models, one row each, with a key hint (sk-...abcd or env:NAME) and never the key.';
-COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int) IS
-  'Deploy a Bailian model under model_name: model_type from ai_supported_models(), api_key ''sk-...'' (stored encrypted), ''env:NAME'' (names in pg_bailian.allowed_env_keys) or ''file:/path'' (under pg_bailian.key_directory), default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url (for non-superusers, a host in pg_bailian.allowed_hosts), optional client-side rate limits. replace => true redeploys an existing name, only by the role that deployed it, its members or a superuser. Not executable by PUBLIC: GRANT EXECUTE to delegate.';
+COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) IS
+  'Deploy a model under model_name: model_type from ai_supported_models() for the provider (''bailian'', the default, or ''opensearch'' with base_url => the instance host and workspace, default ''default''), api_key ''sk-...'' or for OpenSearch ''OS-...'' (stored encrypted), ''env:NAME'' (names in pg_bailian.allowed_env_keys) or ''file:/path'' (under pg_bailian.key_directory), default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url (for non-superusers, a host in pg_bailian.allowed_hosts), optional client-side rate limits. replace => true redeploys an existing name, only by the role that deployed it, its members or a superuser. Not executable by PUBLIC: GRANT EXECUTE to delegate.';
 COMMENT ON FUNCTION ai_undeploy_model(text) IS
   'Remove a deployed model and its key; returns false if no model had that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';
 COMMENT ON FUNCTION ai_gen(text, text, jsonb) IS
   'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models; timeout and max_retries, which may only lower the deployed values). NULL prompt returns NULL.';
 COMMENT ON FUNCTION ai_gen(text) IS
   'Generate text with the default chat model: pg_bailian.default_chat_model, or the only deployed chat model.';
+COMMENT ON FUNCTION ai_chat(text, jsonb, jsonb) IS
+  'A conversation with a deployed chat model: messages is a JSON array of {"role": "system"|"user"|"assistant", "content": text or content parts (image_url parts for vision models)}. Returns {"content", "reasoning_content", "finish_reason", "usage", "model", "request_id"} (OpenSearch adds "search_results"). Streams where the model or params need it (QwQ, Qwen-Omni, enable_thinking). params as for ai_gen.';
+COMMENT ON FUNCTION ai_gen_audio(text, text, jsonb) IS
+  'The spoken answer of a Qwen-Omni model to prompt, as a WAV file (16-bit mono PCM, 24 kHz); params.voice (or audio.voice) picks the voice, default Cherry. NULL prompt returns NULL.';
+COMMENT ON FUNCTION ai_embed_image(text, text) IS
+  'Embed an image with a deployed multimodal embedding model (multimodal-embedding-v1, tongyi-embedding-vision-*, qwen3-vl-embedding): an https URL or a data:image/...;base64, URI. Returns the deployed dimension as real[]; NULL or empty returns NULL.';
+COMMENT ON FUNCTION ai_embed_image(text, bytea) IS
+  'Embed image bytes (JPEG, PNG, BMP, WEBP or TIFF, detected from the bytes) with a deployed multimodal embedding model, sent as a data URI. Returns the deployed dimension as real[]; NULL or empty returns NULL.';
 COMMENT ON FUNCTION ai_translate(text, text, text, jsonb) IS
   'Translate content into target_lang with a Qwen-MT model (translation_options: source_lang, terms, tm_list, domains) or, on a chat model, through a prompt. NULL content returns NULL.';
 COMMENT ON FUNCTION ai_embed(text, text) IS
-  'Embed content with a deployed embedding model; returns the deployed dimension (or the model default) as real[]. NULL or empty content returns NULL.';
+  'Embed content with a deployed embedding model (multimodal models through the DashScope native API); returns the deployed dimension (or the model default) as real[]. NULL or empty content returns NULL.';
 COMMENT ON FUNCTION ai_supported_models() IS
-  'Every Bailian model pg_bailian can deploy: task, inputs, outputs, deployable params, per-call params, embedding dimensions and default, inputs per embedding request.';
+  'Every model pg_bailian can deploy, by provider (bailian, opensearch): task, inputs, outputs, deployable params, per-call params, embedding dimensions and default, inputs per embedding request.';
 COMMENT ON FUNCTION ai_embed_batch(text, text[]) IS
   'Embed an array of texts: one row per element (ord is 1-based, NULL or empty text gives a NULL embedding), inputs packed up to the model''s per-request limit, up to pg_bailian.max_concurrency requests in flight. Fails as a whole if a request fails after retries.';
 COMMENT ON FUNCTION ai_gen_batch(text, text[], jsonb) IS

@@ -14,7 +14,9 @@ CREATE FUNCTION ai_deploy_model(
     base_url            text    DEFAULT NULL,
     replace             boolean DEFAULT false,
     requests_per_minute int     DEFAULT NULL,
-    tokens_per_minute   int     DEFAULT NULL
+    tokens_per_minute   int     DEFAULT NULL,
+    provider            text    DEFAULT 'bailian',
+    workspace           text    DEFAULT NULL
 ) RETURNS void
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pg_bailian_deploy_model';
@@ -39,6 +41,22 @@ AS 'MODULE_PATHNAME', 'pg_bailian_translate';
 CREATE FUNCTION ai_embed(model_name text, content text) RETURNS real[]
 LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed';
+
+CREATE FUNCTION ai_chat(model_name text, messages jsonb, params jsonb DEFAULT NULL) RETURNS jsonb
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_chat';
+
+CREATE FUNCTION ai_gen_audio(model_name text, prompt text, params jsonb DEFAULT NULL) RETURNS bytea
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_gen_audio';
+
+CREATE FUNCTION ai_embed_image(model_name text, image text) RETURNS real[]
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_embed_image_uri';
+
+CREATE FUNCTION ai_embed_image(model_name text, image bytea) RETURNS real[]
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_embed_image_bytes';
 
 CREATE FUNCTION ai_embed_batch(model_name text, contents text[])
 RETURNS TABLE (ord int, embedding real[])

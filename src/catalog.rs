@@ -173,7 +173,7 @@ fn invalidate() {
 const LOAD: &str = "
 SELECT m.model_type, m.params, m.max_retries, m.initial_retry_delay, m.max_retry_delay,
        m.timeout, m.region, m.base_url, m.requests_per_minute, m.tokens_per_minute, k.api_key,
-       m.deployed_by::pg_catalog.text
+       m.deployed_by::pg_catalog.text, m.provider, m.workspace
   FROM bailian.models m
   JOIN bailian.model_keys k ON k.model_name OPERATOR(pg_catalog.=) m.model_name
  WHERE m.model_name OPERATOR(pg_catalog.=) $1";
@@ -204,6 +204,8 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
                     requests_per_minute: row.get::<i32>(9).map_err(get_err)?,
                     tokens_per_minute: row.get::<i32>(10).map_err(get_err)?,
                     api_key: None,
+                    provider: row.get::<String>(13).map_err(get_err)?,
+                    workspace: row.get::<String>(14).map_err(get_err)?,
                 },
                 row.get::<String>(11).map_err(get_err)?.unwrap_or_default(),
                 row.get::<String>(12).map_err(get_err)?.unwrap_or_default(),
@@ -332,8 +334,8 @@ fn owner_of(client: &mut pgrx::spi::SpiClient<'_>, name: &str) -> Result<Option<
 const INSERT_MODEL: &str = "
 INSERT INTO bailian.models (model_name, model_type, task, params, max_retries,
     initial_retry_delay, max_retry_delay, timeout, region, base_url, endpoint,
-    requests_per_minute, tokens_per_minute, key_hint, deployed_by, deployed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, pg_catalog.now())
+    requests_per_minute, tokens_per_minute, key_hint, deployed_by, provider, workspace, deployed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, pg_catalog.now())
 ON CONFLICT (model_name) DO NOTHING
 RETURNING true";
 
@@ -342,7 +344,7 @@ UPDATE bailian.models SET
     model_type = $2, task = $3, params = $4, max_retries = $5, initial_retry_delay = $6,
     max_retry_delay = $7, timeout = $8, region = $9, base_url = $10, endpoint = $11,
     requests_per_minute = $12, tokens_per_minute = $13, key_hint = $14, deployed_by = $15,
-    deployed_at = pg_catalog.now()
+    provider = $16, workspace = $17, deployed_at = pg_catalog.now()
  WHERE model_name OPERATOR(pg_catalog.=) $1";
 
 const UPSERT_KEY: &str = "
@@ -385,6 +387,8 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
                         d.limits.tokens_per_minute.map(|n| n as i32).into(),
                         d.key.hint().into(),
                         caller_name.as_str().into(),
+                        d.spec.provider.as_str().into(),
+                        d.workspace.clone().into(),
                     ]
                 };
                 let replaced = match owner {

@@ -35,6 +35,10 @@ fn deploy(fcinfo: pg_sys::FunctionCallInfo) -> Result<(), AiError> {
         base_url: arg::<String>(fcinfo, 9),
         requests_per_minute: arg::<i32>(fcinfo, 11),
         tokens_per_minute: arg::<i32>(fcinfo, 12),
+        provider: Some(
+            arg::<String>(fcinfo, 13).ok_or_else(|| AiError::invalid("provider must not be NULL"))?,
+        ),
+        workspace: arg::<String>(fcinfo, 14),
     };
     let replace = arg::<bool>(fcinfo, 10).ok_or_else(|| AiError::invalid("replace must not be NULL"))?;
     let deployment = Deployment::from_args(args)?;
@@ -52,12 +56,15 @@ fn deploy(fcinfo: pg_sys::FunctionCallInfo) -> Result<(), AiError> {
         }
     }
     let verb = if replaced { "redeployed" } else { "deployed" };
+    let at = match &deployment.workspace {
+        Some(ws) => format!("{} (OpenSearch workspace {ws})", deployment.endpoint()),
+        None => deployment.endpoint().to_string(),
+    };
     pgrx::notice!(
-        "{verb} model \"{}\" ({}, {} task) at {}",
+        "{verb} model \"{}\" ({}, {} task) at {at}",
         deployment.name,
         deployment.spec.model_type,
-        deployment.spec.task,
-        deployment.endpoint()
+        deployment.spec.task
     );
     Ok(())
 }

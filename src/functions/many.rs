@@ -2,10 +2,11 @@
 //! per-request limit, prompts one per request, with up to `pg_bailian.max_concurrency`
 //! requests in flight. Results are handed over per input as requests complete.
 
+use super::generate::prompt_request;
 use crate::backend::{self, Target};
 use bailian_core::client::embed_each;
 use bailian_core::deploy::Deployment;
-use bailian_core::request;
+use bailian_core::providers::EmbedInput;
 use bailian_core::AiError;
 use serde_json::{Map, Value};
 
@@ -16,20 +17,22 @@ pub fn embed_texts(
     texts: &[Option<&str>],
     mut done: impl FnMut(usize, Result<Vec<f32>, AiError>) -> Result<(), AiError>,
 ) -> Result<(), AiError> {
-    let per_request = d.spec.max_inputs_per_request.unwrap_or(1).max(1) as usize;
+    let model = d.embedding_model();
+    let per_request = model.per_request;
     let positions: Vec<usize> =
         (0..texts.len()).filter(|i| texts[*i].is_some_and(|t| !t.is_empty())).collect();
     let chunks: Vec<&[usize]> = positions.chunks(per_request).collect();
     let target = Target::new(d, &Map::new())?;
-    let model = d.embedding_model();
+    let model = &model;
     let mut next = 0..chunks.len();
     backend::drive(
         &target,
         |client, call| {
             let chunk = chunks[next.next()?];
-            let inputs: Vec<&str> = chunk.iter().map(|p| texts[*p].unwrap_or_default()).collect();
+            let inputs: Vec<EmbedInput> =
+                chunk.iter().map(|p| EmbedInput::Text(texts[*p].unwrap_or_default())).collect();
             Some(async move {
-                let results = embed_each(client, &call, &model, &inputs).await;
+                let results = embed_each(client, &call, model, &inputs).await;
                 (chunk, results)
             })
         },
@@ -56,12 +59,14 @@ pub fn generate(
         &target,
         |client, call| {
             let position = next.next()?;
-            let body = request::chat_body(
-                d.spec.model_type,
-                prompts[position].as_deref().unwrap_or_default(),
-                params,
-            );
-            Some(async move { (position, client.chat(&call, &body).await.map(|(text, _)| text)) })
+            let request = prompt_request(d, prompts[position].as_deref().unwrap_or_default(), params);
+            Some(async move {
+                let answer = match request {
+                    Ok(request) => client.chat(&call, &request).await.map(|out| out.content),
+                    Err(e) => Err(e),
+                };
+                (position, answer)
+            })
         },
         |(position, result)| done(position, result),
     )

@@ -1,7 +1,7 @@
 //! ai_supported_models(): the registry as rows.
 
 use bailian_core::params::{accepted_names, Phase};
-use bailian_core::registry::MODELS;
+use bailian_core::registry::{Thinking, MODELS};
 use pgrx::prelude::*;
 
 #[allow(clippy::type_complexity)]
@@ -20,6 +20,10 @@ fn ai_supported_models() -> TableIterator<
         name!(default_dimension, Option<i32>),
         name!(max_inputs_per_request, Option<i32>),
         name!(notes, Option<String>),
+        name!(provider, String),
+        name!(stream_only, bool),
+        name!(thinking, String),
+        name!(web_search, bool),
     ),
 > {
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -39,6 +43,16 @@ fn ai_supported_models() -> TableIterator<
             m.default_dimension.map(|d| d as i32),
             m.max_inputs_per_request.map(|n| n as i32),
             (!m.notes.is_empty()).then(|| m.notes.to_string()),
+            m.provider.to_string(),
+            m.stream_only,
+            match m.thinking {
+                Thinking::Never => "never",
+                Thinking::Switchable { default_on: false } => "switchable (off by default)",
+                Thinking::Switchable { default_on: true } => "switchable (on by default)",
+                Thinking::Always => "always",
+            }
+            .to_string(),
+            m.web_search,
         )
     }))
 }

@@ -1,15 +1,23 @@
-//! The HTTP client for Bailian's compatible-mode API: one pooled keep-alive client, the retry
-//! loop, and the mapping of every failure to an `AiError` with the key scrubbed out.
+//! The HTTP client for every provider: one pooled keep-alive client, the retry loop, plain and
+//! streamed (server-sent events) answers, and the mapping of every failure to an `AiError`
+//! with the key scrubbed out.
 //!
 //! Whatever answers at `base_url` is not trusted: it may be Bailian, a gateway, a proxy or a
 //! typo'd host. A body is read only up to `Call::max_response_bytes` (it lands in the memory of
 //! a PostgreSQL backend), a redirect is not followed (it would send the prompt, and for the
-//! same host the key, somewhere nobody deployed), and the parsers in `request` refuse what
+//! same host the key, somewhere nobody deployed), and the parsers in `providers` refuse what
 //! PostgreSQL cannot store. Nothing the provider sends can make this code panic.
+//!
+//! A stream is one attempt like any request: `Call::timeout` covers it from connect to its
+//! last event, a stream that breaks or ends before its end marker is retried like a broken
+//! connection, and dropping the future (a cancel) closes the connection at once.
 
 use crate::error::AiError;
+use crate::providers::{
+    self, compatible, opensearch, sse, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel,
+};
 use crate::ratelimit::RateLimiter;
-use crate::request::{self, EmbeddingModel, Usage};
+use crate::registry::Api;
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::secret::ApiKey;
 use bytes::{Bytes, BytesMut};
@@ -74,17 +82,23 @@ impl Client {
         Ok(Client { http })
     }
 
-    /// `POST {endpoint}{path}` with retries; returns the body of the first success.
-    pub async fn post(&self, call: &Call<'_>, path: &str, body: &Value) -> Result<Bytes, AiError> {
-        let url = format!("{}{path}", call.endpoint);
+    /// `POST url` with retries; `read` turns a 2xx response into the result.
+    async fn send<T, F, Fut>(&self, call: &Call<'_>, url: &str, body: &Value, read: F) -> Result<T, AiError>
+    where
+        F: Fn(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let payload = bytes_of(body);
         let mut attempt: u32 = 1;
         loop {
             if let Some(limiter) = call.limiter {
                 limiter.acquire_request().await;
             }
-            let failure = match self.attempt(call, &url, payload.clone()).await {
-                Ok(v) => return Ok(v),
+            let failure = match self.attempt(call, url, payload.clone()).await {
+                Ok(response) => match read(response).await {
+                    Ok(v) => return Ok(v),
+                    Err(f) => f,
+                },
                 Err(f) => f,
             };
             if failure.error.is_retryable() && attempt <= call.retry.max_retries {
@@ -96,7 +110,17 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, call: &Call<'_>, url: &str, payload: Vec<u8>) -> Result<Bytes, Failure> {
+    /// `POST url` with retries; returns the body of the first success.
+    pub async fn post(&self, call: &Call<'_>, url: &str, body: &Value) -> Result<Bytes, AiError> {
+        self.send(call, url, body, |response| read_success_body(call, response)).await
+    }
+
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        url: &str,
+        payload: Vec<u8>,
+    ) -> Result<reqwest::Response, Failure> {
         let sent = self
             .http
             .post(url)
@@ -114,30 +138,34 @@ impl Client {
         if !status.is_success() {
             return Err(provider_failure(call, response).await);
         }
-        read_success_body(call, response).await
+        Ok(response)
     }
 
-    /// `ai_gen`: the assistant's text.
-    pub async fn chat(&self, call: &Call<'_>, body: &Value) -> Result<(String, Usage), AiError> {
-        let v = self.post(call, "/chat/completions", body).await?;
-        let out = request::parse_chat(call.model, &v).map_err(|e| redacted(call, e))?;
+    /// A chat call (`ai_gen`, `ai_chat`, `ai_translate`, `ai_gen_audio`), plain or streamed as
+    /// `request` says.
+    pub async fn chat(&self, call: &Call<'_>, request: &ChatRequest) -> Result<ChatOutcome, AiError> {
+        let out = if request.stream {
+            self.send(call, &request.url, &request.body, |response| read_stream(call, request, response))
+                .await?
+        } else {
+            let body = self.post(call, &request.url, &request.body).await?;
+            parse_plain(call, request, &body).map_err(|e| redacted(call, e))?
+        };
         if let Some(limiter) = call.limiter {
-            limiter.record_tokens(out.1.total_tokens);
+            limiter.record_tokens(out.total_tokens());
         }
         Ok(out)
     }
 
-    /// `ai_embed`: one vector per input, in input order.
+    /// One vector per input, in input order.
     pub async fn embed(
         &self,
         call: &Call<'_>,
-        body: &Value,
-        expected: usize,
-        dimension: Option<u32>,
+        model: &EmbeddingModel,
+        inputs: &[EmbedInput<'_>],
     ) -> Result<Vec<Vec<f32>>, AiError> {
-        let v = self.post(call, "/embeddings", body).await?;
-        let (vectors, usage) =
-            request::parse_embeddings(call.model, &v, expected, dimension).map_err(|e| redacted(call, e))?;
+        let v = self.post(call, &model.url, &model.body(inputs)).await?;
+        let (vectors, usage) = model.parse(call.model, &v, inputs.len()).map_err(|e| redacted(call, e))?;
         if let Some(limiter) = call.limiter {
             limiter.record_tokens(usage.total_tokens);
         }
@@ -145,21 +173,111 @@ impl Client {
     }
 }
 
-/// Embeds `inputs` in one request; when Bailian refuses the whole request with a 400 (one
-/// input it will not take, such as data_inspection_failed), each input is sent alone so
+/// A whole (non-stream) answer, by the provider that sent it.
+fn parse_plain(call: &Call<'_>, request: &ChatRequest, body: &[u8]) -> Result<ChatOutcome, AiError> {
+    match request.api {
+        Api::OpenSearch => opensearch::parse_chat(call.model, request.model_type, body),
+        _ => compatible::parse_chat(call.model, body),
+    }
+}
+
+/// Assembles a streamed answer. Bytes count against `max_response_bytes` as they arrive. A
+/// 2xx answer that is not an event stream (a gateway that ignored `stream`) is read whole.
+async fn read_stream(
+    call: &Call<'_>,
+    request: &ChatRequest,
+    mut response: reqwest::Response,
+) -> Result<ChatOutcome, Failure> {
+    let plain = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let fail = |error: AiError| Failure { error: redacted(call, error), retry_after: None };
+    if plain {
+        let body = read_success_body(call, response).await?;
+        return parse_plain(call, request, &body).map_err(fail);
+    }
+    let mut decoder = sse::Decoder::default();
+    let mut events = Vec::new();
+    let mut assembler = match request.api {
+        Api::OpenSearch => Assembler::OpenSearch(opensearch::StreamAssembler::default()),
+        _ => Assembler::Compatible(compatible::StreamAssembler::default()),
+    };
+    let mut read: u64 = 0;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return Err(transport_failure(call, e)),
+        };
+        read += chunk.len() as u64;
+        if read > call.max_response_bytes {
+            return Err(Failure {
+                error: AiError::ResponseTooLarge {
+                    model: call.model.into(),
+                    limit_bytes: call.max_response_bytes,
+                },
+                retry_after: None,
+            });
+        }
+        decoder.feed(&chunk, &mut events);
+        for event in events.drain(..) {
+            assembler.feed(call.model, request.model_type, &event).map_err(fail)?;
+        }
+    }
+    decoder.finish(&mut events);
+    for event in events.drain(..) {
+        assembler.feed(call.model, request.model_type, &event).map_err(fail)?;
+    }
+    assembler.finish(call).map_err(|error| Failure { error, retry_after: None })
+}
+
+enum Assembler {
+    Compatible(compatible::StreamAssembler),
+    OpenSearch(opensearch::StreamAssembler),
+}
+
+impl Assembler {
+    fn feed(&mut self, model: &str, model_type: &str, event: &sse::Event) -> Result<(), AiError> {
+        match self {
+            Assembler::Compatible(a) => a.feed(model, event),
+            Assembler::OpenSearch(a) => a.feed(model, model_type, event),
+        }
+    }
+
+    /// The answer; an error of a retryable kind (a stream cut short) is retried.
+    fn finish(self, call: &Call<'_>) -> Result<ChatOutcome, AiError> {
+        match self {
+            // Without `[DONE]` the answer may be cut short anywhere: retried like a broken
+            // connection rather than returned incomplete.
+            Assembler::Compatible(a) if !a.is_done() => Err(AiError::Connect {
+                model: call.model.into(),
+                endpoint: call.endpoint.into(),
+                detail: "the stream ended before its last event (data: [DONE])".into(),
+                attempts: 1,
+            }),
+            Assembler::Compatible(a) => a.finish(call.model).map_err(|e| redacted(call, e)),
+            Assembler::OpenSearch(a) => a.finish(call.model).map_err(|e| redacted(call, e)),
+        }
+    }
+}
+
+/// Embeds `inputs` in one request; when the provider refuses the whole request with a 400
+/// (one input it will not take, such as data_inspection_failed), each input is sent alone so
 /// only the offending ones fail. Results are per input, in order.
 pub async fn embed_each(
     client: &Client,
     call: &Call<'_>,
     model: &EmbeddingModel,
-    inputs: &[&str],
+    inputs: &[EmbedInput<'_>],
 ) -> Vec<Result<Vec<f32>, AiError>> {
-    match client.embed(call, &model.body(inputs), inputs.len(), model.dimension).await {
+    match client.embed(call, model, inputs).await {
         Ok(vectors) => vectors.into_iter().map(Ok).collect(),
         Err(AiError::Provider { status: 400, .. }) if inputs.len() > 1 => {
             let mut out = Vec::with_capacity(inputs.len());
             for input in inputs {
-                let one = client.embed(call, &model.body(&[input]), 1, model.dimension).await;
+                let one = client.embed(call, model, std::slice::from_ref(input)).await;
                 out.push(one.map(|mut v| v.remove(0)));
             }
             out
@@ -228,7 +346,7 @@ async fn provider_failure(call: &Call<'_>, response: reqwest::Response) -> Failu
         Ok(Capped::Complete(body) | Capped::Over(body)) => body,
         Err(e) => return transport_failure(call, e),
     };
-    let parsed = request::parse_error_body(&body);
+    let parsed = providers::parse_error_body(&body);
     let message = if parsed.message.is_empty() {
         status.canonical_reason().unwrap_or("no message").to_string()
     } else {
@@ -274,7 +392,7 @@ fn describe_location(call: &Call<'_>, url: &str, location: Option<&[u8]>) -> Str
     target.set_query(None);
     target.set_fragment(None);
     let shown: String = call.key.redact(target.as_str()).chars().take(MAX_LOCATION_CHARS).collect();
-    format!("to {}", request::without_nul(&shown))
+    format!("to {}", providers::without_nul(&shown))
 }
 
 /// A parse error's detail may quote the body, and a gateway may echo the request (its
@@ -284,6 +402,13 @@ fn redacted(call: &Call<'_>, e: AiError) -> AiError {
         AiError::MalformedResponse { model, detail } => {
             AiError::MalformedResponse { model, detail: call.key.redact(&detail) }
         }
+        AiError::Provider { model, status, code, message, request_id } => AiError::Provider {
+            model,
+            status,
+            code: call.key.redact(&code),
+            message: call.key.redact(&message),
+            request_id: request_id.map(|r| call.key.redact(&r)),
+        },
         other => other,
     }
 }
@@ -315,7 +440,7 @@ fn transport_failure(call: &Call<'_>, e: reqwest::Error) -> Failure {
         AiError::Connect {
             model: call.model.into(),
             endpoint: call.endpoint.into(),
-            detail: call.key.redact(&request::without_nul(&detail)),
+            detail: call.key.redact(&providers::without_nul(&detail)),
             attempts: 1,
         }
     };

@@ -4,7 +4,8 @@
 use crate::error::AiError;
 use crate::params::{self, Phase};
 use crate::policy::Policy;
-use crate::registry::{self, ModelSpec};
+use crate::providers::{compatible, multimodal, opensearch, ChatRequest, EmbeddingModel};
+use crate::registry::{self, Api, ModelSpec, Provider};
 use crate::retry::RetryPolicy;
 use crate::secret::KeySource;
 use serde_json::{Map, Value};
@@ -34,6 +35,16 @@ impl Region {
             Region::Beijing => "https://dashscope.aliyuncs.com/compatible-mode/v1",
             Region::Singapore => "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
             Region::Virginia => "https://dashscope-us.aliyuncs.com/compatible-mode/v1",
+        }
+    }
+
+    /// The region's DashScope-native API root (Bailian's base-URL page: `/api/v1` on the same
+    /// host as compatible mode).
+    pub fn native_root(self) -> &'static str {
+        match self {
+            Region::Beijing => "https://dashscope.aliyuncs.com/api/v1",
+            Region::Singapore => "https://dashscope-intl.aliyuncs.com/api/v1",
+            Region::Virginia => "https://dashscope-us.aliyuncs.com/api/v1",
         }
     }
 
@@ -143,6 +154,8 @@ pub struct CallSettings {
 pub struct Deployment {
     pub name: String,
     pub spec: &'static ModelSpec,
+    /// OpenSearch's workspace name; None for Bailian.
+    pub workspace: Option<String>,
     pub key: KeySource,
     pub params: Map<String, Value>,
     pub retry: RetrySettings,
@@ -166,6 +179,9 @@ pub struct DeployArgs {
     pub base_url: Option<String>,
     pub requests_per_minute: Option<i32>,
     pub tokens_per_minute: Option<i32>,
+    /// 'bailian' (None means the same) or 'opensearch'.
+    pub provider: Option<String>,
+    pub workspace: Option<String>,
 }
 
 fn required<T>(v: Option<T>, name: &str) -> Result<T, AiError> {
@@ -192,22 +208,59 @@ pub fn check_model_name(name: &str) -> Result<(), AiError> {
     Ok(())
 }
 
-pub fn find_model_type(model_type: &str) -> Result<&'static ModelSpec, AiError> {
-    registry::find(model_type).ok_or_else(|| {
-        let near = registry::similar(model_type, 3);
+pub fn parse_provider(raw: Option<&str>) -> Result<Provider, AiError> {
+    let Some(raw) = raw else { return Ok(Provider::Bailian) };
+    Provider::parse(raw).ok_or_else(|| {
+        AiError::invalid(format!(
+            "invalid provider \"{}\"; allowed: bailian (Model Studio), opensearch (OpenSearch AI Search Open Platform)",
+            raw.escape_default()
+        ))
+    })
+}
+
+pub fn find_model_type(provider: Provider, model_type: &str) -> Result<&'static ModelSpec, AiError> {
+    registry::find_at(provider, model_type).ok_or_else(|| {
+        let list = format!(
+            "SELECT model_type FROM ai_supported_models() WHERE provider = '{provider}' lists them all."
+        );
+        let near = registry::similar(provider, model_type, 3);
         let hint = if near.is_empty() {
-            "SELECT model_type FROM ai_supported_models() lists the supported models.".to_string()
+            list
         } else {
             format!(
-                "Did you mean {}? SELECT model_type FROM ai_supported_models() lists them all.",
+                "Did you mean {}? {list}",
                 near.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(" or ")
             )
         };
         AiError::invalid_with_hint(
-            format!("unsupported model_type \"{}\"", model_type.escape_default()),
+            format!("unsupported model_type \"{}\" for provider {provider}", model_type.escape_default()),
             hint,
         )
     })
+}
+
+/// An OpenSearch workspace name goes into the URL path: a plain name only.
+fn check_workspace(provider: Provider, workspace: Option<String>) -> Result<Option<String>, AiError> {
+    match (provider, workspace) {
+        (Provider::Bailian, None) => Ok(None),
+        (Provider::Bailian, Some(_)) => Err(AiError::invalid(
+            "workspace applies only to provider 'opensearch'; leave it NULL for bailian",
+        )),
+        (Provider::OpenSearch, None) => Ok(Some("default".into())),
+        (Provider::OpenSearch, Some(w)) => {
+            let ok = !w.is_empty()
+                && w.len() <= 64
+                && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if ok {
+                Ok(Some(w))
+            } else {
+                Err(AiError::invalid(format!(
+                    "invalid workspace \"{}\"; allowed: 1 to 64 letters, digits, '_' or '-', e.g. default",
+                    w.escape_default()
+                )))
+            }
+        }
+    }
 }
 
 /// `raw` as it may appear in a message: userinfo (`user:password@`) and key-shaped tokens
@@ -257,8 +310,9 @@ impl Deployment {
     pub fn from_args(a: DeployArgs) -> Result<Deployment, AiError> {
         let name = required(a.model_name.clone(), "model_name")?;
         check_model_name(&name)?;
-        let spec = find_model_type(&required(a.model_type.clone(), "model_type")?)?;
-        let key = KeySource::parse(&required(a.api_key.clone(), "api_key")?)?;
+        let provider = parse_provider(a.provider.as_deref())?;
+        let spec = find_model_type(provider, &required(a.model_type.clone(), "model_type")?)?;
+        let key = KeySource::parse_for(provider, &required(a.api_key.clone(), "api_key")?)?;
         Deployment::finish(name, spec, key, a)
     }
 
@@ -268,7 +322,8 @@ impl Deployment {
     pub fn from_catalog(a: DeployArgs, key: KeySource) -> Result<Deployment, AiError> {
         let name = required(a.model_name.clone(), "model_name")?;
         check_model_name(&name)?;
-        let spec = find_model_type(&required(a.model_type.clone(), "model_type")?)?;
+        let provider = parse_provider(a.provider.as_deref())?;
+        let spec = find_model_type(provider, &required(a.model_type.clone(), "model_type")?)?;
         Deployment::finish(name, spec, key, a)
     }
 
@@ -288,7 +343,26 @@ impl Deployment {
         let region = Region::parse(&required(a.region, "region")?)?;
         let base_url = a.base_url.as_deref().map(check_base_url).transpose()?;
         let limits = RateLimits::new(a.requests_per_minute, a.tokens_per_minute)?;
-        Ok(Deployment { name, spec, key, params, retry, region, base_url, limits })
+        let workspace = check_workspace(spec.provider, a.workspace)?;
+        match (spec.provider, spec.api, &base_url) {
+            (Provider::OpenSearch, _, None) => {
+                return Err(AiError::invalid_with_hint(
+                    "provider 'opensearch' needs base_url: the host of your OpenSearch AI Search Open Platform instance",
+                    "Pass base_url => 'https://<instance>.<region>.opensearch.aliyuncs.com' (the console's API endpoint).",
+                ))
+            }
+            (_, Api::MultimodalEmbedding, Some(url)) if multimodal::native_root(url).is_none() => {
+                return Err(AiError::invalid(format!(
+                    "model {} is served by the DashScope native API, whose root pg_bailian derives from \
+                     base_url: base_url must end with /compatible-mode/v1 (or be the native root, ending \
+                     with /api/v1); got \"{}\"",
+                    spec.model_type,
+                    shown_url(url)
+                )))
+            }
+            _ => {}
+        }
+        Ok(Deployment { name, spec, workspace, key, params, retry, region, base_url, limits })
     }
 
     /// Deploy-time checks that depend on the settings and on who deploys: the key source must
@@ -339,11 +413,44 @@ impl Deployment {
     }
 
     /// How embedding requests to this model are made.
-    pub fn embedding_model(&self) -> crate::request::EmbeddingModel {
-        crate::request::EmbeddingModel {
+    pub fn embedding_model(&self) -> EmbeddingModel {
+        let url = match self.spec.api {
+            Api::MultimodalEmbedding => {
+                let root = match &self.base_url {
+                    Some(base) => multimodal::native_root(base).unwrap_or_else(|| base.clone()),
+                    None => self.region.native_root().to_string(),
+                };
+                format!("{root}{}", multimodal::PATH)
+            }
+            _ => format!("{}/embeddings", self.endpoint()),
+        };
+        EmbeddingModel {
             model_type: self.spec.model_type,
+            api: self.spec.api,
+            url,
             dimension: self.dimension(),
             choosable: self.spec.dimensions.len() > 1,
+            per_request: self.spec.max_inputs_per_request.unwrap_or(1).max(1) as usize,
+        }
+    }
+
+    /// A chat request with `messages` and (merged, validated) `params`, to wherever this
+    /// model's provider serves it.
+    pub fn chat_request(
+        &self,
+        messages: Vec<Value>,
+        params: &Map<String, Value>,
+    ) -> Result<ChatRequest, AiError> {
+        match self.spec.api {
+            Api::OpenSearch => {
+                let url = opensearch::url(
+                    self.endpoint(),
+                    self.workspace.as_deref().unwrap_or("default"),
+                    self.spec.model_type,
+                );
+                Ok(opensearch::chat_request(self.spec, &url, messages, params))
+            }
+            _ => compatible::chat_request(self.spec, self.endpoint(), messages, params),
         }
     }
 
@@ -360,6 +467,8 @@ mod tests {
 
     fn args() -> DeployArgs {
         DeployArgs {
+            provider: None,
+            workspace: None,
             model_name: Some("m".into()),
             model_type: Some("qwen-plus".into()),
             api_key: Some("sk-0123456789abcdef".into()),

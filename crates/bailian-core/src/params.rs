@@ -3,7 +3,7 @@
 //! code, so a value accepted at one is accepted at the other.
 
 use crate::error::AiError;
-use crate::registry::{Extras, ModelSpec, Task};
+use crate::registry::{Extras, ModelSpec, Provider, Task, Thinking};
 use serde_json::{Map, Value};
 
 /// When the params are checked: some keys exist only per call.
@@ -32,6 +32,19 @@ enum Param {
     Dimension,
     Timeout,
     MaxRetries,
+    Stream,
+    TopK,
+    PresencePenalty,
+    RepetitionPenalty,
+    ThinkingBudget,
+    EnableSearch,
+    SearchOptions,
+    ResponseFormat,
+    Voice,
+    CsiLevel,
+    SearchReturnResult,
+    SearchTopK,
+    SearchWay,
 }
 
 use Param::*;
@@ -54,10 +67,40 @@ const ALL: &[Param] = &[
     Dimension,
     Timeout,
     MaxRetries,
+    Stream,
+    TopK,
+    PresencePenalty,
+    RepetitionPenalty,
+    ThinkingBudget,
+    EnableSearch,
+    SearchOptions,
+    ResponseFormat,
+    Voice,
+    CsiLevel,
+    SearchReturnResult,
+    SearchTopK,
+    SearchWay,
 ];
 
-const CHAT: &[Param] = &[Temperature, TopP, MaxTokens, EnableThinking, Seed, Stop, System];
-const OMNI: &[Param] = &[Modalities, Audio];
+/// Compatible-mode chat parameters every Bailian chat model takes (Bailian's chat API
+/// reference); thinking, search and audio parameters are added per model.
+const CHAT: &[Param] = &[
+    Temperature,
+    TopP,
+    TopK,
+    MaxTokens,
+    Seed,
+    Stop,
+    PresencePenalty,
+    RepetitionPenalty,
+    System,
+    ResponseFormat,
+];
+const OMNI: &[Param] = &[Modalities, Audio, Voice];
+/// Seed 003's request parameters.
+const OPENSEARCH: &[Param] =
+    &[Temperature, TopP, TopK, MaxTokens, Seed, Stop, PresencePenalty, RepetitionPenalty, System, CsiLevel];
+const OPENSEARCH_SEARCH: &[Param] = &[EnableSearch, SearchReturnResult, SearchTopK, SearchWay];
 const TRANSLATION: &[Param] = &[SourceLang, Terms, TmList, Domains];
 
 impl Param {
@@ -80,6 +123,19 @@ impl Param {
             Dimension => "dimension",
             Timeout => "timeout",
             MaxRetries => "max_retries",
+            Stream => "stream",
+            TopK => "top_k",
+            PresencePenalty => "presence_penalty",
+            RepetitionPenalty => "repetition_penalty",
+            ThinkingBudget => "thinking_budget",
+            EnableSearch => "enable_search",
+            SearchOptions => "search_options",
+            ResponseFormat => "response_format",
+            Voice => "voice",
+            CsiLevel => "csi_level",
+            SearchReturnResult => "search_return_result",
+            SearchTopK => "search_top_k",
+            SearchWay => "search_way",
         }
     }
 
@@ -88,12 +144,33 @@ impl Param {
     }
 
     fn allowed(self, spec: &ModelSpec) -> String {
+        let opensearch = spec.provider == Provider::OpenSearch;
         match self {
             Temperature => "a number in [0, 2)".into(),
+            TopP if opensearch => "a number in (0, 1)".into(),
             TopP => "a number in (0, 1]".into(),
-            MaxTokens => "a positive integer up to 2147483647".into(),
-            EnableThinking => "true or false".into(),
+            MaxTokens => match spec.max_tokens_cap {
+                Some(cap) => format!("a positive integer up to {cap}"),
+                None => "a positive integer up to 2147483647".into(),
+            },
+            EnableThinking | Stream | EnableSearch | SearchReturnResult => "true or false".into(),
+            Seed if opensearch => "an integer in [0, 18446744073709551615]".into(),
             Seed => "an integer in [0, 2147483647]".into(),
+            TopK => "an integer in [0, 2147483647] (above 100 turns top_k off)".into(),
+            PresencePenalty => "a number in [-2, 2]".into(),
+            RepetitionPenalty => "a number greater than 0 (1 means no penalty)".into(),
+            ThinkingBudget | SearchTopK => "a positive integer up to 2147483647".into(),
+            SearchOptions => "an object with forced_search (true or false) and search_strategy \
+                              (\"turbo\", \"max\", \"agent\" or \"agent_max\")"
+                .into(),
+            ResponseFormat => {
+                "{\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \
+                               \"json_schema\": {\"name\": \"...\", \"schema\": {...}, \"strict\": true}}"
+                    .into()
+            }
+            Voice => "a non-empty voice name, e.g. \"Cherry\"".into(),
+            CsiLevel => "\"none\", \"loose\", \"strict\" or \"rigorous\"".into(),
+            SearchWay => "\"normal\", \"fast\" or \"full\"".into(),
             Stop => "a non-empty string or an array of 1 to 4 non-empty strings".into(),
             System => "a non-empty string".into(),
             Modalities => "[\"text\"] or [\"text\", \"audio\"]".into(),
@@ -125,12 +202,36 @@ impl Param {
 
     /// Checks one value; `Some(normalized)` when it is allowed.
     fn check(self, v: &Value, spec: &ModelSpec) -> Option<Value> {
+        let opensearch = spec.provider == Provider::OpenSearch;
+        let one_of = |allowed: &[&str]| v.as_str().is_some_and(|s| allowed.contains(&s));
         let ok = match self {
             Temperature => v.as_f64().is_some_and(|t| (0.0..2.0).contains(&t)),
+            TopP if opensearch => v.as_f64().is_some_and(|p| p > 0.0 && p < 1.0),
             TopP => v.as_f64().is_some_and(|p| p > 0.0 && p <= 1.0),
-            MaxTokens => v.as_u64().is_some_and(|n| (1..=i32::MAX as u64).contains(&n)),
-            EnableThinking => v.is_boolean(),
+            MaxTokens => {
+                let cap = spec.max_tokens_cap.map_or(i32::MAX as u64, u64::from);
+                v.as_u64().is_some_and(|n| (1..=cap).contains(&n))
+            }
+            EnableThinking | Stream | EnableSearch | SearchReturnResult => v.is_boolean(),
+            Seed if opensearch => v.as_u64().is_some(),
             Seed => v.as_u64().is_some_and(|n| n <= i32::MAX as u64),
+            TopK => v.as_u64().is_some_and(|n| n <= i32::MAX as u64),
+            PresencePenalty => v.as_f64().is_some_and(|p| (-2.0..=2.0).contains(&p)),
+            RepetitionPenalty => v.as_f64().is_some_and(|p| p > 0.0 && p.is_finite()),
+            ThinkingBudget | SearchTopK => v.as_u64().is_some_and(|n| (1..=i32::MAX as u64).contains(&n)),
+            SearchOptions => v.as_object().is_some_and(|o| {
+                o.iter().all(|(k, v)| match k.as_str() {
+                    "forced_search" => v.is_boolean(),
+                    "search_strategy" => {
+                        v.as_str().is_some_and(|s| ["turbo", "max", "agent", "agent_max"].contains(&s))
+                    }
+                    _ => false,
+                })
+            }),
+            ResponseFormat => response_format_ok(v),
+            Voice => v.as_str().is_some_and(|s| !s.trim().is_empty()),
+            CsiLevel => one_of(&["none", "loose", "strict", "rigorous"]),
+            SearchWay => one_of(&["normal", "fast", "full"]),
             Stop => match v {
                 Value::String(s) => !s.is_empty(),
                 Value::Array(a) => {
@@ -182,19 +283,60 @@ impl Param {
     }
 }
 
+/// `response_format` as Bailian's structured-output guide describes it.
+fn response_format_ok(v: &Value) -> bool {
+    let Some(o) = v.as_object() else { return false };
+    match o.get("type").and_then(Value::as_str) {
+        Some("text" | "json_object") => o.len() == 1,
+        Some("json_schema") => {
+            o.len() == 2
+                && o.get("json_schema").and_then(Value::as_object).is_some_and(|js| {
+                    js.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+                        && js.get("schema").is_some_and(Value::is_object)
+                        && js.get("strict").is_none_or(Value::is_boolean)
+                        && js
+                            .keys()
+                            .all(|k| ["name", "schema", "strict", "description"].contains(&k.as_str()))
+                })
+        }
+        _ => false,
+    }
+}
+
 /// The keys `spec` accepts in `phase`, in the order error messages list them.
 fn accepted(spec: &ModelSpec, phase: Phase) -> Vec<Param> {
+    let opensearch = spec.provider == Provider::OpenSearch;
     let mut keys: Vec<Param> = match spec.task {
+        Task::Chat if opensearch => OPENSEARCH.to_vec(),
         Task::Chat => CHAT.to_vec(),
         Task::Translation => TRANSLATION.to_vec(),
         Task::Embedding => vec![Dimension],
     };
+    if spec.task == Task::Chat {
+        match spec.thinking {
+            Thinking::Switchable { .. } if !opensearch => {
+                keys.extend_from_slice(&[EnableThinking, ThinkingBudget])
+            }
+            Thinking::Always if !opensearch => keys.push(ThinkingBudget),
+            _ => {}
+        }
+        if spec.web_search {
+            keys.extend_from_slice(if opensearch {
+                OPENSEARCH_SEARCH
+            } else {
+                &[EnableSearch, SearchOptions]
+            });
+        }
+    }
     if spec.extras == Extras::Omni {
         keys.extend_from_slice(OMNI);
     }
     if phase == Phase::Call {
-        if spec.task == Task::Chat && spec.accepts_images() {
-            keys.push(Images);
+        if spec.task == Task::Chat {
+            keys.push(Stream);
+            if spec.accepts_images() {
+                keys.push(Images);
+            }
         }
         keys.extend_from_slice(&[Timeout, MaxRetries]);
     }
@@ -282,11 +424,14 @@ pub fn validate(spec: &ModelSpec, params: &Value, phase: Phase) -> Result<Map<St
             if name == "target_lang" {
                 return Err(target_lang_error());
             }
-            let per_call_only = matches!(Param::from_name(name), Some(Timeout | MaxRetries | Images))
-                && accepted(spec, Phase::Call).contains(&Param::from_name(name).unwrap());
+            let per_call_only =
+                matches!(Param::from_name(name), Some(Timeout | MaxRetries | Images | Stream))
+                    && accepted(spec, Phase::Call).contains(&Param::from_name(name).unwrap());
             if per_call_only {
                 let hint = if name == "images" {
                     "Images are per call: ai_gen(model, prompt, params => '{\"images\": [...]}')."
+                } else if name == "stream" {
+                    "Streaming is per call (params => '{\"stream\": true}'); models that need it always stream."
                 } else {
                     "Retry and timeout settings are arguments of ai_deploy_model \
                      (max_retries, timeout); per call they go in params."

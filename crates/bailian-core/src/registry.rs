@@ -1,7 +1,9 @@
-//! The supported Bailian models: the single source that both deploy-time validation and
-//! `ai_supported_models()` read. Transcribed from seed 000 (the Hologres model list), with the
-//! embedding dimensions and per-request input limits that `shared/spec/sql-api.md` settles
-//! where the seed contradicts itself.
+//! The supported models: the single source that deploy-time validation, request building and
+//! `ai_supported_models()` read. Bailian's models are transcribed from seed 000 (the Hologres
+//! model list), with the embedding dimensions and per-request input limits that
+//! `shared/spec/sql-api.md` settles where the seed contradicts itself, and how Bailian's API
+//! reference says each one must be called (stream-only, thinking, web search, native API).
+//! OpenSearch's text-generation services are transcribed from seed 003.
 
 use std::fmt;
 
@@ -38,6 +40,63 @@ impl fmt::Display for Task {
     }
 }
 
+/// Who serves a model: the same id can exist at both (`qwen-plus`), with different APIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Alibaba Cloud Model Studio: compatible mode, plus the DashScope native API where a
+    /// model is not served in compatible mode.
+    Bailian,
+    /// OpenSearch AI Search Open Platform's text generation (seed 003).
+    OpenSearch,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Bailian, Provider::OpenSearch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Bailian => "bailian",
+            Provider::OpenSearch => "opensearch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.as_str() == s.trim().to_ascii_lowercase())
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a model thinks (Bailian's "deep thinking"): the reasoning arrives in
+/// `reasoning_content`, apart from the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Thinking {
+    /// No reasoning output.
+    Never,
+    /// Hybrid: `enable_thinking` switches it, off unless `default_on`. Thinking needs a
+    /// stream (Bailian answers 400 to a non-stream call with `enable_thinking: true`).
+    Switchable { default_on: bool },
+    /// Thinking only: cannot be switched off; non-stream calls carry the reasoning in
+    /// `message.reasoning_content` unless the model is stream-only.
+    Always,
+}
+
+/// Which API serves a model's task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `{base}/chat/completions`, `{base}/embeddings` (OpenAI-compatible).
+    Compatible,
+    /// DashScope native `{root}/api/v1/services/embeddings/multimodal-embedding/multimodal-embedding`:
+    /// the multimodal embedding models are not served by compatible-mode `/embeddings`.
+    MultimodalEmbedding,
+    /// `{host}/v3/openapi/workspaces/{workspace}/text-generation/{service_id}` (seed 003).
+    OpenSearch,
+}
+
 /// Extra parameter families beyond what the task gives every model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extras {
@@ -50,6 +109,8 @@ pub enum Extras {
 
 #[derive(Debug)]
 pub struct ModelSpec {
+    pub provider: Provider,
+    pub api: Api,
     pub model_type: &'static str,
     /// The seed's category column, in English.
     pub category: &'static str,
@@ -64,11 +125,58 @@ pub struct ModelSpec {
     pub max_inputs_per_request: Option<u32>,
     /// The seed's remark (region restrictions and the like).
     pub notes: &'static str,
+    /// Bailian answers this model only as a stream (400 to a non-stream call).
+    pub stream_only: bool,
+    pub thinking: Thinking,
+    /// Takes `enable_search` (web search).
+    pub web_search: bool,
+    /// The most `max_tokens` may ask for, where the provider documents a cap.
+    pub max_tokens_cap: Option<u32>,
 }
 
 impl ModelSpec {
     pub fn accepts_images(&self) -> bool {
         self.inputs.contains(&"image")
+    }
+
+    pub fn speaks(&self) -> bool {
+        self.outputs.contains(&"audio")
+    }
+
+    const fn base(model_type: &'static str, category: &'static str, task: Task) -> ModelSpec {
+        ModelSpec {
+            provider: Provider::Bailian,
+            api: Api::Compatible,
+            model_type,
+            category,
+            task,
+            inputs: TEXT,
+            outputs: TEXT,
+            extras: Extras::None,
+            dimensions: &[],
+            default_dimension: None,
+            max_inputs_per_request: None,
+            notes: "",
+            stream_only: false,
+            thinking: Thinking::Never,
+            web_search: false,
+            max_tokens_cap: None,
+        }
+    }
+
+    const fn thinks(mut self, thinking: Thinking) -> ModelSpec {
+        self.thinking = thinking;
+        self
+    }
+
+    const fn searches(mut self) -> ModelSpec {
+        self.web_search = true;
+        self
+    }
+
+    const fn stream_only(mut self) -> ModelSpec {
+        self.stream_only = true;
+        self
     }
 }
 
@@ -79,49 +187,19 @@ const OMNI_IN: &[&str] = &["text", "image", "audio", "video"];
 const OMNI_OUT: &[&str] = &["text", "audio"];
 const EMBEDDING_OUT: &[&str] = &["embedding"];
 
-const fn chat(model_type: &'static str, category: &'static str) -> ModelSpec {
-    ModelSpec {
-        model_type,
-        category,
-        task: Task::Chat,
-        inputs: TEXT,
-        outputs: TEXT,
-        extras: Extras::None,
-        dimensions: &[],
-        default_dimension: None,
-        max_inputs_per_request: None,
-        notes: "",
-    }
+const fn chat(model_type: &'static str) -> ModelSpec {
+    ModelSpec::base(model_type, "text generation", Task::Chat)
 }
 
 const fn vision(model_type: &'static str, inputs: &'static [&'static str]) -> ModelSpec {
-    ModelSpec {
-        model_type,
-        category: "vision",
-        task: Task::Chat,
-        inputs,
-        outputs: TEXT,
-        extras: Extras::Vision,
-        dimensions: &[],
-        default_dimension: None,
-        max_inputs_per_request: None,
-        notes: "",
-    }
+    let mut m = ModelSpec::base(model_type, "vision", Task::Chat);
+    m.inputs = inputs;
+    m.extras = Extras::Vision;
+    m
 }
 
 const fn translation(model_type: &'static str) -> ModelSpec {
-    ModelSpec {
-        model_type,
-        category: "translation",
-        task: Task::Translation,
-        inputs: TEXT,
-        outputs: TEXT,
-        extras: Extras::None,
-        dimensions: &[],
-        default_dimension: None,
-        max_inputs_per_request: None,
-        notes: "",
-    }
+    ModelSpec::base(model_type, "translation", Task::Translation)
 }
 
 const fn embedding(
@@ -132,79 +210,102 @@ const fn embedding(
     max_inputs_per_request: u32,
     notes: &'static str,
 ) -> ModelSpec {
-    ModelSpec {
-        model_type,
-        category: "embedding",
-        task: Task::Embedding,
-        inputs,
-        outputs: EMBEDDING_OUT,
-        extras: Extras::None,
-        dimensions,
-        default_dimension: Some(default_dimension),
-        max_inputs_per_request: Some(max_inputs_per_request),
-        notes,
-    }
+    let mut m = ModelSpec::base(model_type, "embedding", Task::Embedding);
+    m.inputs = inputs;
+    m.outputs = EMBEDDING_OUT;
+    m.dimensions = dimensions;
+    m.default_dimension = Some(default_dimension);
+    m.max_inputs_per_request = Some(max_inputs_per_request);
+    m.notes = notes;
+    m
+}
+
+const fn multimodal_embedding(
+    model_type: &'static str,
+    dimensions: &'static [u32],
+    default_dimension: u32,
+    max_inputs_per_request: u32,
+    notes: &'static str,
+) -> ModelSpec {
+    let mut m =
+        embedding(model_type, VISION_IN, dimensions, default_dimension, max_inputs_per_request, notes);
+    m.api = Api::MultimodalEmbedding;
+    m
+}
+
+/// An OpenSearch text-generation service (seed 003).
+const fn opensearch(service_id: &'static str) -> ModelSpec {
+    let mut m = ModelSpec::base(service_id, "opensearch text generation", Task::Chat);
+    m.provider = Provider::OpenSearch;
+    m.api = Api::OpenSearch;
+    m
+}
+
+const fn capped(mut m: ModelSpec, max_tokens: u32) -> ModelSpec {
+    m.max_tokens_cap = Some(max_tokens);
+    m
 }
 
 const V4_DIMS: &[u32] = &[2048, 1536, 1024, 768, 512, 256, 128, 64];
 const V3_DIMS: &[u32] = &[1024, 768, 512, 256, 128, 64];
 const QWEN3_VL_EMBEDDING_DIMS: &[u32] = &[2560, 2048, 1536, 1024, 768, 512, 256];
+const VISION_PLUS_DIMS: &[u32] = &[1152];
+const VISION_FLASH_DIMS: &[u32] = &[768];
 const NO_VIDEO_OUTSIDE: &str = "video input only in the beijing and singapore regions";
 
-/// Every model of seed 000's table, in the seed's order.
+const HYBRID: Thinking = Thinking::Switchable { default_on: false };
+const HYBRID_ON: Thinking = Thinking::Switchable { default_on: true };
+const ALWAYS: Thinking = Thinking::Always;
+
+/// Every model of seed 000's table, in the seed's order, then seed 003's services.
 pub static MODELS: &[ModelSpec] = &[
-    chat("qwen3-max", "text generation"),
-    chat("qwen3-max-2026-01-23", "text generation"),
-    chat("qwen3-max-preview", "text generation"),
-    chat("qwen-max", "text generation"),
-    chat("qwen-max-latest", "text generation"),
-    chat("qwen-plus", "text generation"),
-    chat("qwen-plus-latest", "text generation"),
-    chat("qwen-flash", "text generation"),
-    chat("qwen-long", "text generation"),
-    chat("qwen-long-latest", "text generation"),
-    chat("qwq-plus", "text generation"),
-    chat("qwq-plus-latest", "text generation"),
-    chat("deepseek-v3.2", "text generation"),
-    chat("deepseek-v3.2-exp", "text generation"),
-    chat("deepseek-v3.1", "text generation"),
-    chat("deepseek-r1", "text generation"),
-    chat("deepseek-r1-0528", "text generation"),
-    chat("deepseek-v3", "text generation"),
-    chat("deepseek-r1-distill-qwen-1.5b", "text generation"),
-    chat("deepseek-r1-distill-qwen-7b", "text generation"),
-    chat("deepseek-r1-distill-qwen-14b", "text generation"),
-    chat("deepseek-r1-distill-qwen-32b", "text generation"),
-    chat("kimi-k2-thinking", "text generation"),
-    chat("Moonshot-Kimi-K2-Instruct", "text generation"),
-    chat("glm-4.6", "text generation"),
-    chat("glm-4.7", "text generation"),
-    chat("glm-5", "text generation"),
-    chat("MiniMax-M2.1", "text generation"),
-    chat("MiniMax-M2.5", "text generation"),
-    chat("MiniMax/MiniMax-M2.1", "text generation"),
-    chat("MiniMax/MiniMax-M2.5", "text generation"),
+    chat("qwen3-max").searches(),
+    chat("qwen3-max-2026-01-23").thinks(HYBRID).searches(),
+    chat("qwen3-max-preview").thinks(HYBRID).searches(),
+    chat("qwen-max").searches(),
+    chat("qwen-max-latest").searches(),
+    chat("qwen-plus").thinks(HYBRID).searches(),
+    chat("qwen-plus-latest").thinks(HYBRID).searches(),
+    chat("qwen-flash").thinks(HYBRID).searches(),
+    chat("qwen-long"),
+    chat("qwen-long-latest"),
+    chat("qwq-plus").thinks(ALWAYS).stream_only().searches(),
+    chat("qwq-plus-latest").thinks(ALWAYS).stream_only().searches(),
+    chat("deepseek-v3.2").thinks(HYBRID),
+    chat("deepseek-v3.2-exp").thinks(HYBRID),
+    chat("deepseek-v3.1").thinks(HYBRID),
+    chat("deepseek-r1").thinks(ALWAYS),
+    chat("deepseek-r1-0528").thinks(ALWAYS),
+    chat("deepseek-v3"),
+    chat("deepseek-r1-distill-qwen-1.5b").thinks(ALWAYS),
+    chat("deepseek-r1-distill-qwen-7b").thinks(ALWAYS),
+    chat("deepseek-r1-distill-qwen-14b").thinks(ALWAYS),
+    chat("deepseek-r1-distill-qwen-32b").thinks(ALWAYS),
+    chat("kimi-k2-thinking").thinks(ALWAYS),
+    chat("Moonshot-Kimi-K2-Instruct"),
+    chat("glm-4.6").thinks(HYBRID_ON),
+    chat("glm-4.7").thinks(HYBRID_ON),
+    chat("glm-5").thinks(HYBRID_ON),
+    chat("MiniMax-M2.1").thinks(ALWAYS),
+    chat("MiniMax-M2.5").thinks(ALWAYS),
+    chat("MiniMax/MiniMax-M2.1").thinks(ALWAYS),
+    chat("MiniMax/MiniMax-M2.5").thinks(ALWAYS),
     vision("qwen3-vl-235b-a22b-instruct", VISION_IN),
-    vision("qwen3-vl-235b-a22b-thinking", VISION_IN),
+    vision("qwen3-vl-235b-a22b-thinking", VISION_IN).thinks(ALWAYS),
     vision("qwen3-vl-32b-instruct", VISION_IN),
-    vision("qwen3-vl-32b-thinking", VISION_IN),
+    vision("qwen3-vl-32b-thinking", VISION_IN).thinks(ALWAYS),
     vision("qwen3-vl-8b-instruct", VISION_IN),
-    vision("qwen3-vl-8b-thinking", VISION_IN),
-    vision("qwen3-vl-plus", VISION_IN),
-    vision("qwen3-vl-flash", VISION_IN),
+    vision("qwen3-vl-8b-thinking", VISION_IN).thinks(ALWAYS),
+    vision("qwen3-vl-plus", VISION_IN).thinks(HYBRID),
+    vision("qwen3-vl-flash", VISION_IN).thinks(HYBRID),
     vision("qwen-vl-ocr", OCR_IN),
     vision("qwen-vl-ocr-latest", OCR_IN),
-    ModelSpec {
-        model_type: "qwen3-omni-flash",
-        category: "omni",
-        task: Task::Chat,
-        inputs: OMNI_IN,
-        outputs: OMNI_OUT,
-        extras: Extras::Omni,
-        dimensions: &[],
-        default_dimension: None,
-        max_inputs_per_request: None,
-        notes: "",
+    {
+        let mut m = ModelSpec::base("qwen3-omni-flash", "omni", Task::Chat);
+        m.inputs = OMNI_IN;
+        m.outputs = OMNI_OUT;
+        m.extras = Extras::Omni;
+        m.stream_only().thinks(HYBRID)
     },
     translation("qwen-mt-plus"),
     translation("qwen-mt-flash"),
@@ -214,29 +315,45 @@ pub static MODELS: &[ModelSpec] = &[
     embedding("text-embedding-v2", TEXT, &[1536], 1536, 25, ""),
     embedding("text-embedding-v3", TEXT, V3_DIMS, 1024, 10, ""),
     embedding("text-embedding-v4", TEXT, V4_DIMS, 1024, 10, ""),
-    embedding("tongyi-embedding-vision-plus", VISION_IN, &[1152], 1152, 10, NO_VIDEO_OUTSIDE),
-    embedding("tongyi-embedding-vision-flash", VISION_IN, &[768], 768, 10, NO_VIDEO_OUTSIDE),
-    embedding("multimodal-embedding-v1", VISION_IN, &[1024], 1024, 10, NO_VIDEO_OUTSIDE),
-    embedding(
+    multimodal_embedding("tongyi-embedding-vision-plus", VISION_PLUS_DIMS, 1152, 8, NO_VIDEO_OUTSIDE),
+    multimodal_embedding("tongyi-embedding-vision-flash", VISION_FLASH_DIMS, 768, 8, NO_VIDEO_OUTSIDE),
+    multimodal_embedding("multimodal-embedding-v1", &[1024], 1024, 20, NO_VIDEO_OUTSIDE),
+    multimodal_embedding(
         "qwen3-vl-embedding",
-        VISION_IN,
         QWEN3_VL_EMBEDDING_DIMS,
         2560,
-        10,
+        20,
         "image input supported, video input not supported",
     ),
+    // Seed 003: OpenSearch AI Search Open Platform text generation, by service_id.
+    capped(opensearch("ops-qwen-turbo"), 4000),
+    capped(opensearch("qwen-turbo"), 1500),
+    capped(opensearch("qwen-plus"), 2000),
+    capped(opensearch("qwen-max"), 2000),
+    opensearch("deepseek-r1").thinks(ALWAYS).searches(),
+    opensearch("deepseek-v3"),
+    opensearch("qwen3-235b-a22b"),
+    opensearch("qwq-32b").thinks(ALWAYS),
+    opensearch("deepseek-r1-distill-qwen-7b").thinks(ALWAYS),
+    opensearch("deepseek-r1-distill-qwen-14b").thinks(ALWAYS),
 ];
 
-/// Looks a model up by its exact Bailian id (ids are case-sensitive at the provider).
+/// Looks a Bailian model up by its exact id (ids are case-sensitive at the provider).
 pub fn find(model_type: &str) -> Option<&'static ModelSpec> {
-    MODELS.iter().find(|m| m.model_type == model_type)
+    find_at(Provider::Bailian, model_type)
+}
+
+/// Looks a model of `provider` up by its exact id.
+pub fn find_at(provider: Provider, model_type: &str) -> Option<&'static ModelSpec> {
+    MODELS.iter().find(|m| m.provider == provider && m.model_type == model_type)
 }
 
 /// Up to `n` supported ids that resemble `wanted`, for "did you mean" hints.
-pub fn similar(wanted: &str, n: usize) -> Vec<&'static str> {
+pub fn similar(provider: Provider, wanted: &str, n: usize) -> Vec<&'static str> {
     let wanted = wanted.to_ascii_lowercase();
     let mut scored: Vec<(usize, &'static str)> = MODELS
         .iter()
+        .filter(|m| m.provider == provider)
         .map(|m| (edit_distance(&wanted, &m.model_type.to_ascii_lowercase()), m.model_type))
         .collect();
     scored.sort();
@@ -265,10 +382,13 @@ mod tests {
 
     #[test]
     fn carries_every_model_of_the_seed_once() {
-        assert_eq!(MODELS.len(), 54, "seed 000's table has 54 rows");
-        let ids: HashSet<_> = MODELS.iter().map(|m| m.model_type).collect();
+        let bailian: Vec<_> = MODELS.iter().filter(|m| m.provider == Provider::Bailian).collect();
+        assert_eq!(bailian.len(), 54, "seed 000's table has 54 rows");
+        let opensearch = MODELS.iter().filter(|m| m.provider == Provider::OpenSearch).count();
+        assert_eq!(opensearch, 10, "seed 003 lists 10 services");
+        let ids: HashSet<_> = MODELS.iter().map(|m| (m.provider, m.model_type)).collect();
         assert_eq!(ids.len(), MODELS.len(), "duplicate model_type");
-        let count = |t| MODELS.iter().filter(|m| m.task == t).count();
+        let count = |t| bailian.iter().filter(|m| m.task == t).count();
         assert_eq!(count(Task::Chat), 42);
         assert_eq!(count(Task::Translation), 4);
         assert_eq!(count(Task::Embedding), 8);
@@ -303,8 +423,8 @@ mod tests {
         assert!(find("qwen-plus").is_some());
         assert!(find("QWEN-PLUS").is_none());
         assert!(find("MiniMax/MiniMax-M2.5").is_some());
-        assert!(similar("qwen-plsu", 3).contains(&"qwen-plus"));
-        assert!(similar("zzzzzzzzzzzzzzzzzzzz", 3).is_empty());
+        assert!(similar(Provider::Bailian, "qwen-plsu", 3).contains(&"qwen-plus"));
+        assert!(similar(Provider::Bailian, "zzzzzzzzzzzzzzzzzzzz", 3).is_empty());
         assert!(find("qwen-vl-ocr").unwrap().accepts_images());
         assert!(!find("qwen-plus").unwrap().accepts_images());
     }

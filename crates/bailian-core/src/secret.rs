@@ -3,13 +3,14 @@
 
 use crate::error::AiError;
 use crate::policy::Policy;
+use crate::registry::Provider;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Where a deployed model's key comes from, as written in the `api_key` argument.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// `sk-...`, stored sealed with the cluster's master key.
+    /// `sk-...` (Bailian) or `OS-...` (OpenSearch), stored sealed with the cluster's master key.
     Literal(String),
     /// `env:NAME`: read from the server's environment at call time; only the name is stored.
     Env(String),
@@ -20,6 +21,13 @@ pub enum KeySource {
 const KEY_RULE: &str = "api_key must be a Bailian API key 'sk-...' (\"sk-\" and at least 8 \
 letters, digits, '-' or '_'), 'env:NAME' (read from the PostgreSQL server's environment \
 variable NAME at call time) or 'file:/absolute/path' (read from that file at call time)";
+
+const OPENSEARCH_KEY_RULE: &str = "api_key must be an OpenSearch API key 'OS-...' (\"OS-\" and at \
+least 8 letters, digits, '-' or '_'), 'env:NAME' (read from the PostgreSQL server's environment \
+variable NAME at call time) or 'file:/absolute/path' (read from that file at call time)";
+
+/// The prefixes of literal keys: Bailian's `sk-` and OpenSearch's `OS-` (seed 003).
+const KEY_PREFIXES: [&[u8; 3]; 2] = [b"sk-", b"OS-"];
 
 /// A key file holds one key on one line; anything larger is not a key file.
 const MAX_KEY_FILE: u64 = 4096;
@@ -32,6 +40,15 @@ impl KeySource {
     /// Parses the `api_key` argument. The error never repeats the value: it may be a real key
     /// with a typo in it.
     pub fn parse(raw: &str) -> Result<KeySource, AiError> {
+        KeySource::parse_for(Provider::Bailian, raw)
+    }
+
+    /// `parse`, for a key of `provider` (whose literal keys have their own prefix).
+    pub fn parse_for(provider: Provider, raw: &str) -> Result<KeySource, AiError> {
+        let (prefix, rule) = match provider {
+            Provider::Bailian => ("sk-", KEY_RULE),
+            Provider::OpenSearch => ("OS-", OPENSEARCH_KEY_RULE),
+        };
         if let Some(name) = raw.strip_prefix("env:") {
             let valid = !name.is_empty()
                 && name.len() <= 255
@@ -59,7 +76,7 @@ impl KeySource {
                 )))
             };
         }
-        let body = raw.strip_prefix("sk-");
+        let body = raw.strip_prefix(prefix);
         let valid = body.is_some_and(|b| {
             b.len() >= 8
                 && raw.len() <= 256
@@ -72,16 +89,16 @@ impl KeySource {
                 "an empty string".to_string()
             } else if raw.trim() != raw {
                 "a value with leading or trailing whitespace".to_string()
-            } else if raw.starts_with("sk-") {
-                format!("a {}-character value starting with 'sk-'", raw.chars().count())
+            } else if raw.starts_with(prefix) {
+                format!("a {}-character value starting with '{prefix}'", raw.chars().count())
             } else {
                 format!(
-                    "a {}-character value not starting with 'sk-', 'env:' or 'file:'",
+                    "a {}-character value not starting with '{prefix}', 'env:' or 'file:'",
                     raw.chars().count()
                 )
             };
             Err(AiError::invalid_with_hint(
-                format!("{KEY_RULE}; got {what}"),
+                format!("{rule}; got {what}"),
                 "The value is not repeated here because it may be a secret.",
             ))
         }
@@ -113,7 +130,8 @@ impl KeySource {
         if crate::keystore::is_sealed(stored) {
             return Ok(KeySource::Literal(open(stored)?));
         }
-        match KeySource::parse(stored)? {
+        let provider = if stored.starts_with("OS-") { Provider::OpenSearch } else { Provider::Bailian };
+        match KeySource::parse_for(provider, stored)? {
             KeySource::Literal(_) => Err(AiError::MasterKey {
                 message: "the stored API key is not encrypted".into(),
                 hint: "It was stored by an earlier version of pg_bailian; redeploy the model \
@@ -211,7 +229,8 @@ impl fmt::Debug for KeySource {
 
 fn hint_of(key: &str) -> String {
     let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("sk-...{tail}")
+    let prefix = if key.starts_with("OS-") { "OS-" } else { "sk-" };
+    format!("{prefix}...{tail}")
 }
 
 /// A key ready to send. Debug and Display print the hint, so a stray `{:?}` cannot leak it.
@@ -251,7 +270,7 @@ impl fmt::Display for ApiKey {
     }
 }
 
-/// Replaces every `sk-` token of 8 or more key characters with a hint of it. Providers echo
+/// Replaces every `sk-` or `OS-` token of 8 or more key characters with a hint of it. Providers echo
 /// keys in 401 bodies, sometimes partially masked; either way none of it reaches SQL.
 pub fn scrub_keys(text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
@@ -269,7 +288,7 @@ fn is_key_byte(b: u8) -> bool {
 /// more key characters, not preceded by a key character (the rule of `scrub_keys`).
 fn next_key_token(bytes: &[u8], mut from: usize) -> Option<(usize, usize)> {
     while from + 3 <= bytes.len() {
-        let pos = from + bytes[from..].windows(3).position(|w| w == b"sk-")?;
+        let pos = from + bytes[from..].windows(3).position(|w| KEY_PREFIXES.iter().any(|p| w == *p))?;
         let len = bytes[pos + 3..].iter().take_while(|b| is_key_byte(**b)).count();
         if len >= 8 && (pos == 0 || !is_key_byte(bytes[pos - 1])) {
             return Some((pos, 3 + len));
@@ -294,7 +313,8 @@ pub fn scrub_keys_in_place(buf: &mut [u8]) -> usize {
         buf.copy_within(read..start, write);
         write += start - read;
         let mut hint = [0u8; 10];
-        hint[..6].copy_from_slice(b"sk-...");
+        hint[..3].copy_from_slice(&buf[start..start + 3]);
+        hint[3..6].copy_from_slice(b"...");
         hint[6..].copy_from_slice(&buf[start + len - 4..start + len]);
         buf[write..write + 10].copy_from_slice(&hint);
         write += 10;

@@ -1,7 +1,8 @@
 //! The HTTP client and retry loop against the stand-in over real loopback HTTP, no database.
 
 use bailian_core::client::{Call, Client};
-use bailian_core::request;
+use bailian_core::providers::{compatible, prompt_messages, ChatRequest, EmbedInput, EmbeddingModel};
+use bailian_core::registry::{self, Api};
 use bailian_core::retry::{RetryPolicy, MAX_RETRY_AFTER};
 use bailian_core::runtime::Runtime;
 use bailian_core::secret::ApiKey;
@@ -14,6 +15,22 @@ const KEY: &str = "sk-clienttest0123456789";
 
 /// pg_bailian.max_response_size's default; tests of the cap set their own.
 const DEFAULT_CAP: u64 = 64 << 20;
+
+fn chat_request(endpoint: &str, prompt: &str) -> ChatRequest {
+    let spec = registry::find("qwen-plus").unwrap();
+    compatible::chat_request(spec, endpoint, prompt_messages(prompt, &Map::new()), &Map::new()).unwrap()
+}
+
+fn v4(endpoint: &str, dimension: u32) -> EmbeddingModel {
+    EmbeddingModel {
+        model_type: "text-embedding-v4",
+        api: Api::Compatible,
+        url: format!("{endpoint}/embeddings"),
+        dimension: Some(dimension),
+        choosable: true,
+        per_request: 10,
+    }
+}
 
 fn policy(max_retries: u32, initial: f64, max: f64) -> RetryPolicy {
     RetryPolicy {
@@ -65,13 +82,12 @@ impl Fixture {
     }
 
     fn gen(&self, call: &Call<'_>, prompt: &str) -> Result<String, AiError> {
-        let body = request::chat_body("qwen-plus", prompt, &Map::new());
-        self.block(self.client.chat(call, &body)).map(|(t, _)| t)
+        self.block(self.client.chat(call, &chat_request(call.endpoint, prompt))).map(|o| o.content)
     }
 
     fn embed(&self, call: &Call<'_>, inputs: &[&str], dimension: u32) -> Result<Vec<Vec<f32>>, AiError> {
-        let body = request::embedding_body("text-embedding-v4", inputs, Some(dimension), true);
-        self.block(self.client.embed(call, &body, inputs.len(), Some(dimension)))
+        let inputs: Vec<EmbedInput> = inputs.iter().map(|t| EmbedInput::Text(t)).collect();
+        self.block(self.client.embed(call, &v4(call.endpoint, dimension), &inputs))
     }
 
     /// Waits until the stand-in has closed every connection: a client that stopped reading
@@ -201,10 +217,9 @@ fn dropping_a_request_closes_it_at_the_server() {
     f.standin.script("hold", vec![Fault::Hang]);
     let call = f.call(policy(0, 0.5, 1.0), 60.0);
     let start = Instant::now();
-    let r = f.rt.block_on_interruptible(
-        f.client.chat(&call, &request::chat_body("qwen-plus", "hold", &Map::new())),
-        &|| start.elapsed() > Duration::from_millis(300),
-    );
+    let r = f.rt.block_on_interruptible(f.client.chat(&call, &chat_request(&f.endpoint, "hold")), &|| {
+        start.elapsed() > Duration::from_millis(300)
+    });
     assert_eq!(r.unwrap_err(), AiError::Interrupted);
     let deadline = Instant::now() + Duration::from_secs(2);
     while f.standin.stats().aborted == 0 && Instant::now() < deadline {
@@ -224,8 +239,8 @@ fn a_refused_batch_is_retried_input_by_input() {
     let out = f.block(bailian_core::client::embed_each(
         &f.client,
         &call,
-        &request::EmbeddingModel { model_type: "text-embedding-v4", dimension: Some(64), choosable: true },
-        &inputs,
+        &v4(&f.endpoint, 64),
+        &inputs.map(EmbedInput::Text),
     ));
     assert_eq!(out[0].as_ref().unwrap(), &bailian_standin::embedding_for("good one", 64));
     assert_eq!(out[1].as_ref().unwrap_err().sqlstate(), "ZB400");

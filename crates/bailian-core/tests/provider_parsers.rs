@@ -3,13 +3,48 @@
 //! take arbitrary bytes without panicking, and what it accepts must be something PostgreSQL
 //! can store: text without NUL, vectors of finite f32 of the expected count and length.
 
-use bailian_core::request::{parse_chat, parse_embeddings, parse_error_body};
+use bailian_core::providers::compatible::{self, parse_embeddings};
+use bailian_core::providers::{multimodal, opensearch, parse_error_body, sse, Usage};
 use bailian_core::retry::{parse_retry_after, parse_retry_after_at, RetryPolicy, MAX_RETRY_AFTER};
 use bailian_core::AiError;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The answer text and token count of a compatible-mode chat answer.
+fn parse_chat(model: &str, body: &[u8]) -> Result<(String, Usage), AiError> {
+    compatible::parse_chat(model, body).map(|o| (o.content.clone(), Usage { total_tokens: o.total_tokens() }))
+}
+
+/// Every event of `body` through a stream assembler of each provider, as the client does.
+fn assemble(body: &[u8]) -> (Result<String, AiError>, Result<String, AiError>) {
+    let mut decoder = sse::Decoder::default();
+    let mut events = Vec::new();
+    decoder.feed(body, &mut events);
+    decoder.finish(&mut events);
+    let mut c = compatible::StreamAssembler::default();
+    let mut o = opensearch::StreamAssembler::default();
+    let (mut ce, mut oe) = (None, None);
+    for e in &events {
+        if ce.is_none() {
+            ce = c.feed("m", e).err();
+        }
+        if oe.is_none() {
+            oe = o.feed("m", "qwen-max", e).err();
+        }
+    }
+    (
+        match ce {
+            Some(e) => Err(e),
+            None => c.finish("m").map(|o| o.content),
+        },
+        match oe {
+            Some(e) => Err(e),
+            None => o.finish("m").map(|o| o.content),
+        },
+    )
+}
 
 fn config() -> ProptestConfig {
     ProptestConfig { cases: 512, ..ProptestConfig::default() }
@@ -65,6 +100,51 @@ fn as_f32(literal: &str) -> Option<f32> {
 
 proptest! {
     #![proptest_config(config())]
+
+    // ---- streams, OpenSearch and native multimodal answers
+
+    #[test]
+    fn streams_take_any_bytes(body in vec(any::<u8>(), 0..512)) {
+        let (c, o) = assemble(&body);
+        for r in [c, o] {
+            match r {
+                Ok(text) => prop_assert!(!text.contains('\0')),
+                Err(e) => prop_assert!(!e.to_string().contains('\0')),
+            }
+        }
+    }
+
+    #[test]
+    fn streams_of_any_json_chunks(chunks in vec(any_json(), 0..6), deltas in vec(text_with_nuls(), 0..4)) {
+        let mut body = String::new();
+        for c in &chunks {
+            body.push_str(&format!("data: {c}\n\n"));
+        }
+        for d in &deltas {
+            body.push_str(&format!("data: {}\n\n", json!({"choices": [{"delta": {"content": d, "reasoning_content": d}}]})));
+        }
+        body.push_str("data: [DONE]\n\n");
+        let (c, o) = assemble(body.as_bytes());
+        for r in [c, o] {
+            match r {
+                Ok(text) => prop_assert!(!text.contains('\0')),
+                Err(e) => prop_assert!(!e.to_string().contains('\0')),
+            }
+        }
+    }
+
+    #[test]
+    fn opensearch_and_multimodal_answers_take_any_json(v in any_json(), text in text_with_nuls(), n in 0usize..4) {
+        for body in [v.to_string(), json!({"result": {"text": text}}).to_string(), json!({"output": {"embeddings": v}}).to_string()] {
+            if let Ok(out) = opensearch::parse_chat("m", "qwen-max", body.as_bytes()) {
+                prop_assert!(!out.content.contains('\0'));
+            }
+            if let Ok((vectors, _)) = multimodal::parse("m", body.as_bytes(), n, Some(2)) {
+                prop_assert_eq!(vectors.len(), n);
+                prop_assert!(vectors.iter().all(|v| v.len() == 2 && v.iter().all(|x| x.is_finite())));
+            }
+        }
+    }
 
     // ---- parse_chat
 

@@ -27,15 +27,16 @@ mod claims;
 mod progress;
 mod table;
 
-use super::generate::call_params;
+use super::generate::{call_params, prompt_request};
 use super::{arg, name_arg};
 use crate::backend::{self, Target};
 use crate::catalog;
 use crate::entry::sql_entry;
 use crate::spi::{try_in, Caught, NonAtomicSpi, Scratch, SubTransaction};
 use bailian_core::client::embed_each;
+use bailian_core::providers::EmbedInput;
 use bailian_core::registry::Task;
-use bailian_core::{request, AiError};
+use bailian_core::AiError;
 use claims::{Claim, Claims};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -211,20 +212,23 @@ fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Da
     });
     scratch.run(|| state.borrow_mut().top_up(ahead))?;
 
-    let model = d.embedding_model();
+    let model = &d.embedding_model();
     backend::drive(
         &target,
         |client, call| {
             let rows = state.borrow_mut().reader.take(per_unit)?;
-            let body = (!embedding).then(|| {
-                request::chat_body(d.spec.model_type, &job.template.replace("{0}", &rows[0].source), &params)
-            });
+            let request = (!embedding)
+                .then(|| prompt_request(&d, &job.template.replace("{0}", &rows[0].source), &params));
             Some(async move {
-                let results: Vec<Result<Value, AiError>> = match body {
-                    Some(body) => vec![client.chat(&call, &body).await.map(|(t, _)| Value::Text(t))],
+                let results: Vec<Result<Value, AiError>> = match request {
+                    Some(Ok(request)) => {
+                        vec![client.chat(&call, &request).await.map(|o| Value::Text(o.content))]
+                    }
+                    Some(Err(e)) => vec![Err(e)],
                     None => {
-                        let inputs: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
-                        embed_each(client, &call, &model, &inputs)
+                        let inputs: Vec<EmbedInput> =
+                            rows.iter().map(|r| EmbedInput::Text(&r.source)).collect();
+                        embed_each(client, &call, model, &inputs)
                             .await
                             .into_iter()
                             .map(|r| r.map(Value::Vector))
