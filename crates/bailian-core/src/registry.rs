@@ -249,10 +249,16 @@ const fn capped(mut m: ModelSpec, max_tokens: u32) -> ModelSpec {
 const V4_DIMS: &[u32] = &[2048, 1536, 1024, 768, 512, 256, 128, 64];
 const V3_DIMS: &[u32] = &[1024, 768, 512, 256, 128, 64];
 const QWEN3_VL_EMBEDDING_DIMS: &[u32] = &[2560, 2048, 1536, 1024, 768, 512, 256];
-const VISION_PLUS_DIMS: &[u32] = &[1152];
-const VISION_FLASH_DIMS: &[u32] = &[768];
+// Seed 000 lists one size each; the multimodal embedding API reference accepts these.
+const VISION_PLUS_DIMS: &[u32] = &[1152, 1024, 512, 256, 128, 64];
+const VISION_FLASH_DIMS: &[u32] = &[768, 512, 256, 128, 64];
 const NO_VIDEO_OUTSIDE: &str = "video input only in the beijing and singapore regions";
 
+// Thinking per Bailian's deep-thinking and DeepSeek pages and seed 002 §10.1: the commercial
+// Qwen models and DeepSeek V3.1/V3.2 are hybrid with thinking off by default; QwQ, DeepSeek-R1
+// and the *-thinking models think always. Where Bailian's default is not documented (GLM),
+// thinking is taken as on, so calls stream: a stream is accepted either way, while a
+// non-stream call to a model that thinks by default is refused.
 const HYBRID: Thinking = Thinking::Switchable { default_on: false };
 const HYBRID_ON: Thinking = Thinking::Switchable { default_on: true };
 const ALWAYS: Thinking = Thinking::Always;
@@ -262,15 +268,15 @@ pub static MODELS: &[ModelSpec] = &[
     chat("qwen3-max").searches(),
     chat("qwen3-max-2026-01-23").thinks(HYBRID).searches(),
     chat("qwen3-max-preview").thinks(HYBRID).searches(),
-    chat("qwen-max").searches(),
-    chat("qwen-max-latest").searches(),
+    chat("qwen-max").thinks(HYBRID).searches(),
+    chat("qwen-max-latest").thinks(HYBRID).searches(),
     chat("qwen-plus").thinks(HYBRID).searches(),
     chat("qwen-plus-latest").thinks(HYBRID).searches(),
     chat("qwen-flash").thinks(HYBRID).searches(),
     chat("qwen-long"),
     chat("qwen-long-latest"),
-    chat("qwq-plus").thinks(ALWAYS).stream_only().searches(),
-    chat("qwq-plus-latest").thinks(ALWAYS).stream_only().searches(),
+    chat("qwq-plus").thinks(ALWAYS).stream_only(),
+    chat("qwq-plus-latest").thinks(ALWAYS).stream_only(),
     chat("deepseek-v3.2").thinks(HYBRID),
     chat("deepseek-v3.2-exp").thinks(HYBRID),
     chat("deepseek-v3.1").thinks(HYBRID),
@@ -315,9 +321,11 @@ pub static MODELS: &[ModelSpec] = &[
     embedding("text-embedding-v2", TEXT, &[1536], 1536, 25, ""),
     embedding("text-embedding-v3", TEXT, V3_DIMS, 1024, 10, ""),
     embedding("text-embedding-v4", TEXT, V4_DIMS, 1024, 10, ""),
+    // Up to 8 images per request (API reference); batches carry texts, 8 at a time.
     multimodal_embedding("tongyi-embedding-vision-plus", VISION_PLUS_DIMS, 1152, 8, NO_VIDEO_OUTSIDE),
     multimodal_embedding("tongyi-embedding-vision-flash", VISION_FLASH_DIMS, 768, 8, NO_VIDEO_OUTSIDE),
-    multimodal_embedding("multimodal-embedding-v1", &[1024], 1024, 20, NO_VIDEO_OUTSIDE),
+    // One text, one image or one video per request (API reference).
+    multimodal_embedding("multimodal-embedding-v1", &[1024], 1024, 1, NO_VIDEO_OUTSIDE),
     multimodal_embedding(
         "qwen3-vl-embedding",
         QWEN3_VL_EMBEDDING_DIMS,

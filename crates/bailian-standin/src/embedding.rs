@@ -17,6 +17,17 @@ pub fn embedding_for(text: &str, dim: usize) -> Vec<f32> {
     acc.iter().map(|x| (x / norm) as f32).collect()
 }
 
+/// The stand-in's vector for an image (or a video) at `dim` dimensions (unit length): one
+/// pseudo-random direction from the bytes, which are the decoded file of a data URI or the
+/// URL itself for a file the stand-in does not fetch. Identical inputs give identical vectors;
+/// any other input an unrelated one.
+pub fn image_embedding_for(bytes_or_url: &[u8], dim: usize) -> Vec<f32> {
+    let mut acc = vec![0f64; dim];
+    add_direction(&mut acc, fnv1a(bytes_or_url) ^ 0x1a6e_5eed);
+    let norm = acc.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    acc.iter().map(|x| (x / norm) as f32).collect()
+}
+
 /// Lower-cased runs of ASCII letters and digits; every other alphabetic character (CJK and
 /// the like) is a word of its own.
 fn words_of(text: &str) -> Vec<String> {

@@ -29,15 +29,20 @@ static PADDING: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
 /// Oversized: the 200 answer `body` with padding such that the whole is `bytes` long.
 pub(crate) fn oversized(kind: Kind, mut body: Value, bytes: u64, content_length: bool) -> Outcome {
-    match kind {
-        // Chat pads what a runaway generation makes long: the content.
-        Kind::Chat => {
-            if let Some(content) = body.pointer_mut("/choices/0/message/content") {
+    // Text generation pads what a runaway generation makes long: the text.
+    let text_at = match kind {
+        Kind::Chat => Some("/choices/0/message/content"),
+        Kind::OpenSearch => Some("/result/text"),
+        Kind::Embeddings | Kind::MultimodalEmbedding => None,
+    };
+    match text_at {
+        Some(pointer) => {
+            if let Some(content) = body.pointer_mut(pointer) {
                 let text = content.as_str().unwrap_or_default();
                 *content = Value::String(format!("{text}{PADDING_MARKER}"));
             }
         }
-        Kind::Embeddings => {
+        None => {
             if let Some(fields) = body.as_object_mut() {
                 fields.insert("x_standin_padding".into(), PADDING_MARKER.into());
             }
@@ -53,20 +58,22 @@ pub(crate) fn oversized(kind: Kind, mut body: Value, bytes: u64, content_length:
     }
 }
 
-/// NulInContent: the chat answer with a NUL inside its content (serde_json writes `\u0000`).
-pub(crate) fn with_nul(mut body: Value) -> Outcome {
-    if let Some(content) = body.pointer_mut("/choices/0/message/content") {
+/// NulInContent: the answer with a NUL inside its text at `pointer` (serde_json writes
+/// `\u0000`).
+pub(crate) fn with_nul(mut body: Value, pointer: &str) -> Outcome {
+    if let Some(content) = body.pointer_mut(pointer) {
         let text = content.as_str().unwrap_or_default();
         *content = Value::String(format!("{text}\u{0}and after the NUL"));
     }
     Outcome::Respond { status: 200, body, retry_after: None }
 }
 
-/// NonFiniteEmbedding: the embeddings answer with the last value of the last vector written
-/// as `literal`.
+/// NonFiniteEmbedding: the embeddings answer (compatible `data` or native
+/// `output.embeddings`) with the last value of the last vector written as `literal`.
 pub(crate) fn with_literal(mut body: Value, literal: &str) -> Outcome {
+    let vectors = if body.get("data").is_some() { "/data" } else { "/output/embeddings" };
     let last_value = body
-        .pointer_mut("/data")
+        .pointer_mut(vectors)
         .and_then(Value::as_array_mut)
         .and_then(|data| data.last_mut())
         .and_then(|item| item.get_mut("embedding"))
@@ -231,7 +238,9 @@ mod tests {
         let Outcome::Raw { body, .. } = with_literal(emb, "1e39") else { panic!("not raw") };
         assert_eq!(&body[..], br#"{"data":[{"embedding":[0.5,0.5]},{"embedding":[0.25,1e39]}]}"#);
         let chat = json!({"choices": [{"message": {"content": "a"}}]});
-        let Outcome::Respond { body, .. } = with_nul(chat) else { panic!("not a response") };
+        let Outcome::Respond { body, .. } = with_nul(chat, "/choices/0/message/content") else {
+            panic!("not a response")
+        };
         assert!(body.to_string().contains(r#""a\u0000and after the NUL""#), "{body}");
     }
 
@@ -256,6 +265,10 @@ mod tests {
                 json!({"redirect": {"status": 307, "location": "/x"}}),
             ),
         ];
+        let shapes = shapes.into_iter().chain([
+            (Fault::StreamBreak { after: 3 }, json!({"stream_break": {"after": 3}})),
+            (Fault::StreamError { after: 2 }, json!({"stream_error": {"after": 2}})),
+        ]);
         for (fault, shape) in shapes {
             assert_eq!(serde_json::to_value(&fault).unwrap(), shape);
             assert_eq!(serde_json::from_value::<Fault>(shape).unwrap(), fault);

@@ -1,8 +1,17 @@
-//! Request handling: the control endpoints under `/_standin/` and the two model endpoints.
+//! Request handling: routing, the steps every model request goes through (key, body,
+//! counters, rate limit, faults, latency), and the control endpoints under `/_standin/`. What
+//! each endpoint answers lives in its own module: `chat`, `multimodal`, `opensearch`, and
+//! `embeddings` below.
 
+use crate::chat::{self, approx_tokens, content_text, last_user};
 use crate::embedding::embedding_for;
+use crate::errors::{self, invalid, status_error, Api};
 use crate::faults::{self, PaddedBody};
+use crate::models;
+use crate::multimodal;
+use crate::opensearch;
 use crate::state::{Config, Fault, LoggedRequest, Shared};
+use crate::stream::SseBody;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -15,8 +24,13 @@ use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A body held in memory, or one generated as it is sent (`Fault::Oversized`).
-pub(crate) type AnyBody = Either<Full<Bytes>, PaddedBody>;
+/// A body held in memory, one generated as it is sent (`Fault::Oversized`), or a stream of
+/// server-sent events.
+pub(crate) type AnyBody = Either<Full<Bytes>, Either<PaddedBody, SseBody>>;
+
+fn full(bytes: Bytes) -> AnyBody {
+    Either::Left(Full::new(bytes))
+}
 
 fn json_response(status: u16, body: &Value, retry_after: Option<f64>) -> Response<AnyBody> {
     let mut builder = Response::builder()
@@ -25,7 +39,7 @@ fn json_response(status: u16, body: &Value, retry_after: Option<f64>) -> Respons
     if let Some(ra) = retry_after {
         builder = builder.header("retry-after", format!("{}", ra.max(0.0).ceil() as u64));
     }
-    builder.body(Either::Left(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())))).unwrap()
+    builder.body(full(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))).unwrap()
 }
 
 fn raw_response(
@@ -41,6 +55,41 @@ fn raw_response(
     Ok(builder.body(body)?)
 }
 
+/// Where a request goes: which endpoint, and for OpenSearch the service in the path.
+struct Route {
+    kind: Kind,
+    service: String,
+}
+
+const MULTIMODAL_EMBEDDING_PATH: &str =
+    "/api/v1/services/embeddings/multimodal-embedding/multimodal-embedding";
+
+fn route(path: &str) -> Option<Route> {
+    let plain = |kind| Some(Route { kind, service: String::new() });
+    if path == MULTIMODAL_EMBEDDING_PATH {
+        return plain(Kind::MultimodalEmbedding);
+    }
+    // {host}/v3/openapi/workspaces/{workspace_name}/text-generation/{service_id} (seed 003).
+    if let Some(rest) = path.strip_prefix("/v3/openapi/workspaces/") {
+        let mut parts = rest.split('/');
+        if let (Some(ws), Some("text-generation"), Some(service), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            if !ws.is_empty() && !service.is_empty() {
+                return Some(Route { kind: Kind::OpenSearch, service: service.to_string() });
+            }
+        }
+        return None;
+    }
+    if path.ends_with("/chat/completions") {
+        plain(Kind::Chat)
+    } else if path.ends_with("/embeddings") {
+        plain(Kind::Embeddings)
+    } else {
+        None
+    }
+}
+
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -51,13 +100,20 @@ pub(crate) async fn handle(
         let body = req.into_body().collect().await?.to_bytes();
         return Ok(control_endpoint(&shared, method.as_str(), control, &body));
     }
-    let kind = if path.ends_with("/chat/completions") {
-        Kind::Chat
-    } else if path.ends_with("/embeddings") {
-        Kind::Embeddings
-    } else {
-        let body = error_body("Not found", "invalid_request_error", "NotFound", None, 0);
-        return Ok(json_response(404, &body, None));
+    let Some(route) = route(&path) else {
+        let body = if path.starts_with("/api/v1/") {
+            // DashScope's answer for a path it has no service at (dify-official-plugins#2236).
+            errors::coded_body(
+                Api::Native,
+                "InvalidParameter",
+                "url error, please check url！ For details, see: https://help.aliyun.com/zh/model-studio/error-code#error-url",
+                0,
+            )
+        } else {
+            errors::error_body("Not found", "invalid_request_error", "NotFound", None, 0)
+        };
+        let status = if path.starts_with("/api/v1/") { 400 } else { 404 };
+        return Ok(json_response(status, &body, None));
     };
     let auth = req
         .headers()
@@ -69,7 +125,7 @@ pub(crate) async fn handle(
     let id = shared.next_id();
     let mut guard = InFlight::new(shared.clone(), id, &path, &auth);
     let body = req.into_body().collect().await?.to_bytes();
-    let outcome = answer(&shared, kind, &auth, &body, id, &mut guard.entry).await;
+    let outcome = answer(&shared, &route, &auth, &body, id, &mut guard.entry).await;
     match outcome {
         Outcome::Respond { status, body, retry_after } => {
             guard.finish(status);
@@ -77,12 +133,19 @@ pub(crate) async fn handle(
         }
         Outcome::Raw { status, headers, content_type, body } => {
             guard.finish(status);
-            raw_response(status, content_type, headers, Either::Left(Full::new(body)))
+            raw_response(status, content_type, headers, full(body))
         }
         Outcome::Padded { prefix, padding, suffix, content_length } => {
             guard.finish(200);
             let body = PaddedBody::new(prefix, padding, suffix, content_length, shared.clone());
-            raw_response(200, "application/json", Vec::new(), Either::Right(body))
+            raw_response(200, "application/json", Vec::new(), Either::Right(Either::Left(body)))
+        }
+        Outcome::Stream { events, broken } => {
+            guard.finish(200);
+            let delay = Duration::from_millis(shared.config.lock().unwrap().stream_chunk_delay_ms);
+            let body = SseBody::new(events, delay, broken);
+            let headers = vec![(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
+            raw_response(200, "text/event-stream", headers, Either::Right(Either::Right(body)))
         }
         Outcome::Reset => {
             guard.finish(0);
@@ -91,10 +154,26 @@ pub(crate) async fn handle(
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 pub(crate) enum Kind {
+    /// Compatible-mode `/chat/completions`.
     Chat,
+    /// Compatible-mode `/embeddings`.
     Embeddings,
+    /// DashScope's native multimodal embedding.
+    MultimodalEmbedding,
+    /// OpenSearch's text generation.
+    OpenSearch,
+}
+
+impl Kind {
+    pub(crate) fn api(self) -> Api {
+        match self {
+            Kind::Chat | Kind::Embeddings => Api::Compatible,
+            Kind::MultimodalEmbedding => Api::Native,
+            Kind::OpenSearch => Api::OpenSearch,
+        }
+    }
 }
 
 pub(crate) enum Outcome {
@@ -117,6 +196,11 @@ pub(crate) enum Outcome {
         padding: u64,
         suffix: Bytes,
         content_length: bool,
+    },
+    /// 200 `text/event-stream` with these events; `broken` drops the connection after them.
+    Stream {
+        events: Vec<Bytes>,
+        broken: bool,
     },
     Reset,
 }
@@ -194,90 +278,13 @@ fn key_hint(key: &str) -> String {
     }
 }
 
-fn error_body(message: &str, kind: &str, code: &str, param: Option<&str>, id: u64) -> Value {
-    json!({
-        "error": {"message": message, "type": kind, "param": param, "code": code},
-        "request_id": format!("standin-{id}"),
-    })
-}
-
-fn status_error(status: u16, id: u64, model: &str) -> Value {
-    match status {
-        400 => error_body(
-            "<400> InternalError.Algo.InvalidParameter: The request is invalid.",
-            "invalid_request_error",
-            "invalid_parameter_error",
-            None,
-            id,
-        ),
-        401 => {
-            error_body("Incorrect API key provided. ", "invalid_request_error", "invalid_api_key", None, id)
-        }
-        403 => error_body("Access denied.", "invalid_request_error", "access_denied", None, id),
-        404 => error_body(
-            &format!("The model `{model}` does not exist or you do not have access to it."),
-            "invalid_request_error",
-            "model_not_found",
-            None,
-            id,
-        ),
-        429 => error_body(
-            "Requests rate limit exceeded, please try again later.",
-            "limit_requests",
-            "limit_requests",
-            None,
-            id,
-        ),
-        503 => error_body(
-            "The service is temporarily unavailable.",
-            "server_error",
-            "ServiceUnavailable",
-            None,
-            id,
-        ),
-        s if s >= 500 => error_body(
-            "An internal error has occured, please try again later.",
-            "internal_error",
-            "internal_error",
-            None,
-            id,
-        ),
-        _ => error_body("The request failed.", "invalid_request_error", "invalid_request_error", None, id),
-    }
-}
-
-fn invalid_parameter(message: &str, id: u64) -> Outcome {
-    Outcome::Respond {
-        status: 400,
-        body: error_body(message, "invalid_request_error", "invalid_parameter_error", None, id),
-        retry_after: None,
-    }
-}
-
-/// The text of a message's content: a string, or the text parts of a content-part array.
-fn content_text(content: &Value) -> (String, usize) {
-    match content {
-        Value::String(s) => (s.clone(), 0),
-        Value::Array(parts) => {
-            let text = parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("");
-            let images =
-                parts.iter().filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url")).count();
-            (text, images)
-        }
-        _ => (String::new(), 0),
-    }
-}
-
+/// What the request log and scripted faults key on: the last user message for chat and
+/// OpenSearch, each input for embeddings (images as `image:` and the first 40 characters of
+/// the URL or data URI, videos likewise).
 fn inputs_of(kind: Kind, body: &Value) -> Vec<String> {
+    let messages = || body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     match kind {
-        Kind::Chat => body
-            .get("messages")
-            .and_then(Value::as_array)
-            .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
+        Kind::Chat | Kind::OpenSearch => last_user(messages())
             .map(|m| vec![content_text(m.get("content").unwrap_or(&Value::Null)).0])
             .unwrap_or_default(),
         Kind::Embeddings => match body.get("input") {
@@ -285,37 +292,43 @@ fn inputs_of(kind: Kind, body: &Value) -> Vec<String> {
             Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
             _ => Vec::new(),
         },
+        Kind::MultimodalEmbedding => multimodal::inputs_of(body),
+    }
+}
+
+/// The key prefix each API issues: `sk-` for Model Studio, `OS-` for OpenSearch (seed 003).
+fn key_fits(api: Api, key: &str) -> bool {
+    match api {
+        Api::OpenSearch => key.starts_with("OS-"),
+        _ => key.starts_with("sk-"),
     }
 }
 
 async fn answer(
     shared: &Shared,
-    kind: Kind,
+    route: &Route,
     key: &str,
     raw: &[u8],
     id: u64,
     entry: &mut LoggedRequest,
 ) -> Outcome {
+    let kind = route.kind;
+    let api = kind.api();
     let config: Config = shared.config.lock().unwrap().clone();
-    let authorized = key.starts_with("sk-")
-        && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
+    let authorized =
+        key_fits(api, key) && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
     if !authorized {
-        let message = if config.echo_key_in_errors {
-            format!("Incorrect API key provided: {key}. You can find your API key in the console.")
-        } else {
-            "Incorrect API key provided. ".to_string()
-        };
-        return Outcome::Respond {
-            status: 401,
-            body: error_body(&message, "invalid_request_error", "invalid_api_key", None, id),
-            retry_after: None,
-        };
+        return errors::unauthorized(api, key, config.echo_key_in_errors, id);
     }
     let body: Value = match serde_json::from_slice(raw) {
         Ok(v) => v,
-        Err(_) => return invalid_parameter("The request body is not valid JSON.", id),
+        Err(e) if api == Api::OpenSearch => return invalid(api, &format!("JSON parse error: {e}"), id),
+        Err(_) => return invalid(api, "The request body is not valid JSON.", id),
     };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
+    let model = match kind {
+        Kind::OpenSearch => route.service.clone(),
+        _ => body.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+    };
     let inputs = inputs_of(kind, &body);
     entry.model = model.clone();
     entry.inputs = inputs.clone();
@@ -324,8 +337,8 @@ async fn answer(
     }
     let c = &shared.counters;
     match kind {
-        Kind::Chat => c.chat_requests.fetch_add(1, Ordering::Relaxed),
-        Kind::Embeddings => c.embedding_requests.fetch_add(1, Ordering::Relaxed),
+        Kind::Chat | Kind::OpenSearch => c.chat_requests.fetch_add(1, Ordering::Relaxed),
+        Kind::Embeddings | Kind::MultimodalEmbedding => c.embedding_requests.fetch_add(1, Ordering::Relaxed),
     };
     c.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
 
@@ -334,7 +347,7 @@ async fn answer(
         entry.fault = Some("rpm limit".into());
         return Outcome::Respond {
             status: 429,
-            body: status_error(429, id, &model),
+            body: status_error(api, 429, id, &model),
             retry_after: config.retry_after_secs.map(|_| wait),
         };
     }
@@ -364,33 +377,21 @@ async fn answer(
         Some(Fault::Status(429)) => {
             return Outcome::Respond {
                 status: 429,
-                body: status_error(429, id, &model),
+                body: status_error(api, 429, id, &model),
                 retry_after: config.retry_after_secs,
             }
         }
         Some(Fault::Status(s)) => {
-            return Outcome::Respond { status: s, body: status_error(s, id, &model), retry_after: None }
+            return Outcome::Respond { status: s, body: status_error(api, s, id, &model), retry_after: None }
         }
         Some(Fault::RateLimited { retry_after_secs }) => {
             return Outcome::Respond {
                 status: 429,
-                body: status_error(429, id, &model),
+                body: status_error(api, 429, id, &model),
                 retry_after: Some(retry_after_secs),
             }
         }
-        Some(Fault::Inspection) => {
-            return Outcome::Respond {
-                status: 400,
-                body: error_body(
-                    "Input data may contain inappropriate content.",
-                    "data_inspection_failed",
-                    "data_inspection_failed",
-                    None,
-                    id,
-                ),
-                retry_after: None,
-            }
-        }
+        Some(Fault::Inspection) => return errors::respond(400, errors::inspection(api, id)),
         Some(Fault::Malformed) => {
             return Outcome::Raw {
                 status: 200,
@@ -401,7 +402,7 @@ async fn answer(
         }
         Some(Fault::Reset) => return Outcome::Reset,
         Some(Fault::RateLimitedRaw { retry_after }) => {
-            return faults::rate_limited_raw(&retry_after, &status_error(429, id, &model), entry)
+            return faults::rate_limited_raw(&retry_after, &status_error(api, 429, id, &model), entry)
         }
         Some(Fault::Redirect { status, location }) => return faults::redirect(status, &location, entry),
         Some(Fault::Hang)
@@ -409,27 +410,63 @@ async fn answer(
         | Some(Fault::Oversized { .. })
         | Some(Fault::NulInContent)
         | Some(Fault::NonFiniteEmbedding { .. })
+        | Some(Fault::StreamBreak { .. })
+        | Some(Fault::StreamError { .. })
         | None => {}
     }
     if model.is_empty() {
-        return invalid_parameter("Model not specified.", id);
+        return match api {
+            Api::Compatible => invalid(api, "Model not specified.", id),
+            // Model Studio's status-code page: 400 BadRequest.EmptyModel.
+            _ => errors::respond(
+                400,
+                errors::coded_body(
+                    api,
+                    "BadRequest.EmptyModel",
+                    "Required parameter \"model\" missing from request.",
+                    id,
+                ),
+            ),
+        };
     }
     if config.unavailable_models.contains(&model) {
-        return Outcome::Respond { status: 404, body: status_error(404, id, &model), retry_after: None };
+        // OpenSearch names an unknown service 400 ServiceIdNotExist (status-code page).
+        let status = if api == Api::OpenSearch { 400 } else { 404 };
+        return Outcome::Respond { status, body: status_error(api, 404, id, &model), retry_after: None };
     }
     let outcome = match kind {
-        Kind::Chat => chat(&body, &model, id),
+        Kind::Chat => chat::chat(&body, &model, id),
         Kind::Embeddings => embeddings(&body, &model, &inputs, id),
+        Kind::MultimodalEmbedding => multimodal::embed(&body, &model, id),
+        Kind::OpenSearch => opensearch::generate(&body, &model, id),
     };
     match fault {
-        Some(fault) => spoil(&fault, kind, outcome),
+        Some(fault) => spoil(&fault, kind, outcome, id),
         None => outcome,
     }
 }
 
 /// The faults that spoil a good answer rather than replace it. An answer that is already an
-/// error (a bad parameter) is left alone: the request would have failed anyway.
-fn spoil(fault: &Fault, kind: Kind, outcome: Outcome) -> Outcome {
+/// error (a bad parameter) is left alone: the request would have failed anyway. The stream
+/// faults apply to streams only; the others to whole bodies only.
+fn spoil(fault: &Fault, kind: Kind, outcome: Outcome, id: u64) -> Outcome {
+    if let Outcome::Stream { mut events, .. } = outcome {
+        return match fault {
+            Fault::StreamBreak { after } => {
+                events.truncate(*after);
+                Outcome::Stream { events, broken: true }
+            }
+            Fault::StreamError { after } => {
+                events.truncate(*after);
+                events.push(match kind {
+                    Kind::OpenSearch => opensearch::moderation_event(id),
+                    _ => chat::moderation_event(id),
+                });
+                Outcome::Stream { events, broken: false }
+            }
+            _ => Outcome::Stream { events, broken: false },
+        };
+    }
     let body = match outcome {
         Outcome::Respond { status: 200, body, .. } => body,
         other => return other,
@@ -438,162 +475,49 @@ fn spoil(fault: &Fault, kind: Kind, outcome: Outcome) -> Outcome {
         (Fault::Oversized { bytes, content_length }, _) => {
             faults::oversized(kind, body, *bytes, *content_length)
         }
-        (Fault::NulInContent, Kind::Chat) => faults::with_nul(body),
-        (Fault::NonFiniteEmbedding { literal }, Kind::Embeddings) => faults::with_literal(body, literal),
+        (Fault::NulInContent, Kind::Chat) => faults::with_nul(body, "/choices/0/message/content"),
+        (Fault::NulInContent, Kind::OpenSearch) => faults::with_nul(body, "/result/text"),
+        (Fault::NonFiniteEmbedding { literal }, Kind::Embeddings | Kind::MultimodalEmbedding) => {
+            faults::with_literal(body, literal)
+        }
         _ => Outcome::Respond { status: 200, body, retry_after: None },
     }
 }
 
-fn approx_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4).max(1)
-}
-
-/// The stand-in's deterministic chat answer to `prompt`.
-pub fn chat_reply(model: &str, prompt: &str, images: usize) -> String {
-    if images > 0 {
-        format!("Echo from {model} ({images} images): {prompt}")
-    } else {
-        format!("Echo from {model}: {prompt}")
-    }
-}
-
-/// The stand-in's deterministic "translation": the glossary applied, tagged with the pair.
-pub fn translation_reply(text: &str, source: &str, target: &str, terms: &[(String, String)]) -> String {
-    let mut out = text.to_string();
-    for (s, t) in terms {
-        out = out.replace(s.as_str(), t);
-    }
-    format!("[{source}->{target}] {out}")
-}
-
-fn completion(model: &str, content: String, prompt_tokens: u64, finish: &str, id: u64) -> Outcome {
-    let completion_tokens = approx_tokens(&content);
-    Outcome::Respond {
-        status: 200,
-        body: json!({
-            "choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": finish, "index": 0, "logprobs": null}],
-            "object": "chat.completion",
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-            "created": 1_726_127_645,
-            "system_fingerprint": null,
-            "model": model,
-            "id": format!("chatcmpl-standin-{id}"),
-        }),
-        retry_after: None,
-    }
-}
-
-fn chat(body: &Value, model: &str, id: u64) -> Outcome {
-    let Some(messages) = body.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
-        return invalid_parameter("messages must be a non-empty array.", id);
-    };
-    if let Some(t) = body.get("temperature") {
-        if !t.as_f64().is_some_and(|t| (0.0..2.0).contains(&t)) {
-            return invalid_parameter("Range of temperature should be [0.0, 2.0)", id);
-        }
-    }
-    if let Some(p) = body.get("top_p") {
-        if !p.as_f64().is_some_and(|p| p > 0.0 && p <= 1.0) {
-            return invalid_parameter("Range of top_p should be (0.0, 1.0]", id);
-        }
-    }
-    let prompt_tokens: u64 = messages
-        .iter()
-        .map(|m| approx_tokens(&content_text(m.get("content").unwrap_or(&Value::Null)).0))
-        .sum();
-    if model.starts_with("qwen-mt-") {
-        let Some(options) = body.get("translation_options") else {
-            return invalid_parameter("translation_options is required for Qwen-MT models.", id);
-        };
-        if messages.len() != 1 || messages[0].get("role").and_then(Value::as_str) != Some("user") {
-            return invalid_parameter("Qwen-MT models take exactly one user message.", id);
-        }
-        let Some(target) = options.get("target_lang").and_then(Value::as_str) else {
-            return invalid_parameter("translation_options.target_lang is required.", id);
-        };
-        let source = options.get("source_lang").and_then(Value::as_str).unwrap_or("auto");
-        let terms: Vec<(String, String)> = options
-            .get("terms")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| {
-                        Some((t.get("source")?.as_str()?.to_string(), t.get("target")?.as_str()?.to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let (text, _) = content_text(&messages[0]["content"]);
-        return completion(
-            model,
-            translation_reply(&text, source, target, &terms),
-            prompt_tokens,
-            "stop",
-            id,
-        );
-    }
-    let Some(user) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-    else {
-        return invalid_parameter("messages must contain a user message.", id);
-    };
-    let (text, images) = content_text(user.get("content").unwrap_or(&Value::Null));
-    let mut reply = chat_reply(model, &text, images);
-    let mut finish = "stop";
-    if let Some(max) = body.get("max_tokens").and_then(Value::as_u64) {
-        let words: Vec<&str> = reply.split(' ').collect();
-        if words.len() as u64 > max {
-            reply = words[..max as usize].join(" ");
-            finish = "length";
-        }
-    }
-    completion(model, reply, prompt_tokens, finish, id)
-}
-
-/// Inputs one request may carry, as the compatible-mode API documents it.
-fn max_batch(model: &str) -> usize {
-    if model == "text-embedding-v1" || model == "text-embedding-v2" {
-        25
-    } else {
-        10
-    }
-}
-
-fn dimensions_of(model: &str) -> (&'static [usize], usize) {
-    match model {
-        "text-embedding-v4" => (&[2048, 1536, 1024, 768, 512, 256, 128, 64], 1024),
-        "text-embedding-v3" => (&[1024, 768, 512, 256, 128, 64], 1024),
-        "text-embedding-v1" | "text-embedding-v2" => (&[1536], 1536),
-        "qwen3-vl-embedding" => (&[2560, 2048, 1536, 1024, 768, 512, 256], 2560),
-        "tongyi-embedding-vision-plus" => (&[1152], 1152),
-        "tongyi-embedding-vision-flash" => (&[768], 768),
-        _ => (&[1024], 1024),
-    }
-}
-
 fn embeddings(body: &Value, model: &str, inputs: &[String], id: u64) -> Outcome {
+    let bad = |m: &str| invalid(Api::Compatible, m, id);
+    if models::multimodal(model).is_some() {
+        // Observed for multimodal-embedding-v1 and qwen3-vl-embedding (cherry-studio#1024,
+        // open-notebook#866): compatible mode serves text embedding models only.
+        return errors::respond(
+            404,
+            errors::error_body(
+                &format!("Unsupported model `{model}` for OpenAI compatibility mode."),
+                "invalid_request_error",
+                "model_not_supported",
+                None,
+                id,
+            ),
+        );
+    }
     if inputs.is_empty() || inputs.iter().any(String::is_empty) {
-        return invalid_parameter(
-            "<400> InternalError.Algo.InvalidParameter: Value error, input should not be empty.",
-            id,
-        );
+        return bad("<400> InternalError.Algo.InvalidParameter: Value error, input should not be empty.");
     }
-    let limit = max_batch(model);
+    let limit = models::max_batch(model);
     if inputs.len() > limit {
-        return invalid_parameter(
-            &format!("<400> InternalError.Algo.InvalidParameter: Value error, batch size is invalid, it should not be larger than {limit}."),
-            id,
-        );
+        return bad(&format!(
+            "<400> InternalError.Algo.InvalidParameter: Value error, batch size is invalid, it should not be larger than {limit}."
+        ));
     }
-    let (allowed, default) = dimensions_of(model);
+    let (allowed, default) = models::text_dimensions(model);
     let dim = match body.get("dimensions") {
         None => default,
         Some(d) => match d.as_u64().map(|d| d as usize).filter(|d| allowed.contains(d)) {
             Some(d) => d,
             None => {
-                return invalid_parameter(
-                    &format!("<400> InternalError.Algo.InvalidParameter: Value error, dimensions should be one of {allowed:?}."),
-                    id,
-                )
+                return bad(&format!(
+                    "<400> InternalError.Algo.InvalidParameter: Value error, dimensions should be one of {allowed:?}."
+                ))
             }
         },
     };

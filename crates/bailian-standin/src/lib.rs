@@ -1,22 +1,45 @@
-//! A stand-in for Bailian's compatible-mode API (`/chat/completions`, `/embeddings`) on
-//! loopback, for tests, benchmarks and the demo. It answers with the documented success and
-//! error bodies, deterministic content tests can assert on, configurable latency, faults by
-//! rate or scripted per input (including answers no client should trust: oversized bodies,
-//! NUL in text, numbers beyond f32, any Retry-After, redirects), an optional
-//! requests-per-minute limit, and counters plus a
-//! request log that tests read (in process through [`Standin`], or over HTTP under
-//! `/_standin/`).
+//! A stand-in for the Alibaba Cloud Model Studio (Bailian) APIs pg_bailian calls, on loopback,
+//! for tests, benchmarks and the demo:
+//!
+//! - compatible mode under [`Standin::base_url`]: `POST /compatible-mode/v1/chat/completions`
+//!   (whole answers, or `"stream": true` server-sent events with reasoning and Qwen-Omni audio
+//!   chunks) and `POST /compatible-mode/v1/embeddings`;
+//! - DashScope's native multimodal embedding under [`Standin::root_url`]:
+//!   `POST /api/v1/services/embeddings/multimodal-embedding/multimodal-embedding`;
+//! - OpenSearch's text generation, also under [`Standin::root_url`]:
+//!   `POST /v3/openapi/workspaces/{workspace}/text-generation/{service_id}`.
+//!
+//! It answers with the documented success and error bodies (each API in its own shape) and
+//! refuses what Bailian documents it refuses (stream-only models without `stream`, thinking
+//! without `stream`, parameters out of range, misplaced messages, unknown voices, images it
+//! cannot read, ...). Content is deterministic so tests can assert on it: [`chat_reply`],
+//! [`reasoning_reply`], [`embedding_for`], [`image_embedding_for`], [`audio_pcm`]; a streamed
+//! answer concatenates to exactly the whole one. Around that: configurable latency and pause
+//! between stream events, faults by rate or scripted per input (including answers no client
+//! should trust: oversized bodies, NUL in text, numbers beyond f32, any Retry-After,
+//! redirects, streams that break or end in an error), an optional requests-per-minute
+//! limit, and counters plus a request log that tests read (in process through [`Standin`],
+//! or over HTTP under `/_standin/`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
 
+mod audio;
+mod b64;
+mod chat;
 mod embedding;
+mod errors;
 mod faults;
 mod handler;
+mod models;
+mod multimodal;
+mod opensearch;
 mod state;
+mod stream;
 
-pub use embedding::embedding_for;
-pub use handler::{chat_reply, translation_reply};
+pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
+pub use chat::{chat_reply, reasoning_reply, translation_reply};
+pub use embedding::{embedding_for, image_embedding_for};
 pub use state::{Config, Fault, LoggedRequest, StatsSnapshot};
 
 use hyper::server::conn::http1;
@@ -71,9 +94,15 @@ impl Standin {
         self.addr
     }
 
-    /// The `base_url` to deploy models with.
+    /// The `base_url` to deploy compatible-mode models with.
     pub fn base_url(&self) -> String {
         format!("http://{}/compatible-mode/v1", self.addr)
+    }
+
+    /// `http://addr`: the host of the native DashScope paths (`/api/v1/...`) and of
+    /// OpenSearch's (`/v3/openapi/...`).
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn configure(&self, f: impl FnOnce(&mut Config)) {

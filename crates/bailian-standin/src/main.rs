@@ -4,7 +4,8 @@
 use bailian_standin::{Config, Standin};
 
 const USAGE: &str = "usage: bailian-standin [--listen ADDR] [--latency-ms N] [--fail-rate-500 F] \
-[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--no-log-bodies] [--addr-file PATH]";
+[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--stream-chunk-delay-ms N] [--no-log-bodies] \
+[--addr-file PATH]";
 
 fn main() {
     let mut listen = "127.0.0.1:0".to_string();
@@ -31,6 +32,7 @@ fn main() {
             "--fail-rate-429" => config.fail_rate_429 = num(&flag, value()),
             "--retry-after" => config.retry_after_secs = Some(num(&flag, value())),
             "--rpm" => config.rpm_limit = Some(num(&flag, value())),
+            "--stream-chunk-delay-ms" => config.stream_chunk_delay_ms = num(&flag, value()),
             "--no-log-bodies" => config.log_bodies = false,
             "--addr-file" => addr_file = Some(value()),
             "-h" | "--help" => {
@@ -50,6 +52,10 @@ fn main() {
     if let Some(path) = addr_file {
         std::fs::write(&path, standin.addr().to_string()).expect("write --addr-file");
     }
-    println!("bailian stand-in listening on {}", standin.base_url());
+    println!(
+        "bailian stand-in listening on {} (native and OpenSearch under {})",
+        standin.base_url(),
+        standin.root_url()
+    );
     standin.wait();
 }

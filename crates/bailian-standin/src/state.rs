@@ -30,6 +30,8 @@ pub struct Config {
     pub log_bodies: bool,
     /// Seed of the random faults, so a run is repeatable.
     pub seed: u64,
+    /// Pause between the events of a streamed answer, so a client sees them arrive apart.
+    pub stream_chunk_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             echo_key_in_errors: false,
             log_bodies: true,
             seed: 42,
+            stream_chunk_delay_ms: 0,
         }
     }
 }
@@ -74,18 +77,20 @@ pub enum Fault {
     /// Close the connection without answering.
     Reset,
     /// 200 with the normal answer padded to `bytes` bytes of valid JSON (or its own size, when
-    /// that is larger): chat pads the content, embeddings add a `x_standin_padding` string. The
-    /// body is generated as it is sent, so 1 GB costs nothing until a client reads it. With
-    /// `content_length` the length is declared; without, it is sent chunked. Models a runaway
-    /// generation, a gateway answering with a huge page, an endpoint that never stops.
+    /// that is larger): chat pads the content, OpenSearch `result.text`, embeddings (both
+    /// kinds) add a `x_standin_padding` string. The body is generated as it is sent, so 1 GB
+    /// costs nothing until a client reads it. With `content_length` the length is declared;
+    /// without, it is sent chunked. Models a runaway generation, a gateway answering with a
+    /// huge page, an endpoint that never stops. A streamed answer is sent as is.
     Oversized { bytes: u64, content_length: bool },
-    /// A chat answer whose content carries a NUL (`\u0000` in the JSON) in the middle, as a
-    /// model can emit when asked to echo binary-looking data. Embeddings answer normally.
+    /// A chat (or OpenSearch) answer whose text carries a NUL (`\u0000` in the JSON) in the
+    /// middle, as a model can emit when asked to echo binary-looking data. Embeddings and
+    /// streamed answers are sent as is.
     NulInContent,
-    /// An embeddings answer whose last vector ends with the number written as `literal` in
-    /// the JSON text (e.g. `1e39`, which parses as f64 and overflows f32; JSON has no NaN).
-    /// Models a provider-side numeric fault or a proxy that rewrites numbers. Chat answers
-    /// normally.
+    /// An embeddings answer (compatible or native) whose last vector ends with the number
+    /// written as `literal` in the JSON text (e.g. `1e39`, which parses as f64 and overflows
+    /// f32; JSON has no NaN). Models a provider-side numeric fault or a proxy that rewrites
+    /// numbers. Chat answers normally.
     NonFiniteEmbedding { literal: String },
     /// 429 limit_requests with this exact Retry-After header value, whatever it is: a huge
     /// number, a negative one, an HTTP-date, garbage. A value that cannot be a header value
@@ -95,6 +100,16 @@ pub enum Fault {
     /// with a small HTML body as web servers send. Models an http-to-https redirect, a moved
     /// endpoint, or a gateway's login page in front of base_url.
     Redirect { status: u16, location: String },
+    /// A streamed answer (`"stream": true`) that sends its first `after` events and then drops
+    /// the connection without ending the chunked body: what a client sees when a gateway or
+    /// the network cuts a long generation. A request that does not stream answers normally.
+    StreamBreak { after: usize },
+    /// A streamed answer that sends its first `after` events, then an error event and no
+    /// `[DONE]`: Bailian's output moderation stopping a generation already under way (the
+    /// documented `data_inspection_failed`, "Output data may contain inappropriate content.").
+    /// OpenSearch streams end the same way with an error in their own shape. A request that
+    /// does not stream answers normally.
+    StreamError { after: usize },
 }
 
 /// One request as the stand-in saw it.
@@ -118,9 +133,12 @@ pub struct LoggedRequest {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     pub requests: u64,
+    /// Compatible-mode chat and OpenSearch text generation.
     pub chat_requests: u64,
+    /// Compatible-mode and native multimodal embeddings.
     pub embedding_requests: u64,
-    /// Texts received: one per chat request, one per embedding input.
+    /// Inputs received: one per chat or OpenSearch request, one per embedding input (text,
+    /// image or video).
     pub inputs: u64,
     pub by_status: BTreeMap<u16, u64>,
     /// 429s given by the requests-per-minute limit (not by fault injection).

@@ -274,7 +274,7 @@ pub fn parse_chat(model: &str, body: &[u8]) -> Result<ChatOutcome, AiError> {
 pub struct StreamAssembler {
     out: ChatOutcome,
     transcript: String,
-    audio_b64: Vec<u8>,
+    audio_b64: String,
     done: bool,
 }
 
@@ -367,12 +367,9 @@ impl StreamAssembler {
                 self.transcript.push_str(&t);
             }
             if let Some(d) = audio.data {
-                // Each chunk is a base64 string of its own (padded), so chunks are decoded
-                // one by one rather than concatenated first.
-                let bytes = base64::engine::general_purpose::STANDARD.decode(d.trim()).map_err(|e| {
-                    malformed(model, format!("choices[0].delta.audio.data is not base64 ({e})"))
-                })?;
-                self.audio_b64.extend_from_slice(&bytes);
+                // Bailian's Qwen-Omni guide joins the `data` strings and decodes the whole:
+                // a piece need not be valid base64 on its own.
+                self.audio_b64.push_str(d.trim());
             }
         }
         Ok(())
@@ -388,7 +385,12 @@ impl StreamAssembler {
         if self.out.content.is_empty() && !self.transcript.is_empty() {
             self.out.content = std::mem::take(&mut self.transcript);
         }
-        self.out.audio_pcm = self.audio_b64;
+        if !self.audio_b64.is_empty() {
+            self.out.audio_pcm =
+                base64::engine::general_purpose::STANDARD.decode(self.audio_b64.as_bytes()).map_err(|e| {
+                    malformed(model, format!("the joined choices[0].delta.audio.data is not base64 ({e})"))
+                })?;
+        }
         self.out.check_text(model)
     }
 }
@@ -511,8 +513,8 @@ mod tests {
         let mut a = StreamAssembler::default();
         for c in [
             json!({"choices": [{"delta": {"content": "Hi"}}]}),
-            json!({"choices": [{"delta": {"audio": {"data": "AQI=", "expires_at": 1, "id": "a"}}}]}),
-            json!({"choices": [{"delta": {"audio": {"data": "AwQ="}}}]}),
+            json!({"choices": [{"delta": {"audio": {"data": "AQID", "expires_at": 1, "id": "a"}}}]}),
+            json!({"choices": [{"delta": {"audio": {"data": "BA=="}}}]}),
         ] {
             a.feed("m", &Event { name: String::new(), data: c.to_string() }).unwrap();
         }
@@ -530,14 +532,9 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, AiError::Provider { status: 400, .. }), "{e:?}");
         let mut a = StreamAssembler::default();
-        let bad = a.feed(
-            "m",
-            &Event {
-                name: String::new(),
-                data: r#"{"choices": [{"delta": {"audio": {"data": "!!"}}}]}"#.into(),
-            },
-        );
-        assert!(bad.unwrap_err().to_string().contains("not base64"));
+        let piece = r#"{"choices": [{"delta": {"audio": {"data": "!!"}}}]}"#;
+        a.feed("m", &Event { name: String::new(), data: piece.into() }).unwrap();
+        assert!(a.finish("m").unwrap_err().to_string().contains("not base64"));
     }
 
     #[test]
