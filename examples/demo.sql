@@ -6,7 +6,7 @@
 CREATE EXTENSION pg_bailian;
 
 \echo '\n-- What can be deployed: 54 models of seed 000, by task'
-SELECT task, count(*) AS models FROM ai_supported_models() GROUP BY task ORDER BY task;
+SELECT provider, task, count(*) AS models FROM ai_supported_models() GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT model_type, params, dimensions, default_dimension, max_inputs_per_request
   FROM ai_supported_models() WHERE task = 'embedding' AND model_type LIKE 'text-%';
 

@@ -122,3 +122,10 @@ pub fn server_log() -> String {
     let path = std::env::var("PG_BAILIAN_LOG").expect("PG_BAILIAN_LOG (set by scripts/test.sh)");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
+
+/// The jsonb (or json) a one-value query returns, as a serde value.
+pub fn json_of(c: &mut Client, sql: &str) -> serde_json::Value {
+    let sql = format!("{sql}::text");
+    let text: String = c.query_one(&sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql}: {e}: {text}"))
+}
