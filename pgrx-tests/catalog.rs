@@ -38,14 +38,14 @@ fn deploy_sql(name: &str, model_type: &str, key: &str, rest: &str) -> String {
 #[pg_test]
 fn supported_models_lists_the_registry() {
     let n = Spi::get_one::<i64>("SELECT count(*) FROM ai_supported_models()").unwrap().unwrap();
-    assert_eq!(n, 54);
+    assert_eq!(n, 64);
     let by_task = Spi::get_one::<String>(
-        "SELECT string_agg(task || '=' || n, ',' ORDER BY task)
-           FROM (SELECT task, count(*) n FROM ai_supported_models() GROUP BY task) t",
+        "SELECT string_agg(provider || '/' || task || '=' || n, ',' ORDER BY provider, task)
+           FROM (SELECT provider, task, count(*) n FROM ai_supported_models() GROUP BY 1, 2) t",
     )
     .unwrap()
     .unwrap();
-    assert_eq!(by_task, "chat=42,embedding=8,translation=4");
+    assert_eq!(by_task, "bailian/chat=42,bailian/embedding=8,bailian/translation=4,opensearch/chat=10");
     let (dims, default, max_inputs) = Spi::get_three::<Vec<i32>, i32, i32>(
         "SELECT dimensions, default_dimension, max_inputs_per_request
            FROM ai_supported_models() WHERE model_type = 'text-embedding-v4'",

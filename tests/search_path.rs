@@ -154,7 +154,7 @@ fn run_everything(
     assert_eq!(models, 3);
     let supported: i64 =
         c.query_one("SELECT pg_catalog.count(*) FROM ai_supported_models()", &[]).unwrap().get(0);
-    assert_eq!(supported, 54);
+    assert_eq!(supported, 64);
     c.batch_execute("SET pg_bailian.default_chat_model = 'chat'").unwrap();
     assert_eq!(one_text(c, "SELECT ai_gen('chat', 'one')").as_deref(), Some("Echo from qwen-plus: one"));
     assert_eq!(one_text(c, "SELECT ai_gen('two')").as_deref(), Some("Echo from qwen-plus: two"));
