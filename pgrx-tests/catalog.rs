@@ -65,7 +65,7 @@ fn supported_models_lists_the_registry() {
     )
     .unwrap()
     .unwrap();
-    assert_eq!(vision_call, vec!["images", "timeout", "max_retries"]);
+    assert_eq!(vision_call, vec!["stream", "images", "timeout", "max_retries"]);
 }
 
 #[pg_test]
@@ -192,7 +192,7 @@ fn bad_deployments_are_rejected_and_change_nothing() {
         (deploy_sql("m", "qwen-plus", k, ", params => '{\"max_tokens\": 1.5}'"), "22023 invalid value for parameter \"max_tokens\": 1.5"),
         (
             deploy_sql("m", "qwen-plus", k, ", params => '{\"foo\": 1}'"),
-            "22023 unknown parameter \"foo\" for chat model qwen-plus; allowed: temperature, top_p, max_tokens",
+            "22023 unknown parameter \"foo\" for chat model qwen-plus; allowed: temperature, top_p, top_k, max_tokens",
         ),
         (
             deploy_sql("m", "text-embedding-v4", k, ", params => '{\"temperature\": 0.5}'"),
@@ -266,8 +266,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
     .unwrap();
     assert_eq!(
         executable,
-        "ai_embed(text,text), ai_embed_batch(text,text[]), \
-         ai_embed_column(regclass,name,name,text,integer), ai_gen(text), ai_gen(text,text,jsonb), \
+        "ai_chat(text,jsonb,jsonb), ai_embed(text,text), ai_embed_batch(text,text[]), \
+         ai_embed_column(regclass,name,name,text,integer), ai_embed_image(text,bytea), \
+         ai_embed_image(text,text), ai_gen(text), ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), \
          ai_gen_batch(text,text[],jsonb), ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
          ai_supported_models(), ai_translate(text,text,text,jsonb)"
     );
