@@ -145,7 +145,6 @@ fn deploy_case(c: &mut Client, s: &Standin, name: &str, provider: &str, model: &
     c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-
 #[test]
 fn every_model_answers_through_its_function() {
     let (mut c, _) = fresh_db("every_model");

@@ -143,6 +143,8 @@ fn run_everything(
         ("chat", "qwen-plus", r#"{"temperature": 0.5}"#),
         ("mt", "qwen-mt-plus", r#"{"source_lang": "auto"}"#),
         ("emb", "text-embedding-v4", r#"{"dimension": 64}"#),
+        ("vis", "tongyi-embedding-vision-flash", r#"{"dimension": 64}"#),
+        ("omni", "qwen3-omni-flash", r#"{}"#),
     ] {
         c.batch_execute(&format!(
             "SELECT ai_deploy_model('{name}', '{model}', '{}', params => '{params}', base_url => '{base}', replace => true)",
@@ -151,7 +153,7 @@ fn run_everything(
         .unwrap();
     }
     let models: i64 = c.query_one("SELECT pg_catalog.count(*) FROM ai_models", &[]).unwrap().get(0);
-    assert_eq!(models, 3);
+    assert_eq!(models, 5);
     let supported: i64 =
         c.query_one("SELECT pg_catalog.count(*) FROM ai_supported_models()", &[]).unwrap().get(0);
     assert_eq!(supported, 64);
@@ -164,6 +166,22 @@ fn run_everything(
         .starts_with("Echo from qwen-plus"));
     let v: Vec<f32> = c.query_one("SELECT ai_embed('emb', 'three')", &[]).unwrap().get(0);
     assert_eq!(v, embedding_for("three", 64));
+    let chat: String = c
+        .query_one(
+            "SELECT ai_chat('chat', '[{\"role\": \"user\", \"content\": \"hi\"}]')::pg_catalog.text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(chat.contains("Echo from qwen-plus: hi"), "{chat}");
+    let wav: Vec<u8> = c.query_one("SELECT ai_gen_audio('omni', 'hi')", &[]).unwrap().get(0);
+    assert_eq!(&wav[..4], b"RIFF");
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+    let v: Vec<f32> = c.query_one("SELECT ai_embed_image('vis', $1::bytea)", &[&png]).unwrap().get(0);
+    assert_eq!(v.len(), 64);
+    let v: Vec<f32> =
+        c.query_one("SELECT ai_embed_image('vis', 'https://example.com/a.png')", &[]).unwrap().get(0);
+    assert_eq!(v.len(), 64);
     let n = c.query("SELECT * FROM ai_embed_batch('emb', ARRAY['a', 'b', NULL])", &[]).unwrap().len();
     assert_eq!(n, 3);
     let n = c
@@ -189,9 +207,13 @@ fn run_everything(
     assert!(dropped);
     c.batch_execute("RESET search_path; RESET pg_bailian.default_chat_model").unwrap();
     vec![
-        "ai_deploy_model(text,text,text,jsonb,integer,double precision,double precision,double precision,text,text,boolean,integer,integer)",
+        "ai_deploy_model(text,text,text,jsonb,integer,double precision,double precision,double precision,text,text,boolean,integer,integer,text,text)",
+        "ai_chat(text,jsonb,jsonb)",
         "ai_embed(text,text)",
         "ai_embed_batch(text,text[])",
+        "ai_embed_image(text,bytea)",
+        "ai_embed_image(text,text)",
+        "ai_gen_audio(text,text,jsonb)",
         "ai_embed_column(regclass,name,name,text,integer)",
         "ai_gen(text)",
         "ai_gen(text,text,jsonb)",

@@ -9,7 +9,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-
 fn last_body(s: &bailian_standin::Standin) -> Value {
     s.requests().pop().expect("a request").body
 }
