@@ -118,7 +118,18 @@ fn pg_terminate_backend_leaves_the_server_healthy() {
     let terminated_at = Instant::now();
     admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
     let (mut c, code, ended) = worker.join().unwrap();
-    assert_eq!(code, "57P01", "terminating connection due to administrator command");
+    // The backend always sends FATAL 57P01 before it exits, but the client library may see
+    // the socket close before it hands the error over ("connection closed"); the server log
+    // then shows the FATAL of that backend.
+    if code != "57P01" {
+        assert_eq!(code, "connection closed");
+        let log = server_log();
+        assert!(
+            log.lines().any(|l| l.contains(&format!("[{pid}]"))
+                && l.contains("FATAL:  57P01: terminating connection due to administrator command")),
+            "no FATAL 57P01 of backend {pid} in the server log"
+        );
+    }
     assert!(ended - terminated_at < LIMIT);
     assert!(c.is_closed() || c.is_valid(Duration::from_secs(1)).is_err());
     assert_request_closed(&s);
