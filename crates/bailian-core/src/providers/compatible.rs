@@ -123,14 +123,6 @@ fn check_json_mode(messages: &[Value], params: &Map<String, Value>) -> Result<()
     }
 }
 
-/// `chat_request` for one prompt (`ai_gen`).
-pub fn chat_body(model_type: &str, prompt: &str, params: &Map<String, Value>) -> Value {
-    let spec = crate::registry::find(model_type).expect("a registered model");
-    chat_request(spec, "", super::prompt_messages(prompt, params), params)
-        .map(|r| r.body)
-        .unwrap_or(Value::Null)
-}
-
 /// Qwen-MT: exactly one user message and `translation_options` (no system message: the
 /// translation models reject one).
 pub fn translation_body(
@@ -412,6 +404,12 @@ mod tests {
     use super::super::{parse_error_body, ErrorBody, MAX_DETAIL_CHARS};
     use super::*;
     use crate::registry::find;
+
+    /// The body `ai_gen` sends for one prompt.
+    fn chat_body(model_type: &str, prompt: &str, params: &Map<String, Value>) -> Value {
+        let spec = find(model_type).unwrap();
+        chat_request(spec, "", super::super::prompt_messages(prompt, params), params).unwrap().body
+    }
 
     fn params(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()

@@ -12,6 +12,7 @@ pub mod sse;
 pub mod wav;
 
 use crate::error::AiError;
+use crate::params::kind;
 use crate::registry::{Api, ModelSpec, Provider};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -348,7 +349,7 @@ pub fn check_messages(
         )
     };
     let Some(list) = messages.as_array() else {
-        return Err(bad(format!("expected a JSON array, got {}", kind_of(messages))));
+        return Err(bad(format!("expected a JSON array, got {}", kind(messages))));
     };
     if list.is_empty() || list.len() > MAX_MESSAGES {
         return Err(bad(format!("expected 1 to {MAX_MESSAGES} messages, got {}", list.len())));
@@ -364,7 +365,7 @@ pub fn check_messages(
     let mut previous: Option<&str> = None;
     for (i, m) in list.iter().enumerate() {
         let Some(o) = m.as_object() else {
-            return Err(bad(format!("messages[{i}] is {}, not an object", kind_of(m))));
+            return Err(bad(format!("messages[{i}] is {}, not an object", kind(m))));
         };
         if let Some(k) = o.keys().find(|k| *k != "role" && *k != "content") {
             return Err(bad(format!("messages[{i}] has key \"{k}\"; a message has only role and content")));
@@ -403,7 +404,7 @@ pub fn check_messages(
                 };
                 return Err(bad(format!(
                     "messages[{i}].content must be {allowed}, got {}",
-                    other.map_or("nothing", kind_of)
+                    other.map_or("nothing", kind)
                 )));
             }
         }
@@ -436,17 +437,6 @@ pub fn is_image_ref(s: &str) -> bool {
     let lower = s.get(..11).unwrap_or(s).to_ascii_lowercase();
     (lower.starts_with("https://") || lower.starts_with("http://")) && s.len() > 8
         || lower.starts_with("data:image/") && s.contains(";base64,")
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A data URI for image bytes, its type detected from their signature; None for bytes that
