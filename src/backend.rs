@@ -107,8 +107,8 @@ impl Interrupts for PgInterrupts {
 
 /// A deployed model ready to call: its deployment, the resolved key, its rate limiter and
 /// the settings of this call (deployed retry/timeout overridden by per-call params).
-pub struct Target<'a> {
-    deployment: &'a Deployment,
+pub struct Target {
+    deployment: Arc<Deployment>,
     key: ApiKey,
     timeout: Duration,
     retry: RetryPolicy,
@@ -116,22 +116,26 @@ pub struct Target<'a> {
     max_response_bytes: u64,
 }
 
-impl<'a> Target<'a> {
+impl Target {
     /// `call_params` may lower the deployment's timeout and max_retries, never raise them.
-    pub fn new(deployment: &'a Deployment, call_params: &Map<String, Value>) -> Result<Target<'a>, AiError> {
+    pub fn new(deployment: &Arc<Deployment>, call_params: &Map<String, Value>) -> Result<Target, AiError> {
         let settings = deployment.call_settings(call_params)?;
         let key = deployment.key.resolve_with(&deployment.name, crate::guc::policy)?;
         Ok(Target {
-            deployment,
+            limiter: limiter_for(deployment)?,
+            deployment: deployment.clone(),
             key,
             timeout: settings.timeout,
             retry: settings.retry,
-            limiter: limiter_for(deployment)?,
             max_response_bytes: crate::guc::max_response_bytes(),
         })
     }
 
-    fn call(&self) -> Call<'_> {
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    pub fn call(&self) -> Call<'_> {
         Call {
             model: &self.deployment.name,
             endpoint: self.deployment.endpoint(),
@@ -163,7 +167,7 @@ fn limiter_for(d: &Deployment) -> Result<Option<Arc<RateLimiter>>, AiError> {
 /// requests are on the wire. `next_unit` runs inside the runtime and must not touch SPI.
 /// Stops early on a cancel (returning `AiError::Interrupted`) or the first error of `done`.
 pub fn drive<'t, T, Fut>(
-    target: &'t Target<'_>,
+    target: &'t Target,
     mut next_unit: impl FnMut(&'static Client, Call<'t>) -> Option<Fut>,
     mut done: impl FnMut(T) -> Result<(), AiError>,
 ) -> Result<(), AiError>
@@ -234,7 +238,7 @@ impl Drop for Settle<'_> {
 /// Runs `work` with the backend's client and a `Call` for `target`, waiting in the runtime
 /// until it finishes or PostgreSQL asks to cancel; the caller raises the cancel afterwards.
 pub fn run<'t, T, Fut>(
-    target: &'t Target<'_>,
+    target: &'t Target,
     work: impl FnOnce(&'static Client, Call<'t>) -> Fut,
 ) -> Result<T, AiError>
 where
@@ -242,4 +246,50 @@ where
 {
     let b = backend()?;
     b.runtime.block_on_interruptible(work(&b.client, target.call()), &PgInterrupts)?
+}
+
+/// Requests in flight that outlive one call into the runtime (the batching node keeps them
+/// between the rows it returns). 'static: each owns its target and request.
+pub type Flight<T> = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = T>>>>;
+
+/// The backend's client, for building requests that go into a `Flight`.
+pub fn client() -> Result<&'static Client, AiError> {
+    Ok(&backend()?.client)
+}
+
+/// Lets the requests just added to `flight` reach the wire and collects what has finished.
+/// With `wait`, first waits until at least one finishes (unless none is in flight). A cancel
+/// or termination returns `AiError::Interrupted`, with `flight` as it was: the caller drops
+/// it (closing the connections, see `settle`) before raising PostgreSQL's error.
+pub fn pump<T>(flight: &mut Flight<T>, wait: bool) -> Result<Vec<T>, AiError> {
+    let b = backend()?;
+    b.runtime.block_on_interruptible(
+        async {
+            let mut ready = Vec::new();
+            if wait {
+                if let Some(out) = flight.next().await {
+                    ready.push(out);
+                }
+            }
+            // New requests were polled once above or are polled now (handed to their
+            // connections); the connection tasks write them on these turns.
+            while let Poll::Ready(Some(out)) = futures_util::poll!(flight.next()) {
+                ready.push(out);
+            }
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            while let Poll::Ready(Some(out)) = futures_util::poll!(flight.next()) {
+                ready.push(out);
+            }
+            ready
+        },
+        &PgInterrupts,
+    )
+}
+
+/// Lets the connections of requests dropped outside the runtime close now.
+pub fn settle() {
+    if let Some(b) = BACKEND.get() {
+        b.runtime.settle();
+    }
 }

@@ -88,8 +88,27 @@ pub fn sqlstate_text(code: pgrx::PgSqlErrorCode) -> String {
 /// # Safety
 /// `fcinfo` must be the valid call info PostgreSQL passed to the entry point.
 pub unsafe fn run(fcinfo: pg_sys::FunctionCallInfo, body: Body, at: &'static Location) -> pg_sys::Datum {
-    let outcome: Result<Option<pg_sys::Datum>, Report> = unsafe {
-        pgrx::pgrx_extern_c_guard(|| match body(fcinfo) {
+    // SAFETY: called from the entry point's own frame, which owns nothing.
+    match unsafe { guard(at, || body(fcinfo)) } {
+        Some(datum) => datum,
+        None => {
+            // SAFETY: fcinfo is valid for the duration of the call.
+            unsafe { (*fcinfo).isnull = true };
+            pg_sys::Datum::from(0)
+        }
+    }
+}
+
+/// Runs `body` inside pgrx's guard (panics and PostgreSQL errors raised in it are reported
+/// as usual) and raises the `AiError` it returns with its SQLSTATE. A cancel or termination
+/// (`AiError::Interrupted`) is raised as PostgreSQL's own error.
+///
+/// # Safety
+/// Must be called from the outermost Rust frame of a callback PostgreSQL made (an fmgr entry
+/// point, an executor node's method): raising longjmps over that frame.
+pub unsafe fn guard<T>(at: &'static Location, body: impl FnOnce() -> Result<T, AiError>) -> T {
+    let outcome: Result<T, Report> = unsafe {
+        pgrx::pgrx_extern_c_guard(|| match body() {
             Ok(v) => Ok(v),
             Err(AiError::Interrupted) => {
                 // PostgreSQL raises its own error for the pending cancel or termination
@@ -101,12 +120,7 @@ pub unsafe fn run(fcinfo: pg_sys::FunctionCallInfo, body: Body, at: &'static Loc
         })
     };
     match outcome {
-        Ok(Some(datum)) => datum,
-        Ok(None) => {
-            // SAFETY: fcinfo is valid for the duration of the call.
-            unsafe { (*fcinfo).isnull = true };
-            pg_sys::Datum::from(0)
-        }
+        Ok(v) => v,
         Err(report) => unsafe { raise(report, at) },
     }
 }

@@ -15,6 +15,12 @@ pub static DEFAULT_CHAT_MODEL: GucSetting<Option<CString>> = GucSetting::<Option
 /// Requests one batch function or procedure keeps in flight.
 pub static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
 
+/// Whether queries batch the AI calls of their target lists (see `executor`).
+pub static BATCH_EXECUTION: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Rows an AI Batch node reads ahead at most.
+pub static MAX_READ_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Largest response body read from the provider, in kB.
 pub static MAX_RESPONSE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 
@@ -51,6 +57,24 @@ pub fn register() {
         &MAX_CONCURRENCY,
         1,
         256,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_bailian.batch_execution",
+        c"Runs the AI calls of a query's rows concurrently, reading rows ahead.",
+        c"Off: every call runs row by row, as a plain function call. Applies to queries planned or started while it is set.",
+        &BATCH_EXECUTION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.max_read_ahead",
+        c"Rows an AI Batch node reads ahead at most.",
+        c"The read-ahead window is pg_bailian.max_concurrency requests (embeddings packed per request) times two, capped by this.",
+        &MAX_READ_AHEAD,
+        1,
+        100_000,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -108,6 +132,14 @@ pub fn default_chat_model() -> Option<String> {
 
 pub fn max_concurrency() -> usize {
     MAX_CONCURRENCY.get().clamp(1, 256) as usize
+}
+
+pub fn batch_execution() -> bool {
+    BATCH_EXECUTION.get()
+}
+
+pub fn max_read_ahead() -> usize {
+    MAX_READ_AHEAD.get().clamp(1, 100_000) as usize
 }
 
 pub fn max_response_bytes() -> u64 {

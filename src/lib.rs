@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 mod backend;
 mod catalog;
 mod entry;
+mod executor;
 mod functions;
 mod guc;
 mod log_filter;
@@ -29,6 +30,7 @@ pub extern "C-unwind" fn _PG_init() {
     // inside a backend, never in the postmaster when the library is preloaded.
     guc::register();
     log_filter::install();
+    executor::install();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,17 +1,18 @@
 //! ai_gen (both forms), ai_chat, ai_gen_audio and ai_translate: everything that asks a chat
 //! or translation model.
 
-use super::arg;
-use crate::backend::{self, Target};
+use super::calls::{self, get, Answer, Args, Finish, Kernel, Prepared};
+use crate::backend::Target;
 use crate::catalog;
 use crate::entry::sql_entry;
 use bailian_core::deploy::Deployment;
 use bailian_core::params::{self, Phase};
-use bailian_core::providers::{self, compatible, wav, ChatOutcome, ChatRequest};
+use bailian_core::providers::{self, compatible, ChatRequest};
 use bailian_core::registry::Task;
 use bailian_core::AiError;
-use pgrx::{pg_sys, IntoDatum, JsonB};
+use pgrx::{pg_sys, JsonB};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 sql_entry!(pg_finfo_pg_bailian_gen, pg_bailian_gen, gen);
 sql_entry!(pg_finfo_pg_bailian_gen_default, pg_bailian_gen_default, gen_default);
@@ -26,16 +27,6 @@ pub(crate) fn call_params(d: &Deployment, given: Option<JsonB>) -> Result<Map<St
     Ok(params::merge(&d.params, &call))
 }
 
-/// Sends `request` and returns what the model answered.
-fn complete(
-    d: &Deployment,
-    request: ChatRequest,
-    merged: &Map<String, Value>,
-) -> Result<ChatOutcome, AiError> {
-    let target = Target::new(d, merged)?;
-    backend::run(&target, |client, call| async move { client.chat(&call, &request).await })
-}
-
 /// The request for one prompt, as `ai_gen` and the batch and column paths send it.
 pub(crate) fn prompt_request(
     d: &Deployment,
@@ -45,34 +36,56 @@ pub(crate) fn prompt_request(
     d.chat_request(providers::prompt_messages(prompt, merged), merged)
 }
 
-fn ask(d: &Deployment, prompt: &str, merged: &Map<String, Value>) -> Result<String, AiError> {
-    Ok(complete(d, prompt_request(d, prompt, merged)?, merged)?.content)
-}
-
 fn gen(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    let (Some(model), Some(prompt)) = (arg::<String>(fcinfo, 0), arg::<String>(fcinfo, 1)) else {
-        return Ok(None);
-    };
-    let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
-    let merged = call_params(&d, arg::<JsonB>(fcinfo, 2))?;
-    Ok(ask(&d, &prompt, &merged)?.into_datum())
+    calls::call_now(Kernel::Gen, fcinfo)
 }
 
 fn gen_default(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    let Some(prompt) = arg::<String>(fcinfo, 0) else {
-        return Ok(None);
-    };
-    let model = catalog::default_chat_model()?;
-    let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
-    Ok(ask(&d, &prompt, &d.params)?.into_datum())
+    calls::call_now(Kernel::GenDefault, fcinfo)
 }
 
 fn chat_fn(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    let (Some(model), Some(messages)) = (arg::<String>(fcinfo, 0), arg::<JsonB>(fcinfo, 1)) else {
-        return Ok(None);
+    calls::call_now(Kernel::Chat, fcinfo)
+}
+
+fn gen_audio(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    calls::call_now(Kernel::GenAudio, fcinfo)
+}
+
+fn translate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    calls::call_now(Kernel::Translate, fcinfo)
+}
+
+/// A chat request to `d` for one prompt, answered as text.
+fn ask(d: &Arc<Deployment>, prompt: &str, merged: &Map<String, Value>) -> Result<Prepared, AiError> {
+    let request = prompt_request(d, prompt, merged)?;
+    Ok(Prepared::Chat { target: Arc::new(Target::new(d, merged)?), request, finish: Finish::Text })
+}
+
+pub(crate) fn prepare_gen(args: &dyn Args) -> Result<Prepared, AiError> {
+    let (Some(model), Some(prompt)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+        return Ok(Prepared::Done(Answer::Null));
+    };
+    let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
+    let merged = call_params(&d, get::<JsonB>(args, 2))?;
+    ask(&d, &prompt, &merged)
+}
+
+pub(crate) fn prepare_gen_default(args: &dyn Args) -> Result<Prepared, AiError> {
+    let Some(prompt) = get::<String>(args, 0) else {
+        return Ok(Prepared::Done(Answer::Null));
+    };
+    let model = catalog::default_chat_model()?;
+    let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
+    ask(&d, &prompt, &d.params)
+}
+
+pub(crate) fn prepare_chat(args: &dyn Args) -> Result<Prepared, AiError> {
+    let (Some(model), Some(messages)) = (get::<String>(args, 0), get::<JsonB>(args, 1)) else {
+        return Ok(Prepared::Done(Answer::Null));
     };
     let d = catalog::load_for(&model, "ai_chat", &[Task::Chat])?;
-    let merged = call_params(&d, arg::<JsonB>(fcinfo, 2))?;
+    let merged = call_params(&d, get::<JsonB>(args, 2))?;
     if merged.contains_key("images") {
         return Err(AiError::invalid_with_hint(
             "parameter \"images\" is for ai_gen; ai_chat takes images as content parts of the messages",
@@ -80,17 +93,17 @@ fn chat_fn(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, Ai
         ));
     }
     let messages = providers::check_messages(d.spec, &messages.0, &merged)?;
-    let out = complete(&d, d.chat_request(messages, &merged)?, &merged)?;
-    Ok(JsonB(out.to_json()).into_datum())
+    let request = d.chat_request(messages, &merged)?;
+    Ok(Prepared::Chat { target: Arc::new(Target::new(&d, &merged)?), request, finish: Finish::Json })
 }
 
 /// The voice Qwen-Omni speaks with when params name none: `Cherry`, the voice of Bailian's
 /// Qwen-Omni examples.
 const DEFAULT_VOICE: &str = "Cherry";
 
-fn gen_audio(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    let (Some(model), Some(prompt)) = (arg::<String>(fcinfo, 0), arg::<String>(fcinfo, 1)) else {
-        return Ok(None);
+pub(crate) fn prepare_gen_audio(args: &dyn Args) -> Result<Prepared, AiError> {
+    let (Some(model), Some(prompt)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+        return Ok(Prepared::Done(Answer::Null));
     };
     let d = catalog::load_for(&model, "ai_gen_audio", &[Task::Chat])?;
     if !d.spec.speaks() {
@@ -102,7 +115,7 @@ fn gen_audio(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             "Deploy a Qwen-Omni model (SELECT model_type FROM ai_supported_models() WHERE 'audio' = ANY(outputs)).",
         ));
     }
-    let mut merged = call_params(&d, arg::<JsonB>(fcinfo, 2))?;
+    let mut merged = call_params(&d, get::<JsonB>(args, 2))?;
     let voice = merged
         .get("voice")
         .or_else(|| merged.get("audio").and_then(|a| a.get("voice")))
@@ -112,29 +125,27 @@ fn gen_audio(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
     merged.remove("voice");
     merged.insert("modalities".into(), json!(["text", "audio"]));
     merged.insert("audio".into(), json!({"voice": voice, "format": "wav"}));
-    let out = complete(&d, prompt_request(&d, &prompt, &merged)?, &merged)?;
-    if out.audio_pcm.is_empty() {
-        return Err(AiError::MalformedResponse {
-            model: model.clone(),
-            detail: "the answer carried no audio (no choices[0].delta.audio.data in the stream)".into(),
-        });
-    }
-    Ok(wav::wav_from_pcm16(&out.audio_pcm, wav::OMNI_SAMPLE_RATE).into_datum())
+    let request = prompt_request(&d, &prompt, &merged)?;
+    Ok(Prepared::Chat {
+        target: Arc::new(Target::new(&d, &merged)?),
+        request,
+        finish: Finish::Audio { model },
+    })
 }
 
-fn translate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    let (Some(model), Some(content)) = (arg::<String>(fcinfo, 0), arg::<String>(fcinfo, 1)) else {
-        return Ok(None);
+pub(crate) fn prepare_translate(args: &dyn Args) -> Result<Prepared, AiError> {
+    let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+        return Ok(Prepared::Done(Answer::Null));
     };
-    let Some(target_lang) = arg::<String>(fcinfo, 2).filter(|t| !t.trim().is_empty()) else {
+    let Some(target_lang) = get::<String>(args, 2).filter(|t| !t.trim().is_empty()) else {
         return Err(AiError::invalid("target_lang must be a language name or code, e.g. 'English' or 'en'"));
     };
     let d = catalog::load_for(&model, "ai_translate", &[Task::Translation, Task::Chat])?;
-    let merged = call_params(&d, arg::<JsonB>(fcinfo, 3))?;
+    let merged = call_params(&d, get::<JsonB>(args, 3))?;
     if d.spec.task == Task::Chat {
-        return Ok(ask(&d, &compatible::translation_prompt(&content, &target_lang), &merged)?.into_datum());
+        return ask(&d, &compatible::translation_prompt(&content, &target_lang), &merged);
     }
     let request =
         compatible::translation_request(d.spec.model_type, d.endpoint(), &content, &target_lang, &merged);
-    Ok(complete(&d, request, &merged)?.content.into_datum())
+    Ok(Prepared::Chat { target: Arc::new(Target::new(&d, &merged)?), request, finish: Finish::Text })
 }

@@ -9,11 +9,12 @@ use bailian_core::deploy::Deployment;
 use bailian_core::providers::EmbedInput;
 use bailian_core::AiError;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Embeds every non-empty `texts[i]`; `done(i, result)` is called once per embedded input.
 /// NULL and empty texts are skipped (their `done` is never called).
 pub fn embed_texts(
-    d: &Deployment,
+    d: &Arc<Deployment>,
     texts: &[Option<&str>],
     mut done: impl FnMut(usize, Result<Vec<f32>, AiError>) -> Result<(), AiError>,
 ) -> Result<(), AiError> {
@@ -48,7 +49,7 @@ pub fn embed_texts(
 /// Sends every non-NULL `prompts[i]` to the chat model with `params`; `done(i, result)` is
 /// called once per prompt sent.
 pub fn generate(
-    d: &Deployment,
+    d: &Arc<Deployment>,
     params: &Map<String, Value>,
     prompts: &[Option<String>],
     mut done: impl FnMut(usize, Result<String, AiError>) -> Result<(), AiError>,

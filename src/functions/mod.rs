@@ -2,10 +2,11 @@
 //! and returns a Datum; `entry::sql_entry!` makes it an fmgr function.
 
 mod batch;
+pub(crate) mod calls;
 mod column;
 mod deploy;
-mod embed;
-mod generate;
+pub(crate) mod embed;
+pub(crate) mod generate;
 mod many;
 mod supported;
 

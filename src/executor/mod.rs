@@ -1,0 +1,56 @@
+//! Batched execution of AI calls inside ordinary queries.
+//!
+//! PostgreSQL evaluates a target list one row at a time, so `SELECT ai_gen('chat', body) FROM
+//! t` waits out a model's whole latency per row. This module makes the executor read rows
+//! ahead and keep many rows' calls in flight, without changing what any row gets.
+//!
+//! **Where.** A `planner_hook` (`plan.rs`) walks the finished plan (and every subplan) after
+//! PostgreSQL's planner. Above each plan node whose target list calls one of our AI functions
+//! where it is always evaluated, it inserts a `Custom Scan (AI Batch)` (`node.rs`):
+//!
+//! ```text
+//!   before:  N  tlist: id, upper(ai_gen('chat', body))
+//!   after:   AI Batch  tlist: OUTER.1, upper(INDEX.1)        scan tuple: INDEX.1 = ai_gen('chat', OUTER.2)
+//!              -> N    tlist: id, body
+//! ```
+//!
+//! `N` now outputs the calls' arguments and every other part of its target list that holds
+//! no call (so Vars, Aggrefs, Params and volatile functions are still evaluated where and as
+//! often as before); the AI Batch node reads `N`'s rows ahead, sends their calls, and
+//! evaluates the rest of the original target list over each row and its answers, in order.
+//! Nested calls (`ai_gen(m, ai_translate(...))`) get one AI Batch node per level. The node's
+//! output is exactly `N`'s old output, so nothing above changes.
+//!
+//! **What is never batched** (it runs row by row, as before): calls under CASE, COALESCE,
+//! AND/OR and other constructs that evaluate them only for some rows (batching would send
+//! calls a row-by-row run never sends); calls in WHERE/JOIN conditions, in aggregate or window
+//! arguments, in set-returning target lists (ProjectSet), in RETURNING; nodes under the inner
+//! side of a merge join (which needs mark/restore) and the top of a SCROLL cursor (backward
+//! fetches); a plan made while `pg_bailian.batch_execution` was off; a single-row Result.
+//!
+//! **Same rows, same errors.** Each call goes through the same `Kernel::prepare` as the
+//! function called row by row (`functions::calls`), and a row's error is raised when that
+//! row's turn comes, so a query fails with the error of its first failing row, as row by row.
+//! An error in the plan below (not in a call) can surface up to one read-ahead window early.
+//!
+//! **How far ahead.** Under a constant `LIMIT n` (through nodes that pass rows one for one)
+//! no more than n rows are read ahead. Under UPDATE/INSERT/DELETE, Sort, Hash or a hashed or
+//! plain aggregate, which consume every row, the whole window is used at once. Elsewhere (a
+//! SELECT whose client may stop early, a cursor) read-ahead starts at one row and grows to
+//! twice the rows already returned, so a consumer that stops early costs at most twice the
+//! calls it used. The window is `pg_bailian.max_concurrency` requests (embeddings packed up to
+//! the model's inputs per request) times two, at most `pg_bailian.max_read_ahead` rows.
+//!
+//! **Stopping.** Requests wait in the backend's runtime with PostgreSQL's interrupts
+//! serviced; a cancel or statement timeout drops every request of the node at once. An error
+//! anywhere else drops them when the executor's memory goes (a reset callback), and a rescan
+//! drops them too. A plan cached while batching was on runs row by row (each call through the
+//! function itself) once `pg_bailian.batch_execution` is off.
+
+mod node;
+mod plan;
+
+/// Installs the planner hook and registers the node's methods (for plan copies and reads).
+pub fn install() {
+    plan::install();
+}

@@ -1,0 +1,705 @@
+//! The AI Batch executor node: reads its child's rows ahead, keeps their AI calls in flight,
+//! and returns the rows in order with their answers (see `executor`'s module doc).
+//!
+//! Its Rust state lives in a Box that the node points to. The executor's memory can vanish
+//! without `EndCustomScan` (an ERROR anywhere aborts the query), so a reset callback on the
+//! query's memory context drops the Box too, which drops every request still in flight.
+
+use super::plan::{list_of, list_ptrs, Demand};
+use crate::backend::{self, Flight, Target};
+use crate::catalog;
+use crate::entry::{guard, Location};
+use crate::functions::calls::{Answer, Args, Finish, Input, Kernel, Prepared};
+use bailian_core::client::embed_each;
+use bailian_core::providers::{ChatRequest, EmbedInput, EmbeddingModel};
+use bailian_core::registry::Task;
+use bailian_core::AiError;
+use pgrx::pg_sys;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+struct ScanMethods(pg_sys::CustomScanMethods);
+// SAFETY: immutable after initialisation; PostgreSQL only reads it, on the backend's thread.
+unsafe impl Sync for ScanMethods {}
+struct ExecMethods(pg_sys::CustomExecMethods);
+// SAFETY: as above.
+unsafe impl Sync for ExecMethods {}
+
+static SCAN_METHODS: ScanMethods = ScanMethods(pg_sys::CustomScanMethods {
+    CustomName: c"AI Batch".as_ptr(),
+    CreateCustomScanState: Some(create_state),
+});
+
+static EXEC_METHODS: ExecMethods = ExecMethods(pg_sys::CustomExecMethods {
+    CustomName: c"AI Batch".as_ptr(),
+    BeginCustomScan: Some(begin),
+    ExecCustomScan: Some(exec),
+    EndCustomScan: Some(end),
+    ReScanCustomScan: Some(rescan),
+    MarkPosCustomScan: None,
+    RestrPosCustomScan: None,
+    EstimateDSMCustomScan: None,
+    InitializeDSMCustomScan: None,
+    ReInitializeDSMCustomScan: None,
+    InitializeWorkerCustomScan: None,
+    ShutdownCustomScan: None,
+    ExplainCustomScan: Some(explain),
+});
+
+pub fn scan_methods() -> *const pg_sys::CustomScanMethods {
+    &SCAN_METHODS.0
+}
+
+/// Whether `cscan` is one of our nodes.
+pub unsafe fn is_batch(cscan: *mut pg_sys::CustomScan) -> bool {
+    // SAFETY: a valid CustomScan.
+    unsafe { std::ptr::eq((*cscan).methods, &SCAN_METHODS.0) }
+}
+
+/// A new AI Batch plan node above `child`.
+pub unsafe fn make_plan(
+    child: *mut pg_sys::Plan,
+    tlist: *mut pg_sys::List,
+    scan_tlist: *mut pg_sys::List,
+    demand: Demand,
+    id: i32,
+) -> *mut pg_sys::Plan {
+    // SAFETY: palloc0 gives a zeroed node in the planner's context; the fields set are the
+    // ones a CustomScan plan needs after set_plan_references.
+    unsafe {
+        let cs = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()) as *mut pg_sys::CustomScan;
+        let plan = &mut (*cs).scan.plan;
+        plan.type_ = pg_sys::NodeTag::T_CustomScan;
+        plan.startup_cost = (*child).startup_cost;
+        plan.total_cost = (*child).total_cost;
+        plan.plan_rows = (*child).plan_rows;
+        plan.plan_width = (*child).plan_width;
+        plan.parallel_aware = false;
+        plan.parallel_safe = false;
+        plan.plan_node_id = id;
+        plan.targetlist = tlist;
+        // The child is the outer plan (not in custom_plans) so that EXPLAIN resolves the
+        // OUTER_VAR columns through it and changed parameters reach it on rescans.
+        plan.lefttree = child;
+        plan.extParam = pg_sys::bms_copy((*child).extParam);
+        plan.allParam = pg_sys::bms_copy((*child).allParam);
+        (*cs).scan.scanrelid = 0;
+        (*cs).flags = 0;
+        (*cs).custom_scan_tlist = scan_tlist;
+        let (kind, bound) = demand.encode();
+        (*cs).custom_private =
+            list_of([pg_sys::makeInteger(kind).cast::<c_void>(), pg_sys::makeInteger(bound).cast()]);
+        (*cs).methods = &SCAN_METHODS.0;
+        cs.cast()
+    }
+}
+
+/// The executor node: PostgreSQL's part, then ours.
+#[repr(C)]
+struct BatchState {
+    css: pg_sys::CustomScanState,
+    state: *mut Batch,
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn create_state(_cscan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
+    // SAFETY: a zeroed node of our size in the executor's context, tagged as PostgreSQL
+    // expects; `state` stays null until BeginCustomScan.
+    unsafe {
+        let node = pg_sys::palloc0(std::mem::size_of::<BatchState>()) as *mut BatchState;
+        (*node).css.ss.ps.type_ = pg_sys::NodeTag::T_CustomScanState;
+        (*node).css.methods = &EXEC_METHODS.0;
+        node.cast()
+    }
+}
+
+/// Where an argument of a call comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    Const(Option<pg_sys::Datum>),
+    /// 0-based column of the child's row.
+    Column(usize),
+}
+
+/// One call in the target list.
+struct Site {
+    kernel: Kernel,
+    args: Vec<Source>,
+}
+
+struct RowArgs<'a> {
+    site: &'a Site,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Args for RowArgs<'_> {
+    fn datum(&self, n: usize) -> Option<pg_sys::Datum> {
+        match *self.site.args.get(n)? {
+            Source::Const(d) => d,
+            // SAFETY: the slot holds the child's current row, deformed by slot_getallattrs,
+            // and column i exists (the plan made the call's argument a column of the child).
+            Source::Column(i) => unsafe {
+                if *(*self.slot).tts_isnull.add(i) {
+                    None
+                } else {
+                    Some(*(*self.slot).tts_values.add(i))
+                }
+            },
+        }
+    }
+}
+
+/// A row read ahead: its copy, and its calls' answers as they arrive.
+struct Row {
+    tuple: pg_sys::MinimalTuple,
+    results: Vec<Option<Result<Answer, AiError>>>,
+}
+
+/// What one request answers: (row sequence number, call site, answer).
+type Answers = Vec<(u64, usize, Result<Answer, AiError>)>;
+
+/// Embedding inputs of one model waiting to be sent together.
+struct Pack {
+    target: Arc<Target>,
+    model: Arc<EmbeddingModel>,
+    members: Vec<(u64, usize, Input)>,
+}
+
+struct Batch {
+    sites: Vec<Site>,
+    demand: Demand,
+    /// `pg_bailian.batch_execution` when the query started; off: each call row by row.
+    batching: bool,
+    /// Row by row: each call's expression (the function called through fmgr).
+    passthrough: Vec<*mut pg_sys::ExprState>,
+    concurrency: usize,
+    window_max: usize,
+    read_ahead_limit: usize,
+    window: VecDeque<Row>,
+    /// Rows read from the child, and returned, since the start or the last rescan.
+    read: u64,
+    returned: u64,
+    child_done: bool,
+    flight: Flight<Answers>,
+    in_flight: usize,
+    queued: VecDeque<std::pin::Pin<Box<dyn std::future::Future<Output = Answers>>>>,
+    /// Requests started since the runtime last ran (not on the wire yet).
+    unsent: bool,
+    packs: HashMap<String, Pack>,
+    requests: u64,
+    rows_cxt: pg_sys::MemoryContext,
+    outer_slot: *mut pg_sys::TupleTableSlot,
+    /// The copy the outer slot shows now, freed when the next row replaces it.
+    current: pg_sys::MinimalTuple,
+}
+
+const WHERE: Location = Location { function: "AI Batch\0", file: concat!(file!(), "\0"), line: line!() };
+
+unsafe fn batch_of<'a>(node: *mut pg_sys::CustomScanState) -> &'a mut Batch {
+    // SAFETY: called between begin and end (or the reset callback), when state is set.
+    unsafe { &mut *(*(node as *mut BatchState)).state }
+}
+
+/// Drops the Rust state with the executor's memory, for an error that skipped `end`.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget(arg: *mut c_void) {
+    let node = arg as *mut BatchState;
+    // SAFETY: the callback is registered on the context that holds the node, and runs before
+    // that memory is freed; dropping the state touches no PostgreSQL memory.
+    unsafe {
+        let state = std::mem::replace(&mut (*node).state, std::ptr::null_mut());
+        if !state.is_null() {
+            drop(Box::from_raw(state));
+            backend::settle();
+        }
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn begin(
+    node: *mut pg_sys::CustomScanState,
+    estate: *mut pg_sys::EState,
+    eflags: i32,
+) {
+    // SAFETY: PostgreSQL's arguments for our node; see each step.
+    unsafe {
+        let cscan = (*node).ss.ps.plan as *mut pg_sys::CustomScan;
+        if eflags as u32 & (pg_sys::EXEC_FLAG_BACKWARD | pg_sys::EXEC_FLAG_MARK) != 0 {
+            pgrx::error!(
+                "AI Batch cannot scan backward or mark and restore (a plan pg_bailian should not have made)"
+            );
+        }
+        let child = pg_sys::ExecInitNode((*cscan).scan.plan.lefttree, estate, eflags);
+        (*node).ss.ps.lefttree = child;
+        let private = list_ptrs((*cscan).custom_private);
+        let int = |i: usize| (*(private[i] as *mut pg_sys::Integer)).ival;
+        let demand = Demand::decode(int(0), int(1));
+        let mut sites = Vec::new();
+        let mut passthrough = Vec::new();
+        for tle in list_ptrs((*cscan).custom_scan_tlist) {
+            let f = (*(tle as *mut pg_sys::TargetEntry)).expr as *mut pg_sys::FuncExpr;
+            let mut info = pg_sys::FmgrInfo::default();
+            pg_sys::fmgr_info((*f).funcid, &mut info);
+            let Some(kernel) = info.fn_addr.and_then(|a| Kernel::at_address(a as usize)) else {
+                pgrx::error!("AI Batch: function {:?} is not a pg_bailian AI function", (*f).funcid);
+            };
+            let args = list_ptrs((*f).args)
+                .into_iter()
+                .map(|a| {
+                    let a = a as *mut pg_sys::Node;
+                    if (*a).type_ == pg_sys::NodeTag::T_Const {
+                        let c = a as *mut pg_sys::Const;
+                        Source::Const((!(*c).constisnull).then_some((*c).constvalue))
+                    } else {
+                        Source::Column(((*(a as *mut pg_sys::Var)).varattno - 1) as usize)
+                    }
+                })
+                .collect();
+            sites.push(Site { kernel, args });
+            passthrough.push(pg_sys::ExecInitExpr(f.cast(), &mut (*node).ss.ps));
+        }
+        let batching = crate::guc::batch_execution();
+        let concurrency = crate::guc::max_concurrency();
+        let read_ahead_limit = crate::guc::max_read_ahead();
+        let pack = sites.iter().map(pack_hint).max().unwrap_or(1);
+        let query_cxt = (*estate).es_query_cxt;
+        let rows_cxt = pg_sys::AllocSetContextCreateInternal(
+            query_cxt,
+            c"pg_bailian AI Batch rows".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        );
+        let outer_slot = pg_sys::ExecInitExtraTupleSlot(
+            estate,
+            pg_sys::ExecGetResultType(child),
+            &raw const pg_sys::TTSOpsMinimalTuple,
+        );
+        let batch = Batch {
+            sites,
+            demand,
+            batching,
+            passthrough,
+            concurrency,
+            window_max: (concurrency * pack * 2).clamp(1, read_ahead_limit),
+            read_ahead_limit,
+            window: VecDeque::new(),
+            read: 0,
+            returned: 0,
+            child_done: false,
+            flight: Flight::new(),
+            in_flight: 0,
+            queued: VecDeque::new(),
+            unsent: false,
+            packs: HashMap::new(),
+            requests: 0,
+            rows_cxt,
+            outer_slot,
+            current: std::ptr::null_mut(),
+        };
+        let callback =
+            pg_sys::MemoryContextAlloc(query_cxt, std::mem::size_of::<pg_sys::MemoryContextCallback>())
+                as *mut pg_sys::MemoryContextCallback;
+        (*callback).func = Some(forget);
+        (*callback).arg = node.cast();
+        (*callback).next = std::ptr::null_mut();
+        (*(node as *mut BatchState)).state = Box::into_raw(Box::new(batch));
+        pg_sys::MemoryContextRegisterResetCallback(query_cxt, callback);
+    }
+}
+
+/// Inputs per request of an embedding call's model, when the plan names it as a constant;
+/// 1 for chat calls (and for what cannot be known before the rows come).
+fn pack_hint(site: &Site) -> usize {
+    if !matches!(site.kernel, Kernel::Embed | Kernel::EmbedImageUri | Kernel::EmbedImageBytes) {
+        return 1;
+    }
+    let Some(Source::Const(Some(datum))) = site.args.first() else { return 1 };
+    // SAFETY: argument 0 of every embedding function is the model name, a text constant.
+    let Some(name) = (unsafe { <String as pgrx::datum::FromDatum>::from_datum(*datum, false) }) else {
+        return 1;
+    };
+    catalog::load_for(&name, site.kernel.sql_name(), &[Task::Embedding])
+        .map(|d| d.embedding_model().per_request.max(1))
+        .unwrap_or(1)
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn exec(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: between begin and end; errors are raised by `guard` from a frame owning nothing.
+    unsafe {
+        guard(&WHERE, || {
+            let batch = batch_of(node);
+            if batch.batching {
+                batch.next(node)
+            } else {
+                Ok(batch.row_by_row(node))
+            }
+        })
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
+    // SAFETY: PostgreSQL ends the node once; the state is dropped before the memory it
+    // points into, and the child is ended as every node ends its own.
+    unsafe {
+        let state = std::mem::replace(&mut (*(node as *mut BatchState)).state, std::ptr::null_mut());
+        if !state.is_null() {
+            let batch = Box::from_raw(state);
+            pg_sys::ExecClearTuple(batch.outer_slot);
+            pg_sys::MemoryContextDelete(batch.rows_cxt);
+            drop(batch);
+            backend::settle();
+        }
+        pg_sys::ExecEndNode((*node).ss.ps.lefttree);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
+    // SAFETY: between begin and end.
+    unsafe {
+        let batch = batch_of(node);
+        batch.abandon();
+        pg_sys::ExecClearTuple(batch.outer_slot);
+        pg_sys::MemoryContextReset(batch.rows_cxt);
+        batch.current = std::ptr::null_mut();
+        batch.read = 0;
+        batch.returned = 0;
+        batch.child_done = false;
+        let child = (*node).ss.ps.lefttree;
+        // With changed parameters the child rescans itself on its next row.
+        if (*child).chgParam.is_null() {
+            pg_sys::ExecReScan(child);
+        }
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn explain(
+    node: *mut pg_sys::CustomScanState,
+    _ancestors: *mut pg_sys::List,
+    es: *mut pg_sys::ExplainState,
+) {
+    // SAFETY: between begin and end; the strings outlive the calls that copy them.
+    unsafe {
+        let batch = batch_of(node);
+        let text = |label: &std::ffi::CStr, value: String| {
+            let value = CString::new(value).unwrap_or_default();
+            pg_sys::ExplainPropertyText(label.as_ptr(), value.as_ptr(), es);
+        };
+        text(c"AI Calls", batch.sites.iter().map(|s| s.kernel.sql_name()).collect::<Vec<_>>().join(", "));
+        if batch.batching {
+            text(
+                c"Read-Ahead",
+                format!("up to {} rows, {} requests in flight", batch.window_max, batch.concurrency),
+            );
+        } else {
+            text(c"Read-Ahead", "off, calls run row by row (pg_bailian.batch_execution is off)".into());
+        }
+        if let Demand::AtMost(n) = batch.demand {
+            pg_sys::ExplainPropertyInteger(c"Row Limit".as_ptr(), std::ptr::null(), n as i64, es);
+        }
+        if (*es).analyze {
+            pg_sys::ExplainPropertyInteger(c"Requests".as_ptr(), std::ptr::null(), batch.requests as i64, es);
+        }
+    }
+}
+
+impl Batch {
+    /// How many rows may wait in the window now.
+    fn cap(&self) -> usize {
+        match self.demand {
+            Demand::Unknown | Demand::Untouchable => {
+                self.window_max.min((2 * self.returned).max(1).try_into().unwrap_or(usize::MAX))
+            }
+            Demand::All | Demand::AtMost(_) => self.window_max,
+        }
+    }
+
+    /// Whether another row may be read: under a LIMIT, no further than it unless the
+    /// consumer asks for more (a node above may have dropped rows).
+    fn may_read(&self) -> bool {
+        match self.demand {
+            Demand::AtMost(n) => self.read < n.max(self.returned + 1),
+            _ => true,
+        }
+    }
+
+    /// The next row with its answers, or null at the end.
+    unsafe fn next(
+        &mut self,
+        node: *mut pg_sys::CustomScanState,
+    ) -> Result<*mut pg_sys::TupleTableSlot, AiError> {
+        loop {
+            // SAFETY: node is ours and live.
+            unsafe { self.fill(node)? };
+            match self.window.front() {
+                None => return Ok(std::ptr::null_mut()),
+                Some(row) if row.results.iter().all(Option::is_some) => {
+                    // SAFETY: as above.
+                    return unsafe { self.emit(node) };
+                }
+                Some(_) => {}
+            }
+            // The first row waits for an answer: everything read is sent, then we wait.
+            self.seal_all();
+            self.launch();
+            let answers = self.pump(true)?;
+            self.apply(answers);
+            self.launch();
+        }
+    }
+
+    /// Reads rows into the window and prepares their calls.
+    unsafe fn fill(&mut self, node: *mut pg_sys::CustomScanState) -> Result<(), AiError> {
+        // SAFETY: node is ours and live; the child's slot is valid until its next row.
+        unsafe {
+            let child = (*node).ss.ps.lefttree;
+            let per_tuple = (*(*node).ss.ps.ps_ExprContext).ecxt_per_tuple_memory;
+            while !self.child_done && self.window.len() < self.cap() && self.may_read() {
+                let slot = pg_sys::ExecProcNode(child);
+                if slot.is_null() || (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 != 0 {
+                    self.child_done = true;
+                    break;
+                }
+                let seq = self.read;
+                self.read += 1;
+                pg_sys::slot_getallattrs(slot);
+                let old = pg_sys::MemoryContextSwitchTo(per_tuple);
+                let mut results = Vec::with_capacity(self.sites.len());
+                let mut failed = None;
+                for i in 0..self.sites.len() {
+                    let prepared = self.sites[i].kernel.prepare(&RowArgs { site: &self.sites[i], slot });
+                    match self.start(seq, i, prepared) {
+                        Ok(result) => results.push(result),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    pg_sys::MemoryContextSwitchTo(old);
+                    self.abandon();
+                    return Err(e);
+                }
+                pg_sys::MemoryContextSwitchTo(self.rows_cxt);
+                let tuple = pg_sys::ExecCopySlotMinimalTuple(slot);
+                pg_sys::MemoryContextSwitchTo(old);
+                pg_sys::MemoryContextReset(per_tuple);
+                self.window.push_back(Row { tuple, results });
+                self.launch();
+            }
+            Ok(())
+        }
+    }
+
+    /// Queues a prepared call; its answer now if it needs no request.
+    fn start(
+        &mut self,
+        seq: u64,
+        site: usize,
+        prepared: Result<Prepared, AiError>,
+    ) -> Result<Option<Result<Answer, AiError>>, AiError> {
+        match prepared {
+            Err(AiError::Interrupted) => Err(AiError::Interrupted),
+            Err(e) => Ok(Some(Err(e))),
+            Ok(Prepared::Done(answer)) => Ok(Some(Ok(answer))),
+            Ok(Prepared::Chat { target, request, finish }) => {
+                let client = backend::client()?;
+                self.queued.push_back(Box::pin(chat(client, target, request, finish, seq, site)));
+                Ok(None)
+            }
+            Ok(Prepared::Embed { target, model, input }) => {
+                let per_request = model.per_request.max(1);
+                if self.concurrency * per_request * 2 > self.window_max {
+                    self.window_max = (self.concurrency * per_request * 2).min(self.read_ahead_limit);
+                }
+                let key = target.deployment().name.clone();
+                let pack = self.packs.entry(key.clone()).or_insert_with(|| Pack {
+                    target,
+                    model,
+                    members: Vec::new(),
+                });
+                pack.members.push((seq, site, input));
+                if pack.members.len() >= per_request {
+                    if let Some(full) = self.packs.remove(&key) {
+                        self.seal(full)?;
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn seal(&mut self, pack: Pack) -> Result<(), AiError> {
+        let client = backend::client()?;
+        self.queued.push_back(Box::pin(embed(client, pack)));
+        Ok(())
+    }
+
+    fn seal_all(&mut self) {
+        let packs: Vec<Pack> = self.packs.drain().map(|(_, p)| p).collect();
+        for pack in packs {
+            // backend::client() cannot fail here: a pack exists only after a call made it.
+            let _ = self.seal(pack);
+        }
+    }
+
+    /// Starts queued requests while fewer than `concurrency` are in flight.
+    fn launch(&mut self) {
+        while self.in_flight < self.concurrency {
+            let Some(request) = self.queued.pop_front() else { break };
+            self.flight.push(request);
+            self.in_flight += 1;
+            self.requests += 1;
+            self.unsent = true;
+        }
+    }
+
+    fn pump(&mut self, wait: bool) -> Result<Answers, AiError> {
+        self.unsent = false;
+        match backend::pump(&mut self.flight, wait) {
+            Ok(done) => {
+                self.in_flight -= done.len();
+                Ok(done.into_iter().flatten().collect())
+            }
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(&mut self, answers: Answers) {
+        for (seq, site, answer) in answers {
+            if let Some(row) = seq.checked_sub(self.returned).and_then(|i| self.window.get_mut(i as usize)) {
+                row.results[site] = Some(answer);
+            }
+        }
+    }
+
+    /// Returns the first row of the window with its answers, or raises its first error.
+    unsafe fn emit(
+        &mut self,
+        node: *mut pg_sys::CustomScanState,
+    ) -> Result<*mut pg_sys::TupleTableSlot, AiError> {
+        let Some(row) = self.window.pop_front() else { return Ok(std::ptr::null_mut()) };
+        self.returned += 1;
+        // SAFETY: node is ours and live; the answers' datums are made in the per-tuple
+        // memory, which lives until the next row; the row's copy stays until the next one.
+        unsafe {
+            let econtext = (*node).ss.ps.ps_ExprContext;
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            let scan = (*node).ss.ss_ScanTupleSlot;
+            pg_sys::ExecClearTuple(scan);
+            let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+            for (i, result) in row.results.into_iter().enumerate() {
+                let datum = match result {
+                    Some(Ok(answer)) => answer.into_datum(),
+                    Some(Err(e)) => {
+                        pg_sys::MemoryContextSwitchTo(old);
+                        self.abandon();
+                        return Err(e);
+                    }
+                    None => None,
+                };
+                *(*scan).tts_values.add(i) = datum.unwrap_or(pg_sys::Datum::from(0));
+                *(*scan).tts_isnull.add(i) = datum.is_none();
+            }
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::ExecStoreVirtualTuple(scan);
+            pg_sys::ExecStoreMinimalTuple(row.tuple, self.outer_slot, false);
+            if !self.current.is_null() {
+                pg_sys::pfree(self.current.cast());
+            }
+            self.current = row.tuple;
+            (*econtext).ecxt_outertuple = self.outer_slot;
+            (*econtext).ecxt_scantuple = scan;
+            if self.unsent {
+                // Requests started for rows read ahead go on the wire before the consumer
+                // works on this row.
+                let answers = self.pump(false)?;
+                self.apply(answers);
+                self.launch();
+            }
+            Ok(project(node, scan))
+        }
+    }
+
+    /// Row by row: each call evaluated through its function, for the child's row.
+    unsafe fn row_by_row(&mut self, node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+        // SAFETY: node is ours and live; ExecEvalExpr raises errors as the function would.
+        unsafe {
+            let slot = pg_sys::ExecProcNode((*node).ss.ps.lefttree);
+            if slot.is_null() || (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 != 0 {
+                return std::ptr::null_mut();
+            }
+            let econtext = (*node).ss.ps.ps_ExprContext;
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            (*econtext).ecxt_outertuple = slot;
+            let scan = (*node).ss.ss_ScanTupleSlot;
+            pg_sys::ExecClearTuple(scan);
+            for (i, state) in self.passthrough.iter().enumerate() {
+                let mut isnull = false;
+                let value = pg_sys::ExecEvalExprSwitchContext(*state, econtext, &mut isnull);
+                *(*scan).tts_values.add(i) = value;
+                *(*scan).tts_isnull.add(i) = isnull;
+            }
+            pg_sys::ExecStoreVirtualTuple(scan);
+            (*econtext).ecxt_scantuple = scan;
+            self.returned += 1;
+            project(node, scan)
+        }
+    }
+
+    /// Drops every request and row in the window; their connections close now.
+    fn abandon(&mut self) {
+        self.queued.clear();
+        self.packs.clear();
+        self.flight = Flight::new();
+        self.in_flight = 0;
+        self.unsent = false;
+        self.window.clear();
+        backend::settle();
+    }
+}
+
+/// The node's output row: its target list over the child's row and the answers.
+unsafe fn project(
+    node: *mut pg_sys::CustomScanState,
+    scan: *mut pg_sys::TupleTableSlot,
+) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: the expression context holds this row's slots.
+    unsafe {
+        let projection = (*node).ss.ps.ps_ProjInfo;
+        if projection.is_null() {
+            scan
+        } else {
+            pg_sys::ExecProject(projection)
+        }
+    }
+}
+
+async fn chat(
+    client: &'static bailian_core::client::Client,
+    target: Arc<Target>,
+    request: ChatRequest,
+    finish: Finish,
+    seq: u64,
+    site: usize,
+) -> Answers {
+    let call = target.call();
+    let answer = client.chat(&call, &request).await.and_then(|out| finish.apply(out));
+    vec![(seq, site, answer)]
+}
+
+async fn embed(client: &'static bailian_core::client::Client, pack: Pack) -> Answers {
+    let call = pack.target.call();
+    let inputs: Vec<EmbedInput> = pack.members.iter().map(|(_, _, input)| input.as_embed_input()).collect();
+    let results = embed_each(client, &call, &pack.model, &inputs).await;
+    pack.members.iter().zip(results).map(|((seq, site, _), r)| (*seq, *site, r.map(Answer::Vector))).collect()
+}
