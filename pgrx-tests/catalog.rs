@@ -270,7 +270,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_embed_column(regclass,name,name,text,integer), ai_embed_image(text,bytea), \
          ai_embed_image(text,text), ai_gen(text), ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), \
          ai_gen_batch(text,text[],jsonb), ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
-         ai_supported_models(), ai_translate(text,text,text,jsonb)"
+         ai_supported_models(), ai_translate(text,text,text,jsonb), ai_update(regclass,name,text,integer,text)"
     );
 
     // Every relation of the extension: either the role cannot read it, or nothing it can

@@ -55,7 +55,8 @@ GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(
     ai_chat(text, jsonb, jsonb), ai_gen_audio(text, text, jsonb),
     ai_embed_image(text, text), ai_embed_image(text, bytea),
     ai_supported_models() TO PUBLIC;
-GRANT EXECUTE ON PROCEDURE ai_embed_column(regclass, name, name, text, int),
+GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
+    ai_embed_column(regclass, name, name, text, int),
     ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
 
 -- pg_dump dumps the two catalog tables (pg_extension_config_dump), so whoever dumps the
@@ -102,6 +103,8 @@ COMMENT ON FUNCTION ai_embed_batch(text, text[]) IS
   'Embed an array of texts: one row per element (ord is 1-based, NULL or empty text gives a NULL embedding), inputs packed up to the model''s per-request limit, up to pg_bailian.max_concurrency requests in flight. Fails as a whole if a request fails after retries.';
 COMMENT ON FUNCTION ai_gen_batch(text, text[], jsonb) IS
   'Generate for an array of prompts: one row per element (ord is 1-based) with the response, or the error (SQLSTATE: message) of a prompt that failed after retries; up to pg_bailian.max_concurrency requests in flight.';
+COMMENT ON PROCEDURE ai_update(regclass, name, text, int, text) IS
+  'Fill target_column with the value of expression (any SQL expression over the row, e.g. ai_embed(''emb'', title || '' '' || body)) for rows where the target is NULL and filter (SQL over the row, optional) holds, in primary-key order, committing every batch_size rows with a progress NOTICE; AI calls run concurrently and batched. Stop it any time; CALL again to resume. A row whose calls, expression or write fail keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
 COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
   'Fill target_column (real[], or pgvector vector/halfvec) with embeddings of source_column for rows where the target is NULL and the source has text, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
 COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS

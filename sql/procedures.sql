@@ -1,7 +1,14 @@
--- ai_embed_column and ai_gen_column: fill a column of any table with a primary key, in
--- primary-key order, committing every batch_size rows. Written in Rust (src/functions/column/),
--- so no statement they run depends on the caller's search_path. They run with the caller's
--- rights: reading and updating the table is the caller's business.
+-- ai_update fills a column of any table with a primary key from any SQL expression over the
+-- row, in primary-key order, committing every batch_size rows; ai_embed_column and
+-- ai_gen_column are ai_update with an expression made for them. Written in Rust
+-- (src/functions/column/), so no statement they run besides the caller's own expression and
+-- filter depends on the caller's search_path. They run with the caller's rights: reading and
+-- updating the table is the caller's business.
+
+CREATE PROCEDURE ai_update(table_name regclass, target_column name, expression text,
+                           batch_size int DEFAULT 1000, filter text DEFAULT NULL)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_bailian_update';
 
 CREATE PROCEDURE ai_embed_column(table_name regclass, source_column name, target_column name,
                                  model_name text, batch_size int DEFAULT 1000)

@@ -123,6 +123,24 @@ impl Scratch {
         })
     }
 
+    /// Runs `f` with this context current and keeps what it allocates (until `reset`).
+    pub fn keep<T>(&self, f: impl FnOnce() -> T) -> T {
+        // SAFETY: the context is alive (owned by self); switched back before returning (f
+        // only allocates: an error in it ends the job, and the job's context goes with it).
+        unsafe {
+            let back = pg_sys::MemoryContextSwitchTo(self.0);
+            let out = f();
+            pg_sys::MemoryContextSwitchTo(back);
+            out
+        }
+    }
+
+    /// Frees what `keep` kept.
+    pub fn reset(&self) {
+        // SAFETY: the context is alive and not current (keep and run switch back).
+        unsafe { pg_sys::MemoryContextReset(self.0) };
+    }
+
     /// Runs `f` with this context current, then empties it.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
         struct Back(pg_sys::MemoryContext);
@@ -166,6 +184,15 @@ pub fn try_in<T>(
     sub: SubTransaction,
     f: impl FnOnce() -> T + std::panic::UnwindSafe,
 ) -> (Result<T, Caught>, Option<SubTransaction>) {
+    try_in_catching(sub, row_level_code, f)
+}
+
+/// `try_in`, catching the errors whose SQLSTATE `caught` accepts.
+pub fn try_in_catching<T>(
+    sub: SubTransaction,
+    caught: fn(&str) -> bool,
+    f: impl FnOnce() -> T + std::panic::UnwindSafe,
+) -> (Result<T, Caught>, Option<SubTransaction>) {
     // The subtransaction is taken by whichever of the two closures ends it.
     let sub = std::panic::AssertUnwindSafe(std::cell::RefCell::new(Some(sub)));
     let result = PgTryBuilder::new(|| Ok(f()))
@@ -175,7 +202,7 @@ pub fn try_in<T>(
             }
             match &e {
                 CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
-                    if row_level(report.sql_error_code()) =>
+                    if caught(&code_text(report.sql_error_code())) =>
                 {
                     Err(Caught::Statement(format!(
                         "{}: {}",
@@ -194,9 +221,8 @@ pub fn try_in<T>(
 /// exceptions (22), integrity violations (23), trigger and check-option failures (09, 27, 44),
 /// plpgsql RAISE (P0), serialization failures and deadlocks (40), a lock not available (55P03).
 /// Everything else (a cancel, a read-only transaction, resources, internal errors) ends the job.
-fn row_level(code: pgrx::PgSqlErrorCode) -> bool {
-    let text = code_text(code);
-    matches!(&text[..2], "22" | "23" | "09" | "27" | "44" | "P0" | "40") || text == "55P03"
+pub fn row_level_code(text: &str) -> bool {
+    matches!(text.get(..2), Some("22" | "23" | "09" | "27" | "44" | "P0" | "40")) || text == "55P03"
 }
 
 #[cfg(test)]
@@ -204,11 +230,11 @@ mod tests {
     #[test]
     fn only_row_level_errors_are_caught() {
         use pgrx::PgSqlErrorCode as C;
-        assert!(super::row_level(C::ERRCODE_CHECK_VIOLATION));
-        assert!(super::row_level(C::ERRCODE_RAISE_EXCEPTION));
-        assert!(super::row_level(C::ERRCODE_LOCK_NOT_AVAILABLE));
-        assert!(!super::row_level(C::ERRCODE_QUERY_CANCELED));
-        assert!(!super::row_level(C::ERRCODE_READ_ONLY_SQL_TRANSACTION));
-        assert!(!super::row_level(C::ERRCODE_OUT_OF_MEMORY));
+        assert!(super::row_level_code(&super::code_text(C::ERRCODE_CHECK_VIOLATION)));
+        assert!(super::row_level_code(&super::code_text(C::ERRCODE_RAISE_EXCEPTION)));
+        assert!(super::row_level_code(&super::code_text(C::ERRCODE_LOCK_NOT_AVAILABLE)));
+        assert!(!super::row_level_code(&super::code_text(C::ERRCODE_QUERY_CANCELED)));
+        assert!(!super::row_level_code(&super::code_text(C::ERRCODE_READ_ONLY_SQL_TRANSACTION)));
+        assert!(!super::row_level_code(&super::code_text(C::ERRCODE_OUT_OF_MEMORY)));
     }
 }

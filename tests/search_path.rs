@@ -190,6 +190,17 @@ fn run_everything(
         .len();
     assert_eq!(n, 2);
     // One statement each: a multi-statement string is one transaction, where CALL cannot commit.
+    // The expression and filter are the caller's SQL, so they name what they mean.
+    c.batch_execute(
+        "CALL ai_update('docs', 'answer', $$public.ai_gen('chat', body::pg_catalog.text)$$, batch_size => 2, \
+                        filter => $$id OPERATOR(pg_catalog.<=) 3$$)",
+    )
+    .unwrap();
+    let filled: i64 = c
+        .query_one("SELECT pg_catalog.count(*) FROM public.docs WHERE answer IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(filled, 3);
     c.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb', batch_size => 3)").unwrap();
     c.batch_execute(
         "CALL ai_gen_column('docs', 'body', 'answer', 'chat', 'Say: {0}', batch_size => 2, params => '{\"max_tokens\": 50}')",
@@ -222,6 +233,7 @@ fn run_everything(
         "ai_supported_models()",
         "ai_translate(text,text,text,jsonb)",
         "ai_undeploy_model(text)",
+        "ai_update(regclass,name,text,integer,text)",
     ]
 }
 

@@ -47,8 +47,11 @@
 //! drops them too. A plan cached while batching was on runs row by row (each call through the
 //! function itself) once `pg_bailian.batch_execution` is off.
 
+pub mod capture;
 mod node;
 mod plan;
+
+pub use plan::list_ptrs;
 
 /// Installs the planner hook and registers the node's methods (for plan copies and reads).
 pub fn install() {

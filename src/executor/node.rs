@@ -5,6 +5,7 @@
 //! without `EndCustomScan` (an ERROR anywhere aborts the query), so a reset callback on the
 //! query's memory context drops the Box too, which drops every request still in flight.
 
+use super::capture;
 use super::plan::{list_of, list_ptrs, Demand};
 use crate::backend::{self, Flight, Target};
 use crate::catalog;
@@ -95,6 +96,20 @@ pub unsafe fn make_plan(
     }
 }
 
+/// Makes an AI Batch plan node one that captures its calls' errors for a job (see
+/// `capture`), reading ahead its whole window.
+pub unsafe fn set_capture(cscan: *mut pg_sys::CustomScan) {
+    let (kind, bound) = Demand::All.encode();
+    // SAFETY: one of our nodes, in the planner's memory context.
+    unsafe {
+        (*cscan).custom_private = list_of([
+            pg_sys::makeInteger(kind).cast::<c_void>(),
+            pg_sys::makeInteger(bound).cast(),
+            pg_sys::makeInteger(1).cast(),
+        ]);
+    }
+}
+
 /// The executor node: PostgreSQL's part, then ours.
 #[repr(C)]
 struct BatchState {
@@ -171,6 +186,8 @@ struct Batch {
     demand: Demand,
     /// `pg_bailian.batch_execution` when the query started; off: each call row by row.
     batching: bool,
+    /// A job's node: a call's error goes to `capture::record` and the call gives NULL.
+    capture: bool,
     /// Row by row: each call's expression (the function called through fmgr).
     passthrough: Vec<*mut pg_sys::ExprState>,
     concurrency: usize,
@@ -235,13 +252,12 @@ unsafe extern "C-unwind" fn begin(
         let private = list_ptrs((*cscan).custom_private);
         let int = |i: usize| (*(private[i] as *mut pg_sys::Integer)).ival;
         let demand = Demand::decode(int(0), int(1));
+        let capture = private.len() > 2 && int(2) == 1;
         let mut sites = Vec::new();
         let mut passthrough = Vec::new();
         for tle in list_ptrs((*cscan).custom_scan_tlist) {
             let f = (*(tle as *mut pg_sys::TargetEntry)).expr as *mut pg_sys::FuncExpr;
-            let mut info = pg_sys::FmgrInfo::default();
-            pg_sys::fmgr_info((*f).funcid, &mut info);
-            let Some(kernel) = info.fn_addr.and_then(|a| Kernel::at_address(a as usize)) else {
+            let Some(kernel) = Kernel::of_function((*f).funcid) else {
                 pgrx::error!("AI Batch: function {:?} is not a pg_bailian AI function", (*f).funcid);
             };
             let args = list_ptrs((*f).args)
@@ -259,7 +275,9 @@ unsafe extern "C-unwind" fn begin(
             sites.push(Site { kernel, args });
             passthrough.push(pg_sys::ExecInitExpr(f.cast(), &mut (*node).ss.ps));
         }
-        let batching = crate::guc::batch_execution();
+        // A job's query is batched whatever the session's setting: the column procedures
+        // always ran their requests concurrently.
+        let batching = crate::guc::batch_execution() || capture;
         let concurrency = crate::guc::max_concurrency();
         let read_ahead_limit = crate::guc::max_read_ahead();
         let pack = sites.iter().map(pack_hint).max().unwrap_or(1);
@@ -280,6 +298,7 @@ unsafe extern "C-unwind" fn begin(
             sites,
             demand,
             batching,
+            capture,
             passthrough,
             concurrency,
             window_max: (concurrency * pack * 2).clamp(1, read_ahead_limit),
@@ -601,9 +620,14 @@ impl Batch {
                 let datum = match result {
                     Some(Ok(answer)) => answer.into_datum(),
                     Some(Err(e)) => {
-                        pg_sys::MemoryContextSwitchTo(old);
-                        self.abandon();
-                        return Err(e);
+                        let raised =
+                            if self.capture { capture::record(self.returned - 1, e) } else { Err(e) };
+                        if let Err(e) = raised {
+                            pg_sys::MemoryContextSwitchTo(old);
+                            self.abandon();
+                            return Err(e);
+                        }
+                        None
                     }
                     None => None,
                 };

@@ -6,7 +6,7 @@
 //! in the AI Batch node's scan tuple (described by `custom_scan_tlist`, which is also what
 //! EXPLAIN VERBOSE deparses).
 
-use super::node;
+use super::{capture, node};
 use crate::functions::calls::Kernel;
 use pgrx::pg_sys;
 use std::collections::HashMap;
@@ -38,9 +38,10 @@ unsafe extern "C-unwind" fn planner(
             None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
         }
     };
-    if crate::guc::batch_execution() && !stmt.is_null() {
+    let marked = capture::is_marked(query_string);
+    if (crate::guc::batch_execution() || marked) && !stmt.is_null() {
         // SAFETY: a finished PlannedStmt in the current (planner) memory context.
-        unsafe { rewrite(stmt, cursor_options as u32 & pg_sys::CURSOR_OPT_SCROLL != 0) };
+        unsafe { rewrite(stmt, cursor_options as u32 & pg_sys::CURSOR_OPT_SCROLL != 0, marked) };
     }
     stmt
 }
@@ -83,7 +84,7 @@ struct Rewriter {
     kernels: HashMap<pg_sys::Oid, Option<Kernel>>,
 }
 
-unsafe fn rewrite(stmt: *mut pg_sys::PlannedStmt, scroll: bool) {
+unsafe fn rewrite(stmt: *mut pg_sys::PlannedStmt, scroll: bool, marked: bool) {
     let mut r = Rewriter { next_id: 0, kernels: HashMap::new() };
     // SAFETY (whole function): stmt and its plans are valid planner output.
     unsafe {
@@ -98,6 +99,18 @@ unsafe fn rewrite(stmt: *mut pg_sys::PlannedStmt, scroll: bool) {
         // is (the subplans below are fetched forwards only).
         if !scroll {
             (*stmt).planTree = r.walk((*stmt).planTree, Demand::Unknown);
+        }
+        if marked {
+            // A job's query (see `capture`): the AI Batch nodes at the top capture errors,
+            // and the job reads every row, so they read ahead the whole window at once.
+            let mut top = (*stmt).planTree;
+            while !top.is_null()
+                && tag(top.cast()) == pg_sys::NodeTag::T_CustomScan
+                && node::is_batch(top.cast())
+            {
+                node::set_capture(top.cast());
+                top = (*top).lefttree;
+            }
         }
         if !(*stmt).subplans.is_null() {
             let list = (*stmt).subplans;
@@ -322,14 +335,7 @@ impl Rewriter {
 
     /// Our kernel for `funcid`, if the function is one of ours.
     fn kernel(&mut self, funcid: pg_sys::Oid) -> Option<Kernel> {
-        *self.kernels.entry(funcid).or_insert_with(|| {
-            let mut info = pg_sys::FmgrInfo::default();
-            // SAFETY: fmgr_info looks the function up (and loads its library if it is a C
-            // function); it raises an error only for a function that does not exist, and
-            // the planner just found this one.
-            unsafe { pg_sys::fmgr_info(funcid, &mut info) };
-            info.fn_addr.and_then(|f| Kernel::at_address(f as usize))
-        })
+        *self.kernels.entry(funcid).or_insert_with(|| Kernel::of_function(funcid))
     }
 
     /// `node` if it is a call of one of our functions.

@@ -49,6 +49,16 @@ impl Kernel {
         Self::ALL.iter().find(|(_, entry)| *entry as usize == address).map(|(k, _)| *k)
     }
 
+    /// The kernel of the function `funcid`, if it is one of ours (found by its entry point).
+    pub fn of_function(funcid: pg_sys::Oid) -> Option<Kernel> {
+        let mut info = pg_sys::FmgrInfo::default();
+        // SAFETY: fmgr_info looks the function up (and loads its library if it is a C
+        // function); it raises an error only for a function that does not exist, and callers
+        // pass the OID of a function a plan calls.
+        unsafe { pg_sys::fmgr_info(funcid, &mut info) };
+        info.fn_addr.and_then(|f| Kernel::at_address(f as usize))
+    }
+
     pub fn sql_name(self) -> &'static str {
         match self {
             Kernel::Gen | Kernel::GenDefault => "ai_gen",

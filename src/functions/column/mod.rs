@@ -1,116 +1,110 @@
-//! `ai_embed_column` and `ai_gen_column`: procedures that fill a column of any table with a
-//! primary key, committing as they go.
+//! The job engine: `ai_update` fills a column of any table with a primary key from any SQL
+//! expression over the row, committing as it goes; `ai_embed_column` and `ai_gen_column` are
+//! `ai_update` with an expression made for them (`ai_embed(model, source)`, `ai_gen(model,
+//! template with the source, params)`) and their own up-front checks and messages.
 //!
-//! The job keeps `pg_bailian.max_concurrency` requests in flight for its whole length: rows
-//! are read ahead in key order, each result is written as soon as it arrives, and a commit
-//! follows every `batch_size` rows, so requests never wait for a commit.
+//! Rows are read in key order and claimed (see `claims`), then computed a chunk at a time:
+//! one query evaluates the expression over the chunk through the AI Batch executor node
+//! (`crate::executor`), which keeps `pg_bailian.max_concurrency` requests in flight and packs
+//! embeddings; the job fetches its rows a few at a time and writes each while the next
+//! requests are on the wire (`chunk`). A commit follows every `batch_size` rows; a chunk never
+//! spans a commit (a cursor cannot), so a batch is at most one chunk.
 //!
 //! What can go wrong with one row costs only that row:
-//! - a request that fails after retries leaves the row NULL, reported by key;
+//! - an AI call that fails (after retries) leaves the row NULL, reported by key: the chunk
+//!   query runs in capture mode (`executor::capture`), where a call's error is handed to the
+//!   job with its row instead of ending the query;
+//! - any other error of the expression (a division by zero, a call the executor could not
+//!   batch) ends the chunk's query: the rows it had not returned are then computed one by one,
+//!   each in a subtransaction, and the failing one is reported;
+//! - an expression that gives NULL leaves the row NULL, reported as failed;
 //! - a write that fails (too long for varchar(n), a CHECK or domain constraint, a trigger
-//!   that raises, a value the target type rejects) is rolled back alone: writes run in a
+//!   that raises, an assignment cast the value fails) is rolled back alone: writes run in a
 //!   subtransaction per slab of rows, and a failed slab is redone with the failing row left
 //!   out (so subtransactions stay few when nothing fails, and the job never aborts on a row);
+//! - a row whose columns the expression reads changed after its value was computed is
+//!   skipped, not given a stale value;
 //! - a row another transaction holds locked is not waited for: it is skipped, counted and
 //!   reported by key (rechecked at the end, in case it was another job's uncommitted write);
 //! - a row another job on the same column has claimed is left to it (see `claims`).
 //!
 //! Errors that are about the job rather than a row (a cancel, a read-only transaction,
-//! running out of memory) end it; committed batches stay, and a later CALL resumes.
+//! running out of memory, an expression that does not parse) end it; committed batches stay,
+//! and a later CALL resumes.
 //!
 //! Deferred constraints are made immediate in every transaction of the job, so that their
 //! violations surface on the row's own statement rather than at COMMIT. Keys travel as text
 //! and are cast back to the column's exact type (typmod included), with floats printed in
 //! full (`extra_float_digits = 3`), so that every key names its row again.
+//!
+//! The expression and the filter are the caller's SQL, run with the caller's rights (the
+//! procedures are not SECURITY DEFINER); everything else the job runs is built in `table`
+//! and names nothing through the caller's search_path.
 
+mod chunk;
 mod claims;
 mod progress;
 mod table;
 
-use super::generate::{call_params, prompt_request};
+use super::generate::call_params;
 use super::{arg, name_arg};
-use crate::backend::{self, Target};
+use crate::backend::Target;
 use crate::catalog;
 use crate::entry::sql_entry;
-use crate::spi::{try_in, Caught, NonAtomicSpi, Scratch, SubTransaction};
-use bailian_core::client::embed_each;
-use bailian_core::providers::EmbedInput;
+use crate::executor::capture::{self, Captured};
+use crate::spi::{try_in, try_in_catching, Caught, NonAtomicSpi, Scratch, SubTransaction};
 use bailian_core::registry::Task;
 use bailian_core::AiError;
+use chunk::{Analysis, ChunkPlan, Cursor, Fetched};
 use claims::{Claim, Claims};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid};
 use progress::{Key, Progress};
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use table::{Table, TargetKind};
+use table::{quote_ident, Table, TargetKind};
 
+sql_entry!(pg_finfo_pg_bailian_update, pg_bailian_update, update);
 sql_entry!(pg_finfo_pg_bailian_embed_column, pg_bailian_embed_column, embed_column);
 sql_entry!(pg_finfo_pg_bailian_gen_column, pg_bailian_gen_column, gen_column);
 
 /// Rows written in one subtransaction at most, which bounds what a failure makes us redo.
 const SLAB_ROWS: usize = 256;
 
+/// Rows read per page in key order.
+const PAGE_ROWS: usize = 500;
+
+/// Rows in one chunk query at most (its rows' claims are held until it is done).
+const CHUNK_ROWS: usize = 1000;
+
+/// Rows fetched from a chunk's cursor at a time: each is written before the next fetch, while
+/// the rows behind are in flight.
+const FETCH_ROWS: usize = 32;
+
 fn spi(e: pgrx::spi::SpiError) -> AiError {
     AiError::Internal { message: format!("column query failed: {e}") }
 }
 
-/// What a job is asked to do, from the procedure's arguments.
+/// What a job is asked to do.
 struct Job {
     procedure: &'static str,
-    table: pg_sys::Oid,
-    source: String,
-    target: String,
-    model: String,
+    table: Table,
+    /// SQL over a row of the table: the value of the target column.
+    expression: String,
+    has_filter: bool,
     batch_size: usize,
-    template: String,
-    params: Option<serde_json::Value>,
+    /// What the first NOTICE says the job fills, e.g. `emb IS NULL, body has text`.
+    scope: String,
 }
 
-impl Job {
-    fn from_args(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Job, AiError> {
-        let procedure = match task {
-            Task::Embedding => "ai_embed_column",
-            _ => "ai_gen_column",
-        };
-        let (table, source, target, model) = (
-            arg::<pg_sys::Oid>(fcinfo, 0),
-            name_arg(fcinfo, 1),
-            name_arg(fcinfo, 2),
-            arg::<String>(fcinfo, 3),
-        );
-        let (Some(table), Some(source), Some(target), Some(model)) = (table, source, target, model) else {
-            return Err(AiError::NullArgument {
-                message: format!(
-                    "{procedure}: table_name, source_column, target_column and model_name must not be NULL"
-                ),
-            });
-        };
-        let (template, batch_size, params) = match task {
-            Task::Embedding => (None, arg::<i32>(fcinfo, 4), None),
-            _ => (arg::<String>(fcinfo, 4), arg::<i32>(fcinfo, 5), arg::<JsonB>(fcinfo, 6).map(|j| j.0)),
-        };
-        let batch_size = match batch_size {
-            Some(n @ 1..=100_000) => n as usize,
-            other => {
-                return Err(AiError::invalid(format!(
-                    "{procedure}: batch_size must be between 1 and 100000, got {}",
-                    other.map_or("NULL".to_string(), |n| n.to_string())
-                )))
-            }
-        };
-        let template = match (task, template) {
-            (Task::Embedding, _) => "{0}".to_string(),
-            (_, Some(t)) if t.contains("{0}") => t,
-            _ => {
-                return Err(AiError::invalid(format!(
-                    "{procedure}: prompt_template must contain {{0}}, where the source text goes"
-                )))
-            }
-        };
-        Ok(Job { procedure, table, source, target, model, batch_size, template, params })
+fn batch_size(procedure: &str, given: Option<i32>) -> Result<usize, AiError> {
+    match given {
+        Some(n @ 1..=100_000) => Ok(n as usize),
+        other => Err(AiError::invalid(format!(
+            "{procedure}: batch_size must be between 1 and 100000, got {}",
+            other.map_or("NULL".to_string(), |n| n.to_string())
+        ))),
     }
 }
 
@@ -126,150 +120,271 @@ fn nonatomic(fcinfo: pg_sys::FunctionCallInfo) -> bool {
     }
 }
 
-fn embed_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    run(fcinfo, Task::Embedding)
+/// The schema our functions live in, quoted: where the running procedure is.
+fn own_schema(fcinfo: pg_sys::FunctionCallInfo) -> Result<String, AiError> {
+    // SAFETY: fcinfo is live and flinfo names the running procedure; the lookups answer NULL
+    // or InvalidOid rather than raise.
+    let name = unsafe {
+        let nsp = pg_sys::get_func_namespace((*(*fcinfo).flinfo).fn_oid);
+        let p = pg_sys::get_namespace_name(nsp);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    };
+    name.map(|n| quote_ident(&n)).ok_or_else(|| AiError::Internal { message: "own schema not found".into() })
 }
 
+/// A SQL string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `CALL ai_update(table_name, target_column, expression, batch_size, filter)`.
+fn update(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let procedure = "ai_update";
+    let (table, target, expression) =
+        (arg::<pg_sys::Oid>(fcinfo, 0), name_arg(fcinfo, 1), arg::<String>(fcinfo, 2));
+    let (Some(table), Some(target), Some(expression)) = (table, target, expression) else {
+        return Err(AiError::NullArgument {
+            message: format!("{procedure}: table_name, target_column and expression must not be NULL"),
+        });
+    };
+    if expression.trim().is_empty() {
+        return Err(AiError::invalid(format!("{procedure}: expression must not be empty")));
+    }
+    let batch_size = batch_size(procedure, arg::<i32>(fcinfo, 3))?;
+    let filter = arg::<String>(fcinfo, 4).filter(|f| !f.trim().is_empty());
+    in_own_transactions(fcinfo, procedure)?;
+    let table = Table::open(procedure, table, &target)?;
+    let scope = match &filter {
+        Some(f) => format!("{} IS NULL AND {f}", quote_ident(&target)),
+        None => format!("{} IS NULL", quote_ident(&target)),
+    };
+    let has_filter = filter.is_some();
+    let table = match filter {
+        Some(f) => table.with_filter(f),
+        None => table,
+    };
+    run(Job { procedure, table, expression, has_filter, batch_size, scope })
+}
+
+/// The arguments both wrappers start with: table, source, target and model, none NULL.
+fn wrapper_args(
+    fcinfo: pg_sys::FunctionCallInfo,
+    procedure: &'static str,
+) -> Result<(pg_sys::Oid, String, String, String), AiError> {
+    let (table, source, target, model) =
+        (arg::<pg_sys::Oid>(fcinfo, 0), name_arg(fcinfo, 1), name_arg(fcinfo, 2), arg::<String>(fcinfo, 3));
+    let (Some(table), Some(source), Some(target), Some(model)) = (table, source, target, model) else {
+        return Err(AiError::NullArgument {
+            message: format!(
+                "{procedure}: table_name, source_column, target_column and model_name must not be NULL"
+            ),
+        });
+    };
+    Ok((table, source, target, model))
+}
+
+/// `CALL ai_embed_column(table_name, source_column, target_column, model_name, batch_size)`:
+/// `ai_update` with `ai_embed(model_name, source)`, for rows whose source has text (embedding
+/// '' is impossible, so such rows are left alone rather than retried forever).
+fn embed_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let procedure = "ai_embed_column";
+    let (table, source, target, model) = wrapper_args(fcinfo, procedure)?;
+    let batch_size = batch_size(procedure, arg::<i32>(fcinfo, 4))?;
+    in_own_transactions(fcinfo, procedure)?;
+    let table = Table::open(procedure, table, &target)?;
+    table.column(procedure, &source, "source")?;
+    let kind = table.target_kind(procedure, true)?;
+    let d = catalog::load_for(&model, procedure, &[Task::Embedding])?;
+    if let (TargetKind::Embedding { dims: Some(dims) }, Some(model_dims)) = (kind, d.dimension()) {
+        if dims as u32 != model_dims {
+            return Err(AiError::DatatypeMismatch {
+                message: format!(
+                    "{procedure}: target column \"{target}\" holds {dims} dimensions, but model \"{model}\" returns {model_dims}"
+                ),
+            });
+        }
+    }
+    // The key is resolved now, so a job that cannot send fails before reading a row.
+    Target::new(&d, &call_params(&d, None)?)?;
+    let src = quote_ident(&source);
+    let expression = format!("{}.ai_embed({}, {src}::pg_catalog.text)", own_schema(fcinfo)?, literal(&model));
+    let scope = format!("{target} IS NULL, {source} has text");
+    let table =
+        table.with_filter(format!("{src} IS NOT NULL AND {src}::pg_catalog.text OPERATOR(pg_catalog.<>) ''"));
+    run(Job { procedure, table, expression, has_filter: true, batch_size, scope })
+}
+
+/// `CALL ai_gen_column(table_name, source_column, target_column, model_name,
+/// prompt_template, batch_size, params)`: `ai_update` with `ai_gen(model_name, template with
+/// {0} replaced by the source, params)`, for rows whose source is not NULL.
 fn gen_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    run(fcinfo, Task::Chat)
+    let procedure = "ai_gen_column";
+    let (table, source, target, model) = wrapper_args(fcinfo, procedure)?;
+    let (template, batch, params) =
+        (arg::<String>(fcinfo, 4), arg::<i32>(fcinfo, 5), arg::<JsonB>(fcinfo, 6).map(|j| j.0));
+    let batch_size = batch_size(procedure, batch)?;
+    let template = match template {
+        Some(t) if t.contains("{0}") => t,
+        _ => {
+            return Err(AiError::invalid(format!(
+                "{procedure}: prompt_template must contain {{0}}, where the source text goes"
+            )))
+        }
+    };
+    in_own_transactions(fcinfo, procedure)?;
+    let table = Table::open(procedure, table, &target)?;
+    table.column(procedure, &source, "source")?;
+    table.target_kind(procedure, false)?;
+    let d = catalog::load_for(&model, procedure, &[Task::Chat])?;
+    // Checked now (params and the key), so a job that cannot send fails before reading a row.
+    Target::new(&d, &call_params(&d, params.clone().map(JsonB))?)?;
+    let params_sql = match &params {
+        Some(p) => format!("{}::pg_catalog.jsonb", literal(&p.to_string())),
+        None => "NULL::pg_catalog.jsonb".to_string(),
+    };
+    let src = quote_ident(&source);
+    let expression = format!(
+        "{}.ai_gen({}, pg_catalog.replace({}, '{{0}}', {src}::pg_catalog.text), {params_sql})",
+        own_schema(fcinfo)?,
+        literal(&model),
+        literal(&template)
+    );
+    let scope = format!("{target} IS NULL, {source} has text");
+    let table = table.with_filter(format!("{src} IS NOT NULL"));
+    run(Job { procedure, table, expression, has_filter: true, batch_size, scope })
+}
+
+/// A job commits, so it must be the CALL's own work: called by CALL outside a transaction
+/// block (see `nonatomic`), and not in a subtransaction.
+fn in_own_transactions(fcinfo: pg_sys::FunctionCallInfo, procedure: &str) -> Result<(), AiError> {
+    // SAFETY: a plain read of the transaction state.
+    if !nonatomic(fcinfo) || unsafe { pg_sys::IsSubTransaction() } {
+        return Err(outside_call(procedure));
+    }
+    Ok(())
+}
+
+fn outside_call(procedure: &str) -> AiError {
+    AiError::TransactionControl {
+        message: format!(
+            "{procedure} commits after every batch, so it cannot run inside a transaction block"
+        ),
+        hint: format!(
+            "Run CALL {procedure}(...) on its own, not between BEGIN and COMMIT or inside a function."
+        ),
+    }
 }
 
 /// A row to fill, as read and claimed.
 struct Pending {
     key: Key,
-    source: String,
+    identity: String,
     claim: Claim,
 }
 
-/// A result to write.
-enum Value {
-    Vector(Vec<f32>),
-    Text(String),
+/// A value to write: the expression's datum (in the job's value memory) and the text of the
+/// columns it was computed from.
+struct Value {
+    datum: pg_sys::Datum,
+    inputs: String,
 }
 
-fn run(fcinfo: pg_sys::FunctionCallInfo, task: Task) -> Result<Option<pg_sys::Datum>, AiError> {
-    let job = Job::from_args(fcinfo, task)?;
+fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
     let procedure = job.procedure;
-    // SAFETY: a plain read of the transaction state.
-    if !nonatomic(fcinfo) || unsafe { pg_sys::IsSubTransaction() } {
-        return Err(AiError::TransactionControl {
-            message: format!(
-                "{procedure} commits after every batch, so it cannot run inside a transaction block"
-            ),
-            hint: format!(
-                "Run CALL {procedure}(...) on its own, not between BEGIN and COMMIT or inside a function."
-            ),
-        });
-    }
-    let embedding = task == Task::Embedding;
-    let table = Table::open(procedure, job.table, &job.source, &job.target, embedding)?;
-    let d = catalog::load_for(&job.model, procedure, &[task])?;
-    if let (TargetKind::Embedding { dims: Some(dims) }, Some(model_dims)) = (table.target_kind, d.dimension())
-    {
-        if dims as u32 != model_dims {
-            return Err(AiError::DatatypeMismatch {
-                message: format!(
-                    "{procedure}: target column \"{}\" holds {dims} dimensions, but model \"{}\" returns {model_dims}",
-                    job.target, job.model
-                ),
-            });
-        }
-    }
-    let params = call_params(&d, job.params.clone().map(JsonB))?;
-    let target = Target::new(&d, &params)?;
+    let table = &job.table;
     table.check_privileges(procedure)?;
 
     let connection = NonAtomicSpi::connect()?;
     transaction_settings()?;
+    let analysis = chunk::analyze(procedure, table, &job.expression, job.has_filter)?;
+    let writer = Writer::prepare(table, &analysis)?;
+    let chunk_sql = table.chunk_sql(&job.expression, &analysis.checked);
+    // Dropped after the plan (declared before it): the plan is made and replanned marked.
+    let _marked = capture::mark(&chunk_sql);
+    let plan = ChunkPlan::prepare(&chunk_sql)?;
     let total = Spi::connect(|c| {
         c.select(&table.count_sql(), None, &[]).map_err(spi)?.first().get::<i64>(1).map_err(spi)
     })?
     .unwrap_or(0);
     notice!(
-        "{procedure}: {total} rows of {} to fill ({} IS NULL, {} has text), {} per batch",
+        "{procedure}: {total} rows of {} to fill ({}), {} per batch",
         table.shown,
-        job.target,
-        job.source,
+        job.scope,
         job.batch_size
     );
-    let per_unit = if embedding { d.spec.max_inputs_per_request.unwrap_or(1).max(1) as usize } else { 1 };
-    let ahead = crate::guc::max_concurrency() * per_unit * 2;
-    let writer = Writer::prepare(&table)?;
     // Declared after the connection and before the state: dropped in between.
     let scratch = Scratch::new();
-    let state = RefCell::new(State {
-        reader: Reader {
-            table: &table,
-            page: ahead.max(64),
-            last_key: None,
-            queue: VecDeque::new(),
-            exhausted: false,
-        },
+    let values = Scratch::new();
+    let mut state = State {
+        reader: Reader { table, last_key: None, queue: VecDeque::new(), exhausted: false },
         claims: Claims::new(table.oid, table.target_attnum),
-        progress: Progress::new(procedure, table.key_names.clone(), job.target.clone(), total),
+        progress: Progress::new(procedure, table.key_names.clone(), table.target.clone(), total),
         writer,
         since_commit: 0,
-    });
-    scratch.run(|| state.borrow_mut().top_up(ahead))?;
-
-    let model = &d.embedding_model();
-    backend::drive(
-        &target,
-        |client, call| {
-            let rows = state.borrow_mut().reader.take(per_unit)?;
-            let request = (!embedding)
-                .then(|| prompt_request(&d, &job.template.replace("{0}", &rows[0].source), &params));
-            Some(async move {
-                let results: Vec<Result<Value, AiError>> = match request {
-                    Some(Ok(request)) => {
-                        vec![client.chat(&call, &request).await.map(|o| Value::Text(o.content))]
-                    }
-                    Some(Err(e)) => vec![Err(e)],
-                    None => {
-                        let inputs: Vec<EmbedInput> =
-                            rows.iter().map(|r| EmbedInput::Text(&r.source)).collect();
-                        embed_each(client, &call, model, &inputs)
-                            .await
-                            .into_iter()
-                            .map(|r| r.map(Value::Vector))
-                            .collect()
-                    }
-                };
-                (rows, results)
-            })
-        },
-        |(rows, results)| {
-            scratch.run(|| {
-                let mut s = state.borrow_mut();
-                for (row, result) in rows.into_iter().zip(results) {
-                    match result {
-                        Ok(value) => s.write(row, value)?,
-                        Err(AiError::Interrupted) => return Err(AiError::Interrupted),
-                        Err(e) => {
-                            s.progress.failure(&row.key, &format!("{} {e}", e.sqlstate()));
-                            s.claims.keep_until_the_end(row.claim);
-                        }
-                    }
-                    s.since_commit += 1;
-                }
-                if s.since_commit >= job.batch_size {
-                    s.commit(&connection)?;
-                }
-                s.top_up(ahead)
-            })
-        },
-    )?;
-    let mut s = state.into_inner();
-    scratch.run(|| {
-        if s.since_commit > 0 {
-            s.commit(&connection)?;
+    };
+    loop {
+        let want = (job.batch_size - state.since_commit).min(CHUNK_ROWS);
+        scratch.run(|| state.top_up(want))?;
+        let Some(rows) = state.reader.take(want) else { break };
+        state.chunk(rows, &plan, &values, &scratch)?;
+        if state.since_commit >= job.batch_size {
+            scratch.run(|| state.commit(&connection))?;
         }
-        s.recheck_locked()
+    }
+    scratch.run(|| {
+        if state.since_commit > 0 {
+            state.commit(&connection)?;
+        }
+        state.recheck_locked()
     })?;
-    s.progress.finish();
-    drop(s);
+    state.progress.finish();
+    drop(state);
+    drop(plan);
     drop(connection);
     Ok(None)
+}
+
+/// One fetch from a chunk's cursor in a subtransaction of its own (within the open slab, if
+/// any), with the errors its capturing nodes handed over. An error of the query comes back as
+/// Err after the subtransaction is rolled back; the cursor is then dead.
+fn fetch_step(cursor: &mut Cursor, values: &Scratch) -> Result<(Vec<Fetched>, Captured), Caught> {
+    let sub = SubTransaction::begin();
+    let cursor = AssertUnwindSafe(cursor);
+    let values = AssertUnwindSafe(values);
+    let (result, sub) = try_in_catching(sub, row_or_call, move || {
+        let (cursor, values) = (cursor, values);
+        let AssertUnwindSafe(cursor) = cursor;
+        capture::collect(|| cursor.fetch(FETCH_ROWS, &values))
+    });
+    if let Some(sub) = sub {
+        sub.release();
+    }
+    match result? {
+        (Ok(fetched), captured) => Ok((fetched, captured)),
+        (Err(e), _) => Err(Caught::Statement(reason_of(&e))),
+    }
+}
+
+/// Errors that one row's expression can raise: those of a write (`spi::row_level`), and an
+/// AI call's (a provider's answer, a model not deployed or of the wrong kind).
+fn row_or_call(code: &str) -> bool {
+    crate::spi::row_level_code(code) || code.starts_with("ZB") || code == "42704" || code == "42809"
+}
+
+/// Captured errors by their row's index in the fetch that returned it (the first per row).
+fn by_position(captured: Captured, returned_before: u64) -> HashMap<usize, String> {
+    let mut out = HashMap::new();
+    for (position, e) in captured {
+        if let Some(i) = position.checked_sub(returned_before) {
+            out.entry(i as usize).or_insert_with(|| reason_of(&e));
+        }
+    }
+    out
+}
+
+/// How a failed row is reported: "SQLSTATE message".
+fn reason_of(e: &AiError) -> String {
+    format!("{} {e}", e.sqlstate())
 }
 
 /// Settings for each transaction of the job: deferred constraints checked per row (see the
@@ -310,6 +425,130 @@ impl State<'_> {
         self.writer.write(row, value, &mut self.claims, &mut self.progress)
     }
 
+    fn failed(&mut self, row: Pending, reason: &str) {
+        self.progress.failure(&row.key, reason);
+        self.claims.keep_until_the_end(row.claim);
+    }
+
+    /// Computes and writes one chunk of claimed rows (in key order).
+    fn chunk(
+        &mut self,
+        rows: Vec<Pending>,
+        plan: &ChunkPlan,
+        values: &Scratch,
+        scratch: &Scratch,
+    ) -> Result<(), AiError> {
+        // The cursor belongs to the transaction, outside any write subtransaction: a slab
+        // rolled back must not take it along.
+        scratch.run(|| self.close_slab())?;
+        let identities = rows.iter().map(|r| Some(r.identity.clone())).collect();
+        let (first, last) = (rows[0].key.clone(), rows[rows.len() - 1].key.clone());
+        let mut pending: HashMap<String, Pending> =
+            rows.into_iter().map(|r| (r.identity.clone(), r)).collect();
+        let mut cursor = Some(plan.open(identities, first, last, values)?);
+        let mut returned = 0u64;
+        while let Some(open) = cursor.as_mut() {
+            let step = fetch_step(open, values);
+            match step {
+                Ok((fetched, captured)) => {
+                    let done = fetched.len() < FETCH_ROWS;
+                    let failures = by_position(captured, returned);
+                    returned += fetched.len() as u64;
+                    scratch.run(|| {
+                        for (i, row) in fetched.into_iter().enumerate() {
+                            let Some(p) = pending.remove(&row.identity) else { continue };
+                            self.settle(p, row, failures.get(&i))?;
+                        }
+                        Ok::<_, AiError>(())
+                    })?;
+                    if done {
+                        cursor = None;
+                    }
+                }
+                Err(_) => {
+                    // The query failed on a row it did not say: the rows it had not returned
+                    // are computed one at a time, so that only the failing one is lost.
+                    cursor = None;
+                    let mut rest: Vec<Pending> = pending.drain().map(|(_, p)| p).collect();
+                    rest.sort_by(|a, b| a.key.cmp(&b.key));
+                    for row in rest {
+                        self.one_by_one(row, plan, values, scratch)?;
+                    }
+                }
+            }
+        }
+        // Rows the query did not return were filled, changed or deleted since they were read.
+        for (_, row) in pending.drain() {
+            self.progress.skipped += 1;
+            self.claims.release(row.claim);
+            self.since_commit += 1;
+        }
+        scratch.run(|| self.close_slab())?;
+        values.reset();
+        Ok(())
+    }
+
+    /// One row computed by the chunk query alone, in a subtransaction of its own.
+    fn one_by_one(
+        &mut self,
+        row: Pending,
+        plan: &ChunkPlan,
+        values: &Scratch,
+        scratch: &Scratch,
+    ) -> Result<(), AiError> {
+        let sub = SubTransaction::begin();
+        let key = row.key.clone();
+        let identity = row.identity.clone();
+        let plan = AssertUnwindSafe(plan);
+        let values = AssertUnwindSafe(values);
+        let (result, sub) = try_in_catching(sub, row_or_call, move || {
+            let (plan, values) = (plan, values);
+            let mut cursor = plan.open(vec![Some(identity)], key.clone(), key, &values)?;
+            let (fetched, captured) = capture::collect(|| cursor.fetch(1, &values));
+            drop(cursor);
+            Ok::<_, AiError>((fetched?, captured))
+        });
+        if let Some(sub) = sub {
+            sub.release();
+        }
+        scratch.run(|| match result {
+            Ok(Ok((mut fetched, captured))) => match fetched.pop() {
+                Some(found) => {
+                    let reason = captured.into_iter().next().map(|(_, e)| reason_of(&e));
+                    self.settle(row, found, reason.as_ref())
+                }
+                None => {
+                    self.progress.skipped += 1;
+                    self.claims.release(row.claim);
+                    self.since_commit += 1;
+                    Ok(())
+                }
+            },
+            Ok(Err(e)) => Err(e),
+            Err(Caught::Statement(reason)) => {
+                self.failed(row, &reason);
+                self.since_commit += 1;
+                Ok(())
+            }
+        })
+    }
+
+    /// A computed row: written, or reported with the reason its value is missing.
+    fn settle(&mut self, row: Pending, found: Fetched, failure: Option<&String>) -> Result<(), AiError> {
+        self.since_commit += 1;
+        match (failure, found.value) {
+            (Some(reason), _) => {
+                self.failed(row, reason);
+                Ok(())
+            }
+            (None, None) => {
+                self.failed(row, "the expression gave NULL");
+                Ok(())
+            }
+            (None, Some(datum)) => self.write(row, Value { datum, inputs: found.inputs }),
+        }
+    }
+
     fn close_slab(&mut self) -> Result<(), AiError> {
         self.writer.close_slab(&mut self.claims, &mut self.progress)
     }
@@ -345,7 +584,6 @@ impl State<'_> {
 /// those no other transaction holds.
 struct Reader<'t> {
     table: &'t Table,
-    page: usize,
     last_key: Option<Key>,
     queue: VecDeque<Pending>,
     exhausted: bool,
@@ -355,7 +593,6 @@ struct Reader<'t> {
 struct Read {
     identity: String,
     key: Key,
-    source: String,
 }
 
 fn rows_of(table: &Table, rows: pgrx::spi::SpiTupleTable) -> Result<Vec<Read>, AiError> {
@@ -363,8 +600,7 @@ fn rows_of(table: &Table, rows: pgrx::spi::SpiTupleTable) -> Result<Vec<Read>, A
     rows.map(|r| {
         let identity = r.get::<String>(1).map_err(spi)?.unwrap_or_default();
         let key = (2..=n + 1).map(|i| r.get::<String>(i).map_err(spi)).collect::<Result<Key, AiError>>()?;
-        let source = r.get::<String>(n + 2).map_err(spi)?.unwrap_or_default();
-        Ok(Read { identity, key, source })
+        Ok(Read { identity, key })
     })
     .collect()
 }
@@ -375,11 +611,11 @@ impl Reader<'_> {
         let page = Spi::connect(|c| {
             rows_of(
                 self.table,
-                c.select(&self.table.page_sql(), None, &[after.clone().into(), (self.page as i64).into()])
+                c.select(&self.table.page_sql(), None, &[after.clone().into(), (PAGE_ROWS as i64).into()])
                     .map_err(spi)?,
             )
         })?;
-        self.exhausted = page.len() < self.page;
+        self.exhausted = page.len() < PAGE_ROWS;
         let Some(last) = page.last().map(|r| r.key.clone()) else { return Ok(()) };
         let mut claimed = Vec::with_capacity(page.len());
         for row in page {
@@ -394,25 +630,24 @@ impl Reader<'_> {
             // Which claimed rows are still to fill and not locked by another transaction: a
             // SKIP LOCKED read in a subtransaction rolled back at once, so that no row lock is
             // held while requests are in flight (the write takes its own, and skips a row
-            // locked by then). The source is re-read, as it may have changed.
+            // locked by then).
             let identities: Vec<Option<String>> =
                 claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
             let args = || [after.clone().into(), Some(last.clone()).into(), identities.clone().into()];
             let probe = SubTransaction::begin();
-            let lockable: HashMap<String, String> = Spi::connect_mut(|c| {
+            let lockable: std::collections::HashSet<String> = Spi::connect_mut(|c| {
                 rows_of(self.table, c.update(&self.table.lock_page_sql(), None, &args()).map_err(spi)?)
             })?
             .into_iter()
-            .map(|r| (r.identity, r.source))
+            .map(|r| r.identity)
             .collect();
             probe.rollback();
             let mut unlockable = Vec::new();
             for (row, claim) in claimed {
-                match lockable.get(&row.identity) {
-                    Some(source) => {
-                        self.queue.push_back(Pending { key: row.key, source: source.clone(), claim })
-                    }
-                    None => unlockable.push((row, claim)),
+                if lockable.contains(&row.identity) {
+                    self.queue.push_back(Pending { key: row.key, identity: row.identity, claim });
+                } else {
+                    unlockable.push((row, claim));
                 }
             }
             if !unlockable.is_empty() {
@@ -454,18 +689,21 @@ enum Outcome {
 /// Writes results through one prepared statement, in subtransaction slabs.
 struct Writer {
     plan: OwnedPreparedStatement,
+    value_type: pg_sys::Oid,
     slab: Option<SubTransaction>,
     /// Rows written in the open slab: redone if the slab has to be rolled back.
     slab_rows: Vec<(Pending, Value, Outcome)>,
 }
 
 impl Writer {
-    fn prepare(table: &Table) -> Result<Writer, AiError> {
+    /// Prepares the UPDATE, with `$1` of the expression's type: a value the target column
+    /// has no assignment cast from fails the job here, before any request.
+    fn prepare(table: &Table, analysis: &Analysis) -> Result<Writer, AiError> {
         let plan = Spi::connect_mut(|c| {
             c.prepare_mut(
-                table.write_sql().as_str(),
+                table.write_sql(&analysis.checked).as_str(),
                 &[
-                    table.value_type(),
+                    PgOid::from(analysis.value_type),
                     PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID),
                     PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
                 ],
@@ -473,24 +711,23 @@ impl Writer {
             .map(|p| p.keep())
             .map_err(spi)
         })?;
-        Ok(Writer { plan, slab: None, slab_rows: Vec::new() })
+        Ok(Writer { plan, value_type: analysis.value_type, slab: None, slab_rows: Vec::new() })
     }
 
     /// One UPDATE in the open subtransaction; a row-level error comes back as Err.
     fn attempt(&mut self, row: &Pending, value: &Value) -> Result<Outcome, String> {
         let sub = self.slab.take().unwrap_or_else(SubTransaction::begin);
         let plan = AssertUnwindSafe(&self.plan);
-        let args = AssertUnwindSafe((value, &row.key, &row.source));
+        let args = AssertUnwindSafe((value, &row.key, self.value_type));
         let (result, sub) = try_in(sub, move || {
             let plan = plan;
-            let AssertUnwindSafe((value, key, source)) = args;
+            let AssertUnwindSafe((value, key, value_type)) = args;
             Spi::connect_mut(|c| {
-                // Datums are built here, in the nested connection's memory, freed with it.
-                let value = match value {
-                    Value::Vector(v) => v.clone().into(),
-                    Value::Text(t) => t.as_str().into(),
-                };
-                let rows = c.update(&**plan, None, &[value, key.clone().into(), source.as_str().into()])?;
+                // SAFETY: the datum is of the expression's type, the statement's $1, and
+                // lives in the job's value memory until the chunk is written.
+                let datum = unsafe { pgrx::datum::DatumWithOid::new(value.datum, value_type) };
+                let rows =
+                    c.update(&**plan, None, &[datum, key.clone().into(), value.inputs.as_str().into()])?;
                 let row = rows.first();
                 Ok::<_, pgrx::spi::SpiError>((
                     row.get::<bool>(1)?.unwrap_or(false),

@@ -1,5 +1,4 @@
-//! The table a column job works on, read from the catalogs, and the statements the job runs
-//! on it.
+//! The table a job works on, read from the catalogs, and the statements the job runs on it.
 //!
 //! Every statement is built here in Rust and names nothing through the caller's search_path:
 //! the relation by its schema, columns quoted, types schema-qualified
@@ -10,14 +9,22 @@
 //! columns) page in the order the key's index defines.
 
 use bailian_core::AiError;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgBuiltInOids, PgOid};
 use std::ffi::CStr;
 
 /// btree strategy numbers (access/stratnum.h).
 const BT_LESS: i16 = 1;
 const BT_EQUAL: i16 = 3;
 const BT_GREATER: i16 = 5;
+
+/// Which side of a key `keyset` bounds, and whether the key itself is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    After,
+    From,
+    UpTo,
+}
 
 /// What the job writes into the target column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,18 +46,21 @@ struct KeyColumn {
     gt: String,
 }
 
-/// The table, its primary key and the two columns, checked.
+/// The table, its primary key and the target column, checked.
 pub struct Table {
     pub oid: pg_sys::Oid,
     /// Schema-qualified and quoted.
     pub name_sql: String,
     /// As users write it, for messages.
     pub shown: String,
+    /// The relation's name, unqualified: what a job's expression calls the row.
+    relname: String,
     keys: Vec<KeyColumn>,
-    source: String,
-    target: String,
+    pub target: String,
     pub target_attnum: i16,
-    pub target_kind: TargetKind,
+    target_type: (pg_sys::Oid, i32),
+    /// Which rows besides those with a NULL target the job fills: SQL over the row.
+    filter: Option<String>,
     /// Key column names, for messages ("id" or "a, b").
     pub key_names: String,
 }
@@ -100,15 +110,9 @@ fn operator_sql(opno: pg_sys::Oid) -> Result<String, AiError> {
 }
 
 impl Table {
-    /// Reads and checks `relid`'s primary key and the two columns; `procedure` names the
+    /// Reads and checks `relid`'s primary key and the target column; `procedure` names the
     /// caller in messages.
-    pub fn open(
-        procedure: &str,
-        relid: pg_sys::Oid,
-        source: &str,
-        target: &str,
-        embedding: bool,
-    ) -> Result<Table, AiError> {
+    pub fn open(procedure: &str, relid: pg_sys::Oid, target: &str) -> Result<Table, AiError> {
         // SAFETY: lsyscache lookups by oid; each returns NULL / InvalidOid for a missing
         // relation (a regclass argument can name a table dropped since it was parsed).
         let (relname, nspname, relkind) = unsafe {
@@ -131,7 +135,6 @@ impl Table {
             });
         }
         let keys = primary_key(procedure, relid, &shown)?;
-        let (source_attnum, source_type, _) = column(procedure, relid, source, "source", &shown)?;
         let (target_attnum, target_type, target_typmod) = column(procedure, relid, target, "target", &shown)?;
         // SAFETY: a catalog lookup for a column that exists.
         if unsafe { pg_sys::get_attgenerated(relid, target_attnum) } != 0 {
@@ -141,20 +144,35 @@ impl Table {
                 ),
             });
         }
-        let _ = (source_attnum, source_type);
-        let target_kind = target_kind(procedure, target, target_type, target_typmod, embedding)?;
         let key_names = keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>().join(", ");
         Ok(Table {
             oid: relid,
             name_sql,
             shown,
+            relname,
             keys,
-            source: source.to_string(),
             target: target.to_string(),
             target_attnum,
-            target_kind,
+            target_type: (target_type, target_typmod),
+            filter: None,
             key_names,
         })
+    }
+
+    /// Fills only rows where `filter` (SQL over the row) holds as well.
+    pub fn with_filter(mut self, filter: String) -> Table {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// A column the job reads, checked to exist: `role` names it in messages.
+    pub fn column(&self, procedure: &str, name: &str, role: &str) -> Result<(), AiError> {
+        column(procedure, self.oid, name, role, &self.shown).map(drop)
+    }
+
+    /// What the target column can hold, for a wrapper that writes embeddings or text.
+    pub fn target_kind(&self, procedure: &str, embedding: bool) -> Result<TargetKind, AiError> {
+        target_kind(procedure, &self.target, self.target_type.0, self.target_type.1, embedding)
     }
 
     /// The caller may read the key, source and target columns and update the target: checked
@@ -180,33 +198,28 @@ impl Table {
         Ok(())
     }
 
-    fn source_sql(&self) -> String {
-        quote_ident(&self.source)
-    }
-
     fn target_sql(&self) -> String {
         quote_ident(&self.target)
     }
 
-    /// Rows the job fills: target NULL, source with text (for embeddings, non-empty text:
-    /// embedding '' is impossible, so such rows are left alone rather than retried forever).
+    /// Rows the job fills: target NULL, and the filter holds. The filter is the caller's own
+    /// SQL, run with the caller's rights; the line breaks end a trailing `--` comment.
     fn todo_condition(&self) -> String {
-        let src = self.source_sql();
-        let mut cond = format!("{} IS NULL AND {src} IS NOT NULL", self.target_sql());
-        if matches!(self.target_kind, TargetKind::Embedding { .. }) {
-            cond.push_str(&format!(" AND {src}::pg_catalog.text OPERATOR(pg_catalog.<>) ''"));
+        match &self.filter {
+            Some(filter) => format!("{} IS NULL AND (\n{filter}\n)", self.target_sql()),
+            None => format!("{} IS NULL", self.target_sql()),
         }
-        cond
     }
 
     fn key_value(&self, i: usize, param: usize) -> String {
         format!("CAST(${param}[{}] AS {})", i + 1, self.keys[i].type_sql)
     }
 
-    /// `(keys) > ($param)` in key order, or `(keys) <= ($param)` when `up_to`, expanded per
-    /// column so that each comparison uses its own column's operator; the leading column's
-    /// bound comes first so the planner can use the key's index.
-    fn keyset(&self, param: usize, up_to: bool) -> String {
+    /// `(keys) > ($param)` in key order, `>=` for `From`, or `(keys) <= ($param)` for `UpTo`,
+    /// expanded per column so that each comparison uses its own column's operator; the
+    /// leading column's bound comes first so the planner can use the key's index.
+    fn keyset(&self, param: usize, bound: Bound) -> String {
+        let up_to = bound == Bound::UpTo;
         let n = self.keys.len();
         let mut alternatives = Vec::with_capacity(n + 1);
         for i in 0..n {
@@ -225,7 +238,7 @@ impl Table {
             terms.push(format!("{} {op} {}", quote_ident(&k.name), self.key_value(i, param)));
             alternatives.push(format!("({})", terms.join(" AND ")));
         }
-        if up_to {
+        if bound != Bound::After {
             alternatives.push(format!("({})", self.key_equals(param)));
         }
         let first = &self.keys[0];
@@ -263,8 +276,8 @@ impl Table {
         format!("ROW({})::pg_catalog.text", keys.join(", "))
     }
 
-    /// Identity, keys and source as text. The outputs are renamed: ORDER BY "id" would
-    /// otherwise bind to an output column named "id" (the text), not to the key column.
+    /// Identity and keys as text. The outputs are renamed: ORDER BY "id" would otherwise
+    /// bind to an output column named "id" (the text), not to the key column.
     fn select_list(&self) -> String {
         let mut cols = vec![format!("{} AS pg_bailian_row", self.identity())];
         cols.extend(
@@ -272,7 +285,6 @@ impl Table {
                 format!("{}::pg_catalog.text AS pg_bailian_key_{}", quote_ident(&k.name), i + 1)
             }),
         );
-        cols.push(format!("{}::pg_catalog.text AS pg_bailian_source", self.source_sql()));
         cols.join(", ")
     }
 
@@ -282,6 +294,22 @@ impl Table {
             .map(|k| format!("{} USING {}", quote_ident(&k.name), k.lt))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The table's columns (not dropped ones), by attnum.
+    pub fn columns(&self) -> Result<Vec<(i16, String)>, AiError> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT a.attnum, a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attnum OPERATOR(pg_catalog.>) 0
+                    AND NOT a.attisdropped ORDER BY a.attnum",
+                None,
+                &[self.oid.into()],
+            )?
+            .map(|r| Ok((r.get::<i16>(1)?.unwrap_or(0), r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })
+        .map_err(spi)
     }
 
     pub fn key_count(&self) -> usize {
@@ -294,14 +322,14 @@ impl Table {
     }
 
     /// The next rows to fill in key order, unlocked: `$1` the last key read (text[]) or NULL
-    /// for the first page, `$2` the page size. Columns: keys as text, then the source text.
+    /// for the first page, `$2` the page size. Columns: identity, then the keys as text.
     pub fn page_sql(&self) -> String {
         format!(
             "SELECT {} FROM {} WHERE {} AND ($1 IS NULL OR {}) ORDER BY {} LIMIT $2",
             self.select_list(),
             self.name_sql,
             self.todo_condition(),
-            self.keyset(1, false),
+            self.keyset(1, Bound::After),
             self.order_by()
         )
     }
@@ -322,8 +350,8 @@ impl Table {
             self.select_list(),
             self.name_sql,
             self.todo_condition(),
-            self.keyset(1, false),
-            self.keyset(2, true),
+            self.keyset(1, Bound::After),
+            self.keyset(2, Bound::UpTo),
             self.identity()
         )
     }
@@ -333,15 +361,44 @@ impl Table {
         format!("SELECT 1 FROM {} WHERE {} AND {}", self.name_sql, self.key_equals(1), self.todo_condition())
     }
 
-    /// Writes `$1` into the row with key `$2` if its target is still NULL and its source still
-    /// the `$3` that was sent, without waiting for a row lock another transaction holds.
-    /// Answers (row exists and could be locked, row written).
-    pub fn write_sql(&self) -> String {
+    /// `SELECT (expression), (filter)` over the table: what `chunk::analyze` parses.
+    pub fn analysis_sql(&self, expression: &str) -> String {
+        let filter = self.filter.as_deref().map(|f| format!(", (\n{f}\n)")).unwrap_or_default();
+        format!("SELECT (\n{expression}\n){filter} FROM {} AS {}", self.name_sql, quote_ident(&self.relname))
+    }
+
+    /// One chunk's values: `$1` the rows' identities (text[]), `$2` and `$3` the first and
+    /// last of their keys (the range lets the key's index find them). Columns: identity,
+    /// the checked columns' text (see `write_sql`), the expression's value.
+    ///
+    /// The rows come from a subquery the planner cannot flatten (OFFSET 0), under the
+    /// relation's own name, so that one node evaluates the expression over every row, also
+    /// for a partitioned table: that node's AI Batch nodes return rows one for one, in
+    /// order, which capture mode needs (see `executor::capture`).
+    pub fn chunk_sql(&self, expression: &str, checked: &[String]) -> String {
+        format!(
+            "SELECT {identity} AS pg_bailian_row, {inputs} AS pg_bailian_inputs, (\n{expression}\n) AS pg_bailian_value \
+               FROM (SELECT * FROM {t} WHERE {from} AND {up_to} AND {identity} OPERATOR(pg_catalog.=) ANY ($1) OFFSET 0) AS {alias}",
+            identity = self.identity(),
+            inputs = inputs_sql(checked),
+            t = self.name_sql,
+            from = self.keyset(2, Bound::From),
+            up_to = self.keyset(3, Bound::UpTo),
+            alias = quote_ident(&self.relname),
+        )
+    }
+
+    /// Writes `$1` into the row with key `$2` if its target is still NULL and the columns the
+    /// expression and filter read still have the text `$3` they had when it was computed
+    /// (so a row changed meanwhile is skipped, not given a stale value), without waiting for
+    /// a row lock another transaction holds. Answers (row exists and could be locked, row
+    /// written).
+    pub fn write_sql(&self, checked: &[String]) -> String {
         let row = format!(
-            "{} AND {} IS NULL AND {}::pg_catalog.text OPERATOR(pg_catalog.=) $3",
+            "{} AND {} IS NULL AND {} OPERATOR(pg_catalog.=) $3",
             self.key_equals(2),
             self.target_sql(),
-            self.source_sql()
+            inputs_sql(checked)
         );
         format!(
             "WITH locked AS MATERIALIZED (SELECT 1 FROM {t} WHERE {keys} FOR NO KEY UPDATE SKIP LOCKED), \
@@ -352,14 +409,13 @@ impl Table {
             target = self.target_sql(),
         )
     }
+}
 
-    /// The parameter type of the written value.
-    pub fn value_type(&self) -> PgOid {
-        match self.target_kind {
-            TargetKind::Embedding { .. } => PgOid::BuiltIn(PgBuiltInOids::FLOAT4ARRAYOID),
-            TargetKind::Text => PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
-        }
-    }
+/// The text of the checked columns, as one record: `ROW("a", "b")::text`. record_out
+/// quotes what needs quoting, so different values never give the same text.
+fn inputs_sql(checked: &[String]) -> String {
+    let cols: Vec<String> = checked.iter().map(|c| quote_ident(c)).collect();
+    format!("ROW({})::pg_catalog.text", cols.join(", "))
 }
 
 /// The primary key's key columns (not its INCLUDE columns), with their types and operators.

@@ -1,0 +1,253 @@
+//! A job's expression: what it reads and returns (`analyze`), and the query that computes it
+//! for one chunk of rows at a time (`ChunkPlan`, `Cursor`).
+//!
+//! The chunk query runs as a cursor fetched a few rows at a time, so the job writes each
+//! row's value while the AI Batch node below keeps the next rows' requests in flight. Values
+//! are kept as the expression's own datums (copied out of SPI's memory), so the UPDATE's
+//! assignment cast to the target column runs per row and a value it rejects fails that row.
+
+use super::table::Table;
+use crate::spi::Scratch;
+use bailian_core::AiError;
+use pgrx::pg_sys;
+use pgrx::IntoDatum;
+use std::ffi::{CStr, CString};
+
+/// What `analyze` learns of the expression.
+pub struct Analysis {
+    /// The type of the expression's value (the UPDATE's `$1`).
+    pub value_type: pg_sys::Oid,
+    /// Columns the expression and the filter read (but the target): a row whose text of
+    /// them changed between the request and the write is skipped.
+    pub checked: Vec<String>,
+}
+
+fn internal(what: &str) -> AiError {
+    AiError::Internal { message: format!("{what} failed") }
+}
+
+/// A prepared statement kept for the whole job (it spans the job's commits).
+struct Kept(pg_sys::SPIPlanPtr);
+
+impl Kept {
+    fn prepare(sql: &str, argtypes: &mut [pg_sys::Oid]) -> Result<Kept, AiError> {
+        let c = CString::new(sql).map_err(|_| AiError::invalid("the expression must not contain NUL"))?;
+        // SAFETY: inside the job's SPI connection; a parse or analysis error is raised as an
+        // ERROR (the job's), and a NULL result is SPI's own failure.
+        unsafe {
+            let plan = pg_sys::SPI_prepare(c.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
+            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                return Err(internal("SPI_prepare"));
+            }
+            Ok(Kept(plan))
+        }
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // SAFETY: a plan this struct kept; freeing it touches only its own memory context.
+        unsafe { pg_sys::SPI_freeplan(self.0) };
+    }
+}
+
+/// Parses `SELECT (expression), (filter)` over the table and checks that it computes one
+/// value per row.
+pub fn analyze(
+    procedure: &str,
+    table: &Table,
+    expression: &str,
+    has_filter: bool,
+) -> Result<Analysis, AiError> {
+    let kept = Kept::prepare(&table.analysis_sql(expression), &mut [])?;
+    // SAFETY: the plan source and its analyzed query are valid while the plan is kept;
+    // only their fields are read, and pull_varattnos allocates in the current context.
+    unsafe {
+        let sources = pg_sys::SPI_plan_get_plan_sources(kept.0);
+        let source = list_first(sources) as *mut pg_sys::CachedPlanSource;
+        let query = if source.is_null() {
+            std::ptr::null_mut()
+        } else {
+            list_first((*source).query_list) as *mut pg_sys::Query
+        };
+        let wanted = 1 + usize::from(has_filter);
+        if query.is_null()
+            || (*query).commandType != pg_sys::CmdType::CMD_SELECT
+            || list_len((*query).targetList) != wanted
+            || list_len((*query).rtable) != 1
+        {
+            return Err(AiError::invalid(format!(
+                "{procedure}: the expression{} must be one SQL expression over a row of {}",
+                if has_filter { " and the filter" } else { "" },
+                table.shown
+            )));
+        }
+        if (*query).hasAggs || (*query).hasWindowFuncs || (*query).hasTargetSRFs {
+            return Err(AiError::invalid(format!(
+                "{procedure}: the expression must give one value per row: no aggregate, window or set-returning function"
+            )));
+        }
+        let entries = crate::executor::list_ptrs((*query).targetList);
+        let expr = |i: usize| (*(entries[i] as *mut pg_sys::TargetEntry)).expr as *mut pg_sys::Node;
+        if has_filter && pg_sys::exprType(expr(1)) != pg_sys::BOOLOID {
+            return Err(AiError::DatatypeMismatch {
+                message: format!(
+                    "{procedure}: filter must be a boolean expression over a row of {}",
+                    table.shown
+                ),
+            });
+        }
+        let mut read: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+        for i in 0..wanted {
+            pg_sys::pull_varattnos(expr(i), 1, &mut read);
+        }
+        let mut attnums = Vec::new();
+        let mut whole_row = false;
+        let mut member = pg_sys::bms_next_member(read, -1);
+        while member >= 0 {
+            let attnum = member + pg_sys::FirstLowInvalidHeapAttributeNumber;
+            match attnum {
+                0 => whole_row = true,
+                n if n > 0 => attnums.push(n as i16),
+                // System columns: the subquery the chunk reads through does not have them.
+                _ => {}
+            }
+            member = pg_sys::bms_next_member(read, member);
+        }
+        let checked = table
+            .columns()?
+            .into_iter()
+            .filter(|(attnum, _)| *attnum != table.target_attnum && (whole_row || attnums.contains(attnum)))
+            .map(|(_, name)| name)
+            .collect();
+        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked })
+    }
+}
+
+unsafe fn list_first(list: *mut pg_sys::List) -> *mut std::ffi::c_void {
+    // SAFETY: a valid pointer List or NULL.
+    unsafe { crate::executor::list_ptrs(list).first().copied().unwrap_or(std::ptr::null_mut()) }
+}
+
+unsafe fn list_len(list: *mut pg_sys::List) -> usize {
+    // SAFETY: a valid List or NULL.
+    unsafe {
+        if list.is_null() {
+            0
+        } else {
+            (*list).length as usize
+        }
+    }
+}
+
+/// A row of a chunk as the query returned it.
+pub struct Fetched {
+    pub identity: String,
+    /// The checked columns' text (see `Analysis::checked`).
+    pub inputs: String,
+    /// The expression's value, in the job's value memory; None for NULL.
+    pub value: Option<pg_sys::Datum>,
+}
+
+/// The chunk query, prepared once for the job.
+pub struct ChunkPlan(Kept);
+
+impl ChunkPlan {
+    pub fn prepare(sql: &str) -> Result<ChunkPlan, AiError> {
+        let text_array = pg_sys::TEXTARRAYOID;
+        Kept::prepare(sql, &mut [text_array, text_array, text_array]).map(ChunkPlan)
+    }
+
+    /// Opens a cursor over the rows `identities`, whose keys run from `first` to `last`.
+    /// Its parameters are built in `values`, which must outlive the cursor.
+    pub fn open(
+        &self,
+        identities: Vec<Option<String>>,
+        first: Vec<Option<String>>,
+        last: Vec<Option<String>>,
+        values: &Scratch,
+    ) -> Result<Cursor, AiError> {
+        let mut params: Vec<pg_sys::Datum> = values.keep(|| {
+            [identities, first, last]
+                .into_iter()
+                .map(|a| a.into_datum().unwrap_or(pg_sys::Datum::from(0)))
+                .collect()
+        });
+        let nulls = [b' ' as std::ffi::c_char; 3];
+        // SAFETY: a kept plan with three text[] parameters, given three non-NULL arrays. The
+        // portal belongs to the transaction; `Cursor` closes it.
+        let portal = unsafe {
+            pg_sys::SPI_cursor_open(std::ptr::null(), self.0 .0, params.as_mut_ptr(), nulls.as_ptr(), false)
+        };
+        if portal.is_null() {
+            return Err(internal("SPI_cursor_open"));
+        }
+        // SAFETY: a live portal's name, copied (the portal may be dropped by an abort).
+        let name = unsafe { CStr::from_ptr((*portal).name) }.to_owned();
+        Ok(Cursor { name })
+    }
+}
+
+/// An open chunk cursor, known by its portal's name: an error that aborts a subtransaction
+/// the cursor was fetched in leaves the portal failed, and closing looks it up again.
+pub struct Cursor {
+    name: CString,
+}
+
+impl Cursor {
+    fn portal(&self) -> pg_sys::Portal {
+        // SAFETY: a lookup by name in the portal table; NULL once the portal is gone.
+        unsafe { pg_sys::GetPortalByName(self.name.as_ptr()) }
+    }
+
+    /// The next rows, up to `count`; their values are copied into `values`.
+    pub fn fetch(&mut self, count: usize, values: &Scratch) -> Result<Vec<Fetched>, AiError> {
+        let portal = self.portal();
+        if portal.is_null() {
+            return Err(internal("chunk cursor lookup"));
+        }
+        // SAFETY: an open portal of the job's SPI connection; the tuple table is read and
+        // freed here, each tuple copied into `values` first, so that the values' datums
+        // point into memory the job owns until it resets `values`.
+        unsafe {
+            pg_sys::SPI_cursor_fetch(portal, true, count as std::ffi::c_long);
+            let table = pg_sys::SPI_tuptable;
+            let n = pg_sys::SPI_processed as usize;
+            if table.is_null() {
+                return Ok(Vec::new());
+            }
+            let tupdesc = (*table).tupdesc;
+            let mut rows = Vec::with_capacity(n);
+            for i in 0..n {
+                let tuple = values.keep(|| pg_sys::heap_copytuple(*(*table).vals.add(i)));
+                let text = |col: i32| {
+                    let p = pg_sys::SPI_getvalue(tuple, tupdesc, col);
+                    if p.is_null() {
+                        return String::new();
+                    }
+                    let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+                    pg_sys::pfree(p.cast());
+                    s
+                };
+                let mut isnull = false;
+                let value = pg_sys::SPI_getbinval(tuple, tupdesc, 3, &mut isnull);
+                rows.push(Fetched { identity: text(1), inputs: text(2), value: (!isnull).then_some(value) });
+            }
+            pg_sys::SPI_freetuptable(table);
+            Ok(rows)
+        }
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        let portal = self.portal();
+        // SAFETY: the job's portal. One still marked active is the one an error is unwinding
+        // through (dropping it would raise again); the transaction's abort drops it.
+        unsafe {
+            if !portal.is_null() && (*portal).status != pg_sys::PortalStatus::PORTAL_ACTIVE {
+                pg_sys::SPI_cursor_close(portal);
+            }
+        }
+    }
+}
