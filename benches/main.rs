@@ -356,6 +356,47 @@ fn update() -> Row {
     }
 }
 
+/// ai_embed_column's rate in the last run before it became a wrapper over ai_update
+/// (benches/RESULTS.md at commit 721baf4, this machine): 1531 rows/s, 0.957 of the ideal.
+const EMBED_COLUMN_BEFORE_OF_IDEAL: f64 = 1531.0 / IDEAL_EMBED_ROWS_PER_S;
+
+/// CALL ai_update with an ai_embed expression against ai_embed_column: now the same engine
+/// (the wrapper only builds the expression), so the two should match in this run; and against
+/// ai_embed_column's own engine before the change, by fraction of the ideal rate (the
+/// engine that sent its requests itself is gone, so that figure is the recorded one).
+fn update_vs_column() -> Row {
+    const N: u32 = 20_000;
+    let s = standin(100, None);
+    let mut c = fresh_db();
+    deploy(&mut c, "emb", "text-embedding-v4", &s, "");
+    table(&mut c, "docs", N);
+    table(&mut c, "docs_column", N);
+    let sql = "CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)";
+    let took = fill_emb(&mut c, "docs", sql, N);
+    let (rate, rate_text) = fill_rate(N, took);
+    let column =
+        fill_emb(&mut c, "docs_column", "CALL ai_embed_column('docs_column', 'body', 'emb', 'emb')", N);
+    let (column_rate, column_text) = fill_rate(N, column);
+    let ratio = rate / (EMBED_COLUMN_BEFORE_OF_IDEAL * IDEAL_EMBED_ROWS_PER_S);
+    let same_run = rate / column_rate;
+    Row {
+        scenario: "ai_update vs ai_embed_column, 20,000 rows, 100 ms latency",
+        command: sql.to_string(),
+        measured: format!(
+            "{rate_text} ({:.2} of ideal); ai_embed_column in this run {column_text}, ratio {same_run:.2}",
+            rate / IDEAL_EMBED_ROWS_PER_S
+        ),
+        baseline: format!(
+            "ai_embed_column before it became a wrapper: {:.2} of ideal ({:.0} rows/s here)",
+            EMBED_COLUMN_BEFORE_OF_IDEAL,
+            EMBED_COLUMN_BEFORE_OF_IDEAL * IDEAL_EMBED_ROWS_PER_S
+        ),
+        ratio,
+        target: "≥ 0.90 of ai_embed_column before, and of it in this run",
+        pass: took.is_some() && ratio >= 0.9 && same_run >= 0.9,
+    }
+}
+
 /// A LIMIT above AI calls: the batch node must not call the model for rows the LIMIT never
 /// asks for, yet should still overlap the 100 calls it needs. Row by row, 100 calls take 100
 /// times the latency; the budget is 8 times, so the ratio is the measured multiple over 8
@@ -446,13 +487,14 @@ fn batch_overhead() -> Row {
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let scenarios: [(&str, fn() -> Row); 8] = [
+    let scenarios: [(&str, fn() -> Row); 9] = [
         ("overhead", overhead),
         ("throughput", embed_throughput),
         ("generation", gen_throughput),
         ("ratelimit", rate_limited),
         ("memory", memory),
         ("update", update),
+        ("update_vs_column", update_vs_column),
         ("limit", limit),
         ("batch_overhead", batch_overhead),
     ];

@@ -125,14 +125,11 @@ impl Scratch {
 
     /// Runs `f` with this context current and keeps what it allocates (until `reset`).
     pub fn keep<T>(&self, f: impl FnOnce() -> T) -> T {
-        // SAFETY: the context is alive (owned by self); switched back before returning (f
-        // only allocates: an error in it ends the job, and the job's context goes with it).
-        unsafe {
-            let back = pg_sys::MemoryContextSwitchTo(self.0);
-            let out = f();
-            pg_sys::MemoryContextSwitchTo(back);
-            out
-        }
+        // SAFETY: the context is alive (owned by self).
+        let back = Back(unsafe { pg_sys::MemoryContextSwitchTo(self.0) });
+        let out = f();
+        drop(back);
+        out
     }
 
     /// Frees what `keep` kept.
@@ -143,14 +140,6 @@ impl Scratch {
 
     /// Runs `f` with this context current, then empties it.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        struct Back(pg_sys::MemoryContext);
-        impl Drop for Back {
-            fn drop(&mut self) {
-                // SAFETY: switches back to the context current before run(), which outlives
-                // it; runs also when f unwinds, so the scratch context is never left current.
-                unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
-            }
-        }
         // SAFETY: the scratch context is alive (owned by self).
         let back = Back(unsafe { pg_sys::MemoryContextSwitchTo(self.0) });
         let out = f();
@@ -158,6 +147,17 @@ impl Scratch {
         // SAFETY: nothing allocated in the step is used after it: results are Rust values.
         unsafe { pg_sys::MemoryContextReset(self.0) };
         out
+    }
+}
+
+/// Switches back to the memory context current before a `Scratch` step, which outlives it;
+/// also when the step unwinds, so the scratch context is never left current.
+struct Back(pg_sys::MemoryContext);
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        // SAFETY: a context that was current when the step began, and outlives the step.
+        unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
     }
 }
 

@@ -1198,3 +1198,30 @@ fn statement_timeout_stops_every_request_in_flight() {
     c.batch_execute("RESET statement_timeout").unwrap();
     assert_eq!(one_text(&mut c, "SELECT ai_gen('chat', 'after')").as_deref(), Some(echo("after").as_str()));
 }
+
+/// A function is batched for the code it runs, not its name: an `ai_gen` look-alike another
+/// role planted ahead on the search_path gets no AI Batch node and runs as the plain function
+/// it is (and the stand-in never hears of it), while ours, named by schema, is batched.
+#[test]
+fn a_look_alike_is_never_batched() {
+    let (mut c, _) = fresh_db("bq_look_alike");
+    let s = standin();
+    deploy_models(&mut c, &s);
+    make_docs(&mut c, 20);
+    c.batch_execute(
+        "CREATE SCHEMA evil;
+         CREATE FUNCTION evil.ai_gen(model_name text, prompt text, params jsonb DEFAULT NULL) RETURNS text
+           LANGUAGE sql AS $$ SELECT 'fake: ' || prompt $$;
+         SET search_path = evil, public",
+    )
+    .unwrap();
+    let sql = "SELECT id, ai_gen('chat', body) FROM docs ORDER BY id";
+    assert_not_batched(&mut c, sql);
+    s.reset();
+    let rows = text_rows(&mut c, sql);
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r[1].as_deref().is_some_and(|v| v.starts_with("fake: "))), "{rows:?}");
+    assert_eq!(ok_count(&s), 0);
+    assert_batched(&mut c, "SELECT id, public.ai_gen('chat', body) FROM docs");
+    c.batch_execute("RESET search_path").unwrap();
+}

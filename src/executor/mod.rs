@@ -46,6 +46,11 @@
 //! anywhere else drops them when the executor's memory goes (a reset callback), and a rescan
 //! drops them too. A plan cached while batching was on runs row by row (each call through the
 //! function itself) once `pg_bailian.batch_execution` is off.
+//!
+//! **Jobs.** `ai_update` (and the column procedures built on it) computes each chunk of rows
+//! with one query through these nodes. That query is planned in capture mode (`capture.rs`):
+//! batched whatever the setting, reading ahead the whole window, and a call's error is handed
+//! to the job with its row's position instead of failing the query.
 
 pub mod capture;
 mod node;

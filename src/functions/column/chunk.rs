@@ -159,7 +159,7 @@ impl ChunkPlan {
     }
 
     /// Opens a cursor over the rows `identities`, whose keys run from `first` to `last`.
-    /// Its parameters are built in `values`, which must outlive the cursor.
+    /// Its parameters are built in `values`, which must not be reset before it is closed.
     pub fn open(
         &self,
         identities: Vec<Option<String>>,
@@ -167,18 +167,25 @@ impl ChunkPlan {
         last: Vec<Option<String>>,
         values: &Scratch,
     ) -> Result<Cursor, AiError> {
-        let mut params: Vec<pg_sys::Datum> = values.keep(|| {
-            [identities, first, last]
+        // In `values`: the arrays and what SPI makes of them stay until the chunk is done.
+        let portal = values.keep(|| {
+            let mut params: Vec<pg_sys::Datum> = [identities, first, last]
                 .into_iter()
                 .map(|a| a.into_datum().unwrap_or(pg_sys::Datum::from(0)))
-                .collect()
+                .collect();
+            let nulls = [b' ' as std::ffi::c_char; 3];
+            // SAFETY: a kept plan with three text[] parameters, given three non-NULL arrays.
+            // The portal belongs to the transaction; `Cursor` closes it.
+            unsafe {
+                pg_sys::SPI_cursor_open(
+                    std::ptr::null(),
+                    self.0 .0,
+                    params.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    false,
+                )
+            }
         });
-        let nulls = [b' ' as std::ffi::c_char; 3];
-        // SAFETY: a kept plan with three text[] parameters, given three non-NULL arrays. The
-        // portal belongs to the transaction; `Cursor` closes it.
-        let portal = unsafe {
-            pg_sys::SPI_cursor_open(std::ptr::null(), self.0 .0, params.as_mut_ptr(), nulls.as_ptr(), false)
-        };
         if portal.is_null() {
             return Err(internal("SPI_cursor_open"));
         }

@@ -13,8 +13,8 @@
 //! Claims are advisory locks in PostgreSQL's shared lock table, in a space of their own
 //! (`pg_locks` shows them as locktype advisory, classid = the table's oid, objsubid = 20562):
 //! `pg_advisory_lock` and friends use objsubid 1 and 2, so no SQL call can take or block a
-//! claim, nor wait on one. At most a job's read-ahead plus its requests in flight (and its
-//! failed rows) are held; they are released on every way out, including an error unwinding
+//! claim, nor wait on one. At most a job's chunk and one page read ahead (and its failed rows)
+//! are held; they are released on every way out, including an error unwinding
 //! through the job, and a backend that exits releases them anyway.
 
 use pgrx::pg_sys;
