@@ -58,6 +58,11 @@ CREATE TABLE articles AS
 ALTER TABLE articles ADD PRIMARY KEY (id), ADD COLUMN embedding real[];
 CALL ai_embed_column('articles', 'body', 'embedding', 'embedder', batch_size => 500);
 SELECT count(embedding) AS embedded, min(cardinality(embedding)) AS dims FROM articles;
+\echo '\n-- Any expression over the row, only where a filter holds: CALL ai_update'
+ALTER TABLE articles ADD COLUMN headline text;
+CALL ai_update('articles', 'headline', $$upper(ai_gen('chat', 'A headline for: ' || body))$$,
+               batch_size => 100, filter => $$body LIKE '%rust%'$$);
+SELECT id, headline FROM articles WHERE headline IS NOT NULL ORDER BY id LIMIT 3;
 SELECT ord, response, error FROM ai_gen_batch('chat', ARRAY['first prompt', NULL, 'third prompt']);
 
 \echo '\n-- Errors say what went wrong, with their own SQLSTATE, and never show a key'

@@ -22,6 +22,7 @@ pub type Captured = Vec<(u64, AiError)>;
 thread_local! {
     static QUERY: RefCell<Option<String>> = const { RefCell::new(None) };
     static SINK: RefCell<Option<Captured>> = const { RefCell::new(None) };
+    static ROUND: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// While alive, plans of `sql` get capturing AI Batch nodes (always batched, reading ahead
@@ -37,7 +38,20 @@ impl Drop for Marked {
     fn drop(&mut self) {
         QUERY.with(|q| *q.borrow_mut() = None);
         SINK.with(|s| *s.borrow_mut() = None);
+        ROUND.with(|r| r.set(0));
     }
+}
+
+/// A marked node at its end: the rows one round of its requests in flight carries
+/// (`pg_bailian.max_concurrency` × the inputs per request it packed).
+pub(super) fn note_round(rows: usize) {
+    ROUND.with(|r| r.set(r.get().max(rows)));
+}
+
+/// The rows one round of requests carried in the marked query's last run (0 before any):
+/// a chunk of whole rounds keeps every request slot busy to its end.
+pub fn round() -> usize {
+    ROUND.with(|r| r.get())
 }
 
 /// Whether the query being planned is the marked one.

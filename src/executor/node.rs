@@ -367,6 +367,9 @@ unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
         let state = std::mem::replace(&mut (*(node as *mut BatchState)).state, std::ptr::null_mut());
         if !state.is_null() {
             let batch = Box::from_raw(state);
+            if batch.capture && batch.batching {
+                capture::note_round(batch.window_max / 2);
+            }
             pg_sys::ExecClearTuple(batch.outer_slot);
             pg_sys::MemoryContextDelete(batch.rows_cxt);
             drop(batch);

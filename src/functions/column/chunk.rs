@@ -20,6 +20,10 @@ pub struct Analysis {
     /// Columns the expression and the filter read (but the target): a row whose text of
     /// them changed between the request and the write is skipped.
     pub checked: Vec<String>,
+    /// Whether they read the whole row (`docs` or `docs.*`): then the chunk query reads every
+    /// column; otherwise only those, so the job needs no more column privileges than an
+    /// UPDATE computing the same expression.
+    pub whole_row: bool,
 }
 
 fn internal(what: &str) -> AiError {
@@ -64,7 +68,11 @@ pub fn analyze(
     // only their fields are read, and pull_varattnos allocates in the current context.
     unsafe {
         let sources = pg_sys::SPI_plan_get_plan_sources(kept.0);
-        let source = list_first(sources) as *mut pg_sys::CachedPlanSource;
+        let source = if list_len(sources) == 1 {
+            list_first(sources) as *mut pg_sys::CachedPlanSource
+        } else {
+            std::ptr::null_mut()
+        };
         let query = if source.is_null() {
             std::ptr::null_mut()
         } else {
@@ -120,7 +128,7 @@ pub fn analyze(
             .filter(|(attnum, _)| *attnum != table.target_attnum && (whole_row || attnums.contains(attnum)))
             .map(|(_, name)| name)
             .collect();
-        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked })
+        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row })
     }
 }
 

@@ -298,7 +298,7 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
     transaction_settings()?;
     let analysis = chunk::analyze(procedure, table, &job.expression, job.has_filter)?;
     let writer = Writer::prepare(table, &analysis)?;
-    let chunk_sql = table.chunk_sql(&job.expression, &analysis.checked);
+    let chunk_sql = table.chunk_sql(&job.expression, &analysis);
     // Dropped after the plan (declared before it): the plan is made and replanned marked.
     let _marked = capture::mark(&chunk_sql);
     let plan = ChunkPlan::prepare(&chunk_sql)?;
@@ -323,13 +323,14 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
         since_commit: 0,
     };
     loop {
-        let want = (job.batch_size - state.since_commit).min(CHUNK_ROWS);
+        let want = chunk_rows(job.batch_size, state.since_commit, capture::round());
+        if want == 0 {
+            scratch.run(|| state.commit(&connection))?;
+            continue;
+        }
         scratch.run(|| state.top_up(want))?;
         let Some(rows) = state.reader.take(want) else { break };
         state.chunk(rows, &plan, &values, &scratch)?;
-        if state.since_commit >= job.batch_size {
-            scratch.run(|| state.commit(&connection))?;
-        }
     }
     scratch.run(|| {
         if state.since_commit > 0 {
@@ -342,6 +343,23 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
     drop(plan);
     drop(connection);
     Ok(None)
+}
+
+/// How many rows the next chunk takes, given the rows one round of requests carried last
+/// time (`round`, 0 when not known yet); 0 when the open batch is to be committed first.
+///
+/// Requests of a chunk go out in rounds of `pg_bailian.max_concurrency`; a chunk ends with
+/// its last round, partly empty unless the chunk is whole rounds, and the next chunk's
+/// requests start only after it (one cursor at a time; none survives a commit). So once the
+/// round is known,
+/// chunks are whole rounds, and a batch that has less than a round left is committed
+/// early (0 here): with the default batch_size a batch of embeddings is then 960 rows.
+fn chunk_rows(batch_size: usize, since_commit: usize, round: usize) -> usize {
+    let rows = batch_size.saturating_sub(since_commit).min(CHUNK_ROWS);
+    if round == 0 || round > CHUNK_ROWS || batch_size < round {
+        return rows;
+    }
+    rows / round * round
 }
 
 /// One fetch from a chunk's cursor in a subtransaction of its own (within the open slab, if
@@ -825,5 +843,27 @@ impl Writer {
             claims.release(row.claim);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_rows;
+
+    #[test]
+    fn chunks_are_whole_rounds_once_the_round_is_known() {
+        // Unknown round: the batch, at most CHUNK_ROWS.
+        assert_eq!(chunk_rows(1000, 0, 0), 1000);
+        assert_eq!(chunk_rows(5000, 0, 0), 1000);
+        assert_eq!(chunk_rows(10, 3, 0), 7);
+        // 16 requests of 10 inputs: 960 rows, then commit (0) rather than a chunk of 40.
+        assert_eq!(chunk_rows(1000, 0, 160), 960);
+        assert_eq!(chunk_rows(1000, 960, 160), 0);
+        assert_eq!(chunk_rows(1000, 1000, 160), 0);
+        assert_eq!(chunk_rows(5000, 960, 160), 960);
+        // A batch smaller than a round, or a round beyond a chunk: as asked.
+        assert_eq!(chunk_rows(10, 0, 16), 10);
+        assert_eq!(chunk_rows(10, 4, 16), 6);
+        assert_eq!(chunk_rows(3000, 0, 1500), 1000);
     }
 }

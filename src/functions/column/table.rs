@@ -8,6 +8,7 @@
 //! operator class (composite, text, uuid, a domain, a non-default opclass, with INCLUDE
 //! columns) page in the order the key's index defines.
 
+use super::chunk::Analysis;
 use bailian_core::AiError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -371,16 +372,26 @@ impl Table {
     /// last of their keys (the range lets the key's index find them). Columns: identity,
     /// the checked columns' text (see `write_sql`), the expression's value.
     ///
-    /// The rows come from a subquery the planner cannot flatten (OFFSET 0), under the
-    /// relation's own name, so that one node evaluates the expression over every row, also
+    /// The rows come from a subquery the planner cannot flatten (OFFSET 0) of the columns the
+    /// expression reads, the key and the target, under the relation's own name, so that one node evaluates the expression over every row, also
     /// for a partitioned table: that node's AI Batch nodes return rows one for one, in
     /// order, which capture mode needs (see `executor::capture`).
-    pub fn chunk_sql(&self, expression: &str, checked: &[String]) -> String {
+    pub fn chunk_sql(&self, expression: &str, analysis: &Analysis) -> String {
+        let columns = if analysis.whole_row {
+            "*".to_string()
+        } else {
+            let mut names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
+            names.push(&self.target);
+            names.extend(analysis.checked.iter().map(String::as_str));
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(*n));
+            names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ")
+        };
         format!(
             "SELECT {identity} AS pg_bailian_row, {inputs} AS pg_bailian_inputs, (\n{expression}\n) AS pg_bailian_value \
-               FROM (SELECT * FROM {t} WHERE {from} AND {up_to} AND {identity} OPERATOR(pg_catalog.=) ANY ($1) OFFSET 0) AS {alias}",
+               FROM (SELECT {columns} FROM {t} WHERE {from} AND {up_to} AND {identity} OPERATOR(pg_catalog.=) ANY ($1) OFFSET 0) AS {alias}",
             identity = self.identity(),
-            inputs = inputs_sql(checked),
+            inputs = inputs_sql(&analysis.checked),
             t = self.name_sql,
             from = self.keyset(2, Bound::From),
             up_to = self.keyset(3, Bound::UpTo),
