@@ -133,21 +133,6 @@ fn code_of(r: Result<(), postgres::Error>) -> String {
     }
 }
 
-fn pgvector_available(c: &mut Client) -> bool {
-    let available: bool = c
-        .query_one("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'vector')", &[])
-        .unwrap()
-        .get(0);
-    if !available {
-        assert!(
-            std::env::var("PG_BAILIAN_PGVECTOR").is_err(),
-            "PG_BAILIAN_PGVECTOR is set, but the server does not offer pgvector"
-        );
-        eprintln!("SKIPPED: pgvector is not installed; the vector(64) target of ai_update is untested here");
-    }
-    available
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Happy paths
 // ---------------------------------------------------------------------------------------------
@@ -228,7 +213,7 @@ fn fills_from_calls_and_expressions_over_them() {
     assert_eq!(s.stats().chat_requests, 60);
 
     // A value that reaches the column through an assignment cast: real[] into vector(64).
-    if pgvector_available(&mut c) {
+    if pgvector_available(&mut c, "the vector(64) target of ai_update") {
         c.batch_execute("CREATE EXTENSION vector; ALTER TABLE docs ADD COLUMN v vector(64)").unwrap();
         s.reset();
         clear(&seen);

@@ -10,24 +10,6 @@ use bailian_standin::embedding_for;
 use common::*;
 use postgres::Client;
 
-fn pgvector_available(c: &mut Client) -> bool {
-    let available: bool = c
-        .query_one("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'vector')", &[])
-        .unwrap()
-        .get(0);
-    if !available {
-        assert_ne!(
-            std::env::var("PG_BAILIAN_PGVECTOR").as_deref(),
-            Ok("installed"),
-            "scripts/test.sh installed pgvector, but the server does not offer it"
-        );
-        eprintln!(
-            "SKIPPED: pgvector is not installed and was not vendored; vector targets are untested here"
-        );
-    }
-    available
-}
-
 const DOCS: [(i32, &str); 6] = [
     (1, "red apples and green apples"),
     (2, "the database stores rows"),
@@ -66,7 +48,7 @@ fn nearest(c: &mut Client, sql: &str) -> Vec<i32> {
 #[test]
 fn vector_and_halfvec_targets_with_pgvector_in_public() {
     let (mut c, db) = fresh_db("pgvector_public");
-    if !pgvector_available(&mut c) {
+    if !pgvector_available(&mut c, "vector targets") {
         return;
     }
     let s = standin();
@@ -109,7 +91,7 @@ fn vector_and_halfvec_targets_with_pgvector_in_public() {
 #[test]
 fn pgvector_in_a_schema_of_its_own() {
     let (mut c, db) = fresh_db("pgvector_schema");
-    if !pgvector_available(&mut c) {
+    if !pgvector_available(&mut c, "vector targets") {
         return;
     }
     let s = standin();

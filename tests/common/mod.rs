@@ -129,3 +129,21 @@ pub fn json_of(c: &mut Client, sql: &str) -> serde_json::Value {
     let text: String = c.query_one(&sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql}: {e}: {text}"))
 }
+
+/// Whether the server offers pgvector; when it does not, prints what goes untested, and fails
+/// if scripts/test.sh said it installed it.
+pub fn pgvector_available(c: &mut Client, untested: &str) -> bool {
+    let available: bool = c
+        .query_one("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'vector')", &[])
+        .unwrap()
+        .get(0);
+    if !available {
+        assert_ne!(
+            std::env::var("PG_BAILIAN_PGVECTOR").as_deref(),
+            Ok("installed"),
+            "scripts/test.sh installed pgvector, but the server does not offer it"
+        );
+        eprintln!("SKIPPED: pgvector is not installed and was not vendored; {untested} untested here");
+    }
+    available
+}
