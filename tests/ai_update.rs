@@ -881,3 +881,33 @@ fn column_privileges_enough_for_the_update_are_enough_for_the_job() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE answer = 'Echo from qwen-plus: ' || body"), 6);
     assert_eq!(s.stats().chat_requests, 6);
 }
+
+/// ai_gen_column builds ai_update's expression from the template and params it is given: a
+/// quote, a backslash or a brace in them reaches the model as written, whatever the session's
+/// standard_conforming_strings.
+#[test]
+fn the_gen_column_wrapper_sends_its_template_as_written() {
+    let (mut c, _) = fresh_db("au_gen_column_literal");
+    let s = standin();
+    deploy_models(&mut c, &s);
+    make_docs(&mut c, 3, ", answer text");
+    let template = r"it's a\b {x}: {0}";
+    for setting in ["on", "off"] {
+        c.batch_execute(&format!(
+            "SET standard_conforming_strings = {setting}; UPDATE docs SET answer = NULL"
+        ))
+        .unwrap();
+        c.batch_execute(&format!(
+            "CALL ai_gen_column('docs', 'body', 'answer', 'chat', $t${template}$t$, params => $p${{\"stop\": \"\\n\"}}$p$)"
+        ))
+        .unwrap();
+        let answers: Vec<String> =
+            c.query("SELECT answer FROM docs ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        let expected: Vec<String> = (1..=3).map(|i| echo(&template.replace("{0}", &body_of(i)))).collect();
+        assert_eq!(answers, expected, "standard_conforming_strings = {setting}");
+    }
+    let stops: Vec<String> =
+        s.requests().iter().filter_map(|r| r.body.get("stop").map(|v| v.to_string())).collect();
+    assert_eq!(stops.len(), 6, "{stops:?}");
+    assert!(stops.iter().all(|v| v == "\"\\n\""), "{stops:?}");
+}

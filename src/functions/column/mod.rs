@@ -7,8 +7,9 @@
 //! one query evaluates the expression over the chunk through the AI Batch executor node
 //! (`crate::executor`), which keeps `pg_bailian.max_concurrency` requests in flight and packs
 //! embeddings; the job fetches its rows a few at a time and writes each while the next
-//! requests are on the wire (`chunk`). A commit follows every `batch_size` rows; a chunk never
-//! spans a commit (a cursor cannot), so a batch is at most one chunk.
+//! requests are on the wire (`chunk`). A commit follows every `batch_size` rows (whole rounds
+//! of requests, once the job knows how many rows a round carries: see `chunk_rows`); a chunk
+//! never spans a commit, since no cursor survives one.
 //!
 //! What can go wrong with one row costs only that row:
 //! - an AI call that fails (after retries) leaves the row NULL, reported by key: the chunk
@@ -132,9 +133,15 @@ fn own_schema(fcinfo: pg_sys::FunctionCallInfo) -> Result<String, AiError> {
     name.map(|n| quote_ident(&n)).ok_or_else(|| AiError::Internal { message: "own schema not found".into() })
 }
 
-/// A SQL string literal.
+/// A SQL string literal of `text`, as `quote_literal` makes it: an escape string when it
+/// holds a backslash, so it reads the same whatever `standard_conforming_strings` says.
 fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// `CALL ai_update(table_name, target_column, expression, batch_size, filter)`.
@@ -849,6 +856,13 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::chunk_rows;
+
+    #[test]
+    fn literals_read_back_as_their_text() {
+        assert_eq!(super::literal("Summarize: {0}"), "'Summarize: {0}'");
+        assert_eq!(super::literal("it's"), "'it''s'");
+        assert_eq!(super::literal(r"a\b 'c'"), r"E'a\\b ''c'''");
+    }
 
     #[test]
     fn chunks_are_whole_rounds_once_the_round_is_known() {
