@@ -306,4 +306,38 @@ fn planted_look_alikes_never_run() {
     let mut run: Vec<String> = run.into_iter().map(String::from).collect();
     run.sort();
     assert_eq!(routines, run, "a routine of the extension is not exercised by this test");
+
+    // The jobs run with the caller's rights: an unprivileged role with just the grants on the
+    // table, the look-alikes first on its path, runs them without running any of them.
+    fresh_role(&mut admin, "sp_clerk", "");
+    admin
+        .batch_execute(
+            "GRANT SELECT, UPDATE ON public.docs TO sp_clerk;
+             UPDATE public.docs SET emb = NULL, answer = NULL;
+             TRUNCATE public.hijack_log",
+        )
+        .unwrap();
+    seen.lock().unwrap().clear();
+    let (mut clerk, clerk_seen) = connect_collecting_as(&db, "sp_clerk");
+    clerk.batch_execute("SET search_path = public, pg_catalog").unwrap();
+    clerk
+        .batch_execute(
+            "CALL ai_update('docs', 'answer', $$public.ai_gen('chat', body::pg_catalog.text)$$, batch_size => 2, \
+                            filter => $$id OPERATOR(pg_catalog.<=) 3$$)",
+        )
+        .unwrap();
+    clerk.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb', batch_size => 3)").unwrap();
+    clerk.batch_execute("CALL ai_gen_column('docs', 'body', 'answer', 'chat', 'Say: {0}')").unwrap();
+    assert_eq!(hijacks(&clerk_seen), Vec::<String>::new(), "planted objects ran for an unprivileged caller");
+    let logged: i64 =
+        admin.query_one("SELECT pg_catalog.count(*) FROM public.hijack_log", &[]).unwrap().get(0);
+    assert_eq!(logged, 0);
+    let filled: i64 = admin
+        .query_one(
+            "SELECT pg_catalog.count(*) FROM public.docs WHERE emb IS NOT NULL AND answer IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(filled, 7);
 }
