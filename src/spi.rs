@@ -138,14 +138,11 @@ impl Scratch {
         unsafe { pg_sys::MemoryContextReset(self.0) };
     }
 
-    /// Runs `f` with this context current, then empties it.
+    /// Runs `f` with this context current, then empties it (nothing allocated in the step
+    /// is used after it: results are Rust values).
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        // SAFETY: the scratch context is alive (owned by self).
-        let back = Back(unsafe { pg_sys::MemoryContextSwitchTo(self.0) });
-        let out = f();
-        drop(back);
-        // SAFETY: nothing allocated in the step is used after it: results are Rust values.
-        unsafe { pg_sys::MemoryContextReset(self.0) };
+        let out = self.keep(f);
+        self.reset();
         out
     }
 }

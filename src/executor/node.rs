@@ -367,7 +367,7 @@ unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
         let state = std::mem::replace(&mut (*(node as *mut BatchState)).state, std::ptr::null_mut());
         if !state.is_null() {
             let batch = Box::from_raw(state);
-            if batch.capture && batch.batching {
+            if batch.capture {
                 capture::note_round(batch.window_max / 2);
             }
             pg_sys::ExecClearTuple(batch.outer_slot);
@@ -540,16 +540,23 @@ impl Batch {
                 if self.concurrency * per_request * 2 > self.window_max {
                     self.window_max = (self.concurrency * per_request * 2).min(self.read_ahead_limit);
                 }
-                let key = target.deployment().name.clone();
-                let pack = self.packs.entry(key.clone()).or_insert_with(|| Pack {
-                    target,
-                    model,
-                    members: Vec::new(),
-                });
-                pack.members.push((seq, site, input));
-                if pack.members.len() >= per_request {
-                    if let Some(full) = self.packs.remove(&key) {
-                        self.seal(full)?;
+                // Looked up by &str: a row of a pack already open allocates no key.
+                let owner = Arc::clone(&target);
+                let name = owner.deployment().name.as_str();
+                let full = match self.packs.get_mut(name) {
+                    Some(pack) => {
+                        pack.members.push((seq, site, input));
+                        pack.members.len() >= per_request
+                    }
+                    None => {
+                        let members = vec![(seq, site, input)];
+                        self.packs.insert(name.to_string(), Pack { target, model, members });
+                        per_request <= 1
+                    }
+                };
+                if full {
+                    if let Some(pack) = self.packs.remove(name) {
+                        self.seal(pack)?;
                     }
                 }
                 Ok(None)

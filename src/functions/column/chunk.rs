@@ -7,6 +7,7 @@
 //! assignment cast to the target column runs per row and a value it rejects fails that row.
 
 use super::table::Table;
+use crate::executor::list_ptrs;
 use crate::spi::Scratch;
 use bailian_core::AiError;
 use pgrx::pg_sys;
@@ -57,32 +58,24 @@ impl Drop for Kept {
 
 /// Parses `SELECT (expression), (filter)` over the table and checks that it computes one
 /// value per row.
-pub fn analyze(
-    procedure: &str,
-    table: &Table,
-    expression: &str,
-    has_filter: bool,
-) -> Result<Analysis, AiError> {
+pub fn analyze(procedure: &str, table: &Table, expression: &str) -> Result<Analysis, AiError> {
+    let has_filter = table.has_filter();
     let kept = Kept::prepare(&table.analysis_sql(expression), &mut [])?;
     // SAFETY: the plan source and its analyzed query are valid while the plan is kept;
     // only their fields are read, and pull_varattnos allocates in the current context.
     unsafe {
-        let sources = pg_sys::SPI_plan_get_plan_sources(kept.0);
-        let source = if list_len(sources) == 1 {
-            list_first(sources) as *mut pg_sys::CachedPlanSource
-        } else {
-            std::ptr::null_mut()
+        let sources = list_ptrs(pg_sys::SPI_plan_get_plan_sources(kept.0));
+        let queries = match sources[..] {
+            [source] => list_ptrs((*(source as *mut pg_sys::CachedPlanSource)).query_list),
+            _ => Vec::new(),
         };
-        let query = if source.is_null() {
-            std::ptr::null_mut()
-        } else {
-            list_first((*source).query_list) as *mut pg_sys::Query
-        };
+        let query = queries.first().map_or(std::ptr::null_mut(), |q| *q as *mut pg_sys::Query);
         let wanted = 1 + usize::from(has_filter);
+        let entries = if query.is_null() { Vec::new() } else { list_ptrs((*query).targetList) };
         if query.is_null()
             || (*query).commandType != pg_sys::CmdType::CMD_SELECT
-            || list_len((*query).targetList) != wanted
-            || list_len((*query).rtable) != 1
+            || entries.len() != wanted
+            || list_ptrs((*query).rtable).len() != 1
         {
             return Err(AiError::invalid(format!(
                 "{procedure}: the expression{} must be one SQL expression over a row of {}",
@@ -95,7 +88,6 @@ pub fn analyze(
                 "{procedure}: the expression must give one value per row: no aggregate, window or set-returning function"
             )));
         }
-        let entries = crate::executor::list_ptrs((*query).targetList);
         let expr = |i: usize| (*(entries[i] as *mut pg_sys::TargetEntry)).expr as *mut pg_sys::Node;
         if has_filter && pg_sys::exprType(expr(1)) != pg_sys::BOOLOID {
             return Err(AiError::DatatypeMismatch {
@@ -129,22 +121,6 @@ pub fn analyze(
             .map(|(_, name)| name)
             .collect();
         Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row })
-    }
-}
-
-unsafe fn list_first(list: *mut pg_sys::List) -> *mut std::ffi::c_void {
-    // SAFETY: a valid pointer List or NULL.
-    unsafe { crate::executor::list_ptrs(list).first().copied().unwrap_or(std::ptr::null_mut()) }
-}
-
-unsafe fn list_len(list: *mut pg_sys::List) -> usize {
-    // SAFETY: a valid List or NULL.
-    unsafe {
-        if list.is_null() {
-            0
-        } else {
-            (*list).length as usize
-        }
     }
 }
 

@@ -93,7 +93,6 @@ struct Job {
     table: Table,
     /// SQL over a row of the table: the value of the target column.
     expression: String,
-    has_filter: bool,
     batch_size: usize,
     /// What the first NOTICE says the job fills, e.g. `emb IS NULL, body has text`.
     scope: String,
@@ -126,9 +125,7 @@ fn own_schema(fcinfo: pg_sys::FunctionCallInfo) -> Result<String, AiError> {
     // SAFETY: fcinfo is live and flinfo names the running procedure; the lookups answer NULL
     // or InvalidOid rather than raise.
     let name = unsafe {
-        let nsp = pg_sys::get_func_namespace((*(*fcinfo).flinfo).fn_oid);
-        let p = pg_sys::get_namespace_name(nsp);
-        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        table::owned(pg_sys::get_namespace_name(pg_sys::get_func_namespace((*(*fcinfo).flinfo).fn_oid)))
     };
     name.map(|n| quote_ident(&n)).ok_or_else(|| AiError::Internal { message: "own schema not found".into() })
 }
@@ -165,12 +162,11 @@ fn update(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiE
         Some(f) => format!("{} IS NULL AND {f}", quote_ident(&target)),
         None => format!("{} IS NULL", quote_ident(&target)),
     };
-    let has_filter = filter.is_some();
     let table = match filter {
         Some(f) => table.with_filter(f),
         None => table,
     };
-    run(Job { procedure, table, expression, has_filter, batch_size, scope })
+    run(Job { procedure, table, expression, batch_size, scope })
 }
 
 /// The arguments both wrappers start with: table, source, target and model, none NULL.
@@ -218,7 +214,7 @@ fn embed_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
     let scope = format!("{target} IS NULL, {source} has text");
     let table =
         table.with_filter(format!("{src} IS NOT NULL AND {src}::pg_catalog.text OPERATOR(pg_catalog.<>) ''"));
-    run(Job { procedure, table, expression, has_filter: true, batch_size, scope })
+    run(Job { procedure, table, expression, batch_size, scope })
 }
 
 /// `CALL ai_gen_column(table_name, source_column, target_column, model_name,
@@ -258,7 +254,7 @@ fn gen_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     );
     let scope = format!("{target} IS NULL, {source} has text");
     let table = table.with_filter(format!("{src} IS NOT NULL"));
-    run(Job { procedure, table, expression, has_filter: true, batch_size, scope })
+    run(Job { procedure, table, expression, batch_size, scope })
 }
 
 /// A job commits, so it must be the CALL's own work: called by CALL outside a transaction
@@ -303,7 +299,7 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
 
     let connection = NonAtomicSpi::connect()?;
     transaction_settings()?;
-    let analysis = chunk::analyze(procedure, table, &job.expression, job.has_filter)?;
+    let analysis = chunk::analyze(procedure, table, &job.expression)?;
     let writer = Writer::prepare(table, &analysis)?;
     let chunk_sql = table.chunk_sql(&job.expression, &analysis);
     // Dropped after the plan (declared before it): the plan is made and replanned marked.
@@ -502,11 +498,8 @@ impl State<'_> {
                 }
             }
         }
-        // Rows the query did not return were filled, changed or deleted since they were read.
         for (_, row) in pending.drain() {
-            self.progress.skipped += 1;
-            self.claims.release(row.claim);
-            self.since_commit += 1;
+            self.gone(row);
         }
         scratch.run(|| self.close_slab())?;
         values.reset();
@@ -543,9 +536,7 @@ impl State<'_> {
                     self.settle(row, found, reason.as_ref())
                 }
                 None => {
-                    self.progress.skipped += 1;
-                    self.claims.release(row.claim);
-                    self.since_commit += 1;
+                    self.gone(row);
                     Ok(())
                 }
             },
@@ -556,6 +547,13 @@ impl State<'_> {
                 Ok(())
             }
         })
+    }
+
+    /// A row the chunk query did not return: filled, changed or deleted since it was read.
+    fn gone(&mut self, row: Pending) {
+        self.progress.skipped += 1;
+        self.claims.release(row.claim);
+        self.since_commit += 1;
     }
 
     /// A computed row: written, or reported with the reason its value is missing.

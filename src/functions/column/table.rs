@@ -52,10 +52,9 @@ pub struct Table {
     pub oid: pg_sys::Oid,
     /// Schema-qualified and quoted.
     pub name_sql: String,
-    /// As users write it, for messages.
+    /// Unqualified, as users write it: for messages, and what a job's expression calls the
+    /// row.
     pub shown: String,
-    /// The relation's name, unqualified: what a job's expression calls the row.
-    relname: String,
     keys: Vec<KeyColumn>,
     pub target: String,
     pub target_attnum: i16,
@@ -79,7 +78,7 @@ pub fn quote_ident(name: &str) -> String {
 ///
 /// # Safety
 /// `p` must be NULL or a valid NUL-terminated string.
-unsafe fn owned(p: *const std::ffi::c_char) -> Option<String> {
+pub(super) unsafe fn owned(p: *const std::ffi::c_char) -> Option<String> {
     // SAFETY: per the function's contract.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
@@ -128,7 +127,7 @@ impl Table {
             )));
         };
         let name_sql = format!("{}.{}", quote_ident(&nspname), quote_ident(&relname));
-        let shown = relname.clone();
+        let shown = relname;
         if relkind != b'r' && relkind != b'p' {
             return Err(AiError::NotATable {
                 message: format!("{procedure}: \"{shown}\" is not a table"),
@@ -150,7 +149,6 @@ impl Table {
             oid: relid,
             name_sql,
             shown,
-            relname,
             keys,
             target: target.to_string(),
             target_attnum,
@@ -164,6 +162,10 @@ impl Table {
     pub fn with_filter(mut self, filter: String) -> Table {
         self.filter = Some(filter);
         self
+    }
+
+    pub fn has_filter(&self) -> bool {
+        self.filter.is_some()
     }
 
     /// A column the job reads, checked to exist: `role` names it in messages.
@@ -365,7 +367,7 @@ impl Table {
     /// `SELECT (expression), (filter)` over the table: what `chunk::analyze` parses.
     pub fn analysis_sql(&self, expression: &str) -> String {
         let filter = self.filter.as_deref().map(|f| format!(", (\n{f}\n)")).unwrap_or_default();
-        format!("SELECT (\n{expression}\n){filter} FROM {} AS {}", self.name_sql, quote_ident(&self.relname))
+        format!("SELECT (\n{expression}\n){filter} FROM {} AS {}", self.name_sql, quote_ident(&self.shown))
     }
 
     /// One chunk's values: `$1` the rows' identities (text[]), `$2` and `$3` the first and
@@ -395,7 +397,7 @@ impl Table {
             t = self.name_sql,
             from = self.keyset(2, Bound::From),
             up_to = self.keyset(3, Bound::UpTo),
-            alias = quote_ident(&self.relname),
+            alias = quote_ident(&self.shown),
         )
     }
 
