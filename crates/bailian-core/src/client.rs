@@ -352,16 +352,15 @@ async fn provider_failure(call: &Call<'_>, response: reqwest::Response) -> Failu
     } else {
         parsed.message
     };
-    Failure {
-        error: AiError::Provider {
-            model: call.model.into(),
-            status: status.as_u16(),
-            code: call.key.redact(if parsed.code.is_empty() { "-" } else { &parsed.code }),
-            message: call.key.redact(&message),
-            request_id: parsed.request_id.map(|r| call.key.redact(&r)),
-        },
-        retry_after,
-    }
+    let code = if parsed.code.is_empty() { "-".to_string() } else { parsed.code };
+    let error = AiError::Provider {
+        model: call.model.into(),
+        status: status.as_u16(),
+        code,
+        message,
+        request_id: parsed.request_id,
+    };
+    Failure { error: redacted(call, error), retry_after }
 }
 
 /// A 3xx answer, which is not followed (see `Client::new`) and not retried: the same request

@@ -491,10 +491,10 @@ mod tests {
             json!({"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}),
         ];
         for c in chunks {
-            a.feed("m", &Event { name: String::new(), data: c.to_string() }).unwrap();
+            a.feed("m", &Event { data: c.to_string() }).unwrap();
         }
         assert!(!a.is_done());
-        a.feed("m", &Event { name: String::new(), data: "[DONE]".into() }).unwrap();
+        a.feed("m", &Event { data: "[DONE]".into() }).unwrap();
         assert!(a.is_done());
         let out = a.finish("m").unwrap();
         assert_eq!(out.content, "Hello");
@@ -514,7 +514,7 @@ mod tests {
             json!({"choices": [{"delta": {"audio": {"data": "AQID", "expires_at": 1, "id": "a"}}}]}),
             json!({"choices": [{"delta": {"audio": {"data": "BA=="}}}]}),
         ] {
-            a.feed("m", &Event { name: String::new(), data: c.to_string() }).unwrap();
+            a.feed("m", &Event { data: c.to_string() }).unwrap();
         }
         let out = a.finish("m").unwrap();
         assert_eq!((out.content.as_str(), out.audio_pcm.as_slice()), ("Hi", &[1u8, 2, 3, 4][..]));
@@ -522,16 +522,13 @@ mod tests {
         let e = a
             .feed(
                 "m",
-                &Event {
-                    name: String::new(),
-                    data: r#"{"error": {"code": "data_inspection_failed", "message": "no"}}"#.into(),
-                },
+                &Event { data: r#"{"error": {"code": "data_inspection_failed", "message": "no"}}"#.into() },
             )
             .unwrap_err();
         assert!(matches!(e, AiError::Provider { status: 400, .. }), "{e:?}");
         let mut a = StreamAssembler::default();
         let piece = r#"{"choices": [{"delta": {"audio": {"data": "!!"}}}]}"#;
-        a.feed("m", &Event { name: String::new(), data: piece.into() }).unwrap();
+        a.feed("m", &Event { data: piece.into() }).unwrap();
         assert!(a.finish("m").unwrap_err().to_string().contains("not base64"));
     }
 

@@ -183,7 +183,7 @@ mod tests {
         let mut s = StreamAssembler::default();
         for text in ["Zh", "Zheng", "Zhengzhou"] {
             let data = json!({"request_id": "r", "result": {"text": text}}).to_string();
-            s.feed("m", "qwen-max", &Event { name: String::new(), data }).unwrap();
+            s.feed("m", "qwen-max", &Event { data }).unwrap();
         }
         assert_eq!(s.finish("m").unwrap().content, "Zhengzhou");
         assert!(StreamAssembler::default().finish("m").is_err());

@@ -1,12 +1,11 @@
 //! Server-sent events (the WHATWG EventSource format), decoded incrementally from the chunks
 //! a response body arrives in: an event ends at a blank line, `data:` lines join with `\n`,
-//! `event:` names it, comments (`:`) and other fields are ignored.
+//! comments (`:`) and other fields (`event:`, `id:`, `retry:`) are ignored: both providers
+//! tell an error by the data's shape, not by the event's name.
 
 /// One event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `event:`; empty for the default `message`.
-    pub name: String,
     pub data: String,
 }
 
@@ -28,6 +27,9 @@ impl Decoder {
                     line.pop();
                 }
                 self.line_done(&line, out);
+                // The buffer goes back, keeping its capacity for the next line.
+                line.clear();
+                self.line = line;
             } else {
                 self.line.push(b);
             }
@@ -63,17 +65,12 @@ impl Decoder {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
-        match field {
-            b"data" => {
-                if self.has_data {
-                    self.event.data.push('\n');
-                }
-                self.event.data.push_str(&value);
-                self.has_data = true;
+        if field == b"data" {
+            if self.has_data {
+                self.event.data.push('\n');
             }
-            b"event" => self.event.name = value.into_owned(),
-            _ => {}
+            self.event.data.push_str(&String::from_utf8_lossy(value));
+            self.has_data = true;
         }
     }
 }
@@ -97,9 +94,9 @@ mod tests {
         let all: &[u8] =
             b"data: {\"a\":1}\n\n: keep-alive\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\ndata:[DONE]\n\n";
         let expected = vec![
-            Event { name: String::new(), data: "{\"a\":1}".into() },
-            Event { name: "error".into(), data: "x\ny".into() },
-            Event { name: String::new(), data: "[DONE]".into() },
+            Event { data: "{\"a\":1}".into() },
+            Event { data: "x\ny".into() },
+            Event { data: "[DONE]".into() },
         ];
         assert_eq!(decode(&[all]), expected);
         for split in 0..all.len() {
@@ -111,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_last_event_without_blank_line_counts() {
-        assert_eq!(decode(&[b"data: tail"]), vec![Event { name: String::new(), data: "tail".into() }]);
+        assert_eq!(decode(&[b"data: tail"]), vec![Event { data: "tail".into() }]);
         assert!(decode(&[b"id: 3\n\n"]).is_empty());
     }
 }
