@@ -8,19 +8,11 @@
 
 mod common;
 
-use bailian_standin::{chat_reply, embedding_for, Config, Fault, Standin};
+use bailian_standin::{embedding_for, Config, Fault, Standin};
 use common::*;
 use postgres::{Client, SimpleQueryMessage};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-type Seen = Arc<Mutex<Vec<String>>>;
-
-/// Everything the session was told so far, one message a line ("SEVERITY: message").
-fn notices(seen: &Seen) -> String {
-    seen.lock().unwrap().join("\n")
-}
 
 fn clear(seen: &Seen) {
     seen.lock().unwrap().clear();
@@ -68,15 +60,6 @@ fn progress(seen: &Seen, total: i64) -> Vec<i64> {
 }
 
 /// The text of `docs.body` for row `id`, as `make_docs` fills it.
-fn body_of(id: i32) -> String {
-    format!("document {id} about topic {}", id % 7)
-}
-
-/// What the stand-in answers `ai_gen('chat', prompt)` with (chat is qwen-plus).
-fn echo(prompt: &str) -> String {
-    chat_reply("qwen-plus", prompt, 0)
-}
-
 /// chat (qwen-plus, no retries) and emb (text-embedding-v4 at 64 dimensions).
 fn deploy_models(c: &mut Client, s: &Standin) {
     deploy(c, s, "chat", "qwen-plus", ", max_retries => 0");

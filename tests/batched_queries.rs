@@ -23,15 +23,6 @@ const BATCH_NODE: &str = "Custom Scan (AI Batch)";
 type Rows = Vec<Vec<Option<String>>>;
 
 /// The text of `docs.body` for row `id` (as `make_docs` fills it).
-fn body_of(id: i32) -> String {
-    format!("document {id} about topic {}", id % 7)
-}
-
-/// What the stand-in answers `ai_gen('chat', prompt)` with (chat is qwen-plus).
-fn echo(prompt: &str) -> String {
-    chat_reply("qwen-plus", prompt, 0)
-}
-
 /// `docs(id, body, emb, answer, model)` with `rows` rows, bodies from `body_of`.
 fn make_docs(c: &mut Client, rows: i32) {
     c.batch_execute(&format!(

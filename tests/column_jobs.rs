@@ -7,12 +7,7 @@ mod common;
 use bailian_standin::{embedding_for, Config};
 use common::*;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn notices(seen: &Arc<Mutex<Vec<String>>>) -> String {
-    seen.lock().unwrap().join("\n")
-}
 
 /// Writes that fail for any reason cost their row only, and the next CALL does not fail on
 /// them either.

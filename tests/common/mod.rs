@@ -147,3 +147,21 @@ pub fn pgvector_available(c: &mut Client, untested: &str) -> bool {
     }
     available
 }
+
+/// What a session collecting its notices has been told (see `connect_collecting_as`).
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Everything the session was told so far, one message a line ("SEVERITY: message").
+pub fn notices(seen: &Seen) -> String {
+    seen.lock().unwrap().join("\n")
+}
+
+/// The body of row `id` in the tests' `docs` tables.
+pub fn body_of(id: i32) -> String {
+    format!("document {id} about topic {}", id % 7)
+}
+
+/// What the stand-in answers `ai_gen('chat', prompt)` with (chat is qwen-plus).
+pub fn echo(prompt: &str) -> String {
+    bailian_standin::chat_reply("qwen-plus", prompt, 0)
+}
