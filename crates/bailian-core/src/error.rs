@@ -8,6 +8,13 @@
 use std::fmt;
 use std::time::Duration;
 
+/// What was wrong with an answer the model gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InferenceKind {
+    NotJson,
+    BreaksSchema,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AiError {
     /// A bad argument or parameter value; the message says what was wrong and what is allowed.
@@ -42,6 +49,10 @@ pub enum AiError {
     MalformedResponse { model: String, detail: String },
     /// The provider's answer is larger than `pg_bailian.max_response_size`.
     ResponseTooLarge { model: String, limit_bytes: u64 },
+    /// The model answered, but not with what was asked for: text that is not JSON, or JSON
+    /// that breaks the requested schema (a label outside the list, a missing key). `answer`
+    /// is the model's text, shortened, for the DETAIL.
+    Inference { model: String, kind: InferenceKind, problem: String, answer: String },
     /// A required argument is NULL (where NULL cannot mean "nothing to do").
     NullArgument { message: String },
     /// A relation a job cannot work on in its present state (a table without a primary key).
@@ -87,6 +98,8 @@ impl AiError {
             AiError::Connect { .. } => "ZBC01".into(),
             AiError::MalformedResponse { .. } => "ZBM01".into(),
             AiError::ResponseTooLarge { .. } => "ZBM02".into(),
+            AiError::Inference { kind: InferenceKind::NotJson, .. } => "ZBI01".into(),
+            AiError::Inference { kind: InferenceKind::BreaksSchema, .. } => "ZBI02".into(),
             AiError::NullArgument { .. } => "22004".into(), // null_value_not_allowed
             AiError::ObjectNotReady { .. } => "55000".into(), // object_not_in_prerequisite_state
             AiError::NotATable { .. } => "42809".into(),    // wrong_object_type
@@ -130,6 +143,10 @@ impl AiError {
                  or ask for less (max_tokens, a smaller dimension)."
                     .into(),
             ),
+            AiError::Inference { .. } => Some(
+                "The model did not follow the requested format. Retry the row, try another model, or set on_error (or pg_bailian.on_error) to keep going past such rows."
+                    .into(),
+            ),
             AiError::Connect { .. }
             | AiError::MalformedResponse { .. }
             | AiError::Interrupted
@@ -140,6 +157,7 @@ impl AiError {
     pub fn detail(&self) -> Option<String> {
         match self {
             AiError::Provider { request_id: Some(id), .. } => Some(format!("request_id: {id}")),
+            AiError::Inference { answer, .. } => Some(format!("the model answered: {answer}")),
             AiError::Provider { request_id: None, .. }
             | AiError::InvalidArgument { .. }
             | AiError::DuplicateModel { .. }
@@ -163,6 +181,23 @@ impl AiError {
             | AiError::Interrupted
             | AiError::Internal { .. } => None,
         }
+    }
+
+    /// Whether this is a failure of one row's inference (the service refused or failed the
+    /// request, or the answer is unusable) rather than of the query itself (a bad argument,
+    /// an undeployed model, a key that cannot be had). Only these may become NULL under
+    /// `pg_bailian.on_error = 'null'` or be captured by `on_error => 'capture'`.
+    pub fn is_row_failure(&self) -> bool {
+        matches!(
+            self,
+            AiError::Provider { .. }
+                | AiError::RetriesExhausted { .. }
+                | AiError::Timeout { .. }
+                | AiError::Connect { .. }
+                | AiError::MalformedResponse { .. }
+                | AiError::ResponseTooLarge { .. }
+                | AiError::Inference { .. }
+        )
     }
 
     /// Whether another attempt could succeed.
@@ -239,6 +274,12 @@ impl fmt::Display for AiError {
             AiError::MalformedResponse { model, detail } => {
                 write!(f, "malformed response from Bailian for model \"{model}\": {detail}")
             }
+            AiError::Inference { model, kind: InferenceKind::NotJson, problem, .. } => {
+                write!(f, "model \"{model}\" answered with text that is not JSON: {problem}")
+            }
+            AiError::Inference { model, kind: InferenceKind::BreaksSchema, problem, .. } => {
+                write!(f, "the answer of model \"{model}\" does not match the requested schema: {problem}")
+            }
             AiError::ResponseTooLarge { model, limit_bytes } => write!(
                 f,
                 "response from Bailian for model \"{model}\" exceeds pg_bailian.max_response_size ({})",
@@ -293,6 +334,18 @@ mod tests {
             AiError::Timeout { model: "m".into(), timeout: Duration::from_secs(1), attempts: 1 },
             AiError::Connect { model: "m".into(), endpoint: "e".into(), detail: String::new(), attempts: 1 },
             AiError::MalformedResponse { model: "m".into(), detail: String::new() },
+            AiError::Inference {
+                model: "m".into(),
+                kind: InferenceKind::NotJson,
+                problem: String::new(),
+                answer: String::new(),
+            },
+            AiError::Inference {
+                model: "m".into(),
+                kind: InferenceKind::BreaksSchema,
+                problem: String::new(),
+                answer: String::new(),
+            },
         ];
         let codes: std::collections::HashSet<_> = all.iter().map(|e| e.sqlstate()).collect();
         assert_eq!(codes.len(), all.len());

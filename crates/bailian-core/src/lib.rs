@@ -2,6 +2,7 @@
 //! deployments and parameters, the retry policy, rate limits, request bodies and the HTTP
 //! client. The extension crate is glue around this.
 
+pub mod chunk;
 pub mod client;
 pub mod deploy;
 pub mod error;
@@ -14,5 +15,8 @@ pub mod registry;
 pub mod retry;
 pub mod runtime;
 pub mod secret;
+pub mod structured;
+pub mod tasks;
+pub mod template;
 
-pub use error::AiError;
+pub use error::{AiError, InferenceKind};

@@ -284,7 +284,7 @@ impl Param {
 }
 
 /// `response_format` as Bailian's structured-output guide describes it.
-fn response_format_ok(v: &Value) -> bool {
+pub(crate) fn response_format_ok(v: &Value) -> bool {
     let Some(o) = v.as_object() else { return false };
     match o.get("type").and_then(Value::as_str) {
         Some("text" | "json_object") => o.len() == 1,

@@ -221,6 +221,7 @@ struct EmbeddingResponse {
 #[derive(Deserialize)]
 struct EmbeddingItem {
     index: Option<usize>,
+    #[serde(deserialize_with = "super::f32_through_f64")]
     embedding: Vec<f32>,
 }
 

@@ -17,6 +17,13 @@ use crate::registry::{Api, ModelSpec, Provider};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+/// Embedding values read as f64, then narrowed: a number beyond f32 becomes infinite and is
+/// refused with its position by `order_vectors`. Read as f32 directly, serde_json (with the
+/// `float_roundtrip` feature the JSON Schema crate turns on) fails the whole body instead.
+pub(crate) fn f32_through_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+    let wide = <Vec<f64> as serde::Deserialize>::deserialize(d)?;
+    Ok(wide.into_iter().map(|x| x as f32).collect())
+}
 /// What one chat call produced, whichever provider answered and whether it streamed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChatOutcome {

@@ -55,6 +55,7 @@ struct Output {
 #[derive(Deserialize)]
 struct Item {
     index: Option<usize>,
+    #[serde(deserialize_with = "super::f32_through_f64")]
     embedding: Vec<f32>,
 }
 
