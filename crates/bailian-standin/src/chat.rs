@@ -2,16 +2,17 @@
 //! deterministic answer, and its two forms, one JSON body or a stream of chunks.
 //!
 //! Sources: the text-generation overview (seed 001), the streaming, deep-thinking, Qwen-Omni,
-//! web-search, JSON-mode and error-code pages of Model Studio. Where a refusal's wording is
-//! not documented, the message says what is wrong in the style of the documented ones, and
-//! the comment says it is a guess.
+//! web-search and error-code pages of Model Studio (`response_format` is `structured`'s).
+//! Where a refusal's wording is not documented, the message says what is wrong in the style
+//! of the documented ones, and the comment says it is a guess.
 
 use crate::audio;
 use crate::errors::{invalid, Api};
 use crate::handler::Outcome;
 use crate::models::{self, Thinking};
 use crate::stream;
-use serde_json::{json, Map, Value};
+use crate::structured;
+use serde_json::{json, Value};
 
 /// Observed on the wire with the trailing space (OpenManus#330, ragflow#5912); the
 /// error-code page prints it without.
@@ -20,9 +21,6 @@ pub(crate) const STREAM_ONLY: &str =
 /// Error-code page, 400 InvalidParameter.
 pub(crate) const THINKING_NEEDS_STREAM: &str =
     "parameter.enable_thinking must be set to false for non-streaming calls";
-/// JSON-mode page.
-pub(crate) const JSON_WORD_MISSING: &str =
-    "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.";
 /// Error-code page.
 pub(crate) const NO_SEARCH: &str = "This model does not support enable_search.";
 
@@ -169,6 +167,10 @@ fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> 
             Some(v.as_u64().filter(|b| (1..=max).contains(b)).ok_or_else(|| bad(&message))?)
         }
     };
+    let format = structured::format(body).map_err(|m| bad(&m))?;
+    if thinks && format.is_json() {
+        return Err(bad(structured::JSON_WITH_THINKING));
+    }
     check_search(body, model).map_err(|m| bad(&m))?;
     let voice = check_audio(body, model).map_err(|m| bad(&m))?;
 
@@ -188,7 +190,12 @@ fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> 
             finish = "length";
         }
     }
-    let content = shaped(body, messages, answer).map_err(|m| bad(&m))?;
+    let system = messages
+        .first()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+        .map(|m| content_text(m.get("content").unwrap_or(&Value::Null)).0)
+        .unwrap_or_default();
+    let content = structured::shaped(&format, messages, &text, &system, answer).map_err(|m| bad(&m))?;
     let reasoning = thinks.then(|| {
         let r = reasoning_reply(model, &text);
         match budget {
@@ -380,67 +387,6 @@ fn check_audio(body: &Value, model: &str) -> Result<Option<String>, String> {
         return Err("audio.format only supports \"wav\"".into());
     }
     Ok(Some(voice.to_string()))
-}
-
-/// The answer as response_format asks: text as is, or a JSON object (JSON-mode page).
-/// json_object needs the word "json" somewhere in the messages; json_schema gets an object
-/// built from the schema, every string the answer.
-fn shaped(body: &Value, messages: &[Value], answer: String) -> Result<String, String> {
-    let Some(format) = body.get("response_format").filter(|v| !v.is_null()) else {
-        return Ok(answer);
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(answer),
-        Some("json_object") => {
-            let mentions_json = messages.iter().any(|m| {
-                content_text(m.get("content").unwrap_or(&Value::Null)).0.to_lowercase().contains("json")
-            });
-            if !mentions_json {
-                return Err(JSON_WORD_MISSING.into());
-            }
-            Ok(json!({"answer": answer}).to_string())
-        }
-        Some("json_schema") => {
-            let Some(spec) = format.get("json_schema").and_then(Value::as_object) else {
-                return Err("response_format.json_schema must be an object.".into());
-            };
-            if !spec.get("name").is_some_and(Value::is_string) {
-                return Err("response_format.json_schema.name is required.".into());
-            }
-            let schema = spec.get("schema").cloned().unwrap_or(json!({"type": "object"}));
-            Ok(instance_of(&schema, &answer).to_string())
-        }
-        _ => Err("response_format.type should be one of [text, json_object, json_schema]".into()),
-    }
-}
-
-/// A deterministic value that satisfies the common parts of a JSON schema.
-fn instance_of(schema: &Value, answer: &str) -> Value {
-    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
-        return first.clone();
-    }
-    let kind = match schema.get("type") {
-        Some(Value::Array(types)) => types.iter().find_map(Value::as_str).unwrap_or("string"),
-        Some(t) => t.as_str().unwrap_or("string"),
-        None if schema.get("properties").is_some() => "object",
-        None => "string",
-    };
-    match kind {
-        "object" => {
-            let mut out = Map::new();
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (k, v) in props {
-                    out.insert(k.clone(), instance_of(v, answer));
-                }
-            }
-            Value::Object(out)
-        }
-        "array" => json!([instance_of(schema.get("items").unwrap_or(&json!({})), answer)]),
-        "integer" | "number" => json!(0),
-        "boolean" => json!(false),
-        "null" => Value::Null,
-        _ => json!(answer),
-    }
 }
 
 fn translation(body: &Value, messages: &[Value]) -> Result<String, String> {

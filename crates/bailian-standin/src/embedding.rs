@@ -30,7 +30,7 @@ pub fn image_embedding_for(bytes_or_url: &[u8], dim: usize) -> Vec<f32> {
 
 /// Lower-cased runs of ASCII letters and digits; every other alphabetic character (CJK and
 /// the like) is a word of its own.
-fn words_of(text: &str) -> Vec<String> {
+pub(crate) fn words_of(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for c in text.chars() {
@@ -63,7 +63,7 @@ fn add_direction(acc: &mut [f64], seed: u64) {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 

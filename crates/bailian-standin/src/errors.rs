@@ -12,6 +12,10 @@ pub(crate) enum Api {
     OpenSearch,
 }
 
+/// DashScope's native answer (400 InvalidParameter) for a model name it does not know: a
+/// guess, commonly reported, not documented.
+pub(crate) const UNKNOWN_MODEL: &str = "Model not exist.";
+
 pub(crate) fn request_id(id: u64) -> String {
     format!("standin-{id}")
 }
@@ -172,4 +176,18 @@ pub(crate) fn unauthorized(api: Api, key: &str, echo_key: bool, id: u64) -> Outc
             respond(401, body)
         }
     }
+}
+
+/// Status-code page: 400 BadRequest.EmptyInput, the native APIs' answer to a body without
+/// `input`.
+pub(crate) fn empty_input(id: u64) -> crate::handler::Outcome {
+    respond(
+        400,
+        coded_body(
+            Api::Native,
+            "BadRequest.EmptyInput",
+            "Required input parameter missing from request.",
+            id,
+        ),
+    )
 }

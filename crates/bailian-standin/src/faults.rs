@@ -33,7 +33,7 @@ pub(crate) fn oversized(kind: Kind, mut body: Value, bytes: u64, content_length:
     let text_at = match kind {
         Kind::Chat => Some("/choices/0/message/content"),
         Kind::OpenSearch => Some("/result/text"),
-        Kind::Embeddings | Kind::MultimodalEmbedding => None,
+        Kind::Embeddings | Kind::MultimodalEmbedding | Kind::Rerank => None,
     };
     match text_at {
         Some(pointer) => {
@@ -268,6 +268,9 @@ mod tests {
         let shapes = shapes.into_iter().chain([
             (Fault::StreamBreak { after: 3 }, json!({"stream_break": {"after": 3}})),
             (Fault::StreamError { after: 2 }, json!({"stream_error": {"after": 2}})),
+            (Fault::NotJson, json!("not_json")),
+            (Fault::OffList, json!("off_list")),
+            (Fault::SchemaViolation, json!("schema_violation")),
         ]);
         for (fault, shape) in shapes {
             assert_eq!(serde_json::to_value(&fault).unwrap(), shape);

@@ -1,7 +1,7 @@
 //! Request handling: routing, the steps every model request goes through (key, body,
 //! counters, rate limit, faults, latency), and the control endpoints under `/_standin/`. What
-//! each endpoint answers lives in its own module: `chat`, `multimodal`, `opensearch`, and
-//! `embeddings` below.
+//! each endpoint answers lives in its own module: `chat`, `multimodal`, `rerank`,
+//! `opensearch`, and `embeddings` below.
 
 use crate::chat::{self, approx_tokens, content_text, last_user};
 use crate::embedding::embedding_for;
@@ -10,8 +10,10 @@ use crate::faults::{self, PaddedBody};
 use crate::models;
 use crate::multimodal;
 use crate::opensearch;
+use crate::rerank;
 use crate::state::{Config, Fault, LoggedRequest, Shared};
 use crate::stream::SseBody;
+use crate::structured;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -63,11 +65,15 @@ struct Route {
 
 const MULTIMODAL_EMBEDDING_PATH: &str =
     "/api/v1/services/embeddings/multimodal-embedding/multimodal-embedding";
+const TEXT_RERANK_PATH: &str = "/api/v1/services/rerank/text-rerank/text-rerank";
 
 fn route(path: &str) -> Option<Route> {
     let plain = |kind| Some(Route { kind, service: String::new() });
     if path == MULTIMODAL_EMBEDDING_PATH {
         return plain(Kind::MultimodalEmbedding);
+    }
+    if path == TEXT_RERANK_PATH {
+        return plain(Kind::Rerank);
     }
     // {host}/v3/openapi/workspaces/{workspace_name}/text-generation/{service_id} (seed 003).
     if let Some(rest) = path.strip_prefix("/v3/openapi/workspaces/") {
@@ -162,6 +168,8 @@ pub(crate) enum Kind {
     Embeddings,
     /// DashScope's native multimodal embedding.
     MultimodalEmbedding,
+    /// DashScope's native text rerank.
+    Rerank,
     /// OpenSearch's text generation.
     OpenSearch,
 }
@@ -170,7 +178,7 @@ impl Kind {
     pub(crate) fn api(self) -> Api {
         match self {
             Kind::Chat | Kind::Embeddings => Api::Compatible,
-            Kind::MultimodalEmbedding => Api::Native,
+            Kind::MultimodalEmbedding | Kind::Rerank => Api::Native,
             Kind::OpenSearch => Api::OpenSearch,
         }
     }
@@ -280,7 +288,7 @@ fn key_hint(key: &str) -> String {
 
 /// What the request log and scripted faults key on: the last user message for chat and
 /// OpenSearch, each input for embeddings (images as `image:` and the first 40 characters of
-/// the URL or data URI, videos likewise).
+/// the URL or data URI, videos likewise), the query and then each document for rerank.
 fn inputs_of(kind: Kind, body: &Value) -> Vec<String> {
     let messages = || body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     match kind {
@@ -293,6 +301,7 @@ fn inputs_of(kind: Kind, body: &Value) -> Vec<String> {
             _ => Vec::new(),
         },
         Kind::MultimodalEmbedding => multimodal::inputs_of(body),
+        Kind::Rerank => rerank::inputs_of(body),
     }
 }
 
@@ -339,6 +348,7 @@ async fn answer(
     match kind {
         Kind::Chat | Kind::OpenSearch => c.chat_requests.fetch_add(1, Ordering::Relaxed),
         Kind::Embeddings | Kind::MultimodalEmbedding => c.embedding_requests.fetch_add(1, Ordering::Relaxed),
+        Kind::Rerank => c.rerank_requests.fetch_add(1, Ordering::Relaxed),
     };
     c.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
 
@@ -412,6 +422,9 @@ async fn answer(
         | Some(Fault::NonFiniteEmbedding { .. })
         | Some(Fault::StreamBreak { .. })
         | Some(Fault::StreamError { .. })
+        | Some(Fault::NotJson)
+        | Some(Fault::OffList)
+        | Some(Fault::SchemaViolation)
         | None => {}
     }
     if model.is_empty() {
@@ -439,17 +452,19 @@ async fn answer(
         Kind::Embeddings => embeddings(&body, &model, &inputs, id),
         Kind::MultimodalEmbedding => multimodal::embed(&body, &model, id),
         Kind::OpenSearch => opensearch::generate(&body, &model, id),
+        Kind::Rerank => rerank::rerank(&body, &model, id),
     };
     match fault {
-        Some(fault) => spoil(&fault, kind, outcome, id),
+        Some(fault) => spoil(&fault, kind, &body, outcome, id),
         None => outcome,
     }
 }
 
 /// The faults that spoil a good answer rather than replace it. An answer that is already an
 /// error (a bad parameter) is left alone: the request would have failed anyway. The stream
-/// faults apply to streams only; the others to whole bodies only.
-fn spoil(fault: &Fault, kind: Kind, outcome: Outcome, id: u64) -> Outcome {
+/// faults apply to streams only; the others to whole bodies only. `request` is the request's
+/// body, for the faults that depend on what it asked (`response_format`).
+fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) -> Outcome {
     if let Outcome::Stream { mut events, .. } = outcome {
         return match fault {
             Fault::StreamBreak { after } => {
@@ -480,6 +495,11 @@ fn spoil(fault: &Fault, kind: Kind, outcome: Outcome, id: u64) -> Outcome {
         (Fault::NonFiniteEmbedding { literal }, Kind::Embeddings | Kind::MultimodalEmbedding) => {
             faults::with_literal(body, literal)
         }
+        (Fault::NotJson | Fault::OffList | Fault::SchemaViolation, Kind::Chat) => Outcome::Respond {
+            status: 200,
+            body: structured::spoiled(fault, request, body),
+            retry_after: None,
+        },
         _ => Outcome::Respond { status: 200, body, retry_after: None },
     }
 }

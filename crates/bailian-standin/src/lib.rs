@@ -4,8 +4,9 @@
 //! - compatible mode under [`Standin::base_url`]: `POST /compatible-mode/v1/chat/completions`
 //!   (whole answers, or `"stream": true` server-sent events with reasoning and Qwen-Omni audio
 //!   chunks) and `POST /compatible-mode/v1/embeddings`;
-//! - DashScope's native multimodal embedding under [`Standin::root_url`]:
-//!   `POST /api/v1/services/embeddings/multimodal-embedding/multimodal-embedding`;
+//! - DashScope's native multimodal embedding and text rerank under [`Standin::root_url`]:
+//!   `POST /api/v1/services/embeddings/multimodal-embedding/multimodal-embedding` and
+//!   `POST /api/v1/services/rerank/text-rerank/text-rerank`;
 //! - OpenSearch's text generation, also under [`Standin::root_url`]:
 //!   `POST /v3/openapi/workspaces/{workspace}/text-generation/{service_id}`.
 //!
@@ -14,12 +15,15 @@
 //! without `stream`, parameters out of range, misplaced messages, unknown voices, images it
 //! cannot read, ...). Content is deterministic so tests can assert on it: [`chat_reply`],
 //! [`reasoning_reply`], [`embedding_for`], [`image_embedding_for`], [`audio_pcm`]; a streamed
-//! answer concatenates to exactly the whole one. Around that: configurable latency and pause
+//! answer concatenates to exactly the whole one; a `response_format` json_schema gets the
+//! instance a strict model would derive from the prompt (enums named by the text, fields
+//! extracted, entities masked, scores and summaries; see `structured`); rerank scores are
+//! the share of query words a document has. Around that: configurable latency and pause
 //! between stream events, faults by rate or scripted per input (including answers no client
 //! should trust: oversized bodies, NUL in text, numbers beyond f32, any Retry-After,
-//! redirects, streams that break or end in an error), an optional requests-per-minute
-//! limit, and counters plus a request log that tests read (in process through [`Standin`],
-//! or over HTTP under `/_standin/`).
+//! redirects, streams that break or end in an error, structured output that is not JSON or
+//! breaks its schema), an optional requests-per-minute limit, and counters plus a request log
+//! that tests read (in process through [`Standin`], or over HTTP under `/_standin/`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
@@ -34,8 +38,10 @@ mod handler;
 mod models;
 mod multimodal;
 mod opensearch;
+mod rerank;
 mod state;
 mod stream;
+mod structured;
 
 pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
 pub use chat::{chat_reply, reasoning_reply, translation_reply};

@@ -240,6 +240,29 @@ pub fn multimodal(model: &str) -> Option<MultimodalModel> {
     }
 }
 
+/// A text rerank model: what one request of the native API may carry. Source: the
+/// text-rerank API reference (https://www.alibabacloud.com/help/en/model-studio/text-rerank-api),
+/// model overview: at most 500 documents for both; at most 30,000 input tokens per request
+/// for gte-rerank-v2 and 120,000 for qwen3-rerank, counted as query tokens × documents + all
+/// document tokens; `instruct` is a qwen3-rerank parameter.
+pub struct RerankModel {
+    pub max_documents: usize,
+    pub max_request_tokens: u64,
+    pub instructs: bool,
+}
+
+pub fn rerank(model: &str) -> Option<RerankModel> {
+    match model {
+        "gte-rerank-v2" => {
+            Some(RerankModel { max_documents: 500, max_request_tokens: 30_000, instructs: false })
+        }
+        "qwen3-rerank" => {
+            Some(RerankModel { max_documents: 500, max_request_tokens: 120_000, instructs: true })
+        }
+        _ => None,
+    }
+}
+
 /// OpenSearch text-generation services (seed 003) and their `max_tokens` ceiling where the
 /// seed gives one (qwen-turbo 1500, qwen-max and qwen-plus 2000, ops-qwen-turbo 4000).
 pub fn opensearch_service(service_id: &str) -> Option<Option<u64>> {

@@ -54,21 +54,10 @@ pub(crate) fn embed(body: &Value, model: &str, id: u64) -> Outcome {
         if models::is_text_embedding(model) {
             return bad(URL_ERROR);
         }
-        // DashScope's answer for a model name it does not know (a guess: commonly reported,
-        // not documented).
-        return bad("Model not exist.");
+        return bad(crate::errors::UNKNOWN_MODEL);
     };
     if body.pointer("/input/contents").is_none() {
-        // Status-code page: 400 BadRequest.EmptyInput.
-        return respond(
-            400,
-            coded_body(
-                Api::Native,
-                "BadRequest.EmptyInput",
-                "Required input parameter missing from request.",
-                id,
-            ),
-        );
+        return crate::errors::empty_input(id);
     }
     let items = contents(body);
     if items.is_empty() {

@@ -110,6 +110,19 @@ pub enum Fault {
     /// OpenSearch streams end the same way with an error in their own shape. A request that
     /// does not stream answers normally.
     StreamError { after: usize },
+    /// A non-streamed chat answer to a request with a JSON `response_format` whose content is
+    /// not JSON: a model that ignored the format, chatting before the object ("Sure! ") and
+    /// cut by max_tokens before its last character, with `finish_reason` "length". Bailian
+    /// guarantees valid JSON; a gateway to another model, or a model Bailian does not
+    /// constrain, does not. Other requests answer normally.
+    NotJson,
+    /// A non-streamed chat answer to a json_schema request in which every string the schema
+    /// confines to an `enum` has a value outside it ("other"). Other requests answer normally.
+    OffList,
+    /// A non-streamed chat answer to a json_schema request whose top-level object lacks its
+    /// first `required` property and has one the schema does not describe
+    /// (`"unexpected": true`). Other requests answer normally.
+    SchemaViolation,
 }
 
 /// One request as the stand-in saw it.
@@ -137,8 +150,11 @@ pub struct StatsSnapshot {
     pub chat_requests: u64,
     /// Compatible-mode and native multimodal embeddings.
     pub embedding_requests: u64,
+    /// Native text rerank.
+    #[serde(default)]
+    pub rerank_requests: u64,
     /// Inputs received: one per chat or OpenSearch request, one per embedding input (text,
-    /// image or video).
+    /// image or video), the query and each document of a rerank request.
     pub inputs: u64,
     pub by_status: BTreeMap<u16, u64>,
     /// 429s given by the requests-per-minute limit (not by fault injection).
@@ -163,6 +179,7 @@ pub(crate) struct Counters {
     pub requests: AtomicU64,
     pub chat_requests: AtomicU64,
     pub embedding_requests: AtomicU64,
+    pub rerank_requests: AtomicU64,
     pub inputs: AtomicU64,
     pub rate_limited: AtomicU64,
     pub connections_accepted: AtomicU64,
@@ -269,6 +286,7 @@ impl Shared {
             requests: get(&c.requests),
             chat_requests: get(&c.chat_requests),
             embedding_requests: get(&c.embedding_requests),
+            rerank_requests: get(&c.rerank_requests),
             inputs: get(&c.inputs),
             by_status: self.by_status.lock().unwrap().clone(),
             rate_limited: get(&c.rate_limited),
@@ -288,6 +306,7 @@ impl Shared {
             &c.requests,
             &c.chat_requests,
             &c.embedding_requests,
+            &c.rerank_requests,
             &c.inputs,
             &c.rate_limited,
             &c.connections_accepted,
