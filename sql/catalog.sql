@@ -35,8 +35,20 @@ CREATE TABLE bailian.model_keys (
 );
 COMMENT ON TABLE bailian.model_keys IS 'API keys of deployed models: ''env:NAME'', ''file:/path'', or a literal key sealed with the cluster''s master key (''sealed:...''). Readable only by its owner and the database owner (for pg_dump).';
 
-REVOKE ALL ON bailian.models, bailian.model_keys FROM PUBLIC;
+CREATE TABLE bailian.prompts (
+    model_name    text NOT NULL REFERENCES bailian.models (model_name) ON DELETE CASCADE ON UPDATE CASCADE,
+    function_name text NOT NULL CHECK (function_name IN ('ai_classify', 'ai_extract', 'ai_mask', 'ai_summarize',
+                                                          'ai_fix_grammar', 'ai_sentiment', 'ai_rank')),
+    prompt        text NOT NULL,
+    set_by        name NOT NULL,
+    set_at        timestamptz NOT NULL,
+    PRIMARY KEY (model_name, function_name)
+);
+COMMENT ON TABLE bailian.prompts IS 'Task prompts replaced per model with ai_set_prompt; read through ai_prompts.';
+
+REVOKE ALL ON bailian.models, bailian.model_keys, bailian.prompts FROM PUBLIC;
 
 -- Deployed models survive pg_dump / pg_restore.
 SELECT pg_catalog.pg_extension_config_dump('bailian.models', '');
 SELECT pg_catalog.pg_extension_config_dump('bailian.model_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('bailian.prompts', '');

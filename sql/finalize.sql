@@ -7,6 +7,16 @@ SELECT model_name, model_type, task, key_hint, params,
        deployed_by, deployed_at, provider, workspace
   FROM bailian.models;
 
+-- Every task prompt: the default (model_name NULL) and each model's replacement.
+CREATE VIEW ai_prompts AS
+SELECT d.function_name, NULL::text AS model_name, d.prompt, true AS is_default, d.placeholders,
+       d.response_schema, NULL::name AS set_by, NULL::timestamptz AS set_at
+  FROM bailian.default_prompts() d
+UNION ALL
+SELECT p.function_name, p.model_name, p.prompt, false, d.placeholders, d.response_schema, p.set_by, p.set_at
+  FROM bailian.prompts p
+  JOIN bailian.default_prompts() d ON d.function_name OPERATOR(pg_catalog.=) p.function_name;
+
 -- Privileges are set here and nowhere else. ALTER DEFAULT PRIVILEGES in force for the role
 -- running CREATE EXTENSION would otherwise grant on the objects just created (SELECT on the
 -- key table, EXECUTE on ai_deploy_model, CREATE on the bailian schema) to whoever it names:
@@ -49,12 +59,17 @@ $acl$;
 
 -- What everyone may use, granted explicitly: default privileges that revoke EXECUTE from
 -- PUBLIC must not take the AI functions away from their users either.
-GRANT SELECT ON ai_models TO PUBLIC;
+GRANT SELECT ON ai_models, ai_prompts TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(text, text, text, jsonb),
     ai_embed(text, text), ai_embed_batch(text, text[]), ai_gen_batch(text, text[], jsonb),
     ai_chat(text, jsonb, jsonb), ai_gen_audio(text, text, jsonb),
     ai_embed_image(text, text), ai_embed_image(text, bytea),
-    ai_supported_models() TO PUBLIC;
+    ai_supported_models(),
+    ai_gen_structured(text, text, jsonb, text, jsonb), ai_classify(text, text, text[]),
+    ai_extract(text, text, text[]), ai_mask(text, text, text[]), ai_summarize(text, text, int),
+    ai_fix_grammar(text, text), ai_sentiment(text, text), ai_rank(text, text, text),
+    ai_similarity(text, text, text), ai_chunk(text, int, int), ai_prompt(text, text[]),
+    bailian.default_prompts() TO PUBLIC;
 GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
     ai_embed_column(regclass, name, name, text, int),
     ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
@@ -66,7 +81,7 @@ DO $owner$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
         GRANT USAGE ON SCHEMA bailian TO pg_database_owner;
-        GRANT SELECT ON bailian.models, bailian.model_keys TO pg_database_owner;
+        GRANT SELECT ON bailian.models, bailian.model_keys, bailian.prompts TO pg_database_owner;
     END IF;
 END
 $owner$;
@@ -74,6 +89,7 @@ $owner$;
 -- Deploying is for administrators: GRANT EXECUTE to a role to delegate it.
 REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_undeploy_model(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_set_prompt(text, text, text) FROM PUBLIC;
 
 COMMENT ON VIEW ai_models IS
   'Deployed Bailian models, one row each, with a key hint (sk-...abcd or env:NAME) and never the key.';
@@ -109,3 +125,31 @@ COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
   'Fill target_column (real[], or pgvector vector/halfvec) with embeddings of source_column for rows where the target is NULL and the source has text, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
 COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS
   'Fill target_column (text or varchar) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
+COMMENT ON VIEW ai_prompts IS
+  'The prompt of each task function (ai_classify, ai_extract, ai_mask, ai_summarize, ai_fix_grammar, ai_sentiment, ai_rank): the default (model_name NULL, is_default) and each model''s replacement set with ai_set_prompt, with the placeholders it may use and the JSON Schema of the answer.';
+COMMENT ON FUNCTION bailian.default_prompts() IS
+  'The built-in prompt and answer schema of each task function; read it through ai_prompts.';
+COMMENT ON FUNCTION ai_set_prompt(text, text, text) IS
+  'Replace the prompt of a task function (''ai_classify'', ''ai_extract'', ''ai_mask'', ''ai_summarize'', ''ai_fix_grammar'', ''ai_sentiment'', ''ai_rank'') for one deployed model; NULL goes back to the default. The prompt is the system message, may use only the function''s placeholders ({labels}, {max_words}; {{ and }} for literal braces), and the answer schema stays the same. Only the role that deployed the model, its members or a superuser. Not executable by PUBLIC.';
+COMMENT ON FUNCTION ai_gen_structured(text, text, jsonb, text, jsonb) IS
+  'Generate JSON with a deployed chat model through Bailian''s structured output: response_format is a JSON Schema (sent in strict JSON-Schema mode), {"type": "json_object"} (the prompt must mention JSON), or Bailian''s own {"type": "json_schema", "json_schema": {...}}. The answer is checked against the schema here too. A row whose request fails or whose answer is not JSON (ZBI01) or breaks the schema (ZBI02): on_error ''capture'' (default) returns {"error": {"sqlstate", "message", "detail", "hint"}}, ''skip'' NULL, ''abort'' raises, NULL follows pg_bailian.on_error. params as for ai_gen.';
+COMMENT ON FUNCTION ai_classify(text, text, text[]) IS
+  'The label among labels that fits content best, by a chat model with structured output (the label is an enum of the answer schema, so it is always one of labels). A wrong answer is ZBI01/ZBI02; pg_bailian.on_error = ''null'' makes it NULL with a WARNING.';
+COMMENT ON FUNCTION ai_extract(text, text, text[]) IS
+  'A jsonb object with exactly the keys in labels, each the value content states for it (a string) or null, by a chat model with structured output.';
+COMMENT ON FUNCTION ai_mask(text, text, text[]) IS
+  'content with every occurrence of the kinds of information in labels (e.g. ''email'', ''phone'', ''person'') replaced by [MASKED]: the model lists the occurrences, pg_bailian replaces them, so the rest of the text is kept exactly.';
+COMMENT ON FUNCTION ai_summarize(text, text, int) IS
+  'A summary of content in at most max_words words (1 to 10000, default 50), in the language of the text, by a chat model with structured output.';
+COMMENT ON FUNCTION ai_fix_grammar(text, text) IS
+  'content with its grammar, spelling and punctuation corrected, meaning, tone and language kept, by a chat model with structured output.';
+COMMENT ON FUNCTION ai_sentiment(text, text) IS
+  'The sentiment of content: positive, negative, neutral or mixed, by a chat model with structured output.';
+COMMENT ON FUNCTION ai_rank(text, text, text) IS
+  'How relevant document is to query, in [0, 1], by a chat model with structured output. NULL query or document returns NULL.';
+COMMENT ON FUNCTION ai_similarity(text, text, text) IS
+  'The cosine similarity in [-1, 1] of the embeddings of a and b by a deployed embedding model (one request for both). NULL or empty text returns NULL.';
+COMMENT ON FUNCTION ai_chunk(text, int, int) IS
+  'content split into pieces of at most chunk_size characters (default 512), cut at paragraph, then sentence, then word boundaries, consecutive pieces sharing about overlap characters (default 64, less than chunk_size) starting at a word; pieces are trimmed. Asks no model.';
+COMMENT ON FUNCTION ai_prompt(text, text[]) IS
+  'template with {0}, {1}, ... replaced by the arguments after it (NULL as empty text); {{ and }} are literal braces. Asks no model.';

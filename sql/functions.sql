@@ -67,3 +67,58 @@ CREATE FUNCTION ai_gen_batch(model_name text, prompts text[], params jsonb DEFAU
 RETURNS TABLE (ord int, response text, error text)
 LANGUAGE c VOLATILE COST 10000 ROWS 100
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_batch';
+
+-- Structured output and the task functions built on it (src/functions/tasks.rs; prompts and
+-- schemas in bailian_core::tasks).
+
+CREATE FUNCTION ai_gen_structured(model_name text, prompt text, response_format jsonb,
+                                  on_error text DEFAULT 'capture', params jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_gen_structured';
+
+CREATE FUNCTION ai_classify(model_name text, content text, labels text[]) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_classify';
+
+CREATE FUNCTION ai_extract(model_name text, content text, labels text[]) RETURNS jsonb
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_extract';
+
+CREATE FUNCTION ai_mask(model_name text, content text, labels text[]) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_mask';
+
+CREATE FUNCTION ai_summarize(model_name text, content text, max_words int DEFAULT 50) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_summarize';
+
+CREATE FUNCTION ai_fix_grammar(model_name text, content text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_fix_grammar';
+
+CREATE FUNCTION ai_sentiment(model_name text, content text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_sentiment';
+
+CREATE FUNCTION ai_rank(model_name text, query text, document text) RETURNS float8
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_rank';
+
+CREATE FUNCTION ai_similarity(model_name text, a text, b text) RETURNS float8
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_similarity';
+
+CREATE FUNCTION ai_set_prompt(model_name text, function_name text, prompt text) RETURNS void
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_set_prompt';
+
+-- Text functions that ask no model.
+
+CREATE FUNCTION ai_chunk(content text, chunk_size int DEFAULT 512, overlap int DEFAULT 64) RETURNS text[]
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pg_bailian_chunk';
+
+CREATE FUNCTION ai_prompt(template text, VARIADIC args text[]) RETURNS text
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pg_bailian_prompt';

@@ -2,6 +2,7 @@
 //! deployed model, all created on first use, and the wait that services PostgreSQL's
 //! interrupts.
 
+use crate::functions::calls::OnError;
 use bailian_core::client::{Call, Client};
 use bailian_core::deploy::Deployment;
 use bailian_core::ratelimit::RateLimiter;
@@ -114,6 +115,8 @@ pub struct Target {
     retry: RetryPolicy,
     limiter: Option<Arc<RateLimiter>>,
     max_response_bytes: u64,
+    /// pg_bailian.on_error when the call was prepared.
+    on_error: OnError,
 }
 
 impl Target {
@@ -128,7 +131,14 @@ impl Target {
             timeout: settings.timeout,
             retry: settings.retry,
             max_response_bytes: crate::guc::max_response_bytes(),
+            on_error: OnError::session(),
         })
+    }
+
+    /// What a failed row of this call gives, by pg_bailian.on_error (ai_gen_structured's
+    /// own on_error argument travels with its request instead).
+    pub fn on_error(&self) -> OnError {
+        self.on_error
     }
 
     pub fn deployment(&self) -> &Deployment {

@@ -173,7 +173,9 @@ fn invalidate() {
 const LOAD: &str = "
 SELECT m.model_type, m.params, m.max_retries, m.initial_retry_delay, m.max_retry_delay,
        m.timeout, m.region, m.base_url, m.requests_per_minute, m.tokens_per_minute, k.api_key,
-       m.deployed_by::pg_catalog.text, m.provider, m.workspace
+       m.deployed_by::pg_catalog.text, m.provider, m.workspace,
+       (SELECT pg_catalog.jsonb_object_agg(p.function_name, p.prompt) FROM bailian.prompts p
+         WHERE p.model_name OPERATOR(pg_catalog.=) m.model_name)
   FROM bailian.models m
   JOIN bailian.model_keys k ON k.model_name OPERATOR(pg_catalog.=) m.model_name
  WHERE m.model_name OPERATOR(pg_catalog.=) $1";
@@ -209,10 +211,11 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
                 },
                 row.get::<String>(11).map_err(get_err)?.unwrap_or_default(),
                 row.get::<String>(12).map_err(get_err)?.unwrap_or_default(),
+                row.get::<JsonB>(15).map_err(get_err)?.map(|j| j.0),
             )))
         })
     })?;
-    let Some((args, stored_key, deployed_by)) = args else {
+    let Some((args, stored_key, deployed_by, prompts)) = args else {
         return Err(AiError::ModelNotDeployed {
             name: name.to_string(),
             hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
@@ -228,9 +231,13 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
                 other => other,
             }
         })?;
-    let deployment = Deployment::from_catalog(args, key).map_err(|e| {
+    let mut deployment = Deployment::from_catalog(args, key).map_err(|e| {
         AiError::invalid(format!("deployed model \"{name}\" is no longer valid: {e}; redeploy it"))
     })?;
+    if let Some(serde_json::Value::Object(prompts)) = prompts {
+        deployment.prompts =
+            prompts.into_iter().filter_map(|(f, p)| Some((f, p.as_str()?.to_string()))).collect();
+    }
     // The host list applies at every use of a model a non-superuser deployed, so narrowing
     // it takes effect for models already deployed (as the key lists do).
     if let Some(url) = &deployment.base_url {
@@ -420,6 +427,45 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
     });
     invalidate();
     replaced
+}
+
+/// Replaces the prompt of task function `function` for the model `name` (None: back to the
+/// default). Only the role that deployed the model, its members or a superuser.
+pub fn set_prompt(name: &str, function: &str, prompt: Option<&str>) -> Result<(), AiError> {
+    let (caller, caller_name) = current_user();
+    let done = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let Some(owner) = owner_of(client, name)? else {
+                return Err(AiError::ModelNotDeployed {
+                    name: name.to_string(),
+                    hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
+                });
+            };
+            if !may_manage(caller, &owner) {
+                return Err(not_owner(name, &owner, "change the prompts of"));
+            }
+            match prompt {
+                Some(prompt) => client.update(
+                    "INSERT INTO bailian.prompts (model_name, function_name, prompt, set_by, set_at)
+                     VALUES ($1, $2, $3, $4, pg_catalog.now())
+                     ON CONFLICT (model_name, function_name) DO UPDATE
+                        SET prompt = EXCLUDED.prompt, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at",
+                    None,
+                    &[name.into(), function.into(), prompt.into(), caller_name.as_str().into()],
+                ),
+                None => client.update(
+                    "DELETE FROM bailian.prompts WHERE model_name OPERATOR(pg_catalog.=) $1
+                        AND function_name OPERATOR(pg_catalog.=) $2",
+                    None,
+                    &[name.into(), function.into()],
+                ),
+            }
+            .map_err(spi_failed)?;
+            Ok::<_, AiError>(())
+        })
+    });
+    invalidate();
+    done
 }
 
 /// Removes the model named `name`; false when there was none.

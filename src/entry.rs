@@ -125,6 +125,21 @@ pub unsafe fn guard<T>(at: &'static Location, body: impl FnOnce() -> Result<T, A
     }
 }
 
+const WARN_AT: Location = Location { function: "warn\0", file: concat!(file!(), "\0"), line: line!() };
+
+/// Raises `e` as a WARNING with its own SQLSTATE, detail and hint, saying the value became
+/// NULL (pg_bailian.on_error = 'null'), and returns.
+pub fn warn(e: AiError) {
+    let hint = match e.hint() {
+        Some(h) => format!("The value is NULL because pg_bailian.on_error is 'null'. {h}"),
+        None => "The value is NULL because pg_bailian.on_error is 'null'.".into(),
+    };
+    let report = Report { hint: Some(cstring(hint)), ..Report::from(e) };
+    // SAFETY: at WARNING level errfinish emits the report and returns (only ERROR and above
+    // longjmp), so nothing is skipped.
+    unsafe { report_at(pg_sys::WARNING as c_int, report, &WARN_AT) };
+}
+
 unsafe extern "C-unwind" {
     fn errstart(elevel: c_int, domain: *const c_char) -> bool;
     fn errcode(sqlerrcode: c_int) -> c_int;
@@ -140,11 +155,22 @@ unsafe extern "C-unwind" {
 /// Must be called from the outermost Rust frame of an fmgr entry point: `errfinish` longjmps
 /// over it, so nothing with a destructor may be alive above this call.
 unsafe fn raise(report: Report, at: &'static Location) -> ! {
+    // SAFETY: as this function's contract says.
+    unsafe { report_at(pg_sys::PGERROR as c_int, report, at) };
+    unreachable!("errfinish returned for an ERROR")
+}
+
+/// Reports `report` at `elevel` (the Rust strings are freed before errfinish, which longjmps
+/// for ERROR).
+///
+/// # Safety
+/// For ERROR, as for `raise`: nothing with a destructor may be alive above the caller's frame.
+unsafe fn report_at(elevel: c_int, report: Report, at: &Location) {
     let percent_s = c"%s".as_ptr();
     // SAFETY: the err* calls follow ereport's protocol; errmsg and friends copy their
     // arguments into the error context, so the Rust strings can be freed before errfinish.
     unsafe {
-        if errstart(pg_sys::PGERROR as c_int, std::ptr::null()) {
+        if errstart(elevel, std::ptr::null()) {
             errcode(report.code);
             errmsg(percent_s, report.message.as_ptr());
             if let Some(d) = &report.detail {
@@ -157,7 +183,6 @@ unsafe fn raise(report: Report, at: &'static Location) -> ! {
             errfinish(at.file.as_ptr().cast(), at.line as c_int, at.function.as_ptr().cast());
         }
     }
-    unreachable!("errfinish returned for an ERROR")
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! that may deploy models can make the server read and where it may send it.
 
 use bailian_core::policy::{HostList, NameList, Policy};
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
@@ -32,6 +32,17 @@ pub static ALLOWED_ENV_KEYS: GucSetting<Option<CString>> =
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(
     c"dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com",
 ));
+
+/// What an AI function does when its row's inference fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
+pub enum OnErrorSetting {
+    #[name = c"error"]
+    Error,
+    #[name = c"null"]
+    Null,
+}
+
+pub static ON_ERROR: GucSetting<OnErrorSetting> = GucSetting::<OnErrorSetting>::new(OnErrorSetting::Error);
 
 pub static KEY_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -88,6 +99,14 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_enum_guc(
+        c"pg_bailian.on_error",
+        c"What an AI function returns when its row's request or answer fails: error or null.",
+        c"error (the default) raises the error; null returns NULL and raises a WARNING naming the error. Only failures of the row's inference (the service refused or failed the request after retries, or the answer is unusable); bad arguments and unknown models always raise. ai_gen_structured's on_error argument overrides it.",
+        &ON_ERROR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_bailian.allowed_env_keys",
         c"Environment variables an 'env:NAME' API key may read.",
@@ -136,6 +155,10 @@ pub fn max_concurrency() -> usize {
 
 pub fn batch_execution() -> bool {
     BATCH_EXECUTION.get()
+}
+
+pub fn on_error_null() -> bool {
+    ON_ERROR.get() == OnErrorSetting::Null
 }
 
 pub fn max_read_ahead() -> usize {

@@ -10,7 +10,7 @@ use super::plan::{list_of, list_ptrs, Demand};
 use crate::backend::{self, Flight, Target};
 use crate::catalog;
 use crate::entry::{guard, Location};
-use crate::functions::calls::{Answer, Args, Finish, Input, Kernel, Prepared};
+use crate::functions::calls::{self, Answer, Args, Finish, Input, Kernel, Prepared};
 use bailian_core::client::embed_each;
 use bailian_core::providers::{ChatRequest, EmbedInput, EmbeddingModel};
 use bailian_core::registry::Task;
@@ -535,6 +535,11 @@ impl Batch {
                 self.queued.push_back(Box::pin(chat(client, target, request, finish, seq, site)));
                 Ok(None)
             }
+            Ok(Prepared::Similarity { target, model, a, b }) => {
+                let client = backend::client()?;
+                self.queued.push_back(Box::pin(similarity(client, target, model, a, b, seq, site)));
+                Ok(None)
+            }
             Ok(Prepared::Embed { target, model, input }) => {
                 let per_request = model.per_request.max(1);
                 if self.concurrency * per_request * 2 > self.window_max {
@@ -727,13 +732,32 @@ async fn chat(
     site: usize,
 ) -> Answers {
     let call = target.call();
-    let answer = client.chat(&call, &request).await.and_then(|out| finish.apply(out));
-    vec![(seq, site, answer)]
+    let out = client.chat(&call, &request).await;
+    vec![(seq, site, finish.settle(&target, out))]
+}
+
+async fn similarity(
+    client: &'static bailian_core::client::Client,
+    target: Arc<Target>,
+    model: Arc<EmbeddingModel>,
+    a: String,
+    b: String,
+    seq: u64,
+    site: usize,
+) -> Answers {
+    let call = target.call();
+    let vectors = client.embed(&call, &model, &[EmbedInput::Text(&a), EmbedInput::Text(&b)]).await;
+    vec![(seq, site, target.on_error().settle(vectors.map(|v| calls::similarity(&v))))]
 }
 
 async fn embed(client: &'static bailian_core::client::Client, pack: Pack) -> Answers {
     let call = pack.target.call();
+    let on_error = pack.target.on_error();
     let inputs: Vec<EmbedInput> = pack.members.iter().map(|(_, _, input)| input.as_embed_input()).collect();
     let results = embed_each(client, &call, &pack.model, &inputs).await;
-    pack.members.iter().zip(results).map(|((seq, site, _), r)| (*seq, *site, r.map(Answer::Vector))).collect()
+    pack.members
+        .iter()
+        .zip(results)
+        .map(|((seq, site, _), r)| (*seq, *site, on_error.settle(r.map(Answer::Vector))))
+        .collect()
 }

@@ -7,13 +7,15 @@
 //! sends many rows' requests at once) both go through `prepare` and `Finish`, so a row gets
 //! the same value, or the same error, whichever way it runs.
 
-use super::{embed, generate};
+use super::{embed, generate, tasks};
 use crate::backend::{self, Target};
 use bailian_core::providers::{wav, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel};
+use bailian_core::structured::Format;
+use bailian_core::tasks::{self as task, Ask, TaskValue};
 use bailian_core::AiError;
 use pgrx::datum::FromDatum;
 use pgrx::{pg_sys, IntoDatum, JsonB};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The scalar AI functions (their C symbols are in `sql/functions.sql`).
@@ -27,12 +29,15 @@ pub enum Kernel {
     Embed,
     EmbedImageUri,
     EmbedImageBytes,
+    GenStructured,
+    Task(task::TaskFn),
+    Similarity,
 }
 
 type Entry = unsafe extern "C-unwind" fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum;
 
 impl Kernel {
-    const ALL: [(Kernel, Entry); 8] = [
+    const ALL: [(Kernel, Entry); 17] = [
         (Kernel::Gen, generate::pg_bailian_gen),
         (Kernel::GenDefault, generate::pg_bailian_gen_default),
         (Kernel::Translate, generate::pg_bailian_translate),
@@ -41,6 +46,15 @@ impl Kernel {
         (Kernel::Embed, embed::pg_bailian_embed),
         (Kernel::EmbedImageUri, embed::pg_bailian_embed_image_uri),
         (Kernel::EmbedImageBytes, embed::pg_bailian_embed_image_bytes),
+        (Kernel::GenStructured, tasks::pg_bailian_gen_structured),
+        (Kernel::Task(task::TaskFn::Classify), tasks::pg_bailian_classify),
+        (Kernel::Task(task::TaskFn::Extract), tasks::pg_bailian_extract),
+        (Kernel::Task(task::TaskFn::Mask), tasks::pg_bailian_mask),
+        (Kernel::Task(task::TaskFn::Summarize), tasks::pg_bailian_summarize),
+        (Kernel::Task(task::TaskFn::FixGrammar), tasks::pg_bailian_fix_grammar),
+        (Kernel::Task(task::TaskFn::Sentiment), tasks::pg_bailian_sentiment),
+        (Kernel::Task(task::TaskFn::Rank), tasks::pg_bailian_rank),
+        (Kernel::Similarity, tasks::pg_bailian_similarity),
     ];
 
     /// The kernel whose entry point is at `address`: a function is ours by the code it runs,
@@ -67,6 +81,9 @@ impl Kernel {
             Kernel::GenAudio => "ai_gen_audio",
             Kernel::Embed => "ai_embed",
             Kernel::EmbedImageUri | Kernel::EmbedImageBytes => "ai_embed_image",
+            Kernel::GenStructured => "ai_gen_structured",
+            Kernel::Task(t) => t.sql_name(),
+            Kernel::Similarity => "ai_similarity",
         }
     }
 
@@ -80,6 +97,9 @@ impl Kernel {
             Kernel::Embed => embed::prepare_embed(args),
             Kernel::EmbedImageUri => embed::prepare_image_uri(args),
             Kernel::EmbedImageBytes => embed::prepare_image_bytes(args),
+            Kernel::GenStructured => tasks::prepare_gen_structured(args),
+            Kernel::Task(t) => tasks::prepare_task(t, args),
+            Kernel::Similarity => tasks::prepare_similarity(args),
         }
     }
 }
@@ -138,6 +158,57 @@ pub enum Prepared {
         model: Arc<EmbeddingModel>,
         input: Input,
     },
+    /// ai_similarity: two inputs in one request, answered with their cosine.
+    Similarity {
+        target: Arc<Target>,
+        model: Arc<EmbeddingModel>,
+        a: String,
+        b: String,
+    },
+}
+
+/// What a call gives for a row whose inference failed (`AiError::is_row_failure`); other
+/// errors always raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// The error (pg_bailian.on_error = 'error', on_error => 'abort').
+    Raise,
+    /// NULL and a WARNING naming the error (pg_bailian.on_error = 'null').
+    Warn,
+    /// `{"error": {...}}` in place of the value (ai_gen_structured's default).
+    Capture,
+    /// NULL, silently (on_error => 'skip').
+    Skip,
+}
+
+impl OnError {
+    /// This session's `pg_bailian.on_error`.
+    pub fn session() -> OnError {
+        if crate::guc::on_error_null() {
+            OnError::Warn
+        } else {
+            OnError::Raise
+        }
+    }
+
+    /// A row's result under this policy. Plain Rust: the WARNING is raised when the answer
+    /// becomes a datum, on the backend's thread.
+    pub fn settle(self, result: Result<Answer, AiError>) -> Result<Answer, AiError> {
+        match result {
+            Err(e) if e.is_row_failure() => match self {
+                OnError::Raise => Err(e),
+                OnError::Warn => Ok(Answer::Warned(e)),
+                OnError::Capture => Ok(Answer::Json(captured(&e))),
+                OnError::Skip => Ok(Answer::Null),
+            },
+            other => other,
+        }
+    }
+}
+
+/// `{"error": {"sqlstate", "message", "detail", "hint"}}`: what on_error => 'capture' returns.
+fn captured(e: &AiError) -> Value {
+    json!({"error": {"sqlstate": e.sqlstate(), "message": e.to_string(), "detail": e.detail(), "hint": e.hint()}})
 }
 
 /// What a chat call's SQL function returns of the answer.
@@ -149,9 +220,23 @@ pub enum Finish {
     Json,
     /// The spoken answer as a WAV file (ai_gen_audio).
     Audio { model: String },
+    /// ai_gen_structured: the answer parsed and checked against the format; `on_error` is
+    /// its argument (None: pg_bailian.on_error).
+    Structured { model: String, format: Arc<Format>, on_error: Option<OnError> },
+    /// A task function's value, read from its checked answer.
+    Task { model: String, ask: Arc<Ask> },
 }
 
 impl Finish {
+    /// A chat call's row result, under its own on_error or the session's.
+    pub fn settle(&self, target: &Target, out: Result<ChatOutcome, AiError>) -> Result<Answer, AiError> {
+        let on_error = match self {
+            Finish::Structured { on_error: Some(explicit), .. } => *explicit,
+            _ => target.on_error(),
+        };
+        on_error.settle(out.and_then(|out| self.apply(out)))
+    }
+
     pub fn apply(&self, out: ChatOutcome) -> Result<Answer, AiError> {
         match self {
             Finish::Text => Ok(Answer::Text(out.content)),
@@ -166,6 +251,12 @@ impl Finish {
                 }
                 Ok(Answer::Bytes(wav::wav_from_pcm16(&out.audio_pcm, wav::OMNI_SAMPLE_RATE)))
             }
+            Finish::Structured { model, format, .. } => format.check(model, &out.content).map(Answer::Json),
+            Finish::Task { model, ask } => Ok(match ask.answer(model, &out.content)? {
+                TaskValue::Text(t) => Answer::Text(t),
+                TaskValue::Json(v) => Answer::Json(v),
+                TaskValue::Float(f) => Answer::Float(f),
+            }),
         }
     }
 }
@@ -178,6 +269,9 @@ pub enum Answer {
     Json(Value),
     Vector(Vec<f32>),
     Bytes(Vec<u8>),
+    Float(f64),
+    /// NULL, with a WARNING naming this error (pg_bailian.on_error = 'null').
+    Warned(AiError),
 }
 
 impl Answer {
@@ -189,7 +283,20 @@ impl Answer {
             Answer::Json(v) => JsonB(v).into_datum(),
             Answer::Vector(v) => v.into_datum(),
             Answer::Bytes(b) => b.into_datum(),
+            Answer::Float(f) => f.into_datum(),
+            Answer::Warned(e) => {
+                crate::entry::warn(e);
+                None
+            }
         }
+    }
+}
+
+/// The cosine of a pair's two embeddings (NULL for a zero vector, which no model returns).
+pub fn similarity(vectors: &[Vec<f32>]) -> Answer {
+    match vectors {
+        [a, b] => task::cosine(a, b).map_or(Answer::Null, Answer::Float),
+        _ => Answer::Null,
     }
 }
 
@@ -198,15 +305,20 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
     let answer = match kernel.prepare(&FcArgs(fcinfo))? {
         Prepared::Done(answer) => answer,
         Prepared::Chat { target, request, finish } => {
-            let out =
-                backend::run(&target, |client, call| async move { client.chat(&call, &request).await })?;
-            finish.apply(out)?
+            let out = backend::run(&target, |client, call| async move { client.chat(&call, &request).await });
+            finish.settle(&target, out)?
         }
         Prepared::Embed { target, model, input } => {
-            let mut vectors = backend::run(&target, |client, call| async move {
+            let vectors = backend::run(&target, |client, call| async move {
                 client.embed(&call, &model, &[input.as_embed_input()]).await
-            })?;
-            vectors.pop().map_or(Answer::Null, Answer::Vector)
+            });
+            target.on_error().settle(vectors.map(|mut v| v.pop().map_or(Answer::Null, Answer::Vector)))?
+        }
+        Prepared::Similarity { target, model, a, b } => {
+            let vectors = backend::run(&target, |client, call| async move {
+                client.embed(&call, &model, &[EmbedInput::Text(&a), EmbedInput::Text(&b)]).await
+            });
+            target.on_error().settle(vectors.map(|v| similarity(&v)))?
         }
     };
     Ok(answer.into_datum())

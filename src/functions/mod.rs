@@ -9,6 +9,8 @@ pub(crate) mod embed;
 pub(crate) mod generate;
 mod many;
 mod supported;
+pub(crate) mod tasks;
+mod text;
 
 use pgrx::datum::FromDatum;
 use pgrx::pg_sys;

@@ -64,7 +64,9 @@ pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
             break;
         }
         start = match end.checked_sub(overlap) {
-            Some(back) if overlap > 0 && back > start => (back..end).find(|&p| cut[p] >= 1).unwrap_or(back),
+            // The overlap starts at the first word boundary after `back`; when the last word
+            // is longer than the overlap there is none before `end`, and no overlap.
+            Some(back) if overlap > 0 && back > start => (back..end).find(|&p| cut[p] >= 1).unwrap_or(end),
             _ => end,
         };
     }
@@ -112,6 +114,12 @@ mod tests {
         }
         assert_eq!(pieces.first().unwrap(), "one two three four");
         assert!(pieces.last().unwrap().ends_with("ten"));
+    }
+
+    #[test]
+    fn overlap_never_starts_inside_a_word() {
+        assert_eq!(chunks("aaa bbbbbbbbb ccc", 13, 5), ["aaa bbbbbbbbb", "ccc"]);
+        assert_eq!(chunks("aaa bbb ccc ddd", 11, 5), ["aaa bbb ccc", "ccc ddd"]);
     }
 
     #[test]

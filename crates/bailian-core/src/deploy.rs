@@ -162,6 +162,8 @@ pub struct Deployment {
     pub region: Region,
     pub base_url: Option<String>,
     pub limits: RateLimits,
+    /// Task prompts a DBA replaced for this model (`ai_set_prompt`), by function name.
+    pub prompts: std::collections::BTreeMap<String, String>,
 }
 
 /// `ai_deploy_model`'s arguments as SQL passed them (None = SQL NULL).
@@ -362,7 +364,18 @@ impl Deployment {
             }
             _ => {}
         }
-        Ok(Deployment { name, spec, workspace, key, params, retry, region, base_url, limits })
+        Ok(Deployment {
+            name,
+            spec,
+            workspace,
+            key,
+            params,
+            retry,
+            region,
+            base_url,
+            limits,
+            prompts: Default::default(),
+        })
     }
 
     /// Deploy-time checks that depend on the settings and on who deploys: the key source must
