@@ -11,7 +11,7 @@ CREATE TABLE bailian.models (
     model_name          text PRIMARY KEY,
     provider            text NOT NULL DEFAULT 'bailian' CHECK (provider IN ('bailian', 'opensearch')),
     model_type          text NOT NULL,
-    task                text NOT NULL CHECK (task IN ('chat', 'translation', 'embedding')),
+    task                text NOT NULL CHECK (task IN ('chat', 'translation', 'embedding', 'rerank')),
     params              jsonb NOT NULL DEFAULT '{}',
     max_retries         int NOT NULL CHECK (max_retries BETWEEN 0 AND 100),
     initial_retry_delay float8 NOT NULL CHECK (initial_retry_delay BETWEEN 0.5 AND 8),

@@ -1,4 +1,4 @@
-//! Every model of seed 000 and every OpenSearch service of seed 003, deployed with its
+//! Every model of seed 000, the text rerank models, and every OpenSearch service of seed 003, deployed with its
 //! defaults and called once through the function that fits its task, checked on the wire
 //! (what the stand-in received) and in the answer. The case table must cover the registry
 //! exactly: a model added to `ai_supported_models()` without a case fails the test.
@@ -35,6 +35,8 @@ enum Kind {
     },
     /// OpenSearch text generation through `ai_chat`.
     OpenSearch,
+    /// A text rerank model through `ai_rank` (the DashScope native API).
+    Rerank,
 }
 
 use Kind::*;
@@ -103,6 +105,8 @@ const CASES: &[(&str, &str, Kind)] = &[
     ("bailian", "tongyi-embedding-vision-flash", Embedding { dimension: 768, images: true }),
     ("bailian", "multimodal-embedding-v1", Embedding { dimension: 1024, images: true }),
     ("bailian", "qwen3-vl-embedding", Embedding { dimension: 2560, images: true }),
+    ("bailian", "gte-rerank-v2", Rerank),
+    ("bailian", "qwen3-rerank", Rerank),
     ("opensearch", "ops-qwen-turbo", OpenSearch),
     ("opensearch", "qwen-turbo", OpenSearch),
     ("opensearch", "qwen-plus", OpenSearch),
@@ -285,6 +289,28 @@ fn every_model_answers_through_its_function() {
                     assert_eq!(code, "22023", "{msg}");
                     assert!(msg.contains("embeds text only"), "{msg}");
                 }
+            }
+            Rerank => {
+                let score: f64 = c
+                    .query_one(
+                        &format!("SELECT ai_rank('{name}', 'fast database {i}', 'a fast database')"),
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                // The stand-in scores by the share of the query's words the document holds.
+                assert_eq!(score, 0.6667, "{model}");
+                let (path, body) = last_request(&s);
+                assert!(path.ends_with("/api/v1/services/rerank/text-rerank/text-rerank"), "{model}: {path}");
+                assert_eq!(
+                    body,
+                    json!({"model": model, "input": {"query": format!("fast database {i}"), "documents": ["a fast database"]},
+                           "parameters": {"return_documents": false}}),
+                    "{model}"
+                );
+                let (code, msg) =
+                    error_of(c.query_one(&format!("SELECT ai_classify('{name}', 'x', ARRAY['a'])"), &[]));
+                assert_eq!(code, "42809", "{msg}");
             }
             OpenSearch => {
                 let out = json_of(

@@ -535,6 +535,11 @@ impl Batch {
                 self.queued.push_back(Box::pin(chat(client, target, request, finish, seq, site)));
                 Ok(None)
             }
+            Ok(Prepared::Rerank { target, url, query, document }) => {
+                let client = backend::client()?;
+                self.queued.push_back(Box::pin(rerank(client, target, url, query, document, seq, site)));
+                Ok(None)
+            }
             Ok(Prepared::Similarity { target, model, a, b }) => {
                 let client = backend::client()?;
                 self.queued.push_back(Box::pin(similarity(client, target, model, a, b, seq, site)));
@@ -748,6 +753,21 @@ async fn similarity(
     let call = target.call();
     let vectors = client.embed(&call, &model, &[EmbedInput::Text(&a), EmbedInput::Text(&b)]).await;
     vec![(seq, site, target.on_error().settle(vectors.map(|v| calls::similarity(&v))))]
+}
+
+async fn rerank(
+    client: &'static bailian_core::client::Client,
+    target: Arc<Target>,
+    url: String,
+    query: String,
+    document: String,
+    seq: u64,
+    site: usize,
+) -> Answers {
+    let call = target.call();
+    let model_type = target.deployment().spec.model_type;
+    let scores = client.rerank(&call, model_type, &url, &query, &[&document]).await;
+    vec![(seq, site, target.on_error().settle(scores.map(|s| calls::relevance(&s))))]
 }
 
 async fn embed(client: &'static bailian_core::client::Client, pack: Pack) -> Answers {

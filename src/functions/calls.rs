@@ -158,6 +158,13 @@ pub enum Prepared {
         model: Arc<EmbeddingModel>,
         input: Input,
     },
+    /// ai_rank on a rerank model: one document's relevance to the query.
+    Rerank {
+        target: Arc<Target>,
+        url: String,
+        query: String,
+        document: String,
+    },
     /// ai_similarity: two inputs in one request, answered with their cosine.
     Similarity {
         target: Arc<Target>,
@@ -300,6 +307,11 @@ pub fn similarity(vectors: &[Vec<f32>]) -> Answer {
     }
 }
 
+/// The one score of a one-document rerank.
+pub fn relevance(scores: &[f64]) -> Answer {
+    scores.first().map_or(Answer::Null, |s| Answer::Float(*s))
+}
+
 /// Row by row: prepare, send, wait (servicing interrupts), answer.
 pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     let answer = match kernel.prepare(&FcArgs(fcinfo))? {
@@ -313,6 +325,13 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
                 client.embed(&call, &model, &[input.as_embed_input()]).await
             });
             target.on_error().settle(vectors.map(|mut v| v.pop().map_or(Answer::Null, Answer::Vector)))?
+        }
+        Prepared::Rerank { target, url, query, document } => {
+            let model_type = target.deployment().spec.model_type;
+            let scores = backend::run(&target, |client, call| async move {
+                client.rerank(&call, model_type, &url, &query, &[&document]).await
+            });
+            target.on_error().settle(scores.map(|s| relevance(&s)))?
         }
         Prepared::Similarity { target, model, a, b } => {
             let vectors = backend::run(&target, |client, call| async move {

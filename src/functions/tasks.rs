@@ -160,6 +160,18 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
         }
     };
     let name = function.sql_name();
+    if let Input::Rank { query, document } = &input {
+        let d = catalog::load_for(&model, name, &[Task::Chat, Task::Rerank])?;
+        if d.spec.task == Task::Rerank {
+            // A rerank model answers the question itself; no prompt, no schema.
+            return Ok(Prepared::Rerank {
+                target: Arc::new(Target::new(&d, &d.params)?),
+                url: d.rerank_url(),
+                query: query.clone(),
+                document: document.clone(),
+            });
+        }
+    }
     let d = catalog::load_for(&model, name, &[Task::Chat])?;
     check_structured(&d, name)?;
     let prompt = d.prompts.get(name).map(String::as_str).unwrap_or(function.default_prompt());

@@ -158,6 +158,25 @@ impl Client {
     }
 
     /// One vector per input, in input order.
+    /// Each document's relevance to `query` by a rerank model at `url`, in document order.
+    pub async fn rerank(
+        &self,
+        call: &Call<'_>,
+        model_type: &str,
+        url: &str,
+        query: &str,
+        documents: &[&str],
+    ) -> Result<Vec<f64>, AiError> {
+        let body = crate::providers::rerank::body(model_type, query, documents);
+        let v = self.post(call, url, &body).await?;
+        let (scores, usage) = crate::providers::rerank::scores(call.model, &v, documents.len())
+            .map_err(|e| redacted(call, e))?;
+        if let Some(limiter) = call.limiter {
+            limiter.record_tokens(usage.total_tokens);
+        }
+        Ok(scores)
+    }
+
     pub async fn embed(
         &self,
         call: &Call<'_>,

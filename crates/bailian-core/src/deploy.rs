@@ -353,7 +353,7 @@ impl Deployment {
                     "Pass base_url => 'https://<instance>.<region>.opensearch.aliyuncs.com' (the console's API endpoint).",
                 ))
             }
-            (_, Api::MultimodalEmbedding, Some(url)) if multimodal::native_root(url).is_none() => {
+            (_, Api::MultimodalEmbedding | Api::Rerank, Some(url)) if multimodal::native_root(url).is_none() => {
                 return Err(AiError::invalid(format!(
                     "model {} is served by the DashScope native API, whose root pg_bailian derives from \
                      base_url: base_url must end with /compatible-mode/v1 (or be the native root, ending \
@@ -425,16 +425,23 @@ impl Deployment {
         self.base_url.as_deref().unwrap_or(self.region.endpoint())
     }
 
+    /// The DashScope native API root (`.../api/v1`) of this deployment's host.
+    fn native_root(&self) -> String {
+        match &self.base_url {
+            Some(base) => multimodal::native_root(base).unwrap_or_else(|| base.clone()),
+            None => self.region.native_root().to_string(),
+        }
+    }
+
+    /// Where a rerank model's requests go.
+    pub fn rerank_url(&self) -> String {
+        format!("{}{}", self.native_root(), crate::providers::rerank::PATH)
+    }
+
     /// How embedding requests to this model are made.
     pub fn embedding_model(&self) -> EmbeddingModel {
         let url = match self.spec.api {
-            Api::MultimodalEmbedding => {
-                let root = match &self.base_url {
-                    Some(base) => multimodal::native_root(base).unwrap_or_else(|| base.clone()),
-                    None => self.region.native_root().to_string(),
-                };
-                format!("{root}{}", multimodal::PATH)
-            }
+            Api::MultimodalEmbedding => format!("{}{}", self.native_root(), multimodal::PATH),
             _ => format!("{}/embeddings", self.endpoint()),
         };
         EmbeddingModel {

@@ -311,6 +311,7 @@ fn accepted(spec: &ModelSpec, phase: Phase) -> Vec<Param> {
         Task::Chat => CHAT.to_vec(),
         Task::Translation => TRANSLATION.to_vec(),
         Task::Embedding => vec![Dimension],
+        Task::Rerank => vec![],
     };
     if spec.task == Task::Chat {
         match spec.thinking {

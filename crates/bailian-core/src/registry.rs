@@ -13,6 +13,8 @@ pub enum Task {
     Chat,
     Translation,
     Embedding,
+    /// Relevance of documents to a query (text rerank models).
+    Rerank,
 }
 
 impl Task {
@@ -21,6 +23,7 @@ impl Task {
             Task::Chat => "chat",
             Task::Translation => "translation",
             Task::Embedding => "embedding",
+            Task::Rerank => "rerank",
         }
     }
 
@@ -29,6 +32,7 @@ impl Task {
             "chat" => Some(Task::Chat),
             "translation" => Some(Task::Translation),
             "embedding" => Some(Task::Embedding),
+            "rerank" => Some(Task::Rerank),
             _ => None,
         }
     }
@@ -95,6 +99,8 @@ pub enum Api {
     MultimodalEmbedding,
     /// `{host}/v3/openapi/workspaces/{workspace}/text-generation/{service_id}` (seed 003).
     OpenSearch,
+    /// DashScope native `{root}/api/v1/services/rerank/text-rerank/text-rerank`.
+    Rerank,
 }
 
 /// Extra parameter families beyond what the task gives every model.
@@ -186,6 +192,7 @@ const OCR_IN: &[&str] = &["text", "image"];
 const OMNI_IN: &[&str] = &["text", "image", "audio", "video"];
 const OMNI_OUT: &[&str] = &["text", "audio"];
 const EMBEDDING_OUT: &[&str] = &["embedding"];
+const RERANK_OUT: &[&str] = &["relevance_score"];
 
 const fn chat(model_type: &'static str) -> ModelSpec {
     ModelSpec::base(model_type, "text generation", Task::Chat)
@@ -230,6 +237,16 @@ const fn multimodal_embedding(
     let mut m =
         embedding(model_type, VISION_IN, dimensions, default_dimension, max_inputs_per_request, notes);
     m.api = Api::MultimodalEmbedding;
+    m
+}
+
+/// A text rerank model (not in seed 000: Bailian's text-rerank API reference), served by the
+/// DashScope native API only.
+const fn rerank(model_type: &'static str, notes: &'static str) -> ModelSpec {
+    let mut m = ModelSpec::base(model_type, "rerank", Task::Rerank);
+    m.api = Api::Rerank;
+    m.outputs = RERANK_OUT;
+    m.notes = notes;
     m
 }
 
@@ -333,6 +350,9 @@ pub static MODELS: &[ModelSpec] = &[
         20,
         "image input supported, video input not supported",
     ),
+    // Text rerank API reference: the text rerank models and where each is served.
+    rerank("gte-rerank-v2", "Beijing region; up to 500 documents per request"),
+    rerank("qwen3-rerank", "Singapore region; up to 500 documents per request"),
     // Seed 003: OpenSearch AI Search Open Platform text generation, by service_id.
     capped(opensearch("ops-qwen-turbo"), 4000),
     capped(opensearch("qwen-turbo"), 1500),
@@ -390,8 +410,11 @@ mod tests {
 
     #[test]
     fn carries_every_model_of_the_seed_once() {
-        let bailian: Vec<_> = MODELS.iter().filter(|m| m.provider == Provider::Bailian).collect();
+        let bailian: Vec<_> =
+            MODELS.iter().filter(|m| m.provider == Provider::Bailian && m.task != Task::Rerank).collect();
         assert_eq!(bailian.len(), 54, "seed 000's table has 54 rows");
+        let rerank: Vec<_> = MODELS.iter().filter(|m| m.task == Task::Rerank).map(|m| m.model_type).collect();
+        assert_eq!(rerank, ["gte-rerank-v2", "qwen3-rerank"], "the text rerank API reference's text models");
         let opensearch = MODELS.iter().filter(|m| m.provider == Provider::OpenSearch).count();
         assert_eq!(opensearch, 10, "seed 003 lists 10 services");
         let ids: HashSet<_> = MODELS.iter().map(|m| (m.provider, m.model_type)).collect();

@@ -116,6 +116,20 @@ fn chat_and_embeddings_round_trip() {
 }
 
 #[test]
+fn rerank_scores_come_back_in_document_order() {
+    let f = Fixture::new(Config::default());
+    let call = f.call(policy(0, 0.5, 1.0), 5.0);
+    let root = bailian_core::providers::multimodal::native_root(&f.endpoint).unwrap();
+    let url = format!("{root}{}", bailian_core::providers::rerank::PATH);
+    let docs = ["unrelated words", "a fast database", "fast database engine"];
+    let scores = f.block(f.client.rerank(&call, "gte-rerank-v2", &url, "fast database", &docs)).unwrap();
+    // The stand-in scores by the share of query words a document holds (rerank.rs).
+    assert_eq!(scores, [0.0, 1.0, 1.0]);
+    let e = f.block(f.client.rerank(&call, "no-such-rerank", &url, "q", &["d"])).unwrap_err();
+    assert_eq!(e.sqlstate(), "ZB400");
+}
+
+#[test]
 fn retries_transient_errors_with_backoff() {
     let f = Fixture::new(Config::default());
     f.standin.script("flaky", vec![Fault::Status(500), Fault::Status(429), Fault::Status(503)]);

@@ -8,6 +8,7 @@
 pub mod compatible;
 pub mod multimodal;
 pub mod opensearch;
+pub mod rerank;
 pub mod sse;
 pub mod wav;
 
