@@ -10,7 +10,7 @@
 use crate::b64;
 use crate::chat::approx_tokens;
 use crate::embedding::{embedding_for, image_embedding_for};
-use crate::errors::{coded_body, invalid, respond, Api};
+use crate::errors::{invalid, Api};
 use crate::handler::Outcome;
 use crate::models::{self, MultimodalModel};
 use serde_json::{json, Value};

@@ -12,7 +12,7 @@
 
 use crate::chat::approx_tokens;
 use crate::embedding::words_of;
-use crate::errors::{coded_body, invalid, request_id, respond, Api, UNKNOWN_MODEL};
+use crate::errors::{invalid, request_id, Api, UNKNOWN_MODEL};
 use crate::handler::Outcome;
 use crate::models;
 use serde_json::{json, Value};
