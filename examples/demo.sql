@@ -5,7 +5,7 @@
 
 CREATE EXTENSION pg_bailian;
 
-\echo '\n-- What can be deployed: 54 models of seed 000, by task'
+\echo '\n-- What can be deployed: the 54 models of seed 000, 2 rerank models, 10 OpenSearch services'
 SELECT provider, task, count(*) AS models FROM ai_supported_models() GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT model_type, params, dimensions, default_dimension, max_inputs_per_request
   FROM ai_supported_models() WHERE task = 'embedding' AND model_type LIKE 'text-%';
@@ -50,6 +50,25 @@ SELECT a.id, b.id AS nearest, round(pg_temp.cosine(a.embedding, b.embedding)::nu
                        WHERE b.id <> a.id AND b.embedding IS NOT NULL
                        ORDER BY pg_temp.cosine(a.embedding, b.embedding) DESC LIMIT 1) b
  WHERE a.embedding IS NOT NULL ORDER BY a.id;
+
+\echo '\n-- The AI function family: one prompt and one JSON Schema each; answers are checked before SQL sees them'
+SELECT id, ai_classify('chat', body, ARRAY['battery', 'checkout', 'delivery', 'database']) AS topic,
+       ai_sentiment('chat', body) AS sentiment
+  FROM reviews ORDER BY id;
+ALTER TABLE reviews ADD COLUMN contact text;
+UPDATE reviews SET contact = format('name: %s; email: %s@example.com; phone: +86 138 0013 %s',
+                                    (ARRAY['Li Wei', 'Ann Lee', 'Bo Chen', 'Mei Lin', 'Sam Ito'])[id],
+                                    lower(split_part((ARRAY['Li Wei', 'Ann Lee', 'Bo Chen', 'Mei Lin', 'Sam Ito'])[id], ' ', 1)),
+                                    8000 + id)
+ WHERE body IS NOT NULL;
+SELECT id, ai_extract('chat', contact, ARRAY['name', 'email', 'phone']) AS fields FROM reviews ORDER BY id;
+SELECT id, ai_mask('chat', contact, ARRAY['email', 'phone']) AS masked FROM reviews ORDER BY id;
+SELECT ai_gen_structured('chat', 'Give the city of this review as JSON',
+         '{"type": "object", "properties": {"city": {"type": ["string", "null"]}}, "required": ["city"]}') AS structured;
+SELECT round(ai_similarity('embedder', 'fast database', 'the database is fast')::numeric, 3) AS similarity,
+       ai_chunk('First paragraph.' || chr(10) || chr(10) || 'Second one, a little longer. It has two sentences.', 30, 8) AS chunks,
+       ai_prompt('Summarize {0} for {1}; answer {{"summary": ...}}', 'the report', 'the board') AS prompt;
+SELECT function_name, left(prompt, 60) || '...' AS prompt, placeholders FROM ai_prompts ORDER BY function_name;
 
 \echo '\n-- Many rows: a whole column in one CALL (commits as it goes; CALL again resumes)'
 CREATE TABLE articles AS
