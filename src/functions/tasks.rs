@@ -116,7 +116,14 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
     let d = catalog::load_for(&model, "ai_gen_structured", &[Task::Chat])?;
     check_structured(&d, "ai_gen_structured")?;
     let format = Format::parse(&response_format.0)?;
-    let merged = call_params(&d, get::<JsonB>(args, 4))?;
+    let given = get::<JsonB>(args, 4);
+    if given.as_ref().and_then(|p| p.0.get("enable_thinking")) == Some(&Value::Bool(true)) {
+        return Err(AiError::invalid_with_hint(
+            "ai_gen_structured cannot think: Bailian's structured output works only with thinking off",
+            "Drop enable_thinking from params: structured calls run with thinking off on the models where it can be switched.",
+        ));
+    }
+    let merged = call_params(&d, given)?;
     if merged.contains_key("response_format") {
         return Err(AiError::invalid(
             "ai_gen_structured takes the format as its response_format argument, not in params",
