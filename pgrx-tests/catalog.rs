@@ -38,14 +38,14 @@ fn deploy_sql(name: &str, model_type: &str, key: &str, rest: &str) -> String {
 #[pg_test]
 fn supported_models_lists_the_registry() {
     let n = Spi::get_one::<i64>("SELECT count(*) FROM ai_supported_models()").unwrap().unwrap();
-    assert_eq!(n, 64);
+    assert_eq!(n, 66);
     let by_task = Spi::get_one::<String>(
         "SELECT string_agg(provider || '/' || task || '=' || n, ',' ORDER BY provider, task)
            FROM (SELECT provider, task, count(*) n FROM ai_supported_models() GROUP BY 1, 2) t",
     )
     .unwrap()
     .unwrap();
-    assert_eq!(by_task, "bailian/chat=42,bailian/embedding=8,bailian/translation=4,opensearch/chat=10");
+    assert_eq!(by_task, "bailian/chat=42,bailian/embedding=8,bailian/rerank=2,bailian/translation=4,opensearch/chat=10");
     let (dims, default, max_inputs) = Spi::get_three::<Vec<i32>, i32, i32>(
         "SELECT dimensions, default_dimension, max_inputs_per_request
            FROM ai_supported_models() WHERE model_type = 'text-embedding-v4'",
@@ -253,8 +253,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
     Spi::run(&deploy_sql("emb", "text-embedding-v4", OTHER_SECRET, "")).unwrap();
     Spi::run("CREATE ROLE bailian_test_user NOLOGIN").unwrap();
 
-    // What the extension lets PUBLIC execute: the AI functions and the column procedures
-    // (which run with the caller's rights), never deploy/undeploy, and no internal helper.
+    // What the extension lets PUBLIC execute: the AI functions, the text functions and the
+    // column procedures (which run with the caller's rights), and bailian.default_prompts()
+    // (the ai_prompts view calls it with the caller's rights); never deploy/undeploy nor
+    // ai_set_prompt, and no other internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
            FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
@@ -266,11 +268,16 @@ fn a_role_without_grants_cannot_reach_a_key() {
     .unwrap();
     assert_eq!(
         executable,
-        "ai_chat(text,jsonb,jsonb), ai_embed(text,text), ai_embed_batch(text,text[]), \
+        "ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_classify(text,text,text[]), \
+         ai_embed(text,text), ai_embed_batch(text,text[]), \
          ai_embed_column(regclass,name,name,text,integer), ai_embed_image(text,bytea), \
-         ai_embed_image(text,text), ai_gen(text), ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), \
+         ai_embed_image(text,text), ai_extract(text,text,text[]), ai_fix_grammar(text,text), \
+         ai_gen(text), ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), \
          ai_gen_batch(text,text[],jsonb), ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
-         ai_supported_models(), ai_translate(text,text,text,jsonb), ai_update(regclass,name,text,integer,text)"
+         ai_gen_structured(text,text,jsonb,text,jsonb), ai_mask(text,text,text[]), ai_prompt(text,text[]), \
+         ai_rank(text,text,text), ai_sentiment(text,text), ai_similarity(text,text,text), \
+         ai_summarize(text,text,integer), ai_supported_models(), ai_translate(text,text,text,jsonb), \
+         ai_update(regclass,name,text,integer,text), bailian.default_prompts()"
     );
 
     // Every relation of the extension: either the role cannot read it, or nothing it can
@@ -293,8 +300,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
         relations,
         vec![
             ("ai_models".to_string(), true),
+            ("ai_prompts".to_string(), true),
             ("bailian.model_keys".to_string(), false),
-            ("bailian.models".to_string(), false)
+            ("bailian.models".to_string(), false),
+            ("bailian.prompts".to_string(), false)
         ]
     );
 
@@ -308,7 +317,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
                 .unwrap()
                 .unwrap();
             assert!(!leaks(&all), "{rel} shows a key: {all}");
-            assert!(all.contains("sk-...3a9c"), "the hint is shown: {all}");
+            if rel == "ai_models" {
+                assert!(all.contains("sk-...3a9c"), "the hint is shown: {all}");
+            }
         } else {
             assert!(r.starts_with("42501 permission denied"), "{rel}: {r}");
         }
@@ -317,6 +328,12 @@ fn a_role_without_grants_cannot_reach_a_key() {
     let deploy = try_sql(&deploy_sql("mine", "qwen-plus", SECRET, ""));
     assert_eq!(deploy, "42501 permission denied for function ai_deploy_model");
     assert_eq!(try_sql("SELECT ai_undeploy_model('chat')"), "42501 permission denied for function ai_undeploy_model");
+    // The task prompts: every default readable, none replaceable.
+    assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM ai_prompts WHERE is_default").unwrap(), Some(7));
+    assert_eq!(
+        try_sql("SELECT ai_set_prompt('chat', 'ai_classify', 'Pick one of {labels}. Answer in JSON.')"),
+        "42501 permission denied for function ai_set_prompt"
+    );
 
     // The role can use a model; a failing call tells what failed and never the key.
     let failed = try_sql("SELECT ai_gen('chat', 'hello')");

@@ -113,6 +113,12 @@ CREATE AGGREGATE public.count(*) (SFUNC = public.count_step, STYPE = pg_catalog.
 CREATE FUNCTION public.string_agg_step(s pg_catalog.text, v pg_catalog.text, d pg_catalog.text) RETURNS pg_catalog.text
   LANGUAGE plpgsql AS $f$ BEGIN PERFORM public.hijacked('aggregate string_agg'); RETURN v; END $f$;
 CREATE AGGREGATE public.string_agg(pg_catalog.text, pg_catalog.text) (SFUNC = public.string_agg_step, STYPE = pg_catalog.text);
+-- What reading a model's task prompts aggregates with (jsonb_object_agg of two texts would
+-- take this exact match over pg_catalog's ("any", "any") one).
+CREATE FUNCTION public.jsonb_object_agg_step(s pg_catalog.jsonb, k pg_catalog.text, v pg_catalog.text) RETURNS pg_catalog.jsonb
+  LANGUAGE plpgsql AS $f$ BEGIN PERFORM public.hijacked('aggregate jsonb_object_agg'); RETURN s; END $f$;
+CREATE AGGREGATE public.jsonb_object_agg(pg_catalog.text, pg_catalog.text)
+  (SFUNC = public.jsonb_object_agg_step, STYPE = pg_catalog.jsonb, INITCOND = '{}');
 
 -- Domains named like built-in types: a cast to "text" that resolves here runs the check.
 DO $do$
@@ -156,7 +162,7 @@ fn run_everything(
     assert_eq!(models, 5);
     let supported: i64 =
         c.query_one("SELECT pg_catalog.count(*) FROM ai_supported_models()", &[]).unwrap().get(0);
-    assert_eq!(supported, 64);
+    assert_eq!(supported, 66);
     c.batch_execute("SET pg_bailian.default_chat_model = 'chat'").unwrap();
     assert_eq!(one_text(c, "SELECT ai_gen('chat', 'one')").as_deref(), Some("Echo from qwen-plus: one"));
     assert_eq!(one_text(c, "SELECT ai_gen('two')").as_deref(), Some("Echo from qwen-plus: two"));
@@ -189,6 +195,7 @@ fn run_everything(
         .unwrap()
         .len();
     assert_eq!(n, 2);
+    run_task_functions(c, s);
     // One statement each: a multi-statement string is one transaction, where CALL cannot commit.
     // The expression and filter are the caller's SQL, so they name what they mean.
     c.batch_execute(
@@ -234,7 +241,136 @@ fn run_everything(
         "ai_translate(text,text,text,jsonb)",
         "ai_undeploy_model(text)",
         "ai_update(regclass,name,text,integer,text)",
+        "ai_gen_structured(text,text,jsonb,text,jsonb)",
+        "ai_classify(text,text,text[])",
+        "ai_extract(text,text,text[])",
+        "ai_mask(text,text,text[])",
+        "ai_summarize(text,text,integer)",
+        "ai_fix_grammar(text,text)",
+        "ai_sentiment(text,text)",
+        "ai_rank(text,text,text)",
+        "ai_similarity(text,text,text)",
+        "ai_chunk(text,integer,integer)",
+        "ai_prompt(text,text[])",
+        "ai_set_prompt(text,text,text)",
+        "bailian.default_prompts()",
     ]
+}
+
+fn json_text(c: &mut Client, sql: &str) -> serde_json::Value {
+    let text = one_text(c, sql).unwrap_or_else(|| panic!("{sql}: NULL"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql}: {e}: {text}"))
+}
+
+fn one_float(c: &mut Client, sql: &str) -> f64 {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// The rows of ai_prompts as (function_name, model_name, is_default), sorted here: an ORDER
+/// BY or a comparison in SQL would be the test's own SQL resolving operators on the path.
+fn prompt_rows(c: &mut Client) -> Vec<(String, Option<String>, bool)> {
+    let mut rows: Vec<(String, Option<String>, bool)> = c
+        .query("SELECT function_name, model_name, is_default FROM ai_prompts", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// ai_gen_structured, the task functions, ai_similarity, ai_chunk, ai_prompt, ai_prompts
+/// (through it bailian.default_prompts()) and ai_set_prompt, each with its exact value; then
+/// the task functions and ai_similarity over the rows of public.docs in the AI Batch node.
+fn run_task_functions(c: &mut Client, s: &bailian_standin::Standin) {
+    let schema = r#"{"type": "object", "properties": {"city": {"type": ["string", "null"]}}, "required": ["city"], "additionalProperties": false}"#;
+    assert_eq!(
+        json_text(
+            c,
+            &format!(
+                "SELECT ai_gen_structured('chat', 'name: Ann; city: Paris', '{schema}')::pg_catalog.text"
+            )
+        ),
+        serde_json::json!({"city": "Paris"})
+    );
+    assert_eq!(
+        one_text(c, "SELECT ai_classify('chat', 'the app has a bug', ARRAY['billing', 'bug'])").as_deref(),
+        Some("bug")
+    );
+    assert_eq!(
+        json_text(c, "SELECT ai_extract('chat', 'name: Ann; city: Oslo', ARRAY['name', 'city', 'zip'])::pg_catalog.text"),
+        serde_json::json!({"name": "Ann", "city": "Oslo", "zip": null})
+    );
+    assert_eq!(
+        one_text(c, "SELECT ai_mask('chat', 'mail ann@example.com now', ARRAY['email'])").as_deref(),
+        Some("mail [MASKED] now")
+    );
+    assert_eq!(
+        one_text(c, "SELECT ai_summarize('chat', 'one two three four five', 2)").as_deref(),
+        Some("one two")
+    );
+    assert_eq!(one_text(c, "SELECT ai_fix_grammar('chat', 'i am  here')").as_deref(), Some("I am here."));
+    assert_eq!(one_text(c, "SELECT ai_sentiment('chat', 'I love it')").as_deref(), Some("positive"));
+    assert_eq!(one_float(c, "SELECT ai_rank('chat', 'red fox', 'The red dog.')"), 0.5);
+    let similarity = one_float(c, "SELECT ai_similarity('emb', 'red fox', 'red dog')");
+    let want =
+        bailian_core::tasks::cosine(&embedding_for("red fox", 64), &embedding_for("red dog", 64)).unwrap();
+    assert!((similarity - want).abs() < 1e-9, "ai_similarity: {similarity}, expected {want}");
+    let pieces: Vec<String> = c.query_one("SELECT ai_chunk('one two three four', 9, 0)", &[]).unwrap().get(0);
+    assert_eq!(pieces, ["one two", "three", "four"]);
+    assert_eq!(one_text(c, "SELECT ai_prompt('{0} and {1}', 'a', 'b')").as_deref(), Some("a and b"));
+
+    // The prompts: seven defaults; a replacement for one model is used, listed, and undone.
+    let defaults: Vec<(String, Option<String>, bool)> =
+        ["ai_classify", "ai_extract", "ai_fix_grammar", "ai_mask", "ai_rank", "ai_sentiment", "ai_summarize"]
+            .iter()
+            .map(|f| (f.to_string(), None, true))
+            .collect();
+    assert_eq!(prompt_rows(c), defaults);
+    let n: i64 =
+        c.query_one("SELECT pg_catalog.count(*) FROM bailian.default_prompts()", &[]).unwrap().get(0);
+    assert_eq!(n, 7);
+    c.batch_execute("SELECT ai_set_prompt('chat', 'ai_classify', 'Pick one of {labels}. Answer in JSON.')")
+        .unwrap();
+    let mut with_replacement = defaults.clone();
+    with_replacement.push(("ai_classify".into(), Some("chat".into()), false));
+    with_replacement.sort();
+    assert_eq!(prompt_rows(c), with_replacement);
+    let before = s.requests().len();
+    assert_eq!(
+        one_text(c, "SELECT ai_classify('chat', 'a bug again', ARRAY['billing', 'bug'])").as_deref(),
+        Some("bug")
+    );
+    let sent = s.requests();
+    assert_eq!(sent.len(), before + 1);
+    assert_eq!(
+        sent[before].body["messages"][0]["content"],
+        serde_json::json!("Pick one of \"billing\", \"bug\". Answer in JSON."),
+        "the replacement prompt is the system message"
+    );
+    c.batch_execute("SELECT ai_set_prompt('chat', 'ai_classify', NULL)").unwrap();
+    assert_eq!(prompt_rows(c), defaults);
+
+    // Over rows, in the AI Batch node.
+    let over_rows =
+        "SELECT id, ai_classify('chat', body, ARRAY['none', 'row']), ai_sentiment('chat', body), \
+                     ai_similarity('emb', body, 'row 1') FROM public.docs";
+    let plan: Vec<String> =
+        c.query(&format!("EXPLAIN (COSTS OFF) {over_rows}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(plan.iter().any(|l| l.contains("Custom Scan (AI Batch)")), "{plan:#?}");
+    let mut rows: Vec<(i32, String, String, f64)> =
+        c.query(over_rows, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    rows.sort_by_key(|r| r.0);
+    assert_eq!(rows.len(), 7);
+    for (id, label, mood, similarity) in rows {
+        assert_eq!((label.as_str(), mood.as_str()), ("row", "neutral"), "row {id}");
+        let want = bailian_core::tasks::cosine(
+            &embedding_for(&format!("row {id}"), 64),
+            &embedding_for("row 1", 64),
+        )
+        .unwrap();
+        assert!((similarity - want).abs() < 1e-9, "row {id}: {similarity}, expected {want}");
+    }
 }
 
 #[test]
@@ -244,8 +380,8 @@ fn planted_look_alikes_never_run() {
     fresh_role(&mut c, "sp_mallory", "");
     c.batch_execute(
         "GRANT CREATE ON SCHEMA public TO sp_mallory;
-         CREATE TABLE public.docs (id int PRIMARY KEY, body text, emb real[], answer text);
-         INSERT INTO public.docs SELECT g, 'row ' || g, NULL, NULL FROM generate_series(1, 7) g;",
+         CREATE TABLE public.docs (id int PRIMARY KEY, body text, emb real[], answer text, label text);
+         INSERT INTO public.docs SELECT g, 'row ' || g, NULL, NULL, NULL FROM generate_series(1, 7) g;",
     )
     .unwrap();
     let mut mallory = connect_as(&db, "sp_mallory");
@@ -277,7 +413,7 @@ fn planted_look_alikes_never_run() {
 
     let mut run = Vec::new();
     for (round, search_path) in [("hostile", "public, pg_catalog"), ("default", "\"$user\", public")] {
-        admin.batch_execute("UPDATE public.docs SET emb = NULL, answer = NULL").unwrap();
+        admin.batch_execute("UPDATE public.docs SET emb = NULL, answer = NULL, label = NULL").unwrap();
         run = run_everything(&mut admin, &s, search_path, round);
         assert_eq!(hijacks(&seen), Vec::<String>::new(), "search_path {search_path}: planted objects ran");
     }
@@ -313,7 +449,7 @@ fn planted_look_alikes_never_run() {
     admin
         .batch_execute(
             "GRANT SELECT, UPDATE ON public.docs TO sp_clerk;
-             UPDATE public.docs SET emb = NULL, answer = NULL;
+             UPDATE public.docs SET emb = NULL, answer = NULL, label = NULL;
              TRUNCATE public.hijack_log",
         )
         .unwrap();
@@ -328,13 +464,26 @@ fn planted_look_alikes_never_run() {
         .unwrap();
     clerk.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb', batch_size => 3)").unwrap();
     clerk.batch_execute("CALL ai_gen_column('docs', 'body', 'answer', 'chat', 'Say: {0}')").unwrap();
+    clerk
+        .batch_execute(
+            "CALL ai_update('docs', 'label', $$public.ai_classify('chat', body::pg_catalog.text, \
+                            ARRAY['none', 'row']::pg_catalog.text[])$$, batch_size => 4)",
+        )
+        .unwrap();
+    // The prompts view (and the function under it) is for everyone; replacing a prompt is not.
+    assert_eq!(prompt_rows(&mut clerk).len(), 7);
+    let (code, msg) = error_of(
+        clerk.batch_execute("SELECT ai_set_prompt('chat', 'ai_classify', 'Pick one of {labels}. JSON.')"),
+    );
+    assert_eq!((code.as_str(), msg.as_str()), ("42501", "permission denied for function ai_set_prompt"));
     assert_eq!(hijacks(&clerk_seen), Vec::<String>::new(), "planted objects ran for an unprivileged caller");
     let logged: i64 =
         admin.query_one("SELECT pg_catalog.count(*) FROM public.hijack_log", &[]).unwrap().get(0);
     assert_eq!(logged, 0);
     let filled: i64 = admin
         .query_one(
-            "SELECT pg_catalog.count(*) FROM public.docs WHERE emb IS NOT NULL AND answer IS NOT NULL",
+            "SELECT pg_catalog.count(*) FROM public.docs WHERE emb IS NOT NULL AND answer IS NOT NULL
+                AND label OPERATOR(pg_catalog.=) 'row'",
             &[],
         )
         .unwrap()

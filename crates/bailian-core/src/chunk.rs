@@ -47,11 +47,14 @@ pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
     let cut = strengths(&chars);
     let mut out = Vec::new();
     let mut start = 0;
+    // Where the piece before ended: the next one must end past it, or a boundary inside the
+    // overlap would make a piece that is nothing but the overlap.
+    let mut done = 0;
     while start < n {
         let end = if n - start <= size {
             n
         } else {
-            let window = start + 1..=start + size;
+            let window = (start + 1).max(done + 1)..=start + size;
             let best = window.clone().map(|p| cut[p]).max().unwrap_or(0);
             window.rev().find(|&p| cut[p] == best).unwrap_or(start + size)
         };
@@ -63,6 +66,7 @@ pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
         if end == n {
             break;
         }
+        done = end;
         start = match end.checked_sub(overlap) {
             // The overlap starts at the first word boundary after `back`; when the last word
             // is longer than the overlap there is none before `end`, and no overlap.
@@ -120,6 +124,19 @@ mod tests {
     fn overlap_never_starts_inside_a_word() {
         assert_eq!(chunks("aaa bbbbbbbbb ccc", 13, 5), ["aaa bbbbbbbbb", "ccc"]);
         assert_eq!(chunks("aaa bbb ccc ddd", 11, 5), ["aaa bbb ccc", "ccc ddd"]);
+    }
+
+    #[test]
+    fn every_piece_brings_new_text() {
+        let text = "ticket 7: name: user7; city: Berlin; this is about other, it was great";
+        assert_eq!(
+            chunks(text, 40, 10),
+            ["ticket 7: name: user7; city: Berlin;", "Berlin; this is about other, it was", "it was great"]
+        );
+        let pieces = chunks("Alpha beta. Gamma delta epsilon.", 20, 6);
+        for pair in pieces.windows(2) {
+            assert!(!pair[0].ends_with(pair[1].as_str()), "{pieces:?}");
+        }
     }
 
     #[test]
