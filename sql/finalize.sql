@@ -116,7 +116,7 @@ COMMENT ON FUNCTION ai_embed(text, text) IS
 COMMENT ON FUNCTION ai_supported_models() IS
   'Every model pg_bailian can deploy, by provider (bailian, opensearch): task, inputs, outputs, deployable params, per-call params, embedding dimensions and default, inputs per embedding request.';
 COMMENT ON FUNCTION ai_embed_batch(text, text[]) IS
-  'Embed an array of texts: one row per element (ord is 1-based, NULL or empty text gives a NULL embedding), inputs packed up to the model''s per-request limit, up to pg_bailian.max_concurrency requests in flight. Fails as a whole if a request fails after retries.';
+  'Embed an array of texts: one row per element (ord is 1-based, NULL or empty text gives a NULL embedding), inputs packed up to the model''s per-request limit, up to pg_bailian.max_concurrency requests in flight. Fails as a whole if a request fails after retries, unless pg_bailian.on_error = ''null'': then that element''s embedding is NULL, with a WARNING.';
 COMMENT ON FUNCTION ai_gen_batch(text, text[], jsonb) IS
   'Generate for an array of prompts: one row per element (ord is 1-based) with the response, or the error (SQLSTATE: message) of a prompt that failed after retries; up to pg_bailian.max_concurrency requests in flight.';
 COMMENT ON PROCEDURE ai_update(regclass, name, text, int, text) IS
@@ -132,7 +132,7 @@ COMMENT ON FUNCTION bailian.default_prompts() IS
 COMMENT ON FUNCTION ai_set_prompt(text, text, text) IS
   'Replace the prompt of a task function (''ai_classify'', ''ai_extract'', ''ai_mask'', ''ai_summarize'', ''ai_fix_grammar'', ''ai_sentiment'', ''ai_rank'') for one deployed model; NULL goes back to the default. The prompt is the system message, may use only the function''s placeholders ({labels}, {max_words}; {{ and }} for literal braces), and the answer schema stays the same. Only the role that deployed the model, its members or a superuser. Not executable by PUBLIC.';
 COMMENT ON FUNCTION ai_gen_structured(text, text, jsonb, text, jsonb) IS
-  'Generate JSON with a deployed chat model through Bailian''s structured output: response_format is a JSON Schema (sent in strict JSON-Schema mode), {"type": "json_object"} (the prompt must mention JSON), or Bailian''s own {"type": "json_schema", "json_schema": {...}}. The answer is checked against the schema here too. A row whose request fails or whose answer is not JSON (ZBI01) or breaks the schema (ZBI02): on_error ''capture'' (default) returns {"error": {"sqlstate", "message", "detail", "hint"}}, ''skip'' NULL, ''abort'' raises, NULL follows pg_bailian.on_error. params as for ai_gen.';
+  'Generate JSON with a deployed chat model through Bailian''s structured output: response_format is a JSON Schema (sent in strict JSON-Schema mode), {"type": "json_object"} (the prompt must mention JSON), or Bailian''s own {"type": "json_schema", "json_schema": {...}}. The answer is checked against the schema here too. A row whose request fails after retries or whose answer is not JSON (ZBI01) or breaks the schema (ZBI02): on_error ''capture'' (default) returns {"error": {"sqlstate", "message", "detail", "hint"}}, ''skip'' NULL, ''abort'' raises, NULL follows pg_bailian.on_error. params as for ai_gen.';
 COMMENT ON FUNCTION ai_classify(text, text, text[]) IS
   'The label among labels that fits content best, by a chat model with structured output (the label is an enum of the answer schema, so it is always one of labels). A wrong answer is ZBI01/ZBI02; pg_bailian.on_error = ''null'' makes it NULL with a WARNING.';
 COMMENT ON FUNCTION ai_extract(text, text, text[]) IS

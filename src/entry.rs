@@ -130,7 +130,8 @@ const WARN_AT: Location = Location { function: "warn\0", file: concat!(file!(), 
 /// Raises `e` as a WARNING with its own SQLSTATE, detail and hint, saying the value became
 /// NULL (pg_bailian.on_error = 'null'), and returns.
 pub fn warn(e: AiError) {
-    let hint = match e.hint() {
+    // An inference error's own hint is advice to set what is already set.
+    let hint = match e.hint().filter(|_| !matches!(e, AiError::Inference { .. })) {
         Some(h) => format!("The value is NULL because pg_bailian.on_error is 'null'. {h}"),
         None => "The value is NULL because pg_bailian.on_error is 'null'.".into(),
     };

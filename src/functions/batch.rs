@@ -1,6 +1,7 @@
 //! ai_embed_batch and ai_gen_batch: arrays in, one row per element out, in input order.
 
 use super::arg;
+use super::calls::{Answer, OnError};
 use super::generate::call_params;
 use super::many;
 use crate::catalog;
@@ -17,7 +18,8 @@ fn ord(i: usize) -> Option<pg_sys::Datum> {
     ((i + 1) as i32).into_datum()
 }
 
-/// Any failure (after retries) fails the call: there is no error column to put it in.
+/// A failure (after retries) fails the call, there being no error column to put it in;
+/// under pg_bailian.on_error = 'null' that element's embedding is NULL, with a WARNING.
 fn embed_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     let (Some(model), Some(contents)) = (arg::<String>(fcinfo, 0), arg::<Vec<Option<String>>>(fcinfo, 1))
     else {
@@ -26,10 +28,20 @@ fn embed_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     let d = catalog::load_for(&model, "ai_embed_batch", &[Task::Embedding])?;
     let texts: Vec<Option<&str>> = contents.iter().map(Option::as_deref).collect();
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+    let on_error = OnError::session();
+    // Raised once every request is done: nothing is reported from inside the wait.
+    let mut warnings = Vec::new();
     many::embed_texts(&d, &texts, |i, result| {
-        vectors[i] = Some(result?);
+        match on_error.settle(result.map(Answer::Vector))? {
+            Answer::Vector(v) => vectors[i] = Some(v),
+            Answer::Warned(e) => warnings.push(e),
+            _ => {}
+        }
         Ok(())
     })?;
+    for e in warnings {
+        crate::entry::warn(e);
+    }
     materialize(fcinfo, vectors.into_iter().enumerate().map(|(i, v)| vec![ord(i), v.into_datum()]))?;
     Ok(None)
 }

@@ -101,7 +101,7 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
                 .into(),
         });
     };
-    let on_error = match get::<String>(args, 3).as_deref() {
+    let on_error = match get::<String>(args, 3).map(|m| m.trim().to_ascii_lowercase()).as_deref() {
         None => None,
         Some("capture") => Some(OnError::Capture),
         Some("skip") => Some(OnError::Skip),
@@ -143,6 +143,10 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
     let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
+    // Nothing to classify, extract or rewrite: NULL, as ai_embed gives for '', and no request.
+    if content.is_empty() {
+        return Ok(Prepared::Done(Answer::Null));
+    }
     let input = match function {
         TaskFn::Classify | TaskFn::Extract | TaskFn::Mask => {
             let Some(labels) = get::<Vec<Option<String>>>(args, 2) else {
@@ -162,7 +166,9 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
         }
         TaskFn::FixGrammar | TaskFn::Sentiment => Input::Text { content },
         TaskFn::Rank => {
-            let Some(document) = get::<String>(args, 2) else { return Ok(Prepared::Done(Answer::Null)) };
+            let Some(document) = get::<String>(args, 2).filter(|d| !d.is_empty()) else {
+                return Ok(Prepared::Done(Answer::Null));
+            };
             Input::Rank { query: content, document }
         }
     };
@@ -233,6 +239,17 @@ fn set_prompt(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     if let Some(p) = &prompt {
         function.check_prompt(p)?;
     }
+    let d = catalog::load(&model)?;
+    if d.spec.task != Task::Chat {
+        return Err(AiError::invalid_with_hint(
+            format!(
+                "model \"{model}\" has task {} ({}); task prompts are for the chat models the task functions use",
+                d.spec.task, d.spec.model_type
+            ),
+            "SELECT model_name, task FROM ai_models shows each model's task.",
+        ));
+    }
+    check_structured(&d, function.sql_name())?;
     catalog::set_prompt(&model, function.sql_name(), prompt.as_deref())?;
     Ok(None)
 }

@@ -47,14 +47,15 @@ pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
     let cut = strengths(&chars);
     let mut out = Vec::new();
     let mut start = 0;
-    // Where the piece before ended: the next one must end past it, or a boundary inside the
-    // overlap would make a piece that is nothing but the overlap.
+    // Where the piece before ended: the next one must end past the first character after it,
+    // or a boundary inside the overlap would make a piece that is nothing but the overlap.
     let mut done = 0;
     while start < n {
         let end = if n - start <= size {
             n
         } else {
-            let window = (start + 1).max(done + 1)..=start + size;
+            let fresh = (done..n).find(|&p| !chars[p].is_whitespace()).unwrap_or(n);
+            let window = (start + 1).max(fresh + 1)..=start + size;
             let best = window.clone().map(|p| cut[p]).max().unwrap_or(0);
             window.rev().find(|&p| cut[p] == best).unwrap_or(start + size)
         };
@@ -133,6 +134,8 @@ mod tests {
             chunks(text, 40, 10),
             ["ticket 7: name: user7; city: Berlin;", "Berlin; this is about other, it was", "it was great"]
         );
+        let text = "ticket 103: name: user103; city: Berlin; this is about other, it was great";
+        assert_eq!(chunks(text, 40, 10)[1], "Berlin; this is about other, it was");
         let pieces = chunks("Alpha beta. Gamma delta epsilon.", 20, 6);
         for pair in pieces.windows(2) {
             assert!(!pair[0].ends_with(pair[1].as_str()), "{pieces:?}");

@@ -144,7 +144,7 @@ impl AiError {
                     .into(),
             ),
             AiError::Inference { .. } => Some(
-                "The model did not follow the requested format. Retry the row, try another model, or set on_error (or pg_bailian.on_error) to keep going past such rows."
+                "The model did not follow the requested format: retry the row or try another model. SET pg_bailian.on_error = 'null' keeps a query going past such rows."
                     .into(),
             ),
             AiError::Connect { .. }

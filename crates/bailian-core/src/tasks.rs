@@ -316,7 +316,12 @@ impl Ask {
 pub fn mask(content: &str, entities: &[String]) -> String {
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for entity in entities.iter().filter(|e| !e.trim().is_empty()) {
-        spans.extend(content.match_indices(entity.as_str()).map(|(at, m)| (at, at + m.len())));
+        spans.extend(
+            content
+                .match_indices(entity.as_str())
+                .map(|(at, m)| (at, at + m.len()))
+                .filter(|&(start, end)| whole(content, start, end)),
+        );
     }
     spans.sort_unstable();
     let mut out = String::with_capacity(content.len());
@@ -333,6 +338,18 @@ pub fn mask(content: &str, entities: &[String]) -> String {
     }
     out.push_str(&content[done..]);
     out
+}
+
+/// Whether `content[start..end]` is not part of a longer word: an edge that is an ASCII letter
+/// or digit must not continue into one ("Al" is not masked inside "Alice"). Text without
+/// spaces (Chinese) has no such edges, so any occurrence counts there.
+fn whole(content: &str, start: usize, end: usize) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric();
+    let piece = &content[start..end];
+    let before = content[..start].chars().next_back();
+    let after = content[end..].chars().next();
+    !(piece.chars().next().is_some_and(word) && before.is_some_and(word)
+        || piece.chars().next_back().is_some_and(word) && after.is_some_and(word))
 }
 
 /// Cosine similarity of two embeddings, in [-1, 1]; NULL-like (None) for a zero vector or
@@ -425,6 +442,11 @@ mod tests {
             "[MASKED] and [MASKED] and [x]"
         );
         assert_eq!(mask("数据库 and 数据", &labels(&["数据"])), "[MASKED]库 and [MASKED]");
+        assert_eq!(
+            mask("name: Al; Alice called Al.", &labels(&["Al"])),
+            "name: [MASKED]; Alice called [MASKED]."
+        );
+        assert_eq!(mask("x@y.com,x@y.com", &labels(&["x@y.com"])), "[MASKED],[MASKED]");
     }
 
     #[test]
