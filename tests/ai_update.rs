@@ -561,7 +561,7 @@ fn commits_per_batch_and_resumes_after_a_cancel() {
     assert!(wait_for(Duration::from_secs(5), || s.stats().in_flight == 0), "requests outlived the cancel");
     let committed = ids(&mut c, "SELECT id FROM big WHERE answer IS NOT NULL ORDER BY id");
     let filled = committed.len();
-    assert!(filled >= 40 && filled < 200 && filled % 20 == 0, "only whole batches stay: {filled}");
+    assert!((40..200).contains(&filled) && filled.is_multiple_of(20), "only whole batches stay: {filled}");
     assert_eq!(committed, (1..=filled as i32).collect::<Vec<_>>(), "batches go in key order");
     let progressed = progress(&seen, 200);
     assert!(progressed.len() >= 2 && progressed.iter().all(|d| d % 20 == 0), "{}", notices(&seen));

@@ -196,7 +196,7 @@ fn cancel_keeps_committed_batches_and_resume_sends_nothing_twice() {
     // The first batch is 300 rows; once the job has seen a round of requests (4 in flight x 10
     // inputs = 40 rows), each batch is the whole rounds that fit in 300: 280 rows.
     assert!(
-        filled >= 300 && filled < 3000 && (filled - 300) % 280 == 0,
+        (300..3000).contains(&filled) && (filled - 300) % 280 == 0,
         "only whole committed batches remain: {filled}"
     );
     let committed: Vec<String> = c
