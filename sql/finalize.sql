@@ -74,7 +74,7 @@ GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
     ai_embed_column(regclass, name, name, text, int),
     ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
 
--- pg_dump dumps the two catalog tables (pg_extension_config_dump), so whoever dumps the
+-- pg_dump dumps the three catalog tables (pg_extension_config_dump), so whoever dumps the
 -- database must read them: its owner may (the keys in them are sealed). PostgreSQL 14 and
 -- later have pg_database_owner, which follows ALTER DATABASE ... OWNER TO.
 DO $owner$
@@ -98,7 +98,7 @@ COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8
 COMMENT ON FUNCTION ai_undeploy_model(text) IS
   'Remove a deployed model and its key; returns false if no model had that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';
 COMMENT ON FUNCTION ai_gen(text, text, jsonb) IS
-  'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models; timeout and max_retries, which may only lower the deployed values). NULL prompt returns NULL.';
+  'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models; timeout and max_retries, which may only lower the deployed values). NULL prompt returns NULL. Under pg_bailian.on_error = ''null'' a failed request gives NULL and a WARNING, as for every AI function.';
 COMMENT ON FUNCTION ai_gen(text) IS
   'Generate text with the default chat model: pg_bailian.default_chat_model, or the only deployed chat model.';
 COMMENT ON FUNCTION ai_chat(text, jsonb, jsonb) IS
@@ -126,11 +126,11 @@ COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
 COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS
   'Fill target_column (text or varchar) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
 COMMENT ON VIEW ai_prompts IS
-  'The prompt of each task function (ai_classify, ai_extract, ai_mask, ai_summarize, ai_fix_grammar, ai_sentiment, ai_rank): the default (model_name NULL, is_default) and each model''s replacement set with ai_set_prompt, with the placeholders it may use and the JSON Schema of the answer.';
+  'The prompt of each task function (ai_classify, ai_extract, ai_mask, ai_summarize, ai_fix_grammar, ai_sentiment, ai_rank): the default (model_name NULL, is_default) and each model''s replacement set with ai_set_prompt, with the placeholders it may use and the JSON Schema of the answer. Readable by every role, like ai_models: a prompt is no secret.';
 COMMENT ON FUNCTION bailian.default_prompts() IS
   'The built-in prompt and answer schema of each task function; read it through ai_prompts.';
 COMMENT ON FUNCTION ai_set_prompt(text, text, text) IS
-  'Replace the prompt of a task function (''ai_classify'', ''ai_extract'', ''ai_mask'', ''ai_summarize'', ''ai_fix_grammar'', ''ai_sentiment'', ''ai_rank'') for one deployed model; NULL goes back to the default. The prompt is the system message, may use only the function''s placeholders ({labels}, {max_words}; {{ and }} for literal braces), and the answer schema stays the same. Only the role that deployed the model, its members or a superuser. Not executable by PUBLIC.';
+  'Replace the prompt of a task function (''ai_classify'', ''ai_extract'', ''ai_mask'', ''ai_summarize'', ''ai_fix_grammar'', ''ai_sentiment'', ''ai_rank'') for one deployed model; NULL goes back to the default. The prompt is the system message, may use only the function''s placeholders ({labels}, {max_words}; {{ and }} for literal braces), and the answer schema stays the same. Every role can read it in ai_prompts. Only the role that deployed the model (a chat model the task functions can use), its members or a superuser. Not executable by PUBLIC.';
 COMMENT ON FUNCTION ai_gen_structured(text, text, jsonb, text, jsonb) IS
   'Generate JSON with a deployed chat model through Bailian''s structured output: response_format is a JSON Schema (sent in strict JSON-Schema mode), {"type": "json_object"} (the prompt must mention JSON), or Bailian''s own {"type": "json_schema", "json_schema": {...}}. The answer is checked against the schema here too. A row whose request fails after retries or whose answer is not JSON (ZBI01) or breaks the schema (ZBI02): on_error ''capture'' (default) returns {"error": {"sqlstate", "message", "detail", "hint"}}, ''skip'' NULL, ''abort'' raises, NULL follows pg_bailian.on_error. params as for ai_gen.';
 COMMENT ON FUNCTION ai_classify(text, text, text[]) IS
@@ -138,18 +138,18 @@ COMMENT ON FUNCTION ai_classify(text, text, text[]) IS
 COMMENT ON FUNCTION ai_extract(text, text, text[]) IS
   'A jsonb object with exactly the keys in labels, each the value content states for it (a string) or null, by a chat model with structured output.';
 COMMENT ON FUNCTION ai_mask(text, text, text[]) IS
-  'content with every occurrence of the kinds of information in labels (e.g. ''email'', ''phone'', ''person'') replaced by [MASKED]: the model lists the occurrences, pg_bailian replaces them, so the rest of the text is kept exactly.';
+  'content with the occurrences of the kinds of information in labels (e.g. ''email'', ''phone'', ''person'') that the model finds replaced by [MASKED] (whole words only): the model lists them, pg_bailian replaces them, so the rest of the text is kept exactly. Best effort: what the model misses stays; check before relying on it for personal data.';
 COMMENT ON FUNCTION ai_summarize(text, text, int) IS
   'A summary of content in at most max_words words (1 to 10000, default 50), in the language of the text, by a chat model with structured output.';
 COMMENT ON FUNCTION ai_fix_grammar(text, text) IS
   'content with its grammar, spelling and punctuation corrected, meaning, tone and language kept, by a chat model with structured output.';
 COMMENT ON FUNCTION ai_sentiment(text, text) IS
-  'The sentiment of content: positive, negative, neutral or mixed, by a chat model with structured output.';
+  'The sentiment of content: positive, negative, neutral or mixed, by a chat model with structured output. Empty content returns NULL without a request (so do the other task functions).';
 COMMENT ON FUNCTION ai_rank(text, text, text) IS
-  'How relevant document is to query, in [0, 1], by a chat model with structured output. NULL query or document returns NULL.';
+  'How relevant document is to query, in [0, 1]: on a rerank model (gte-rerank-v2, qwen3-rerank) its relevance_score from the text rerank API, on a chat model a score asked for through structured output (the two scales are not the same). NULL or empty query or document returns NULL.';
 COMMENT ON FUNCTION ai_similarity(text, text, text) IS
   'The cosine similarity in [-1, 1] of the embeddings of a and b by a deployed embedding model (one request for both). NULL or empty text returns NULL.';
 COMMENT ON FUNCTION ai_chunk(text, int, int) IS
-  'content split into pieces of at most chunk_size characters (default 512), cut at paragraph, then sentence, then word boundaries, consecutive pieces sharing about overlap characters (default 64, less than chunk_size) starting at a word; pieces are trimmed. Asks no model.';
+  'content split into pieces of at most chunk_size characters (default 512), cut at paragraph, then sentence, then word boundaries, consecutive pieces sharing about overlap characters starting at a word (default 64, which must be less than chunk_size: pass overlap with a chunk_size of 64 or less); pieces are trimmed. At most 64M characters in. Asks no model.';
 COMMENT ON FUNCTION ai_prompt(text, text[]) IS
   'template with {0}, {1}, ... replaced by the arguments after it (NULL as empty text); {{ and }} are literal braces. Asks no model.';

@@ -431,11 +431,35 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
 
 /// Replaces the prompt of task function `function` for the model `name` (None: back to the
 /// default). Only the role that deployed the model, its members or a superuser.
-pub fn set_prompt(name: &str, function: &str, prompt: Option<&str>) -> Result<(), AiError> {
+/// `fits` checks the model (its registry entry) once the caller is known to manage it; the
+/// key is never touched.
+pub fn set_prompt(
+    name: &str,
+    function: &str,
+    prompt: Option<&str>,
+    fits: impl FnOnce(&'static bailian_core::registry::ModelSpec) -> Result<(), AiError>,
+) -> Result<(), AiError> {
     let (caller, caller_name) = current_user();
     let done = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
-            let Some(owner) = owner_of(client, name)? else {
+            let row = client
+                .update(
+                    "SELECT deployed_by::pg_catalog.text, model_type, provider FROM bailian.models
+                      WHERE model_name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                    Some(1),
+                    &[name.into()],
+                )
+                .map_err(spi_failed)?
+                .next()
+                .map(|r| {
+                    Ok::<_, AiError>((
+                        r.get::<String>(1).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<String>(2).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<String>(3).map_err(spi_failed)?.unwrap_or_default(),
+                    ))
+                })
+                .transpose()?;
+            let Some((owner, model_type, provider)) = row else {
                 return Err(AiError::ModelNotDeployed {
                     name: name.to_string(),
                     hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
@@ -444,6 +468,14 @@ pub fn set_prompt(name: &str, function: &str, prompt: Option<&str>) -> Result<()
             if !may_manage(caller, &owner) {
                 return Err(not_owner(name, &owner, "change the prompts of"));
             }
+            let spec = bailian_core::registry::Provider::parse(&provider)
+                .and_then(|p| bailian_core::registry::find_at(p, &model_type))
+                .ok_or_else(|| {
+                    AiError::invalid(format!(
+                        "deployed model \"{name}\" is no longer valid ({model_type}); redeploy it"
+                    ))
+                })?;
+            fits(spec)?;
             match prompt {
                 Some(prompt) => client.update(
                     "INSERT INTO bailian.prompts (model_name, function_name, prompt, set_by, set_at)

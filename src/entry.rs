@@ -136,9 +136,15 @@ pub fn warn(e: AiError) {
         None => "The value is NULL because pg_bailian.on_error is 'null'.".into(),
     };
     let report = Report { hint: Some(cstring(hint)), ..Report::from(e) };
-    // SAFETY: at WARNING level errfinish emits the report and returns (only ERROR and above
-    // longjmp), so nothing is skipped.
-    unsafe { report_at(pg_sys::WARNING as c_int, report, &WARN_AT) };
+    // SAFETY: at WARNING level errfinish emits the report and returns; it ends with
+    // CHECK_FOR_INTERRUPTS, which would longjmp over the Rust frames above for a pending
+    // cancel, so interrupts are held (HOLD_INTERRUPTS) around it and serviced at the next
+    // check, where the caller's own waits and pgrx's guards expect them.
+    unsafe {
+        pg_sys::InterruptHoldoffCount += 1;
+        report_at(pg_sys::WARNING as c_int, report, &WARN_AT);
+        pg_sys::InterruptHoldoffCount -= 1;
+    }
 }
 
 unsafe extern "C-unwind" {

@@ -1569,6 +1569,16 @@ fn empty_content_case_and_word_edges() {
         None
     );
 
+    // A bad key fails every row alike: not captured, not NULLed, whatever on_error says.
+    s.script("key test", vec![bailian_standin::Fault::Status(401)]);
+    let (code, _) = err(&mut c, &format!("SELECT ai_gen_structured('chat', 'key test', '{mood}')::text"));
+    assert_eq!(code, "ZB401", "a 401 is the query's failure, not the row's");
+    c.batch_execute("SET pg_bailian.on_error = 'null'").unwrap();
+    s.script("key test", vec![bailian_standin::Fault::Status(401)]);
+    let (code, _) = err(&mut c, "SELECT ai_classify('chat', 'key test', ARRAY['a'])");
+    assert_eq!(code, "ZB401");
+    c.batch_execute("RESET pg_bailian.on_error").unwrap();
+
     let masked = one_text(&mut c, "SELECT ai_mask('chat', 'name: Al; Alice called Al.', ARRAY['name'])");
     assert_eq!(masked.as_deref(), Some("name: [MASKED]; Alice called [MASKED]."));
 

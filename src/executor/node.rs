@@ -751,7 +751,7 @@ async fn similarity(
     site: usize,
 ) -> Answers {
     let call = target.call();
-    let vectors = client.embed(&call, &model, &[EmbedInput::Text(&a), EmbedInput::Text(&b)]).await;
+    let vectors = bailian_core::client::embed_pair(client, &call, &model, &a, &b).await;
     vec![(seq, site, target.on_error().settle(vectors.map(|v| calls::similarity(&v))))]
 }
 

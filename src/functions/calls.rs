@@ -335,7 +335,7 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
         }
         Prepared::Similarity { target, model, a, b } => {
             let vectors = backend::run(&target, |client, call| async move {
-                client.embed(&call, &model, &[EmbedInput::Text(&a), EmbedInput::Text(&b)]).await
+                bailian_core::client::embed_pair(client, &call, &model, &a, &b).await
             });
             target.on_error().settle(vectors.map(|v| similarity(&v)))?
         }

@@ -11,7 +11,7 @@ use crate::catalog;
 use crate::entry::sql_entry;
 use bailian_core::deploy::Deployment;
 use bailian_core::params::{accepted_names, Phase};
-use bailian_core::registry::{Task, Thinking};
+use bailian_core::registry::{ModelSpec, Task, Thinking};
 use bailian_core::structured::Format;
 use bailian_core::tasks::{self as task, Ask, Input, TaskFn};
 use bailian_core::AiError;
@@ -62,13 +62,17 @@ fn similarity(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
 /// `d` can answer in a requested format: a Bailian chat model that takes `response_format`
 /// and can answer without thinking (Bailian's structured-output guide: not in thinking mode).
 fn check_structured(d: &Deployment, function: &str) -> Result<(), AiError> {
-    let takes_format = accepted_names(d.spec, Phase::Call).contains(&"response_format");
-    if !takes_format || d.spec.thinking == Thinking::Always {
+    check_spec(d.spec, &d.name, function)
+}
+
+fn check_spec(spec: &ModelSpec, model: &str, function: &str) -> Result<(), AiError> {
+    let takes_format = accepted_names(spec, Phase::Call).contains(&"response_format");
+    if !takes_format || spec.thinking == Thinking::Always {
         let why = if takes_format { "always thinks" } else { "takes no response_format" };
         return Err(AiError::invalid_with_hint(
             format!(
-                "{function} cannot use model \"{}\": {} {why}, and {function} needs Bailian's structured output",
-                d.name, d.spec.model_type
+                "{function} cannot use model \"{model}\": {} {why}, and {function} needs Bailian's structured output",
+                spec.model_type
             ),
             "Deploy a Qwen chat model that supports structured output, e.g. qwen-plus, qwen-flash or qwen3-max.",
         ));
@@ -123,12 +127,13 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
             "Drop enable_thinking from params: structured calls run with thinking off on the models where it can be switched.",
         ));
     }
-    let merged = call_params(&d, given)?;
-    if merged.contains_key("response_format") {
+    if given.as_ref().is_some_and(|p| p.0.get("response_format").is_some()) {
         return Err(AiError::invalid(
             "ai_gen_structured takes the format as its response_format argument, not in params",
         ));
     }
+    // A deployed response_format (for ai_gen) gives way to the argument.
+    let merged = call_params(&d, given)?;
     let merged = with_format(&d, merged, &format);
     let request = prompt_request(&d, &prompt, &merged)?;
     Ok(Prepared::Chat {
@@ -143,10 +148,6 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
     let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
-    // Nothing to classify, extract or rewrite: NULL, as ai_embed gives for '', and no request.
-    if content.is_empty() {
-        return Ok(Prepared::Done(Answer::Null));
-    }
     let input = match function {
         TaskFn::Classify | TaskFn::Extract | TaskFn::Mask => {
             let Some(labels) = get::<Vec<Option<String>>>(args, 2) else {
@@ -166,12 +167,21 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
         }
         TaskFn::FixGrammar | TaskFn::Sentiment => Input::Text { content },
         TaskFn::Rank => {
-            let Some(document) = get::<String>(args, 2).filter(|d| !d.is_empty()) else {
-                return Ok(Prepared::Done(Answer::Null));
-            };
+            let Some(document) = get::<String>(args, 2) else { return Ok(Prepared::Done(Answer::Null)) };
             Input::Rank { query: content, document }
         }
     };
+    // Nothing to classify, extract or rewrite: NULL, as ai_embed gives for '', and no request
+    // (the arguments above are checked all the same).
+    let empty = match &input {
+        Input::Labeled { content, .. } | Input::Summarize { content, .. } | Input::Text { content } => {
+            content.is_empty()
+        }
+        Input::Rank { query, document } => query.is_empty() || document.is_empty(),
+    };
+    if empty {
+        return Ok(Prepared::Done(Answer::Null));
+    }
     let name = function.sql_name();
     if let Input::Rank { query, document } = &input {
         let d = catalog::load_for(&model, name, &[Task::Chat, Task::Rerank])?;
@@ -239,18 +249,18 @@ fn set_prompt(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     if let Some(p) = &prompt {
         function.check_prompt(p)?;
     }
-    let d = catalog::load(&model)?;
-    if d.spec.task != Task::Chat {
-        return Err(AiError::invalid_with_hint(
-            format!(
-                "model \"{model}\" has task {} ({}); task prompts are for the chat models the task functions use",
-                d.spec.task, d.spec.model_type
-            ),
-            "SELECT model_name, task FROM ai_models shows each model's task.",
-        ));
-    }
-    check_structured(&d, function.sql_name())?;
-    catalog::set_prompt(&model, function.sql_name(), prompt.as_deref())?;
+    catalog::set_prompt(&model, function.sql_name(), prompt.as_deref(), |spec| {
+        if spec.task != Task::Chat {
+            return Err(AiError::invalid_with_hint(
+                format!(
+                    "model \"{model}\" has task {} ({}); task prompts are for the chat models the task functions use",
+                    spec.task, spec.model_type
+                ),
+                "SELECT model_name, task FROM ai_models shows each model's task.",
+            ));
+        }
+        check_spec(spec, &model, function.sql_name())
+    })?;
     Ok(None)
 }
 

@@ -28,7 +28,10 @@ fn chunk_fn(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
             "overlap must be at least 0 and less than chunk_size ({size}), got {overlap}"
         )));
     }
-    Ok(chunk::chunks(&content, size as usize, overlap as usize).into_datum())
+    // SAFETY: plain reads of sig_atomic_t flags, on the backend's thread; a pending cancel
+    // ends the work with AiError::Interrupted, which raises PostgreSQL's own error.
+    let interrupted = || unsafe { pg_sys::QueryCancelPending != 0 || pg_sys::ProcDiePending != 0 };
+    Ok(chunk::chunks(&content, size as usize, overlap as usize, interrupted)?.into_datum())
 }
 
 /// ai_prompt(template, VARIADIC args): `{0}` is the first argument, `{{` a literal brace.

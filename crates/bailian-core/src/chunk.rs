@@ -7,6 +7,8 @@
 //! character. Pieces are trimmed of surrounding whitespace, so they are substrings of the
 //! input and never longer than `size`.
 
+use crate::error::AiError;
+
 /// How strong a cut before character `p` is: 3 paragraph, 2 sentence, 1 word, 0 none.
 fn strengths(chars: &[char]) -> Vec<u8> {
     let n = chars.len();
@@ -39,22 +41,49 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3000..=0x9FFF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF | 0x20000..=0x2FFFF)
 }
 
+/// Longest text `ai_chunk` takes, in characters: its working copy is 5 bytes a character.
+pub const MAX_CHARS: usize = 64 << 20;
+
+/// Most text the pieces may hold together (PostgreSQL's limit for one value is 1 GB).
+pub const MAX_OUTPUT_BYTES: usize = 256 << 20;
+
 /// The pieces of `text`; `size` ≥ 1 and `overlap` < `size` (the SQL function checks).
-pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
+/// `interrupted` is asked between pieces; when it says yes the work stops with
+/// `AiError::Interrupted`. Scanning is linear in the text plus the pieces' total length.
+pub fn chunks(
+    text: &str,
+    size: usize,
+    overlap: usize,
+    mut interrupted: impl FnMut() -> bool,
+) -> Result<Vec<String>, AiError> {
     debug_assert!(size >= 1 && overlap < size);
     let chars: Vec<char> = text.chars().collect();
     let n = chars.len();
+    if n > MAX_CHARS {
+        return Err(AiError::invalid(format!(
+            "ai_chunk takes text of at most {MAX_CHARS} characters; this one has {n}: split it first"
+        )));
+    }
     let cut = strengths(&chars);
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     let mut start = 0;
-    // Where the piece before ended: the next one must end past the first character after it,
+    // The first non-space character after the piece before: the next piece must end past it,
     // or a boundary inside the overlap would make a piece that is nothing but the overlap.
-    let mut done = 0;
+    // It only moves forward, so finding it costs one pass over the text in all.
+    let mut fresh = 0;
     while start < n {
+        if interrupted() {
+            return Err(AiError::Interrupted);
+        }
         let end = if n - start <= size {
             n
         } else {
-            let fresh = (done..n).find(|&p| !chars[p].is_whitespace()).unwrap_or(n);
+            if fresh + 1 > start + size {
+                // Nothing but the overlap and spaces fits: start again at the new text.
+                start = fresh;
+                continue;
+            }
             let window = (start + 1).max(fresh + 1)..=start + size;
             let best = window.clone().map(|p| cut[p]).max().unwrap_or(0);
             window.rev().find(|&p| cut[p] == best).unwrap_or(start + size)
@@ -62,12 +91,22 @@ pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
         let piece: String = chars[start..end].iter().collect();
         let piece = piece.trim();
         if !piece.is_empty() {
+            bytes += piece.len();
+            if bytes > MAX_OUTPUT_BYTES {
+                return Err(AiError::invalid(format!(
+                    "the pieces of ai_chunk would hold more than {} MB of text; use a smaller overlap or a larger chunk_size",
+                    MAX_OUTPUT_BYTES >> 20
+                )));
+            }
             out.push(piece.to_string());
         }
         if end == n {
             break;
         }
-        done = end;
+        fresh = fresh.max(end);
+        while fresh < n && chars[fresh].is_whitespace() {
+            fresh += 1;
+        }
         start = match end.checked_sub(overlap) {
             // The overlap starts at the first word boundary after `back`; when the last word
             // is longer than the overlap there is none before `end`, and no overlap.
@@ -75,12 +114,16 @@ pub fn chunks(text: &str, size: usize, overlap: usize) -> Vec<String> {
             _ => end,
         };
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn never() -> bool {
+        false
+    }
 
     fn len(s: &str) -> usize {
         s.chars().count()
@@ -88,28 +131,28 @@ mod tests {
 
     #[test]
     fn short_text_is_one_piece_and_blank_text_none() {
-        assert_eq!(chunks("  hello world \n", 512, 64), ["hello world"]);
-        assert!(chunks("", 10, 0).is_empty());
-        assert!(chunks(" \n\n ", 10, 2).is_empty());
+        assert_eq!(chunks("  hello world \n", 512, 64, never).unwrap(), ["hello world"]);
+        assert!(chunks("", 10, 0, never).unwrap().is_empty());
+        assert!(chunks(" \n\n ", 10, 2, never).unwrap().is_empty());
     }
 
     #[test]
     fn paragraphs_first_then_sentences_then_words() {
         let text = "First paragraph here.\n\nSecond one is a bit longer. It has two sentences.";
         assert_eq!(
-            chunks(text, 40, 0),
+            chunks(text, 40, 0, never).unwrap(),
             ["First paragraph here.", "Second one is a bit longer.", "It has two sentences."]
         );
         let words = "alpha beta gamma delta epsilon zeta eta theta";
-        let pieces = chunks(words, 12, 0);
+        let pieces = chunks(words, 12, 0, never).unwrap();
         assert_eq!(pieces, ["alpha beta", "gamma delta", "epsilon zeta", "eta theta"]);
-        assert_eq!(chunks("abcdefghij", 4, 0), ["abcd", "efgh", "ij"]);
+        assert_eq!(chunks("abcdefghij", 4, 0, never).unwrap(), ["abcd", "efgh", "ij"]);
     }
 
     #[test]
     fn overlap_starts_at_a_word_and_repeats_the_tail() {
         let words = "one two three four five six seven eight nine ten";
-        let pieces = chunks(words, 20, 10);
+        let pieces = chunks(words, 20, 10, never).unwrap();
         for p in &pieces {
             assert!(len(p) <= 20, "{p}");
         }
@@ -123,31 +166,52 @@ mod tests {
 
     #[test]
     fn overlap_never_starts_inside_a_word() {
-        assert_eq!(chunks("aaa bbbbbbbbb ccc", 13, 5), ["aaa bbbbbbbbb", "ccc"]);
-        assert_eq!(chunks("aaa bbb ccc ddd", 11, 5), ["aaa bbb ccc", "ccc ddd"]);
+        assert_eq!(chunks("aaa bbbbbbbbb ccc", 13, 5, never).unwrap(), ["aaa bbbbbbbbb", "ccc"]);
+        assert_eq!(chunks("aaa bbb ccc ddd", 11, 5, never).unwrap(), ["aaa bbb ccc", "ccc ddd"]);
     }
 
     #[test]
     fn every_piece_brings_new_text() {
         let text = "ticket 7: name: user7; city: Berlin; this is about other, it was great";
         assert_eq!(
-            chunks(text, 40, 10),
+            chunks(text, 40, 10, never).unwrap(),
             ["ticket 7: name: user7; city: Berlin;", "Berlin; this is about other, it was", "it was great"]
         );
         let text = "ticket 103: name: user103; city: Berlin; this is about other, it was great";
-        assert_eq!(chunks(text, 40, 10)[1], "Berlin; this is about other, it was");
-        let pieces = chunks("Alpha beta. Gamma delta epsilon.", 20, 6);
+        assert_eq!(chunks(text, 40, 10, never).unwrap()[1], "Berlin; this is about other, it was");
+        let pieces = chunks("Alpha beta. Gamma delta epsilon.", 20, 6, never).unwrap();
         for pair in pieces.windows(2) {
             assert!(!pair[0].ends_with(pair[1].as_str()), "{pieces:?}");
         }
     }
 
     #[test]
+    fn long_runs_of_spaces_never_give_an_overlap_alone() {
+        let text = format!("alpha beta gamma{}delta epsilon", " ".repeat(100));
+        assert_eq!(chunks(&text, 12, 6, never).unwrap(), ["alpha beta", "beta gamma", "delta", "epsilon"]);
+        // A blank text of any length is one pass, not one pass per piece.
+        assert!(chunks(&" ".repeat(1_000_000), 10, 5, never).unwrap().is_empty());
+    }
+
+    #[test]
+    fn work_stops_when_interrupted_and_output_is_bounded() {
+        let mut asked = 0;
+        let e = chunks(&"word ".repeat(1000), 10, 0, || {
+            asked += 1;
+            asked > 3
+        })
+        .unwrap_err();
+        assert_eq!(e, AiError::Interrupted);
+        let e = chunks(&"a ".repeat(2_000_000), 1_000, 998, never).unwrap_err();
+        assert!(e.to_string().contains("more than 256 MB"), "{e}");
+    }
+
+    #[test]
     fn chinese_is_cut_at_sentence_ends_and_counted_in_characters() {
         let text = "这个数据库非常快。查询几乎是瞬间完成的。我们很满意。";
-        let pieces = chunks(text, 10, 0);
+        let pieces = chunks(text, 10, 0, never).unwrap();
         assert_eq!(pieces, ["这个数据库非常快。", "查询几乎是瞬间完成的", "。我们很满意。"]);
-        for p in chunks(&text.repeat(20), 50, 10) {
+        for p in chunks(&text.repeat(20), 50, 10, never).unwrap() {
             assert!(len(&p) <= 50);
         }
     }
@@ -157,7 +221,7 @@ mod tests {
         let text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n\nSed do eiusmod tempor. \
                     Incididunt ut labore et dolore magna aliqua! Ut enim ad minim veniam?";
         for size in [1, 3, 7, 16, 50, 200] {
-            let joined: String = chunks(text, size, 0).concat();
+            let joined: String = chunks(text, size, 0, never).unwrap().concat();
             let expected: String = text.chars().filter(|c| !c.is_whitespace()).collect();
             let got: String = joined.chars().filter(|c| !c.is_whitespace()).collect();
             assert_eq!(got, expected, "size {size}");
@@ -168,7 +232,7 @@ mod tests {
     fn always_ends_even_with_the_largest_overlap() {
         let text = "a b c d e f g h i j k l m n o p q r s t u v w x y z".repeat(5);
         for size in 1..12 {
-            let pieces = chunks(&text, size, size - 1);
+            let pieces = chunks(&text, size, size - 1, never).unwrap();
             assert!(!pieces.is_empty());
             assert!(pieces.iter().all(|p| len(p) <= size));
         }

@@ -157,7 +157,6 @@ impl Client {
         Ok(out)
     }
 
-    /// One vector per input, in input order.
     /// Each document's relevance to `query` by a rerank model at `url`, in document order.
     pub async fn rerank(
         &self,
@@ -177,6 +176,7 @@ impl Client {
         Ok(scores)
     }
 
+    /// One vector per input, in input order.
     pub async fn embed(
         &self,
         call: &Call<'_>,
@@ -285,6 +285,23 @@ impl Assembler {
 /// Embeds `inputs` in one request; when the provider refuses the whole request with a 400
 /// (one input it will not take, such as data_inspection_failed), each input is sent alone so
 /// only the offending ones fail. Results are per input, in order.
+/// The embeddings of `a` and `b`: one request where the model takes two inputs at once, two
+/// where it takes one (`multimodal-embedding-v1`).
+pub async fn embed_pair(
+    client: &Client,
+    call: &Call<'_>,
+    model: &EmbeddingModel,
+    a: &str,
+    b: &str,
+) -> Result<Vec<Vec<f32>>, AiError> {
+    if model.per_request >= 2 {
+        return client.embed(call, model, &[EmbedInput::Text(a), EmbedInput::Text(b)]).await;
+    }
+    let mut first = client.embed(call, model, &[EmbedInput::Text(a)]).await?;
+    first.extend(client.embed(call, model, &[EmbedInput::Text(b)]).await?);
+    Ok(first)
+}
+
 pub async fn embed_each(
     client: &Client,
     call: &Call<'_>,

@@ -190,8 +190,12 @@ impl AiError {
     pub fn is_row_failure(&self) -> bool {
         matches!(
             self,
-            AiError::Provider { .. }
-                | AiError::RetriesExhausted { .. }
+            // 401, 403 and 404 (a bad key, a model not activated, a wrong endpoint) fail every
+            // row alike: they are the query's failure, not the row's.
+            AiError::Provider { status, .. } if !matches!(status, 401 | 403 | 404)
+        ) || matches!(
+            self,
+            AiError::RetriesExhausted { .. }
                 | AiError::Timeout { .. }
                 | AiError::Connect { .. }
                 | AiError::MalformedResponse { .. }
@@ -366,5 +370,17 @@ mod tests {
         assert!(!provider(401).is_retryable());
         assert!(!provider(404).is_retryable());
         assert!(!AiError::MalformedResponse { model: "m".into(), detail: "d".into() }.is_retryable());
+    }
+
+    #[test]
+    fn only_failures_of_one_row_are_row_failures() {
+        assert!(provider(400).is_row_failure());
+        assert!(provider(429).is_row_failure());
+        assert!(provider(500).is_row_failure());
+        for status in [401, 403, 404] {
+            assert!(!provider(status).is_row_failure(), "{status}");
+        }
+        assert!(!AiError::invalid("x").is_row_failure());
+        assert!(!AiError::Interrupted.is_row_failure());
     }
 }

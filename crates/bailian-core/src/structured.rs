@@ -9,6 +9,8 @@
 
 use crate::error::{AiError, InferenceKind};
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// How much of a bad answer an error quotes.
 const QUOTED_CHARS: usize = 200;
@@ -21,7 +23,7 @@ pub struct Format {
     /// Sent as the request's `response_format`.
     pub response_format: Value,
     /// None in JSON-object mode, where any JSON will do.
-    validator: Option<jsonschema::Validator>,
+    validator: Option<Arc<jsonschema::Validator>>,
 }
 
 impl std::fmt::Debug for Format {
@@ -68,11 +70,6 @@ impl Format {
         Ok(Format { response_format: json_schema_mode(name, schema), validator: Some(compile(schema)?) })
     }
 
-    /// Whether the request must mention JSON (Bailian refuses JSON-object mode otherwise).
-    pub fn is_json_object(&self) -> bool {
-        self.validator.is_none()
-    }
-
     /// The answer of `model` as a JSON value that satisfies the format.
     pub fn check(&self, model: &str, answer: &str) -> Result<Value, AiError> {
         let value: Value = serde_json::from_str(answer.trim()).map_err(|e| AiError::Inference {
@@ -113,15 +110,41 @@ fn json_schema_mode(name: &str, schema: &Value) -> Value {
     json!({"type": "json_schema", "json_schema": {"name": name, "strict": true, "schema": schema}})
 }
 
-/// The caller's schema, compiled. Without the crate's resolver features a `$ref` to another
-/// document fails here instead of making the server fetch a URL or read a file.
-fn compile(schema: &Value) -> Result<jsonschema::Validator, AiError> {
+/// Compiled schemas a process keeps: a query calls with one schema (or one per label set)
+/// row after row, and compiling is the costly part of a check.
+const CACHED_SCHEMAS: usize = 64;
+
+static COMPILED: Mutex<Option<HashMap<String, Arc<jsonschema::Validator>>>> = Mutex::new(None);
+
+/// The caller's schema, compiled (or found compiled). Without the crate's resolver features a
+/// `$ref` to another document fails here instead of making the server fetch a URL or read a
+/// file; `pattern`s run on the linear-time `regex` engine, so no pattern in a schema can make
+/// a check backtrack for long.
+fn compile(schema: &Value) -> Result<Arc<jsonschema::Validator>, AiError> {
     if !schema.is_object() {
         return Err(AiError::invalid_with_hint("a JSON Schema must be a JSON object", SHAPES_HINT));
     }
-    jsonschema::validator_for(schema).map_err(|e| {
-        AiError::invalid_with_hint(format!("response_format is not a valid JSON Schema: {e}"), SHAPES_HINT)
-    })
+    let key = schema.to_string();
+    let mut cache = COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(hit) = cache.get(&key) {
+        return Ok(hit.clone());
+    }
+    let validator = jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(schema)
+        .map_err(|e| {
+            AiError::invalid_with_hint(
+                format!("response_format is not a valid JSON Schema: {e}"),
+                SHAPES_HINT,
+            )
+        })?;
+    let validator = Arc::new(validator);
+    if cache.len() >= CACHED_SCHEMAS {
+        cache.clear();
+    }
+    cache.insert(key, validator.clone());
+    Ok(validator)
 }
 
 fn quoted(answer: &str) -> String {
@@ -147,14 +170,12 @@ mod tests {
         assert_eq!(f.response_format["type"], "json_schema");
         assert_eq!(f.response_format["json_schema"]["strict"], true);
         assert_eq!(f.response_format["json_schema"]["schema"], schema());
-        assert!(!f.is_json_object());
         assert_eq!(f.check("m", r#" {"label": "a"} "#).unwrap(), json!({"label": "a"}));
     }
 
     #[test]
     fn json_object_mode_takes_any_json() {
         let f = Format::parse(&json!({"type": "json_object"})).unwrap();
-        assert!(f.is_json_object());
         assert_eq!(f.check("m", "[1, 2]").unwrap(), json!([1, 2]));
     }
 
@@ -196,6 +217,16 @@ mod tests {
         let e = f.check("chat", r#"{"unexpected": true}"#).unwrap_err();
         assert!(e.to_string().contains("\"label\" is a required property"), "{e}");
         assert!(e.is_row_failure());
+    }
+
+    #[test]
+    fn patterns_run_in_linear_time() {
+        // A pattern that backtracks exponentially on a backtracking engine.
+        let f = Format::parse(&json!({"type": "string", "pattern": "^(a+)+$"})).unwrap();
+        let long = format!("\"{}b\"", "a".repeat(5000));
+        assert_eq!(f.check("m", &long).unwrap_err().sqlstate(), "ZBI02");
+        // Look-around needs a backtracking engine: refused when the schema is read.
+        assert!(Format::parse(&json!({"type": "string", "pattern": "(?=a)a"})).is_err());
     }
 
     #[test]

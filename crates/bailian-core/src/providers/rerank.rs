@@ -11,9 +11,6 @@ use serde_json::{json, Value};
 
 pub const PATH: &str = "/services/rerank/text-rerank/text-rerank";
 
-/// Documents one request may carry (the API reference's limit for both text models).
-pub const MAX_DOCUMENTS: usize = 500;
-
 pub fn body(model_type: &str, query: &str, documents: &[&str]) -> Value {
     json!({
         "model": model_type,
