@@ -494,7 +494,8 @@ fn family() -> Row {
     let mut c = fresh_db();
     deploy(&mut c, "chat", "qwen-plus", &s, "");
     let labels = "ARRAY['databases', 'rust', 'cooking', 'topic']";
-    let classify = format!("SELECT ai_classify('chat', 'row ' || g, {labels}) FROM generate_series(1, {N}) g");
+    let classify =
+        format!("SELECT ai_classify('chat', 'row ' || g, {labels}) FROM generate_series(1, {N}) g");
     let gen = format!("SELECT ai_gen('chat', 'row ' || g) FROM generate_series(1, {N}) g");
     per_row_us(&mut c, &classify.replace(&N.to_string(), "200"), 200, true, 1);
     let task_us = per_row_us(&mut c, &classify, N, true, 2);
