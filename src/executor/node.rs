@@ -751,8 +751,8 @@ async fn similarity(
     site: usize,
 ) -> Answers {
     let call = target.call();
-    let vectors = bailian_core::client::embed_pair(client, &call, &model, &a, &b).await;
-    vec![(seq, site, target.on_error().settle(vectors.map(|v| calls::similarity(&v))))]
+    let cosine = calls::similarity(client, &call, &model, &a, &b).await;
+    vec![(seq, site, target.on_error().settle(cosine))]
 }
 
 async fn rerank(
@@ -766,8 +766,8 @@ async fn rerank(
 ) -> Answers {
     let call = target.call();
     let model_type = target.deployment().spec.model_type;
-    let scores = client.rerank(&call, model_type, &url, &query, &[&document]).await;
-    vec![(seq, site, target.on_error().settle(scores.map(|s| calls::relevance(&s))))]
+    let score = calls::rerank(client, &call, model_type, &url, &query, &document).await;
+    vec![(seq, site, target.on_error().settle(score))]
 }
 
 async fn embed(client: &'static bailian_core::client::Client, pack: Pack) -> Answers {

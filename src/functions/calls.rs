@@ -9,6 +9,7 @@
 
 use super::{embed, generate, tasks};
 use crate::backend::{self, Target};
+use bailian_core::client::{Call, Client};
 use bailian_core::providers::{wav, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel};
 use bailian_core::structured::Format;
 use bailian_core::tasks::{self as task, Ask, TaskValue};
@@ -299,17 +300,33 @@ impl Answer {
     }
 }
 
-/// The cosine of a pair's two embeddings (NULL for a zero vector, which no model returns).
-pub fn similarity(vectors: &[Vec<f32>]) -> Answer {
-    match vectors {
+/// ai_similarity's request and answer: the cosine of the two texts' embeddings (NULL for a
+/// zero vector, which no model returns). Row by row and the AI Batch node both call this.
+pub async fn similarity(
+    client: &Client,
+    call: &Call<'_>,
+    model: &EmbeddingModel,
+    a: &str,
+    b: &str,
+) -> Result<Answer, AiError> {
+    let vectors = bailian_core::client::embed_pair(client, call, model, a, b).await?;
+    Ok(match vectors.as_slice() {
         [a, b] => task::cosine(a, b).map_or(Answer::Null, Answer::Float),
         _ => Answer::Null,
-    }
+    })
 }
 
-/// The one score of a one-document rerank.
-pub fn relevance(scores: &[f64]) -> Answer {
-    scores.first().map_or(Answer::Null, |s| Answer::Float(*s))
+/// ai_rank's request and answer on a rerank model: the one document's relevance score.
+pub async fn rerank(
+    client: &Client,
+    call: &Call<'_>,
+    model_type: &str,
+    url: &str,
+    query: &str,
+    document: &str,
+) -> Result<Answer, AiError> {
+    let scores = client.rerank(call, model_type, url, query, &[document]).await?;
+    Ok(scores.first().map_or(Answer::Null, |s| Answer::Float(*s)))
 }
 
 /// Row by row: prepare, send, wait (servicing interrupts), answer.
@@ -328,16 +345,16 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
         }
         Prepared::Rerank { target, url, query, document } => {
             let model_type = target.deployment().spec.model_type;
-            let scores = backend::run(&target, |client, call| async move {
-                client.rerank(&call, model_type, &url, &query, &[&document]).await
+            let score = backend::run(&target, |client, call| async move {
+                rerank(client, &call, model_type, &url, &query, &document).await
             });
-            target.on_error().settle(scores.map(|s| relevance(&s)))?
+            target.on_error().settle(score)?
         }
         Prepared::Similarity { target, model, a, b } => {
-            let vectors = backend::run(&target, |client, call| async move {
-                bailian_core::client::embed_pair(client, &call, &model, &a, &b).await
+            let cosine = backend::run(&target, |client, call| async move {
+                similarity(client, &call, &model, &a, &b).await
             });
-            target.on_error().settle(vectors.map(|v| similarity(&v)))?
+            target.on_error().settle(cosine)?
         }
     };
     Ok(answer.into_datum())

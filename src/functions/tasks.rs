@@ -59,12 +59,8 @@ fn similarity(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     calls::call_now(Kernel::Similarity, fcinfo)
 }
 
-/// `d` can answer in a requested format: a Bailian chat model that takes `response_format`
+/// `spec` can answer in a requested format: a Bailian chat model that takes `response_format`
 /// and can answer without thinking (Bailian's structured-output guide: not in thinking mode).
-fn check_structured(d: &Deployment, function: &str) -> Result<(), AiError> {
-    check_spec(d.spec, &d.name, function)
-}
-
 fn check_spec(spec: &ModelSpec, model: &str, function: &str) -> Result<(), AiError> {
     let takes_format = accepted_names(spec, Phase::Call).contains(&"response_format");
     if !takes_format || spec.thinking == Thinking::Always {
@@ -118,7 +114,7 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
         }
     };
     let d = catalog::load_for(&model, "ai_gen_structured", &[Task::Chat])?;
-    check_structured(&d, "ai_gen_structured")?;
+    check_spec(d.spec, &d.name, "ai_gen_structured")?;
     let format = Format::parse(&response_format.0)?;
     let given = get::<JsonB>(args, 4);
     if given.as_ref().and_then(|p| p.0.get("enable_thinking")) == Some(&Value::Bool(true)) {
@@ -196,7 +192,7 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
         }
     }
     let d = catalog::load_for(&model, name, &[Task::Chat])?;
-    check_structured(&d, name)?;
+    check_spec(d.spec, &d.name, name)?;
     let prompt = d.prompts.get(name).map(String::as_str).unwrap_or(function.default_prompt());
     let ask = Ask::new(function, prompt, input)?;
     // The instruction is the system message: a deployed "system" persona would compete with it.
