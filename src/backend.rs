@@ -106,6 +106,16 @@ impl Interrupts for PgInterrupts {
     }
 }
 
+/// Whether a cancel or termination is pending: what a loop over a caller's data asks now and
+/// then (it stops with `AiError::Interrupted`, and PostgreSQL's own error is raised after).
+pub fn cancel_pending() -> bool {
+    // SAFETY: plain reads of sig_atomic_t flags; they are only read, from any thread.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+    }
+}
+
 /// A deployed model ready to call: its deployment, the resolved key, its rate limiter and
 /// the settings of this call (deployed retry/timeout overridden by per-call params).
 pub struct Target {
@@ -115,6 +125,7 @@ pub struct Target {
     retry: RetryPolicy,
     limiter: Option<Arc<RateLimiter>>,
     max_response_bytes: u64,
+    answers_budget: u64,
     /// pg_bailian.on_error when the call was prepared.
     on_error: OnError,
 }
@@ -131,6 +142,7 @@ impl Target {
             timeout: settings.timeout,
             retry: settings.retry,
             max_response_bytes: crate::guc::max_response_bytes(),
+            answers_budget: crate::guc::answers_budget(),
             on_error: OnError::session(),
         })
     }
@@ -154,6 +166,7 @@ impl Target {
             retry: self.retry,
             limiter: self.limiter.as_deref(),
             max_response_bytes: self.max_response_bytes,
+            answers_budget: self.answers_budget,
         }
     }
 }

@@ -24,6 +24,11 @@ pub static MAX_READ_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Largest response body read from the provider, in kB.
 pub static MAX_RESPONSE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 
+/// The memory a backend's AI calls may hold at once, in kB (superuser-only): half for the
+/// rows an AI Batch node reads ahead (with their requests and answers), half for the answers
+/// being read.
+pub static MAX_BATCH_MEMORY_KB: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
+
 // The two defaults below repeat bailian_core::policy::DEFAULT_ENV_KEYS / DEFAULT_HOSTS (a
 // GUC default must be a C string constant); pgrx-tests checks that they agree.
 pub static ALLOWED_ENV_KEYS: GucSetting<Option<CString>> =
@@ -99,6 +104,16 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.max_batch_memory",
+        c"Memory a backend's AI calls may hold at once: rows read ahead with their requests, and answers being read.",
+        c"Superuser-only, so that no role can make a backend hold more. Half bounds the rows an AI Batch node reads ahead (at least one row is always read), half the answers being read at once; one answer is also at most half (pg_bailian.max_response_size above that has no effect).",
+        &MAX_BATCH_MEMORY_KB,
+        1024,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
     GucRegistry::define_enum_guc(
         c"pg_bailian.on_error",
         c"What an AI function returns when its row's request or answer fails: error or null.",
@@ -165,8 +180,25 @@ pub fn max_read_ahead() -> usize {
     MAX_READ_AHEAD.get().clamp(1, 100_000) as usize
 }
 
+/// `pg_bailian.max_batch_memory` in bytes.
+pub fn max_batch_bytes() -> u64 {
+    u64::try_from(MAX_BATCH_MEMORY_KB.get()).unwrap_or(1024).max(1024) * 1024
+}
+
+/// The share of `max_batch_memory` for the rows an AI Batch node reads ahead.
+pub fn window_budget() -> u64 {
+    max_batch_bytes() / 2
+}
+
+/// The share of `max_batch_memory` for the answers being read at once.
+pub fn answers_budget() -> u64 {
+    max_batch_bytes() / 2
+}
+
+/// The largest answer read: `pg_bailian.max_response_size`, at most the answers' share of
+/// `pg_bailian.max_batch_memory` (a role may raise the one, not the other).
 pub fn max_response_bytes() -> u64 {
-    u64::try_from(MAX_RESPONSE_SIZE_KB.get()).unwrap_or(64) * 1024
+    (u64::try_from(MAX_RESPONSE_SIZE_KB.get()).unwrap_or(64) * 1024).min(answers_budget())
 }
 
 /// The deploy policy of this session.

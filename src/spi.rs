@@ -219,7 +219,10 @@ pub fn try_in_catching<T>(
 /// plpgsql RAISE (P0), serialization failures and deadlocks (40), a lock not available (55P03).
 /// Everything else (a cancel, a read-only transaction, resources, internal errors) ends the job.
 pub fn row_level_code(text: &str) -> bool {
-    matches!(text.get(..2), Some("22" | "23" | "09" | "27" | "44" | "P0" | "40")) || text == "55P03"
+    // 54000: a value of this row passes a limit (pg_bailian's, or PostgreSQL's 1 GB).
+    matches!(text.get(..2), Some("22" | "23" | "09" | "27" | "44" | "P0" | "40"))
+        || text == "55P03"
+        || text == "54000"
 }
 
 #[cfg(test)]

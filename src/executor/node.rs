@@ -169,6 +169,8 @@ impl Args for RowArgs<'_> {
 struct Row {
     tuple: pg_sys::MinimalTuple,
     results: Vec<Option<Result<Answer, AiError>>>,
+    /// What the row holds, as counted against the window's budget (see `Batch::fill`).
+    bytes: u64,
 }
 
 /// What one request answers: (row sequence number, call site, answer).
@@ -194,6 +196,10 @@ struct Batch {
     window_max: usize,
     read_ahead_limit: usize,
     window: VecDeque<Row>,
+    /// The bytes the window's rows hold, and the most they may (half of
+    /// `pg_bailian.max_batch_memory`, read when the query started).
+    window_bytes: u64,
+    window_budget: u64,
     /// Rows read from the child, and returned, since the start or the last rescan.
     read: u64,
     returned: u64,
@@ -304,6 +310,8 @@ unsafe extern "C-unwind" fn begin(
             window_max: (concurrency * pack * 2).clamp(1, read_ahead_limit),
             read_ahead_limit,
             window: VecDeque::new(),
+            window_bytes: 0,
+            window_budget: crate::guc::window_budget(),
             read: 0,
             returned: 0,
             child_done: false,
@@ -421,6 +429,15 @@ unsafe extern "C-unwind" fn explain(
         } else {
             text(c"Read-Ahead", "off, calls run row by row (pg_bailian.batch_execution is off)".into());
         }
+        if batch.batching {
+            text(
+                c"Read-Ahead Memory",
+                format!(
+                    "up to {} (pg_bailian.max_batch_memory / 2)",
+                    bailian_core::error::show_bytes(batch.window_budget)
+                ),
+            );
+        }
         if let Demand::AtMost(n) = batch.demand {
             pg_sys::ExplainPropertyInteger(c"Row Limit".as_ptr(), std::ptr::null(), n as i64, es);
         }
@@ -481,7 +498,13 @@ impl Batch {
         unsafe {
             let child = (*node).ss.ps.lefttree;
             let per_tuple = (*(*node).ss.ps.ps_ExprContext).ecxt_per_tuple_memory;
-            while !self.child_done && self.window.len() < self.cap() && self.may_read() {
+            // A row that does not fit the memory budget waits until the rows before it are
+            // returned; the first row is always read, however large.
+            while !self.child_done
+                && self.window.len() < self.cap()
+                && self.may_read()
+                && (self.window.is_empty() || self.window_bytes < self.window_budget)
+            {
                 let slot = pg_sys::ExecProcNode(child);
                 if slot.is_null() || (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 != 0 {
                     self.child_done = true;
@@ -493,7 +516,13 @@ impl Batch {
                 let old = pg_sys::MemoryContextSwitchTo(per_tuple);
                 let mut results = Vec::with_capacity(self.sites.len());
                 let mut failed = None;
+                let mut bytes = 0u64;
                 for i in 0..self.sites.len() {
+                    // Each argument is held about three times while its request waits or is
+                    // in flight: decoded, in the JSON body, serialized. (One too large is
+                    // refused by prepare, with its error.)
+                    let args = RowArgs { site: &self.sites[i], slot };
+                    bytes += 3 * self.sites[i].kernel.argument_bytes(&args).unwrap_or(0) as u64;
                     let prepared = self.sites[i].kernel.prepare(&RowArgs { site: &self.sites[i], slot });
                     match self.start(seq, i, prepared) {
                         Ok(result) => results.push(result),
@@ -512,7 +541,10 @@ impl Batch {
                 let tuple = pg_sys::ExecCopySlotMinimalTuple(slot);
                 pg_sys::MemoryContextSwitchTo(old);
                 pg_sys::MemoryContextReset(per_tuple);
-                self.window.push_back(Row { tuple, results });
+                bytes += u64::from((*tuple).t_len);
+                bytes += results.iter().map(result_bytes).sum::<u64>();
+                self.window_bytes += bytes;
+                self.window.push_back(Row { tuple, results, bytes });
                 self.launch();
             }
             Ok(())
@@ -616,7 +648,11 @@ impl Batch {
     fn apply(&mut self, answers: Answers) {
         for (seq, site, answer) in answers {
             if let Some(row) = seq.checked_sub(self.returned).and_then(|i| self.window.get_mut(i as usize)) {
-                row.results[site] = Some(answer);
+                let answer = Some(answer);
+                let bytes = result_bytes(&answer);
+                row.bytes += bytes;
+                self.window_bytes += bytes;
+                row.results[site] = answer;
             }
         }
     }
@@ -627,6 +663,7 @@ impl Batch {
         node: *mut pg_sys::CustomScanState,
     ) -> Result<*mut pg_sys::TupleTableSlot, AiError> {
         let Some(row) = self.window.pop_front() else { return Ok(std::ptr::null_mut()) };
+        self.window_bytes -= row.bytes;
         self.returned += 1;
         // SAFETY: node is ours and live; the answers' datums are made in the per-tuple
         // memory, which lives until the next row; the row's copy stays until the next one.
@@ -708,7 +745,16 @@ impl Batch {
         self.in_flight = 0;
         self.unsent = false;
         self.window.clear();
+        self.window_bytes = 0;
         backend::settle();
+    }
+}
+
+/// The bytes an answer (or its error) holds while it waits in the window.
+fn result_bytes(result: &Option<Result<Answer, AiError>>) -> u64 {
+    match result {
+        Some(Ok(answer)) => answer.bytes() as u64,
+        Some(Err(_)) | None => 0,
     }
 }
 

@@ -37,6 +37,10 @@ pub enum Kernel {
 
 type Entry = unsafe extern "C-unwind" fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum;
 
+/// Largest argument an AI call takes (a prompt, a text to embed, an image, a messages or
+/// params document): about 8M tokens, more than any Bailian model reads in one request.
+pub const MAX_ARGUMENT_BYTES: usize = 32 << 20;
+
 impl Kernel {
     const ALL: [(Kernel, Entry); 17] = [
         (Kernel::Gen, generate::pg_bailian_gen),
@@ -88,7 +92,49 @@ impl Kernel {
         }
     }
 
+    /// The arguments of variable length (text, bytea, jsonb, arrays), by position: all of
+    /// them but ai_summarize's max_words.
+    fn varlena_args(self) -> &'static [usize] {
+        match self {
+            Kernel::GenDefault => &[0],
+            Kernel::Embed
+            | Kernel::EmbedImageUri
+            | Kernel::EmbedImageBytes
+            | Kernel::Task(task::TaskFn::Summarize | task::TaskFn::FixGrammar | task::TaskFn::Sentiment) => {
+                &[0, 1]
+            }
+            Kernel::Gen | Kernel::Chat | Kernel::GenAudio | Kernel::Similarity | Kernel::Task(_) => {
+                &[0, 1, 2]
+            }
+            Kernel::Translate => &[0, 1, 2, 3],
+            Kernel::GenStructured => &[0, 1, 2, 3, 4],
+        }
+    }
+
+    /// The bytes of the call's arguments as they will be read (decompressed), refused past
+    /// `MAX_ARGUMENT_BYTES` each before anything is copied out of them: a request holds its
+    /// arguments several times over (decoded, in the JSON body, serialized).
+    pub fn argument_bytes(self, args: &dyn Args) -> Result<usize, AiError> {
+        let mut total = 0;
+        for &n in self.varlena_args() {
+            let Some(datum) = args.datum(n) else { continue };
+            // SAFETY: argument n is of a varlena type (see varlena_args) and live for the call
+            // or the row; toast_raw_datum_size reads only its header (or its toast pointer's).
+            let bytes = unsafe { pg_sys::toast_raw_datum_size(datum) };
+            if bytes > MAX_ARGUMENT_BYTES {
+                return Err(AiError::LimitExceeded {
+                    what: format!("argument {} of {}", n + 1, self.sql_name()),
+                    needed: bytes as u64,
+                    limit_bytes: MAX_ARGUMENT_BYTES as u64,
+                });
+            }
+            total += bytes;
+        }
+        Ok(total)
+    }
+
     pub fn prepare(self, args: &dyn Args) -> Result<Prepared, AiError> {
+        self.argument_bytes(args)?;
         match self {
             Kernel::Gen => generate::prepare_gen(args),
             Kernel::GenDefault => generate::prepare_gen_default(args),
@@ -260,11 +306,13 @@ impl Finish {
                 Ok(Answer::Bytes(wav::wav_from_pcm16(&out.audio_pcm, wav::OMNI_SAMPLE_RATE)))
             }
             Finish::Structured { model, format, .. } => format.check(model, &out.content).map(Answer::Json),
-            Finish::Task { model, ask } => Ok(match ask.answer(model, &out.content)? {
-                TaskValue::Text(t) => Answer::Text(t),
-                TaskValue::Json(v) => Answer::Json(v),
-                TaskValue::Float(f) => Answer::Float(f),
-            }),
+            Finish::Task { model, ask } => {
+                Ok(match ask.answer(model, &out.content, backend::cancel_pending)? {
+                    TaskValue::Text(t) => Answer::Text(t),
+                    TaskValue::Json(v) => Answer::Json(v),
+                    TaskValue::Float(f) => Answer::Float(f),
+                })
+            }
         }
     }
 }
@@ -283,6 +331,25 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// About what the answer holds in memory, for the AI Batch node's budget.
+    pub fn bytes(&self) -> usize {
+        fn json(v: &Value) -> usize {
+            16 + match v {
+                Value::String(s) => s.len(),
+                Value::Array(a) => a.iter().map(json).sum(),
+                Value::Object(o) => o.iter().map(|(k, v)| k.len() + json(v)).sum(),
+                Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+            }
+        }
+        match self {
+            Answer::Text(t) => t.len(),
+            Answer::Json(v) => json(v),
+            Answer::Vector(v) => 4 * v.len(),
+            Answer::Bytes(b) => b.len(),
+            Answer::Null | Answer::Float(_) | Answer::Warned(_) => 0,
+        }
+    }
+
     /// The Datum, allocated in the current memory context.
     pub fn into_datum(self) -> Option<pg_sys::Datum> {
         match self {

@@ -14,7 +14,7 @@ use bailian_core::params::{accepted_names, Phase};
 use bailian_core::registry::{ModelSpec, Task, Thinking};
 use bailian_core::structured::Format;
 use bailian_core::tasks::{self as task, Ask, Input, TaskFn};
-use bailian_core::AiError;
+use bailian_core::{limits, AiError};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use serde_json::{json, Value};
@@ -109,7 +109,7 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
         Some(other) => {
             return Err(AiError::invalid(format!(
                 "invalid on_error \"{}\"; allowed: 'capture' (the error as {{\"error\": {{...}}}}), 'skip' (NULL), 'abort' (raise), or NULL for pg_bailian.on_error",
-                other.escape_default()
+                limits::shown(other)
             )))
         }
     };
@@ -194,7 +194,7 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
     let d = catalog::load_for(&model, name, &[Task::Chat])?;
     check_spec(d.spec, &d.name, name)?;
     let prompt = d.prompts.get(name).map(String::as_str).unwrap_or(function.default_prompt());
-    let ask = Ask::new(function, prompt, input)?;
+    let ask = Ask::new(function, prompt, input, crate::backend::cancel_pending)?;
     // The instruction is the system message: a deployed "system" persona would compete with it.
     let mut merged = d.params.clone();
     merged.remove("system");
@@ -237,7 +237,7 @@ fn set_prompt(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
         let names: Vec<&str> = TaskFn::ALL.iter().map(|t| t.sql_name()).collect();
         return Err(AiError::invalid(format!(
             "\"{}\" has no prompt to set; allowed: {}",
-            function_name.escape_default(),
+            limits::shown(&function_name),
             names.join(", ")
         )));
     };

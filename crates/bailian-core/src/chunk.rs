@@ -8,13 +8,16 @@
 //! input and never longer than `size`.
 
 use crate::error::AiError;
+use crate::limits::{self, Ticker, MAX_TEXT_BYTES};
 
 /// How strong a cut before character `p` is: 3 paragraph, 2 sentence, 1 word, 0 none.
-fn strengths(chars: &[char]) -> Vec<u8> {
+fn strengths<F: FnMut() -> bool>(chars: &[char], ticker: &mut Ticker<F>) -> Result<Vec<u8>, AiError> {
     let n = chars.len();
     let ends_sentence = |c: char| matches!(c, '.' | '!' | '?' | ';');
-    let mut out = vec![0u8; n + 1];
+    let mut out = limits::vec_with_capacity::<u8>("ai_chunk's working copy", n + 1)?;
+    out.resize(n + 1, 0);
     for p in 1..n {
+        ticker.tick(1)?;
         let (before, after) = (chars[p - 1], chars[p]);
         let prev = if p >= 2 { chars[p - 2] } else { ' ' };
         let paragraph = before == '\n' && (after == '\n' || prev == '\n' || prev == '\r' && after == '\r');
@@ -32,7 +35,7 @@ fn strengths(chars: &[char]) -> Vec<u8> {
         };
     }
     out[n] = 3;
-    out
+    Ok(out)
 }
 
 /// Ideographs and the CJK punctuation and full-width forms: text without spaces, where each
@@ -41,30 +44,37 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3000..=0x9FFF | 0xF900..=0xFAFF | 0xFF00..=0xFFEF | 0x20000..=0x2FFFF)
 }
 
-/// Longest text `ai_chunk` takes, in characters: its working copy is 5 bytes a character.
-pub const MAX_CHARS: usize = 64 << 20;
+/// Longest text `ai_chunk` takes, in characters: its working copy is 5 bytes a character, so
+/// the worst input (8M characters, up to 32 MB) costs 40 MB of work besides its pieces.
+pub const MAX_CHARS: usize = 8 << 20;
 
-/// Most text the pieces may hold together (PostgreSQL's limit for one value is 1 GB).
-pub const MAX_OUTPUT_BYTES: usize = 256 << 20;
+/// Most text the pieces may hold together.
+pub const MAX_OUTPUT_BYTES: usize = MAX_TEXT_BYTES;
 
 /// The pieces of `text`; `size` ≥ 1 and `overlap` < `size` (the SQL function checks).
-/// `interrupted` is asked between pieces; when it says yes the work stops with
+/// `interrupted` is asked as the work goes; when it says yes the work stops with
 /// `AiError::Interrupted`. Scanning is linear in the text plus the pieces' total length.
 pub fn chunks(
     text: &str,
     size: usize,
     overlap: usize,
-    mut interrupted: impl FnMut() -> bool,
+    interrupted: impl FnMut() -> bool,
 ) -> Result<Vec<String>, AiError> {
     debug_assert!(size >= 1 && overlap < size);
-    let chars: Vec<char> = text.chars().collect();
-    let n = chars.len();
+    let mut ticker = Ticker::new(interrupted);
+    // Counted before the working copy is made: a text of any length costs nothing to refuse.
+    let n = if text.len() <= MAX_CHARS { text.len() } else { bytecount_chars(text, &mut ticker)? };
     if n > MAX_CHARS {
-        return Err(AiError::invalid(format!(
-            "ai_chunk takes text of at most {MAX_CHARS} characters; this one has {n}: split it first"
-        )));
+        return Err(AiError::LimitExceeded {
+            what: format!("ai_chunk's working copy of a text of {n} characters (at most {MAX_CHARS})"),
+            needed: (n as u64).saturating_mul(5),
+            limit_bytes: (MAX_CHARS as u64) * 5,
+        });
     }
-    let cut = strengths(&chars);
+    let mut chars: Vec<char> = limits::vec_with_capacity("ai_chunk's working copy", n)?;
+    chars.extend(text.chars());
+    let n = chars.len();
+    let cut = strengths(&chars, &mut ticker)?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut start = 0;
@@ -73,9 +83,7 @@ pub fn chunks(
     // It only moves forward, so finding it costs one pass over the text in all.
     let mut fresh = 0;
     while start < n {
-        if interrupted() {
-            return Err(AiError::Interrupted);
-        }
+        ticker.tick(size)?;
         let end = if n - start <= size {
             n
         } else {
@@ -93,11 +101,13 @@ pub fn chunks(
         if !piece.is_empty() {
             bytes += piece.len();
             if bytes > MAX_OUTPUT_BYTES {
-                return Err(AiError::invalid(format!(
-                    "the pieces of ai_chunk would hold more than {} MB of text; use a smaller overlap or a larger chunk_size",
-                    MAX_OUTPUT_BYTES >> 20
-                )));
+                return Err(AiError::LimitExceeded {
+                    what: "the pieces of ai_chunk (use a smaller overlap or a larger chunk_size)".into(),
+                    needed: bytes as u64,
+                    limit_bytes: MAX_OUTPUT_BYTES as u64,
+                });
             }
+            out.try_reserve(1).map_err(|_| AiError::OutOfMemory { what: "the pieces of ai_chunk".into() })?;
             out.push(piece.to_string());
         }
         if end == n {
@@ -106,6 +116,7 @@ pub fn chunks(
         fresh = fresh.max(end);
         while fresh < n && chars[fresh].is_whitespace() {
             fresh += 1;
+            ticker.tick(1)?;
         }
         start = match end.checked_sub(overlap) {
             // The overlap starts at the first word boundary after `back`; when the last word
@@ -115,6 +126,17 @@ pub fn chunks(
         };
     }
     Ok(out)
+}
+
+/// The characters of `text`, counted with interrupts served (a text of 1 GB takes a while).
+fn bytecount_chars<F: FnMut() -> bool>(text: &str, ticker: &mut Ticker<F>) -> Result<usize, AiError> {
+    let mut n = 0;
+    for part in text.as_bytes().chunks(limits::CHECK_EVERY) {
+        ticker.tick(part.len())?;
+        // A character starts at every byte that is not a continuation byte (10xxxxxx).
+        n += part.iter().filter(|&&b| (b as i8) >= -0x40).count();
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -196,14 +218,45 @@ mod tests {
     #[test]
     fn work_stops_when_interrupted_and_output_is_bounded() {
         let mut asked = 0;
-        let e = chunks(&"word ".repeat(1000), 10, 0, || {
+        let e = chunks(&"word ".repeat(100_000), 10, 0, || {
             asked += 1;
             asked > 3
         })
         .unwrap_err();
         assert_eq!(e, AiError::Interrupted);
         let e = chunks(&"a ".repeat(2_000_000), 1_000, 998, never).unwrap_err();
-        assert!(e.to_string().contains("more than 256 MB"), "{e}");
+        assert_eq!(e.sqlstate(), "54000");
+        assert!(e.to_string().contains("more than the limit of 64MB"), "{e}");
+        let e = chunks(&"é".repeat(MAX_CHARS + 1), 1_000, 0, never).unwrap_err();
+        assert_eq!(e.sqlstate(), "54000");
+        assert!(e.to_string().starts_with("ai_chunk's working copy of a text of 8388609 characters"), "{e}");
+        assert_eq!(chunks(&"é".repeat(MAX_CHARS), 1 << 20, 0, never).unwrap().len(), 8);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn pieces_stay_within_their_bounds(
+            words in proptest::collection::vec("[a-z]{1,12}|[.!?]|\\n\\n|数据库。", 0..400),
+            size in 1usize..200,
+            overlap_share in 0usize..100,
+        ) {
+            let text = words.join(" ");
+            let overlap = size * overlap_share / 100;
+            let overlap = overlap.min(size - 1);
+            match chunks(&text, size, overlap, never) {
+                Ok(pieces) => {
+                    let total: usize = pieces.iter().map(String::len).sum();
+                    proptest::prop_assert!(total <= MAX_OUTPUT_BYTES);
+                    for p in &pieces {
+                        proptest::prop_assert!(p.chars().count() <= size);
+                        proptest::prop_assert!(!p.is_empty());
+                        proptest::prop_assert!(text.contains(p.as_str()));
+                    }
+                }
+                Err(e) => proptest::prop_assert_eq!(e.sqlstate(), "54000"),
+            }
+        }
     }
 
     #[test]

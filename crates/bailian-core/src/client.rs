@@ -12,7 +12,7 @@
 //! last event, a stream that breaks or ends before its end marker is retried like a broken
 //! connection, and dropping the future (a cancel) closes the connection at once.
 
-use crate::error::AiError;
+use crate::error::{AiError, ResponseLimit};
 use crate::providers::{
     self, compatible, opensearch, sse, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel,
 };
@@ -22,6 +22,8 @@ use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::secret::ApiKey;
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything one request to one deployed model needs.
@@ -41,11 +43,47 @@ pub struct Call<'a> {
     /// (not retried: the same question gets the same size of answer) as soon as that is
     /// known, without reading the rest.
     pub max_response_bytes: u64,
+    /// The most bytes the answers this client is reading may hold together (half of
+    /// `pg_bailian.max_batch_memory`; 0: no bound). An answer whose next bytes would pass it
+    /// fails with `AiError::ResponseTooLarge` (`ResponseLimit::InFlight`).
+    pub answers_budget: u64,
 }
 
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Bytes of the bodies being read now, by every request of this client (of the backend).
+    held: Arc<AtomicU64>,
+}
+
+/// Bytes one body holds of `Client::held`, given back when the reading ends, however it ends
+/// (a cancelled future drops it too).
+struct Held<'a> {
+    total: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Held<'_> {
+    /// Counts `n` more bytes; refused (and not counted) past the call's budget.
+    fn add(&mut self, call: &Call<'_>, n: u64) -> Result<(), AiError> {
+        let before = self.total.fetch_add(n, Ordering::Relaxed);
+        if call.answers_budget > 0 && before.saturating_add(n) > call.answers_budget {
+            self.total.fetch_sub(n, Ordering::Relaxed);
+            return Err(AiError::ResponseTooLarge {
+                model: call.model.into(),
+                limit_bytes: call.answers_budget,
+                limit: ResponseLimit::InFlight,
+            });
+        }
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A connection that has not opened after this long is not going to; failing early lets the
@@ -79,7 +117,12 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AiError::Internal { message: format!("cannot build the HTTP client: {e}") })?;
-        Ok(Client { http })
+        Ok(Client { http, held: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// Bytes of the bodies being read now (for tests and benchmarks).
+    pub fn bytes_held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// `POST url` with retries; `read` turns a 2xx response into the result.
@@ -112,7 +155,7 @@ impl Client {
 
     /// `POST url` with retries; returns the body of the first success.
     pub async fn post(&self, call: &Call<'_>, url: &str, body: &Value) -> Result<Bytes, AiError> {
-        self.send(call, url, body, |response| read_success_body(call, response)).await
+        self.send(call, url, body, |response| read_success_body(call, &self.held, response)).await
     }
 
     async fn attempt(
@@ -145,8 +188,10 @@ impl Client {
     /// `request` says.
     pub async fn chat(&self, call: &Call<'_>, request: &ChatRequest) -> Result<ChatOutcome, AiError> {
         let out = if request.stream {
-            self.send(call, &request.url, &request.body, |response| read_stream(call, request, response))
-                .await?
+            self.send(call, &request.url, &request.body, |response| {
+                read_stream(call, &self.held, request, response)
+            })
+            .await?
         } else {
             let body = self.post(call, &request.url, &request.body).await?;
             parse_plain(call, request, &body).map_err(|e| redacted(call, e))?
@@ -204,6 +249,7 @@ fn parse_plain(call: &Call<'_>, request: &ChatRequest, body: &[u8]) -> Result<Ch
 /// 2xx answer that is not an event stream (a gateway that ignored `stream`) is read whole.
 async fn read_stream(
     call: &Call<'_>,
+    held: &AtomicU64,
     request: &ChatRequest,
     mut response: reqwest::Response,
 ) -> Result<ChatOutcome, Failure> {
@@ -214,7 +260,7 @@ async fn read_stream(
         .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
     let fail = |error: AiError| Failure { error: redacted(call, error), retry_after: None };
     if plain {
-        let body = read_success_body(call, response).await?;
+        let body = read_success_body(call, held, response).await?;
         return parse_plain(call, request, &body).map_err(fail);
     }
     let mut decoder = sse::Decoder::default();
@@ -223,23 +269,26 @@ async fn read_stream(
         Api::OpenSearch => Assembler::OpenSearch(opensearch::StreamAssembler::default()),
         _ => Assembler::Compatible(compatible::StreamAssembler::default()),
     };
-    let mut read: u64 = 0;
+    // What the assembler keeps grows with the bytes read (the answer's text, audio pieces),
+    // so the bytes read are what this answer holds.
+    let mut holding = Held { total: held, bytes: 0 };
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => return Err(transport_failure(call, e)),
         };
-        read += chunk.len() as u64;
-        if read > call.max_response_bytes {
+        if holding.bytes + chunk.len() as u64 > call.max_response_bytes {
             return Err(Failure {
                 error: AiError::ResponseTooLarge {
                     model: call.model.into(),
                     limit_bytes: call.max_response_bytes,
+                    limit: ResponseLimit::OneAnswer,
                 },
                 retry_after: None,
             });
         }
+        holding.add(call, chunk.len() as u64).map_err(|error| Failure { error, retry_after: None })?;
         decoder.feed(&chunk, &mut events);
         for event in events.drain(..) {
             assembler.feed(call.model, request.model_type, &event).map_err(fail)?;
@@ -329,17 +378,34 @@ enum Capped {
 }
 
 /// Reads `response`'s body chunk by chunk and stops as soon as it goes past `limit`, so an
-/// endless or huge body costs at most `limit` bytes plus one chunk, however long it is.
-async fn read_capped(mut response: reqwest::Response, limit: u64) -> Result<Capped, reqwest::Error> {
+/// endless or huge body costs at most `limit` bytes plus one chunk, however long it is. With
+/// `holding`, the bytes count against the client's budget for answers being read.
+async fn read_capped(
+    call: &Call<'_>,
+    mut response: reqwest::Response,
+    limit: u64,
+    mut holding: Option<Held<'_>>,
+) -> Result<Capped, Failure> {
     let reserve = response.content_length().unwrap_or(0).min(limit).min(MAX_PREALLOCATION);
+    if let Some(holding) = holding.as_mut() {
+        holding.add(call, reserve).map_err(|error| Failure { error, retry_after: None })?;
+    }
     let mut body = BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
-    while let Some(chunk) = response.chunk().await? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_failure(call, e))? {
         // `body` never holds more than `limit`, so `room` cannot underflow.
         let room = limit - body.len() as u64;
         if chunk.len() as u64 > room {
             // Dropping `response` on return closes the connection instead of draining it.
             body.extend_from_slice(&chunk[..room as usize]);
             return Ok(Capped::Over(body.freeze()));
+        }
+        if let Some(holding) = holding.as_mut() {
+            let more = (body.len() + chunk.len()) as u64;
+            if more > holding.bytes {
+                holding
+                    .add(call, more - holding.bytes)
+                    .map_err(|error| Failure { error, retry_after: None })?;
+            }
         }
         body.extend_from_slice(&chunk);
     }
@@ -348,18 +414,26 @@ async fn read_capped(mut response: reqwest::Response, limit: u64) -> Result<Capp
 
 /// The body of a 2xx answer, refused as soon as it is known to exceed the cap: at once when
 /// Content-Length says so, else when the bytes read go past it (chunked encoding).
-async fn read_success_body(call: &Call<'_>, response: reqwest::Response) -> Result<Bytes, Failure> {
+async fn read_success_body(
+    call: &Call<'_>,
+    held: &AtomicU64,
+    response: reqwest::Response,
+) -> Result<Bytes, Failure> {
     let too_large = || Failure {
-        error: AiError::ResponseTooLarge { model: call.model.into(), limit_bytes: call.max_response_bytes },
+        error: AiError::ResponseTooLarge {
+            model: call.model.into(),
+            limit_bytes: call.max_response_bytes,
+            limit: ResponseLimit::OneAnswer,
+        },
         retry_after: None,
     };
     if response.content_length().is_some_and(|n| n > call.max_response_bytes) {
         return Err(too_large());
     }
-    match read_capped(response, call.max_response_bytes).await {
-        Ok(Capped::Complete(body)) => Ok(body),
-        Ok(Capped::Over(_)) => Err(too_large()),
-        Err(e) => Err(transport_failure(call, e)),
+    let holding = Held { total: held, bytes: 0 };
+    match read_capped(call, response, call.max_response_bytes, Some(holding)).await? {
+        Capped::Complete(body) => Ok(body),
+        Capped::Over(_) => Err(too_large()),
     }
 }
 
@@ -378,9 +452,10 @@ async fn provider_failure(call: &Call<'_>, response: reqwest::Response) -> Failu
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let body = match read_capped(response, call.max_response_bytes.min(ERROR_BODY_LIMIT)).await {
+    // At most 64 kB each: not counted against the budget for answers.
+    let body = match read_capped(call, response, call.max_response_bytes.min(ERROR_BODY_LIMIT), None).await {
         Ok(Capped::Complete(body) | Capped::Over(body)) => body,
-        Err(e) => return transport_failure(call, e),
+        Err(failure) => return failure,
     };
     let parsed = providers::parse_error_body(&body);
     let message = if parsed.message.is_empty() {
@@ -516,6 +591,7 @@ mod tests {
             retry: RetryPolicy { max_retries: 0, initial_delay: Duration::ZERO, max_delay: Duration::ZERO },
             limiter: None,
             max_response_bytes: 1024,
+            answers_budget: 0,
         };
         describe_location(&call, "https://gw.example/compatible-mode/v1/chat/completions", Some(location))
     }

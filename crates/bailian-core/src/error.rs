@@ -15,6 +15,15 @@ pub enum InferenceKind {
     BreaksSchema,
 }
 
+/// Which bound an answer passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseLimit {
+    /// The size of one answer.
+    OneAnswer,
+    /// The bytes of all the answers being read at once.
+    InFlight,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AiError {
     /// A bad argument or parameter value; the message says what was wrong and what is allowed.
@@ -47,8 +56,10 @@ pub enum AiError {
     Connect { model: String, endpoint: String, detail: String, attempts: u32 },
     /// The provider answered 2xx with a body we cannot use.
     MalformedResponse { model: String, detail: String },
-    /// The provider's answer is larger than `pg_bailian.max_response_size`.
-    ResponseTooLarge { model: String, limit_bytes: u64 },
+    /// The provider's answer is larger than one answer may be (`pg_bailian.max_response_size`,
+    /// itself at most half of `pg_bailian.max_batch_memory`), or would take the answers the
+    /// backend is reading at once past their share of `pg_bailian.max_batch_memory`.
+    ResponseTooLarge { model: String, limit_bytes: u64, limit: ResponseLimit },
     /// The model answered, but not with what was asked for: text that is not JSON, or JSON
     /// that breaks the requested schema (a label outside the list, a missing key). `answer`
     /// is the model's text, shortened, for the DETAIL.
@@ -65,6 +76,12 @@ pub enum AiError {
     DatatypeMismatch { message: String },
     /// A procedure that commits was called where it cannot (inside a transaction block).
     TransactionControl { message: String, hint: String },
+    /// What a call would build passes a fixed limit (`crate::limits`): refused before it is
+    /// built. `what` completes "... would need N bytes".
+    LimitExceeded { what: String, needed: u64, limit_bytes: u64 },
+    /// Memory for `what` could not be had: an allocation that failed, reported instead of
+    /// aborting the backend.
+    OutOfMemory { what: String },
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
     Interrupted,
     /// A bug or an impossible state; reported rather than panicking.
@@ -106,6 +123,8 @@ impl AiError {
             AiError::UndefinedColumn { .. } => "42703".into(), // undefined_column
             AiError::DatatypeMismatch { .. } => "42804".into(), // datatype_mismatch
             AiError::TransactionControl { .. } => "2D000".into(), // invalid_transaction_termination
+            AiError::LimitExceeded { .. } => "54000".into(), // program_limit_exceeded
+            AiError::OutOfMemory { .. } => "53200".into(),  // out_of_memory
             AiError::Interrupted => "57014".into(),         // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
@@ -138,11 +157,21 @@ impl AiError {
             AiError::Timeout { .. } => Some(
                 "Redeploy the model with a longer timeout (a per-call timeout may only lower it).".into(),
             ),
-            AiError::ResponseTooLarge { .. } => Some(
-                "Raise pg_bailian.max_response_size if the answer is expected to be this large, \
-                 or ask for less (max_tokens, a smaller dimension)."
+            AiError::ResponseTooLarge { limit: ResponseLimit::OneAnswer, .. } => Some(
+                "Raise pg_bailian.max_response_size if the answer is expected to be this large (a superuser may \
+                 need to raise pg_bailian.max_batch_memory, whose half bounds it), or ask for less (max_tokens, \
+                 a smaller dimension)."
                     .into(),
             ),
+            AiError::ResponseTooLarge { limit: ResponseLimit::InFlight, .. } => Some(
+                "Lower pg_bailian.max_concurrency so that fewer answers are read at once, or ask a superuser \
+                 to raise pg_bailian.max_batch_memory."
+                    .into(),
+            ),
+            AiError::LimitExceeded { .. } => {
+                Some("The limits of pg_bailian's functions are listed in its README (Security model).".into())
+            }
+            AiError::OutOfMemory { .. } => None,
             AiError::Inference { .. } => Some(
                 "The model did not follow the requested format: retry the row or try another model. SET pg_bailian.on_error = 'null' keeps a query going past such rows."
                     .into(),
@@ -172,6 +201,8 @@ impl AiError {
             | AiError::Connect { .. }
             | AiError::MalformedResponse { .. }
             | AiError::ResponseTooLarge { .. }
+            | AiError::LimitExceeded { .. }
+            | AiError::OutOfMemory { .. }
             | AiError::ObjectNotReady { .. }
             | AiError::NotATable { .. }
             | AiError::UndefinedColumn { .. }
@@ -240,7 +271,9 @@ impl fmt::Display for AiError {
         match self {
             AiError::InvalidArgument { message, .. } => f.write_str(message),
             AiError::DuplicateModel { name } => write!(f, "model \"{name}\" is already deployed"),
-            AiError::ModelNotDeployed { name, .. } => write!(f, "model \"{name}\" is not deployed"),
+            AiError::ModelNotDeployed { name, .. } => {
+                write!(f, "model \"{}\" is not deployed", crate::limits::shown(name))
+            }
             AiError::WrongTask { model, model_type, task, function, .. } => {
                 write!(f, "{function} cannot use model \"{model}\": its task is {task} ({model_type})")
             }
@@ -284,11 +317,23 @@ impl fmt::Display for AiError {
             AiError::Inference { model, kind: InferenceKind::BreaksSchema, problem, .. } => {
                 write!(f, "the answer of model \"{model}\" does not match the requested schema: {problem}")
             }
-            AiError::ResponseTooLarge { model, limit_bytes } => write!(
+            AiError::ResponseTooLarge { model, limit_bytes, limit: ResponseLimit::OneAnswer } => write!(
                 f,
                 "response from Bailian for model \"{model}\" exceeds pg_bailian.max_response_size ({})",
                 show_bytes(*limit_bytes)
             ),
+            AiError::ResponseTooLarge { model, limit_bytes, limit: ResponseLimit::InFlight } => write!(
+                f,
+                "response from Bailian for model \"{model}\" would take the answers being read past their share of \
+                 pg_bailian.max_batch_memory ({})",
+                show_bytes(*limit_bytes)
+            ),
+            AiError::LimitExceeded { what, needed, limit_bytes } => write!(
+                f,
+                "{what} would need {needed} bytes, more than the limit of {}",
+                show_bytes(*limit_bytes)
+            ),
+            AiError::OutOfMemory { what } => write!(f, "out of memory for {what}"),
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
         }
@@ -328,7 +373,13 @@ mod tests {
             AiError::ApiKeyUnavailable { model: "m".into(), reason: "r".into(), hint: "h".into() },
             AiError::MasterKey { message: "m".into(), hint: "h".into() },
             AiError::NotAllowed { message: "m".into(), hint: "h".into() },
-            AiError::ResponseTooLarge { model: "m".into(), limit_bytes: 64 << 20 },
+            AiError::ResponseTooLarge {
+                model: "m".into(),
+                limit_bytes: 64 << 20,
+                limit: ResponseLimit::OneAnswer,
+            },
+            AiError::LimitExceeded { what: "w".into(), needed: 2, limit_bytes: 1 },
+            AiError::OutOfMemory { what: "w".into() },
             AiError::ObjectNotReady { message: "m".into(), hint: "h".into() },
             AiError::UndefinedColumn { message: "m".into() },
             AiError::NullArgument { message: "m".into() },

@@ -7,6 +7,7 @@ pub mod client;
 pub mod deploy;
 pub mod error;
 pub mod keystore;
+pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod providers;
@@ -19,4 +20,4 @@ pub mod structured;
 pub mod tasks;
 pub mod template;
 
-pub use error::{AiError, InferenceKind};
+pub use error::{AiError, InferenceKind, ResponseLimit};

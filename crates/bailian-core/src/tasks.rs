@@ -7,8 +7,9 @@
 //! placeholders (`{labels}`, `{max_words}`).
 
 use crate::error::AiError;
+use crate::limits::{self, Ticker};
 use crate::structured::Format;
-use crate::template;
+use crate::template::{self, TemplateError};
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
@@ -221,7 +222,8 @@ pub fn check_labels(function: TaskFn, labels: &[Option<String>]) -> Result<Vec<S
         }
         if out.contains(label) {
             return Err(AiError::invalid(format!(
-                "label \"{label}\" is given twice to {name}; labels must be distinct"
+                "label \"{}\" is given twice to {name}; labels must be distinct",
+                limits::shown(label)
             )));
         }
         out.push(label.clone());
@@ -259,7 +261,14 @@ pub enum TaskValue {
 
 impl Ask {
     /// The call of `function` on `input`, with `prompt` (the default or a DBA's replacement).
-    pub fn new(function: TaskFn, prompt: &str, input: Input) -> Result<Ask, AiError> {
+    /// `interrupted` is asked while the prompt is built (a prompt may repeat a long list of
+    /// labels).
+    pub fn new(
+        function: TaskFn,
+        prompt: &str,
+        input: Input,
+        interrupted: impl FnMut() -> bool,
+    ) -> Result<Ask, AiError> {
         let (labels, max_words) = match &input {
             Input::Labeled { labels, .. } => (labels.as_slice(), None),
             Input::Summarize { max_words, .. } => (&[][..], Some(*max_words)),
@@ -267,12 +276,22 @@ impl Ask {
         };
         let quoted =
             || labels.iter().map(|l| Value::String(l.clone()).to_string()).collect::<Vec<_>>().join(", ");
-        let system = template::render(prompt, |name| match name {
-            "labels" if !labels.is_empty() => Some(Cow::Owned(quoted())),
-            "max_words" => max_words.map(|m| Cow::Owned(m.to_string())),
-            _ => None,
-        })
-        .map_err(|e| AiError::invalid(format!("the prompt of {} {e}", function.sql_name())))?;
+        let labels_text = (!labels.is_empty()).then(quoted);
+        let what = format!("the prompt of {}", function.sql_name());
+        let system = template::render(
+            &what,
+            prompt,
+            |name| match name {
+                "labels" => labels_text.as_deref().map(Cow::Borrowed),
+                "max_words" => max_words.map(|m| Cow::Owned(m.to_string())),
+                _ => None,
+            },
+            interrupted,
+        )
+        .map_err(|e| match e {
+            TemplateError::Mistake(m) => AiError::invalid(format!("{what} {m}")),
+            TemplateError::Stopped(e) => e,
+        })?;
         let format = Format::schema(function.sql_name(), &function.schema(labels))?;
         let (user, masked) = match input {
             Input::Labeled { content, .. } if function == TaskFn::Mask => (content.clone(), Some(content)),
@@ -285,7 +304,13 @@ impl Ask {
     }
 
     /// The function's value from the model's answer text.
-    pub fn answer(&self, model: &str, text: &str) -> Result<TaskValue, AiError> {
+    /// `interrupted` is asked while a long answer is worked on (ai_mask's replacing).
+    pub fn answer(
+        &self,
+        model: &str,
+        text: &str,
+        interrupted: impl FnMut() -> bool,
+    ) -> Result<TaskValue, AiError> {
         let value = self.format.check(model, text)?;
         let field = |k: &str| value.get(k).cloned().unwrap_or(Value::Null);
         let text_of = |k: &str| field(k).as_str().map(str::to_string).unwrap_or_default();
@@ -299,7 +324,7 @@ impl Ask {
                         list.iter().filter_map(|e| e.get("text")?.as_str().map(str::to_string)).collect()
                     })
                     .unwrap_or_default();
-                TaskValue::Text(mask(self.masked.as_deref().unwrap_or_default(), &entities))
+                TaskValue::Text(mask(self.masked.as_deref().unwrap_or_default(), &entities, interrupted)?)
             }
             TaskFn::Summarize => TaskValue::Text(text_of("summary")),
             TaskFn::FixGrammar => TaskValue::Text(text_of("text")),
@@ -309,35 +334,65 @@ impl Ask {
     }
 }
 
+/// Most occurrences `mask` replaces in one text: each costs 16 bytes before they are merged.
+pub const MAX_MASKED: usize = 1 << 20;
+
 /// `content` with every occurrence of each entity replaced by `[MASKED]`. The occurrences are
 /// found in the original text and merged where they overlap, so an entity that happens to be
 /// part of `[MASKED]` or of another entity cannot corrupt the result; an entity the content
 /// does not contain is ignored.
-pub fn mask(content: &str, entities: &[String]) -> String {
+///
+/// The entities come from the model and the content from the caller, so both are bounded:
+/// at most `MAX_MASKED` occurrences, and a result (which grows when short entities become
+/// `[MASKED]`) of at most `limits::MAX_TEXT_BYTES`, computed before it is built.
+pub fn mask(
+    content: &str,
+    entities: &[String],
+    interrupted: impl FnMut() -> bool,
+) -> Result<String, AiError> {
+    let mut ticker = Ticker::new(interrupted);
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for entity in entities.iter().filter(|e| !e.trim().is_empty()) {
-        spans.extend(
-            content
-                .match_indices(entity.as_str())
-                .map(|(at, m)| (at, at + m.len()))
-                .filter(|&(start, end)| whole(content, start, end)),
-        );
+        ticker.tick(1)?;
+        for (at, m) in content.match_indices(entity.as_str()) {
+            ticker.tick(m.len())?;
+            if whole(content, at, at + m.len()) {
+                if spans.len() == MAX_MASKED {
+                    return Err(AiError::LimitExceeded {
+                        what: format!("ai_mask's list of occurrences (more than {MAX_MASKED})"),
+                        needed: ((MAX_MASKED + 1) * std::mem::size_of::<(usize, usize)>()) as u64,
+                        limit_bytes: (MAX_MASKED * std::mem::size_of::<(usize, usize)>()) as u64,
+                    });
+                }
+                spans
+                    .try_reserve(1)
+                    .map_err(|_| AiError::OutOfMemory { what: "ai_mask's occurrences".into() })?;
+                spans.push((at, at + m.len()));
+            }
+        }
     }
     spans.sort_unstable();
-    let mut out = String::with_capacity(content.len());
-    let mut done = 0;
-    for (start, end) in spans {
-        if end <= done {
-            continue;
+    // The pieces kept and the masks, in order; the first pass only sizes them.
+    let merged = |each: &mut dyn FnMut(&str)| {
+        let mut done = 0;
+        for &(start, end) in &spans {
+            if end <= done {
+                continue;
+            }
+            if start >= done {
+                each(&content[done..start]);
+                each(MASK);
+            }
+            done = end;
         }
-        if start >= done {
-            out.push_str(&content[done..start]);
-            out.push_str(MASK);
-        }
-        done = end;
-    }
-    out.push_str(&content[done..]);
-    out
+        each(&content[done..]);
+    };
+    let mut size: u128 = 0;
+    merged(&mut |piece| size += piece.len() as u128);
+    limits::check("ai_mask's result", size, limits::MAX_TEXT_BYTES)?;
+    let mut out = limits::string_with_capacity("ai_mask's result", size as usize)?;
+    merged(&mut |piece| out.push_str(piece));
+    Ok(out)
 }
 
 /// Whether `content[start..end]` is not part of a longer word: an edge that is an ASCII letter
@@ -397,14 +452,15 @@ mod tests {
             TaskFn::Classify,
             TaskFn::Classify.default_prompt(),
             Input::Labeled { content: "the app crashed".into(), labels: labels(&["bug", "praise"]) },
+            || false,
         )
         .unwrap();
         assert!(ask.system.contains("labels: \"bug\", \"praise\"."), "{}", ask.system);
         assert_eq!(ask.user, "the app crashed");
         let schema = &ask.format.response_format["json_schema"]["schema"];
         assert_eq!(schema["properties"]["label"]["enum"], json!(["bug", "praise"]));
-        assert_eq!(ask.answer("m", r#"{"label": "bug"}"#).unwrap(), TaskValue::Text("bug".into()));
-        assert_eq!(ask.answer("m", r#"{"label": "other"}"#).unwrap_err().sqlstate(), "ZBI02");
+        assert_eq!(ask.answer("m", r#"{"label": "bug"}"#, || false).unwrap(), TaskValue::Text("bug".into()));
+        assert_eq!(ask.answer("m", r#"{"label": "other"}"#, || false).unwrap_err().sqlstate(), "ZBI02");
     }
 
     #[test]
@@ -413,12 +469,13 @@ mod tests {
             TaskFn::Extract,
             TaskFn::Extract.default_prompt(),
             Input::Labeled { content: "x".into(), labels: labels(&["name", "city"]) },
+            || false,
         )
         .unwrap();
-        let v = ask.answer("m", r#"{"name": "Ann", "city": null}"#).unwrap();
+        let v = ask.answer("m", r#"{"name": "Ann", "city": null}"#, || false).unwrap();
         assert_eq!(v, TaskValue::Json(json!({"name": "Ann", "city": null})));
-        assert!(ask.answer("m", r#"{"name": "Ann"}"#).is_err());
-        assert!(ask.answer("m", r#"{"name": "Ann", "city": null, "zip": "1"}"#).is_err());
+        assert!(ask.answer("m", r#"{"name": "Ann"}"#, || false).is_err());
+        assert!(ask.answer("m", r#"{"name": "Ann", "city": null, "zip": "1"}"#, || false).is_err());
     }
 
     #[test]
@@ -428,25 +485,43 @@ mod tests {
             TaskFn::Mask,
             TaskFn::Mask.default_prompt(),
             Input::Labeled { content: text.into(), labels: labels(&["email", "phone"]) },
+            || false,
         )
         .unwrap();
         let answer = json!({"entities": [{"kind": "email", "text": "ann@example.com"},
                                          {"kind": "phone", "text": "+1 555 0100 100"},
                                          {"kind": "email", "text": "not@there.com"}]});
         assert_eq!(
-            ask.answer("m", &answer.to_string()).unwrap(),
+            ask.answer("m", &answer.to_string(), || false).unwrap(),
             TaskValue::Text("Mail [MASKED] or call [MASKED], Ann.".into())
         );
         assert_eq!(
-            mask("A and AB and [x]", &labels(&["A", "AB", "MASKED", ""])),
+            mask("A and AB and [x]", &labels(&["A", "AB", "MASKED", ""]), || false).unwrap(),
             "[MASKED] and [MASKED] and [x]"
         );
-        assert_eq!(mask("数据库 and 数据", &labels(&["数据"])), "[MASKED]库 and [MASKED]");
+        assert_eq!(mask("数据库 and 数据", &labels(&["数据"]), || false).unwrap(), "[MASKED]库 and [MASKED]");
         assert_eq!(
-            mask("name: Al; Alice called Al.", &labels(&["Al"])),
+            mask("name: Al; Alice called Al.", &labels(&["Al"]), || false).unwrap(),
             "name: [MASKED]; Alice called [MASKED]."
         );
-        assert_eq!(mask("x@y.com,x@y.com", &labels(&["x@y.com"])), "[MASKED],[MASKED]");
+        assert_eq!(mask("x@y.com,x@y.com", &labels(&["x@y.com"]), || false).unwrap(), "[MASKED],[MASKED]");
+    }
+
+    #[test]
+    fn masking_is_bounded_and_interruptible() {
+        // A one-letter entity grows eightfold where it is masked.
+        let text = "a ".repeat(1 << 20) + &"x".repeat(62 << 20);
+        let e = mask(&text, &labels(&["a"]), || false).unwrap_err();
+        assert_eq!(e.sqlstate(), "54000");
+        assert_eq!(e.to_string(), "ai_mask's result would need 74448896 bytes, more than the limit of 64MB");
+        let text = "a ".repeat(3 << 20);
+        let e = mask(&text, &labels(&["a"]), || false).unwrap_err();
+        assert_eq!(e.sqlstate(), "54000");
+        assert!(e.to_string().starts_with("ai_mask's list of occurrences (more than 1048576)"), "{e}");
+        let text = "a ".repeat(1 << 20);
+        assert_eq!(mask(&text, &labels(&["a"]), || false).unwrap().len(), 9 << 20);
+        let e = mask(&text, &labels(&["a"]), || true).unwrap_err();
+        assert_eq!(e, AiError::Interrupted);
     }
 
     #[test]
@@ -455,6 +530,7 @@ mod tests {
             TaskFn::Summarize,
             TaskFn::Summarize.default_prompt(),
             Input::Summarize { content: "long".into(), max_words: 12 },
+            || false,
         )
         .unwrap();
         assert!(s.system.contains("at most 12 words"));
@@ -462,18 +538,20 @@ mod tests {
             TaskFn::Rank,
             TaskFn::Rank.default_prompt(),
             Input::Rank { query: "q".into(), document: "d".into() },
+            || false,
         )
         .unwrap();
         assert_eq!(r.user, "Query: q\n\nDocument: d");
-        assert_eq!(r.answer("m", r#"{"score": 0.25}"#).unwrap(), TaskValue::Float(0.25));
-        assert!(r.answer("m", r#"{"score": 1.5}"#).is_err());
+        assert_eq!(r.answer("m", r#"{"score": 0.25}"#, || false).unwrap(), TaskValue::Float(0.25));
+        assert!(r.answer("m", r#"{"score": 1.5}"#, || false).is_err());
         let t = Ask::new(
             TaskFn::Sentiment,
             TaskFn::Sentiment.default_prompt(),
             Input::Text { content: "x".into() },
+            || false,
         )
         .unwrap();
-        assert!(t.answer("m", r#"{"sentiment": "angry"}"#).is_err());
+        assert!(t.answer("m", r#"{"sentiment": "angry"}"#, || false).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bailian_core::registry::{self, Api};
 use bailian_core::retry::{RetryPolicy, MAX_RETRY_AFTER};
 use bailian_core::runtime::Runtime;
 use bailian_core::secret::ApiKey;
-use bailian_core::AiError;
+use bailian_core::{AiError, ResponseLimit};
 use bailian_standin::{Config, Fault, Standin};
 use serde_json::Map;
 use std::time::{Duration, Instant};
@@ -70,6 +70,7 @@ impl Fixture {
             retry,
             limiter: None,
             max_response_bytes: DEFAULT_CAP,
+            answers_budget: 0,
         }
     }
 
@@ -280,7 +281,10 @@ fn a_declared_huge_body_is_refused_before_reading_it() {
     let start = Instant::now();
     let e = f.gen(&call, "huge").unwrap_err();
     let took = start.elapsed();
-    assert_eq!(e, AiError::ResponseTooLarge { model: "m1".into(), limit_bytes: cap });
+    assert_eq!(
+        e,
+        AiError::ResponseTooLarge { model: "m1".into(), limit_bytes: cap, limit: ResponseLimit::OneAnswer }
+    );
     assert_eq!(e.sqlstate(), "ZBM02");
     assert!(e.to_string().contains("exceeds pg_bailian.max_response_size (1073741823 bytes)"), "{e}");
     // Reading 1 GB over loopback takes seconds even in a release build.
@@ -497,4 +501,37 @@ fn the_new_faults_can_be_scripted_over_http() {
     assert_eq!(f.gen(&call, "remote").unwrap_err().sqlstate(), "ZBR01");
     assert_eq!(f.gen(&call, "remote").unwrap_err().sqlstate(), "ZB307");
     assert_eq!(f.gen(&call, "remote").unwrap(), "Echo from qwen-plus: remote");
+}
+
+#[test]
+fn answers_being_read_share_one_budget_and_give_it_back() {
+    let f = Fixture::new(Config::default());
+    let budget: u64 = 512 << 10;
+    let call =
+        Call { max_response_bytes: 1 << 20, answers_budget: budget, ..f.call(policy(0, 0.5, 1.0), 10.0) };
+    for declared in [true, false] {
+        // One answer larger than the budget alone: refused however it is sent.
+        f.standin.script("big", vec![oversized(600 << 10, declared)]);
+        let e = f.gen(&call, "big").unwrap_err();
+        assert_eq!(
+            e,
+            AiError::ResponseTooLarge {
+                model: "m1".into(),
+                limit_bytes: budget,
+                limit: ResponseLimit::InFlight
+            },
+            "declared {declared}"
+        );
+        assert!(e.to_string().contains("past their share of pg_bailian.max_batch_memory (512kB)"), "{e}");
+        assert_eq!(f.client.bytes_held(), 0, "a refused answer gives its bytes back");
+    }
+    // Answers that fit together are all read, at once, and give everything back.
+    for i in 0..4 {
+        f.standin.script(&format!("fits {i}"), vec![oversized(100 << 10, i % 2 == 0)]);
+    }
+    let requests: Vec<ChatRequest> =
+        (0..4).map(|i| chat_request(call.endpoint, &format!("fits {i}"))).collect();
+    let all = f.block(futures_util::future::join_all(requests.iter().map(|r| f.client.chat(&call, r))));
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!(f.client.bytes_held(), 0);
 }

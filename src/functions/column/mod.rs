@@ -246,11 +246,13 @@ fn gen_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
         None => "NULL::pg_catalog.jsonb".to_string(),
     };
     let src = quote_ident(&source);
+    // ai_prompt sizes the prompt before building it (54000 past its limit, for that row
+    // alone), where replace() would build whatever the row's text makes.
+    let schema = own_schema(fcinfo)?;
     let expression = format!(
-        "{}.ai_gen({}, pg_catalog.replace({}, '{{0}}', {src}::pg_catalog.text), {params_sql})",
-        own_schema(fcinfo)?,
+        "{schema}.ai_gen({}, {schema}.ai_prompt({}, {src}::pg_catalog.text), {params_sql})",
         literal(&model),
-        literal(&template)
+        literal(&bailian_core::template::from_plain(&template))
     );
     let scope = format!("{target} IS NULL, {source} has text");
     let table = table.with_filter(format!("{src} IS NOT NULL"));
