@@ -150,6 +150,6 @@ COMMENT ON FUNCTION ai_rank(text, text, text) IS
 COMMENT ON FUNCTION ai_similarity(text, text, text) IS
   'The cosine similarity in [-1, 1] of the embeddings of a and b by a deployed embedding model (one request for both). NULL or empty text returns NULL.';
 COMMENT ON FUNCTION ai_chunk(text, int, int) IS
-  'content split into pieces of at most chunk_size characters (default 512), cut at paragraph, then sentence, then word boundaries, consecutive pieces sharing about overlap characters starting at a word (default 64, which must be less than chunk_size: pass overlap with a chunk_size of 64 or less); pieces are trimmed. At most 64M characters in. Asks no model.';
+  'content split into pieces of at most chunk_size characters (default 512), cut at paragraph, then sentence, then word boundaries, consecutive pieces sharing about overlap characters starting at a word (default 64, which must be less than chunk_size: pass overlap with a chunk_size of 64 or less); pieces are trimmed. At most 8M characters in and 64 MB of pieces out (54000 past either). Asks no model.';
 COMMENT ON FUNCTION ai_prompt(text, text[]) IS
-  'template with {0}, {1}, ... replaced by the arguments after it (NULL as empty text); {{ and }} are literal braces. Asks no model.';
+  'template with {0}, {1}, ... replaced by the arguments after it (NULL as empty text); {{ and }} are literal braces. At most 64 MB out (54000, refused before it is built). Asks no model.';

@@ -303,7 +303,7 @@ impl Finish {
                             .into(),
                     });
                 }
-                Ok(Answer::Bytes(wav::wav_from_pcm16(&out.audio_pcm, wav::OMNI_SAMPLE_RATE)))
+                Ok(Answer::Bytes(wav::wav_from_pcm16(&out.audio_pcm, wav::OMNI_SAMPLE_RATE)?))
             }
             Finish::Structured { model, format, .. } => format.check(model, &out.content).map(Answer::Json),
             Finish::Task { model, ask } => {

@@ -83,11 +83,14 @@ impl Format {
             .iter_errors(&value)
             .take(LISTED_ERRORS + 1)
             .map(|e| {
+                // A validator's message repeats the offending value, which may be as long as
+                // the answer: shortened like the answer itself.
                 let at = e.instance_path().to_string();
+                let what = quoted(&e.to_string());
                 if at.is_empty() {
-                    e.to_string()
+                    what
                 } else {
-                    format!("{e} (at {at})")
+                    format!("{what} (at {})", quoted(&at))
                 }
             })
             .collect();
@@ -201,6 +204,15 @@ mod tests {
             assert_eq!(e.sqlstate(), "22023");
             assert!(e.to_string().contains(says), "{given}: {e}");
         }
+    }
+
+    #[test]
+    fn a_long_offending_value_is_not_repeated_whole() {
+        let f = Format::parse(&schema()).unwrap();
+        let answer = format!("{{\"label\": \"{}\"}}", "z".repeat(1 << 20));
+        let e = f.check("chat", &answer).unwrap_err();
+        assert_eq!(e.sqlstate(), "ZBI02");
+        assert!(e.to_string().len() < 1000, "a message of {} bytes", e.to_string().len());
     }
 
     #[test]

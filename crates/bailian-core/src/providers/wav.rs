@@ -7,13 +7,15 @@ pub const OMNI_SAMPLE_RATE: u32 = 24_000;
 
 /// A RIFF/WAVE file: PCM, one channel, 16 bits per sample, at `sample_rate`. An odd trailing
 /// byte (half a sample) is dropped.
-pub fn wav_from_pcm16(pcm: &[u8], sample_rate: u32) -> Vec<u8> {
+/// The copy is reserved fallibly: the audio is as long as the answer made it (within the
+/// answer's size limit), and memory that cannot be had is an error, not an abort.
+pub fn wav_from_pcm16(pcm: &[u8], sample_rate: u32) -> Result<Vec<u8>, crate::AiError> {
     let data = &pcm[..pcm.len() & !1];
     let data_len = u32::try_from(data.len()).unwrap_or(u32::MAX - 36) & !1;
     let data = &data[..data_len as usize];
     let (channels, bits): (u16, u16) = (1, 16);
     let block_align = channels * bits / 8;
-    let mut out = Vec::with_capacity(44 + data.len());
+    let mut out = crate::limits::vec_with_capacity("the WAV file of an answer", 44 + data.len())?;
     out.extend_from_slice(b"RIFF");
     out.extend_from_slice(&(36 + data_len).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
@@ -27,7 +29,7 @@ pub fn wav_from_pcm16(pcm: &[u8], sample_rate: u32) -> Vec<u8> {
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
     out.extend_from_slice(data);
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -36,7 +38,7 @@ mod tests {
 
     #[test]
     fn header_describes_the_samples() {
-        let wav = wav_from_pcm16(&[1, 0, 2, 0, 9], OMNI_SAMPLE_RATE);
+        let wav = wav_from_pcm16(&[1, 0, 2, 0, 9], OMNI_SAMPLE_RATE).unwrap();
         assert_eq!(&wav[..4], b"RIFF");
         assert_eq!(u32::from_le_bytes(wav[4..8].try_into().unwrap()), 36 + 4);
         assert_eq!(&wav[8..16], b"WAVEfmt ");
