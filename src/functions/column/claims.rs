@@ -1,119 +1,179 @@
-//! Claims on rows a column job has read but not yet written, so that two sessions filling the
+//! Claims on rows a column job has read but not yet settled, so that two sessions filling the
 //! same column never send the same row.
 //!
 //! A job holds no row locks while its requests are in flight (they would block writers to
 //! those rows for as long as the provider takes), and it commits every batch; another session
 //! could then pick the same rows up and pay for them twice. A claim is a session-level lock (it
-//! survives commits) on (table, target column, key), taken when the row is read and released
-//! once the row's outcome is written. A written row stays protected until its commit by the
-//! row lock its UPDATE holds: another job reading it before then skips it as locked, and after
-//! the commit sees it filled. A row that failed keeps its claim until the job ends, so that a
-//! session reading behind this one does not pay for the same failure again.
+//! survives commits) on (table, target column, key), taken when the row is read. A row the job
+//! wrote keeps its claim until the write commits (or, when a batch is larger than a chunk, until
+//! the job needs room for the next chunk's claims; its UPDATE's row lock protects it until the
+//! commit then). Every other row gives its claim back as soon as its outcome is settled,
+//! a failed row included: the job never reads a row twice (it pages in key order), so it
+//! needs no claim to remember its own failures, and the lock table never holds more than a
+//! job's chunk and one page read ahead, however many rows fail. A session reading behind
+//! this one may then try a row this job failed on: a fresh attempt, as a new CALL would make.
+//!
+//! A row whose claim another session holds is not counted as done: the job defers it
+//! (`Reader::deferred` in the job engine) and comes back to it once its main pass is over,
+//! waiting for the claim if it must (`wait_for`). It waits only while it holds no claim and
+//! no uncommitted write, so no cycle of waits can run through claims: a deadlock is
+//! impossible, and a cancel or statement_timeout ends the wait as any lock wait. So a claim
+//! names its row only through a hash, and two keys hashing alike cost a wait, never a row.
 //!
 //! Claims are advisory locks in PostgreSQL's shared lock table, in a space of their own
-//! (`pg_locks` shows them as locktype advisory, classid = the table's oid, objsubid = 20562):
+//! (`pg_locks` shows them as locktype advisory, objsubid = 20562, classid = the table's oid,
+//! and a 64-bit hash of the database, the target column and the key split over `database`
+//! (its high half, so that column names no database) and `objid` (its low half)):
 //! `pg_advisory_lock` and friends use objsubid 1 and 2, so no SQL call can take or block a
-//! claim, nor wait on one. At most a job's chunk and one page read ahead (and its failed rows)
-//! are held; they are released on every way out, including an error unwinding
-//! through the job, and a backend that exits releases them anyway.
+//! claim, nor wait on one. They are released on every way out, including an error unwinding
+//! through the job (a wait that a cancel ends included), and a backend that exits releases
+//! them anyway.
 
+use bailian_core::AiError;
 use pgrx::pg_sys;
 use std::collections::HashSet;
 
-/// One row's claim.
+/// One row's claim: the 64-bit hash of its database, target column and key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Claim(u32);
+pub struct Claim(u64);
 
 /// The claims a job holds.
 pub struct Claims {
     table: pg_sys::Oid,
+    database: u32,
     column: i16,
     held: HashSet<Claim>,
-    /// Claims of failed rows, released when the job ends.
-    kept: HashSet<Claim>,
+    /// Held claims of rows written since the last commit (see the module doc).
+    written: Vec<Claim>,
 }
 
 /// The advisory-lock space of claims ("PR" for pg_bailian rows): not 1 or 2, the spaces of
 /// pg_advisory_lock(bigint) and pg_advisory_lock(int, int).
 const CLAIM_SPACE: u16 = 0x5052;
 
+/// FNV-1a (64-bit) over the database, the target column and the key's text. Stable across
+/// backends and releases (it is written out here, not taken from std). The input is
+/// unambiguous: key texts are UTF-8, which never holds the bytes 0xFE (a NULL part) and 0xFF
+/// (after every part). Not collision-resistant, and it need not be: see the module doc.
+fn claim_hash(database: u32, column: i16, key: &[Option<String>]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&database.to_le_bytes());
+    eat(&column.to_le_bytes());
+    for part in key {
+        match part {
+            Some(text) => eat(text.as_bytes()),
+            None => eat(&[0xFE]),
+        }
+        eat(&[0xFF]);
+    }
+    h
+}
+
 impl Claims {
     pub fn new(table: pg_sys::Oid, column: i16) -> Claims {
-        Claims { table, column, held: HashSet::new(), kept: HashSet::new() }
+        // SAFETY: MyDatabaseId is set at connection start and never changes afterwards.
+        let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        Claims { table, database, column, held: HashSet::new(), written: Vec::new() }
     }
 
     /// The claim for the row with these key values.
     pub fn claim_of(&self, key: &[Option<String>]) -> Claim {
-        // FNV-1a over the target column and the key's text: stable across backends, and a
-        // collision only makes two rows wait for each other, never lets one be sent twice.
-        let mut h: u32 = 0x811c_9dc5;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u32::from(*b);
-                h = h.wrapping_mul(0x0100_0193);
-            }
-        };
-        eat(&self.column.to_le_bytes());
-        for part in key {
-            match part {
-                Some(text) => eat(text.as_bytes()),
-                None => eat(&[0xFE]),
-            }
-            eat(&[0xFF]);
-        }
-        Claim(h)
+        Claim(claim_hash(self.database, self.column, key))
     }
 
     fn tag(&self, claim: Claim) -> pg_sys::LOCKTAG {
-        // SET_LOCKTAG_INT32's layout, in a space of our own (field4).
+        // The hash over field1 and field3, the table in field2 (pg_locks' classid), in a
+        // space of our own (field4).
         pg_sys::LOCKTAG {
-            // SAFETY: MyDatabaseId is set at connection start and never changes afterwards.
-            locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+            locktag_field1: (claim.0 >> 32) as u32,
             locktag_field2: self.table.to_u32(),
-            locktag_field3: claim.0,
+            locktag_field3: claim.0 as u32,
             locktag_field4: CLAIM_SPACE,
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         }
     }
 
-    /// Takes the claim unless another session holds it (never waits). A claim this job
-    /// already holds (two keys hashing alike) counts as taken: the second row waits for a
-    /// later CALL rather than share the first one's claim.
+    /// Takes the claim unless it is held (never waits). A claim this job already holds (two
+    /// keys hashing alike) counts as held: the second row is deferred like any other.
     pub fn try_take(&mut self, claim: Claim) -> bool {
-        if self.held.contains(&claim) || self.kept.contains(&claim) {
+        if self.held.contains(&claim) {
             return false;
         }
         let tag = self.tag(claim);
         // SAFETY: a non-blocking session-level advisory lock, as pg_try_advisory_lock takes.
         let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, true, true) };
-        match got {
-            pg_sys::LockAcquireResult::LOCKACQUIRE_OK => {
-                self.held.insert(claim);
-                true
-            }
-            pg_sys::LockAcquireResult::LOCKACQUIRE_ALREADY_HELD => {
-                // Not ours by the sets above, so left by a job of this session that ended
-                // without releasing it (it cannot be; be safe): undo the extra count.
-                // SAFETY: releases the count just added.
-                unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true) };
-                false
-            }
-            _ => false,
+        self.acquired(
+            claim,
+            got == pg_sys::LockAcquireResult::LOCKACQUIRE_OK,
+            got == pg_sys::LockAcquireResult::LOCKACQUIRE_ALREADY_HELD,
+        )
+    }
+
+    /// Waits for the claim, which the job may do only while it holds none (see the module
+    /// doc). A cancel, a statement_timeout or a deadlock report ends the wait with an ERROR
+    /// (a panic that unwinds through the job); the aborting transaction takes the wait
+    /// off the lock's queue.
+    pub fn wait_for(&mut self, claim: Claim) -> Result<(), AiError> {
+        if !self.held.is_empty() {
+            return Err(AiError::Internal {
+                message: format!("a job waited for a claim holding {} others", self.held.len()),
+            });
+        }
+        let tag = self.tag(claim);
+        // SAFETY: a blocking session-level advisory lock, as pg_advisory_lock takes; the wait
+        // services interrupts, and an ERROR it raises is turned into a panic by pgrx.
+        let got = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, true, false) };
+        let ok = got == pg_sys::LockAcquireResult::LOCKACQUIRE_OK;
+        if self.acquired(claim, ok, got == pg_sys::LockAcquireResult::LOCKACQUIRE_ALREADY_HELD) {
+            Ok(())
+        } else {
+            Err(AiError::Internal { message: "a claim waited for was not granted".into() })
         }
     }
 
-    /// Keeps a failed row's claim until the job ends.
-    pub fn keep_until_the_end(&mut self, claim: Claim) {
-        if self.held.remove(&claim) {
-            self.kept.insert(claim);
+    /// Records what LockAcquire answered: granted (`ok`), or `already` held by this session.
+    fn acquired(&mut self, claim: Claim, ok: bool, already: bool) -> bool {
+        if ok {
+            self.held.insert(claim);
+        } else if already {
+            // Not ours by `held`, so left by a job of this session that ended without
+            // releasing it (it cannot be; be safe): undo the extra count.
+            // SAFETY: releases the count just added.
+            unsafe { pg_sys::LockRelease(&self.tag(claim), pg_sys::ExclusiveLock as i32, true) };
+        }
+        ok
+    }
+
+    /// Keeps a written row's claim until the write commits (`release_written`).
+    pub fn written(&mut self, claim: Claim) {
+        if self.held.contains(&claim) {
+            self.written.push(claim);
+        }
+    }
+
+    /// How many claims of written rows are held.
+    pub fn written_count(&self) -> usize {
+        self.written.len()
+    }
+
+    /// After a commit, or to make room: the written rows' claims go.
+    pub fn release_written(&mut self) {
+        for claim in std::mem::take(&mut self.written) {
+            self.release(claim);
         }
     }
 
     pub fn release(&mut self, claim: Claim) {
         if self.held.remove(&claim) {
             let tag = self.tag(claim);
-            // SAFETY: releases a session lock this job took in try_take.
+            // SAFETY: releases a session lock this job took in try_take or wait_for.
             unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true) };
         }
     }
@@ -121,12 +181,47 @@ impl Claims {
 
 impl Drop for Claims {
     fn drop(&mut self) {
-        let all = std::mem::take(&mut self.held).into_iter().chain(std::mem::take(&mut self.kept));
-        for claim in all {
+        for claim in std::mem::take(&mut self.held) {
             let tag = self.tag(claim);
             // SAFETY: as in release(); also safe while an error unwinds (pgrx has flushed the
             // error state, and releasing a lock only touches the lock manager's tables).
             unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_hash;
+
+    fn key(parts: &[Option<&str>]) -> Vec<Option<String>> {
+        parts.iter().map(|p| p.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn the_hash_tells_apart_what_only_its_framing_tells_apart() {
+        let h = |parts: &[Option<&str>]| claim_hash(5, 3, &key(parts));
+        assert_ne!(h(&[Some("ab")]), h(&[Some("a"), Some("b")]));
+        assert_ne!(h(&[Some("")]), h(&[None]));
+        assert_ne!(h(&[None, Some("x")]), h(&[Some("x"), None]));
+        // The database and the column are part of it.
+        assert_ne!(claim_hash(5, 3, &key(&[Some("7")])), claim_hash(6, 3, &key(&[Some("7")])));
+        assert_ne!(claim_hash(5, 3, &key(&[Some("7")])), claim_hash(5, 4, &key(&[Some("7")])));
+        // Stable: the same in every backend and release (FNV-1a 64 of these bytes).
+        assert_eq!(claim_hash(0, 0, &[]), {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for _ in 0..6 {
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h
+        });
+    }
+
+    #[test]
+    fn no_collision_among_a_million_integer_keys() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1_000_000u32 {
+            assert!(seen.insert(claim_hash(16384, 4, &[Some(i.to_string())])), "{i}");
         }
     }
 }

@@ -27,7 +27,11 @@
 //!   skipped, not given a stale value;
 //! - a row another transaction holds locked is not waited for: it is skipped, counted and
 //!   reported by key (rechecked at the end, in case it was another job's uncommitted write);
-//! - a row another job on the same column has claimed is left to it (see `claims`).
+//! - a row another job on the same column has claimed is deferred, not counted as done: the
+//!   job comes back to it after its main pass (or when it has deferred `DEFERRED_ROWS`),
+//!   waits for the claim if it must (holding no claim and no uncommitted write meanwhile, so
+//!   that no wait can close a cycle), and then fills it like any other row, or counts it as
+//!   done by another session when it finds it filled (see `claims`).
 //!
 //! Errors that are about the job rather than a row (a cancel, a read-only transaction,
 //! running out of memory, an expression that does not parse) end it; committed batches stay,
@@ -62,7 +66,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid};
 use progress::{Key, Progress};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use table::{quote_ident, Table, TargetKind};
 
@@ -78,6 +82,12 @@ const PAGE_ROWS: usize = 500;
 
 /// Rows in one chunk query at most (its rows' claims are held until it is done).
 const CHUNK_ROWS: usize = 1000;
+
+/// Rows read but deferred (their claim held by another session) kept at most before the job
+/// goes back to them: the memory a job needs stays bounded whatever the table's size (their
+/// keys; another job holds at most a chunk and a page of claims at a time, but jobs that take
+/// turns ahead of each other can defer about half of a table between them).
+const DEFERRED_ROWS: usize = 10_000;
 
 /// Rows fetched from a chunk's cursor at a time: each is written before the next fetch, while
 /// the rows behind are in flight.
@@ -321,7 +331,13 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
     let scratch = Scratch::new();
     let values = Scratch::new();
     let mut state = State {
-        reader: Reader { table, last_key: None, queue: VecDeque::new(), exhausted: false },
+        reader: Reader {
+            table,
+            last_key: None,
+            queue: VecDeque::new(),
+            exhausted: false,
+            deferred: VecDeque::new(),
+        },
         claims: Claims::new(table.oid, table.target_attnum),
         progress: Progress::new(procedure, table.key_names.clone(), table.target.clone(), total),
         writer,
@@ -333,9 +349,33 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
             scratch.run(|| state.commit(&connection))?;
             continue;
         }
+        if state.claims.written_count() + want > CHUNK_ROWS {
+            // A batch larger than a chunk: the written rows' claims make room for the next
+            // chunk's (their row locks protect them until the commit).
+            state.claims.release_written();
+        }
         scratch.run(|| state.top_up(want))?;
-        let Some(rows) = state.reader.take(want) else { break };
-        state.chunk(rows, &plan, &values, &scratch)?;
+        if let Some(rows) = state.reader.take(want) {
+            state.chunk(rows, &plan, &values, &scratch)?;
+            continue;
+        }
+        if state.reader.deferred.is_empty() {
+            // Nothing queued, nothing deferred: top_up reads on until one of them has rows or
+            // the table has no more.
+            break;
+        }
+        // The next deferred row's claim is held: wait for it holding none (all queued work is
+        // written) and, once committed, no row or table lock either (a DDL queued behind the
+        // job's table locks would otherwise make the job that holds the claim wait for it).
+        scratch.run(|| {
+            if state.since_commit > 0 {
+                state.commit(&connection)?;
+            } else {
+                connection.commit();
+                transaction_settings()?;
+            }
+            state.wait_deferred()
+        })?;
     }
     scratch.run(|| {
         if state.since_commit > 0 {
@@ -430,16 +470,103 @@ struct State<'t> {
 }
 
 impl State<'_> {
-    /// Keeps at least `want` rows queued while the table has more.
+    /// Keeps at least `want` rows queued while the table has more: rows of the next pages
+    /// while it has any and fewer than `DEFERRED_ROWS` are deferred, then deferred rows
+    /// whose claims can be taken without waiting, in key order. A chunk's rows must be in key
+    /// order: deferred rows (behind the pages read) are queued only while no page's rows are
+    /// queued, and no page is read once they are.
     fn top_up(&mut self, want: usize) -> Result<(), AiError> {
-        if self.reader.exhausted || self.reader.queue.len() >= want {
+        if self.reader.queue.len() >= want || (self.reader.exhausted && self.reader.deferred.is_empty()) {
             return Ok(());
         }
         // Reads run outside the write subtransaction: their row locks must not be undone by
         // a failed write, and a failed read is the job's, not a row's.
         self.close_slab()?;
-        while !self.reader.exhausted && self.reader.queue.len() < want {
-            self.reader.read_page(&mut self.claims, &mut self.progress)?;
+        let mut revisiting = false;
+        while self.reader.queue.len() < want {
+            if !revisiting && !self.reader.exhausted && self.reader.deferred.len() < DEFERRED_ROWS {
+                self.reader.read_page(&mut self.claims, &mut self.progress)?;
+                continue;
+            }
+            if !revisiting && !self.reader.queue.is_empty() {
+                break;
+            }
+            // Deferred rows whose claims are free now, as many as the queue lacks.
+            let mut claimed = Vec::new();
+            while self.reader.queue.len() + claimed.len() < want {
+                let Some(next) = self.reader.deferred.front() else { break };
+                let claim = self.claims.claim_of(&next.key);
+                if !self.claims.try_take(claim) {
+                    break;
+                }
+                if let Some(row) = self.reader.deferred.pop_front() {
+                    claimed.push((row, claim));
+                }
+            }
+            if claimed.is_empty() {
+                break;
+            }
+            revisiting = true;
+            self.revisit(claimed)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the claim of the next deferred row, which another session holds, and then
+    /// revisits it. Called holding no claim (the queue is empty, everything written is
+    /// committed).
+    fn wait_deferred(&mut self) -> Result<(), AiError> {
+        let Some(row) = self.reader.deferred.pop_front() else { return Ok(()) };
+        let claim = self.claims.claim_of(&row.key);
+        self.claims.wait_for(claim)?;
+        self.revisit(vec![(row, claim)])
+    }
+
+    /// Deferred rows (in key order), claimed now: queued if they are still to fill and no
+    /// other transaction holds them (one locking read for all, in a subtransaction rolled
+    /// back at once, as a page's). The others are released: those still to fill counted as
+    /// locked (rechecked at the end), the rest as done by another session (the one that held
+    /// their claim filled, changed or deleted them meanwhile).
+    fn revisit(&mut self, claimed: Vec<(Read, Claim)>) -> Result<(), AiError> {
+        let table = self.reader.table;
+        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else { return Ok(()) };
+        let identities: Vec<Option<String>> = claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
+        let args = || [first.0.key.clone().into(), last.0.key.clone().into(), identities.clone().into()];
+        let probe = SubTransaction::begin();
+        let lockable: HashSet<String> = Spi::connect_mut(|c| {
+            rows_of(table, c.update(&table.lock_rows_sql(), None, &args()).map_err(spi)?)
+        })?
+        .into_iter()
+        .map(|r| r.identity)
+        .collect();
+        probe.rollback();
+        let mut unlockable = Vec::new();
+        for (row, claim) in claimed.iter() {
+            if lockable.contains(&row.identity) {
+                self.reader.queue.push_back(Pending {
+                    key: row.key.clone(),
+                    identity: row.identity.clone(),
+                    claim: *claim,
+                });
+            } else {
+                unlockable.push((row, *claim));
+            }
+        }
+        if unlockable.is_empty() {
+            return Ok(());
+        }
+        let todo: HashSet<String> =
+            Spi::connect(|c| rows_of(table, c.select(&table.probe_rows_sql(), None, &args()).map_err(spi)?))?
+                .into_iter()
+                .map(|r| r.identity)
+                .collect();
+        for (row, claim) in unlockable {
+            self.claims.release(claim);
+            if todo.contains(&row.identity) {
+                self.progress.locked(row.key.clone());
+            } else {
+                self.progress.other_session += 1;
+            }
         }
         Ok(())
     }
@@ -448,9 +575,11 @@ impl State<'_> {
         self.writer.write(row, value, &mut self.claims, &mut self.progress)
     }
 
+    /// A row that failed: reported, and its claim released at once (the job never reads it
+    /// again; see `claims`).
     fn failed(&mut self, row: Pending, reason: &str) {
         self.progress.failure(&row.key, reason);
-        self.claims.keep_until_the_end(row.claim);
+        self.claims.release(row.claim);
     }
 
     /// Computes and writes one chunk of claimed rows (in key order).
@@ -581,6 +710,7 @@ impl State<'_> {
     fn commit(&mut self, connection: &NonAtomicSpi) -> Result<(), AiError> {
         self.close_slab()?;
         connection.commit();
+        self.claims.release_written();
         self.since_commit = 0;
         self.progress.committed();
         transaction_settings()
@@ -606,12 +736,15 @@ impl State<'_> {
 }
 
 /// Reads rows in key order, a page at a time (keyset pagination), claims them, and keeps
-/// those no other transaction holds.
+/// those no other transaction holds; defers those whose claim another session holds.
 struct Reader<'t> {
     table: &'t Table,
     last_key: Option<Key>,
     queue: VecDeque<Pending>,
     exhausted: bool,
+    /// Rows whose claim was held when they were read, in key order (at most
+    /// `DEFERRED_ROWS` and a page).
+    deferred: VecDeque<Read>,
 }
 
 /// A row as the reading statements return it.
@@ -648,7 +781,7 @@ impl Reader<'_> {
             if claims.try_take(claim) {
                 claimed.push((row, claim));
             } else {
-                progress.other_session += 1;
+                self.deferred.push_back(row);
             }
         }
         if !claimed.is_empty() {
@@ -660,7 +793,7 @@ impl Reader<'_> {
                 claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
             let args = || [after.clone().into(), Some(last.clone()).into(), identities.clone().into()];
             let probe = SubTransaction::begin();
-            let lockable: std::collections::HashSet<String> = Spi::connect_mut(|c| {
+            let lockable: HashSet<String> = Spi::connect_mut(|c| {
                 rows_of(self.table, c.update(&self.table.lock_page_sql(), None, &args()).map_err(spi)?)
             })?
             .into_iter()
@@ -676,7 +809,7 @@ impl Reader<'_> {
                 }
             }
             if !unlockable.is_empty() {
-                let todo: std::collections::HashSet<String> = Spi::connect(|c| {
+                let todo: HashSet<String> = Spi::connect(|c| {
                     rows_of(self.table, c.select(&self.table.probe_page_sql(), None, &args()).map_err(spi)?)
                 })?
                 .into_iter()
@@ -795,7 +928,7 @@ impl Writer {
                 // The slab is rolled back: redo what it held, then report this row.
                 self.redo(claims, progress)?;
                 progress.failure(&row.key, &reason);
-                claims.keep_until_the_end(row.claim);
+                claims.release(row.claim);
             }
         }
         Ok(())
@@ -828,22 +961,26 @@ impl Writer {
                 }
                 Err(reason) => {
                     progress.failure(&row.key, &reason);
-                    claims.keep_until_the_end(row.claim);
+                    claims.release(row.claim);
                 }
             }
         }
         Ok(())
     }
 
-    /// Keeps the open slab's writes and settles their rows: counted, claims released (a
-    /// written row stays protected by its row lock until the commit).
+    /// Keeps the open slab's writes and settles their rows: counted, claims released, but
+    /// those of written rows, kept until the commit (see `claims`).
     fn close_slab(&mut self, claims: &mut Claims, progress: &mut Progress) -> Result<(), AiError> {
         if let Some(sub) = self.slab.take() {
             sub.release();
         }
         for (row, _, outcome) in self.slab_rows.drain(..) {
             match outcome {
-                Outcome::Filled => progress.filled += 1,
+                Outcome::Filled => {
+                    progress.filled += 1;
+                    claims.written(row.claim);
+                    continue;
+                }
                 Outcome::Skipped => progress.skipped += 1,
                 Outcome::Locked => progress.locked(row.key),
             }

@@ -359,6 +359,26 @@ impl Table {
         )
     }
 
+    /// The rows `$3` (identities) with keys from `$1` to `$2`, both in, still to fill and
+    /// not locked by another transaction: deferred rows, claimed again.
+    pub fn lock_rows_sql(&self) -> String {
+        format!("{} FOR NO KEY UPDATE SKIP LOCKED", self.probe_rows_sql())
+    }
+
+    /// The same rows without locking: those here but not in `lock_rows_sql`'s answer are
+    /// held by another transaction.
+    pub fn probe_rows_sql(&self) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {} AND {} AND {} AND {} OPERATOR(pg_catalog.=) ANY ($3)",
+            self.select_list(),
+            self.name_sql,
+            self.todo_condition(),
+            self.keyset(1, Bound::From),
+            self.keyset(2, Bound::UpTo),
+            self.identity()
+        )
+    }
+
     /// Whether the row with key `$1` is still to fill (no lock taken).
     pub fn still_todo_sql(&self) -> String {
         format!("SELECT 1 FROM {} WHERE {} AND {}", self.name_sql, self.key_equals(1), self.todo_condition())
