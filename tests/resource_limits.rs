@@ -108,6 +108,17 @@ fn what_a_function_would_build_past_its_limit_is_refused_before_it_is_built() {
             "54000",
             "argument 3 of ai_gen would need",
         ),
+        // The batch functions: their arrays like an AI call's argument, and their elements.
+        (
+            "SELECT count(*) FROM ai_gen_batch('chat', ARRAY[repeat('x', 40000000)])",
+            "54000",
+            "argument 2 of ai_gen_batch would need",
+        ),
+        (
+            "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[200000]))",
+            "22023",
+            "ai_embed_batch takes at most 100000 elements; 200000 were given",
+        ),
     ];
     for (sql, code, message) in cases {
         let (error, peak, took) = run_fresh(&db, role, sql);
@@ -132,6 +143,19 @@ fn what_a_function_would_build_past_its_limit_is_refused_before_it_is_built() {
         assert!(peak < PEAK_MB, "{sql}: peak {peak} MB");
     }
     assert_eq!(s.stats().requests, 0, "a refused call sent something");
+
+    // What a batch function holds until it returns is bounded by the superuser's budget.
+    let mut admin = connect(&db);
+    admin.batch_execute(&format!("ALTER ROLE {role} SET pg_bailian.max_batch_memory = '1MB'")).unwrap();
+    let (error, _, _) =
+        run_fresh(&db, role, "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[200]))");
+    let (code, message) = error.expect("200 embeddings of 4 kB held within 512 kB");
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.starts_with("the answers of ai_embed_batch (half of pg_bailian.max_batch_memory"), "{message}");
+    let (error, _, _) =
+        run_fresh(&db, role, "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[100]))");
+    assert_eq!(error, None, "100 embeddings of 4 kB fit in 512 kB");
+    admin.batch_execute(&format!("ALTER ROLE {role} RESET pg_bailian.max_batch_memory")).unwrap();
     assert_no_crash();
 }
 

@@ -51,7 +51,7 @@ pub fn embed_texts(
 pub fn generate(
     d: &Arc<Deployment>,
     params: &Map<String, Value>,
-    prompts: &[Option<String>],
+    prompts: &[Option<&str>],
     mut done: impl FnMut(usize, Result<String, AiError>) -> Result<(), AiError>,
 ) -> Result<(), AiError> {
     let target = Target::new(d, params)?;
@@ -60,7 +60,7 @@ pub fn generate(
         &target,
         |client, call| {
             let position = next.next()?;
-            let request = prompt_request(d, prompts[position].as_deref().unwrap_or_default(), params);
+            let request = prompt_request(d, prompts[position].unwrap_or_default(), params);
             Some(async move {
                 let answer = match request {
                     Ok(request) => client.chat(&call, &request).await.map(|out| out.content),
