@@ -357,22 +357,27 @@ fn security_settings_are_superuser_only_with_documented_defaults() {
     assert_eq!(show("pg_bailian.allowed_hosts"), bailian_core::policy::DEFAULT_HOSTS);
     assert_eq!(show("pg_bailian.key_directory"), "");
     assert_eq!(show("pg_bailian.max_response_size"), "64MB");
+    assert_eq!(show("pg_bailian.max_batch_memory"), "256MB");
     let context = Spi::get_one::<String>(
         "SELECT string_agg(name || '=' || context, ',' ORDER BY name) FROM pg_settings
           WHERE name IN ('pg_bailian.allowed_env_keys', 'pg_bailian.allowed_hosts',
-                         'pg_bailian.key_directory', 'pg_bailian.master_key_file')",
+                         'pg_bailian.key_directory', 'pg_bailian.master_key_file',
+                         'pg_bailian.max_batch_memory')",
     )
     .unwrap()
     .unwrap();
     assert_eq!(
         context,
         "pg_bailian.allowed_env_keys=superuser,pg_bailian.allowed_hosts=superuser,\
-         pg_bailian.key_directory=superuser,pg_bailian.master_key_file=sighup"
+         pg_bailian.key_directory=superuser,pg_bailian.master_key_file=sighup,\
+         pg_bailian.max_batch_memory=superuser"
     );
     Spi::run("CREATE ROLE bailian_settings_user NOLOGIN").unwrap();
     Spi::run("SET LOCAL ROLE bailian_settings_user").unwrap();
-    for name in ["allowed_env_keys", "allowed_hosts", "key_directory"] {
-        let r = try_sql(&format!("SET pg_bailian.{name} = '*'"));
+    for (name, value) in
+        [("allowed_env_keys", "*"), ("allowed_hosts", "*"), ("key_directory", "/"), ("max_batch_memory", "4GB")]
+    {
+        let r = try_sql(&format!("SET pg_bailian.{name} = '{value}'"));
         assert!(r.starts_with("42501 permission denied to set parameter"), "{name}: {r}");
     }
     Spi::run("RESET ROLE").unwrap();
