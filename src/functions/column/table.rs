@@ -444,11 +444,15 @@ impl Table {
     }
 }
 
-/// The text of the checked columns, as one record: `ROW("a", "b")::text`. record_out
-/// quotes what needs quoting, so different values never give the same text.
+/// The checked columns as one record's text (`ROW("a", "b")::text`: record_out quotes what
+/// needs quoting, so different values never give the same text), hashed with SHA-256: the
+/// job holds 64 characters per row in flight, not the columns' values, which may be large.
 fn inputs_sql(checked: &[String]) -> String {
     let cols: Vec<String> = checked.iter().map(|c| quote_ident(c)).collect();
-    format!("ROW({})::pg_catalog.text", cols.join(", "))
+    format!(
+        "pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(ROW({})::pg_catalog.text, 'UTF8')), 'hex')",
+        cols.join(", ")
+    )
 }
 
 /// The primary key's key columns (not its INCLUDE columns), with their types and operators.
