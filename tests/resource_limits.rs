@@ -151,7 +151,10 @@ fn what_a_function_would_build_past_its_limit_is_refused_before_it_is_built() {
         run_fresh(&db, role, "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[200]))");
     let (code, message) = error.expect("200 embeddings of 4 kB held within 512 kB");
     assert_eq!(code, "54000", "{message}");
-    assert!(message.starts_with("the answers of ai_embed_batch (half of pg_bailian.max_batch_memory"), "{message}");
+    assert!(
+        message.starts_with("the answers of ai_embed_batch (half of pg_bailian.max_batch_memory"),
+        "{message}"
+    );
     let (error, _, _) =
         run_fresh(&db, role, "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[100]))");
     assert_eq!(error, None, "100 embeddings of 4 kB fit in 512 kB");

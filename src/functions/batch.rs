@@ -43,7 +43,6 @@ fn elements<'a>(
     Ok(Some(array))
 }
 
-
 /// Adds an answer's bytes to what the call holds; past half of `pg_bailian.max_batch_memory`
 /// the call stops with 54000.
 fn hold(held: &mut u64, bytes: usize, function: &str) -> Result<(), AiError> {
@@ -64,7 +63,8 @@ fn hold(held: &mut u64, bytes: usize, function: &str) -> Result<(), AiError> {
 /// A failure (after retries) fails the call, there being no error column to put it in;
 /// under pg_bailian.on_error = 'null' that element's embedding is NULL, with a WARNING.
 fn embed_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
-    let (Some(model), Some(array)) = (arg::<String>(fcinfo, 0), elements(fcinfo, 1, "ai_embed_batch")?) else {
+    let (Some(model), Some(array)) = (arg::<String>(fcinfo, 0), elements(fcinfo, 1, "ai_embed_batch")?)
+    else {
         return materialize(fcinfo, []).map(|_| None);
     };
     let mut texts = limits::vec_with_capacity("ai_embed_batch's inputs", array.len())?;

@@ -68,7 +68,7 @@ use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid};
 use progress::{Key, Progress};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use table::{quote_ident, Table, TargetKind};
+use table::{quote_ident, ClaimedFrom, Table, TargetKind};
 
 sql_entry!(pg_finfo_pg_bailian_update, pg_bailian_update, update);
 sql_entry!(pg_finfo_pg_bailian_embed_column, pg_bailian_embed_column, embed_column);
@@ -530,45 +530,19 @@ impl State<'_> {
     fn revisit(&mut self, claimed: Vec<(Read, Claim)>) -> Result<(), AiError> {
         let table = self.reader.table;
         let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else { return Ok(()) };
-        let identities: Vec<Option<String>> = claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
-        let args = || [first.0.key.clone().into(), last.0.key.clone().into(), identities.clone().into()];
-        let probe = SubTransaction::begin();
-        let lockable: HashSet<String> = Spi::connect_mut(|c| {
-            rows_of(table, c.update(&table.lock_rows_sql(), None, &args()).map_err(spi)?)
-        })?
-        .into_iter()
-        .map(|r| r.identity)
-        .collect();
-        probe.rollback();
-        let mut unlockable = Vec::new();
-        for (row, claim) in claimed.iter() {
-            if lockable.contains(&row.identity) {
-                self.reader.queue.push_back(Pending {
-                    key: row.key.clone(),
-                    identity: row.identity.clone(),
-                    claim: *claim,
-                });
-            } else {
-                unlockable.push((row, *claim));
-            }
-        }
-        if unlockable.is_empty() {
-            return Ok(());
-        }
-        let todo: HashSet<String> =
-            Spi::connect(|c| rows_of(table, c.select(&table.probe_rows_sql(), None, &args()).map_err(spi)?))?
-                .into_iter()
-                .map(|r| r.identity)
-                .collect();
-        for (row, claim) in unlockable {
-            self.claims.release(claim);
-            if todo.contains(&row.identity) {
-                self.progress.locked(row.key.clone());
-            } else {
-                self.progress.other_session += 1;
-            }
-        }
-        Ok(())
+        let bounds = [Some(first.0.key.clone()), Some(last.0.key.clone())];
+        let sql =
+            (table.lock_claimed_sql(ClaimedFrom::Deferred), table.probe_claimed_sql(ClaimedFrom::Deferred));
+        queue_lockable(
+            table,
+            &sql,
+            bounds,
+            claimed,
+            &mut self.reader.queue,
+            &mut self.claims,
+            &mut self.progress,
+            |p| p.other_session += 1,
+        )
     }
 
     fn write(&mut self, row: Pending, value: Value) -> Result<(), AiError> {
@@ -735,6 +709,62 @@ impl State<'_> {
     }
 }
 
+/// Claimed rows (in key order, between the two `bounds` the locking statements take as $1
+/// and $2): queued if they are still to fill and no other transaction holds them, found by
+/// one SKIP LOCKED read in a subtransaction rolled back at once, so that no row lock is held
+/// while requests are in flight (the write takes its own, and skips a row locked by then).
+/// The others give their claim back: those still to fill are counted as locked (rechecked at
+/// the end), the rest by `gone` (filled, changed or deleted meanwhile).
+#[allow(clippy::too_many_arguments)] // one job's state, lent piece by piece
+fn queue_lockable(
+    table: &Table,
+    (lock_sql, probe_sql): &(String, String),
+    bounds: [Option<Key>; 2],
+    claimed: Vec<(Read, Claim)>,
+    queue: &mut VecDeque<Pending>,
+    claims: &mut Claims,
+    progress: &mut Progress,
+    gone: impl Fn(&mut Progress),
+) -> Result<(), AiError> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let identities: Vec<Option<String>> = claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
+    let args = || [bounds[0].clone().into(), bounds[1].clone().into(), identities.clone().into()];
+    let probe = SubTransaction::begin();
+    let lockable: HashSet<String> =
+        Spi::connect_mut(|c| rows_of(table, c.update(lock_sql, None, &args()).map_err(spi)?))?
+            .into_iter()
+            .map(|r| r.identity)
+            .collect();
+    probe.rollback();
+    let mut unlockable = Vec::new();
+    for (row, claim) in claimed {
+        if lockable.contains(&row.identity) {
+            queue.push_back(Pending { key: row.key, identity: row.identity, claim });
+        } else {
+            unlockable.push((row, claim));
+        }
+    }
+    if unlockable.is_empty() {
+        return Ok(());
+    }
+    let todo: HashSet<String> =
+        Spi::connect(|c| rows_of(table, c.select(probe_sql, None, &args()).map_err(spi)?))?
+            .into_iter()
+            .map(|r| r.identity)
+            .collect();
+    for (row, claim) in unlockable {
+        claims.release(claim);
+        if todo.contains(&row.identity) {
+            progress.locked(row.key);
+        } else {
+            gone(progress);
+        }
+    }
+    Ok(())
+}
+
 /// Reads rows in key order, a page at a time (keyset pagination), claims them, and keeps
 /// those no other transaction holds; defers those whose claim another session holds.
 struct Reader<'t> {
@@ -784,47 +814,18 @@ impl Reader<'_> {
                 self.deferred.push_back(row);
             }
         }
-        if !claimed.is_empty() {
-            // Which claimed rows are still to fill and not locked by another transaction: a
-            // SKIP LOCKED read in a subtransaction rolled back at once, so that no row lock is
-            // held while requests are in flight (the write takes its own, and skips a row
-            // locked by then).
-            let identities: Vec<Option<String>> =
-                claimed.iter().map(|(r, _)| Some(r.identity.clone())).collect();
-            let args = || [after.clone().into(), Some(last.clone()).into(), identities.clone().into()];
-            let probe = SubTransaction::begin();
-            let lockable: HashSet<String> = Spi::connect_mut(|c| {
-                rows_of(self.table, c.update(&self.table.lock_page_sql(), None, &args()).map_err(spi)?)
-            })?
-            .into_iter()
-            .map(|r| r.identity)
-            .collect();
-            probe.rollback();
-            let mut unlockable = Vec::new();
-            for (row, claim) in claimed {
-                if lockable.contains(&row.identity) {
-                    self.queue.push_back(Pending { key: row.key, identity: row.identity, claim });
-                } else {
-                    unlockable.push((row, claim));
-                }
-            }
-            if !unlockable.is_empty() {
-                let todo: HashSet<String> = Spi::connect(|c| {
-                    rows_of(self.table, c.select(&self.table.probe_page_sql(), None, &args()).map_err(spi)?)
-                })?
-                .into_iter()
-                .map(|r| r.identity)
-                .collect();
-                for (row, claim) in unlockable {
-                    claims.release(claim);
-                    if todo.contains(&row.identity) {
-                        progress.locked(row.key);
-                    } else {
-                        progress.skipped += 1;
-                    }
-                }
-            }
-        }
+        let from = ClaimedFrom::AfterPage;
+        let sql = (self.table.lock_claimed_sql(from), self.table.probe_claimed_sql(from));
+        queue_lockable(
+            self.table,
+            &sql,
+            [after, Some(last.clone())],
+            claimed,
+            &mut self.queue,
+            claims,
+            progress,
+            |p| p.skipped += 1,
+        )?;
         self.last_key = Some(last);
         Ok(())
     }

@@ -27,6 +27,15 @@ enum Bound {
     UpTo,
 }
 
+/// Where the claimed rows a locking read looks at start (see `Table::lock_claimed_sql`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ClaimedFrom {
+    /// After the last key of the page before (`$1`; NULL for the first page).
+    AfterPage,
+    /// From the first deferred row's key (`$1`) on.
+    Deferred,
+}
+
 /// What the job writes into the target column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
@@ -337,43 +346,28 @@ impl Table {
         )
     }
 
-    /// The claimed rows of a page (after `$1`, up to and including `$2`, identities `$3`)
-    /// still to fill and not locked by another transaction. Only claimed rows: locking the
-    /// page's others would keep them from the session that claimed them.
-    pub fn lock_page_sql(&self) -> String {
-        format!("{} FOR NO KEY UPDATE SKIP LOCKED", self.probe_page_sql())
+    /// Claimed rows (identities `$3`, keys up to and including `$2`) still to fill and not
+    /// locked by another transaction: a page's, after `$1` (NULL: from the first key), or
+    /// deferred rows', from `$1` on (`ClaimedFrom`). Only claimed rows: locking others would
+    /// keep them from the session that claimed them.
+    pub fn lock_claimed_sql(&self, from: ClaimedFrom) -> String {
+        format!("{} FOR NO KEY UPDATE SKIP LOCKED", self.probe_claimed_sql(from))
     }
 
-    /// The same rows without locking: those here but not in `lock_page_sql`'s answer are
+    /// The same rows without locking: those here but not in `lock_claimed_sql`'s answer are
     /// held by another transaction.
-    pub fn probe_page_sql(&self) -> String {
+    pub fn probe_claimed_sql(&self, from: ClaimedFrom) -> String {
+        let bound = match from {
+            ClaimedFrom::AfterPage => Bound::After,
+            ClaimedFrom::Deferred => Bound::From,
+        };
         format!(
             "SELECT {} FROM {} WHERE {} AND ($1 IS NULL OR {}) AND {} \
                AND {} OPERATOR(pg_catalog.=) ANY ($3)",
             self.select_list(),
             self.name_sql,
             self.todo_condition(),
-            self.keyset(1, Bound::After),
-            self.keyset(2, Bound::UpTo),
-            self.identity()
-        )
-    }
-
-    /// The rows `$3` (identities) with keys from `$1` to `$2`, both in, still to fill and
-    /// not locked by another transaction: deferred rows, claimed again.
-    pub fn lock_rows_sql(&self) -> String {
-        format!("{} FOR NO KEY UPDATE SKIP LOCKED", self.probe_rows_sql())
-    }
-
-    /// The same rows without locking: those here but not in `lock_rows_sql`'s answer are
-    /// held by another transaction.
-    pub fn probe_rows_sql(&self) -> String {
-        format!(
-            "SELECT {} FROM {} WHERE {} AND {} AND {} AND {} OPERATOR(pg_catalog.=) ANY ($3)",
-            self.select_list(),
-            self.name_sql,
-            self.todo_condition(),
-            self.keyset(1, Bound::From),
+            self.keyset(1, bound),
             self.keyset(2, Bound::UpTo),
             self.identity()
         )
