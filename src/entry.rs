@@ -56,7 +56,19 @@ struct Report {
     hint: Option<CString>,
 }
 
-fn cstring(s: String) -> CString {
+/// Most bytes of a message, detail or hint: whatever a message quotes, an error stays small in
+/// the client, the log and a WARNING (the pieces quoting a caller's value cut it shorter).
+const MAX_REPORT_BYTES: usize = 8 * 1024;
+
+fn cstring(mut s: String) -> CString {
+    if s.len() > MAX_REPORT_BYTES {
+        let mut end = MAX_REPORT_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
     CString::new(s.replace('\0', "\\0")).unwrap_or_default()
 }
 
