@@ -328,3 +328,33 @@ fn assert_no_crash() {
         assert!(!log.contains(sign), "the server log shows a crash: {sign}");
     }
 }
+
+/// ai_gen_column builds each row's prompt with ai_prompt: a row whose prompt would pass the
+/// limit fails alone (54000, reported by key), and the job fills the others.
+#[test]
+fn a_prompt_past_the_limit_costs_only_its_row_in_a_column_job() {
+    let role = "rl_column";
+    let (mut admin, db, s) = setup("rl_column", role);
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text, answer text);
+             INSERT INTO notes VALUES (1, 'first', NULL), (2, repeat('x', 20000000), NULL), (3, 'third', NULL);
+             GRANT SELECT, UPDATE ON notes TO {role};"
+        ))
+        .unwrap();
+    let (mut c, seen) = connect_collecting_as(&db, role);
+    c.batch_execute("CALL ai_gen_column('notes', 'body', 'answer', 'chat', 'Q: {0} {0} {0} {0}')").unwrap();
+    let answers: Vec<Option<String>> =
+        c.query("SELECT answer FROM notes ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        answers,
+        [Some(echo("Q: first first first first")), None, Some(echo("Q: third third third third"))]
+    );
+    let told = notices(&seen);
+    assert!(
+        told.contains("row (id)=(2) failed: 54000: ai_prompt's result would need 80000006 bytes, more than the limit of 64MB"),
+        "{told}"
+    );
+    assert_eq!(s.stats().requests, 2);
+    assert_no_crash();
+}
