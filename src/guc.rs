@@ -97,7 +97,7 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"pg_bailian.max_response_size",
         c"Largest response body accepted from the provider.",
-        c"A larger answer is an error (SQLSTATE ZBM02) and is not read further.",
+        c"A larger answer is an error (SQLSTATE ZBM02) and is not read further. Above half of pg_bailian.max_batch_memory (superuser-only) it has no effect.",
         &MAX_RESPONSE_SIZE_KB,
         64,
         1024 * 1024,
