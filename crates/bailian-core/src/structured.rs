@@ -117,6 +117,10 @@ fn json_schema_mode(name: &str, schema: &Value) -> Value {
 /// row after row, and compiling is the costly part of a check.
 const CACHED_SCHEMAS: usize = 64;
 
+/// Largest schema compiled (as JSON text): a response_format, or a task function's schema with
+/// its labels.
+pub const MAX_SCHEMA_BYTES: usize = 1 << 20;
+
 static COMPILED: Mutex<Option<HashMap<String, Arc<jsonschema::Validator>>>> = Mutex::new(None);
 
 /// The caller's schema, compiled (or found compiled). Without the crate's resolver features a
@@ -128,6 +132,9 @@ fn compile(schema: &Value) -> Result<Arc<jsonschema::Validator>, AiError> {
         return Err(AiError::invalid_with_hint("a JSON Schema must be a JSON object", SHAPES_HINT));
     }
     let key = schema.to_string();
+    // A schema is a few kB; past MAX_SCHEMA_BYTES it is refused before it is compiled, which
+    // also bounds what the cache keeps (CACHED_SCHEMAS of them at most).
+    crate::limits::check("a JSON Schema for structured output", key.len() as u128, MAX_SCHEMA_BYTES)?;
     let mut cache = COMPILED.lock().unwrap_or_else(|p| p.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
     if let Some(hit) = cache.get(&key) {
@@ -204,6 +211,15 @@ mod tests {
             assert_eq!(e.sqlstate(), "22023");
             assert!(e.to_string().contains(says), "{given}: {e}");
         }
+    }
+
+    #[test]
+    fn a_schema_past_its_limit_is_refused_before_it_is_compiled() {
+        let labels: Vec<String> = (0..2000).map(|i| format!("{i}{}", "l".repeat(600))).collect();
+        let schema = json!({"type": "object", "properties": {"label": {"type": "string", "enum": labels}}});
+        let e = Format::parse(&schema).unwrap_err();
+        assert_eq!(e.sqlstate(), "54000");
+        assert!(e.to_string().starts_with("a JSON Schema for structured output would need"), "{e}");
     }
 
     #[test]
