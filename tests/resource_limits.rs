@@ -108,6 +108,12 @@ fn what_a_function_would_build_past_its_limit_is_refused_before_it_is_built() {
             "54000",
             "argument 3 of ai_gen would need",
         ),
+        // A schema is compiled (and cached) only up to 1 MB.
+        (
+            "SELECT ai_gen_structured('chat', 'x', jsonb_build_object('type', 'object', 'description', repeat('d', 2000000)))",
+            "54000",
+            "a JSON Schema for structured output would need 20000",
+        ),
         // The batch functions: their arrays like an AI call's argument, and their elements.
         (
             "SELECT count(*) FROM ai_gen_batch('chat', ARRAY[repeat('x', 40000000)])",
