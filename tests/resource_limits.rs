@@ -153,16 +153,29 @@ fn what_a_function_would_build_past_its_limit_is_refused_before_it_is_built() {
     // What a batch function holds until it returns is bounded by the superuser's budget.
     let mut admin = connect(&db);
     admin.batch_execute(&format!("ALTER ROLE {role} SET pg_bailian.max_batch_memory = '1MB'")).unwrap();
-    let (error, _, _) =
-        run_fresh(&db, role, "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[200]))");
+    // One request at a time: each answer (10 vectors, about 200 kB of JSON) fits the 512 kB
+    // for answers being read, while the vectors kept add up.
+    let one_at_a_time = "SET pg_bailian.max_concurrency = 1;";
+    let (error, _, _) = run_fresh(
+        &db,
+        role,
+        &format!(
+            "{one_at_a_time} SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[200]))"
+        ),
+    );
     let (code, message) = error.expect("200 embeddings of 4 kB held within 512 kB");
     assert_eq!(code, "54000", "{message}");
     assert!(
         message.starts_with("the answers of ai_embed_batch (half of pg_bailian.max_batch_memory"),
         "{message}"
     );
-    let (error, _, _) =
-        run_fresh(&db, role, "SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[100]))");
+    let (error, _, _) = run_fresh(
+        &db,
+        role,
+        &format!(
+            "{one_at_a_time} SELECT count(*) FROM ai_embed_batch('emb', array_fill('x'::text, ARRAY[100]))"
+        ),
+    );
     assert_eq!(error, None, "100 embeddings of 4 kB fit in 512 kB");
     admin.batch_execute(&format!("ALTER ROLE {role} RESET pg_bailian.max_batch_memory")).unwrap();
     assert_no_crash();
