@@ -63,7 +63,7 @@ pub fn chunks(
     debug_assert!(size >= 1 && overlap < size);
     let mut ticker = Ticker::new(interrupted);
     // Counted before the working copy is made: a text of any length costs nothing to refuse.
-    let n = if text.len() <= MAX_CHARS { text.len() } else { bytecount_chars(text, &mut ticker)? };
+    let n = if text.len() <= MAX_CHARS { text.len() } else { count_chars(text, &mut ticker)? };
     if n > MAX_CHARS {
         return Err(AiError::LimitExceeded {
             what: format!("ai_chunk's working copy of a text of {n} characters (at most {MAX_CHARS})"),
@@ -129,7 +129,7 @@ pub fn chunks(
 }
 
 /// The characters of `text`, counted with interrupts served (a text of 1 GB takes a while).
-fn bytecount_chars<F: FnMut() -> bool>(text: &str, ticker: &mut Ticker<F>) -> Result<usize, AiError> {
+fn count_chars<F: FnMut() -> bool>(text: &str, ticker: &mut Ticker<F>) -> Result<usize, AiError> {
     let mut n = 0;
     for part in text.as_bytes().chunks(limits::CHECK_EVERY) {
         ticker.tick(part.len())?;
