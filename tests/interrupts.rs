@@ -96,7 +96,7 @@ fn drop_database_does_not_wait_for_a_column_job() {
 #[test]
 fn a_waiting_backend_exits_when_the_postmaster_dies() {
     use std::process::Command;
-    let bin = "/usr/lib/postgresql/15/bin";
+    let bin = pg_bin();
     let dir = std::env::temp_dir().join(format!("pg_bailian_pmdeath_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

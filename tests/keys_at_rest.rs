@@ -9,8 +9,6 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 fn has(c: &mut postgres::Client, sql: &str) -> bool {
     c.query_one(sql, &[]).unwrap().get(0)
 }
@@ -93,7 +91,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 fn pg_dump(db: &str, user: &str) -> String {
-    run(Command::new(format!("{PG_BIN}/pg_dump")).args([
+    run(Command::new(format!("{}/pg_dump", pg_bin())).args([
         "-h",
         "127.0.0.1",
         "-p",
@@ -132,7 +130,7 @@ fn the_database_owner_dumps_and_a_restore_keeps_models_working() {
     admin.batch_execute("CREATE DATABASE e2e_rest_restored").unwrap();
     let dump_file = std::env::temp_dir().join(format!("pg_bailian_dump_{}.sql", std::process::id()));
     std::fs::write(&dump_file, &by_owner).unwrap();
-    run(Command::new(format!("{PG_BIN}/psql")).args([
+    run(Command::new(format!("{}/psql", pg_bin())).args([
         "-X",
         "-q",
         "-v",

@@ -22,6 +22,12 @@ pub fn port() -> String {
     std::env::var("PGPORT").unwrap_or_else(|_| "28816".into())
 }
 
+/// The directory of the cluster's server binaries (pg_dump, initdb, ...): `PG_BAILIAN_PG_BIN`,
+/// set by scripts/test.sh for the PostgreSQL it runs, or Debian's PostgreSQL 15.
+pub fn pg_bin() -> String {
+    std::env::var("PG_BAILIAN_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
+
 pub fn connect(db: &str) -> Client {
     connect_as(db, "postgres")
 }
