@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on a fresh machine: installs what is missing, builds and installs
-# pg_bailian (release) into PostgreSQL 15, starts a throwaway cluster and the Bailian
+# pg_bailian (release) into PostgreSQL 15 (or PG_MAJOR), starts a throwaway cluster and the Bailian
 # stand-in, deploys models and runs ai_gen, ai_translate and ai_embed over a sample table.
 # KEEP=1 leaves the cluster and the stand-in running afterwards.
 source "$(dirname "$0")/lib.sh"
