@@ -71,6 +71,8 @@ fn source(s: &Standin) -> Client {
     let mut d = connect_as(DB, DEPLOYER);
     deploy(&mut d, s, "d_emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
     c.batch_execute(&format!("SELECT ai_set_prompt('d_chat', 'ai_sentiment', '{SENTIMENT_PROMPT}')")).unwrap();
+    // A database-level setting: dumps made with --create carry it.
+    c.batch_execute(&format!("ALTER DATABASE {DB} SET pg_bailian.default_chat_model = 'd_env'")).unwrap();
     let mut o = connect_as(DB, OWNER);
     o.batch_execute(
         "CREATE TABLE notes (id int PRIMARY KEY, body text, emb real[]);
@@ -279,6 +281,24 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
     assert_eq!(answers("restored_plain", &second.port), expected, "the owner's plain dump in the second cluster");
     let mut r = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=restored_plain", second.port), NoTls).unwrap();
     assert_eq!(extension_objects(&mut r), objects, "the extension restored into the second cluster");
+
+    // A dump with --create carries the database's settings: the default chat model.
+    let created = out.join("created.dump");
+    run(
+        &bin.join("pg_dump"),
+        &["-h", "127.0.0.1", "-p", &port(), "-U", "postgres", "--create", "-F", "custom", "-f", created.to_str().unwrap(), DB],
+    );
+    run(
+        &bin.join("pg_restore"),
+        &["--exit-on-error", "--create", "-h", "127.0.0.1", "-p", &second.port, "-U", "postgres", "-d", "postgres", created.to_str().unwrap()],
+    );
+    assert_eq!(answers(DB, &second.port), expected, "the --create dump in the second cluster");
+    let mut r = Client::connect(&format!("host=127.0.0.1 port={} user={READER} dbname={DB}", second.port), NoTls).unwrap();
+    assert_eq!(
+        one_text(&mut r, "SELECT ai_gen('the default chat model after the restore')"),
+        one_text(&mut r, "SELECT ai_gen('d_env', 'the default chat model after the restore')"),
+    );
+    assert_eq!(one_text(&mut r, "SHOW pg_bailian.default_chat_model").as_deref(), Some("d_env"));
 
     drop(second);
     let _ = std::fs::remove_dir_all(&out);
