@@ -358,10 +358,8 @@ pub fn choices(only: Option<&str>) -> Result<Vec<Choice>, AiError> {
         .iter()
         .filter(|(f, _, _)| only.is_none_or(|o| o == *f))
         .map(|&(function, call, tasks)| {
-            let set = set
-                .iter()
-                .find(|(f, ..)| f == function)
-                .map(|(_, m, by, at)| (m.clone(), by.clone(), *at));
+            let set =
+                set.iter().find(|(f, ..)| f == function).map(|(_, m, by, at)| (m.clone(), by.clone(), *at));
             let effective = if let (Some(name), "ai_gen") = (&guc, function) {
                 Ok((name.clone(), "pg_bailian.default_chat_model".to_string()))
             } else if let Some((m, by, _)) = &set {
@@ -382,7 +380,8 @@ fn automatic(
     models: &[(String, String)],
 ) -> Result<(String, String), AiError> {
     let hint = |example: &str| {
-        let guc = if function == "ai_gen" { "SET pg_bailian.default_chat_model = '<model_name>', or " } else { "" };
+        let guc =
+            if function == "ai_gen" { "SET pg_bailian.default_chat_model = '<model_name>', or " } else { "" };
         format!(
             "{guc}SELECT ai_set_default_model('{function}', '<model_name>') (as a role allowed to deploy),              or call {function} with a model_name first{example}."
         )
@@ -423,9 +422,9 @@ pub fn default_model(function: &str) -> Result<String, AiError> {
     if let Some(hit) = with_cache(|c| c.defaults.get(function).cloned()) {
         return hit;
     }
-    let choice = choices(Some(function))?.pop().ok_or_else(|| AiError::Internal {
-        message: format!("{function} has no model-less form"),
-    })?;
+    let choice = choices(Some(function))?
+        .pop()
+        .ok_or_else(|| AiError::Internal { message: format!("{function} has no model-less form") })?;
     let result = choice.effective.map(|(model, _)| model);
     with_cache(|c| c.defaults.insert(function.to_string(), result.clone()));
     result
@@ -499,7 +498,9 @@ pub fn set_default_model(
             let spec = bailian_core::registry::Provider::parse(&provider)
                 .and_then(|p| bailian_core::registry::find_at(p, &model_type))
                 .ok_or_else(|| {
-                    AiError::invalid(format!("deployed model \"{model}\" is no longer valid ({model_type}); redeploy it"))
+                    AiError::invalid(format!(
+                        "deployed model \"{model}\" is no longer valid ({model_type}); redeploy it"
+                    ))
                 })?;
             fits(spec)?;
             client

@@ -343,7 +343,8 @@ fn pack_hint(site: &Site) -> usize {
         Kernel::Embed | Kernel::EmbedImageUri | Kernel::EmbedImageBytes | Kernel::EmbedImageFormat => {
             let Some(Source::Const(Some(datum))) = site.args.first() else { return 1 };
             // SAFETY: argument 0 of every embedding function is the model name, a text constant.
-            let Some(name) = (unsafe { <String as pgrx::datum::FromDatum>::from_datum(*datum, false) }) else {
+            let Some(name) = (unsafe { <String as pgrx::datum::FromDatum>::from_datum(*datum, false) })
+            else {
                 return 1;
             };
             name

@@ -68,7 +68,9 @@ impl ModelLess {
     fn arity(self) -> usize {
         match self {
             ModelLess::Embed
-            | ModelLess::Task(task::TaskFn::Summarize | task::TaskFn::FixGrammar | task::TaskFn::Sentiment) => 1,
+            | ModelLess::Task(task::TaskFn::Summarize | task::TaskFn::FixGrammar | task::TaskFn::Sentiment) => {
+                1
+            }
             ModelLess::Translate | ModelLess::Task(_) | ModelLess::Similarity => 2,
         }
     }
@@ -128,7 +130,10 @@ impl Kernel {
         (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Extract)), defaults::pg_bailian_extract_default),
         (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Mask)), defaults::pg_bailian_mask_default),
         (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Summarize)), defaults::pg_bailian_summarize_default),
-        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::FixGrammar)), defaults::pg_bailian_fix_grammar_default),
+        (
+            Kernel::ModelLess(ModelLess::Task(task::TaskFn::FixGrammar)),
+            defaults::pg_bailian_fix_grammar_default,
+        ),
         (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Sentiment)), defaults::pg_bailian_sentiment_default),
         (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Rank)), defaults::pg_bailian_rank_default),
         (Kernel::ModelLess(ModelLess::Similarity), defaults::pg_bailian_similarity_default),
@@ -228,9 +233,10 @@ impl Kernel {
                     return Ok(Prepared::Done(Answer::Null));
                 }
                 let model = crate::catalog::default_model(self.sql_name())?;
-                let model = model.as_str().into_datum().ok_or_else(|| AiError::Internal {
-                    message: "a model name as text".into(),
-                })?;
+                let model = model
+                    .as_str()
+                    .into_datum()
+                    .ok_or_else(|| AiError::Internal { message: "a model name as text".into() })?;
                 form.with_model().prepare_checked(&WithModel { form, model, args })
             }
             Kernel::GenPrompt => generate::prepare_gen_prompt(args),

@@ -14,8 +14,16 @@ use pgrx::{pg_sys, IntoDatum, JsonB};
 
 sql_entry!(pg_finfo_pg_bailian_deploy_model, pg_bailian_deploy_model, deploy_model);
 sql_entry!(pg_finfo_pg_bailian_undeploy_model, pg_bailian_undeploy_model, undeploy_model);
-sql_entry!(pg_finfo_pg_bailian_register_external_model, pg_bailian_register_external_model, register_external_model);
-sql_entry!(pg_finfo_pg_bailian_delete_external_model, pg_bailian_delete_external_model, delete_external_model);
+sql_entry!(
+    pg_finfo_pg_bailian_register_external_model,
+    pg_bailian_register_external_model,
+    register_external_model
+);
+sql_entry!(
+    pg_finfo_pg_bailian_delete_external_model,
+    pg_bailian_delete_external_model,
+    delete_external_model
+);
 
 fn deploy_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     // Every message of this call (its notices, and whatever error ends it, PostgreSQL's own
@@ -96,14 +104,22 @@ fn register_external_model(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
 
 /// register_external_model(model_name, model_type, model_provider, config, task).
 fn register(fcinfo: pg_sys::FunctionCallInfo) -> Result<(), AiError> {
-    let provider = arg::<String>(fcinfo, 2)
-        .ok_or_else(|| AiError::invalid("model_provider must not be NULL; allowed: 'bailian', 'opensearch'"))?;
+    let provider = arg::<String>(fcinfo, 2).ok_or_else(|| {
+        AiError::invalid("model_provider must not be NULL; allowed: 'bailian', 'opensearch'")
+    })?;
     let task = arg::<String>(fcinfo, 4).ok_or_else(|| {
-        AiError::invalid("task must not be NULL; allowed: 'chat/completions', 'embedding', 'translation', 'rerank'")
+        AiError::invalid(
+            "task must not be NULL; allowed: 'chat/completions', 'embedding', 'translation', 'rerank'",
+        )
     })?;
     let task = hologres::parse_task(&task)?;
     let config = arg::<pgrx::Json>(fcinfo, 3).map(|j| j.0);
-    let args = hologres::deploy_args(arg::<String>(fcinfo, 0), arg::<String>(fcinfo, 1), &provider, config.as_ref())?;
+    let args = hologres::deploy_args(
+        arg::<String>(fcinfo, 0),
+        arg::<String>(fcinfo, 1),
+        &provider,
+        config.as_ref(),
+    )?;
     let deployment = Deployment::from_args(args)?;
     hologres::check_task(task, deployment.spec.model_type, deployment.spec.task)?;
     install(deployment, false)

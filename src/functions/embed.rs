@@ -4,9 +4,9 @@ use super::calls::{self, get, Answer, Args, Input, Kernel, Prepared};
 use crate::backend::Target;
 use crate::catalog;
 use crate::entry::sql_entry;
-use bailian_core::{hologres, limits, providers};
 use bailian_core::registry::Task;
 use bailian_core::AiError;
+use bailian_core::{hologres, limits, providers};
 use pgrx::pg_sys;
 use std::sync::Arc;
 
@@ -99,7 +99,8 @@ pub(crate) fn prepare_image_format(args: &dyn Args) -> Result<Prepared, AiError>
     };
     let Some(file_format) = get::<String>(args, 2) else {
         return Err(AiError::NullArgument {
-            message: "file_format of ai_embed must not be NULL: name the image's format, e.g. 'jpg' or 'png'".into(),
+            message: "file_format of ai_embed must not be NULL: name the image's format, e.g. 'jpg' or 'png'"
+                .into(),
         });
     };
     let format = hologres::image_format(&file_format)?;

@@ -169,7 +169,10 @@ pub fn deploy_args(
         None => None,
         Some(p @ Value::Object(_)) => Some(p.clone()),
         Some(other) => {
-            return Err(config_error(format!("config \"params\" must be a JSON object, got {}", kind(other))));
+            return Err(config_error(format!(
+                "config \"params\" must be a JSON object, got {}",
+                kind(other)
+            )));
         }
     };
     // ai_deploy_model's defaults (sql/functions.sql), which are also Hologres'.
@@ -261,7 +264,9 @@ pub fn prompt_object(v: &Value) -> Result<PromptObject, AiError> {
     }
     let template = match (map.get("prompt"), map.get("template")) {
         (Some(Value::String(t)), None) | (None, Some(Value::String(t))) => t.clone(),
-        (Some(_), Some(_)) => return Err(bad("a prompt object has \"prompt\" or \"template\", not both".into())),
+        (Some(_), Some(_)) => {
+            return Err(bad("a prompt object has \"prompt\" or \"template\", not both".into()))
+        }
         (None, None) => return Err(bad("a prompt object needs \"prompt\", the template text".into())),
         (Some(other), None) | (None, Some(other)) => {
             return Err(bad(format!("the template of a prompt object must be a string, got {}", kind(other))))
@@ -287,13 +292,18 @@ pub fn prompt_object(v: &Value) -> Result<PromptObject, AiError> {
             }
             out
         }
-        Some(other) => return Err(bad(format!("\"args\" of a prompt object must be an array, got {}", kind(other)))),
+        Some(other) => {
+            return Err(bad(format!("\"args\" of a prompt object must be an array, got {}", kind(other))))
+        }
     };
     let parameters = match map.get("parameters") {
         None | Some(Value::Null) => None,
         Some(p @ Value::Object(_)) => Some(p.clone()),
         Some(other) => {
-            return Err(bad(format!("\"parameters\" of a prompt object must be an object, got {}", kind(other))))
+            return Err(bad(format!(
+                "\"parameters\" of a prompt object must be an object, got {}",
+                kind(other)
+            )))
         }
     };
     Ok(PromptObject { template, args, parameters })
@@ -321,8 +331,13 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        let ok = deploy_args(None, None, "Bailian", Some(&json!({"api_key": "sk-x", "max_retries": 5, "timeout": 30})))
-            .unwrap();
+        let ok = deploy_args(
+            None,
+            None,
+            "Bailian",
+            Some(&json!({"api_key": "sk-x", "max_retries": 5, "timeout": 30})),
+        )
+        .unwrap();
         assert_eq!((ok.max_retries, ok.timeout, ok.initial_retry_delay), (Some(5), Some(30.0), Some(0.5)));
         assert_eq!(ok.provider.as_deref(), Some("bailian"));
         let err = |c: Value| deploy_args(None, None, "bailian", Some(&c)).err().unwrap().to_string();
