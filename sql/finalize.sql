@@ -125,7 +125,7 @@ COMMENT ON FUNCTION ai_undeploy_model(text) IS
 COMMENT ON FUNCTION ai_gen(text, text, jsonb) IS
   'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models; timeout and max_retries, which may only lower the deployed values). NULL prompt returns NULL. Under pg_bailian.on_error = ''null'' a failed request gives NULL and a WARNING, as for every AI function.';
 COMMENT ON FUNCTION ai_gen(text) IS
-  'Generate text with the default chat model: pg_bailian.default_chat_model, or the only deployed chat model.';
+  'Generate text with the default model of ai_gen: pg_bailian.default_chat_model, else the one ai_set_default_model set, else the only deployed chat model (see ai_default_models).';
 COMMENT ON FUNCTION ai_chat(text, jsonb, jsonb) IS
   'A conversation with a deployed chat model: messages is a JSON array of {"role": "system"|"user"|"assistant", "content": text or content parts (image_url parts for vision models)}. Returns {"content", "reasoning_content", "finish_reason", "usage", "model", "request_id"} (OpenSearch adds "search_results"). Streams where the model or params need it (QwQ, Qwen-Omni, enable_thinking). params as for ai_gen.';
 COMMENT ON FUNCTION ai_gen_audio(text, text, jsonb) IS

@@ -541,3 +541,64 @@ fn image_bytes_with_a_named_format() {
     let none: Option<Vec<f32>> = c.query_one("SELECT ai_embed('vis', ''::bytea, 'png')", &[]).unwrap().get(0);
     assert_eq!(none, None);
 }
+
+/// The defaults travel with the models: the database owner's dump carries them, and a
+/// restore gives the same model-less calls.
+#[test]
+fn defaults_survive_dump_and_restore() {
+    const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+    let run = |cmd: &mut std::process::Command| -> String {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (mut c, db) = fresh_db("holo_dump");
+    let s = standin();
+    deploy(&mut c, &s, "a", "qwen-plus", "");
+    deploy(&mut c, &s, "b", "qwen-max", "");
+    c.batch_execute("SELECT ai_set_default_model('ai_sentiment', 'b')").unwrap();
+    fresh_role(&mut c, "holo_dump_owner", "");
+    c.batch_execute(&format!("ALTER DATABASE {db} OWNER TO holo_dump_owner")).unwrap();
+    let dump = run(std::process::Command::new(format!("{PG_BIN}/pg_dump")).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port(),
+        "-U",
+        "holo_dump_owner",
+        "-d",
+        &db,
+    ]));
+    assert!(dump.contains("COPY bailian.default_models"), "the defaults are dumped");
+    let mut admin = connect("postgres");
+    admin.batch_execute("DROP DATABASE IF EXISTS e2e_holo_restored WITH (FORCE)").unwrap();
+    admin.batch_execute("CREATE DATABASE e2e_holo_restored").unwrap();
+    let file = std::env::temp_dir().join(format!("pg_bailian_holo_dump_{}.sql", std::process::id()));
+    std::fs::write(&file, &dump).unwrap();
+    run(std::process::Command::new(format!("{PG_BIN}/psql")).args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port(),
+        "-U",
+        "postgres",
+        "-d",
+        "e2e_holo_restored",
+        "-f",
+        file.to_str().unwrap(),
+    ]));
+    std::fs::remove_file(&file).unwrap();
+    let mut restored = connect("e2e_holo_restored");
+    assert_eq!(
+        default_of(&mut restored, "ai_sentiment"),
+        (Some("b".into()), Some("b".into()), "set with ai_set_default_model by postgres".into())
+    );
+    assert_eq!(one_text(&mut restored, "SELECT ai_sentiment('I love it')").as_deref(), Some("positive"));
+    assert_eq!(s.requests().last().unwrap().model, "qwen-max");
+    drop(restored);
+    admin.batch_execute("DROP DATABASE e2e_holo_restored WITH (FORCE)").unwrap();
+}
