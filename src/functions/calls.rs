@@ -77,22 +77,27 @@ impl ModelLess {
 }
 
 /// The arguments of a model-less call as the form with a model_name reads them: the default
-/// model first, then the call's own, then the defaults of the arguments the model-less form
+/// model first (through `model_name`, so no datum is made per row), then the call's own, then the defaults of the arguments the model-less form
 /// does not have (ai_summarize's max_words 50; ai_translate's params NULL).
 struct WithModel<'a> {
     form: ModelLess,
-    model: pg_sys::Datum,
+    model: String,
     args: &'a dyn Args,
 }
 
 impl Args for WithModel<'_> {
     fn datum(&self, n: usize) -> Option<pg_sys::Datum> {
         match n {
-            0 => Some(self.model),
+            // The model is read through model_name(), never as a datum.
+            0 => None,
             n if n <= self.form.arity() => self.args.datum(n - 1),
             2 if self.form == ModelLess::Task(task::TaskFn::Summarize) => 50i32.into_datum(),
             _ => None,
         }
+    }
+
+    fn model_name(&self) -> Option<String> {
+        Some(self.model.clone())
     }
 }
 
@@ -233,10 +238,6 @@ impl Kernel {
                     return Ok(Prepared::Done(Answer::Null));
                 }
                 let model = crate::catalog::default_model(self.sql_name())?;
-                let model = model
-                    .as_str()
-                    .into_datum()
-                    .ok_or_else(|| AiError::Internal { message: "a model name as text".into() })?;
                 form.with_model().prepare_checked(&WithModel { form, model, args })
             }
             Kernel::GenPrompt => generate::prepare_gen_prompt(args),
@@ -261,6 +262,14 @@ impl Kernel {
 pub trait Args {
     /// Argument `n`, or None for SQL NULL.
     fn datum(&self, n: usize) -> Option<pg_sys::Datum>;
+
+    /// The model name of the forms with a model_name (argument 0), or None for SQL NULL; a
+    /// model-less call gives its default model here.
+    fn model_name(&self) -> Option<String> {
+        // SAFETY: argument 0 of every form with a model_name is text, live for the call or
+        // the row.
+        self.datum(0).and_then(|d| unsafe { <String as FromDatum>::from_datum(d, false) })
+    }
 }
 
 /// Argument `n` as `T`, or None for SQL NULL.

@@ -46,7 +46,7 @@ fn embed_image_format(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys:
 }
 
 pub(crate) fn prepare_embed(args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+    let (Some(model), Some(content)) = (args.model_name(), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
     if content.is_empty() {

@@ -196,7 +196,7 @@ pub(crate) fn prepare_gen_audio(args: &dyn Args) -> Result<Prepared, AiError> {
 }
 
 pub(crate) fn prepare_translate(args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+    let (Some(model), Some(content)) = (args.model_name(), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
     let Some(target_lang) = get::<String>(args, 2).filter(|t| !t.trim().is_empty()) else {

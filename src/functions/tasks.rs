@@ -141,7 +141,7 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
 
 /// A task function's call: (model_name, content, ...) with the function's other arguments.
 pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+    let (Some(model), Some(content)) = (args.model_name(), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
     let input = match function {
@@ -211,8 +211,7 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
 
 /// ai_similarity(model_name, a, b): both texts in one embeddings request.
 pub(crate) fn prepare_similarity(args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(a), Some(b)) =
-        (get::<String>(args, 0), get::<String>(args, 1), get::<String>(args, 2))
+    let (Some(model), Some(a), Some(b)) = (args.model_name(), get::<String>(args, 1), get::<String>(args, 2))
     else {
         return Ok(Prepared::Done(Answer::Null));
     };
