@@ -297,6 +297,19 @@ fn model_less_calls_are_batched_like_the_others() {
     let wrong: i64 =
         c.query_one("SELECT count(*) FROM docs WHERE emb <> ai_embed('emb', body)", &[]).unwrap().get(0);
     assert_eq!(wrong, 0);
+    // And in a column job, whose chunks run through the same node.
+    c.batch_execute("ALTER TABLE docs ADD COLUMN mood text").unwrap();
+    c.batch_execute("CALL ai_update('docs', 'mood', 'ai_sentiment(body)', batch_size => 16)").unwrap();
+    let (filled, wrong): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT count(mood), count(*) FILTER (WHERE mood <> ai_sentiment('chat', body)) FROM docs",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((filled, wrong), (40, 0));
 }
 
 #[test]
