@@ -322,12 +322,23 @@ pub fn choices(only: Option<&str>) -> Result<Vec<Choice>, AiError> {
     type Set = (String, String, String, pgrx::datum::TimestampWithTimeZone);
     let (set, models): (Vec<Set>, Vec<(String, String)>) = as_catalog_owner(|| {
         Spi::connect(|client| {
+            // A database still on the SQL of a version before the table (this library serves
+            // it until ALTER EXTENSION UPDATE) has no defaults set: only the automatic rule.
+            let has_table = client
+                .select("SELECT pg_catalog.to_regclass('bailian.default_models') IS NOT NULL", None, &[])
+                .map_err(spi_failed)?
+                .first()
+                .get::<bool>(1)
+                .map_err(spi_failed)?
+                .unwrap_or(false);
+            let query = if has_table {
+                "SELECT function_name, model_name, set_by::pg_catalog.text, set_at FROM bailian.default_models"
+            } else {
+                "SELECT NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.text, \
+                 NULL::pg_catalog.timestamptz WHERE false"
+            };
             let set = client
-                .select(
-                    "SELECT function_name, model_name, set_by::pg_catalog.text, set_at FROM bailian.default_models",
-                    None,
-                    &[],
-                )
+                .select(query, None, &[])
                 .map_err(spi_failed)?
                 .map(|r| {
                     Ok((
