@@ -71,6 +71,9 @@ fn source(s: &Standin) -> Client {
     let mut d = connect_as(DB, DEPLOYER);
     deploy(&mut d, s, "d_emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
     c.batch_execute(&format!("SELECT ai_set_prompt('d_chat', 'ai_sentiment', '{SENTIMENT_PROMPT}')")).unwrap();
+    // A default model for a model-less call: two chat models are deployed, so only the
+    // mapping makes ai_sentiment(content) work.
+    c.batch_execute("SELECT ai_set_default_model('ai_sentiment', 'd_chat')").unwrap();
     // A database-level setting: dumps made with --create carry it.
     c.batch_execute(&format!("ALTER DATABASE {DB} SET pg_bailian.default_chat_model = 'd_env'")).unwrap();
     let mut o = connect_as(DB, OWNER);
@@ -95,6 +98,9 @@ fn answers(db: &str, port: &str) -> Vec<String> {
         "SELECT ai_embed('d_emb', 'note 3')::text",
         "SELECT ((SELECT emb FROM notes WHERE id = 3) = ai_embed('d_emb', 'note 3'))::text",
         "SELECT ai_sentiment('d_chat', 'I am glad the dump restored')",
+        "SELECT ai_sentiment('I am glad the dump restored, said the default model')",
+        "SELECT string_agg(format('%s %s %s', function_name, model_name, effective_model), '; ')
+           FROM ai_default_models WHERE model_name IS NOT NULL",
         "SELECT string_agg(format('%s %s %s %s %s %s %s %s %s', model_name, model_type, task, key_hint, params,
                                   max_retries, timeout, requests_per_minute, deployed_by), '; ' ORDER BY model_name)
            FROM ai_models",
