@@ -254,9 +254,11 @@ fn a_role_without_grants_cannot_reach_a_key() {
     Spi::run("CREATE ROLE bailian_test_user NOLOGIN").unwrap();
 
     // What the extension lets PUBLIC execute: the AI functions, the text functions and the
-    // column procedures (which run with the caller's rights), and bailian.default_prompts()
-    // (the ai_prompts view calls it with the caller's rights); never deploy/undeploy nor
-    // ai_set_prompt, and no other internal helper.
+    // column procedures (which run with the caller's rights), Hologres' forms (model-less
+    // calls, prompt(), list_external_models()), bailian.default_prompts() and
+    // bailian.default_model_choices() (the ai_prompts and ai_default_models views call them
+    // with the caller's rights); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
+    // register/delete_external_model, and no other internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
            FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
@@ -269,15 +271,20 @@ fn a_role_without_grants_cannot_reach_a_key() {
     assert_eq!(
         executable,
         "ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_classify(text,text,text[]), \
-         ai_embed(text,text), ai_embed_batch(text,text[]), \
-         ai_embed_column(regclass,name,name,text,integer), ai_embed_image(text,bytea), \
-         ai_embed_image(text,text), ai_extract(text,text,text[]), ai_fix_grammar(text,text), \
-         ai_gen(text), ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), \
-         ai_gen_batch(text,text[],jsonb), ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
-         ai_gen_structured(text,text,jsonb,text,jsonb), ai_mask(text,text,text[]), ai_prompt(text,text[]), \
-         ai_rank(text,text,text), ai_sentiment(text,text), ai_similarity(text,text,text), \
-         ai_summarize(text,text,integer), ai_supported_models(), ai_translate(text,text,text,jsonb), \
-         ai_update(regclass,name,text,integer,text), bailian.default_prompts()"
+         ai_classify(text,text[]), ai_embed(text), ai_embed(text,bytea,text), ai_embed(text,text), \
+         ai_embed_batch(text,text[]), ai_embed_column(regclass,name,name,text,integer), \
+         ai_embed_image(text,bytea), ai_embed_image(text,text), ai_extract(text,text,text[]), \
+         ai_extract(text,text[]), ai_fix_grammar(text), ai_fix_grammar(text,text), ai_gen(jsonb), \
+         ai_gen(text), ai_gen(text,jsonb,jsonb), ai_gen(text,text,jsonb), \
+         ai_gen_audio(text,text,jsonb), ai_gen_batch(text,text[],jsonb), \
+         ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
+         ai_gen_structured(text,text,jsonb,text,jsonb), ai_mask(text,text,text[]), \
+         ai_mask(text,text[]), ai_prompt(text,text[]), ai_rank(text,text), ai_rank(text,text,text), \
+         ai_sentiment(text), ai_sentiment(text,text), ai_similarity(text,text), \
+         ai_similarity(text,text,text), ai_summarize(text), ai_summarize(text,text,integer), \
+         ai_supported_models(), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
+         ai_update(regclass,name,text,integer,text), bailian.default_model_choices(), \
+         bailian.default_prompts(), list_external_models(), prompt(text,text[])"
     );
 
     // Every relation of the extension: either the role cannot read it, or nothing it can
@@ -299,8 +306,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
     assert_eq!(
         relations,
         vec![
+            ("ai_default_models".to_string(), true),
             ("ai_models".to_string(), true),
             ("ai_prompts".to_string(), true),
+            ("bailian.default_models".to_string(), false),
             ("bailian.model_keys".to_string(), false),
             ("bailian.models".to_string(), false),
             ("bailian.prompts".to_string(), false)

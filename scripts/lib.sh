@@ -215,6 +215,9 @@ ensure_toolchain() {
 install_extension() {
     say "building and installing pg_bailian into PostgreSQL $PG_MAJOR $*"
     (cd "$REPO" && as_root env "PATH=$PATH" "HOME=$HOME" cargo pgrx install --pg-config "$PG_CONFIG" "$@")
+    # The install scripts of released versions, so that CREATE EXTENSION ... VERSION can make
+    # an old release for the upgrade test (cargo pgrx install copies only the update scripts).
+    as_root cp "$REPO"/sql/releases/pg_bailian--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 # --- the throwaway cluster --------------------------------------------------------------

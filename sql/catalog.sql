@@ -46,9 +46,24 @@ CREATE TABLE bailian.prompts (
 );
 COMMENT ON TABLE bailian.prompts IS 'Task prompts replaced per model with ai_set_prompt; read through ai_prompts.';
 
-REVOKE ALL ON bailian.models, bailian.model_keys, bailian.prompts FROM PUBLIC;
+-- The model each model-less call uses (ai_embed(content), ai_classify(content, labels), ...),
+-- as a DBA set it with ai_set_default_model; a function without a row here uses the only
+-- deployed model of its task (see src/catalog.rs, defaults). A mapping goes with its model:
+-- undeploying the model removes it (the function is then back to automatic).
+CREATE TABLE bailian.default_models (
+    function_name text PRIMARY KEY CHECK (function_name IN ('ai_gen', 'ai_embed', 'ai_translate', 'ai_classify',
+                                                            'ai_extract', 'ai_mask', 'ai_summarize', 'ai_fix_grammar',
+                                                            'ai_sentiment', 'ai_rank', 'ai_similarity')),
+    model_name    text NOT NULL REFERENCES bailian.models (model_name) ON DELETE CASCADE ON UPDATE CASCADE,
+    set_by        name NOT NULL,
+    set_at        timestamptz NOT NULL
+);
+COMMENT ON TABLE bailian.default_models IS 'The default model of each model-less AI function, set with ai_set_default_model; read through ai_default_models.';
+
+REVOKE ALL ON bailian.models, bailian.model_keys, bailian.prompts, bailian.default_models FROM PUBLIC;
 
 -- Deployed models survive pg_dump / pg_restore.
 SELECT pg_catalog.pg_extension_config_dump('bailian.models', '');
 SELECT pg_catalog.pg_extension_config_dump('bailian.model_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('bailian.prompts', '');
+SELECT pg_catalog.pg_extension_config_dump('bailian.default_models', '');

@@ -17,6 +17,24 @@ SELECT p.function_name, p.model_name, p.prompt, false, d.placeholders, d.respons
   FROM bailian.prompts p
   JOIN bailian.default_prompts() d ON d.function_name OPERATOR(pg_catalog.=) p.function_name;
 
+-- Hologres' model list: pg_bailian's models with Hologres' column and task names.
+CREATE FUNCTION list_external_models()
+RETURNS TABLE (model_name text, model_type text, model_provider text, task text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog
+AS $$
+SELECT m.model_name, m.model_type, m.provider,
+       CASE WHEN m.task OPERATOR(pg_catalog.=) 'chat' THEN 'chat/completions' ELSE m.task END
+  FROM @extschema@.ai_models m
+ ORDER BY m.model_name
+$$;
+
+-- The default model of each model-less AI function: the one set, the one a call uses now, and
+-- why (computed by bailian.default_model_choices(), the same code the calls resolve with).
+CREATE VIEW ai_default_models AS
+SELECT function_name, tasks, model_name, set_by, set_at, effective_model, source
+  FROM bailian.default_model_choices();
+
 -- Privileges are set here and nowhere else. ALTER DEFAULT PRIVILEGES in force for the role
 -- running CREATE EXTENSION would otherwise grant on the objects just created (SELECT on the
 -- key table, EXECUTE on ai_deploy_model, CREATE on the bailian schema) to whoever it names:
@@ -59,7 +77,7 @@ $acl$;
 
 -- What everyone may use, granted explicitly: default privileges that revoke EXECUTE from
 -- PUBLIC must not take the AI functions away from their users either.
-GRANT SELECT ON ai_models, ai_prompts TO PUBLIC;
+GRANT SELECT ON ai_models, ai_prompts, ai_default_models TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(text, text, text, jsonb),
     ai_embed(text, text), ai_embed_batch(text, text[]), ai_gen_batch(text, text[], jsonb),
     ai_chat(text, jsonb, jsonb), ai_gen_audio(text, text, jsonb),
@@ -70,6 +88,10 @@ GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(
     ai_fix_grammar(text, text), ai_sentiment(text, text), ai_rank(text, text, text),
     ai_similarity(text, text, text), ai_chunk(text, int, int), ai_prompt(text, text[]),
     bailian.default_prompts() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_gen(text, jsonb, jsonb), ai_gen(jsonb), ai_embed(text), ai_embed(text, bytea, text),
+    ai_translate(text, text), ai_classify(text, text[]), ai_extract(text, text[]), ai_mask(text, text[]),
+    ai_summarize(text), ai_fix_grammar(text), ai_sentiment(text), ai_rank(text, text), ai_similarity(text, text),
+    prompt(text, text[]), list_external_models(), bailian.default_model_choices() TO PUBLIC;
 GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
     ai_embed_column(regclass, name, name, text, int),
     ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
@@ -81,7 +103,7 @@ DO $owner$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
         GRANT USAGE ON SCHEMA bailian TO pg_database_owner;
-        GRANT SELECT ON bailian.models, bailian.model_keys, bailian.prompts TO pg_database_owner;
+        GRANT SELECT ON bailian.models, bailian.model_keys, bailian.prompts, bailian.default_models TO pg_database_owner;
     END IF;
 END
 $owner$;
@@ -90,6 +112,9 @@ $owner$;
 REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_undeploy_model(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_set_prompt(text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_set_default_model(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE register_external_model(text, text, text, json, text) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE delete_external_model(text) FROM PUBLIC;
 
 COMMENT ON VIEW ai_models IS
   'Deployed Bailian models, one row each, with a key hint (sk-...abcd or env:NAME) and never the key.';
@@ -100,7 +125,7 @@ COMMENT ON FUNCTION ai_undeploy_model(text) IS
 COMMENT ON FUNCTION ai_gen(text, text, jsonb) IS
   'Generate text with a deployed chat model. params override the deployed ones for this call (temperature, top_p, max_tokens, seed, stop, system, enable_thinking, images for vision models; timeout and max_retries, which may only lower the deployed values). NULL prompt returns NULL. Under pg_bailian.on_error = ''null'' a failed request gives NULL and a WARNING, as for every AI function.';
 COMMENT ON FUNCTION ai_gen(text) IS
-  'Generate text with the default chat model: pg_bailian.default_chat_model, or the only deployed chat model.';
+  'Generate text with the default model of ai_gen: pg_bailian.default_chat_model, else the one ai_set_default_model set, else the only deployed chat model (see ai_default_models).';
 COMMENT ON FUNCTION ai_chat(text, jsonb, jsonb) IS
   'A conversation with a deployed chat model: messages is a JSON array of {"role": "system"|"user"|"assistant", "content": text or content parts (image_url parts for vision models)}. Returns {"content", "reasoning_content", "finish_reason", "usage", "model", "request_id"} (OpenSearch adds "search_results"). Streams where the model or params need it (QwQ, Qwen-Omni, enable_thinking). params as for ai_gen.';
 COMMENT ON FUNCTION ai_gen_audio(text, text, jsonb) IS
@@ -153,3 +178,45 @@ COMMENT ON FUNCTION ai_chunk(text, int, int) IS
   'content split into pieces of at most chunk_size characters (default 512), cut at paragraph, then sentence, then word boundaries, consecutive pieces sharing about overlap characters starting at a word (default 64, which must be less than chunk_size: pass overlap with a chunk_size of 64 or less); pieces are trimmed. At most 8M characters in and 64 MB of pieces out (54000 past either). Asks no model.';
 COMMENT ON FUNCTION ai_prompt(text, text[]) IS
   'template with {0}, {1}, ... replaced by the arguments after it (NULL as empty text); {{ and }} are literal braces. At most 64 MB out (54000, refused before it is built). Asks no model.';
+
+-- Hologres' forms (README: Coming from Hologres).
+COMMENT ON FUNCTION ai_gen(text, jsonb, jsonb) IS
+  'Generate text from a prompt object (prompt(template, VARIADIC args), or Hologres'' {"prompt": ..., "args": [...], "parameters": {...}}) with a deployed chat model: {0}, {1}, ... of the template are replaced by the arguments as ai_prompt does, "parameters" and params are per-call params (params win). NULL prompt returns NULL.';
+COMMENT ON FUNCTION ai_gen(jsonb) IS
+  'Generate text from a prompt object with the default model of ai_gen (pg_bailian.default_chat_model, else ai_set_default_model''s, else the only deployed chat model).';
+COMMENT ON FUNCTION ai_embed(text) IS
+  'Embed content with the default model of ai_embed (ai_set_default_model, else the only deployed embedding model; see ai_default_models). NULL or empty content returns NULL.';
+COMMENT ON FUNCTION ai_embed(text, bytea, text) IS
+  'Embed image bytes with a deployed multimodal embedding model, as Hologres'' ai_embed(model_name, binary, file_format): file_format ''jpg'', ''jpeg'', ''png'', ''bmp'', ''webp'', ''tiff'' or ''tif'' (Bailian takes no gif or heic), and the bytes must be an image of that format. NULL or empty bytes return NULL.';
+COMMENT ON FUNCTION ai_translate(text, text) IS
+  'Translate content into target_lang with the default model of ai_translate (ai_set_default_model, else the only deployed translation model, else the only chat model).';
+COMMENT ON FUNCTION ai_classify(text, text[]) IS
+  'ai_classify(model_name, content, labels) with the default model of ai_classify (see ai_default_models).';
+COMMENT ON FUNCTION ai_extract(text, text[]) IS
+  'ai_extract(model_name, content, labels) with the default model of ai_extract (see ai_default_models).';
+COMMENT ON FUNCTION ai_mask(text, text[]) IS
+  'ai_mask(model_name, content, labels) with the default model of ai_mask (see ai_default_models).';
+COMMENT ON FUNCTION ai_summarize(text) IS
+  'ai_summarize(model_name, content) (at most 50 words) with the default model of ai_summarize (see ai_default_models).';
+COMMENT ON FUNCTION ai_fix_grammar(text) IS
+  'ai_fix_grammar(model_name, content) with the default model of ai_fix_grammar (see ai_default_models).';
+COMMENT ON FUNCTION ai_sentiment(text) IS
+  'ai_sentiment(model_name, content) with the default model of ai_sentiment (see ai_default_models).';
+COMMENT ON FUNCTION ai_rank(text, text) IS
+  'ai_rank(model_name, query, document) with the default model of ai_rank (ai_set_default_model, else the only deployed rerank model, else the only chat model).';
+COMMENT ON FUNCTION ai_similarity(text, text) IS
+  'ai_similarity(model_name, a, b) with the default model of ai_similarity (ai_set_default_model, else the only deployed embedding model).';
+COMMENT ON FUNCTION ai_set_default_model(text, text) IS
+  'Set the model the model-less form of an AI function uses (function_name ''ai_gen'', ''ai_embed'', ''ai_translate'', ''ai_classify'', ''ai_extract'', ''ai_mask'', ''ai_summarize'', ''ai_fix_grammar'', ''ai_sentiment'', ''ai_rank'' or ''ai_similarity''); the model must be deployed and of a task the function takes. NULL model_name goes back to automatic (the only deployed model of the task). A mapping another role set may be changed only by that role, its members or a superuser; undeploying the model removes it. Not executable by PUBLIC: GRANT EXECUTE to the roles that deploy.';
+COMMENT ON VIEW ai_default_models IS
+  'The default model of each model-less AI function: tasks (in order of preference), model_name as set with ai_set_default_model (set_by, set_at), effective_model (what a call uses now, NULL when it would fail) and source (why).';
+COMMENT ON FUNCTION bailian.default_model_choices() IS
+  'The rows of ai_default_models; read it through the view.';
+COMMENT ON FUNCTION prompt(text, text[]) IS
+  'A prompt object: {"prompt": template, "args": [args...]}, as Hologres'' prompt() builds it; ai_gen(model_name, prompt object) and ai_gen(prompt object) render {0}, {1}, ... with the arguments and send it. Asks no model.';
+COMMENT ON FUNCTION list_external_models() IS
+  'Hologres'' model list: every deployed model with model_name, model_type, model_provider (bailian, opensearch) and task in Hologres'' names (chat/completions, embedding, translation, rerank).';
+COMMENT ON PROCEDURE register_external_model(text, text, text, json, text) IS
+  'Hologres'' registration: ai_deploy_model(model_name, model_type, config->>''api_key'', ...) with model_provider ''bailian'' or ''opensearch'', task ''chat/completions'', ''embedding'', ''translation'' or ''rerank'' (it must be model_type''s), and config holding api_key (required) and optionally max_retries, initial_retry_delay, max_retry_delay, timeout, base_url, region, params, requests_per_minute, tokens_per_minute, workspace. Same checks, key sealing and privileges as ai_deploy_model; an existing name is an error. Not executable by PUBLIC.';
+COMMENT ON PROCEDURE delete_external_model(text) IS
+  'Hologres'' removal: ai_undeploy_model(model_name), an error (42704) when no model has that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';

@@ -113,6 +113,79 @@ CREATE FUNCTION ai_set_prompt(model_name text, function_name text, prompt text) 
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pg_bailian_set_prompt';
 
+-- Hologres' forms (see README, Coming from Hologres). The model-less forms use the function's
+-- default model (ai_set_default_model, the ai_default_models view); the prompt-object forms of
+-- ai_gen render prompt(template, VARIADIC args) with ai_prompt's renderer. A quoted literal
+-- still picks the text forms: PostgreSQL prefers text for an unknown-type literal.
+
+CREATE FUNCTION ai_gen(model_name text, prompt jsonb, params jsonb DEFAULT NULL) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_gen_prompt';
+
+CREATE FUNCTION ai_gen(prompt jsonb) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_gen_prompt_default';
+
+CREATE FUNCTION ai_embed(content text) RETURNS real[]
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_embed_default';
+
+CREATE FUNCTION ai_embed(model_name text, image bytea, file_format text) RETURNS real[]
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_embed_image_format';
+
+CREATE FUNCTION ai_translate(content text, target_lang text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_translate_default';
+
+CREATE FUNCTION ai_classify(content text, labels text[]) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_classify_default';
+
+CREATE FUNCTION ai_extract(content text, labels text[]) RETURNS jsonb
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_extract_default';
+
+CREATE FUNCTION ai_mask(content text, labels text[]) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_mask_default';
+
+CREATE FUNCTION ai_summarize(content text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_summarize_default';
+
+CREATE FUNCTION ai_fix_grammar(content text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_fix_grammar_default';
+
+CREATE FUNCTION ai_sentiment(content text) RETURNS text
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_sentiment_default';
+
+CREATE FUNCTION ai_rank(query text, document text) RETURNS float8
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_rank_default';
+
+CREATE FUNCTION ai_similarity(a text, b text) RETURNS float8
+LANGUAGE c VOLATILE COST 10000
+AS 'MODULE_PATHNAME', 'pg_bailian_similarity_default';
+
+CREATE FUNCTION ai_set_default_model(function_name text, model_name text) RETURNS void
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_set_default_model';
+
+-- The prompt object of Hologres (and Snowflake's PROMPT): the template and its arguments,
+-- rendered when ai_gen sends it. Plain SQL over PostgreSQL's own functions, with a fixed
+-- search_path.
+CREATE FUNCTION prompt(template text, VARIADIC args text[] DEFAULT '{}') RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog
+AS $$
+SELECT CASE WHEN template IS NULL THEN NULL
+            ELSE pg_catalog.jsonb_build_object('prompt', template, 'args',
+                     COALESCE(pg_catalog.to_jsonb(args), '[]'::pg_catalog.jsonb)) END
+$$;
+
 -- Text functions that ask no model.
 
 CREATE FUNCTION ai_chunk(content text, chunk_size int DEFAULT 512, overlap int DEFAULT 64) RETURNS text[]

@@ -20,3 +20,15 @@ CREATE PROCEDURE ai_gen_column(table_name regclass, source_column name, target_c
                                params jsonb DEFAULT NULL)
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_column';
+
+-- Hologres' model management: register_external_model is ai_deploy_model with its arguments
+-- in a config JSON (src/functions/deploy.rs), delete_external_model is ai_undeploy_model that
+-- fails for a name no model has.
+CREATE PROCEDURE register_external_model(model_name text, model_type text, model_provider text,
+                                         config json, task text)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_bailian_register_external_model';
+
+CREATE PROCEDURE delete_external_model(model_name text)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_bailian_delete_external_model';

@@ -136,7 +136,8 @@ fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
 struct Cache {
     stamp: (i64, i64, u64),
     models: HashMap<String, Arc<Deployment>>,
-    default_chat: Option<String>,
+    /// The default model of each model-less function, or the error a call raises.
+    defaults: HashMap<String, Result<String, AiError>>,
 }
 
 thread_local! {
@@ -274,51 +275,260 @@ pub fn load_for(name: &str, function: &str, tasks: &[Task]) -> Result<Arc<Deploy
     })
 }
 
-/// The model `ai_gen(prompt)` uses: `pg_bailian.default_chat_model`, or the only deployed
-/// chat model.
-pub fn default_chat_model() -> Result<String, AiError> {
-    if let Some(name) = crate::guc::default_chat_model() {
-        return Ok(name);
-    }
-    if let Some(hit) = with_cache(|c| c.default_chat.clone()) {
-        return Ok(hit);
-    }
-    let names: Vec<String> = as_catalog_owner(|| {
+// ---- default models of the model-less calls ------------------------------------------
+
+/// The AI functions with a model-less form, how that form is written (for messages), and the
+/// tasks of the models it takes in order of preference: unset, a function uses the only
+/// deployed model of the first of its tasks that any deployed model has. The names are those
+/// of the CHECK on `bailian.default_models` (sql/catalog.sql).
+pub const MODEL_LESS: [(&str, &str, &[Task]); 11] = [
+    ("ai_gen", "ai_gen(prompt)", &[Task::Chat]),
+    ("ai_embed", "ai_embed(content)", &[Task::Embedding]),
+    ("ai_translate", "ai_translate(content, target_lang)", &[Task::Translation, Task::Chat]),
+    ("ai_classify", "ai_classify(content, labels)", &[Task::Chat]),
+    ("ai_extract", "ai_extract(content, labels)", &[Task::Chat]),
+    ("ai_mask", "ai_mask(content, labels)", &[Task::Chat]),
+    ("ai_summarize", "ai_summarize(content)", &[Task::Chat]),
+    ("ai_fix_grammar", "ai_fix_grammar(content)", &[Task::Chat]),
+    ("ai_sentiment", "ai_sentiment(content)", &[Task::Chat]),
+    ("ai_rank", "ai_rank(query, document)", &[Task::Rerank, Task::Chat]),
+    ("ai_similarity", "ai_similarity(a, b)", &[Task::Embedding]),
+];
+
+/// The entry of `function` in `MODEL_LESS`.
+pub fn model_less(function: &str) -> Option<&'static (&'static str, &'static str, &'static [Task])> {
+    MODEL_LESS.iter().find(|(f, _, _)| *f == function)
+}
+
+/// One function's default: what a DBA set, and what a call uses now and why.
+pub struct Choice {
+    pub function: &'static str,
+    pub tasks: &'static [Task],
+    /// As set with ai_set_default_model: the model, the role, when.
+    pub set: Option<(String, String, pgrx::datum::TimestampWithTimeZone)>,
+    /// The model a call uses now: Ok(model, why) or the error it raises.
+    pub effective: Result<(String, String), AiError>,
+}
+
+fn tasks_text(tasks: &[Task]) -> String {
+    tasks.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" or ")
+}
+
+/// The defaults of every model-less function (`only`: of that one), from one read of the
+/// catalog as its owner. The rule: for ai_gen, `pg_bailian.default_chat_model` when set;
+/// then the model set with ai_set_default_model; then the only deployed model of the first of
+/// the function's tasks any deployed model has; otherwise an error saying how to choose.
+pub fn choices(only: Option<&str>) -> Result<Vec<Choice>, AiError> {
+    type Set = (String, String, String, pgrx::datum::TimestampWithTimeZone);
+    let (set, models): (Vec<Set>, Vec<(String, String)>) = as_catalog_owner(|| {
         Spi::connect(|client| {
-            let rows = client
-                .select(
-                    "SELECT model_name FROM bailian.models WHERE task OPERATOR(pg_catalog.=) 'chat' \
-                     ORDER BY model_name LIMIT 6",
-                    None,
-                    &[],
-                )
-                .map_err(spi_failed)?;
-            rows.into_iter()
-                .map(|r| r.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default))
-                .collect::<Result<Vec<_>, AiError>>()
+            // A database still on the SQL of a version before the table (this library serves
+            // it until ALTER EXTENSION UPDATE) has no defaults set: only the automatic rule.
+            let has_table = client
+                .select("SELECT pg_catalog.to_regclass('bailian.default_models') IS NOT NULL", None, &[])
+                .map_err(spi_failed)?
+                .first()
+                .get::<bool>(1)
+                .map_err(spi_failed)?
+                .unwrap_or(false);
+            let query = if has_table {
+                "SELECT function_name, model_name, set_by::pg_catalog.text, set_at FROM bailian.default_models"
+            } else {
+                "SELECT NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.text, \
+                 NULL::pg_catalog.timestamptz WHERE false"
+            };
+            let set = client
+                .select(query, None, &[])
+                .map_err(spi_failed)?
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(1).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<String>(2).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<String>(3).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<pgrx::datum::TimestampWithTimeZone>(4)
+                            .map_err(spi_failed)?
+                            .ok_or_else(|| AiError::Internal { message: "set_at is NULL".into() })?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, AiError>>()?;
+            let models = client
+                .select("SELECT model_name, task FROM bailian.models ORDER BY model_name", None, &[])
+                .map_err(spi_failed)?
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(1).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<String>(2).map_err(spi_failed)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<Vec<_>, AiError>>()?;
+            Ok::<_, AiError>((set, models))
         })
     })?;
-    match names.as_slice() {
-        [only] => {
-            with_cache(|c| c.default_chat = Some(only.clone()));
-            Ok(only.clone())
+    let guc = crate::guc::default_chat_model();
+    Ok(MODEL_LESS
+        .iter()
+        .filter(|(f, _, _)| only.is_none_or(|o| o == *f))
+        .map(|&(function, call, tasks)| {
+            let set =
+                set.iter().find(|(f, ..)| f == function).map(|(_, m, by, at)| (m.clone(), by.clone(), *at));
+            let effective = if let (Some(name), "ai_gen") = (&guc, function) {
+                Ok((name.clone(), "pg_bailian.default_chat_model".to_string()))
+            } else if let Some((m, by, _)) = &set {
+                Ok((m.clone(), format!("set with ai_set_default_model by {by}")))
+            } else {
+                automatic(function, call, tasks, &models)
+            };
+            Choice { function, tasks, set, effective }
+        })
+        .collect())
+}
+
+/// The only deployed model of the first of `tasks` any deployed model has.
+fn automatic(
+    function: &str,
+    call: &str,
+    tasks: &[Task],
+    models: &[(String, String)],
+) -> Result<(String, String), AiError> {
+    let hint = |example: &str| {
+        let guc =
+            if function == "ai_gen" { "SET pg_bailian.default_chat_model = '<model_name>', or " } else { "" };
+        format!(
+            "{guc}SELECT ai_set_default_model('{function}', '<model_name>') (as a role allowed to deploy),              or call {function} with a model_name first{example}."
+        )
+    };
+    for task in tasks {
+        let of_task: Vec<&str> =
+            models.iter().filter(|(_, t)| t == task.as_str()).map(|(m, _)| m.as_str()).collect();
+        match of_task.as_slice() {
+            [] => continue,
+            [only] => return Ok((only.to_string(), format!("the only deployed {task} model"))),
+            several => {
+                return Err(AiError::NoDefaultChatModel {
+                    message: format!(
+                        "{call} cannot choose among the deployed {task} models ({}{})",
+                        several.iter().take(5).map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "),
+                        if several.len() > 5 { ", ..." } else { "" }
+                    ),
+                    hint: hint(""),
+                })
+            }
         }
-        [] => Err(AiError::NoDefaultChatModel {
-            message: "ai_gen(prompt) needs a chat model, and none is deployed".into(),
-            hint: "Deploy one, e.g. SELECT ai_deploy_model('chat', 'qwen-plus', 'env:DASHSCOPE_API_KEY'), \
-                   or call ai_gen(model_name, prompt)."
-                .into(),
-        }),
-        several => Err(AiError::NoDefaultChatModel {
-            message: format!(
-                "ai_gen(prompt) cannot choose among the deployed chat models ({}{})",
-                several.iter().take(5).map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "),
-                if several.len() > 5 { ", ..." } else { "" }
-            ),
-            hint: "SET pg_bailian.default_chat_model = '<model_name>', or call ai_gen(model_name, prompt)."
-                .into(),
-        }),
     }
+    let wanted = tasks_text(tasks);
+    let article = if wanted.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    Err(AiError::NoDefaultChatModel {
+        message: format!("{call} needs {article} {wanted} model, and none is deployed"),
+        hint: hint(", after deploying one with ai_deploy_model"),
+    })
+}
+
+/// The model the model-less form of `function` uses (see `choices`), cached for the statement.
+pub fn default_model(function: &str) -> Result<String, AiError> {
+    if function == "ai_gen" {
+        if let Some(name) = crate::guc::default_chat_model() {
+            return Ok(name);
+        }
+    }
+    if let Some(hit) = with_cache(|c| c.defaults.get(function).cloned()) {
+        return hit;
+    }
+    let choice = choices(Some(function))?
+        .pop()
+        .ok_or_else(|| AiError::Internal { message: format!("{function} has no model-less form") })?;
+    let result = choice.effective.map(|(model, _)| model);
+    with_cache(|c| c.defaults.insert(function.to_string(), result.clone()));
+    result
+}
+
+/// Sets (Some) or unsets (None) the default model of `function`. Only a role that may manage
+/// the mapping there is (the role that set it, its members, a superuser) replaces or removes
+/// it; the model must be deployed, and `fits` checks it for the function.
+pub fn set_default_model(
+    function: &str,
+    model: Option<&str>,
+    fits: impl FnOnce(&'static bailian_core::registry::ModelSpec) -> Result<(), AiError>,
+) -> Result<(), AiError> {
+    let (caller, caller_name) = current_user();
+    let done = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let current = client
+                .update(
+                    "SELECT set_by::pg_catalog.text FROM bailian.default_models
+                      WHERE function_name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                    Some(1),
+                    &[function.into()],
+                )
+                .map_err(spi_failed)?
+                .next()
+                .map(|r| r.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default))
+                .transpose()?;
+            if let Some(owner) = &current {
+                if !may_manage(caller, owner) {
+                    return Err(AiError::NotAllowed {
+                        message: format!(
+                            "the default model of {function} was set by role \"{owner}\"; only that role, its members or a superuser may change it"
+                        ),
+                        hint: "Ask that role or a superuser, or call the function with a model_name.".into(),
+                    });
+                }
+            }
+            let Some(model) = model else {
+                client
+                    .update(
+                        "DELETE FROM bailian.default_models WHERE function_name OPERATOR(pg_catalog.=) $1",
+                        None,
+                        &[function.into()],
+                    )
+                    .map_err(spi_failed)?;
+                return Ok(());
+            };
+            // FOR KEY SHARE: the model cannot be undeployed before this mapping is stored.
+            let row = client
+                .update(
+                    "SELECT model_type, provider FROM bailian.models
+                      WHERE model_name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+                    Some(1),
+                    &[model.into()],
+                )
+                .map_err(spi_failed)?
+                .next()
+                .map(|r| {
+                    Ok::<_, AiError>((
+                        r.get::<String>(1).map_err(spi_failed)?.unwrap_or_default(),
+                        r.get::<String>(2).map_err(spi_failed)?.unwrap_or_default(),
+                    ))
+                })
+                .transpose()?;
+            let Some((model_type, provider)) = row else {
+                return Err(AiError::ModelNotDeployed {
+                    name: model.to_string(),
+                    hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
+                });
+            };
+            let spec = bailian_core::registry::Provider::parse(&provider)
+                .and_then(|p| bailian_core::registry::find_at(p, &model_type))
+                .ok_or_else(|| {
+                    AiError::invalid(format!(
+                        "deployed model \"{model}\" is no longer valid ({model_type}); redeploy it"
+                    ))
+                })?;
+            fits(spec)?;
+            client
+                .update(
+                    "INSERT INTO bailian.default_models (function_name, model_name, set_by, set_at)
+                     VALUES ($1, $2, $3, pg_catalog.now())
+                     ON CONFLICT (function_name) DO UPDATE
+                        SET model_name = EXCLUDED.model_name, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at",
+                    None,
+                    &[function.into(), model.into(), caller_name.as_str().into()],
+                )
+                .map_err(spi_failed)?;
+            Ok::<_, AiError>(())
+        })
+    });
+    invalidate();
+    done
 }
 
 // ---- writes --------------------------------------------------------------------------

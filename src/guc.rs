@@ -60,8 +60,8 @@ pub const DEFAULT_MASTER_KEY_FILE: &str = "pg_bailian.master.key";
 pub fn register() {
     GucRegistry::define_string_guc(
         c"pg_bailian.default_chat_model",
-        c"Deployed chat model used by ai_gen(prompt).",
-        c"Needed only when more than one chat model is deployed; with exactly one, that one is used.",
+        c"Deployed chat model used by ai_gen(prompt), before the default ai_set_default_model set.",
+        c"Needed only when more than one chat model is deployed and no default is set; with exactly one, that one is used.",
         &DEFAULT_CHAT_MODEL,
         GucContext::Userset,
         GucFlags::default(),

@@ -8,7 +8,7 @@
 //! does not go through our code. So one mechanism covers every message:
 //!
 //! - an `emit_log_hook` sees every message on its way to the server log. While
-//!   `ai_deploy_model` runs, and for the error that ends it (its own or PostgreSQL's), the
+//!   `ai_deploy_model` (or `register_external_model`, whose config quotes the key) runs, and for the error that ends it (its own or PostgreSQL's), the
 //!   message keeps neither the statement nor its context. The flag is cleared when the
 //!   function returns successfully, or by the (sub)transaction abort that follows an error:
 //!   PostgreSQL reports an error before it aborts, so the hook still sees the flag for that
@@ -33,7 +33,7 @@ use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// True while `ai_deploy_model` runs or its error is on the way out.
+/// True while `ai_deploy_model` or `register_external_model` runs or its error is on the way out.
 static SECRET_STATEMENT: AtomicBool = AtomicBool::new(false);
 
 static mut PREVIOUS_HOOK: pg_sys::emit_log_hook_type = None;

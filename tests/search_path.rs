@@ -196,6 +196,7 @@ fn run_everything(
         .len();
     assert_eq!(n, 2);
     run_task_functions(c, s);
+    run_hologres_forms(c, s, round);
     // One statement each: a multi-statement string is one transaction, where CALL cannot commit.
     // The expression and filter are the caller's SQL, so they name what they mean.
     c.batch_execute(
@@ -254,7 +255,104 @@ fn run_everything(
         "ai_prompt(text,text[])",
         "ai_set_prompt(text,text,text)",
         "bailian.default_prompts()",
+        "ai_gen(jsonb)",
+        "ai_gen(text,jsonb,jsonb)",
+        "ai_embed(text)",
+        "ai_embed(text,bytea,text)",
+        "ai_translate(text,text)",
+        "ai_classify(text,text[])",
+        "ai_extract(text,text[])",
+        "ai_mask(text,text[])",
+        "ai_summarize(text)",
+        "ai_fix_grammar(text)",
+        "ai_sentiment(text)",
+        "ai_rank(text,text)",
+        "ai_similarity(text,text)",
+        "ai_set_default_model(text,text)",
+        "prompt(text,text[])",
+        "list_external_models()",
+        "register_external_model(text,text,text,json,text)",
+        "delete_external_model(text)",
+        "bailian.default_model_choices()",
     ]
+}
+
+/// Hologres' forms: the model-less calls through defaults set with ai_set_default_model (and
+/// read back through ai_default_models, so bailian.default_model_choices()), prompt objects,
+/// image bytes with a format, and model registration, listing and removal.
+fn run_hologres_forms(c: &mut Client, s: &bailian_standin::Standin, round: &str) {
+    for (function, model) in [
+        ("ai_embed", "emb"),
+        ("ai_similarity", "emb"),
+        ("ai_classify", "chat"),
+        ("ai_extract", "chat"),
+        ("ai_mask", "chat"),
+        ("ai_summarize", "chat"),
+        ("ai_fix_grammar", "chat"),
+        ("ai_sentiment", "chat"),
+        ("ai_rank", "chat"),
+    ] {
+        c.batch_execute(&format!("SELECT ai_set_default_model('{function}', '{model}')")).unwrap();
+    }
+    let v: Vec<f32> = c.query_one("SELECT ai_embed('three')", &[]).unwrap().get(0);
+    assert_eq!(v, embedding_for("three", 64));
+    assert!(one_text(c, "SELECT ai_translate('你好', 'English')").unwrap().contains("English"));
+    assert_eq!(
+        one_text(c, "SELECT ai_classify('the app has a bug', ARRAY['billing', 'bug'])").as_deref(),
+        Some("bug")
+    );
+    assert_eq!(
+        json_text(c, "SELECT ai_extract('name: Ann; city: Oslo', ARRAY['name', 'city'])::pg_catalog.text"),
+        serde_json::json!({"name": "Ann", "city": "Oslo"})
+    );
+    assert_eq!(
+        one_text(c, "SELECT ai_mask('mail ann@example.com now', ARRAY['email'])").as_deref(),
+        Some("mail [MASKED] now")
+    );
+    assert_eq!(one_text(c, "SELECT ai_summarize('one two three')").as_deref(), Some("one two three"));
+    assert_eq!(one_text(c, "SELECT ai_fix_grammar('i am  here')").as_deref(), Some("I am here."));
+    assert_eq!(one_text(c, "SELECT ai_sentiment('I love it')").as_deref(), Some("positive"));
+    assert_eq!(one_float(c, "SELECT ai_rank('red fox', 'The red dog.')"), 0.5);
+    let similarity = one_float(c, "SELECT ai_similarity('red fox', 'red dog')");
+    let want =
+        bailian_core::tasks::cosine(&embedding_for("red fox", 64), &embedding_for("red dog", 64)).unwrap();
+    assert!((similarity - want).abs() < 1e-9);
+    assert_eq!(
+        one_text(c, "SELECT ai_gen('chat', prompt('Say {0}', 'a'))").as_deref(),
+        Some("Echo from qwen-plus: Say a")
+    );
+    assert_eq!(
+        one_text(c, "SELECT ai_gen(prompt('Say {0}', 'b'))").as_deref(),
+        Some("Echo from qwen-plus: Say b")
+    );
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+    let v: Vec<f32> = c.query_one("SELECT ai_embed('vis', $1::bytea, 'png')", &[&png]).unwrap().get(0);
+    assert_eq!(v.len(), 64);
+    let effective: Vec<Option<String>> = c
+        .query("SELECT effective_model FROM ai_default_models", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(effective.len(), 11);
+    assert_eq!(effective.iter().filter(|m| m.as_deref() == Some("chat")).count(), 8, "{effective:?}");
+    c.batch_execute(&format!(
+        "CALL register_external_model('reg', 'text-embedding-v3', 'bailian', \
+         '{{\"api_key\": \"{}\", \"base_url\": \"{}\"}}', 'embedding')",
+        key(round),
+        s.base_url()
+    ))
+    .unwrap();
+    let listed: Vec<(String, String)> = c
+        .query("SELECT model_name, task FROM list_external_models()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(listed.contains(&("reg".into(), "embedding".into())), "{listed:?}");
+    assert!(listed.contains(&("chat".into(), "chat/completions".into())), "{listed:?}");
+    c.batch_execute("CALL delete_external_model('reg')").unwrap();
+    c.batch_execute("SELECT ai_set_default_model('ai_rank', NULL)").unwrap();
 }
 
 fn json_text(c: &mut Client, sql: &str) -> serde_json::Value {

@@ -10,7 +10,7 @@ use super::plan::{list_of, list_ptrs, Demand};
 use crate::backend::{self, Flight, Target};
 use crate::catalog;
 use crate::entry::{guard, Location};
-use crate::functions::calls::{self, Answer, Args, Finish, Input, Kernel, Prepared};
+use crate::functions::calls::{self, Answer, Args, Finish, Input, Kernel, ModelLess, Prepared};
 use bailian_core::client::embed_each;
 use bailian_core::providers::{ChatRequest, EmbedInput, EmbeddingModel};
 use bailian_core::registry::Task;
@@ -339,13 +339,22 @@ unsafe extern "C-unwind" fn begin(
 /// Inputs per request of an embedding call's model, when the plan names it as a constant;
 /// 1 for chat calls (and for what cannot be known before the rows come).
 fn pack_hint(site: &Site) -> usize {
-    if !matches!(site.kernel, Kernel::Embed | Kernel::EmbedImageUri | Kernel::EmbedImageBytes) {
-        return 1;
-    }
-    let Some(Source::Const(Some(datum))) = site.args.first() else { return 1 };
-    // SAFETY: argument 0 of every embedding function is the model name, a text constant.
-    let Some(name) = (unsafe { <String as pgrx::datum::FromDatum>::from_datum(*datum, false) }) else {
-        return 1;
+    let name = match site.kernel {
+        Kernel::Embed | Kernel::EmbedImageUri | Kernel::EmbedImageBytes | Kernel::EmbedImageFormat => {
+            let Some(Source::Const(Some(datum))) = site.args.first() else { return 1 };
+            // SAFETY: argument 0 of every embedding function is the model name, a text constant.
+            let Some(name) = (unsafe { <String as pgrx::datum::FromDatum>::from_datum(*datum, false) })
+            else {
+                return 1;
+            };
+            name
+        }
+        // The model-less ai_embed(content): its default model, as its calls will find it.
+        Kernel::ModelLess(ModelLess::Embed) => match catalog::default_model("ai_embed") {
+            Ok(name) => name,
+            Err(_) => return 1,
+        },
+        _ => return 1,
     };
     catalog::load_for(&name, site.kernel.sql_name(), &[Task::Embedding])
         .map(|d| d.embedding_model().per_request.max(1))

@@ -7,7 +7,7 @@
 //! sends many rows' requests at once) both go through `prepare` and `Finish`, so a row gets
 //! the same value, or the same error, whichever way it runs.
 
-use super::{embed, generate, tasks};
+use super::{defaults, embed, generate, tasks};
 use crate::backend::{self, Target};
 use bailian_core::client::{Call, Client};
 use bailian_core::providers::{wav, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel};
@@ -33,6 +33,72 @@ pub enum Kernel {
     GenStructured,
     Task(task::TaskFn),
     Similarity,
+    /// ai_gen(model_name, prompt object, params).
+    GenPrompt,
+    /// ai_gen(prompt object), with ai_gen's default model.
+    GenPromptDefault,
+    /// ai_embed(model_name, image bytea, file_format).
+    EmbedImageFormat,
+    /// A model-less form: the function with its default model as the first argument.
+    ModelLess(ModelLess),
+}
+
+/// The functions whose model-less forms take the model from `catalog::default_model` (the
+/// model-less ai_gen(prompt) is `Kernel::GenDefault`, older than these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelLess {
+    Embed,
+    Translate,
+    Task(task::TaskFn),
+    Similarity,
+}
+
+impl ModelLess {
+    /// The form with a model_name.
+    pub fn with_model(self) -> Kernel {
+        match self {
+            ModelLess::Embed => Kernel::Embed,
+            ModelLess::Translate => Kernel::Translate,
+            ModelLess::Task(t) => Kernel::Task(t),
+            ModelLess::Similarity => Kernel::Similarity,
+        }
+    }
+
+    /// The arguments of the model-less form (all of variable length).
+    fn arity(self) -> usize {
+        match self {
+            ModelLess::Embed
+            | ModelLess::Task(task::TaskFn::Summarize | task::TaskFn::FixGrammar | task::TaskFn::Sentiment) => {
+                1
+            }
+            ModelLess::Translate | ModelLess::Task(_) | ModelLess::Similarity => 2,
+        }
+    }
+}
+
+/// The arguments of a model-less call as the form with a model_name reads them: the default
+/// model first (through `model_name`, so no datum is made per row), then the call's own, then the defaults of the arguments the model-less form
+/// does not have (ai_summarize's max_words 50; ai_translate's params NULL).
+struct WithModel<'a> {
+    form: ModelLess,
+    model: String,
+    args: &'a dyn Args,
+}
+
+impl Args for WithModel<'_> {
+    fn datum(&self, n: usize) -> Option<pg_sys::Datum> {
+        match n {
+            // The model is read through model_name(), never as a datum.
+            0 => None,
+            n if n <= self.form.arity() => self.args.datum(n - 1),
+            2 if self.form == ModelLess::Task(task::TaskFn::Summarize) => 50i32.into_datum(),
+            _ => None,
+        }
+    }
+
+    fn model_name(&self) -> Option<String> {
+        Some(self.model.clone())
+    }
 }
 
 type Entry = unsafe extern "C-unwind" fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum;
@@ -42,7 +108,7 @@ type Entry = unsafe extern "C-unwind" fn(pg_sys::FunctionCallInfo) -> pg_sys::Da
 pub const MAX_ARGUMENT_BYTES: usize = 32 << 20;
 
 impl Kernel {
-    const ALL: [(Kernel, Entry); 17] = [
+    const ALL: [(Kernel, Entry); 30] = [
         (Kernel::Gen, generate::pg_bailian_gen),
         (Kernel::GenDefault, generate::pg_bailian_gen_default),
         (Kernel::Translate, generate::pg_bailian_translate),
@@ -60,6 +126,22 @@ impl Kernel {
         (Kernel::Task(task::TaskFn::Sentiment), tasks::pg_bailian_sentiment),
         (Kernel::Task(task::TaskFn::Rank), tasks::pg_bailian_rank),
         (Kernel::Similarity, tasks::pg_bailian_similarity),
+        (Kernel::GenPrompt, generate::pg_bailian_gen_prompt),
+        (Kernel::GenPromptDefault, generate::pg_bailian_gen_prompt_default),
+        (Kernel::EmbedImageFormat, embed::pg_bailian_embed_image_format),
+        (Kernel::ModelLess(ModelLess::Embed), defaults::pg_bailian_embed_default),
+        (Kernel::ModelLess(ModelLess::Translate), defaults::pg_bailian_translate_default),
+        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Classify)), defaults::pg_bailian_classify_default),
+        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Extract)), defaults::pg_bailian_extract_default),
+        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Mask)), defaults::pg_bailian_mask_default),
+        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Summarize)), defaults::pg_bailian_summarize_default),
+        (
+            Kernel::ModelLess(ModelLess::Task(task::TaskFn::FixGrammar)),
+            defaults::pg_bailian_fix_grammar_default,
+        ),
+        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Sentiment)), defaults::pg_bailian_sentiment_default),
+        (Kernel::ModelLess(ModelLess::Task(task::TaskFn::Rank)), defaults::pg_bailian_rank_default),
+        (Kernel::ModelLess(ModelLess::Similarity), defaults::pg_bailian_similarity_default),
     ];
 
     /// The kernel whose entry point is at `address`: a function is ours by the code it runs,
@@ -80,7 +162,9 @@ impl Kernel {
 
     pub fn sql_name(self) -> &'static str {
         match self {
-            Kernel::Gen | Kernel::GenDefault => "ai_gen",
+            Kernel::Gen | Kernel::GenDefault | Kernel::GenPrompt | Kernel::GenPromptDefault => "ai_gen",
+            Kernel::EmbedImageFormat => "ai_embed",
+            Kernel::ModelLess(m) => m.with_model().sql_name(),
             Kernel::Translate => "ai_translate",
             Kernel::Chat => "ai_chat",
             Kernel::GenAudio => "ai_gen_audio",
@@ -96,7 +180,10 @@ impl Kernel {
     /// them but ai_summarize's max_words.
     fn varlena_args(self) -> &'static [usize] {
         match self {
-            Kernel::GenDefault => &[0],
+            Kernel::GenDefault | Kernel::GenPromptDefault => &[0],
+            Kernel::ModelLess(m) if m.arity() == 1 => &[0],
+            Kernel::ModelLess(_) => &[0, 1],
+            Kernel::GenPrompt | Kernel::EmbedImageFormat => &[0, 1, 2],
             Kernel::Embed
             | Kernel::EmbedImageUri
             | Kernel::EmbedImageBytes
@@ -135,7 +222,27 @@ impl Kernel {
 
     pub fn prepare(self, args: &dyn Args) -> Result<Prepared, AiError> {
         self.argument_bytes(args)?;
+        self.prepare_checked(args)
+    }
+
+    fn prepare_checked(self, args: &dyn Args) -> Result<Prepared, AiError> {
         match self {
+            Kernel::ModelLess(form) => {
+                // NULL in, NULL out, without looking for a model (as the forms with a model
+                // give NULL before loading theirs).
+                let null_gives_null = match form {
+                    ModelLess::Task(task::TaskFn::Rank) | ModelLess::Similarity => 2,
+                    _ => 1,
+                };
+                if (0..null_gives_null).any(|n| args.datum(n).is_none()) {
+                    return Ok(Prepared::Done(Answer::Null));
+                }
+                let model = crate::catalog::default_model(self.sql_name())?;
+                form.with_model().prepare_checked(&WithModel { form, model, args })
+            }
+            Kernel::GenPrompt => generate::prepare_gen_prompt(args),
+            Kernel::GenPromptDefault => generate::prepare_gen_prompt_default(args),
+            Kernel::EmbedImageFormat => embed::prepare_image_format(args),
             Kernel::Gen => generate::prepare_gen(args),
             Kernel::GenDefault => generate::prepare_gen_default(args),
             Kernel::Translate => generate::prepare_translate(args),
@@ -155,6 +262,14 @@ impl Kernel {
 pub trait Args {
     /// Argument `n`, or None for SQL NULL.
     fn datum(&self, n: usize) -> Option<pg_sys::Datum>;
+
+    /// The model name of the forms with a model_name (argument 0), or None for SQL NULL; a
+    /// model-less call gives its default model here.
+    fn model_name(&self) -> Option<String> {
+        // SAFETY: argument 0 of every form with a model_name is text, live for the call or
+        // the row.
+        self.datum(0).and_then(|d| unsafe { <String as FromDatum>::from_datum(d, false) })
+    }
 }
 
 /// Argument `n` as `T`, or None for SQL NULL.

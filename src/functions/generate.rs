@@ -9,6 +9,7 @@ use bailian_core::deploy::Deployment;
 use bailian_core::params::{self, Phase};
 use bailian_core::providers::{self, compatible, ChatRequest};
 use bailian_core::registry::Task;
+use bailian_core::template::{self, TemplateError};
 use bailian_core::AiError;
 use pgrx::{pg_sys, JsonB};
 use serde_json::{json, Map, Value};
@@ -19,6 +20,8 @@ sql_entry!(pg_finfo_pg_bailian_gen_default, pg_bailian_gen_default, gen_default)
 sql_entry!(pg_finfo_pg_bailian_translate, pg_bailian_translate, translate);
 sql_entry!(pg_finfo_pg_bailian_chat, pg_bailian_chat, chat_fn);
 sql_entry!(pg_finfo_pg_bailian_gen_audio, pg_bailian_gen_audio, gen_audio);
+sql_entry!(pg_finfo_pg_bailian_gen_prompt, pg_bailian_gen_prompt, gen_prompt);
+sql_entry!(pg_finfo_pg_bailian_gen_prompt_default, pg_bailian_gen_prompt_default, gen_prompt_default);
 
 /// Per-call params checked for the model, then laid over the deployed ones.
 pub(crate) fn call_params(d: &Deployment, given: Option<JsonB>) -> Result<Map<String, Value>, AiError> {
@@ -42,6 +45,14 @@ fn gen(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiErro
 
 fn gen_default(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     calls::call_now(Kernel::GenDefault, fcinfo)
+}
+
+fn gen_prompt(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    calls::call_now(Kernel::GenPrompt, fcinfo)
+}
+
+fn gen_prompt_default(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    calls::call_now(Kernel::GenPromptDefault, fcinfo)
 }
 
 fn chat_fn(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
@@ -75,9 +86,60 @@ pub(crate) fn prepare_gen_default(args: &dyn Args) -> Result<Prepared, AiError> 
     let Some(prompt) = get::<String>(args, 0) else {
         return Ok(Prepared::Done(Answer::Null));
     };
-    let model = catalog::default_chat_model()?;
+    let model = catalog::default_model("ai_gen")?;
     let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
     ask(&d, &prompt, &d.params)
+}
+
+/// A prompt object (`prompt(template, VARIADIC args)`, or Hologres' own
+/// `{"prompt", "args", "parameters"}`) as the prompt text, rendered by ai_prompt's renderer
+/// (bounded the same way), and its per-call parameters.
+fn render_prompt_object(object: &Value) -> Result<(String, Option<Value>), AiError> {
+    let p = bailian_core::hologres::prompt_object(object)?;
+    let args: Vec<Option<&str>> = p.args.iter().map(Option::as_deref).collect();
+    let text = template::positional(&p.template, &args, crate::backend::cancel_pending).map_err(|e| match e {
+        TemplateError::Mistake(e) => AiError::invalid_with_hint(
+            format!("ai_gen: the template of the prompt object {e}"),
+            "Placeholders are {0}, {1}, ... for the prompt object's args; write {{ and }} for literal braces.",
+        ),
+        TemplateError::Stopped(e) => e,
+    })?;
+    Ok((text, p.parameters))
+}
+
+/// The prompt object's "parameters", overridden key by key by the call's params.
+fn object_params(parameters: Option<Value>, given: Option<JsonB>) -> Option<JsonB> {
+    match (parameters, given) {
+        (None, given) => given,
+        (Some(p), None) => Some(JsonB(p)),
+        (Some(Value::Object(mut p)), Some(JsonB(Value::Object(g)))) => {
+            p.extend(g);
+            Some(JsonB(Value::Object(p)))
+        }
+        // A params that is not an object is refused by the params check, as for ai_gen.
+        (Some(_), Some(given)) => Some(given),
+    }
+}
+
+pub(crate) fn prepare_gen_prompt(args: &dyn Args) -> Result<Prepared, AiError> {
+    let (Some(model), Some(object)) = (get::<String>(args, 0), get::<JsonB>(args, 1)) else {
+        return Ok(Prepared::Done(Answer::Null));
+    };
+    let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
+    let (prompt, parameters) = render_prompt_object(&object.0)?;
+    let merged = call_params(&d, object_params(parameters, get::<JsonB>(args, 2)))?;
+    ask(&d, &prompt, &merged)
+}
+
+pub(crate) fn prepare_gen_prompt_default(args: &dyn Args) -> Result<Prepared, AiError> {
+    let Some(object) = get::<JsonB>(args, 0) else {
+        return Ok(Prepared::Done(Answer::Null));
+    };
+    let (prompt, parameters) = render_prompt_object(&object.0)?;
+    let model = catalog::default_model("ai_gen")?;
+    let d = catalog::load_for(&model, "ai_gen", &[Task::Chat])?;
+    let merged = call_params(&d, object_params(parameters, None))?;
+    ask(&d, &prompt, &merged)
 }
 
 pub(crate) fn prepare_chat(args: &dyn Args) -> Result<Prepared, AiError> {
@@ -134,7 +196,7 @@ pub(crate) fn prepare_gen_audio(args: &dyn Args) -> Result<Prepared, AiError> {
 }
 
 pub(crate) fn prepare_translate(args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+    let (Some(model), Some(content)) = (args.model_name(), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
     let Some(target_lang) = get::<String>(args, 2).filter(|t| !t.trim().is_empty()) else {

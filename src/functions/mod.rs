@@ -4,6 +4,7 @@
 mod batch;
 pub(crate) mod calls;
 mod column;
+mod defaults;
 mod deploy;
 pub(crate) mod embed;
 pub(crate) mod generate;

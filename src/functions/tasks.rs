@@ -61,7 +61,7 @@ fn similarity(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
 
 /// `spec` can answer in a requested format: a Bailian chat model that takes `response_format`
 /// and can answer without thinking (Bailian's structured-output guide: not in thinking mode).
-fn check_spec(spec: &ModelSpec, model: &str, function: &str) -> Result<(), AiError> {
+pub(crate) fn check_spec(spec: &ModelSpec, model: &str, function: &str) -> Result<(), AiError> {
     let takes_format = accepted_names(spec, Phase::Call).contains(&"response_format");
     if !takes_format || spec.thinking == Thinking::Always {
         let why = if takes_format { "always thinks" } else { "takes no response_format" };
@@ -141,7 +141,7 @@ pub(crate) fn prepare_gen_structured(args: &dyn Args) -> Result<Prepared, AiErro
 
 /// A task function's call: (model_name, content, ...) with the function's other arguments.
 pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(content)) = (get::<String>(args, 0), get::<String>(args, 1)) else {
+    let (Some(model), Some(content)) = (args.model_name(), get::<String>(args, 1)) else {
         return Ok(Prepared::Done(Answer::Null));
     };
     let input = match function {
@@ -211,8 +211,7 @@ pub(crate) fn prepare_task(function: TaskFn, args: &dyn Args) -> Result<Prepared
 
 /// ai_similarity(model_name, a, b): both texts in one embeddings request.
 pub(crate) fn prepare_similarity(args: &dyn Args) -> Result<Prepared, AiError> {
-    let (Some(model), Some(a), Some(b)) =
-        (get::<String>(args, 0), get::<String>(args, 1), get::<String>(args, 2))
+    let (Some(model), Some(a), Some(b)) = (args.model_name(), get::<String>(args, 1), get::<String>(args, 2))
     else {
         return Ok(Prepared::Done(Answer::Null));
     };
@@ -290,5 +289,23 @@ mod bailian {
                 JsonB(t.schema(&example)),
             )
         }))
+    }
+
+    /// The rows of the `ai_default_models` view (see `functions::defaults`).
+    #[allow(clippy::type_complexity)]
+    #[pg_extern(name = "default_model_choices", stable)]
+    fn default_model_choices() -> TableIterator<
+        'static,
+        (
+            name!(function_name, String),
+            name!(tasks, Vec<String>),
+            name!(model_name, Option<String>),
+            name!(set_by, Option<String>),
+            name!(set_at, Option<pgrx::datum::TimestampWithTimeZone>),
+            name!(effective_model, Option<String>),
+            name!(source, String),
+        ),
+    > {
+        TableIterator::new(crate::functions::defaults::choice_rows())
     }
 }

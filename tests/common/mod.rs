@@ -171,3 +171,14 @@ pub fn body_of(id: i32) -> String {
 pub fn echo(prompt: &str) -> String {
     bailian_standin::chat_reply("qwen-plus", prompt, 0)
 }
+
+/// Everything the extension consists of in the database `c` is connected to (functions with
+/// their full definitions, tables, views, grants, comments; see extension_objects.sql), one
+/// fact a line, sorted: equal lists mean equal extensions.
+pub fn extension_objects(c: &mut Client) -> Vec<String> {
+    c.query(include_str!("extension_objects.sql"), &[])
+        .unwrap_or_else(|e| panic!("extension_objects.sql: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

@@ -34,7 +34,8 @@ pub enum AiError {
     ModelNotDeployed { name: String, hint: Option<String> },
     /// A function used on a model of another task (ai_embed on a chat model, ...).
     WrongTask { model: String, model_type: String, task: String, function: String, allowed: String },
-    /// `ai_gen(prompt)` without a way to pick the chat model.
+    /// A model-less call (`ai_gen(prompt)`, `ai_embed(content)`, ...) without a way to pick
+    /// its model: none of its task is deployed, or several are and no default is set.
     NoDefaultChatModel { message: String, hint: String },
     /// A deployment's key cannot be had at call time: an `env:NAME` variable the server does
     /// not have, a `file:` key that cannot be read, or a source the settings no longer allow.

@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod client;
 pub mod deploy;
 pub mod error;
+pub mod hologres;
 pub mod keystore;
 pub mod limits;
 pub mod params;

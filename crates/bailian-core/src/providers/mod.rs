@@ -447,11 +447,10 @@ pub fn is_image_ref(s: &str) -> bool {
         || lower.starts_with("data:image/") && s.contains(";base64,")
 }
 
-/// A data URI for image bytes, its type detected from their signature; None for bytes that
-/// are not an image format the multimodal models take (JPEG, PNG, BMP, WEBP, TIFF).
-pub fn image_data_uri(bytes: &[u8]) -> Option<String> {
-    use base64::Engine;
-    let format = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+/// The format of image bytes, from their signature (`jpeg`, `png`, `bmp`, `webp`, `tiff`);
+/// None for bytes that are not an image format the multimodal models take.
+pub fn image_format(bytes: &[u8]) -> Option<&'static str> {
+    Some(if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         "jpeg"
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         "png"
@@ -463,8 +462,19 @@ pub fn image_data_uri(bytes: &[u8]) -> Option<String> {
         "tiff"
     } else {
         return None;
-    };
-    Some(format!("data:image/{format};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+    })
+}
+
+/// A data URI for image bytes of `format` (as `image_format` names it).
+pub fn image_data_uri_as(format: &str, bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!("data:image/{format};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// A data URI for image bytes, its type detected from their signature; None for bytes that
+/// are not an image format the multimodal models take (JPEG, PNG, BMP, WEBP, TIFF).
+pub fn image_data_uri(bytes: &[u8]) -> Option<String> {
+    image_format(bytes).map(|format| image_data_uri_as(format, bytes))
 }
 
 #[cfg(test)]
