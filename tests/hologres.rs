@@ -559,7 +559,6 @@ fn image_bytes_with_a_named_format() {
 /// restore gives the same model-less calls.
 #[test]
 fn defaults_survive_dump_and_restore() {
-    const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
     let run = |cmd: &mut std::process::Command| -> String {
         let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -572,7 +571,7 @@ fn defaults_survive_dump_and_restore() {
     c.batch_execute("SELECT ai_set_default_model('ai_sentiment', 'b')").unwrap();
     fresh_role(&mut c, "holo_dump_owner", "");
     c.batch_execute(&format!("ALTER DATABASE {db} OWNER TO holo_dump_owner")).unwrap();
-    let dump = run(std::process::Command::new(format!("{PG_BIN}/pg_dump")).args([
+    let dump = run(std::process::Command::new(format!("{}/pg_dump", pg_bin())).args([
         "-h",
         "127.0.0.1",
         "-p",
@@ -588,7 +587,7 @@ fn defaults_survive_dump_and_restore() {
     admin.batch_execute("CREATE DATABASE e2e_holo_restored").unwrap();
     let file = std::env::temp_dir().join(format!("pg_bailian_holo_dump_{}.sql", std::process::id()));
     std::fs::write(&file, &dump).unwrap();
-    run(std::process::Command::new(format!("{PG_BIN}/psql")).args([
+    run(std::process::Command::new(format!("{}/psql", pg_bin())).args([
         "-X",
         "-q",
         "-v",
