@@ -139,16 +139,22 @@ impl Claims {
     }
 
     /// Records what LockAcquire answered: granted (`ok`), or `already` held by this session.
+    /// Returns whether the job now holds the claim.
     fn acquired(&mut self, claim: Claim, ok: bool, already: bool) -> bool {
-        if ok {
-            self.held.insert(claim);
-        } else if already {
-            // Not ours by `held`, so left by a job of this session that ended without
-            // releasing it (it cannot be; be safe): undo the extra count.
-            // SAFETY: releases the count just added.
+        if already {
+            // Not in `held`, yet this session holds it: left by an earlier job whose wait for
+            // it a cancel ended just as it was granted. PostgreSQL then keeps the lock for the
+            // aborted wait (LockErrorCleanup grants an awaited lock it finds granted), and a
+            // session lock outlives the transaction, after the job's Drop has run. No other
+            // session can hold it, so the job adopts it: the count just added goes, the one
+            // held is released like any other claim of the job.
+            // SAFETY: releases the count just added; the session keeps the one it held.
             unsafe { pg_sys::LockRelease(&self.tag(claim), pg_sys::ExclusiveLock as i32, true) };
         }
-        ok
+        if ok || already {
+            self.held.insert(claim);
+        }
+        ok || already
     }
 
     /// Keeps a written row's claim until the write commits (`release_written`).
