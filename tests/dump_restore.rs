@@ -30,7 +30,8 @@ fn bindir(c: &mut Client) -> PathBuf {
 }
 
 fn run(program: &Path, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let out =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{}: {e}", program.display()));
     assert!(
         out.status.success(),
         "{} {}: {}\n{}",
@@ -62,7 +63,13 @@ fn source(s: &Standin) -> Client {
                                    ai_undeploy_model(text), ai_set_prompt(text, text, text) TO {DEPLOYER};"
     ))
     .unwrap();
-    deploy(&mut c, s, "d_chat", "qwen-plus", ", params => '{\"temperature\": 0.1, \"seed\": 7}', max_retries => 4, requests_per_minute => 6000");
+    deploy(
+        &mut c,
+        s,
+        "d_chat",
+        "qwen-plus",
+        ", params => '{\"temperature\": 0.1, \"seed\": 7}', max_retries => 4, requests_per_minute => 6000",
+    );
     c.batch_execute(&format!(
         "SELECT ai_deploy_model('d_env', 'qwen-flash', 'env:PG_BAILIAN_DEMO_KEY', base_url => '{}', timeout => 30)",
         s.base_url()
@@ -70,7 +77,8 @@ fn source(s: &Standin) -> Client {
     .unwrap();
     let mut d = connect_as(DB, DEPLOYER);
     deploy(&mut d, s, "d_emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
-    c.batch_execute(&format!("SELECT ai_set_prompt('d_chat', 'ai_sentiment', '{SENTIMENT_PROMPT}')")).unwrap();
+    c.batch_execute(&format!("SELECT ai_set_prompt('d_chat', 'ai_sentiment', '{SENTIMENT_PROMPT}')"))
+        .unwrap();
     // A default model for a model-less call: two chat models are deployed, so only the
     // mapping makes ai_sentiment(content) work.
     c.batch_execute("SELECT ai_set_default_model('ai_sentiment', 'd_chat')").unwrap();
@@ -134,17 +142,36 @@ fn assert_no_key(text: &str, bytes: &[u8], what: &str) {
 /// Restores `file` into a new database `db` at `port` as the superuser: pg_restore for a
 /// custom dump, psql for a plain one. Never runs ai_deploy_model.
 fn restore(bin: &Path, file: &Path, db: &str, port: &str) {
-    let mut admin = Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), NoTls).unwrap();
+    let mut admin =
+        Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), NoTls).unwrap();
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
     admin.batch_execute(&format!("CREATE DATABASE {db} OWNER {OWNER}")).unwrap();
     let file = file.to_str().unwrap();
     if file.ends_with(".sql") {
         run(
             &bin.join("psql"),
-            &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", db, "-f", file],
+            &[
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-f",
+                file,
+            ],
         );
     } else {
-        run(&bin.join("pg_restore"), &["--exit-on-error", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", db, file]);
+        run(
+            &bin.join("pg_restore"),
+            &["--exit-on-error", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", db, file],
+        );
     }
 }
 
@@ -162,7 +189,16 @@ impl SecondCluster {
         let dir = std::env::temp_dir().join(format!("pg_bailian_second_cluster_{port}"));
         if dir.join("postmaster.pid").exists() {
             let _ = Command::new("sudo")
-                .args(["-u", "postgres", bin.join("pg_ctl").to_str().unwrap(), "-D", dir.to_str().unwrap(), "-m", "immediate", "stop"])
+                .args([
+                    "-u",
+                    "postgres",
+                    bin.join("pg_ctl").to_str().unwrap(),
+                    "-D",
+                    dir.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
                 .output();
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -179,8 +215,12 @@ impl SecondCluster {
         };
         let data = dir.join("data");
         let data = data.to_str().unwrap();
-        as_postgres("initdb", &["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]);
-        let setting = |c: &mut Client, name: &str| one_text(c, &format!("SELECT current_setting('{name}', true)"));
+        as_postgres(
+            "initdb",
+            &["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
+        );
+        let setting =
+            |c: &mut Client, name: &str| one_text(c, &format!("SELECT current_setting('{name}', true)"));
         // pg_bailian's settings exist once its library is loaded in the session.
         first.batch_execute("SELECT count(*) FROM ai_supported_models()").unwrap();
         let conf = format!(
@@ -208,7 +248,17 @@ impl SecondCluster {
 impl Drop for SecondCluster {
     fn drop(&mut self) {
         let _ = Command::new("sudo")
-            .args(["-u", "postgres", self.bin.join("pg_ctl").to_str().unwrap(), "-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"])
+            .args([
+                "-u",
+                "postgres",
+                self.bin.join("pg_ctl").to_str().unwrap(),
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -235,7 +285,19 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
             let file = out.join(format!("{user}.{ext}"));
             run(
                 &bin.join("pg_dump"),
-                &["-h", "127.0.0.1", "-p", &port(), "-U", user, "-F", format, "-f", file.to_str().unwrap(), DB],
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port(),
+                    "-U",
+                    user,
+                    "-F",
+                    format,
+                    "-f",
+                    file.to_str().unwrap(),
+                    DB,
+                ],
             );
             let text = as_sql(&bin, &file);
             assert_no_key(&text, &std::fs::read(&file).unwrap(), &format!("the {format} dump by {user}"));
@@ -257,7 +319,9 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
 
     // Into a second cluster: the sealed keys need the master key file, which no dump holds.
     let second = SecondCluster::start(&bin, &mut c);
-    let mut admin = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", second.port), NoTls).unwrap();
+    let mut admin =
+        Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", second.port), NoTls)
+            .unwrap();
     for role in [OWNER, DEPLOYER, READER] {
         admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
     }
@@ -272,11 +336,16 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
     let db_err = err.as_db_error().expect("a database error");
     assert_eq!(db_err.code().code(), "ZBK02", "{db_err:?}");
     // The env: key needs no master key.
-    assert_eq!(one_text(&mut r, "SELECT ai_gen('d_env', 'the env key after the restore')"), Some(expected[1].clone()));
+    assert_eq!(
+        one_text(&mut r, "SELECT ai_gen('d_env', 'the env key after the restore')"),
+        Some(expected[1].clone())
+    );
     drop(r);
 
-    let master = PathBuf::from(one_text(&mut c, "SELECT setting FROM pg_settings WHERE name = 'data_directory'").unwrap())
-        .join("pg_bailian.master.key");
+    let master = PathBuf::from(
+        one_text(&mut c, "SELECT setting FROM pg_settings WHERE name = 'data_directory'").unwrap(),
+    )
+    .join("pg_bailian.master.key");
     let copy = second.data().join("pg_bailian.master.key");
     std::fs::copy(&master, &copy).unwrap();
     run(Path::new("chown"), &["postgres:postgres", copy.to_str().unwrap()]);
@@ -284,22 +353,57 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
     assert_eq!(answers("restored_custom", &second.port), expected, "the custom dump in the second cluster");
     let owner_plain = &dumps[3];
     restore(&bin, owner_plain, "restored_plain", &second.port);
-    assert_eq!(answers("restored_plain", &second.port), expected, "the owner's plain dump in the second cluster");
-    let mut r = Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=restored_plain", second.port), NoTls).unwrap();
+    assert_eq!(
+        answers("restored_plain", &second.port),
+        expected,
+        "the owner's plain dump in the second cluster"
+    );
+    let mut r = Client::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname=restored_plain", second.port),
+        NoTls,
+    )
+    .unwrap();
     assert_eq!(extension_objects(&mut r), objects, "the extension restored into the second cluster");
 
     // A dump with --create carries the database's settings: the default chat model.
     let created = out.join("created.dump");
     run(
         &bin.join("pg_dump"),
-        &["-h", "127.0.0.1", "-p", &port(), "-U", "postgres", "--create", "-F", "custom", "-f", created.to_str().unwrap(), DB],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(),
+            "-U",
+            "postgres",
+            "--create",
+            "-F",
+            "custom",
+            "-f",
+            created.to_str().unwrap(),
+            DB,
+        ],
     );
     run(
         &bin.join("pg_restore"),
-        &["--exit-on-error", "--create", "-h", "127.0.0.1", "-p", &second.port, "-U", "postgres", "-d", "postgres", created.to_str().unwrap()],
+        &[
+            "--exit-on-error",
+            "--create",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &second.port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            created.to_str().unwrap(),
+        ],
     );
     assert_eq!(answers(DB, &second.port), expected, "the --create dump in the second cluster");
-    let mut r = Client::connect(&format!("host=127.0.0.1 port={} user={READER} dbname={DB}", second.port), NoTls).unwrap();
+    let mut r =
+        Client::connect(&format!("host=127.0.0.1 port={} user={READER} dbname={DB}", second.port), NoTls)
+            .unwrap();
     assert_eq!(
         one_text(&mut r, "SELECT ai_gen('the default chat model after the restore')"),
         one_text(&mut r, "SELECT ai_gen('d_env', 'the default chat model after the restore')"),

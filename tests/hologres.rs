@@ -559,11 +559,6 @@ fn image_bytes_with_a_named_format() {
 /// restore gives the same model-less calls.
 #[test]
 fn defaults_survive_dump_and_restore() {
-    let run = |cmd: &mut std::process::Command| -> String {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
     let (mut c, db) = fresh_db("holo_dump");
     let s = standin();
     deploy(&mut c, &s, "a", "qwen-plus", "");
@@ -571,39 +566,12 @@ fn defaults_survive_dump_and_restore() {
     c.batch_execute("SELECT ai_set_default_model('ai_sentiment', 'b')").unwrap();
     fresh_role(&mut c, "holo_dump_owner", "");
     c.batch_execute(&format!("ALTER DATABASE {db} OWNER TO holo_dump_owner")).unwrap();
-    let dump = run(std::process::Command::new(format!("{}/pg_dump", pg_bin())).args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port(),
-        "-U",
-        "holo_dump_owner",
-        "-d",
-        &db,
-    ]));
+    let dump = pg_dump(&db, "holo_dump_owner");
     assert!(dump.contains("COPY bailian.default_models"), "the defaults are dumped");
     let mut admin = connect("postgres");
     admin.batch_execute("DROP DATABASE IF EXISTS e2e_holo_restored WITH (FORCE)").unwrap();
     admin.batch_execute("CREATE DATABASE e2e_holo_restored").unwrap();
-    let file = std::env::temp_dir().join(format!("pg_bailian_holo_dump_{}.sql", std::process::id()));
-    std::fs::write(&file, &dump).unwrap();
-    run(std::process::Command::new(format!("{}/psql", pg_bin())).args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port(),
-        "-U",
-        "postgres",
-        "-d",
-        "e2e_holo_restored",
-        "-f",
-        file.to_str().unwrap(),
-    ]));
-    std::fs::remove_file(&file).unwrap();
+    restore_plain("e2e_holo_restored", &dump);
     let mut restored = connect("e2e_holo_restored");
     assert_eq!(
         default_of(&mut restored, "ai_sentiment"),

@@ -7,7 +7,6 @@ mod common;
 use bailian_standin::Config;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 fn has(c: &mut postgres::Client, sql: &str) -> bool {
     c.query_one(sql, &[]).unwrap().get(0)
@@ -84,25 +83,6 @@ fn read_all_data_sees_only_sealed_keys_and_a_master_key_file_guards_them() {
     assert!(meta.is_file());
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn pg_dump(db: &str, user: &str) -> String {
-    run(Command::new(format!("{}/pg_dump", pg_bin())).args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port(),
-        "-U",
-        user,
-        "-d",
-        db,
-    ]))
-}
-
 #[test]
 fn the_database_owner_dumps_and_a_restore_keeps_models_working() {
     let (mut c, db) = fresh_db("rest_dump");
@@ -128,25 +108,7 @@ fn the_database_owner_dumps_and_a_restore_keeps_models_working() {
     let mut admin = connect("postgres");
     admin.batch_execute("DROP DATABASE IF EXISTS e2e_rest_restored").unwrap();
     admin.batch_execute("CREATE DATABASE e2e_rest_restored").unwrap();
-    let dump_file = std::env::temp_dir().join(format!("pg_bailian_dump_{}.sql", std::process::id()));
-    std::fs::write(&dump_file, &by_owner).unwrap();
-    run(Command::new(format!("{}/psql", pg_bin())).args([
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port(),
-        "-U",
-        "postgres",
-        "-d",
-        "e2e_rest_restored",
-        "-f",
-        dump_file.to_str().unwrap(),
-    ]));
-    std::fs::remove_file(&dump_file).unwrap();
+    restore_plain("e2e_rest_restored", &by_owner);
     let mut restored = connect("e2e_rest_restored");
     assert_eq!(
         one_text(&mut restored, "SELECT ai_gen('chat', 'after restore')").as_deref(),

@@ -17,7 +17,8 @@ const SENTIMENT_PROMPT: &str = "Upgrade test: say how the writer feels, as JSON.
 fn deploy_models(c: &mut Client, s: &Standin) {
     deploy(c, s, "up_chat", "qwen-plus", ", params => '{\"temperature\": 0.2}', max_retries => 1");
     deploy(c, s, "up_emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
-    c.batch_execute(&format!("SELECT ai_set_prompt('up_chat', 'ai_sentiment', '{SENTIMENT_PROMPT}')")).unwrap();
+    c.batch_execute(&format!("SELECT ai_set_prompt('up_chat', 'ai_sentiment', '{SENTIMENT_PROMPT}')"))
+        .unwrap();
 }
 
 /// What the deployed models answer, and what the catalog says of them.
@@ -52,12 +53,16 @@ fn version_of(c: &mut Client) -> String {
 fn every_released_version_updates_to_the_current_one() {
     // Only the deployed keys are accepted: a key that did not survive the update (or came
     // back unsealed wrongly) is refused by the stand-in.
-    let s = standin_with(Config { accepted_keys: Some(vec![key("up_chat"), key("up_emb")]), ..Config::default() });
+    let s = standin_with(Config {
+        accepted_keys: Some(vec![key("up_chat"), key("up_emb")]),
+        ..Config::default()
+    });
 
     let (mut fresh, _) = fresh_db("upgrade_fresh");
     let current = version_of(&mut fresh);
     let default_version =
-        one_text(&mut fresh, "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_bailian'").unwrap();
+        one_text(&mut fresh, "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_bailian'")
+            .unwrap();
     assert_eq!(current, default_version, "CREATE EXTENSION makes the default version");
     let reference = extension_objects(&mut fresh);
     assert!(reference.len() > 100, "the reference lists the extension's objects: {reference:?}");
@@ -96,7 +101,8 @@ fn every_released_version_updates_to_the_current_one() {
         drop(c);
 
         let mut c = connect(&db);
-        c.batch_execute("ALTER EXTENSION pg_bailian UPDATE").unwrap_or_else(|e| panic!("update from {version}: {e}"));
+        c.batch_execute("ALTER EXTENSION pg_bailian UPDATE")
+            .unwrap_or_else(|e| panic!("update from {version}: {e}"));
         assert_eq!(version_of(&mut c), current, "updated from {version} along {}", path.unwrap());
         drop(c);
 
@@ -106,13 +112,20 @@ fn every_released_version_updates_to_the_current_one() {
         s.reset();
         let after = answers(&mut c);
         assert_eq!(after, before, "answers after updating from {version}");
-        let sentiment = s.requests().into_iter().find(|r| r.body["messages"].to_string().contains("I love this database"));
+        let sentiment = s
+            .requests()
+            .into_iter()
+            .find(|r| r.body["messages"].to_string().contains("I love this database"));
         assert_eq!(
             sentiment.as_ref().and_then(system_of).as_deref(),
             Some(SENTIMENT_PROMPT),
             "the prompt override survives the update from {version}"
         );
-        assert!(s.requests().iter().all(|r| r.status == 200), "every request was answered: {:?}", s.requests());
+        assert!(
+            s.requests().iter().all(|r| r.status == 200),
+            "every request was answered: {:?}",
+            s.requests()
+        );
 
         // (b) The same objects, definitions, grants and comments as a fresh install.
         let updated = extension_objects(&mut c);
@@ -140,7 +153,8 @@ fn update_scripts_refuse_to_run_outside_alter_extension() {
         if name.starts_with("pg_bailian--") && name.matches("--").count() == 2 {
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(
-                text.lines().any(|l| l.starts_with("\\echo Use \"ALTER EXTENSION pg_bailian UPDATE\"") && l.ends_with("\\quit")),
+                text.lines().any(|l| l.starts_with("\\echo Use \"ALTER EXTENSION pg_bailian UPDATE\"")
+                    && l.ends_with("\\quit")),
                 "{name} starts with the \\echo ... \\quit guard"
             );
             scripts += 1;

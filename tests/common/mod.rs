@@ -182,3 +182,48 @@ pub fn extension_objects(c: &mut Client) -> Vec<String> {
         .map(|r| r.get(0))
         .collect()
 }
+
+/// Runs a client program; its standard output, or a panic with its standard error.
+pub fn run_program(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A plain-format `pg_dump` of `db` by `user`, with the server's own pg_dump.
+pub fn pg_dump(db: &str, user: &str) -> String {
+    run_program(std::process::Command::new(format!("{}/pg_dump", pg_bin())).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port(),
+        "-U",
+        user,
+        "-d",
+        db,
+    ]))
+}
+
+/// Runs a plain dump's SQL into the existing database `db` as the superuser, with the
+/// server's own psql, stopping at the first error.
+pub fn restore_plain(db: &str, sql: &str) {
+    let file = std::env::temp_dir().join(format!("pg_bailian_{db}_{}.sql", std::process::id()));
+    std::fs::write(&file, sql).unwrap();
+    run_program(std::process::Command::new(format!("{}/psql", pg_bin())).args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port(),
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-f",
+        file.to_str().unwrap(),
+    ]));
+    std::fs::remove_file(&file).unwrap();
+}
