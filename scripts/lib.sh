@@ -139,6 +139,19 @@ ensure_cargo_pgrx() {
     # installs into it. It is per user, and may be shared with other checkouts: Debian's 15 is
     # registered once, a wheel's server whenever the entry names another tree (another checkout's).
     local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+    # pgrx checks every entry of the file, not only the major in use: an entry whose pg_config
+    # is gone (a checkout removed since, with its .pg/) would fail every `cargo pgrx` command
+    # and every in-database test, whatever the major. Such entries are dropped.
+    local entry path
+    while IFS= read -r entry; do
+        path="${entry#*= \"}"
+        path="${path%\"}"
+        if [ -n "$entry" ] && [ ! -x "$path" ]; then
+            echo "note: dropping '$entry' from $config: there is no pg_config there any more"
+            { grep -vxF "$entry" "$config" || true; } >"$config.new"
+            mv "$config.new" "$config"
+        fi
+    done < <(grep -sE '^pg[0-9]+ = "' "$config" || true)
     if [ "$PG_SOURCE" = debian ]; then
         grep -qs "^pg$PG_MAJOR = " "$config" && return
     fi
