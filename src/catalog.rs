@@ -394,7 +394,7 @@ fn automatic(
         let guc =
             if function == "ai_gen" { "SET pg_bailian.default_chat_model = '<model_name>', or " } else { "" };
         format!(
-            "{guc}SELECT ai_set_default_model('{function}', '<model_name>') (as a role allowed to deploy),              or call {function} with a model_name first{example}."
+            "{guc}SELECT ai_set_default_model('{function}', '<model_name>') (as a role allowed to deploy), or call {function} with a model_name first{example}."
         )
     };
     for task in tasks {
