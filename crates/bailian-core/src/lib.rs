@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod shared;
 pub mod secret;
 pub mod structured;
 pub mod tasks;
