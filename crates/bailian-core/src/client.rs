@@ -13,13 +13,14 @@
 //! connection, and dropping the future (a cancel) closes the connection at once.
 
 use crate::error::{AiError, ResponseLimit};
+use crate::meter::{Meter, Usage};
 use crate::providers::{
     self, compatible, opensearch, sse, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel,
 };
-use crate::ratelimit::RateLimiter;
 use crate::registry::Api;
 use crate::retry::{parse_retry_after, RetryPolicy};
 use crate::secret::ApiKey;
+use crate::shared::Limiter;
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +38,11 @@ pub struct Call<'a> {
     /// Per attempt, from connect to the last byte of the body.
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    pub limiter: Option<&'a RateLimiter>,
+    /// The bucket this call's requests are paced by (shared by every backend when the
+    /// shared state is there).
+    pub limiter: Option<&'a Limiter>,
+    /// Who counts this call's requests, tokens and cost (and may refuse to send one).
+    pub meter: Option<&'a dyn Meter>,
     /// The largest response body read, in bytes (`pg_bailian.max_response_size`). A success
     /// body that declares or turns out to be larger fails with `AiError::ResponseTooLarge`
     /// (not retried: the same question gets the same size of answer) as soon as that is
@@ -125,37 +130,99 @@ impl Client {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// `POST url` with retries; `read` turns a 2xx response into the result.
-    async fn send<T, F, Fut>(&self, call: &Call<'_>, url: &str, body: &Value, read: F) -> Result<T, AiError>
+    /// `POST url` with retries; `read` turns a 2xx response into the result, returned with
+    /// how long its attempt took. `inputs` is what the request carries (for the meter).
+    async fn send<T, F, Fut>(
+        &self,
+        call: &Call<'_>,
+        url: &str,
+        body: &Value,
+        inputs: u64,
+        read: F,
+    ) -> Result<(T, Duration), AiError>
     where
         F: Fn(reqwest::Response) -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
+        if let Some(e) = call.meter.and_then(|m| m.intercept(body, inputs)) {
+            return Err(e);
+        }
         let payload = bytes_of(body);
         let mut attempt: u32 = 1;
         loop {
             if let Some(limiter) = call.limiter {
-                limiter.acquire_request().await;
+                let waiting = |starts: bool| {
+                    if let Some(m) = call.meter {
+                        m.waiting(starts)
+                    }
+                };
+                limiter.acquire(&waiting).await;
             }
+            if let Some(m) = call.meter {
+                if let Err(e) = m.admit() {
+                    m.gave_up();
+                    return Err(e);
+                }
+                m.sent(inputs, attempt > 1);
+            }
+            let started = tokio::time::Instant::now();
             let failure = match self.attempt(call, url, payload.clone()).await {
                 Ok(response) => match read(response).await {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => return Ok((v, started.elapsed())),
                     Err(f) => f,
                 },
                 Err(f) => f,
             };
-            if failure.error.is_retryable() && attempt <= call.retry.max_retries {
-                tokio::time::sleep(call.retry.delay(attempt, failure.retry_after)).await;
+            let status = match &failure.error {
+                AiError::Provider { status, .. } => Some(*status),
+                _ => None,
+            };
+            if let Some(m) = call.meter {
+                m.failed(status, started.elapsed());
+            }
+            let retry = failure.error.is_retryable() && attempt <= call.retry.max_retries;
+            let delay = call.retry.delay(attempt, failure.retry_after);
+            if status == Some(429) {
+                // Every user of the bucket backs off, not only this request.
+                if let Some(limiter) = call.limiter {
+                    limiter.throttled(delay);
+                }
+            }
+            if retry {
+                tokio::time::sleep(delay).await;
                 attempt += 1;
                 continue;
+            }
+            if let Some(m) = call.meter {
+                m.gave_up();
             }
             return Err(final_error(call, failure.error, attempt));
         }
     }
 
+    /// Counts an answer's tokens: against the bucket's token budget and with the meter.
+    fn answered(call: &Call<'_>, usage: &Usage, latency: Duration) {
+        if let Some(limiter) = call.limiter {
+            limiter.record_tokens(usage.total_tokens);
+        }
+        if let Some(m) = call.meter {
+            m.answered(usage, latency);
+        }
+    }
+
     /// `POST url` with retries; returns the body of the first success.
     pub async fn post(&self, call: &Call<'_>, url: &str, body: &Value) -> Result<Bytes, AiError> {
-        self.send(call, url, body, |response| read_success_body(call, &self.held, response)).await
+        Ok(self.post_timed(call, url, body, 1).await?.0)
+    }
+
+    async fn post_timed(
+        &self,
+        call: &Call<'_>,
+        url: &str,
+        body: &Value,
+        inputs: u64,
+    ) -> Result<(Bytes, Duration), AiError> {
+        self.send(call, url, body, inputs, |response| read_success_body(call, &self.held, response)).await
     }
 
     async fn attempt(
@@ -187,19 +254,24 @@ impl Client {
     /// A chat call (`ai_gen`, `ai_chat`, `ai_translate`, `ai_gen_audio`), plain or streamed as
     /// `request` says.
     pub async fn chat(&self, call: &Call<'_>, request: &ChatRequest) -> Result<ChatOutcome, AiError> {
-        let out = if request.stream {
-            self.send(call, &request.url, &request.body, |response| {
-                read_stream(call, &self.held, request, response)
-            })
-            .await?
-        } else {
-            let body = self.post(call, &request.url, &request.body).await?;
-            parse_plain(call, request, &body).map_err(|e| redacted(call, e))?
-        };
-        if let Some(limiter) = call.limiter {
-            limiter.record_tokens(out.total_tokens());
+        if request.stream {
+            let (out, latency) = self
+                .send(call, &request.url, &request.body, 1, |response| {
+                    read_stream(call, &self.held, request, response)
+                })
+                .await?;
+            Self::answered(call, &out.tokens(), latency);
+            return Ok(out);
         }
-        Ok(out)
+        let (body, latency) = self.post_timed(call, &request.url, &request.body, 1).await?;
+        let parsed = parse_plain(call, request, &body);
+        // An answer we cannot use was still answered, and billed: its usage counts.
+        let usage = match &parsed {
+            Ok(out) => out.tokens(),
+            Err(_) => usage_of_body(&body),
+        };
+        Self::answered(call, &usage, latency);
+        parsed.map_err(|e| redacted(call, e))
     }
 
     /// Each document's relevance to `query` by a rerank model at `url`, in document order.
@@ -212,13 +284,11 @@ impl Client {
         documents: &[&str],
     ) -> Result<Vec<f64>, AiError> {
         let body = crate::providers::rerank::body(model_type, query, documents);
-        let v = self.post(call, url, &body).await?;
-        let (scores, usage) = crate::providers::rerank::scores(call.model, &v, documents.len())
-            .map_err(|e| redacted(call, e))?;
-        if let Some(limiter) = call.limiter {
-            limiter.record_tokens(usage.total_tokens);
-        }
-        Ok(scores)
+        let (v, latency) = self.post_timed(call, url, &body, documents.len() as u64).await?;
+        let parsed = crate::providers::rerank::scores(call.model, &v, documents.len());
+        let usage = parsed.as_ref().map_or_else(|_| usage_of_body(&v), |(_, u)| *u);
+        Self::answered(call, &usage, latency);
+        Ok(parsed.map_err(|e| redacted(call, e))?.0)
     }
 
     /// One vector per input, in input order.
@@ -228,13 +298,18 @@ impl Client {
         model: &EmbeddingModel,
         inputs: &[EmbedInput<'_>],
     ) -> Result<Vec<Vec<f32>>, AiError> {
-        let v = self.post(call, &model.url, &model.body(inputs)).await?;
-        let (vectors, usage) = model.parse(call.model, &v, inputs.len()).map_err(|e| redacted(call, e))?;
-        if let Some(limiter) = call.limiter {
-            limiter.record_tokens(usage.total_tokens);
-        }
-        Ok(vectors)
+        let (v, latency) =
+            self.post_timed(call, &model.url, &model.body(inputs), inputs.len() as u64).await?;
+        let parsed = model.parse(call.model, &v, inputs.len());
+        let usage = parsed.as_ref().map_or_else(|_| usage_of_body(&v), |(_, u)| *u);
+        Self::answered(call, &usage, latency);
+        Ok(parsed.map_err(|e| redacted(call, e))?.0)
     }
+}
+
+/// The `usage` of an answer body we could not otherwise use (none if it is not JSON).
+fn usage_of_body(body: &[u8]) -> Usage {
+    serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("usage").map(Usage::of)).unwrap_or_default()
 }
 
 /// A whole (non-stream) answer, by the provider that sent it.
@@ -590,6 +665,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             retry: RetryPolicy { max_retries: 0, initial_delay: Duration::ZERO, max_delay: Duration::ZERO },
             limiter: None,
+            meter: None,
             max_response_bytes: 1024,
             answers_budget: 0,
         };

@@ -83,6 +83,11 @@ pub enum AiError {
     /// Memory for `what` could not be had: an allocation that failed, reported instead of
     /// aborting the backend.
     OutOfMemory { what: String },
+    /// A budget (`ai_set_budget`) that covers this call is spent for its period: the request
+    /// was not sent. `message` names the budget, what it spent of its limit and when it resets.
+    BudgetExceeded { message: String, hint: String },
+    /// `ai_estimate` ran the call dry: counted, not sent. The call answers NULL.
+    DryRun,
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
     Interrupted,
     /// A bug or an impossible state; reported rather than panicking.
@@ -126,7 +131,9 @@ impl AiError {
             AiError::TransactionControl { .. } => "2D000".into(), // invalid_transaction_termination
             AiError::LimitExceeded { .. } => "54000".into(), // program_limit_exceeded
             AiError::OutOfMemory { .. } => "53200".into(),  // out_of_memory
-            AiError::Interrupted => "57014".into(),         // query_canceled
+            AiError::BudgetExceeded { .. } => "ZBB01".into(),
+            AiError::DryRun => "ZBE01".into(),
+            AiError::Interrupted => "57014".into(), // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
     }
@@ -144,7 +151,8 @@ impl AiError {
             | AiError::MasterKey { hint, .. }
             | AiError::NotAllowed { hint, .. }
             | AiError::ObjectNotReady { hint, .. }
-            | AiError::NotATable { hint, .. } => Some(hint.clone()),
+            | AiError::NotATable { hint, .. }
+            | AiError::BudgetExceeded { hint, .. } => Some(hint.clone()),
             AiError::UndefinedColumn { .. }
             | AiError::DatatypeMismatch { .. }
             | AiError::NullArgument { .. } => None,
@@ -180,6 +188,7 @@ impl AiError {
             AiError::Connect { .. }
             | AiError::MalformedResponse { .. }
             | AiError::Interrupted
+            | AiError::DryRun
             | AiError::Internal { .. } => None,
         }
     }
@@ -210,6 +219,8 @@ impl AiError {
             | AiError::DatatypeMismatch { .. }
             | AiError::NullArgument { .. }
             | AiError::TransactionControl { .. }
+            | AiError::BudgetExceeded { .. }
+            | AiError::DryRun
             | AiError::Interrupted
             | AiError::Internal { .. } => None,
         }
@@ -233,6 +244,7 @@ impl AiError {
                 | AiError::MalformedResponse { .. }
                 | AiError::ResponseTooLarge { .. }
                 | AiError::Inference { .. }
+                | AiError::BudgetExceeded { .. }
         )
     }
 
@@ -335,6 +347,8 @@ impl fmt::Display for AiError {
                 show_bytes(*limit_bytes)
             ),
             AiError::OutOfMemory { what } => write!(f, "out of memory for {what}"),
+            AiError::BudgetExceeded { message, .. } => f.write_str(message),
+            AiError::DryRun => f.write_str("not sent: ai_estimate runs AI calls dry"),
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
         }
@@ -382,6 +396,8 @@ mod tests {
             AiError::LimitExceeded { what: "w".into(), needed: 2, limit_bytes: 1 },
             AiError::OutOfMemory { what: "w".into() },
             AiError::ObjectNotReady { message: "m".into(), hint: "h".into() },
+            AiError::BudgetExceeded { message: "m".into(), hint: "h".into() },
+            AiError::DryRun,
             AiError::UndefinedColumn { message: "m".into() },
             AiError::NullArgument { message: "m".into() },
             AiError::DatatypeMismatch { message: "m".into() },

@@ -69,6 +69,7 @@ impl Fixture {
             timeout: Duration::from_secs_f64(timeout),
             retry,
             limiter: None,
+            meter: None,
             max_response_bytes: DEFAULT_CAP,
             answers_budget: 0,
         }

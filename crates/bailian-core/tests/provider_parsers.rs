@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The answer text and token count of a compatible-mode chat answer.
 fn parse_chat(model: &str, body: &[u8]) -> Result<(String, Usage), AiError> {
-    compatible::parse_chat(model, body).map(|o| (o.content.clone(), Usage { total_tokens: o.total_tokens() }))
+    compatible::parse_chat(model, body).map(|o| (o.content.clone(), o.tokens()))
 }
 
 /// Every event of `body` through a stream assembler of each provider, as the client does.

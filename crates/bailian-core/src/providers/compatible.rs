@@ -502,7 +502,7 @@ mod tests {
         assert_eq!(out.reasoning_content.as_deref(), Some("think more"));
         assert_eq!(out.finish_reason.as_deref(), Some("stop"));
         assert_eq!(
-            (out.total_tokens(), out.request_id.as_deref(), out.model.as_deref()),
+            (out.tokens().total_tokens, out.request_id.as_deref(), out.model.as_deref()),
             (3, Some("chatcmpl-1"), Some("qwq-plus"))
         );
     }
@@ -561,7 +561,7 @@ mod tests {
             json!({"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {"total_tokens": 9}}),
         );
         let out = parse_chat("m", &chat).unwrap();
-        assert_eq!((out.content.as_str(), out.total_tokens()), ("ok", 9));
+        assert_eq!((out.content.as_str(), out.tokens().total_tokens), ("ok", 9));
         assert!(parse_chat("m", &bytes(json!({"choices": []}))).is_err());
         let e = parse_chat("m", b"{\"choices\": [trunc").unwrap_err();
         assert!(e.to_string().contains("the body is not JSON"), "{e}");

@@ -42,9 +42,9 @@ pub struct ChatOutcome {
 }
 
 impl ChatOutcome {
-    /// For the client-side token rate limit.
-    pub fn total_tokens(&self) -> u64 {
-        self.usage.as_ref().and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(0)
+    /// The tokens the answer reported (none when it sent no `usage`).
+    pub fn tokens(&self) -> Usage {
+        self.usage.as_ref().map(Usage::of).unwrap_or_default()
     }
 
     /// `ai_chat`'s result.
@@ -211,12 +211,8 @@ pub fn prompt_messages(prompt: &str, params: &Map<String, Value>) -> Vec<Value> 
     messages
 }
 
-/// Token counts from a response's `usage`, for the client-side token rate limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub total_tokens: u64,
-}
+/// Token counts from a response's `usage` (every provider's shape).
+pub use crate::meter::Usage;
 
 /// Details quote the provider (a JSON value, serde's echo of a string it did not expect), so
 /// they are kept short and free of NUL like any provider text.

@@ -169,7 +169,7 @@ mod tests {
                       "usage": {"output_tokens": 2, "input_tokens": 3, "total_tokens": 5}}"#;
         let o = parse_chat("m", "qwen-max", ok).unwrap();
         assert_eq!(
-            (o.content.as_str(), o.request_id.as_deref(), o.total_tokens()),
+            (o.content.as_str(), o.request_id.as_deref(), o.tokens().total_tokens),
             ("Zhengzhou", Some("r1"), 5)
         );
         assert_eq!(o.search_results, Some(json!([{"url": "u"}])));

@@ -110,7 +110,11 @@ impl Buckets {
                     && now.saturating_sub(r.last_used_ns) > nanos(IDLE_REUSE)
             };
             let i = rows.iter().position(|r| r.key == 0).or_else(|| {
-                rows.iter().enumerate().filter(|(_, r)| idle(r)).min_by_key(|(_, r)| r.last_used_ns).map(|(i, _)| i)
+                rows.iter()
+                    .enumerate()
+                    .filter(|(_, r)| idle(r))
+                    .min_by_key(|(_, r)| r.last_used_ns)
+                    .map(|(i, _)| i)
             })?;
             rows[i] = BucketRow { key: key.0, last_used_ns: now, ..BucketRow::default() };
             Some(i)
@@ -404,7 +408,8 @@ mod tests {
         let l = Arc::new(r.buckets.limiter(BucketKey(21), Some(60), None).unwrap());
         l.acquire(&|_| {}).await;
         let l2 = l.clone();
-        let waiting = tokio::time::timeout(Duration::from_millis(50), async move { l2.acquire(&|_| {}).await }).await;
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), async move { l2.acquire(&|_| {}).await }).await;
         assert!(waiting.is_err(), "the second request waits a second");
         assert_eq!(r.buckets.view()[0].waiting, 0);
     }

@@ -139,7 +139,9 @@ pub fn encode(rows: &[BudgetRow]) -> Vec<u8> {
     out.extend_from_slice(&(size_of::<BudgetRow>() as u32).to_le_bytes());
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
     for r in rows {
-        for v in [r.state as u64, u64::from(r.key.database), r.key.budget_id as u64, r.key.period_start as u64] {
+        for v in
+            [r.state as u64, u64::from(r.key.database), r.key.budget_id as u64, r.key.period_start as u64]
+        {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&r.spent_nano_yuan.to_le_bytes());

@@ -88,6 +88,12 @@ pub struct Table<T> {
     len: u32,
 }
 
+// SAFETY: rows are only reached under the table's lock (or, for activity slots, through
+// atomics), wherever the Table handle is.
+unsafe impl<T> Send for Table<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Table<T> {}
+
 impl<T> Table<T> {
     const ROWS_AT: usize = 64;
 

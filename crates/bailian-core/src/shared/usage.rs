@@ -164,7 +164,8 @@ impl UsageTable {
         self.0.with(|rows| {
             let (overflow, keyed) = rows.split_last_mut().expect("the overflow row always exists");
             let keyed_len = keyed.len();
-            if let Some(i) = hint.filter(|&i| i < keyed_len && keyed[i].state == STATE_USED && keyed[i].key == *key)
+            if let Some(i) =
+                hint.filter(|&i| i < keyed_len && keyed[i].state == STATE_USED && keyed[i].key == *key)
             {
                 keyed[i].add(d, now);
                 return i;
@@ -261,7 +262,8 @@ pub fn encode(rows: &[UsageRow]) -> Vec<u8> {
     for r in rows {
         // SAFETY: UsageRow is repr(C) plain data; viewing it as bytes reads initialized
         // memory (padding-free: every field is 4 or 8 bytes or a byte array, in order).
-        let bytes = unsafe { std::slice::from_raw_parts((r as *const UsageRow).cast::<u8>(), size_of::<UsageRow>()) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts((r as *const UsageRow).cast::<u8>(), size_of::<UsageRow>()) };
         out.extend_from_slice(bytes);
     }
     out
@@ -283,7 +285,9 @@ pub fn decode(data: &[u8]) -> Option<Vec<UsageRow>> {
         let mut r = UsageRow::default();
         // SAFETY: any bytes are a valid UsageRow (integers and byte arrays only); the copy
         // is exactly one row long.
-        unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), (&mut r as *mut UsageRow).cast::<u8>(), size) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(chunk.as_ptr(), (&mut r as *mut UsageRow).cast::<u8>(), size)
+        };
         if r.state != STATE_USED && r.state != STATE_OVERFLOW {
             return None;
         }
