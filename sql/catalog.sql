@@ -21,8 +21,8 @@ CREATE TABLE bailian.models (
     base_url            text,
     workspace           text CHECK ((provider = 'opensearch') = (workspace IS NOT NULL)),
     endpoint            text NOT NULL,
-    requests_per_minute int CHECK (requests_per_minute > 0),
-    tokens_per_minute   int CHECK (tokens_per_minute > 0),
+    requests_per_minute int CHECK (requests_per_minute >= 0),
+    tokens_per_minute   int CHECK (tokens_per_minute >= 0),
     key_hint            text NOT NULL,
     deployed_by         name NOT NULL,
     deployed_at         timestamptz NOT NULL

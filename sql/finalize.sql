@@ -220,3 +220,20 @@ COMMENT ON PROCEDURE register_external_model(text, text, text, json, text) IS
   'Hologres'' registration: ai_deploy_model(model_name, model_type, config->>''api_key'', ...) with model_provider ''bailian'' or ''opensearch'', task ''chat/completions'', ''embedding'', ''translation'' or ''rerank'' (it must be model_type''s), and config holding api_key (required) and optionally max_retries, initial_retry_delay, max_retry_delay, timeout, base_url, region, params, requests_per_minute, tokens_per_minute, workspace. Same checks, key sealing and privileges as ai_deploy_model; an existing name is an error. Not executable by PUBLIC.';
 COMMENT ON PROCEDURE delete_external_model(text) IS
   'Hologres'' removal: ai_undeploy_model(model_name), an error (42704) when no model has that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';
+
+-- Operating it (sql/operating.sql).
+GRANT SELECT ON ai_prices, ai_usage, ai_budgets, ai_activity, ai_rate_limits TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
+    bailian.usage_rows(), bailian.budget_spent(), bailian.activity_rows(), bailian.rate_limit_rows(),
+    bailian.scope() TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_usage_reset() FROM PUBLIC;
+DO $owner$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
+        GRANT SELECT ON bailian.budgets, bailian.budget_ids TO pg_database_owner;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON bailian.prices TO pg_database_owner;
+        GRANT INSERT, UPDATE, DELETE ON ai_prices TO pg_database_owner;
+        GRANT EXECUTE ON FUNCTION ai_usage_reset() TO pg_database_owner;
+    END IF;
+END
+$owner$;

@@ -5,7 +5,7 @@
 use crate::functions::calls::OnError;
 use bailian_core::client::{Call, Client};
 use bailian_core::deploy::Deployment;
-use bailian_core::ratelimit::RateLimiter;
+use bailian_core::shared::{BucketKey, Limiter};
 use bailian_core::retry::RetryPolicy;
 use bailian_core::runtime::{Interrupts, Runtime};
 use bailian_core::secret::ApiKey;
@@ -14,24 +14,22 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use once_cell::sync::OnceCell;
 use pgrx::pg_sys;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use crate::shared::accounting::{self, Account};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 struct Backend {
     runtime: Runtime,
     client: Client,
-    /// Keyed by model name and its limits, so a redeploy with new limits starts fresh.
-    limiters: Mutex<HashMap<(String, Option<u32>, Option<u32>), Arc<RateLimiter>>>,
 }
 
 static BACKEND: OnceCell<Backend> = OnceCell::new();
 
 fn backend() -> Result<&'static Backend, AiError> {
     BACKEND.get_or_try_init(|| {
-        Ok(Backend { runtime: Runtime::new()?, client: Client::new()?, limiters: Mutex::new(HashMap::new()) })
+        Ok(Backend { runtime: Runtime::new()?, client: Client::new()? })
     })
 }
 
@@ -123,7 +121,8 @@ pub struct Target {
     key: ApiKey,
     timeout: Duration,
     retry: RetryPolicy,
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: Option<Arc<Limiter>>,
+    account: Arc<Account>,
     max_response_bytes: u64,
     answers_budget: u64,
     /// pg_bailian.on_error when the call was prepared.
@@ -136,7 +135,8 @@ impl Target {
         let settings = deployment.call_settings(call_params)?;
         let key = deployment.key.resolve_with(&deployment.name, crate::guc::policy)?;
         Ok(Target {
-            limiter: limiter_for(deployment)?,
+            limiter: limiter_for(deployment, &key),
+            account: accounting::account(&deployment.name, deployment.spec.model_type, current_function())?,
             deployment: deployment.clone(),
             key,
             timeout: settings.timeout,
@@ -165,23 +165,59 @@ impl Target {
             timeout: self.timeout,
             retry: self.retry,
             limiter: self.limiter.as_deref(),
+            meter: Some(&*self.account),
             max_response_bytes: self.max_response_bytes,
             answers_budget: self.answers_budget,
         }
     }
 }
 
-/// The backend's limiter for a deployment with limits; one per model and limit values, so
-/// every statement in this backend shares the model's budget.
-fn limiter_for(d: &Deployment) -> Result<Option<Arc<RateLimiter>>, AiError> {
-    let (rpm, tpm) = (d.limits.requests_per_minute, d.limits.tokens_per_minute);
-    if rpm.is_none() && tpm.is_none() {
-        return Ok(None);
+/// The limiter of a deployment's bucket: (key, model, host) as the provider counts them,
+/// shared by every backend when the shared state is there. When the shared table of buckets
+/// is full, the bucket is this backend's own (and a WARNING says so once).
+fn limiter_for(d: &Deployment, key: &ApiKey) -> Option<Arc<Limiter>> {
+    let limits = d.effective_limits(crate::guc::documented_limits());
+    if limits.requests_per_minute.is_none() && limits.tokens_per_minute.is_none() {
+        return None;
     }
-    let mut map = backend()?.limiters.lock().unwrap_or_else(|p| p.into_inner());
-    let limiter =
-        map.entry((d.name.clone(), rpm, tpm)).or_insert_with(|| Arc::new(RateLimiter::new(rpm, tpm)));
-    Ok(Some(limiter.clone()))
+    let bucket = BucketKey::new(key.expose().as_bytes(), d.spec.model_type, &d.host());
+    let (rpm, tpm) = (limits.requests_per_minute, limits.tokens_per_minute);
+    if let Some(l) = crate::shared::region().buckets.limiter(bucket, rpm, tpm) {
+        return Some(Arc::new(l));
+    }
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        pgrx::warning!(
+            "pg_bailian.max_rate_buckets ({}) buckets are in use: model \"{}\" is rate-limited in this backend alone",
+            crate::shared::region().capacities().buckets,
+            d.name
+        );
+    }
+    static OWN: once_cell::sync::OnceCell<&'static bailian_core::shared::Region> = once_cell::sync::OnceCell::new();
+    let own = OWN.get_or_init(|| bailian_core::shared::Region::private(crate::guc::capacities(1)));
+    own.buckets.limiter(bucket, rpm, tpm).map(Arc::new)
+}
+
+thread_local! {
+    static FUNCTION: std::cell::Cell<&'static str> = const { std::cell::Cell::new("ai_gen") };
+}
+
+/// The SQL function whose calls the Targets made now count as (in ai_usage).
+pub fn current_function() -> &'static str {
+    FUNCTION.with(|f| f.get())
+}
+
+/// Runs `f` with Targets counted as calls of `function`.
+pub fn as_function<T>(function: &'static str, f: impl FnOnce() -> T) -> T {
+    let before = FUNCTION.with(|c| c.replace(function));
+    struct Restore(&'static str);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUNCTION.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
 }
 
 /// Runs units of work with up to `pg_bailian.max_concurrency` in flight: `next_unit` starts

@@ -30,7 +30,7 @@ const SCHEMA: &str = "bailian";
 /// Runs `f` as the owner of the catalog schema, restoring the caller's identity afterwards,
 /// also when `f` raises an error. Every query run this way must name schemas and operators
 /// explicitly: the caller's search_path is still in effect.
-fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
     let owner = Spi::get_one::<pg_sys::Oid>(
         "SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'bailian'",
     )
@@ -64,7 +64,7 @@ fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// The current user: its id and name.
-fn current_user() -> (pg_sys::Oid, String) {
+pub(crate) fn current_user() -> (pg_sys::Oid, String) {
     // SAFETY: GetUserId is a plain read; GetUserNameFromId returns a palloc'd C string for a
     // valid role id (the current user always is one).
     unsafe {
@@ -75,7 +75,7 @@ fn current_user() -> (pg_sys::Oid, String) {
 }
 
 /// The role named `name`, if it exists.
-fn role_oid(name: &str) -> Option<pg_sys::Oid> {
+pub(crate) fn role_oid(name: &str) -> Option<pg_sys::Oid> {
     let name = CString::new(name).ok()?;
     // SAFETY: get_role_oid with missing_ok=true returns InvalidOid instead of raising.
     let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
@@ -126,7 +126,7 @@ fn master_key(create: bool) -> Result<Arc<MasterKey>, AiError> {
     Ok(key)
 }
 
-fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
+pub(crate) fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
     AiError::Internal { message: format!("catalog query failed: {e}") }
 }
 
@@ -146,7 +146,7 @@ thread_local! {
 }
 
 /// Changes with every statement, transaction, and deploy/undeploy in this backend.
-fn stamp() -> (i64, i64, u64) {
+pub(crate) fn stamp() -> (i64, i64, u64) {
     // SAFETY: plain reads of the current transaction's timestamps.
     let (stmt, xact) = unsafe {
         (pg_sys::GetCurrentStatementStartTimestamp(), pg_sys::GetCurrentTransactionStartTimestamp())
@@ -255,6 +255,91 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
     let deployment = Arc::new(deployment);
     with_cache(|c| c.models.insert(name.to_string(), deployment.clone()));
     Ok(deployment)
+}
+
+const PRICE_AND_BUDGETS: &str = "
+SELECT 'price', NULL::int8, p.input_price::float8, p.output_price::float8, p.thinking_output_price::float8,
+       p.cached_input_ratio::float8, NULL::text, NULL::text, NULL::int8, NULL::text, NULL::text
+  FROM bailian.effective_prices p
+ WHERE p.model_type OPERATOR(pg_catalog.=) $2 AND p.input_price IS NOT NULL
+UNION ALL
+SELECT 'budget', b.id, b.\"limit\"::float8, NULL, NULL, NULL, b.unit, b.period,
+       pg_catalog.date_part('epoch', pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone))::int8,
+       (((pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone) AT TIME ZONE b.time_zone)
+          OPERATOR(pg_catalog.+) ('1 ' OPERATOR(pg_catalog.||) b.period)::pg_catalog.interval) AT TIME ZONE b.time_zone)::text,
+       pg_catalog.format('%s on %s', COALESCE('of role ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(b.role::text), 'of every role'),
+                         COALESCE('model ' OPERATOR(pg_catalog.||) pg_catalog.quote_literal(b.model_name), 'every model'))
+  FROM bailian.budgets b
+ WHERE (b.role IS NULL OR b.role OPERATOR(pg_catalog.=) $3::pg_catalog.oid::pg_catalog.regrole)
+   AND (b.model_name IS NULL OR b.model_name OPERATOR(pg_catalog.=) $1)";
+
+/// The price of `model_type` (None when ai_prices has none) and the budgets that cover
+/// `role` calling `model_name`, with their current periods.
+pub fn price_and_budgets(
+    model_name: &str,
+    model_type: &str,
+    role: pg_sys::Oid,
+) -> Result<(Option<bailian_core::meter::Price>, Vec<crate::shared::accounting::BudgetDef>), AiError> {
+    as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(PRICE_AND_BUDGETS, None, &[model_name.into(), model_type.into(), role.into()])
+                .map_err(spi_failed)?;
+            let mut price = None;
+            let mut budgets = Vec::new();
+            for row in rows {
+                let kind = row.get::<String>(1).map_err(spi_failed)?.unwrap_or_default();
+                let f = |i: usize| row.get::<f64>(i).map_err(spi_failed);
+                let t = |i: usize| row.get::<String>(i).map_err(spi_failed).map(Option::unwrap_or_default);
+                if kind == "price" {
+                    price = Some(bailian_core::meter::Price {
+                        input: f(3)?.unwrap_or(0.0),
+                        output: f(4)?,
+                        thinking_output: f(5)?,
+                        cached_input_ratio: f(6)?.unwrap_or(1.0),
+                    });
+                } else {
+                    budgets.push(crate::shared::accounting::BudgetDef {
+                        id: row.get::<i64>(2).map_err(spi_failed)?.unwrap_or(0),
+                        limit: f(3)?.unwrap_or(0.0),
+                        unit: t(7)?,
+                        period: t(8)?,
+                        period_start: row.get::<i64>(9).map_err(spi_failed)?.unwrap_or(0),
+                        resets_at: t(10)?,
+                        label: t(11)?,
+                    });
+                }
+            }
+            Ok((price, budgets))
+        })
+    })
+}
+
+/// Who deployed model `name` (42704 when it is not deployed).
+pub fn deployer(name: &str) -> Result<String, AiError> {
+    let by = as_catalog_owner(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT deployed_by::pg_catalog.text FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1",
+            &[name.into()],
+        )
+    })
+    .map_err(spi_failed)?;
+    by.ok_or_else(|| AiError::ModelNotDeployed {
+        name: name.to_string(),
+        hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),
+    })
+}
+
+/// The names of the deployed models, sorted.
+pub fn model_names() -> Result<Vec<String>, AiError> {
+    as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select("SELECT model_name FROM bailian.models ORDER BY model_name", None, &[])
+                .map_err(spi_failed)?;
+            rows.into_iter().map(|r| r.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default)).collect()
+        })
+    })
 }
 
 /// The deployment named `name`, checked to be usable by `function`.

@@ -53,6 +53,17 @@ pub static KEY_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Capacities of the shared state (`shared_preload_libraries`), fixed at server start.
+pub static MAX_RATE_BUCKETS: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub static MAX_USAGE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_BUDGETS: GucSetting<i32> = GucSetting::<i32>::new(100);
+
+/// Whether usage counters and budget spending are saved at shutdown and read back at start.
+pub static SAVE_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Whether deployments without limits get Bailian's documented ones.
+pub static DOCUMENTED_LIMITS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// The name of the master key file in the data directory when `pg_bailian.master_key_file`
 /// is not set.
 pub const DEFAULT_MASTER_KEY_FILE: &str = "pg_bailian.master.key";
@@ -146,6 +157,52 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.max_rate_buckets",
+        c"Rate-limit buckets the shared state holds: one per (API key, model, host) in use.",
+        c"Needs shared_preload_libraries = 'pg_bailian'. Past it, a new bucket is limited in each backend alone (with a WARNING).",
+        &MAX_RATE_BUCKETS,
+        1,
+        100_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.max_usage_entries",
+        c"Rows of ai_usage the shared state holds: one per database, role, model and function.",
+        c"Past it, new combinations are counted in one overflow row (function '(other)').",
+        &MAX_USAGE_ENTRIES,
+        1,
+        1_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.max_budgets",
+        c"Budgets (ai_set_budget) the whole cluster may have.",
+        c"ai_set_budget refuses a new budget past it.",
+        &MAX_BUDGETS,
+        1,
+        100_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_bailian.save_usage",
+        c"Save ai_usage counters and budget spending at a clean shutdown and read them back at start.",
+        c"As pg_stat_statements.save: a crash loses what was counted since the last start.",
+        &SAVE_USAGE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_bailian.documented_limits",
+        c"Give deployments without requests_per_minute/tokens_per_minute Bailian's documented limits for their model and region.",
+        c"Applies to Bailian's own hosts (a region, not a base_url) and to OpenSearch (3 requests/s per service); ai_rate_limits shows what each deployment gets.",
+        &DOCUMENTED_LIMITS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_bailian.master_key_file",
         c"File holding the master key that encrypts stored API keys.",
@@ -219,4 +276,22 @@ pub fn master_key_file() -> PathBuf {
     // NUL-terminated absolute path that lives for the whole process.
     let data_dir = unsafe { CStr::from_ptr(pgrx::pg_sys::DataDir) };
     PathBuf::from(data_dir.to_string_lossy().into_owned()).join(DEFAULT_MASTER_KEY_FILE)
+}
+
+/// The capacities of the shared state, from the settings read at server start.
+pub fn capacities(backends: u32) -> bailian_core::shared::Capacities {
+    bailian_core::shared::Capacities {
+        buckets: MAX_RATE_BUCKETS.get().max(1) as u32,
+        usage_entries: MAX_USAGE_ENTRIES.get().max(1) as u32,
+        budgets: MAX_BUDGETS.get().max(1) as u32,
+        backends: backends.max(1),
+    }
+}
+
+pub fn save_usage() -> bool {
+    SAVE_USAGE.get()
+}
+
+pub fn documented_limits() -> bool {
+    DOCUMENTED_LIMITS.get()
 }

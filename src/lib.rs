@@ -14,6 +14,7 @@ mod executor;
 mod functions;
 mod guc;
 mod log_filter;
+mod shared;
 mod spi;
 mod srf;
 
@@ -22,6 +23,8 @@ pgrx::pg_module_magic!();
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["catalog"]);
 extension_sql_file!("../sql/procedures.sql", name = "procedures", requires = ["functions"]);
+extension_sql_file!("../sql/operating.sql", name = "operating", requires = ["procedures"]);
+extension_sql_file!("../sql/seed_prices.sql", name = "seed_prices", requires = ["operating"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
@@ -29,6 +32,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Only settings and hooks here: the runtime and HTTP client are created on first use
     // inside a backend, never in the postmaster when the library is preloaded.
     guc::register();
+    shared::install();
     log_filter::install();
     executor::install();
 }

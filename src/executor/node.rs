@@ -211,6 +211,9 @@ struct Batch {
     unsent: bool,
     packs: HashMap<String, Pack>,
     requests: u64,
+    /// The backend's AI totals when the node started: EXPLAIN ANALYZE shows what was spent
+    /// since (including other AI work the statement did meanwhile, such as a second node).
+    started: crate::shared::accounting::Totals,
     rows_cxt: pg_sys::MemoryContext,
     outer_slot: *mut pg_sys::TupleTableSlot,
     /// The copy the outer slot shows now, freed when the next row replaces it.
@@ -321,6 +324,7 @@ unsafe extern "C-unwind" fn begin(
             unsent: false,
             packs: HashMap::new(),
             requests: 0,
+            started: crate::shared::accounting::totals(),
             rows_cxt,
             outer_slot,
             current: std::ptr::null_mut(),
@@ -452,6 +456,26 @@ unsafe extern "C-unwind" fn explain(
         }
         if (*es).analyze {
             pg_sys::ExplainPropertyInteger(c"Requests".as_ptr(), std::ptr::null(), batch.requests as i64, es);
+            let spent = crate::shared::accounting::totals().since(&batch.started);
+            let int = |label: &std::ffi::CStr, v: u64| {
+                pg_sys::ExplainPropertyInteger(label.as_ptr(), std::ptr::null(), v.min(i64::MAX as u64) as i64, es)
+            };
+            int(c"HTTP Requests", spent.requests);
+            int(c"Retries", spent.retries);
+            int(c"Rate Limited", spent.throttled);
+            int(c"Prompt Tokens", spent.prompt_tokens);
+            int(c"Completion Tokens", spent.completion_tokens);
+            text(
+                c"Cost",
+                if spent.cost_unknown {
+                    format!(
+                        "at least {} yuan (a model has no price in ai_prices)",
+                        crate::shared::accounting::yuan_text(spent.cost_nano_yuan)
+                    )
+                } else {
+                    format!("{} yuan", crate::shared::accounting::yuan_text(spent.cost_nano_yuan))
+                },
+            );
         }
     }
 }

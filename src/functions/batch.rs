@@ -75,7 +75,7 @@ fn embed_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     // Raised once every request is done: nothing is reported from inside the wait.
     let mut warnings = Vec::new();
     let mut held = 0;
-    many::embed_texts(&d, &texts, |i, result| {
+    crate::backend::as_function("ai_embed_batch", || many::embed_texts(&d, &texts, |i, result| {
         match on_error.settle(result.map(Answer::Vector))? {
             Answer::Vector(v) => {
                 hold(&mut held, 4 * v.len(), "ai_embed_batch")?;
@@ -85,7 +85,7 @@ fn embed_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
             _ => {}
         }
         Ok(())
-    })?;
+    }))?;
     for e in warnings {
         crate::entry::warn(e);
     }
@@ -104,7 +104,7 @@ fn gen_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
     let merged = call_params(&d, arg::<JsonB>(fcinfo, 2))?;
     let mut out: Vec<(Option<String>, Option<String>)> = vec![(None, None); prompts.len()];
     let mut held = 0;
-    many::generate(&d, &merged, &prompts, |i, result| {
+    crate::backend::as_function("ai_gen_batch", || many::generate(&d, &merged, &prompts, |i, result| {
         out[i] = match result {
             Ok(text) => {
                 hold(&mut held, text.len(), "ai_gen_batch")?;
@@ -114,7 +114,7 @@ fn gen_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             Err(e) => (None, Some(format!("{}: {e}", e.sqlstate()))),
         };
         Ok(())
-    })?;
+    }))?;
     materialize(
         fcinfo,
         out.into_iter()

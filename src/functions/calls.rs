@@ -222,7 +222,7 @@ impl Kernel {
 
     pub fn prepare(self, args: &dyn Args) -> Result<Prepared, AiError> {
         self.argument_bytes(args)?;
-        self.prepare_checked(args)
+        crate::backend::as_function(self.sql_name(), || self.prepare_checked(args))
     }
 
     fn prepare_checked(self, args: &dyn Args) -> Result<Prepared, AiError> {
@@ -364,6 +364,9 @@ impl OnError {
     /// becomes a datum, on the backend's thread.
     pub fn settle(self, result: Result<Answer, AiError>) -> Result<Answer, AiError> {
         match result {
+            // ai_estimate: counted, not sent; the statement goes on as if the model had
+            // nothing to say.
+            Err(AiError::DryRun) => Ok(Answer::Null),
             Err(e) if e.is_row_failure() => match self {
                 OnError::Raise => Err(e),
                 OnError::Warn => Ok(Answer::Warned(e)),

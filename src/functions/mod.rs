@@ -9,6 +9,7 @@ mod deploy;
 pub(crate) mod embed;
 pub(crate) mod generate;
 mod many;
+mod operating;
 mod supported;
 pub(crate) mod tasks;
 mod text;

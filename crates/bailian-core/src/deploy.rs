@@ -119,7 +119,9 @@ impl RetrySettings {
     }
 }
 
-/// Client-side rate limits of a deployment (requests and tokens per minute).
+/// Client-side rate limits of a deployment (requests and tokens per minute), as deployed:
+/// None = Bailian's documented limit for the model (where there is one), Some(0) = none at
+/// all, Some(n) = n.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateLimits {
     pub requests_per_minute: Option<u32>,
@@ -130,16 +132,36 @@ impl RateLimits {
     pub fn new(rpm: Option<i32>, tpm: Option<i32>) -> Result<Self, AiError> {
         let check = |name: &str, v: Option<i32>| match v {
             None => Ok(None),
-            Some(n) if (1..=100_000_000).contains(&n) => Ok(Some(n as u32)),
-            Some(n) => Err(AiError::invalid(format!(
-                "{name} must be a positive integer (at most 100000000) or NULL for no limit, got {n}"
-            ))),
+            Some(n) if (0..=100_000_000).contains(&n) => Ok(Some(n as u32)),
+            Some(n) => Err(AiError::invalid_with_hint(
+                format!("{name} must be between 0 and 100000000, got {n}"),
+                "NULL takes Bailian's documented limit for the model (see ai_rate_limits); 0 means no limit.",
+            )),
         };
         Ok(RateLimits {
             requests_per_minute: check("requests_per_minute", rpm)?,
             tokens_per_minute: check("tokens_per_minute", tpm)?,
         })
     }
+}
+
+/// Where a deployment's effective limit comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitSource {
+    /// requests_per_minute/tokens_per_minute of ai_deploy_model.
+    Deployment,
+    /// Bailian's documentation (the citation).
+    Documented(&'static str),
+    /// Neither: no limit.
+    None,
+}
+
+/// The limits a deployment's requests are paced by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub source: LimitSource,
 }
 
 /// What one call may spend: per attempt, and attempts.
@@ -420,6 +442,44 @@ impl Deployment {
         Ok(CallSettings { timeout: Duration::from_secs_f64(timeout), retry })
     }
 
+    /// The limits this deployment's requests are paced by: each dimension as deployed, or,
+    /// where the deployment left it NULL and `documented` is on, Bailian's documented limit
+    /// for the model and region. Documented limits belong to Bailian's own hosts (a region's
+    /// endpoint, a workspace domain, OpenSearch: `*.aliyuncs.com`); a `base_url` elsewhere (a
+    /// gateway, a proxy) has limits of its own that only the DBA knows.
+    pub fn effective_limits(&self, documented: bool) -> EffectiveLimits {
+        let on_bailian = self.base_url.as_deref().is_none_or(|u| {
+            reqwest::Url::parse(u).ok().and_then(|u| u.host_str().map(|h| h.to_ascii_lowercase())).is_some_and(
+                |h| h == "aliyuncs.com" || h.ends_with(".aliyuncs.com"),
+            )
+        });
+        let provider = if self.spec.api == crate::registry::Api::OpenSearch { "opensearch" } else { "bailian" };
+        let quota = (documented && on_bailian)
+            .then(|| crate::quotas::documented(provider, self.spec.model_type, self.region.as_str()))
+            .flatten();
+        let pick = |deployed: Option<u32>, doc: Option<u32>| match deployed {
+            Some(0) => (None, false),
+            Some(n) => (Some(n), false),
+            None => (doc, doc.is_some()),
+        };
+        let (rpm, rpm_doc) = pick(self.limits.requests_per_minute, quota.and_then(|q| q.requests_per_minute));
+        let (tpm, tpm_doc) = pick(self.limits.tokens_per_minute, quota.and_then(|q| q.tokens_per_minute));
+        let source = match (rpm_doc || tpm_doc, quota, rpm.is_some() || tpm.is_some()) {
+            (true, Some(q), _) => LimitSource::Documented(q.source),
+            (_, _, true) => LimitSource::Deployment,
+            _ => LimitSource::None,
+        };
+        EffectiveLimits { requests_per_minute: rpm, tokens_per_minute: tpm, source }
+    }
+
+    /// The host requests go to (for the rate-limit bucket).
+    pub fn host(&self) -> String {
+        reqwest::Url::parse(self.endpoint())
+            .ok()
+            .and_then(|u| u.host_str().map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0))))
+            .unwrap_or_else(|| self.endpoint().to_string())
+    }
+
     /// Where requests go: `base_url` when given, else the region's endpoint.
     pub fn endpoint(&self) -> &str {
         self.base_url.as_deref().unwrap_or(self.region.endpoint())
@@ -555,8 +615,7 @@ mod tests {
         let mut a = args();
         a.base_url = Some("http://127.0.0.1:9999/compatible-mode/v1/".into());
         assert_eq!(Deployment::from_args(a).unwrap().endpoint(), "http://127.0.0.1:9999/compatible-mode/v1");
-        assert!(err(|a| a.requests_per_minute = Some(0))
-            .contains("requests_per_minute must be a positive integer"));
+        assert!(err(|a| a.requests_per_minute = Some(-1)).contains("requests_per_minute must be between 0"));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum AiError {
     /// A budget (`ai_set_budget`) that covers this call is spent for its period: the request
     /// was not sent. `message` names the budget, what it spent of its limit and when it resets.
     BudgetExceeded { message: String, hint: String },
+    /// A fixed capacity of the shared state is used up (`pg_bailian.max_budgets`).
+    CapacityExceeded { message: String, hint: String },
     /// `ai_estimate` ran the call dry: counted, not sent. The call answers NULL.
     DryRun,
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
@@ -133,6 +135,7 @@ impl AiError {
             AiError::OutOfMemory { .. } => "53200".into(),  // out_of_memory
             AiError::BudgetExceeded { .. } => "ZBB01".into(),
             AiError::DryRun => "ZBE01".into(),
+            AiError::CapacityExceeded { .. } => "53400".into(), // configuration_limit_exceeded
             AiError::Interrupted => "57014".into(), // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
@@ -152,7 +155,8 @@ impl AiError {
             | AiError::NotAllowed { hint, .. }
             | AiError::ObjectNotReady { hint, .. }
             | AiError::NotATable { hint, .. }
-            | AiError::BudgetExceeded { hint, .. } => Some(hint.clone()),
+            | AiError::BudgetExceeded { hint, .. }
+            | AiError::CapacityExceeded { hint, .. } => Some(hint.clone()),
             AiError::UndefinedColumn { .. }
             | AiError::DatatypeMismatch { .. }
             | AiError::NullArgument { .. } => None,
@@ -219,6 +223,7 @@ impl AiError {
             | AiError::DatatypeMismatch { .. }
             | AiError::NullArgument { .. }
             | AiError::TransactionControl { .. }
+            | AiError::CapacityExceeded { .. }
             | AiError::BudgetExceeded { .. }
             | AiError::DryRun
             | AiError::Interrupted
@@ -347,7 +352,9 @@ impl fmt::Display for AiError {
                 show_bytes(*limit_bytes)
             ),
             AiError::OutOfMemory { what } => write!(f, "out of memory for {what}"),
-            AiError::BudgetExceeded { message, .. } => f.write_str(message),
+            AiError::BudgetExceeded { message, .. } | AiError::CapacityExceeded { message, .. } => {
+                f.write_str(message)
+            }
             AiError::DryRun => f.write_str("not sent: ai_estimate runs AI calls dry"),
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
@@ -397,6 +404,7 @@ mod tests {
             AiError::OutOfMemory { what: "w".into() },
             AiError::ObjectNotReady { message: "m".into(), hint: "h".into() },
             AiError::BudgetExceeded { message: "m".into(), hint: "h".into() },
+            AiError::CapacityExceeded { message: "m".into(), hint: "h".into() },
             AiError::DryRun,
             AiError::UndefinedColumn { message: "m".into() },
             AiError::NullArgument { message: "m".into() },

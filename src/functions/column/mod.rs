@@ -342,8 +342,22 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
         progress: Progress::new(procedure, table.key_names.clone(), table.target.clone(), total),
         writer,
         since_commit: 0,
+        stop: None,
     };
+    crate::shared::with_slot(|slot| {
+        if let Some(slot) = slot {
+            // SAFETY: plain reads of the session's identity and the statement's start.
+            let (db, role, start) = unsafe {
+                (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetUserId().to_u32(), pg_sys::GetCurrentStatementStartTimestamp())
+            };
+            slot.begin(db, role, start);
+            slot.job(&format!("{procedure} {}", table.shown), Some(total), bailian_core::shared::unix_us());
+        }
+    });
     loop {
+        if state.stop.is_some() {
+            break;
+        }
         let want = chunk_rows(job.batch_size, state.since_commit, capture::round());
         if want == 0 {
             scratch.run(|| state.commit(&connection))?;
@@ -376,6 +390,17 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
             }
             state.wait_deferred()
         })?;
+    }
+    if let Some(reason) = state.stop.take() {
+        scratch.run(|| if state.since_commit > 0 { state.commit(&connection) } else { Ok(()) })?;
+        state.progress.finish();
+        return Err(AiError::BudgetExceeded {
+            message: format!(
+                "{procedure} stopped: {reason}; the {} rows filled so far are committed",
+                state.progress.filled
+            ),
+            hint: "Run the same CALL again once the budget is raised (ai_set_budget) or has reset: it goes on with the rows still to do.".into(),
+        });
     }
     scratch.run(|| {
         if state.since_commit > 0 {
@@ -467,6 +492,9 @@ struct State<'t> {
     progress: Progress,
     writer: Writer,
     since_commit: usize,
+    /// Why the job stops early: a budget (`ai_set_budget`) covering its calls is spent, so
+    /// every further row would fail the same way.
+    stop: Option<String>,
 }
 
 impl State<'_> {
@@ -552,6 +580,9 @@ impl State<'_> {
     /// A row that failed: reported, and its claim released at once (the job never reads it
     /// again; see `claims`).
     fn failed(&mut self, row: Pending, reason: &str) {
+        if self.stop.is_none() && reason.starts_with("ZBB01 ") {
+            self.stop = Some(reason["ZBB01 ".len()..].to_string());
+        }
         self.progress.failure(&row.key, reason);
         self.claims.release(row.claim);
     }
@@ -687,6 +718,12 @@ impl State<'_> {
         self.claims.release_written();
         self.since_commit = 0;
         self.progress.committed();
+        let done = self.progress.done();
+        crate::shared::with_slot(|slot| {
+            if let Some(slot) = slot {
+                slot.rows_done(done)
+            }
+        });
         transaction_settings()
     }
 

@@ -54,7 +54,7 @@ impl Progress {
         self.locked.len() as i64 + self.locked_beyond
     }
 
-    fn done(&self) -> i64 {
+    pub fn done(&self) -> i64 {
         self.filled + self.failed + self.skipped + self.other_session + self.locked_count()
     }
 

@@ -1,0 +1,1 @@
+-- Filled from seed 002 (sql/seed_prices.sql).
