@@ -13,6 +13,7 @@ pub mod meter;
 pub mod params;
 pub mod policy;
 pub mod providers;
+pub mod quotas;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
