@@ -285,6 +285,8 @@ shared_buffers = ${PG_BAILIAN_SHARED_BUFFERS:-128MB}
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = info
 log_error_verbosity = verbose
+# The cluster-wide state (shared rate limits, usage, budgets, activity) needs preloading.
+shared_preload_libraries = 'pg_bailian'
 # The stand-in listens on loopback: let roles that may deploy (not only superusers) use it.
 pg_bailian.allowed_hosts = 'http://127.0.0.1, http://localhost, dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com'
 EOF

@@ -135,7 +135,7 @@ WITH b AS (
 SELECT b.id AS budget_id, b.role, b.model_name, b."limit", b.unit, b.period, b.time_zone,
        COALESCE(CASE WHEN b.unit OPERATOR(pg_catalog.=) 'yuan' THEN s.spent_yuan::numeric
                      ELSE s.spent_tokens::numeric END, 0) AS spent,
-       pg_catalog.greatest(b."limit" OPERATOR(pg_catalog.-)
+       GREATEST(b."limit" OPERATOR(pg_catalog.-)
            COALESCE(CASE WHEN b.unit OPERATOR(pg_catalog.=) 'yuan' THEN s.spent_yuan::numeric
                          ELSE s.spent_tokens::numeric END, 0), 0) AS remaining,
        b.period_start,
@@ -192,12 +192,9 @@ SELECT a.pid, a.usename AS role, a.datname AS database, a.query AS statement, s.
        s.requests, s.in_flight, s.retries, s.throttled AS rate_limited, s.tokens, s.cost_yuan::numeric AS cost_yuan,
        CASE WHEN s.job IS NOT NULL THEN s.rows_done END AS rows_done,
        s.rows_total,
-       CASE WHEN s.job IS NOT NULL AND s.rows_total IS NOT NULL AND s.rows_done OPERATOR(pg_catalog.>) 0
-            THEN pg_catalog.now() OPERATOR(pg_catalog.+)
-                 (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-)
-                  pg_catalog.to_timestamp(s.job_started_us OPERATOR(pg_catalog./) 1e6::float8))
-                 OPERATOR(pg_catalog.*) ((s.rows_total OPERATOR(pg_catalog.-) s.rows_done)::float8
-                                         OPERATOR(pg_catalog./) s.rows_done::float8) END AS eta,
+       CASE WHEN s.job IS NOT NULL AND s.rows_total IS NOT NULL AND s.rows_done > 0
+            THEN pg_catalog.now() + (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp(s.job_started_us / 1e6::float8))
+                                    * ((s.rows_total - s.rows_done)::float8 / s.rows_done::float8) END AS eta,
        s.waiting AS waiting_for_rate_limit, a.query_start, s.scope
   FROM bailian.activity_rows() s
   JOIN pg_catalog.pg_stat_activity a

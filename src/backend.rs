@@ -3,18 +3,18 @@
 //! interrupts.
 
 use crate::functions::calls::OnError;
+use crate::shared::accounting::{self, Account};
 use bailian_core::client::{Call, Client};
 use bailian_core::deploy::Deployment;
-use bailian_core::shared::{BucketKey, Limiter};
 use bailian_core::retry::RetryPolicy;
 use bailian_core::runtime::{Interrupts, Runtime};
 use bailian_core::secret::ApiKey;
+use bailian_core::shared::{BucketKey, Limiter};
 use bailian_core::AiError;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use once_cell::sync::OnceCell;
 use pgrx::pg_sys;
 use serde_json::{Map, Value};
-use crate::shared::accounting::{self, Account};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
@@ -28,9 +28,7 @@ struct Backend {
 static BACKEND: OnceCell<Backend> = OnceCell::new();
 
 fn backend() -> Result<&'static Backend, AiError> {
-    BACKEND.get_or_try_init(|| {
-        Ok(Backend { runtime: Runtime::new()?, client: Client::new()? })
-    })
+    BACKEND.get_or_try_init(|| Ok(Backend { runtime: Runtime::new()?, client: Client::new()? }))
 }
 
 unsafe extern "C-unwind" {
@@ -136,7 +134,12 @@ impl Target {
         let key = deployment.key.resolve_with(&deployment.name, crate::guc::policy)?;
         Ok(Target {
             limiter: limiter_for(deployment, &key),
-            account: accounting::account(&deployment.name, deployment.spec.model_type, current_function())?,
+            account: accounting::account(
+                &deployment.name,
+                deployment.spec.model_type,
+                deployment.spec.api != bailian_core::registry::Api::OpenSearch,
+                current_function(),
+            )?,
             deployment: deployment.clone(),
             key,
             timeout: settings.timeout,
@@ -193,7 +196,8 @@ fn limiter_for(d: &Deployment, key: &ApiKey) -> Option<Arc<Limiter>> {
             d.name
         );
     }
-    static OWN: once_cell::sync::OnceCell<&'static bailian_core::shared::Region> = once_cell::sync::OnceCell::new();
+    static OWN: once_cell::sync::OnceCell<&'static bailian_core::shared::Region> =
+        once_cell::sync::OnceCell::new();
     let own = OWN.get_or_init(|| bailian_core::shared::Region::private(crate::guc::capacities(1)));
     own.buckets.limiter(bucket, rpm, tpm).map(Arc::new)
 }

@@ -337,7 +337,9 @@ pub fn model_names() -> Result<Vec<String>, AiError> {
             let rows = client
                 .select("SELECT model_name FROM bailian.models ORDER BY model_name", None, &[])
                 .map_err(spi_failed)?;
-            rows.into_iter().map(|r| r.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default)).collect()
+            rows.into_iter()
+                .map(|r| r.get::<String>(1).map_err(spi_failed).map(Option::unwrap_or_default))
+                .collect()
         })
     })
 }

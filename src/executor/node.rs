@@ -458,7 +458,12 @@ unsafe extern "C-unwind" fn explain(
             pg_sys::ExplainPropertyInteger(c"Requests".as_ptr(), std::ptr::null(), batch.requests as i64, es);
             let spent = crate::shared::accounting::totals().since(&batch.started);
             let int = |label: &std::ffi::CStr, v: u64| {
-                pg_sys::ExplainPropertyInteger(label.as_ptr(), std::ptr::null(), v.min(i64::MAX as u64) as i64, es)
+                pg_sys::ExplainPropertyInteger(
+                    label.as_ptr(),
+                    std::ptr::null(),
+                    v.min(i64::MAX as u64) as i64,
+                    es,
+                )
             };
             int(c"HTTP Requests", spent.requests);
             int(c"Retries", spent.retries);

@@ -75,17 +75,19 @@ fn embed_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     // Raised once every request is done: nothing is reported from inside the wait.
     let mut warnings = Vec::new();
     let mut held = 0;
-    crate::backend::as_function("ai_embed_batch", || many::embed_texts(&d, &texts, |i, result| {
-        match on_error.settle(result.map(Answer::Vector))? {
-            Answer::Vector(v) => {
-                hold(&mut held, 4 * v.len(), "ai_embed_batch")?;
-                vectors[i] = Some(v);
+    crate::backend::as_function("ai_embed_batch", || {
+        many::embed_texts(&d, &texts, |i, result| {
+            match on_error.settle(result.map(Answer::Vector))? {
+                Answer::Vector(v) => {
+                    hold(&mut held, 4 * v.len(), "ai_embed_batch")?;
+                    vectors[i] = Some(v);
+                }
+                Answer::Warned(e) => warnings.push(e),
+                _ => {}
             }
-            Answer::Warned(e) => warnings.push(e),
-            _ => {}
-        }
-        Ok(())
-    }))?;
+            Ok(())
+        })
+    })?;
     for e in warnings {
         crate::entry::warn(e);
     }
@@ -104,17 +106,19 @@ fn gen_batch(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
     let merged = call_params(&d, arg::<JsonB>(fcinfo, 2))?;
     let mut out: Vec<(Option<String>, Option<String>)> = vec![(None, None); prompts.len()];
     let mut held = 0;
-    crate::backend::as_function("ai_gen_batch", || many::generate(&d, &merged, &prompts, |i, result| {
-        out[i] = match result {
-            Ok(text) => {
-                hold(&mut held, text.len(), "ai_gen_batch")?;
-                (Some(text), None)
-            }
-            Err(AiError::Interrupted) => return Err(AiError::Interrupted),
-            Err(e) => (None, Some(format!("{}: {e}", e.sqlstate()))),
-        };
-        Ok(())
-    }))?;
+    crate::backend::as_function("ai_gen_batch", || {
+        many::generate(&d, &merged, &prompts, |i, result| {
+            out[i] = match result {
+                Ok(text) => {
+                    hold(&mut held, text.len(), "ai_gen_batch")?;
+                    (Some(text), None)
+                }
+                Err(AiError::Interrupted) => return Err(AiError::Interrupted),
+                Err(e) => (None, Some(format!("{}: {e}", e.sqlstate()))),
+            };
+            Ok(())
+        })
+    })?;
     materialize(
         fcinfo,
         out.into_iter()

@@ -93,7 +93,9 @@ fn usage_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
 fn usage_reset(_fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     // SAFETY: plain reads of the session's database and role.
     let (db, superuser) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::superuser()) };
-    let n = region().usage.reset(|r| (r.is_overflow() && superuser) || (!r.is_overflow() && r.key.database == db));
+    let n = region()
+        .usage
+        .reset(|r| (r.is_overflow() && superuser) || (!r.is_overflow() && r.key.database == db));
     Ok(i(n))
 }
 
@@ -124,7 +126,11 @@ const PERIODS: [&str; 2] = ["day", "month"];
 
 /// The checks ai_set_budget and ai_drop_budget share: who may touch a budget of `role` on
 /// `model`. Returns the role's oid (None: every role).
-fn may_budget(function: &str, role: Option<&str>, model: Option<&str>) -> Result<Option<pg_sys::Oid>, AiError> {
+fn may_budget(
+    function: &str,
+    role: Option<&str>,
+    model: Option<&str>,
+) -> Result<Option<pg_sys::Oid>, AiError> {
     let (caller, caller_name) = catalog::current_user();
     let role_oid = match role {
         None => None,
@@ -195,7 +201,10 @@ fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     let unit = unit.trim().to_ascii_lowercase();
     let period = period.trim().to_ascii_lowercase();
     if !UNITS.contains(&unit.as_str()) {
-        return Err(AiError::invalid(format!("{F}: unknown unit \"{}\"; allowed: yuan, tokens", limits::shown(&unit))));
+        return Err(AiError::invalid(format!(
+            "{F}: unknown unit \"{}\"; allowed: yuan, tokens",
+            limits::shown(&unit)
+        )));
     }
     if !PERIODS.contains(&period.as_str()) {
         return Err(AiError::invalid(format!(
@@ -210,7 +219,9 @@ fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     };
     let limit_f: f64 = limit.to_string().parse().unwrap_or(f64::NAN);
     if !(limit_f > 0.0 && limit_f < 1e12) {
-        return Err(AiError::invalid(format!("{F}: limit must be a positive number (below 1e12), got {limit}")));
+        return Err(AiError::invalid(format!(
+            "{F}: limit must be a positive number (below 1e12), got {limit}"
+        )));
     }
     if unit == "tokens" && limit_f.fract() != 0.0 {
         return Err(AiError::invalid(format!("{F}: a limit in tokens must be a whole number, got {limit}")));
@@ -258,7 +269,8 @@ fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
                 "{F}: the cluster has {} budgets already, its limit (pg_bailian.max_budgets)",
                 region().capacities().budgets
             ),
-            hint: "Drop budgets with ai_drop_budget, or raise pg_bailian.max_budgets (needs a restart).".into(),
+            hint: "Drop budgets with ai_drop_budget, or raise pg_bailian.max_budgets (needs a restart)."
+                .into(),
         });
     }
     region().bump_budget_generation();
@@ -278,15 +290,22 @@ fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     let role_oid = may_budget(F, role.as_deref(), model.as_deref())?;
     let dropped = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
-            let rows =
-                client.update(DELETE_BUDGET, Some(1), &[role_oid.into(), model.as_deref().into()]).map_err(spi_failed)?;
+            let rows = client
+                .update(DELETE_BUDGET, Some(1), &[role_oid.into(), model.as_deref().into()])
+                .map_err(spi_failed)?;
             rows.first().get::<i64>(1).map_err(spi_failed)
         })
     })?;
     // SAFETY: plain read.
     let db = unsafe { pg_sys::MyDatabaseId.to_u32() };
     if let Some(id) = dropped {
-        let keep: Vec<i64> = region().budgets.rows().iter().filter(|r| r.key.database == db && r.key.budget_id != id).map(|r| r.key.budget_id).collect();
+        let keep: Vec<i64> = region()
+            .budgets
+            .rows()
+            .iter()
+            .filter(|r| r.key.database == db && r.key.budget_id != id)
+            .map(|r| r.key.budget_id)
+            .collect();
         region().budgets.retain(db, &keep);
         region().bump_budget_generation();
     }
@@ -339,7 +358,8 @@ fn rate_limit_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Da
             bailian_core::deploy::LimitSource::None => "none".to_string(),
         };
         let bucket = d.key.resolve_with(&d.name, crate::guc::policy).ok().and_then(|key| {
-            let k = bailian_core::shared::BucketKey::new(key.expose().as_bytes(), d.spec.model_type, &d.host());
+            let k =
+                bailian_core::shared::BucketKey::new(key.expose().as_bytes(), d.spec.model_type, &d.host());
             buckets.iter().find(|b| b.key == k.0).copied()
         });
         out.push(vec![
@@ -372,7 +392,11 @@ fn estimate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
         let cost = |output: Option<u64>| -> Option<String> {
             let p = m.price?;
             let out = output?;
-            let u = bailian_core::meter::Usage { prompt_tokens: m.input_tokens, completion_tokens: out, ..Default::default() };
+            let u = bailian_core::meter::Usage {
+                prompt_tokens: m.input_tokens,
+                completion_tokens: out,
+                ..Default::default()
+            };
             Some(yuan_text(p.cost_nano_yuan(&u)))
         };
         let min_out = if m.output_tokens_max == Some(0) { 0 } else { 1.min(m.requests) * m.requests };
@@ -395,7 +419,8 @@ fn estimate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
 
 /// Exactly one SQL statement, and one that can run in a subtransaction.
 fn check_one_statement(sql: &str) -> Result<(), AiError> {
-    let c = std::ffi::CString::new(sql).map_err(|_| AiError::invalid("ai_estimate: the statement contains a NUL byte"))?;
+    let c = std::ffi::CString::new(sql)
+        .map_err(|_| AiError::invalid("ai_estimate: the statement contains a NUL byte"))?;
     // SAFETY: raw_parser parses in the current memory context and raises a syntax error as
     // a PostgreSQL ERROR (reported with the caller's statement, nothing to clean up).
     let (count, tag) = unsafe {
@@ -434,14 +459,12 @@ fn run_rolled_back(sql: &str) -> Result<(), AiError> {
         let old_context = pg_sys::CurrentMemoryContext;
         let old_owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pgrx::PgTryBuilder::new(|| {
-            Spi::run(sql).map_err(spi_failed)
-        })
-        .finally(|| {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(old_context);
-            pg_sys::CurrentResourceOwner = old_owner;
-        })
-        .execute()
+        pgrx::PgTryBuilder::new(|| Spi::run(sql).map_err(spi_failed))
+            .finally(|| {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(old_context);
+                pg_sys::CurrentResourceOwner = old_owner;
+            })
+            .execute()
     }
 }

@@ -116,8 +116,14 @@ fn add_totals(f: impl FnOnce(&mut Totals)) {
 }
 
 /// The Account for `function` calling the deployment `model_name` (of `model_type`) in the
-/// current statement.
-pub fn account(model_name: &str, model_type: &str, function: &'static str) -> Result<Arc<Account>, AiError> {
+/// current statement. `priced`: whether ai_prices applies (Bailian's price list; OpenSearch
+/// bills its services separately, so its calls have no price here).
+pub fn account(
+    model_name: &str,
+    model_type: &str,
+    priced: bool,
+    function: &'static str,
+) -> Result<Arc<Account>, AiError> {
     let stamp = crate::catalog::stamp();
     let hit = ACCOUNTS.with(|a| {
         let mut a = a.borrow_mut();
@@ -132,7 +138,8 @@ pub fn account(model_name: &str, model_type: &str, function: &'static str) -> Re
     // SAFETY: plain reads of the session's identity and the statement's start.
     let (role, database, statement_start) =
         unsafe { (pg_sys::GetUserId(), pg_sys::MyDatabaseId, pg_sys::GetCurrentStatementStartTimestamp()) };
-    let (price, budgets) = crate::catalog::price_and_budgets(model_name, model_type, role)?;
+    let (price, budgets) =
+        crate::catalog::price_and_budgets(model_name, if priced { model_type } else { "" }, role)?;
     let budgets = budgets
         .into_iter()
         .map(|b| {
@@ -234,7 +241,11 @@ impl Meter for Account {
 
     fn failed(&self, status: Option<u16>, latency: Duration) {
         let throttled = status == Some(429);
-        self.add(&UsageDelta { throttled: u64::from(throttled), latency: Some(latency), ..UsageDelta::default() });
+        self.add(&UsageDelta {
+            throttled: u64::from(throttled),
+            latency: Some(latency),
+            ..UsageDelta::default()
+        });
         with_slot(|s| {
             if let Some(s) = s {
                 s.answered(throttled, 0, Some(0))
@@ -306,7 +317,14 @@ pub struct DryModel {
 }
 
 impl DryRun {
-    fn record(&mut self, model_name: &str, model_type: &str, price: Option<Price>, body: &Value, inputs: u64) {
+    fn record(
+        &mut self,
+        model_name: &str,
+        model_type: &str,
+        price: Option<Price>,
+        body: &Value,
+        inputs: u64,
+    ) {
         let at = match self.models.iter().position(|m| m.model_name == model_name) {
             Some(i) => i,
             None => {
@@ -331,7 +349,9 @@ impl DryRun {
         }
         let spec = bailian_core::registry::find(model_type);
         match spec.and_then(|spec| bailian_core::estimate::max_output_tokens(spec, body)) {
-            Some(n) if m.output_tokens_max.is_some() => m.output_tokens_max = m.output_tokens_max.map(|t| t + n),
+            Some(n) if m.output_tokens_max.is_some() => {
+                m.output_tokens_max = m.output_tokens_max.map(|t| t + n)
+            }
             _ => m.output_tokens_max = None,
         }
     }

@@ -449,11 +449,13 @@ impl Deployment {
     /// gateway, a proxy) has limits of its own that only the DBA knows.
     pub fn effective_limits(&self, documented: bool) -> EffectiveLimits {
         let on_bailian = self.base_url.as_deref().is_none_or(|u| {
-            reqwest::Url::parse(u).ok().and_then(|u| u.host_str().map(|h| h.to_ascii_lowercase())).is_some_and(
-                |h| h == "aliyuncs.com" || h.ends_with(".aliyuncs.com"),
-            )
+            reqwest::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| h.to_ascii_lowercase()))
+                .is_some_and(|h| h == "aliyuncs.com" || h.ends_with(".aliyuncs.com"))
         });
-        let provider = if self.spec.api == crate::registry::Api::OpenSearch { "opensearch" } else { "bailian" };
+        let provider =
+            if self.spec.api == crate::registry::Api::OpenSearch { "opensearch" } else { "bailian" };
         let quota = (documented && on_bailian)
             .then(|| crate::quotas::documented(provider, self.spec.model_type, self.region.as_str()))
             .flatten();

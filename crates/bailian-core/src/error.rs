@@ -136,7 +136,7 @@ impl AiError {
             AiError::BudgetExceeded { .. } => "ZBB01".into(),
             AiError::DryRun => "ZBE01".into(),
             AiError::CapacityExceeded { .. } => "53400".into(), // configuration_limit_exceeded
-            AiError::Interrupted => "57014".into(), // query_canceled
+            AiError::Interrupted => "57014".into(),             // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
     }

@@ -348,7 +348,11 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
         if let Some(slot) = slot {
             // SAFETY: plain reads of the session's identity and the statement's start.
             let (db, role, start) = unsafe {
-                (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetUserId().to_u32(), pg_sys::GetCurrentStatementStartTimestamp())
+                (
+                    pg_sys::MyDatabaseId.to_u32(),
+                    pg_sys::GetUserId().to_u32(),
+                    pg_sys::GetCurrentStatementStartTimestamp(),
+                )
             };
             slot.begin(db, role, start);
             slot.job(&format!("{procedure} {}", table.shown), Some(total), bailian_core::shared::unix_us());
