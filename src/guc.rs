@@ -157,36 +157,41 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"pg_bailian.max_rate_buckets",
-        c"Rate-limit buckets the shared state holds: one per (API key, model, host) in use.",
-        c"Needs shared_preload_libraries = 'pg_bailian'. Past it, a new bucket is limited in each backend alone (with a WARNING).",
-        &MAX_RATE_BUCKETS,
-        1,
-        100_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"pg_bailian.max_usage_entries",
-        c"Rows of ai_usage the shared state holds: one per database, role, model and function.",
-        c"Past it, new combinations are counted in one overflow row (function '(other)').",
-        &MAX_USAGE_ENTRIES,
-        1,
-        1_000_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"pg_bailian.max_budgets",
-        c"Budgets (ai_set_budget) the whole cluster may have.",
-        c"ai_set_budget refuses a new budget past it.",
-        &MAX_BUDGETS,
-        1,
-        100_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // Settings fixed at server start may only be defined while preloading (PostgreSQL refuses
+    // PGC_POSTMASTER variables later); without preloading the state is per backend and small.
+    // SAFETY: a plain read of a flag the postmaster sets while it loads the preload libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"pg_bailian.max_rate_buckets",
+            c"Rate-limit buckets the shared state holds: one per (API key, model, host) in use.",
+            c"Needs shared_preload_libraries = 'pg_bailian'. Past it, a new bucket is limited in each backend alone (with a WARNING).",
+            &MAX_RATE_BUCKETS,
+            1,
+            100_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"pg_bailian.max_usage_entries",
+            c"Rows of ai_usage the shared state holds: one per database, role, model and function.",
+            c"Past it, new combinations are counted in one overflow row (function '(other)').",
+            &MAX_USAGE_ENTRIES,
+            1,
+            1_000_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"pg_bailian.max_budgets",
+            c"Budgets (ai_set_budget) the whole cluster may have.",
+            c"ai_set_budget refuses a new budget past it.",
+            &MAX_BUDGETS,
+            1,
+            100_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_bool_guc(
         c"pg_bailian.save_usage",
         c"Save ai_usage counters and budget spending at a clean shutdown and read them back at start.",

@@ -24,8 +24,14 @@ sql_entry!(pg_finfo_pg_bailian_activity_rows, pg_bailian_activity_rows, activity
 sql_entry!(pg_finfo_pg_bailian_rate_limit_rows, pg_bailian_rate_limit_rows, rate_limit_rows);
 sql_entry!(pg_finfo_pg_bailian_estimate, pg_bailian_estimate, estimate);
 
+/// Milliseconds, to the microsecond.
 fn ms(d: Option<std::time::Duration>) -> Option<pg_sys::Datum> {
-    d.map(|d| d.as_secs_f64() * 1e3).into_datum()
+    d.map(|d| d.as_micros() as f64 / 1e3).into_datum()
+}
+
+/// A `numeric` datum from its decimal text.
+fn numeric(text: Option<String>) -> Option<pg_sys::Datum> {
+    text.and_then(|t| pgrx::AnyNumeric::try_from(t.as_str()).ok()).into_datum()
 }
 
 fn i(v: u64) -> Option<pg_sys::Datum> {
@@ -399,7 +405,7 @@ fn estimate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
             };
             Some(yuan_text(p.cost_nano_yuan(&u)))
         };
-        let min_out = if m.output_tokens_max == Some(0) { 0 } else { 1.min(m.requests) * m.requests };
+        let min_out = if m.output_tokens_max == Some(0) { 0 } else { m.requests };
         vec![
             m.model_name.clone().into_datum(),
             m.model_type.clone().into_datum(),
@@ -409,8 +415,8 @@ fn estimate(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
             m.input_tokens_exact.into_datum(),
             i(min_out),
             m.output_tokens_max.map(|t| t as i64).into_datum(),
-            cost(Some(min_out)).into_datum(),
-            cost(m.output_tokens_max).into_datum(),
+            numeric(cost(Some(min_out))),
+            numeric(cost(m.output_tokens_max)),
         ]
     });
     materialize(fcinfo, rows.collect::<Vec<_>>())?;
