@@ -61,6 +61,9 @@ pub static MAX_BUDGETS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Whether usage counters and budget spending are saved at shutdown and read back at start.
 pub static SAVE_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Whether calls are counted in ai_usage and ai_activity (budgets and limits hold either way).
+pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Whether deployments without limits get Bailian's documented ones.
 pub static DOCUMENTED_LIMITS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -201,6 +204,14 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"pg_bailian.track_usage",
+        c"Count AI calls in ai_usage and ai_activity.",
+        c"Budgets, rate limits and EXPLAIN ANALYZE's counts hold either way.",
+        &TRACK_USAGE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"pg_bailian.documented_limits",
         c"Give deployments without requests_per_minute/tokens_per_minute Bailian's documented limits for their model and region.",
         c"Applies to Bailian's own hosts (a region, not a base_url) and to OpenSearch (3 requests/s per service); ai_rate_limits shows what each deployment gets.",
@@ -299,4 +310,8 @@ pub fn save_usage() -> bool {
 
 pub fn documented_limits() -> bool {
     DOCUMENTED_LIMITS.get()
+}
+
+pub fn track_usage() -> bool {
+    TRACK_USAGE.get()
 }

@@ -172,6 +172,9 @@ pub fn account(
 
 impl Account {
     fn add(&self, d: &UsageDelta) {
+        if !crate::guc::track_usage() {
+            return;
+        }
         let hint = self.hint.load(Ordering::Relaxed);
         let at = region().usage.add(&self.key, d, (hint != usize::MAX).then_some(hint));
         self.hint.store(at, Ordering::Relaxed);
@@ -229,7 +232,7 @@ impl Meter for Account {
             ..UsageDelta::default()
         });
         with_slot(|s| {
-            if let Some(s) = s {
+            if let Some(s) = s.filter(|_| crate::guc::track_usage()) {
                 s.sent(retry)
             }
         });
@@ -247,7 +250,7 @@ impl Meter for Account {
             ..UsageDelta::default()
         });
         with_slot(|s| {
-            if let Some(s) = s {
+            if let Some(s) = s.filter(|_| crate::guc::track_usage()) {
                 s.answered(throttled, 0, Some(0))
             }
         });
@@ -270,7 +273,7 @@ impl Meter for Account {
             region().budgets.charge(key, cost.unwrap_or(0), tokens);
         }
         with_slot(|s| {
-            if let Some(s) = s {
+            if let Some(s) = s.filter(|_| crate::guc::track_usage()) {
                 s.answered(false, tokens, cost)
             }
         });
@@ -288,7 +291,7 @@ impl Meter for Account {
 
     fn waiting(&self, starts: bool) {
         with_slot(|s| {
-            if let Some(s) = s {
+            if let Some(s) = s.filter(|_| crate::guc::track_usage()) {
                 s.waiting(starts)
             }
         });

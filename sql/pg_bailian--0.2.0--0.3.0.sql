@@ -1,0 +1,358 @@
+-- pg_bailian 0.2.0 -> 0.3.0, run by ALTER EXTENSION pg_bailian UPDATE.
+-- Never edit this file once 0.3.0 is released: a later change to the SQL surface goes into
+-- the next version's update script (see DEVELOPERS.md). tests/upgrade.rs checks that a
+-- database updated through every script equals a fresh CREATE EXTENSION of the current version.
+
+\echo Use "ALTER EXTENSION pg_bailian UPDATE" to load this file. \quit
+
+-- Issue 19: one budget for the whole cluster (README: Operating it).
+
+-- requests_per_minute/tokens_per_minute: NULL now means Bailian's documented limit, 0 none
+-- (sql/catalog.sql).
+ALTER TABLE bailian.models DROP CONSTRAINT models_requests_per_minute_check,
+    ADD CONSTRAINT models_requests_per_minute_check CHECK (requests_per_minute >= 0);
+ALTER TABLE bailian.models DROP CONSTRAINT models_tokens_per_minute_check,
+    ADD CONSTRAINT models_tokens_per_minute_check CHECK (tokens_per_minute >= 0);
+
+-- sql/operating.sql
+-- Operating pg_bailian (README: Operating it): prices, budgets, and the views over the
+-- cluster-wide state (usage, budgets, activity, rate limits), and ai_estimate. Privileges are
+-- granted in sql/finalize.sql, after its pass that revokes grants default privileges made.
+
+-- Prices, yuan per million tokens. bailian.seed_prices is what pg_bailian ships (seed 002,
+-- sql/seed_prices.sql): it belongs to the extension, is not dumped, and an update may replace
+-- it. bailian.prices holds what a DBA set (through the ai_prices view): pg_dump keeps it, and
+-- a row there wins over the shipped one. A model with no row in either has no price: its cost
+-- is NULL, not 0.
+CREATE TABLE bailian.seed_prices (
+    model_type            text PRIMARY KEY,
+    input_price           numeric CHECK (input_price >= 0),
+    output_price          numeric CHECK (output_price >= 0),
+    thinking_output_price numeric CHECK (thinking_output_price >= 0),
+    cached_input_ratio    numeric NOT NULL DEFAULT 1 CHECK (cached_input_ratio BETWEEN 0 AND 1),
+    batch_ratio           numeric CHECK (batch_ratio > 0 AND batch_ratio <= 1),
+    source                text NOT NULL
+);
+COMMENT ON TABLE bailian.seed_prices IS 'The prices pg_bailian ships (seed 002, 2026-02-28), yuan per million tokens; read through ai_prices, where a DBA''s price (bailian.prices) wins.';
+
+CREATE TABLE bailian.prices (
+    model_type            text PRIMARY KEY,
+    input_price           numeric CHECK (input_price >= 0),
+    output_price          numeric CHECK (output_price >= 0),
+    thinking_output_price numeric CHECK (thinking_output_price >= 0),
+    cached_input_ratio    numeric NOT NULL DEFAULT 1 CHECK (cached_input_ratio BETWEEN 0 AND 1),
+    batch_ratio           numeric CHECK (batch_ratio > 0 AND batch_ratio <= 1),
+    set_by                name NOT NULL,
+    set_at                timestamptz NOT NULL
+);
+COMMENT ON TABLE bailian.prices IS 'Prices a DBA set through ai_prices (they win over bailian.seed_prices); kept by pg_dump.';
+SELECT pg_catalog.pg_extension_config_dump('bailian.prices', '');
+
+CREATE VIEW bailian.effective_prices AS
+SELECT COALESCE(p.model_type, s.model_type) AS model_type,
+       CASE WHEN p.model_type IS NULL THEN s.input_price ELSE p.input_price END AS input_price,
+       CASE WHEN p.model_type IS NULL THEN s.output_price ELSE p.output_price END AS output_price,
+       CASE WHEN p.model_type IS NULL THEN s.thinking_output_price ELSE p.thinking_output_price END AS thinking_output_price,
+       CASE WHEN p.model_type IS NULL THEN s.cached_input_ratio ELSE p.cached_input_ratio END AS cached_input_ratio,
+       CASE WHEN p.model_type IS NULL THEN s.batch_ratio ELSE p.batch_ratio END AS batch_ratio,
+       CASE WHEN p.model_type IS NULL THEN s.source
+            ELSE pg_catalog.format('set by %s at %s', p.set_by, p.set_at) END AS source
+  FROM bailian.prices p
+  FULL JOIN bailian.seed_prices s ON s.model_type OPERATOR(pg_catalog.=) p.model_type;
+COMMENT ON VIEW bailian.effective_prices IS 'The price of each model type: the DBA''s (bailian.prices) where set, else the shipped one; read through ai_prices.';
+
+CREATE VIEW ai_prices AS
+SELECT model_type, input_price, output_price, thinking_output_price, cached_input_ratio, batch_ratio, source
+  FROM bailian.effective_prices;
+COMMENT ON VIEW ai_prices IS 'Model prices in yuan per million tokens (input, output, output when thinking), the share of the input price a context-cache hit costs, and the share batch calls cost; source says whether pg_bailian ships the price (seed 002) or who set it. INSERT, UPDATE and DELETE on it set or remove a DBA''s price (DELETE falls back to the shipped one); ai_usage and budgets cost answers with it.';
+
+CREATE FUNCTION bailian.set_price() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        DELETE FROM bailian.prices WHERE model_type OPERATOR(pg_catalog.=) OLD.model_type;
+        RETURN OLD;
+    END IF;
+    IF NEW.model_type IS NULL OR NOT EXISTS (
+        SELECT FROM @extschema@.ai_supported_models() m WHERE m.model_type OPERATOR(pg_catalog.=) NEW.model_type) THEN
+        RAISE EXCEPTION 'ai_prices: "%" is not a model type pg_bailian supports', NEW.model_type
+            USING ERRCODE = '22023', HINT = 'SELECT model_type FROM ai_supported_models() lists them.';
+    END IF;
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND NEW.model_type OPERATOR(pg_catalog.<>) OLD.model_type THEN
+        RAISE EXCEPTION 'ai_prices: model_type cannot change (% to %)', OLD.model_type, NEW.model_type
+            USING ERRCODE = '22023', HINT = 'Delete the row and insert one for the other model type.';
+    END IF;
+    INSERT INTO bailian.prices AS p (model_type, input_price, output_price, thinking_output_price,
+                                     cached_input_ratio, batch_ratio, set_by, set_at)
+    VALUES (NEW.model_type, NEW.input_price, NEW.output_price, NEW.thinking_output_price,
+            COALESCE(NEW.cached_input_ratio, 1), NEW.batch_ratio, current_user, pg_catalog.now())
+    ON CONFLICT (model_type) DO UPDATE SET
+        input_price = EXCLUDED.input_price, output_price = EXCLUDED.output_price,
+        thinking_output_price = EXCLUDED.thinking_output_price, cached_input_ratio = EXCLUDED.cached_input_ratio,
+        batch_ratio = EXCLUDED.batch_ratio, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION bailian.set_price() IS 'INSERT, UPDATE and DELETE on ai_prices: writes the DBA''s price into bailian.prices.';
+CREATE TRIGGER set_price INSTEAD OF INSERT OR UPDATE OR DELETE ON ai_prices
+    FOR EACH ROW EXECUTE FUNCTION bailian.set_price();
+
+-- Budgets: what a role (NULL: every role) may spend on a model (NULL: every model) per day or
+-- month, in yuan or tokens. What each has spent is counted in the shared state.
+CREATE SEQUENCE bailian.budget_ids;
+SELECT pg_catalog.pg_extension_config_dump('bailian.budget_ids', '');
+CREATE TABLE bailian.budgets (
+    id         bigint PRIMARY KEY DEFAULT pg_catalog.nextval('bailian.budget_ids'),
+    role       regrole,
+    model_name text REFERENCES bailian.models (model_name) ON DELETE CASCADE ON UPDATE CASCADE,
+    "limit"    numeric NOT NULL CHECK ("limit" > 0),
+    unit       text NOT NULL CHECK (unit IN ('yuan', 'tokens')),
+    period     text NOT NULL CHECK (period IN ('day', 'month')),
+    time_zone  text NOT NULL,
+    set_by     name NOT NULL,
+    set_at     timestamptz NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (role, model_name)
+);
+ALTER SEQUENCE bailian.budget_ids OWNED BY bailian.budgets.id;
+COMMENT ON TABLE bailian.budgets IS 'Budgets set with ai_set_budget; read through ai_budgets.';
+SELECT pg_catalog.pg_extension_config_dump('bailian.budgets', '');
+
+CREATE FUNCTION ai_set_budget(role name, model_name text, "limit" numeric, unit text DEFAULT 'yuan',
+                              period text DEFAULT 'day')
+RETURNS bigint
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_set_budget';
+COMMENT ON FUNCTION ai_set_budget(name, text, numeric, text, text) IS
+  'Set (or replace) the budget of role (NULL: every role) on model_name (NULL: every model): at most "limit" yuan or tokens (unit ''yuan'' or ''tokens'') per ''day'' or ''month'' (period, in the time zone of the session that sets it). A call that a spent budget covers is not sent and fails with SQLSTATE ZBB01 (or follows pg_bailian.on_error). Only a superuser, or the model''s deployer for roles other than itself, may set one. Returns the budget''s id.';
+
+CREATE FUNCTION ai_drop_budget(role name, model_name text) RETURNS boolean
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_drop_budget';
+COMMENT ON FUNCTION ai_drop_budget(name, text) IS
+  'Remove the budget of role (NULL: every role) on model_name (NULL: every model); false when there was none. Who may: as ai_set_budget.';
+
+CREATE FUNCTION bailian.budget_spent()
+RETURNS TABLE (budget_id bigint, period_start bigint, spent_yuan text, spent_tokens bigint, scope text)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_budget_spent';
+COMMENT ON FUNCTION bailian.budget_spent() IS 'What each budget of this database spent in the period it counts now; read through ai_budgets.';
+
+CREATE FUNCTION bailian.scope() RETURNS text
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'pg_bailian_state_scope';
+COMMENT ON FUNCTION bailian.scope() IS 'Where the shared state lives: cluster (pg_bailian in shared_preload_libraries) or backend (each session counts alone).';
+
+CREATE VIEW ai_budgets AS
+WITH b AS (
+    SELECT b.*, pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone) AS period_start
+      FROM bailian.budgets b
+)
+SELECT b.id AS budget_id, b.role, b.model_name, b."limit", b.unit, b.period, b.time_zone,
+       COALESCE(CASE WHEN b.unit OPERATOR(pg_catalog.=) 'yuan' THEN s.spent_yuan::numeric
+                     ELSE s.spent_tokens::numeric END, 0) AS spent,
+       GREATEST(b."limit" OPERATOR(pg_catalog.-)
+           COALESCE(CASE WHEN b.unit OPERATOR(pg_catalog.=) 'yuan' THEN s.spent_yuan::numeric
+                         ELSE s.spent_tokens::numeric END, 0), 0) AS remaining,
+       b.period_start,
+       ((b.period_start AT TIME ZONE b.time_zone) OPERATOR(pg_catalog.+)
+           ('1 ' OPERATOR(pg_catalog.||) b.period)::interval) AT TIME ZONE b.time_zone AS resets_at,
+       b.set_by, b.set_at,
+       bailian.scope() AS scope
+  FROM b
+  LEFT JOIN bailian.budget_spent() s
+    ON s.budget_id OPERATOR(pg_catalog.=) b.id
+   AND s.period_start OPERATOR(pg_catalog.=) pg_catalog.date_part('epoch', b.period_start)::bigint;
+
+-- Usage, over every backend (with shared_preload_libraries; else this backend's alone).
+CREATE FUNCTION bailian.usage_rows()
+RETURNS TABLE (scope text, database_id bigint, role_id bigint, model_name text, model_type text, function_name text,
+               calls bigint, requests bigint, inputs bigint, failures bigint, retries bigint, throttled bigint,
+               prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint,
+               cost_yuan text, latency_p50_ms float8, latency_p95_ms float8, latency_max_ms float8,
+               first_used_us bigint, last_used_us bigint)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_usage_rows';
+COMMENT ON FUNCTION bailian.usage_rows() IS 'Every row of the usage counters; read through ai_usage.';
+
+CREATE VIEW ai_usage AS
+SELECT d.datname AS database, r.rolname AS role, u.model_name, u.model_type, u.function_name,
+       u.calls, u.requests, u.inputs, u.failures, u.retries, u.throttled AS rate_limited,
+       u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens,
+       u.cost_yuan::numeric AS cost_yuan,
+       u.latency_p50_ms, u.latency_p95_ms, u.latency_max_ms,
+       pg_catalog.to_timestamp(u.first_used_us OPERATOR(pg_catalog./) 1e6::float8) AS first_used,
+       pg_catalog.to_timestamp(u.last_used_us OPERATOR(pg_catalog./) 1e6::float8) AS last_used,
+       u.scope
+  FROM bailian.usage_rows() u
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) u.database_id::oid
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) u.role_id::oid;
+COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function since the counters were last reset: calls (requests as asked, before retries), requests (sent, retries included), inputs, failures, retries, rate_limited (429s), tokens as the provider reported them, cost in yuan at ai_prices (NULL when the model has no price), latency percentiles (p50/p95 are the upper bound of a class of latencies, within 41%; max is exact), first and last use. scope: cluster (shared_preload_libraries) or backend (this session alone). A role sees its own rows; members of pg_read_all_stats see all (and the overflow row, database and role NULL, function ''(other)'', where counts go once pg_bailian.max_usage_entries rows are taken). Counters survive a clean restart (pg_bailian.save_usage).';
+
+CREATE FUNCTION ai_usage_reset() RETURNS bigint
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_usage_reset';
+COMMENT ON FUNCTION ai_usage_reset() IS 'Forget the ai_usage counters of this database (a superuser''s call also the overflow row); returns how many rows were forgotten. Budgets keep what they spent. Executable by the database owner and superusers.';
+
+-- Live activity: one row per backend with AI work in its current statement.
+CREATE FUNCTION bailian.activity_rows()
+RETURNS TABLE (scope text, pid bigint, database_id bigint, role_id bigint, statement_start bigint, model_name text,
+               job text, requests bigint, in_flight bigint, retries bigint, throttled bigint, tokens bigint,
+               cost_yuan text, rows_done bigint, rows_total bigint, job_started_us bigint, waiting boolean)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_activity_rows';
+COMMENT ON FUNCTION bailian.activity_rows() IS 'Every backend''s activity slot; read through ai_activity.';
+
+CREATE VIEW ai_activity AS
+SELECT a.pid, a.usename AS role, a.datname AS database, a.query AS statement, s.job, s.model_name,
+       s.requests, s.in_flight, s.retries, s.throttled AS rate_limited, s.tokens, s.cost_yuan::numeric AS cost_yuan,
+       CASE WHEN s.job IS NOT NULL THEN s.rows_done END AS rows_done,
+       s.rows_total,
+       CASE WHEN s.job IS NOT NULL AND s.rows_total IS NOT NULL AND s.rows_done > 0
+            THEN pg_catalog.now() + (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp(s.job_started_us / 1e6::float8))
+                                    * ((s.rows_total - s.rows_done)::float8 / s.rows_done::float8) END AS eta,
+       s.waiting AS waiting_for_rate_limit, a.query_start, s.scope
+  FROM bailian.activity_rows() s
+  JOIN pg_catalog.pg_stat_activity a
+    ON a.pid OPERATOR(pg_catalog.=) s.pid::integer
+   AND a.state OPERATOR(pg_catalog.=) 'active'
+   AND a.query_start OPERATOR(pg_catalog.=)
+       ('2000-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+) (s.statement_start::text || ' microseconds')::interval);
+COMMENT ON VIEW ai_activity IS 'AI work in progress, one row per backend whose current statement (or ai_update job) called a model: requests sent, in flight, retries, rate_limited (429s), tokens and cost so far, rows done of rows_total and an ETA for jobs, and whether it waits for the rate limiter. statement is pg_stat_activity''s query (hidden from roles that may not see it). scope: cluster (shared_preload_libraries) or backend.';
+
+-- Rate limits: what each deployment's requests are paced by, and its bucket.
+CREATE FUNCTION bailian.rate_limit_rows()
+RETURNS TABLE (scope text, model_name text, model_type text, requests_per_minute bigint, tokens_per_minute bigint,
+               source text, bucket_requests bigint, bucket_rate_limited bigint, waiting bigint, paused_ms float8)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_rate_limit_rows';
+COMMENT ON FUNCTION bailian.rate_limit_rows() IS 'Each deployed model''s effective rate limits and bucket; read through ai_rate_limits.';
+
+CREATE VIEW ai_rate_limits AS
+SELECT model_name, model_type, requests_per_minute, tokens_per_minute, source, bucket_requests, bucket_rate_limited,
+       waiting, paused_ms, scope
+  FROM bailian.rate_limit_rows();
+COMMENT ON VIEW ai_rate_limits IS 'The limits each deployed model''s requests are paced by (requests_per_minute and tokens_per_minute: as deployed, else Bailian''s documented ones for the model and region, else none; source says which), and its bucket: deployments that send the same key to the same model and host share one, across every backend. bucket_requests and bucket_rate_limited count since the bucket was claimed; waiting is how many requests wait for their turn; paused_ms how long a 429 still pauses it.';
+
+-- A cost preview.
+CREATE FUNCTION ai_estimate(statement text)
+RETURNS TABLE (model_name text, model_type text, requests bigint, inputs bigint, input_tokens bigint,
+               input_tokens_exact boolean, output_tokens_min bigint, output_tokens_max bigint,
+               cost_min_yuan numeric, cost_max_yuan numeric)
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_estimate';
+COMMENT ON FUNCTION ai_estimate(text) IS
+  'Run one SELECT, INSERT, UPDATE, DELETE or MERGE with its AI calls counted and not sent (each answers NULL), in a subtransaction that is rolled back, and return per model the requests it would send, their inputs, input tokens (exact for Qwen models with the vocabulary installed, else estimated: input_tokens_exact), the output-token range (at least one token per chat request; at most max_tokens, else the model''s documented cap, NULL if none) and the cost range at ai_prices (NULL without a price). Nothing is sent, spent or counted in ai_usage. The statement runs with the caller''s rights.';
+
+-- sql/seed_prices.sql
+-- The prices pg_bailian ships in bailian.seed_prices.
+--
+-- Units: yuan (CNY) per million tokens, Bailian's Beijing (Chinese mainland) real-time price.
+--   input_price, output_price: seed 002 (shared/seeds/002_e8d63ac85703bf56.txt, "百炼模型盘点",
+--     2026-02-28), for every model of the registry it prices. Seed 002 gives one figure per
+--     model; where Bailian bills by tiers of the request's input length (the whole request at
+--     its tier), that figure is the lowest tier and the line names the higher ones.
+--   thinking_output_price: the output price in thinking mode where the Bailian pricing page
+--     (research S12, help.aliyun.com/zh/model-studio/model-pricing, about 2026-04) gives one
+--     apart; NULL: the same as output_price (also for thinking-only models, whose output
+--     price is their thinking price).
+--   cached_input_ratio: 0.2 for the models Bailian's context-cache page (research S9, §3.6)
+--     lists as supporting the implicit cache (a hit costs 20 % of the input price; snapshot
+--     and -latest models are excluded there), 1.0 otherwise.
+--   batch_ratio: 0.5 where the pricing page (S12, research §1.8) marks the model "Batch调用半价"
+--     (seed 002 says batch calls cost half, without naming models), else NULL.
+--
+-- Not here (no row, so their cost is NULL, not 0): every model seed 002 does not price, even
+-- where the pricing page does (the embeddings, rerank, qwen-long, the Qwen3-VL models, ...),
+-- and models seed 002 prices that pg_bailian serves through OpenSearch only (qwen-turbo,
+-- qwen3-235b-a22b, qwq-32b): OpenSearch bills its own way, not at Bailian's prices.
+--
+-- Where the pricing page (S12) differs from seed 002, seed 002's figure is kept and the line
+-- names the official one; the pricing page is later than the seed, so a DBA should check the
+-- live page and edit ai_prices.
+
+INSERT INTO bailian.seed_prices (model_type, input_price, output_price, thinking_output_price, cached_input_ratio, batch_ratio, source) VALUES
+ ('deepseek-r1', 4, 16, NULL, 0.2, 0.5, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'),
+ ('deepseek-r1-distill-qwen-14b', 0.2, 0.8, NULL, 1.0, NULL, 'seed 002 (2026-02-28)'), -- official (S12): 1 / 3
+ ('deepseek-r1-distill-qwen-32b', 0.5, 2, NULL, 1.0, NULL, 'seed 002 (2026-02-28)'), -- official (S12): 2 / 6
+ ('deepseek-v3', 1, 4, NULL, 0.2, 0.5, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'), -- official (S12): 2 / 8
+ ('glm-4.7', 2, 8, NULL, 0.2, NULL, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9)'), -- official (S12): input <=32K 3 / 14, 32K-166K 4 / 16
+ ('glm-5', 4, 16, NULL, 0.2, NULL, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9)'), -- official (S12): input <=32K 4 / 18, 32K-198K 6 / 22
+ ('kimi-k2-thinking', 1.6, 6, NULL, 0.2, NULL, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9)'), -- official (S12): 4 / 16
+ ('qwen-flash', 0.15, 1.5, NULL, 0.2, 0.5, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'), -- tiered (S12): input <=128K 0.15 / 1.5, 128K-256K 0.6 / 6, 256K-1M 1.2 / 12
+ ('qwen-max', 2.4, 9.6, NULL, 0.2, 0.5, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'),
+ ('qwen-mt-plus', 1, 3, NULL, 1.0, NULL, 'seed 002 (2026-02-28)'), -- official (S12): 1.8 / 5.4
+ ('qwen-mt-turbo', 0.3, 0.6, NULL, 1.0, NULL, 'seed 002 (2026-02-28)'), -- official (S12): 0.7 / 1.95
+ ('qwen-plus', 0.8, 2, 8, 0.2, 0.5, 'seed 002 (2026-02-28); thinking price: Bailian pricing page (S12); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'), -- tiered (S12): input <=128K 0.8 / 2 / 8 thinking, 128K-256K 2.4 / 20 / 24, 256K-1M 4.8 / 48 / 64
+ ('qwen-plus-latest', 0.8, 2, 8, 1.0, 0.5, 'seed 002 (2026-02-28); thinking price: Bailian pricing page (S12); batch: Bailian pricing page (S12)'), -- tiered as qwen-plus (S12); no implicit cache for -latest models (S9)
+ ('qwen3-max', 2.5, 10, NULL, 0.2, 0.5, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'), -- tiered (S12): input <=32K 2.5 / 10, 32K-128K 4 / 16, 128K-252K 7 / 28
+ ('qwq-plus', 1.6, 4, NULL, 1.0, 0.5, 'seed 002 (2026-02-28); batch: Bailian pricing page (S12)');
+
+-- Privileges: as finalize.sql sets them at CREATE EXTENSION (default privileges in force for
+-- the updating role would otherwise grant on the new objects).
+DO $acl$
+DECLARE
+    statement text;
+BEGIN
+    FOR statement IN
+        SELECT pg_catalog.format('REVOKE ALL ON %s FROM %s', o.object,
+                   CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                        ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END)
+          FROM (SELECT CASE WHEN c.relkind OPERATOR(pg_catalog.=) 'S' THEN 'SEQUENCE ' ELSE 'TABLE ' END
+                       OPERATOR(pg_catalog.||) c.oid::pg_catalog.regclass::pg_catalog.text AS object,
+                       c.relacl AS acl, c.relowner AS owner
+                  FROM pg_catalog.pg_class c
+                 WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY['bailian.seed_prices'::pg_catalog.regclass,
+                                                                'bailian.prices',
+                                                                'bailian.effective_prices',
+                                                                '@extschema@.ai_prices',
+                                                                'bailian.budget_ids',
+                                                                'bailian.budgets',
+                                                                '@extschema@.ai_budgets',
+                                                                '@extschema@.ai_usage',
+                                                                '@extschema@.ai_activity',
+                                                                '@extschema@.ai_rate_limits'])
+                UNION ALL
+                SELECT 'ROUTINE ' OPERATOR(pg_catalog.||) p.oid::pg_catalog.regprocedure::pg_catalog.text, p.proacl, p.proowner
+                  FROM pg_catalog.pg_proc p
+                 WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                       'bailian.set_price()'::pg_catalog.regprocedure,
+                       '@extschema@.ai_set_budget(name, text, numeric, text, text)',
+                       '@extschema@.ai_drop_budget(name, text)',
+                       'bailian.budget_spent()',
+                       'bailian.scope()',
+                       'bailian.usage_rows()',
+                       '@extschema@.ai_usage_reset()',
+                       'bailian.activity_rows()',
+                       'bailian.rate_limit_rows()',
+                       '@extschema@.ai_estimate(text)'])) o,
+               pg_catalog.aclexplode(o.acl) a
+         WHERE a.grantee OPERATOR(pg_catalog.<>) o.owner
+         GROUP BY o.object, a.grantee
+    LOOP
+        EXECUTE statement;
+    END LOOP;
+END
+$acl$;
+
+-- Operating it (sql/operating.sql).
+GRANT SELECT ON ai_prices, ai_usage, ai_budgets, ai_activity, ai_rate_limits TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
+    bailian.usage_rows(), bailian.budget_spent(), bailian.activity_rows(), bailian.rate_limit_rows(),
+    bailian.scope() TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_usage_reset() FROM PUBLIC;
+DO $owner$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
+        GRANT SELECT ON bailian.budgets, bailian.budget_ids TO pg_database_owner;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON bailian.prices TO pg_database_owner;
+        GRANT INSERT, UPDATE, DELETE ON ai_prices TO pg_database_owner;
+        GRANT EXECUTE ON FUNCTION ai_usage_reset() TO pg_database_owner;
+    END IF;
+END
+$owner$;
+
+-- Comments (sql/finalize.sql) that changed.
+COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) IS
+  'Deploy a model under model_name: model_type from ai_supported_models() for the provider (''bailian'', the default, or ''opensearch'' with base_url => the instance host and workspace, default ''default''), api_key ''sk-...'' or for OpenSearch ''OS-...'' (stored encrypted), ''env:NAME'' (names in pg_bailian.allowed_env_keys) or ''file:/path'' (under pg_bailian.key_directory), default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url (for non-superusers, a host in pg_bailian.allowed_hosts), client-side rate limits (requests_per_minute, tokens_per_minute: NULL takes Bailian''s documented limit for the model and region where requests go to Bailian, 0 none; see ai_rate_limits), shared by every session that sends the same key to the same model and host. replace => true redeploys an existing name, only by the role that deployed it, its members or a superuser. Not executable by PUBLIC: GRANT EXECUTE to delegate.';
