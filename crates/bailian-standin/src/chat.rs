@@ -12,6 +12,7 @@ use crate::handler::Outcome;
 use crate::models::{self, Thinking};
 use crate::stream;
 use crate::structured;
+use crate::tokens::approx_tokens;
 use serde_json::{json, Value};
 
 /// Observed on the wire with the trailing space (OpenManus#330, ragflow#5912); the
@@ -47,10 +48,6 @@ pub fn translation_reply(text: &str, source: &str, target: &str, terms: &[(Strin
         out = out.replace(s.as_str(), t);
     }
     format!("[{source}->{target}] {out}")
-}
-
-pub(crate) fn approx_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4).max(1)
 }
 
 /// The text of a message's content: a string, or the text parts of a content-part array,

@@ -3,7 +3,7 @@
 //! each endpoint answers lives in its own module: `chat`, `multimodal`, `rerank`,
 //! `opensearch`, and `embeddings` below.
 
-use crate::chat::{self, approx_tokens, content_text, last_user};
+use crate::chat::{self, content_text, last_user};
 use crate::embedding::embedding_for;
 use crate::errors::{self, invalid, status_error, Api};
 use crate::faults::{self, PaddedBody};
@@ -14,6 +14,7 @@ use crate::rerank;
 use crate::state::{Config, Fault, LoggedRequest, Shared};
 use crate::stream::SseBody;
 use crate::structured;
+use crate::tokens::approx_tokens;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;

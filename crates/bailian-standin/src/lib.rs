@@ -42,6 +42,7 @@ mod rerank;
 mod state;
 mod stream;
 mod structured;
+mod tokens;
 
 pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
 pub use chat::{chat_reply, reasoning_reply, translation_reply};

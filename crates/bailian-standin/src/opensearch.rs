@@ -6,11 +6,12 @@
 //! than ServiceIdNotExist are `InvalidParameter` with wording of the stand-in's own (the seed
 //! gives the rules, not the messages).
 
-use crate::chat::{approx_tokens, chat_reply, check_stop, last_user, stop_at};
+use crate::chat::{chat_reply, check_stop, last_user, stop_at};
 use crate::errors::{coded_body, invalid, respond, Api};
 use crate::handler::Outcome;
 use crate::models;
 use crate::stream;
+use crate::tokens::approx_tokens;
 use serde_json::{json, Value};
 
 /// The answer the stand-in gives a service for `prompt`: the same as compatible-mode chat.
