@@ -13,6 +13,7 @@ use crate::models::{self, Thinking};
 use crate::stream;
 use crate::structured;
 use crate::tokens::approx_tokens;
+use crate::usage::Tokens;
 use serde_json::{json, Value};
 
 /// Observed on the wire with the trailing space (OpenManus#330, ragflow#5912); the
@@ -88,7 +89,10 @@ struct Plan<'a> {
 
 pub(crate) fn chat(body: &Value, model: &str, id: u64) -> Outcome {
     match plan(body, model, id) {
-        Ok(plan) if plan.stream => Outcome::Stream { events: stream_events(&plan, id), broken: false },
+        Ok(plan) if plan.stream => {
+            let tokens = Tokens::of_usage(&usage(&plan));
+            Outcome::Stream { events: stream_events(&plan, id), broken: false, tokens }
+        }
         Ok(plan) => completion(&plan, id),
         Err(refusal) => refusal,
     }
@@ -412,6 +416,9 @@ fn translation(body: &Value, messages: &[Value]) -> Result<String, String> {
     Ok(translation_reply(&text, source, target, &terms))
 }
 
+/// The answer's `usage` (API reference, response object; research §3.1): the tokens of every
+/// message's text, and of each choice's content and reasoning. Reasoning tokens are counted
+/// inside `completion_tokens` and reported in `completion_tokens_details.reasoning_tokens`.
 fn usage(plan: &Plan) -> Value {
     let reasoning_tokens = plan.reasoning.as_deref().map(approx_tokens).unwrap_or(0);
     let completion_tokens = (approx_tokens(&plan.content) + reasoning_tokens) * plan.n;

@@ -4,9 +4,10 @@
 //! `opensearch`, and `embeddings` below.
 
 use crate::chat::{self, content_text, last_user};
-use crate::embedding::embedding_for;
+use crate::embedding::{embedding_for, fnv1a};
 use crate::errors::{self, invalid, status_error, Api};
 use crate::faults::{self, PaddedBody};
+use crate::limits::Dimension;
 use crate::models;
 use crate::multimodal;
 use crate::opensearch;
@@ -15,6 +16,7 @@ use crate::state::{Config, Fault, LoggedRequest, Shared};
 use crate::stream::SseBody;
 use crate::structured;
 use crate::tokens::approx_tokens;
+use crate::usage::Tokens;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -23,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -147,7 +149,7 @@ pub(crate) async fn handle(
             let body = PaddedBody::new(prefix, padding, suffix, content_length, shared.clone());
             raw_response(200, "application/json", Vec::new(), Either::Right(Either::Left(body)))
         }
-        Outcome::Stream { events, broken } => {
+        Outcome::Stream { events, broken, .. } => {
             guard.finish(200);
             let delay = Duration::from_millis(shared.config.lock().unwrap().stream_chunk_delay_ms);
             let body = SseBody::new(events, delay, broken);
@@ -207,9 +209,12 @@ pub(crate) enum Outcome {
         content_length: bool,
     },
     /// 200 `text/event-stream` with these events; `broken` drops the connection after them.
+    /// `tokens`: the whole answer's usage, whether or not an event reports it (the token
+    /// limits count it).
     Stream {
         events: Vec<Bytes>,
         broken: bool,
+        tokens: Tokens,
     },
     Reset,
 }
@@ -325,25 +330,46 @@ async fn answer(
     let kind = route.kind;
     let api = kind.api();
     let config: Config = shared.config.lock().unwrap().clone();
+    let parsed = serde_json::from_slice::<Value>(raw);
+    // The model is known before the key is checked, so a refused key counts under it.
+    entry.model = match (kind, &parsed) {
+        (Kind::OpenSearch, _) => route.service.clone(),
+        (_, Ok(body)) => body.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+        (_, Err(_)) => String::new(),
+    };
+    let model = entry.model.clone();
     let authorized =
         key_fits(api, key) && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
     if !authorized {
         return errors::unauthorized(api, key, config.echo_key_in_errors, id);
     }
-    let body: Value = match serde_json::from_slice(raw) {
+    let body = match parsed {
         Ok(v) => v,
         Err(e) if api == Api::OpenSearch => return invalid(api, &format!("JSON parse error: {e}"), id),
         Err(_) => return invalid(api, "The request body is not valid JSON.", id),
     };
-    let model = match kind {
-        Kind::OpenSearch => route.service.clone(),
-        _ => body.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
-    };
     let inputs = inputs_of(kind, &body);
-    entry.model = model.clone();
     entry.inputs = inputs.clone();
     if config.log_bodies {
         entry.body = body.clone();
+    }
+
+    // The stand-in has no accounts: a key is its account, and is kept only as a hash.
+    let account = fnv1a(key.as_bytes());
+    if let Err(refusal) =
+        shared.limits.admit(account, &model, config.rpm_limit, config.tpm_limit, Instant::now())
+    {
+        shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        entry.fault = Some(refusal.fault().into());
+        let body = match refusal.dimension {
+            Dimension::Requests => status_error(api, 429, id, &model),
+            Dimension::Tokens => errors::quota_exceeded(api, id),
+        };
+        return Outcome::Respond {
+            status: 429,
+            body,
+            retry_after: config.retry_after_secs.map(|_| refusal.wait.as_secs_f64()),
+        };
     }
     let c = &shared.counters;
     match kind {
@@ -352,16 +378,6 @@ async fn answer(
         Kind::Rerank => c.rerank_requests.fetch_add(1, Ordering::Relaxed),
     };
     c.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-
-    if let Err(wait) = shared.admit(config.rpm_limit) {
-        c.rate_limited.fetch_add(1, Ordering::Relaxed);
-        entry.fault = Some("rpm limit".into());
-        return Outcome::Respond {
-            status: 429,
-            body: status_error(api, 429, id, &model),
-            retry_after: config.retry_after_secs.map(|_| wait),
-        };
-    }
 
     let mut latency = config.latency_ms;
     let fault = shared.take_scripted(&inputs).or_else(|| {
@@ -455,6 +471,16 @@ async fn answer(
         Kind::OpenSearch => opensearch::generate(&body, &model, id),
         Kind::Rerank => rerank::rerank(&body, &model, id),
     };
+    // An answer (not a refusal) uses its tokens, reported or not.
+    let answered = match &outcome {
+        Outcome::Respond { status: 200..=299, body, .. } => Some(Tokens::of_answer(body)),
+        Outcome::Stream { tokens, .. } => Some(Some(*tokens)),
+        _ => None,
+    };
+    if let Some(tokens) = answered {
+        let total = tokens.map_or(0, |t| t.total_tokens);
+        shared.limits.answered(account, &model, total, config.tpm_limit, Instant::now());
+    }
     match fault {
         Some(fault) => spoil(&fault, kind, &body, outcome, id),
         None => outcome,
@@ -466,11 +492,11 @@ async fn answer(
 /// faults apply to streams only; the others to whole bodies only. `request` is the request's
 /// body, for the faults that depend on what it asked (`response_format`).
 fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) -> Outcome {
-    if let Outcome::Stream { mut events, .. } = outcome {
+    if let Outcome::Stream { mut events, tokens, .. } = outcome {
         return match fault {
             Fault::StreamBreak { after } => {
                 events.truncate(*after);
-                Outcome::Stream { events, broken: true }
+                Outcome::Stream { events, broken: true, tokens }
             }
             Fault::StreamError { after } => {
                 events.truncate(*after);
@@ -478,9 +504,9 @@ fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) 
                     Kind::OpenSearch => opensearch::moderation_event(id),
                     _ => chat::moderation_event(id),
                 });
-                Outcome::Stream { events, broken: false }
+                Outcome::Stream { events, broken: false, tokens }
             }
-            _ => Outcome::Stream { events, broken: false },
+            _ => Outcome::Stream { events, broken: false, tokens },
         };
     }
     let body = match outcome {

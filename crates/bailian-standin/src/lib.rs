@@ -22,8 +22,10 @@
 //! between stream events, faults by rate or scripted per input (including answers no client
 //! should trust: oversized bodies, NUL in text, numbers beyond f32, any Retry-After,
 //! redirects, streams that break or end in an error, structured output that is not JSON or
-//! breaks its schema), an optional requests-per-minute limit, and counters plus a request log
-//! that tests read (in process through [`Standin`], or over HTTP under `/_standin/`).
+//! breaks its schema), Bailian's rate limits per key and model (requests and tokens, per
+//! minute and per second, refused with the documented 429s; see `limits`), and counters plus
+//! a request log that tests read (in process through [`Standin`], or over HTTP under
+//! `/_standin/`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
@@ -35,6 +37,7 @@ mod embedding;
 mod errors;
 mod faults;
 mod handler;
+mod limits;
 mod models;
 mod multimodal;
 mod opensearch;
@@ -43,11 +46,13 @@ mod state;
 mod stream;
 mod structured;
 mod tokens;
+mod usage;
 
 pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
 pub use chat::{chat_reply, reasoning_reply, translation_reply};
 pub use embedding::{embedding_for, image_embedding_for};
 pub use state::{Config, Fault, LoggedRequest, StatsSnapshot};
+pub use usage::Tokens;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -134,7 +139,7 @@ impl Standin {
         self.shared.log.lock().unwrap().clone()
     }
 
-    /// Clears counters, the request log, scripts and the rate-limit window.
+    /// Clears counters, the request log, scripts and the rate-limit windows.
     pub fn reset(&self) {
         self.shared.reset();
     }

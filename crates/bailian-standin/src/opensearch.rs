@@ -12,6 +12,7 @@ use crate::handler::Outcome;
 use crate::models;
 use crate::stream;
 use crate::tokens::approx_tokens;
+use crate::usage::Tokens;
 use serde_json::{json, Value};
 
 /// The answer the stand-in gives a service for `prompt`: the same as compatible-mode chat.
@@ -99,7 +100,8 @@ pub(crate) fn generate(body: &Value, service: &str, id: u64) -> Outcome {
             stream::event(&answer(&so_far))
         })
         .collect();
-    Outcome::Stream { events, broken: false }
+    let tokens = Tokens::of_answer(&answer(&text)).unwrap_or_default();
+    Outcome::Stream { events, broken: false, tokens }
 }
 
 /// The event an OpenSearch stream ends with when moderation stops it (`Fault::StreamError`):
