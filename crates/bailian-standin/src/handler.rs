@@ -16,7 +16,7 @@ use crate::state::{Config, Fault, LoggedRequest, Shared};
 use crate::stream::SseBody;
 use crate::structured;
 use crate::tokens::approx_tokens;
-use crate::usage::Tokens;
+use crate::usage::{key_hint, Ending, Tokens};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -134,7 +134,7 @@ pub(crate) async fn handle(
     let id = shared.next_id();
     let mut guard = InFlight::new(shared.clone(), id, &path, &auth);
     let body = req.into_body().collect().await?.to_bytes();
-    let outcome = answer(&shared, &route, &auth, &body, id, &mut guard.entry).await;
+    let outcome = answer(&shared, &route, &auth, &body, id, &mut guard).await;
     match outcome {
         Outcome::Respond { status, body, retry_after } => {
             guard.finish(status);
@@ -152,7 +152,8 @@ pub(crate) async fn handle(
         Outcome::Stream { events, broken, .. } => {
             guard.finish(200);
             let delay = Duration::from_millis(shared.config.lock().unwrap().stream_chunk_delay_ms);
-            let body = SseBody::new(events, delay, broken);
+            let on_sent = report_as_sent(&shared, &guard.entry, &events);
+            let body = SseBody::new(events, delay, broken, on_sent);
             let headers = vec![(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
             raw_response(200, "text/event-stream", headers, Either::Right(Either::Right(body)))
         }
@@ -161,6 +162,40 @@ pub(crate) async fn handle(
             Err("connection reset by the stand-in (fault)".into())
         }
     }
+}
+
+/// What counts a stream's usage as its events are sent: each event that carries a `usage`
+/// object adds what it reports beyond the previous one (an OpenSearch event carries the usage
+/// so far, a compatible-mode stream only its last chunk), so a stream counts the usage of the
+/// last such event it sent.
+fn report_as_sent(
+    shared: &Arc<Shared>,
+    entry: &LoggedRequest,
+    events: &[Bytes],
+) -> Box<dyn FnMut(usize) + Send> {
+    let per_event: Vec<Option<Tokens>> = events.iter().map(|e| usage_of_event(e)).collect();
+    if per_event.iter().all(Option::is_none) {
+        return Box::new(|_| {});
+    }
+    let (shared, model, hint) = (shared.clone(), entry.model.clone(), entry.auth_hint.clone());
+    let mut sent: Option<Tokens> = None;
+    Box::new(move |i| {
+        if let Some(Some(tokens)) = per_event.get(i) {
+            let before = sent.unwrap_or_default();
+            shared.usage.reported(&model, &hint, &tokens.since(&before), sent.is_none());
+            sent = Some(*tokens);
+        }
+    })
+}
+
+/// The usage an SSE event (`data: {...}`) carries, if any.
+fn usage_of_event(event: &[u8]) -> Option<Tokens> {
+    // Most chunks carry `"usage":null` or nothing: skip them without parsing.
+    if !event.windows(9).any(|w| w == b"\"usage\":{") {
+        return None;
+    }
+    let json = event.strip_prefix(b"data: ")?;
+    serde_json::from_slice::<Value>(json).ok().as_ref().and_then(Tokens::of_answer)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -219,12 +254,14 @@ pub(crate) enum Outcome {
     Reset,
 }
 
-/// Logs the request when it ends, and counts it as aborted if the client went away first
-/// (hyper drops the handler future when the connection closes).
+/// Logs the request when it ends, counts it in the usage book, and counts it as aborted if
+/// the client went away first (hyper drops the handler future when the connection closes).
 struct InFlight {
     shared: Arc<Shared>,
     entry: LoggedRequest,
     done: bool,
+    /// The limit that refused it, if one did.
+    refused_by: Option<Dimension>,
 }
 
 impl InFlight {
@@ -244,7 +281,7 @@ impl InFlight {
             received_ms: shared.ms_since_start(),
             finished_ms: 0.0,
         };
-        InFlight { shared, entry, done: false }
+        InFlight { shared, entry, done: false, refused_by: None }
     }
 
     fn finish(&mut self, status: u16) {
@@ -263,6 +300,13 @@ impl Drop for InFlight {
             self.shared.counters.aborted.fetch_add(1, Ordering::Relaxed);
             self.entry.fault.get_or_insert_with(|| "client went away".into());
         }
+        let ending = match (self.done, self.entry.status, self.refused_by) {
+            (false, _, _) | (true, 0, _) => Ending::Unanswered,
+            (true, _, Some(Dimension::Requests)) => Ending::RpmLimit,
+            (true, _, Some(Dimension::Tokens)) => Ending::TpmLimit,
+            (true, status, None) => Ending::Status(status),
+        };
+        self.shared.usage.ended(&self.entry.model, &self.entry.auth_hint, ending);
         self.entry.finished_ms = self.shared.ms_since_start();
         let entry = std::mem::replace(
             &mut self.entry,
@@ -280,15 +324,6 @@ impl Drop for InFlight {
             },
         );
         self.shared.log.lock().unwrap().push(entry);
-    }
-}
-
-fn key_hint(key: &str) -> String {
-    let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!("{}...{tail}", &key[..key.len().min(3)])
     }
 }
 
@@ -325,8 +360,9 @@ async fn answer(
     key: &str,
     raw: &[u8],
     id: u64,
-    entry: &mut LoggedRequest,
+    guard: &mut InFlight,
 ) -> Outcome {
+    let entry = &mut guard.entry;
     let kind = route.kind;
     let api = kind.api();
     let config: Config = shared.config.lock().unwrap().clone();
@@ -361,6 +397,7 @@ async fn answer(
     {
         shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         entry.fault = Some(refusal.fault().into());
+        guard.refused_by = Some(refusal.dimension);
         let body = match refusal.dimension {
             Dimension::Requests => status_error(api, 429, id, &model),
             Dimension::Tokens => errors::quota_exceeded(api, id),
@@ -378,6 +415,7 @@ async fn answer(
         Kind::Rerank => c.rerank_requests.fetch_add(1, Ordering::Relaxed),
     };
     c.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+    shared.usage.inputs(&model, &entry.auth_hint, inputs.len() as u64);
 
     let mut latency = config.latency_ms;
     let fault = shared.take_scripted(&inputs).or_else(|| {
@@ -481,10 +519,21 @@ async fn answer(
         let total = tokens.map_or(0, |t| t.total_tokens);
         shared.limits.answered(account, &model, total, config.tpm_limit, Instant::now());
     }
-    match fault {
+    let outcome = match fault {
         Some(fault) => spoil(&fault, kind, &body, outcome, id),
         None => outcome,
+    };
+    // A whole answer's usage is counted as it is handed over (a stream's, event by event, in
+    // `handle`). The faults that spoil a 200 keep its usage as it was.
+    let whole_answer = match &outcome {
+        Outcome::Respond { status, .. } | Outcome::Raw { status, .. } => (200..300).contains(status),
+        Outcome::Padded { .. } => true,
+        Outcome::Stream { .. } | Outcome::Reset => false,
+    };
+    if let (true, Some(Some(tokens))) = (whole_answer, answered) {
+        shared.usage.reported(&model, &entry.auth_hint, &tokens, true);
     }
+    outcome
 }
 
 /// The faults that spoil a good answer rather than replace it. An answer that is already an
@@ -593,6 +642,7 @@ fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> R
     match (method, path) {
         ("GET", "stats") => ok(serde_json::to_value(shared.stats()).unwrap()),
         ("GET", "requests") => ok(serde_json::to_value(&*shared.log.lock().unwrap()).unwrap()),
+        ("GET", "usage") => ok(serde_json::to_value(shared.usage.rows()).unwrap()),
         ("GET", "config") => ok(serde_json::to_value(&*shared.config.lock().unwrap()).unwrap()),
         ("POST", "config") => {
             let patch: Value = match serde_json::from_slice(body) {

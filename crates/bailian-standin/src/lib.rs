@@ -23,9 +23,9 @@
 //! should trust: oversized bodies, NUL in text, numbers beyond f32, any Retry-After,
 //! redirects, streams that break or end in an error, structured output that is not JSON or
 //! breaks its schema), Bailian's rate limits per key and model (requests and tokens, per
-//! minute and per second, refused with the documented 429s; see `limits`), and counters plus
-//! a request log that tests read (in process through [`Standin`], or over HTTP under
-//! `/_standin/`).
+//! minute and per second, refused with the documented 429s; see `limits`), and counters, a
+//! request log and per-model usage that tests read (in process through [`Standin`], or over
+//! HTTP under `/_standin/`: `stats`, `requests`, `usage`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
@@ -52,7 +52,7 @@ pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
 pub use chat::{chat_reply, reasoning_reply, translation_reply};
 pub use embedding::{embedding_for, image_embedding_for};
 pub use state::{Config, Fault, LoggedRequest, StatsSnapshot};
-pub use usage::Tokens;
+pub use usage::{key_hint, ModelUsage, Tokens, UsageRow};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -139,7 +139,23 @@ impl Standin {
         self.shared.log.lock().unwrap().clone()
     }
 
-    /// Clears counters, the request log, scripts and the rate-limit windows.
+    /// What was counted per model and key hint, ordered by model then hint.
+    pub fn usage(&self) -> Vec<UsageRow> {
+        self.shared.usage.rows()
+    }
+
+    /// What was counted for `model` (for OpenSearch, the service id) and the key whose
+    /// [`key_hint`] is `key_hint`; all zero if nothing was.
+    pub fn usage_of(&self, model: &str, key_hint: &str) -> ModelUsage {
+        self.shared.usage.of(model, key_hint)
+    }
+
+    /// What was counted for every model and key together.
+    pub fn usage_total(&self) -> ModelUsage {
+        self.shared.usage.total()
+    }
+
+    /// Clears counters, the request log, usage, scripts and the rate-limit windows.
     pub fn reset(&self) {
         self.shared.reset();
     }

@@ -1,5 +1,5 @@
 //! `bailian-standin`: run the stand-in as a process, for the demo and benchmarks.
-//! Control it at runtime under `/_standin/` (stats, requests, config, script, reset).
+//! Control it at runtime under `/_standin/` (stats, requests, usage, config, script, reset).
 
 use bailian_standin::{Config, Standin};
 

@@ -1,6 +1,7 @@
 //! The stand-in's configuration, scripted faults, counters and request log.
 
 use crate::limits::Limits;
+use crate::usage::UsageBook;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -170,7 +171,8 @@ pub struct StatsSnapshot {
     /// image or video), the query and each document of a rerank request.
     pub inputs: u64,
     pub by_status: BTreeMap<u16, u64>,
-    /// 429s given by the rate limits, requests and tokens (not by fault injection).
+    /// 429s given by the rate limits, requests and tokens (not by fault injection);
+    /// `Standin::usage` splits them per model, key and limit.
     pub rate_limited: u64,
     pub connections_accepted: u64,
     pub connections_open: u64,
@@ -211,6 +213,7 @@ pub(crate) struct Shared {
     pub log: Mutex<Vec<LoggedRequest>>,
     scripts: Mutex<HashMap<String, VecDeque<Fault>>>,
     pub limits: Limits,
+    pub usage: UsageBook,
     rng: Mutex<u64>,
     pub started: Instant,
     next_id: AtomicU64,
@@ -226,6 +229,7 @@ impl Shared {
             log: Mutex::new(Vec::new()),
             scripts: Mutex::new(HashMap::new()),
             limits: Limits::default(),
+            usage: UsageBook::default(),
             rng: Mutex::new(seed),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -318,6 +322,7 @@ impl Shared {
         self.log.lock().unwrap().clear();
         self.scripts.lock().unwrap().clear();
         self.limits.clear();
+        self.usage.clear();
     }
 }
 

@@ -1,10 +1,12 @@
-//! Rate limits per key and model and the 429s they answer with, over real HTTP.
+//! Rate limits per key and model, the 429s they answer with, and the usage the stand-in counts
+//! against the usage its answers carried, over real HTTP.
 
 mod common;
 
-use bailian_standin::{Config, Standin};
+use bailian_standin::{chat_reply, key_hint, reasoning_reply, Config, Fault, Standin, Tokens, UsageRow};
 use common::{error_of, send, Reply};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 const CHAT: &str = "/compatible-mode/v1/chat/completions";
@@ -13,9 +15,15 @@ const MULTIMODAL: &str = "/api/v1/services/embeddings/multimodal-embedding/multi
 const RERANK: &str = "/api/v1/services/rerank/text-rerank/text-rerank";
 const A: &str = "sk-key-a-0001";
 const B: &str = "sk-key-b-0002";
+const OS_KEY: &str = "OS-key-0003";
 
 fn start(config: Config) -> Standin {
     Standin::start(config).unwrap()
+}
+
+/// The stand-in's token count: four characters a token, at least one.
+fn tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4).max(1)
 }
 
 async fn call(s: &Standin, path: &str, key: &str, body: Value) -> Reply {
@@ -63,6 +71,12 @@ async fn request_limits_are_per_key_and_per_model() {
         (429, "Throttling.RateQuota".into(), "Requests rate limit exceeded, please try again later.".into())
     );
 
+    let a = s.usage_of("qwen-plus", &key_hint(A));
+    assert_eq!((a.requests, a.answered, a.rate_limited_rpm, a.rate_limited_tpm, a.errors), (2, 1, 1, 0, 0));
+    assert_eq!(a.statuses, BTreeMap::from([(200, 1), (429, 1)]));
+    assert_eq!(a.inputs, 1, "a refused request's input is not counted");
+    assert_eq!(s.usage_of("qwen-plus", &key_hint(B)).answered, 1);
+    assert_eq!(s.usage_of("gte-rerank-v2", &key_hint(A)).rate_limited_rpm, 1);
     let stats = s.stats();
     assert_eq!(
         (stats.requests, stats.rate_limited, stats.chat_requests, stats.rerank_requests),
@@ -98,6 +112,8 @@ async fn the_second_refuses_a_burst_under_the_minute_limit() {
         // The wait is at most 100 ms, rounded up to whole seconds.
         assert_eq!(r.retry_after.as_deref(), Some("1"));
     }
+    let u = s.usage_of("text-embedding-v4", &key_hint(A));
+    assert_eq!((u.answered, u.rate_limited_rpm), (admitted as u64, refused.len() as u64));
     assert!(s.requests().iter().filter(|r| r.status == 429).all(|r| r.fault.as_deref() == Some("rps limit")));
     assert_eq!(s.stats().embedding_requests, admitted as u64, "refused requests are not served");
 
@@ -152,5 +168,184 @@ async fn token_limits_refuse_with_insufficient_quota() {
     let wait: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
     assert!((57..=59).contains(&wait), "until the big answer leaves the minute: {wait}");
 
+    let a = s.usage_of("qwen-long", &key_hint(A));
+    assert_eq!((a.answered, a.rate_limited_tpm, a.rate_limited_rpm), (1, 1, 0));
+    assert_eq!(s.usage_of("multimodal-embedding-v1", &key_hint(A)).rate_limited_tpm, 1);
+    assert_eq!(s.usage_of("qwen-long", &key_hint(B)).rate_limited_tpm, 1);
     assert_eq!(s.stats().rate_limited, 3);
+}
+
+/// The usage an answer the test received carried: a JSON body's `usage`, or the last event
+/// of a stream that has one; none for an error or a body cut short.
+fn reported(r: &Reply) -> Option<Value> {
+    if r.status != 200 || r.body.is_err() {
+        return None;
+    }
+    let usage = |v: &Value| v.get("usage").filter(|u| u.is_object()).cloned();
+    if r.text().starts_with("data: ") {
+        r.events().iter().rev().find_map(usage)
+    } else {
+        usage(&r.json())
+    }
+}
+
+/// Sums of the usage fields, by the names each API documents.
+fn sum(usages: &[Value]) -> (Tokens, u64) {
+    let mut t = Tokens::default();
+    for u in usages {
+        let n = |p: &str| u.pointer(p).and_then(Value::as_u64);
+        let prompt = n("/prompt_tokens").or(n("/input_tokens")).unwrap_or(0);
+        let completion = n("/completion_tokens").or(n("/output_tokens")).unwrap_or(0);
+        t.prompt_tokens += prompt;
+        t.completion_tokens += completion;
+        t.total_tokens += n("/total_tokens").unwrap_or(prompt + completion);
+        t.cached_tokens += n("/prompt_tokens_details/cached_tokens").unwrap_or(0);
+        t.reasoning_tokens += n("/completion_tokens_details/reasoning_tokens").unwrap_or(0);
+    }
+    (t, usages.len() as u64)
+}
+
+#[tokio::test]
+async fn usage_sums_what_the_answers_carried() {
+    // A pause between events, so a stream that breaks has sent its headers and first events.
+    let s = start(Config { stream_chunk_delay_ms: 2, ..Config::default() });
+    let system = "You answer questions about the house rules. ".repeat(30);
+    let messages =
+        |text: &str| json!([{"role": "system", "content": system}, {"role": "user", "content": text}]);
+    let stream = json!({"include_usage": true});
+    s.script("boom", vec![Fault::Status(500)]);
+    s.script("cut", vec![Fault::StreamBreak { after: 2 }]);
+    let requests: Vec<(&str, &str, &str, Value)> = vec![
+        ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("one")})),
+        ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("two"), "n": 2})),
+        (
+            "qwen-plus",
+            A,
+            CHAT,
+            json!({"model": "qwen-plus", "messages": messages("three"), "stream": true, "stream_options": stream}),
+        ),
+        // Without include_usage a stream reports nothing.
+        ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("four"), "stream": true})),
+        ("qwen-plus", B, CHAT, json!({"model": "qwen-plus", "messages": messages("five")})),
+        (
+            "qwq-plus",
+            A,
+            CHAT,
+            json!({"model": "qwq-plus", "messages": messages("why"), "stream": true, "stream_options": stream}),
+        ),
+        ("deepseek-r1", A, CHAT, json!({"model": "deepseek-r1", "messages": messages("how")})),
+        (
+            "text-embedding-v4",
+            A,
+            EMBEDDINGS,
+            json!({"model": "text-embedding-v4", "input": ["a b", "c d e f g h i j"]}),
+        ),
+        (
+            "qwen3-vl-embedding",
+            A,
+            MULTIMODAL,
+            json!({"model": "qwen3-vl-embedding", "input": {"contents": [{"text": "a red car"}, {"text": "two"}]}}),
+        ),
+        (
+            "gte-rerank-v2",
+            A,
+            RERANK,
+            json!({"model": "gte-rerank-v2", "input": {"query": "red fox", "documents": ["a red fox", "whale"]}}),
+        ),
+        (
+            "qwen-max",
+            OS_KEY,
+            "/v3/openapi/workspaces/w/text-generation/qwen-max",
+            json!({"messages": messages("os")}),
+        ),
+        (
+            "qwen-max",
+            OS_KEY,
+            "/v3/openapi/workspaces/w/text-generation/qwen-max",
+            json!({"messages": messages("os stream"), "stream": true}),
+        ),
+        // Refused, failed, and a stream cut before its usage chunk: nothing reported.
+        ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("hot"), "temperature": 5})),
+        ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("boom")})),
+        (
+            "qwen-plus",
+            A,
+            CHAT,
+            json!({"model": "qwen-plus", "messages": messages("cut"), "stream": true, "stream_options": stream}),
+        ),
+    ];
+    let mut seen: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    let mut statuses: BTreeMap<(String, String), Vec<u16>> = BTreeMap::new();
+    for (model, key, path, body) in requests {
+        let r = call(&s, path, key, body).await;
+        let row = (model.to_string(), key_hint(key));
+        statuses.entry(row.clone()).or_default().push(r.status);
+        seen.entry(row).or_default().extend(reported(&r));
+    }
+    let rows = s.usage();
+    assert_eq!(rows.len(), statuses.len(), "{rows:?}");
+    for row in &rows {
+        let key = (row.model.clone(), row.key_hint.clone());
+        let (tokens, answers) = sum(&seen[&key]);
+        assert_eq!(row.usage.tokens, tokens, "{key:?}");
+        assert_eq!(row.usage.answers_with_usage, answers, "{key:?}");
+        let got = &statuses[&key];
+        assert_eq!(row.usage.requests, got.len() as u64, "{key:?}");
+        assert_eq!(row.usage.answered, got.iter().filter(|s| **s == 200).count() as u64, "{key:?}");
+        assert_eq!(row.usage.errors, got.iter().filter(|s| **s != 200).count() as u64, "{key:?}");
+    }
+    let a = s.usage_of("qwen-plus", &key_hint(A));
+    assert_eq!((a.answered, a.errors, a.answers_with_usage), (5, 2, 3));
+    assert!(s.usage_of("qwq-plus", &key_hint(A)).tokens.reasoning_tokens > 0);
+    assert!(s.usage_of("deepseek-r1", &key_hint(A)).tokens.reasoning_tokens > 0);
+    let inputs: BTreeMap<&str, u64> = rows.iter().map(|r| (r.model.as_str(), r.usage.inputs)).collect();
+    assert_eq!(
+        (inputs["text-embedding-v4"], inputs["qwen3-vl-embedding"], inputs["gte-rerank-v2"]),
+        (2, 2, 3)
+    );
+
+    // The totals, and the same rows over HTTP.
+    let total = s.usage_total();
+    assert_eq!(total.requests, 15);
+    assert_eq!(total.tokens.total_tokens, rows.iter().map(|r| r.usage.tokens.total_tokens).sum::<u64>());
+    let over_http = send(&s.root_url(), "GET", "/_standin/usage", A, "").await;
+    let over_http: Vec<UsageRow> = serde_json::from_str(&over_http.text()).unwrap();
+    assert_eq!(over_http, rows);
+    s.reset();
+    assert!(s.usage().is_empty());
+}
+
+async fn ask(s: &Standin, key: &str, model: &str, system: &str, text: &str, stream: bool) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]});
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    let r = call(s, CHAT, key, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    reported(&r).expect("usage")
+}
+
+#[tokio::test]
+async fn reasoning_tokens() {
+    let s = start(Config::default());
+    // Reasoning is counted inside completion_tokens and reported on its own.
+    let u = ask(&s, A, "deepseek-r1", "Be brief.", "why", false).await;
+    let (reasoning, content) = (reasoning_reply("deepseek-r1", "why"), chat_reply("deepseek-r1", "why", 0));
+    assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], json!(tokens(&reasoning)));
+    assert_eq!(u["completion_tokens"], json!(tokens(&reasoning) + tokens(&content)));
+    assert_eq!(u["prompt_tokens"], json!(tokens("Be brief.") + tokens("why")));
+    assert_eq!(
+        u["total_tokens"],
+        json!(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+    let u = ask(&s, A, "qwq-plus", "Be brief.", "why", true).await;
+    assert_eq!(
+        u["completion_tokens_details"]["reasoning_tokens"],
+        json!(tokens(&reasoning_reply("qwq-plus", "why")))
+    );
+    assert!(ask(&s, A, "qwen-plus", "Be brief.", "why", false)
+        .await
+        .get("completion_tokens_details")
+        .is_none());
 }
