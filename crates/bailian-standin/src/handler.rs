@@ -502,14 +502,23 @@ async fn answer(
         let status = if api == Api::OpenSearch { 400 } else { 404 };
         return Outcome::Respond { status, body: status_error(api, 404, id, &model), retry_after: None };
     }
+    // Implicit cache: chat with the models that have it, unless the request asks for the
+    // explicit cache, which excludes it (context-cache page: one or the other per request).
+    let blocks = (kind == Kind::Chat
+        && config.implicit_cache
+        && models::implicit_cache(&model)
+        && !chat::uses_explicit_cache(&body))
+    .then(|| chat::cache_blocks(&body));
+    let cached = blocks.as_ref().map_or(0, |b| shared.cache.hit(account, &model, b));
     let outcome = match kind {
-        Kind::Chat => chat::chat(&body, &model, id),
+        Kind::Chat => chat::chat(&body, &model, id, cached),
         Kind::Embeddings => embeddings(&body, &model, &inputs, id),
         Kind::MultimodalEmbedding => multimodal::embed(&body, &model, id),
         Kind::OpenSearch => opensearch::generate(&body, &model, id),
         Kind::Rerank => rerank::rerank(&body, &model, id),
     };
-    // An answer (not a refusal) uses its tokens, reported or not.
+    // An answer (not a refusal) uses its tokens, reported or not, and leaves its prompt in the
+    // cache.
     let answered = match &outcome {
         Outcome::Respond { status: 200..=299, body, .. } => Some(Tokens::of_answer(body)),
         Outcome::Stream { tokens, .. } => Some(Some(*tokens)),
@@ -518,6 +527,9 @@ async fn answer(
     if let Some(tokens) = answered {
         let total = tokens.map_or(0, |t| t.total_tokens);
         shared.limits.answered(account, &model, total, config.tpm_limit, Instant::now());
+        if let Some(blocks) = &blocks {
+            shared.cache.keep(account, &model, blocks);
+        }
     }
     let outcome = match fault {
         Some(fault) => spoil(&fault, kind, &body, outcome, id),

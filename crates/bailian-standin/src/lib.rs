@@ -23,15 +23,17 @@
 //! should trust: oversized bodies, NUL in text, numbers beyond f32, any Retry-After,
 //! redirects, streams that break or end in an error, structured output that is not JSON or
 //! breaks its schema), Bailian's rate limits per key and model (requests and tokens, per
-//! minute and per second, refused with the documented 429s; see `limits`), and counters, a
-//! request log and per-model usage that tests read (in process through [`Standin`], or over
-//! HTTP under `/_standin/`: `stats`, `requests`, `usage`).
+//! minute and per second, refused with the documented 429s; see `limits`), implicit context
+//! cache (`cache`), and counters, a request log and per-model usage that tests read (in
+//! process through [`Standin`], or over HTTP under `/_standin/`: `stats`, `requests`,
+//! `usage`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
 
 mod audio;
 mod b64;
+mod cache;
 mod chat;
 mod embedding;
 mod errors;
@@ -155,7 +157,8 @@ impl Standin {
         self.shared.usage.total()
     }
 
-    /// Clears counters, the request log, usage, scripts and the rate-limit windows.
+    /// Clears counters, the request log, usage, scripts, the rate-limit windows and the
+    /// implicit cache.
     pub fn reset(&self) {
         self.shared.reset();
     }

@@ -4,7 +4,7 @@
 use bailian_standin::{Config, Standin};
 
 const USAGE: &str = "usage: bailian-standin [--listen ADDR] [--latency-ms N] [--fail-rate-500 F] \
-[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--tpm N] \
+[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--tpm N] [--no-implicit-cache] \
 [--stream-chunk-delay-ms N] [--no-log-bodies] [--addr-file PATH]
 
 --rpm and --tpm limit requests and tokens per minute, per key and model, and per second at
@@ -36,6 +36,7 @@ fn main() {
             "--retry-after" => config.retry_after_secs = Some(num(&flag, value())),
             "--rpm" => config.rpm_limit = Some(num(&flag, value())),
             "--tpm" => config.tpm_limit = Some(num(&flag, value())),
+            "--no-implicit-cache" => config.implicit_cache = false,
             "--stream-chunk-delay-ms" => config.stream_chunk_delay_ms = num(&flag, value()),
             "--no-log-bodies" => config.log_bodies = false,
             "--addr-file" => addr_file = Some(value()),

@@ -1,5 +1,6 @@
 //! The stand-in's configuration, scripted faults, counters and request log.
 
+use crate::cache::ImplicitCache;
 use crate::limits::Limits;
 use crate::usage::UsageBook;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,10 @@ pub struct Config {
     /// and 1-second windows of answered requests' tokens, refusing once a window holds
     /// TPM, or TPM/60 per second.
     pub tpm_limit: Option<u32>,
+    /// Implicit context cache for the models the context-cache page lists: a prompt that
+    /// begins with 256 tokens or more of an earlier one (same key, same model) reports them
+    /// as `prompt_tokens_details.cached_tokens`. See `cache`.
+    pub implicit_cache: bool,
     /// Keys that authenticate; None accepts any `sk-` key.
     pub accepted_keys: Option<Vec<String>>,
     /// Models answered 404 model_not_found.
@@ -55,6 +60,7 @@ impl Default for Config {
             retry_after_secs: None,
             rpm_limit: None,
             tpm_limit: None,
+            implicit_cache: true,
             accepted_keys: None,
             unavailable_models: Vec::new(),
             echo_key_in_errors: false,
@@ -214,6 +220,7 @@ pub(crate) struct Shared {
     scripts: Mutex<HashMap<String, VecDeque<Fault>>>,
     pub limits: Limits,
     pub usage: UsageBook,
+    pub cache: ImplicitCache,
     rng: Mutex<u64>,
     pub started: Instant,
     next_id: AtomicU64,
@@ -230,6 +237,7 @@ impl Shared {
             scripts: Mutex::new(HashMap::new()),
             limits: Limits::default(),
             usage: UsageBook::default(),
+            cache: ImplicitCache::default(),
             rng: Mutex::new(seed),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -323,6 +331,7 @@ impl Shared {
         self.scripts.lock().unwrap().clear();
         self.limits.clear();
         self.usage.clear();
+        self.cache.clear();
     }
 }
 

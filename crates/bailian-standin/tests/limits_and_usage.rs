@@ -217,6 +217,7 @@ async fn usage_sums_what_the_answers_carried() {
     s.script("cut", vec![Fault::StreamBreak { after: 2 }]);
     let requests: Vec<(&str, &str, &str, Value)> = vec![
         ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("one")})),
+        // The same long system prompt again: a cache hit.
         ("qwen-plus", A, CHAT, json!({"model": "qwen-plus", "messages": messages("two"), "n": 2})),
         (
             "qwen-plus",
@@ -296,6 +297,7 @@ async fn usage_sums_what_the_answers_carried() {
     }
     let a = s.usage_of("qwen-plus", &key_hint(A));
     assert_eq!((a.answered, a.errors, a.answers_with_usage), (5, 2, 3));
+    assert!(a.tokens.cached_tokens >= 2 * 256, "the second and third hit the cache: {a:?}");
     assert!(s.usage_of("qwq-plus", &key_hint(A)).tokens.reasoning_tokens > 0);
     assert!(s.usage_of("deepseek-r1", &key_hint(A)).tokens.reasoning_tokens > 0);
     let inputs: BTreeMap<&str, u64> = rows.iter().map(|r| (r.model.as_str(), r.usage.inputs)).collect();
@@ -327,7 +329,7 @@ async fn ask(s: &Standin, key: &str, model: &str, system: &str, text: &str, stre
 }
 
 #[tokio::test]
-async fn reasoning_tokens() {
+async fn reasoning_and_cached_tokens() {
     let s = start(Config::default());
     // Reasoning is counted inside completion_tokens and reported on its own.
     let u = ask(&s, A, "deepseek-r1", "Be brief.", "why", false).await;
@@ -348,4 +350,49 @@ async fn reasoning_tokens() {
         .await
         .get("completion_tokens_details")
         .is_none());
+
+    // Implicit cache: 350 tokens of system prompt; a hit is whole blocks of 256.
+    let system = "Rules! ".repeat(200);
+    assert_eq!(tokens(&system), 350);
+    let first = ask(&s, A, "qwen-plus", &system, "first", false).await;
+    assert!(first.get("prompt_tokens_details").is_none(), "nothing cached yet: {first}");
+    let second = ask(&s, A, "qwen-plus", &system, "second", false).await;
+    assert_eq!(second["prompt_tokens_details"]["cached_tokens"], json!(256));
+    assert_eq!(
+        second["prompt_tokens"],
+        json!(350 + tokens("second")),
+        "cached tokens are part of the prompt's"
+    );
+    let streamed = ask(&s, A, "qwen-plus", &system, "third", true).await;
+    assert_eq!(streamed["prompt_tokens_details"]["cached_tokens"], json!(256));
+    // The cache is the key's and the model's; -latest and snapshots have none.
+    assert!(ask(&s, B, "qwen-plus", &system, "fourth", false).await.get("prompt_tokens_details").is_none());
+    for model in ["qwen-plus-latest", "qwen-long"] {
+        ask(&s, A, model, &system, "fifth", false).await;
+        let u = ask(&s, A, model, &system, "sixth", false).await;
+        assert!(u.get("prompt_tokens_details").is_none(), "{model}: {u}");
+    }
+    // A shared prefix under 256 tokens is not cached.
+    let short = "Short rules. ".repeat(70);
+    assert!(tokens(&short) < 256);
+    ask(&s, A, "qwen-flash", &short, "a", false).await;
+    assert!(ask(&s, A, "qwen-flash", &short, "b", false).await.get("prompt_tokens_details").is_none());
+    // A request that marks content for the explicit cache gets no implicit hit.
+    let explicit = json!({"model": "qwen-plus", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "seventh"}]});
+    let r = call(&s, CHAT, A, explicit).await;
+    assert!(r.json()["usage"].get("prompt_tokens_details").is_none(), "{}", r.text());
+
+    assert_eq!(s.usage_of("qwen-plus", &key_hint(A)).tokens.cached_tokens, 512);
+    // Off in the configuration, and gone after a reset.
+    s.configure(|c| c.implicit_cache = false);
+    assert!(ask(&s, A, "qwen-plus", &system, "eighth", false).await.get("prompt_tokens_details").is_none());
+    s.configure(|c| c.implicit_cache = true);
+    assert_eq!(
+        ask(&s, A, "qwen-plus", &system, "ninth", false).await["prompt_tokens_details"]["cached_tokens"],
+        json!(256)
+    );
+    s.reset();
+    assert!(ask(&s, A, "qwen-plus", &system, "tenth", false).await.get("prompt_tokens_details").is_none());
 }
