@@ -7,11 +7,14 @@
 //! of the documented ones, and the comment says it is a guess.
 
 use crate::audio;
+use crate::cache;
 use crate::errors::{invalid, Api};
 use crate::handler::Outcome;
 use crate::models::{self, Thinking};
 use crate::stream;
 use crate::structured;
+use crate::tokens::approx_tokens;
+use crate::usage::Tokens;
 use serde_json::{json, Value};
 
 /// Observed on the wire with the trailing space (OpenManus#330, ragflow#5912); the
@@ -49,10 +52,6 @@ pub fn translation_reply(text: &str, source: &str, target: &str, terms: &[(Strin
     format!("[{source}->{target}] {out}")
 }
 
-pub(crate) fn approx_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4).max(1)
-}
-
 /// The text of a message's content: a string, or the text parts of a content-part array,
 /// and how many images it carries.
 pub(crate) fn content_text(content: &Value) -> (String, usize) {
@@ -86,15 +85,50 @@ struct Plan<'a> {
     reasoning: Option<String>,
     finish: &'static str,
     prompt_tokens: u64,
+    /// Of the prompt tokens, those the implicit cache had (`cache`).
+    cached_tokens: u64,
     voice: Option<String>,
 }
 
-pub(crate) fn chat(body: &Value, model: &str, id: u64) -> Outcome {
+/// The answer to a chat request whose first `cached_tokens` prompt tokens were found in the
+/// implicit cache.
+pub(crate) fn chat(body: &Value, model: &str, id: u64, cached_tokens: u64) -> Outcome {
     match plan(body, model, id) {
-        Ok(plan) if plan.stream => Outcome::Stream { events: stream_events(&plan, id), broken: false },
-        Ok(plan) => completion(&plan, id),
+        Ok(plan) => {
+            let plan = Plan { cached_tokens: cached_tokens.min(plan.prompt_tokens), ..plan };
+            if plan.stream {
+                let tokens = Tokens::of_usage(&usage(&plan));
+                Outcome::Stream { events: stream_events(&plan, id), broken: false, tokens }
+            } else {
+                completion(&plan, id)
+            }
+        }
         Err(refusal) => refusal,
     }
+}
+
+/// The messages as the implicit cache sees them: (role, text) each (`cache::blocks`).
+pub(crate) fn cache_blocks(body: &Value) -> cache::Blocks {
+    let messages = body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let texts: Vec<(&str, String)> = messages
+        .iter()
+        .map(|m| {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+            (role, content_text(m.get("content").unwrap_or(&Value::Null)).0)
+        })
+        .collect();
+    cache::blocks(texts.iter().map(|(role, text)| (*role, text.as_str())))
+}
+
+/// A request that marks content for the explicit cache (`"cache_control"` on a content part,
+/// context-cache page), which rules out the implicit one.
+pub(crate) fn uses_explicit_cache(body: &Value) -> bool {
+    let messages = body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .any(|p| p.get("cache_control").is_some())
 }
 
 fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> {
@@ -134,6 +168,7 @@ fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> 
             reasoning: None,
             finish: "stop",
             prompt_tokens,
+            cached_tokens: 0,
             voice: None,
         });
     }
@@ -203,7 +238,18 @@ fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> 
             None => r,
         }
     });
-    Ok(Plan { model, stream, include_usage, n, content, reasoning, finish, prompt_tokens, voice })
+    Ok(Plan {
+        model,
+        stream,
+        include_usage,
+        n,
+        content,
+        reasoning,
+        finish,
+        prompt_tokens,
+        cached_tokens: 0,
+        voice,
+    })
 }
 
 /// The roles and content parts compatible mode takes. A system message may only come first
@@ -415,6 +461,12 @@ fn translation(body: &Value, messages: &[Value]) -> Result<String, String> {
     Ok(translation_reply(&text, source, target, &terms))
 }
 
+/// The answer's `usage` (API reference, response object; research §3.1): the tokens of every
+/// message's text, and of each choice's content and reasoning. Reasoning tokens are counted
+/// inside `completion_tokens` and reported in `completion_tokens_details.reasoning_tokens`;
+/// cached tokens inside `prompt_tokens` and reported in `prompt_tokens_details.cached_tokens`
+/// (context-cache page). The details appear only when they are not zero: whether Bailian sends
+/// `cached_tokens: 0` on a miss is not documented, and every `*_details` field is optional.
 fn usage(plan: &Plan) -> Value {
     let reasoning_tokens = plan.reasoning.as_deref().map(approx_tokens).unwrap_or(0);
     let completion_tokens = (approx_tokens(&plan.content) + reasoning_tokens) * plan.n;
@@ -423,6 +475,9 @@ fn usage(plan: &Plan) -> Value {
         "completion_tokens": completion_tokens,
         "total_tokens": plan.prompt_tokens + completion_tokens,
     });
+    if plan.cached_tokens > 0 {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": plan.cached_tokens});
+    }
     if plan.reasoning.is_some() {
         usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning_tokens * plan.n});
     }

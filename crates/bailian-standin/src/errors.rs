@@ -64,7 +64,9 @@ pub(crate) fn inspection(api: Api, id: u64) -> Value {
     }
 }
 
-/// The realistic body for an error status (faults, the rpm limit, unavailable models).
+/// The realistic body for an error status (faults, the request limits, unavailable models).
+/// A 429 is the request limit's (RPM/RPS, error-code page): `limit_requests` in compatible
+/// mode, `Throttling.RateQuota` in the native and OpenSearch shapes.
 pub(crate) fn status_error(api: Api, status: u16, id: u64, model: &str) -> Value {
     match api {
         Api::Compatible => compatible_status(status, id, model),
@@ -154,6 +156,31 @@ fn compatible_status(status: u16, id: u64, model: &str) -> Value {
             id,
         ),
         _ => error_body("The request failed.", "invalid_request_error", "invalid_request_error", None, id),
+    }
+}
+
+/// 429 for a request over the tokens-per-minute (or per-second) limit: the error-code page
+/// (research §2.3, S7) names it `Throttling.AllocationQuota`, "Allocated quota exceeded,
+/// please increase your quota limit.", and in compatible mode `insufficient_quota`, "You
+/// exceeded your current quota, please check your plan and billing details." (TPM, despite
+/// the name, not billing). The compatible envelope's `type` repeats the code, as the captured
+/// `limit_requests` 429 does. OpenSearch documents a QPS limit only (seed 003); its token
+/// refusal takes the native code in its own shape, a guess.
+pub(crate) fn quota_exceeded(api: Api, id: u64) -> Value {
+    match api {
+        Api::Compatible => error_body(
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+            None,
+            id,
+        ),
+        _ => coded_body(
+            api,
+            "Throttling.AllocationQuota",
+            "Allocated quota exceeded, please increase your quota limit.",
+            id,
+        ),
     }
 }
 

@@ -3,10 +3,11 @@
 //! each endpoint answers lives in its own module: `chat`, `multimodal`, `rerank`,
 //! `opensearch`, and `embeddings` below.
 
-use crate::chat::{self, approx_tokens, content_text, last_user};
-use crate::embedding::embedding_for;
+use crate::chat::{self, content_text, last_user};
+use crate::embedding::{embedding_for, fnv1a};
 use crate::errors::{self, invalid, status_error, Api};
 use crate::faults::{self, PaddedBody};
+use crate::limits::Dimension;
 use crate::models;
 use crate::multimodal;
 use crate::opensearch;
@@ -14,6 +15,8 @@ use crate::rerank;
 use crate::state::{Config, Fault, LoggedRequest, Shared};
 use crate::stream::SseBody;
 use crate::structured;
+use crate::tokens::approx_tokens;
+use crate::usage::{key_hint, Ending, Tokens};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -22,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -131,7 +134,7 @@ pub(crate) async fn handle(
     let id = shared.next_id();
     let mut guard = InFlight::new(shared.clone(), id, &path, &auth);
     let body = req.into_body().collect().await?.to_bytes();
-    let outcome = answer(&shared, &route, &auth, &body, id, &mut guard.entry).await;
+    let outcome = answer(&shared, &route, &auth, &body, id, &mut guard).await;
     match outcome {
         Outcome::Respond { status, body, retry_after } => {
             guard.finish(status);
@@ -146,10 +149,11 @@ pub(crate) async fn handle(
             let body = PaddedBody::new(prefix, padding, suffix, content_length, shared.clone());
             raw_response(200, "application/json", Vec::new(), Either::Right(Either::Left(body)))
         }
-        Outcome::Stream { events, broken } => {
+        Outcome::Stream { events, broken, .. } => {
             guard.finish(200);
             let delay = Duration::from_millis(shared.config.lock().unwrap().stream_chunk_delay_ms);
-            let body = SseBody::new(events, delay, broken);
+            let on_sent = report_as_sent(&shared, &guard.entry, &events);
+            let body = SseBody::new(events, delay, broken, on_sent);
             let headers = vec![(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
             raw_response(200, "text/event-stream", headers, Either::Right(Either::Right(body)))
         }
@@ -158,6 +162,40 @@ pub(crate) async fn handle(
             Err("connection reset by the stand-in (fault)".into())
         }
     }
+}
+
+/// What counts a stream's usage as its events are sent: each event that carries a `usage`
+/// object adds what it reports beyond the previous one (an OpenSearch event carries the usage
+/// so far, a compatible-mode stream only its last chunk), so a stream counts the usage of the
+/// last such event it sent.
+fn report_as_sent(
+    shared: &Arc<Shared>,
+    entry: &LoggedRequest,
+    events: &[Bytes],
+) -> Box<dyn FnMut(usize) + Send> {
+    let per_event: Vec<Option<Tokens>> = events.iter().map(|e| usage_of_event(e)).collect();
+    if per_event.iter().all(Option::is_none) {
+        return Box::new(|_| {});
+    }
+    let (shared, model, hint) = (shared.clone(), entry.model.clone(), entry.auth_hint.clone());
+    let mut sent: Option<Tokens> = None;
+    Box::new(move |i| {
+        if let Some(Some(tokens)) = per_event.get(i) {
+            let before = sent.unwrap_or_default();
+            shared.usage.reported(&model, &hint, &tokens.since(&before), sent.is_none());
+            sent = Some(*tokens);
+        }
+    })
+}
+
+/// The usage an SSE event (`data: {...}`) carries, if any.
+fn usage_of_event(event: &[u8]) -> Option<Tokens> {
+    // Most chunks carry `"usage":null` or nothing: skip them without parsing.
+    if !event.windows(9).any(|w| w == b"\"usage\":{") {
+        return None;
+    }
+    let json = event.strip_prefix(b"data: ")?;
+    serde_json::from_slice::<Value>(json).ok().as_ref().and_then(Tokens::of_answer)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -206,19 +244,24 @@ pub(crate) enum Outcome {
         content_length: bool,
     },
     /// 200 `text/event-stream` with these events; `broken` drops the connection after them.
+    /// `tokens`: the whole answer's usage, whether or not an event reports it (the token
+    /// limits count it).
     Stream {
         events: Vec<Bytes>,
         broken: bool,
+        tokens: Tokens,
     },
     Reset,
 }
 
-/// Logs the request when it ends, and counts it as aborted if the client went away first
-/// (hyper drops the handler future when the connection closes).
+/// Logs the request when it ends, counts it in the usage book, and counts it as aborted if
+/// the client went away first (hyper drops the handler future when the connection closes).
 struct InFlight {
     shared: Arc<Shared>,
     entry: LoggedRequest,
     done: bool,
+    /// The limit that refused it, if one did.
+    refused_by: Option<Dimension>,
 }
 
 impl InFlight {
@@ -238,7 +281,7 @@ impl InFlight {
             received_ms: shared.ms_since_start(),
             finished_ms: 0.0,
         };
-        InFlight { shared, entry, done: false }
+        InFlight { shared, entry, done: false, refused_by: None }
     }
 
     fn finish(&mut self, status: u16) {
@@ -257,6 +300,13 @@ impl Drop for InFlight {
             self.shared.counters.aborted.fetch_add(1, Ordering::Relaxed);
             self.entry.fault.get_or_insert_with(|| "client went away".into());
         }
+        let ending = match (self.done, self.entry.status, self.refused_by) {
+            (false, _, _) | (true, 0, _) => Ending::Unanswered,
+            (true, _, Some(Dimension::Requests)) => Ending::RpmLimit,
+            (true, _, Some(Dimension::Tokens)) => Ending::TpmLimit,
+            (true, status, None) => Ending::Status(status),
+        };
+        self.shared.usage.ended(&self.entry.model, &self.entry.auth_hint, ending);
         self.entry.finished_ms = self.shared.ms_since_start();
         let entry = std::mem::replace(
             &mut self.entry,
@@ -274,15 +324,6 @@ impl Drop for InFlight {
             },
         );
         self.shared.log.lock().unwrap().push(entry);
-    }
-}
-
-fn key_hint(key: &str) -> String {
-    let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    if key.is_empty() {
-        String::new()
-    } else {
-        format!("{}...{tail}", &key[..key.len().min(3)])
     }
 }
 
@@ -319,30 +360,53 @@ async fn answer(
     key: &str,
     raw: &[u8],
     id: u64,
-    entry: &mut LoggedRequest,
+    guard: &mut InFlight,
 ) -> Outcome {
+    let entry = &mut guard.entry;
     let kind = route.kind;
     let api = kind.api();
     let config: Config = shared.config.lock().unwrap().clone();
+    let parsed = serde_json::from_slice::<Value>(raw);
+    // The model is known before the key is checked, so a refused key counts under it.
+    entry.model = match (kind, &parsed) {
+        (Kind::OpenSearch, _) => route.service.clone(),
+        (_, Ok(body)) => body.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+        (_, Err(_)) => String::new(),
+    };
+    let model = entry.model.clone();
     let authorized =
         key_fits(api, key) && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
     if !authorized {
         return errors::unauthorized(api, key, config.echo_key_in_errors, id);
     }
-    let body: Value = match serde_json::from_slice(raw) {
+    let body = match parsed {
         Ok(v) => v,
         Err(e) if api == Api::OpenSearch => return invalid(api, &format!("JSON parse error: {e}"), id),
         Err(_) => return invalid(api, "The request body is not valid JSON.", id),
     };
-    let model = match kind {
-        Kind::OpenSearch => route.service.clone(),
-        _ => body.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
-    };
     let inputs = inputs_of(kind, &body);
-    entry.model = model.clone();
     entry.inputs = inputs.clone();
     if config.log_bodies {
         entry.body = body.clone();
+    }
+
+    // The stand-in has no accounts: a key is its account, and is kept only as a hash.
+    let account = fnv1a(key.as_bytes());
+    if let Err(refusal) =
+        shared.limits.admit(account, &model, config.rpm_limit, config.tpm_limit, Instant::now())
+    {
+        shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        entry.fault = Some(refusal.fault().into());
+        guard.refused_by = Some(refusal.dimension);
+        let body = match refusal.dimension {
+            Dimension::Requests => status_error(api, 429, id, &model),
+            Dimension::Tokens => errors::quota_exceeded(api, id),
+        };
+        return Outcome::Respond {
+            status: 429,
+            body,
+            retry_after: config.retry_after_secs.map(|_| refusal.wait.as_secs_f64()),
+        };
     }
     let c = &shared.counters;
     match kind {
@@ -351,16 +415,7 @@ async fn answer(
         Kind::Rerank => c.rerank_requests.fetch_add(1, Ordering::Relaxed),
     };
     c.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-
-    if let Err(wait) = shared.admit(config.rpm_limit) {
-        c.rate_limited.fetch_add(1, Ordering::Relaxed);
-        entry.fault = Some("rpm limit".into());
-        return Outcome::Respond {
-            status: 429,
-            body: status_error(api, 429, id, &model),
-            retry_after: config.retry_after_secs.map(|_| wait),
-        };
-    }
+    shared.usage.inputs(&model, &entry.auth_hint, inputs.len() as u64);
 
     let mut latency = config.latency_ms;
     let fault = shared.take_scripted(&inputs).or_else(|| {
@@ -447,17 +502,50 @@ async fn answer(
         let status = if api == Api::OpenSearch { 400 } else { 404 };
         return Outcome::Respond { status, body: status_error(api, 404, id, &model), retry_after: None };
     }
+    // Implicit cache: chat with the models that have it, unless the request asks for the
+    // explicit cache, which excludes it (context-cache page: one or the other per request).
+    let blocks = (kind == Kind::Chat
+        && config.implicit_cache
+        && models::implicit_cache(&model)
+        && !chat::uses_explicit_cache(&body))
+    .then(|| chat::cache_blocks(&body));
+    let cached = blocks.as_ref().map_or(0, |b| shared.cache.hit(account, &model, b));
     let outcome = match kind {
-        Kind::Chat => chat::chat(&body, &model, id),
+        Kind::Chat => chat::chat(&body, &model, id, cached),
         Kind::Embeddings => embeddings(&body, &model, &inputs, id),
         Kind::MultimodalEmbedding => multimodal::embed(&body, &model, id),
         Kind::OpenSearch => opensearch::generate(&body, &model, id),
         Kind::Rerank => rerank::rerank(&body, &model, id),
     };
-    match fault {
+    // An answer (not a refusal) uses its tokens, reported or not, and leaves its prompt in the
+    // cache.
+    let answered = match &outcome {
+        Outcome::Respond { status: 200..=299, body, .. } => Some(Tokens::of_answer(body)),
+        Outcome::Stream { tokens, .. } => Some(Some(*tokens)),
+        _ => None,
+    };
+    if let Some(tokens) = answered {
+        let total = tokens.map_or(0, |t| t.total_tokens);
+        shared.limits.answered(account, &model, total, config.tpm_limit, Instant::now());
+        if let Some(blocks) = &blocks {
+            shared.cache.keep(account, &model, blocks);
+        }
+    }
+    let outcome = match fault {
         Some(fault) => spoil(&fault, kind, &body, outcome, id),
         None => outcome,
+    };
+    // A whole answer's usage is counted as it is handed over (a stream's, event by event, in
+    // `handle`). The faults that spoil a 200 keep its usage as it was.
+    let whole_answer = match &outcome {
+        Outcome::Respond { status, .. } | Outcome::Raw { status, .. } => (200..300).contains(status),
+        Outcome::Padded { .. } => true,
+        Outcome::Stream { .. } | Outcome::Reset => false,
+    };
+    if let (true, Some(Some(tokens))) = (whole_answer, answered) {
+        shared.usage.reported(&model, &entry.auth_hint, &tokens, true);
     }
+    outcome
 }
 
 /// The faults that spoil a good answer rather than replace it. An answer that is already an
@@ -465,11 +553,11 @@ async fn answer(
 /// faults apply to streams only; the others to whole bodies only. `request` is the request's
 /// body, for the faults that depend on what it asked (`response_format`).
 fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) -> Outcome {
-    if let Outcome::Stream { mut events, .. } = outcome {
+    if let Outcome::Stream { mut events, tokens, .. } = outcome {
         return match fault {
             Fault::StreamBreak { after } => {
                 events.truncate(*after);
-                Outcome::Stream { events, broken: true }
+                Outcome::Stream { events, broken: true, tokens }
             }
             Fault::StreamError { after } => {
                 events.truncate(*after);
@@ -477,9 +565,9 @@ fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) 
                     Kind::OpenSearch => opensearch::moderation_event(id),
                     _ => chat::moderation_event(id),
                 });
-                Outcome::Stream { events, broken: false }
+                Outcome::Stream { events, broken: false, tokens }
             }
-            _ => Outcome::Stream { events, broken: false },
+            _ => Outcome::Stream { events, broken: false, tokens },
         };
     }
     let body = match outcome {
@@ -566,6 +654,7 @@ fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> R
     match (method, path) {
         ("GET", "stats") => ok(serde_json::to_value(shared.stats()).unwrap()),
         ("GET", "requests") => ok(serde_json::to_value(&*shared.log.lock().unwrap()).unwrap()),
+        ("GET", "usage") => ok(serde_json::to_value(shared.usage.rows()).unwrap()),
         ("GET", "config") => ok(serde_json::to_value(&*shared.config.lock().unwrap()).unwrap()),
         ("POST", "config") => {
             let patch: Value = match serde_json::from_slice(body) {

@@ -22,19 +22,24 @@
 //! between stream events, faults by rate or scripted per input (including answers no client
 //! should trust: oversized bodies, NUL in text, numbers beyond f32, any Retry-After,
 //! redirects, streams that break or end in an error, structured output that is not JSON or
-//! breaks its schema), an optional requests-per-minute limit, and counters plus a request log
-//! that tests read (in process through [`Standin`], or over HTTP under `/_standin/`).
+//! breaks its schema), Bailian's rate limits per key and model (requests and tokens, per
+//! minute and per second, refused with the documented 429s; see `limits`), implicit context
+//! cache (`cache`), and counters, a request log and per-model usage that tests read (in
+//! process through [`Standin`], or over HTTP under `/_standin/`: `stats`, `requests`,
+//! `usage`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
 
 mod audio;
 mod b64;
+mod cache;
 mod chat;
 mod embedding;
 mod errors;
 mod faults;
 mod handler;
+mod limits;
 mod models;
 mod multimodal;
 mod opensearch;
@@ -42,11 +47,14 @@ mod rerank;
 mod state;
 mod stream;
 mod structured;
+mod tokens;
+mod usage;
 
 pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
 pub use chat::{chat_reply, reasoning_reply, translation_reply};
 pub use embedding::{embedding_for, image_embedding_for};
 pub use state::{Config, Fault, LoggedRequest, StatsSnapshot};
+pub use usage::{key_hint, ModelUsage, Tokens, UsageRow};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -133,7 +141,24 @@ impl Standin {
         self.shared.log.lock().unwrap().clone()
     }
 
-    /// Clears counters, the request log, scripts and the rate-limit window.
+    /// What was counted per model and key hint, ordered by model then hint.
+    pub fn usage(&self) -> Vec<UsageRow> {
+        self.shared.usage.rows()
+    }
+
+    /// What was counted for `model` (for OpenSearch, the service id) and the key whose
+    /// [`key_hint`] is `key_hint`; all zero if nothing was.
+    pub fn usage_of(&self, model: &str, key_hint: &str) -> ModelUsage {
+        self.shared.usage.of(model, key_hint)
+    }
+
+    /// What was counted for every model and key together.
+    pub fn usage_total(&self) -> ModelUsage {
+        self.shared.usage.total()
+    }
+
+    /// Clears counters, the request log, usage, scripts, the rate-limit windows and the
+    /// implicit cache.
     pub fn reset(&self) {
         self.shared.reset();
     }

@@ -1,11 +1,14 @@
 //! `bailian-standin`: run the stand-in as a process, for the demo and benchmarks.
-//! Control it at runtime under `/_standin/` (stats, requests, config, script, reset).
+//! Control it at runtime under `/_standin/` (stats, requests, usage, config, script, reset).
 
 use bailian_standin::{Config, Standin};
 
 const USAGE: &str = "usage: bailian-standin [--listen ADDR] [--latency-ms N] [--fail-rate-500 F] \
-[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--stream-chunk-delay-ms N] [--no-log-bodies] \
-[--addr-file PATH]";
+[--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--tpm N] [--no-implicit-cache] \
+[--stream-chunk-delay-ms N] [--no-log-bodies] [--addr-file PATH]
+
+--rpm and --tpm limit requests and tokens per minute, per key and model, and per second at
+a sixtieth of that, as Bailian does.";
 
 fn main() {
     let mut listen = "127.0.0.1:0".to_string();
@@ -32,6 +35,8 @@ fn main() {
             "--fail-rate-429" => config.fail_rate_429 = num(&flag, value()),
             "--retry-after" => config.retry_after_secs = Some(num(&flag, value())),
             "--rpm" => config.rpm_limit = Some(num(&flag, value())),
+            "--tpm" => config.tpm_limit = Some(num(&flag, value())),
+            "--no-implicit-cache" => config.implicit_cache = false,
             "--stream-chunk-delay-ms" => config.stream_chunk_delay_ms = num(&flag, value()),
             "--no-log-bodies" => config.log_bodies = false,
             "--addr-file" => addr_file = Some(value()),

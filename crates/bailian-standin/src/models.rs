@@ -139,6 +139,38 @@ pub fn voices(model: &str) -> &'static [&'static str] {
     }
 }
 
+/// Models with implicit context cache. Source: the context-cache page (research §3.6, S9,
+/// Beijing list): the stable names only, since "snapshot and -latest models are not
+/// supported".
+pub fn implicit_cache(model: &str) -> bool {
+    const MODELS: &[&str] = &[
+        "qwen3-max",
+        "qwen-max",
+        "qwen-plus",
+        "qwen-flash",
+        "qwen-turbo",
+        "qwen3-coder-plus",
+        "qwen3-coder-flash",
+        "deepseek-v3.2",
+        "deepseek-v3.1",
+        "deepseek-v3",
+        "deepseek-r1",
+        "kimi-k2.5",
+        "kimi-k2-thinking",
+        "Moonshot-Kimi-K2-Instruct",
+        "glm-5",
+        "glm-4.7",
+        "glm-4.6",
+        "MiniMax-M2.5",
+        "qwen3-vl-plus",
+        "qwen3-vl-flash",
+        "qwen-vl-max",
+        "qwen-vl-plus",
+        "qwen-plus-character",
+    ];
+    MODELS.contains(&model)
+}
+
 /// Inputs one compatible-mode embeddings request may carry.
 pub fn max_batch(model: &str) -> usize {
     if model == "text-embedding-v1" || model == "text-embedding-v2" {

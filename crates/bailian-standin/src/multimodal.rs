@@ -8,11 +8,11 @@
 //! except where a comment says so.
 
 use crate::b64;
-use crate::chat::approx_tokens;
 use crate::embedding::{embedding_for, image_embedding_for};
 use crate::errors::{invalid, Api};
 use crate::handler::Outcome;
 use crate::models::{self, MultimodalModel};
+use crate::tokens::approx_tokens;
 use serde_json::{json, Value};
 
 /// Observed for a model sent to a native path that does not serve it (dify-official-plugins

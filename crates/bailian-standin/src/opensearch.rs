@@ -6,11 +6,13 @@
 //! than ServiceIdNotExist are `InvalidParameter` with wording of the stand-in's own (the seed
 //! gives the rules, not the messages).
 
-use crate::chat::{approx_tokens, chat_reply, check_stop, last_user, stop_at};
+use crate::chat::{chat_reply, check_stop, last_user, stop_at};
 use crate::errors::{coded_body, invalid, respond, Api};
 use crate::handler::Outcome;
 use crate::models;
 use crate::stream;
+use crate::tokens::approx_tokens;
+use crate::usage::Tokens;
 use serde_json::{json, Value};
 
 /// The answer the stand-in gives a service for `prompt`: the same as compatible-mode chat.
@@ -98,7 +100,8 @@ pub(crate) fn generate(body: &Value, service: &str, id: u64) -> Outcome {
             stream::event(&answer(&so_far))
         })
         .collect();
-    Outcome::Stream { events, broken: false }
+    let tokens = Tokens::of_answer(&answer(&text)).unwrap_or_default();
+    Outcome::Stream { events, broken: false, tokens }
 }
 
 /// The event an OpenSearch stream ends with when moderation stops it (`Fault::StreamError`):

@@ -10,11 +10,11 @@
 //! Refusals use the native shape; their wording is not documented and each is a guess in the
 //! style of the stand-in's other native refusals.
 
-use crate::chat::approx_tokens;
 use crate::embedding::words_of;
 use crate::errors::{invalid, request_id, Api, UNKNOWN_MODEL};
 use crate::handler::Outcome;
 use crate::models;
+use crate::tokens::approx_tokens;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 

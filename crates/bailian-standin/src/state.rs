@@ -1,5 +1,8 @@
 //! The stand-in's configuration, scripted faults, counters and request log.
 
+use crate::cache::ImplicitCache;
+use crate::limits::Limits;
+use crate::usage::UsageBook;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -16,10 +19,24 @@ pub struct Config {
     pub fail_rate_500: f64,
     /// Share of model requests answered 429 limit_requests, at random.
     pub fail_rate_429: f64,
-    /// Retry-After seconds sent with 429 answers (None: no header).
+    /// Retry-After seconds sent with the faults' 429 answers (None: no header). When set,
+    /// the limits' 429s carry one too: the seconds until the window that refused has room,
+    /// rounded up. Bailian documents no Retry-After, nor any rate-limit header (research
+    /// §2.4); this is for testing clients that honour one.
     pub retry_after_secs: Option<f64>,
-    /// Requests per minute before 429 limit_requests (a sliding 60-second window).
+    /// Requests per minute per (key, model), refused with 429 limit_requests
+    /// (Throttling.RateQuota in the native shapes): a sliding 60-second window, and per
+    /// second a bucket of RPM/60 requests refilled at that rate. See `limits`.
     pub rpm_limit: Option<u32>,
+    /// Tokens per minute per (key, model), input plus output (embeddings and rerank: input),
+    /// refused with 429 insufficient_quota (Throttling.AllocationQuota): sliding 60-second
+    /// and 1-second windows of answered requests' tokens, refusing once a window holds
+    /// TPM, or TPM/60 per second.
+    pub tpm_limit: Option<u32>,
+    /// Implicit context cache for the models the context-cache page lists: a prompt that
+    /// begins with 256 tokens or more of an earlier one (same key, same model) reports them
+    /// as `prompt_tokens_details.cached_tokens`. See `cache`.
+    pub implicit_cache: bool,
     /// Keys that authenticate; None accepts any `sk-` key.
     pub accepted_keys: Option<Vec<String>>,
     /// Models answered 404 model_not_found.
@@ -42,6 +59,8 @@ impl Default for Config {
             fail_rate_429: 0.0,
             retry_after_secs: None,
             rpm_limit: None,
+            tpm_limit: None,
+            implicit_cache: true,
             accepted_keys: None,
             unavailable_models: Vec::new(),
             echo_key_in_errors: false,
@@ -146,7 +165,8 @@ pub struct LoggedRequest {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     pub requests: u64,
-    /// Compatible-mode chat and OpenSearch text generation.
+    /// Compatible-mode chat and OpenSearch text generation (this one and the three below:
+    /// requests the rate limits let through).
     pub chat_requests: u64,
     /// Compatible-mode and native multimodal embeddings.
     pub embedding_requests: u64,
@@ -157,7 +177,8 @@ pub struct StatsSnapshot {
     /// image or video), the query and each document of a rerank request.
     pub inputs: u64,
     pub by_status: BTreeMap<u16, u64>,
-    /// 429s given by the requests-per-minute limit (not by fault injection).
+    /// 429s given by the rate limits, requests and tokens (not by fault injection);
+    /// `Standin::usage` splits them per model, key and limit.
     pub rate_limited: u64,
     pub connections_accepted: u64,
     pub connections_open: u64,
@@ -197,7 +218,9 @@ pub(crate) struct Shared {
     pub by_status: Mutex<BTreeMap<u16, u64>>,
     pub log: Mutex<Vec<LoggedRequest>>,
     scripts: Mutex<HashMap<String, VecDeque<Fault>>>,
-    window: Mutex<VecDeque<Instant>>,
+    pub limits: Limits,
+    pub usage: UsageBook,
+    pub cache: ImplicitCache,
     rng: Mutex<u64>,
     pub started: Instant,
     next_id: AtomicU64,
@@ -212,7 +235,9 @@ impl Shared {
             by_status: Mutex::new(BTreeMap::new()),
             log: Mutex::new(Vec::new()),
             scripts: Mutex::new(HashMap::new()),
-            window: Mutex::new(VecDeque::new()),
+            limits: Limits::default(),
+            usage: UsageBook::default(),
+            cache: ImplicitCache::default(),
             rng: Mutex::new(seed),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -249,22 +274,6 @@ impl Shared {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Admits a request under the per-minute limit, or says how long until a slot frees.
-    pub fn admit(&self, limit: Option<u32>) -> Result<(), f64> {
-        let Some(limit) = limit else { return Ok(()) };
-        let mut w = self.window.lock().unwrap();
-        let now = Instant::now();
-        while w.front().is_some_and(|t| now.duration_since(*t).as_secs_f64() >= 60.0) {
-            w.pop_front();
-        }
-        if w.len() as u64 >= u64::from(limit) {
-            let oldest = *w.front().unwrap();
-            return Err(60.0 - now.duration_since(oldest).as_secs_f64());
-        }
-        w.push_back(now);
-        Ok(())
     }
 
     pub fn count_status(&self, status: u16) {
@@ -320,7 +329,9 @@ impl Shared {
         self.by_status.lock().unwrap().clear();
         self.log.lock().unwrap().clear();
         self.scripts.lock().unwrap().clear();
-        self.window.lock().unwrap().clear();
+        self.limits.clear();
+        self.usage.clear();
+        self.cache.clear();
     }
 }
 

@@ -50,14 +50,22 @@ pub(crate) struct SseBody {
     events: VecDeque<Bytes>,
     delay: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
-    sent_any: bool,
+    /// Events handed to the connection so far.
+    sent: usize,
     /// When the events run out, fail instead of ending: the connection drops mid-body.
     broken: bool,
+    /// Told the index of each event as it is handed to the connection.
+    on_sent: Box<dyn FnMut(usize) + Send>,
 }
 
 impl SseBody {
-    pub(crate) fn new(events: Vec<Bytes>, delay: Duration, broken: bool) -> SseBody {
-        SseBody { events: events.into(), delay, sleep: None, sent_any: false, broken }
+    pub(crate) fn new(
+        events: Vec<Bytes>,
+        delay: Duration,
+        broken: bool,
+        on_sent: Box<dyn FnMut(usize) + Send>,
+    ) -> SseBody {
+        SseBody { events: events.into(), delay, sleep: None, sent: 0, broken, on_sent }
     }
 }
 
@@ -77,15 +85,19 @@ impl Body for SseBody {
             }
             return Poll::Ready(None);
         }
-        if this.sent_any && !this.delay.is_zero() {
+        if this.sent > 0 && !this.delay.is_zero() {
             let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             this.sleep = None;
         }
-        this.sent_any = true;
-        Poll::Ready(this.events.pop_front().map(|e| Ok(Frame::data(e))))
+        let event = this.events.pop_front();
+        if event.is_some() {
+            (this.on_sent)(this.sent);
+            this.sent += 1;
+        }
+        Poll::Ready(event.map(|e| Ok(Frame::data(e))))
     }
 
     fn is_end_stream(&self) -> bool {

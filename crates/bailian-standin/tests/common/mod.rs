@@ -14,6 +14,8 @@ pub const KEY: &str = "sk-test";
 
 pub struct Reply {
     pub status: u16,
+    /// The Retry-After header, if any.
+    pub retry_after: Option<String>,
     /// The body, or the error that cut it short.
     pub body: Result<Bytes, String>,
 }
@@ -25,6 +27,16 @@ impl Reply {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(self.body.as_ref().expect("whole body")).into_owned()
+    }
+
+    /// The JSON `data:` events of a server-sent event body, `[DONE]` left out.
+    pub fn events(&self) -> Vec<Value> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).expect("JSON event"))
+            .collect()
     }
 }
 
@@ -43,8 +55,10 @@ pub async fn send(root_url: &str, method: &str, path: &str, key: &str, body: &st
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
+    let retry_after =
+        resp.headers().get("retry-after").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string());
-    Reply { status, body }
+    Reply { status, retry_after, body }
 }
 
 pub async fn post(root_url: &str, path: &str, body: &Value) -> Reply {
