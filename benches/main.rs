@@ -238,8 +238,10 @@ fn shared_limit() -> Row {
         .map(|t| {
             std::thread::spawn(move || {
                 let mut w = connect(DB);
-                w.batch_execute(&format!("CALL ai_gen_column('docs{t}', 'body', 'answer', 'chat', 'Q: {{0}}')"))
-                    .unwrap();
+                w.batch_execute(&format!(
+                    "CALL ai_gen_column('docs{t}', 'body', 'answer', 'chat', 'Q: {{0}}')"
+                ))
+                .unwrap();
             })
         })
         .collect();

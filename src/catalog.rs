@@ -318,12 +318,20 @@ pub fn price_and_budgets(
 /// Who deployed model `name` (42704 when it is not deployed).
 pub fn deployer(name: &str) -> Result<String, AiError> {
     let by = as_catalog_owner(|| {
-        Spi::get_one_with_args::<String>(
-            "SELECT deployed_by::pg_catalog.text FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1",
-            &[name.into()],
-        )
-    })
-    .map_err(spi_failed)?;
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT deployed_by::pg_catalog.text FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1",
+                    Some(1),
+                    &[name.into()],
+                )
+                .map_err(spi_failed)?;
+            match rows.into_iter().next() {
+                Some(row) => row.get::<String>(1).map_err(spi_failed),
+                None => Ok(None),
+            }
+        })
+    })?;
     by.ok_or_else(|| AiError::ModelNotDeployed {
         name: name.to_string(),
         hint: Some("SELECT model_name FROM ai_models lists the deployed models.".into()),

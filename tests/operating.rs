@@ -9,7 +9,8 @@ use common::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-const DEPLOY_ARGS: &str = "text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text";
+const DEPLOY_ARGS: &str =
+    "text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text";
 
 /// Sums of this database's ai_usage: (requests, rate_limited, prompt, completion, cached,
 /// reasoning, failures).
@@ -72,9 +73,13 @@ fn usage_matches_the_provider(mode: &str, batched: bool) {
     assert!(cached > 0, "{mode}: the long prompt's second sending hit the cache");
     assert!(reasoning > 0, "{mode}: qwq-plus reasons");
     // Per model: the embedding inputs, and every model's requests.
-    for (name, model_type) in
-        [("chat", "qwen-plus"), ("think", "qwq-plus"), ("emb", "text-embedding-v4"), ("mt", "qwen-mt-plus"), ("rr", "gte-rerank-v2")]
-    {
+    for (name, model_type) in [
+        ("chat", "qwen-plus"),
+        ("think", "qwq-plus"),
+        ("emb", "text-embedding-v4"),
+        ("mt", "qwen-mt-plus"),
+        ("rr", "gte-rerank-v2"),
+    ] {
         let served = s.usage_of(model_type, &bailian_standin::key_hint(&key(name)));
         let r = c
             .query_one(
@@ -100,8 +105,16 @@ fn usage_matches_the_provider(mode: &str, batched: bool) {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for f in ["ai_classify", "ai_embed", "ai_embed_batch", "ai_gen", "ai_gen_batch", "ai_rank", "ai_similarity", "ai_translate"]
-    {
+    for f in [
+        "ai_classify",
+        "ai_embed",
+        "ai_embed_batch",
+        "ai_gen",
+        "ai_gen_batch",
+        "ai_rank",
+        "ai_similarity",
+        "ai_translate",
+    ] {
         assert!(functions.iter().any(|x| x == f), "{mode}: no row for {f} in {functions:?}");
     }
     // Cost at ai_prices (qwen-plus: 0.8 in, 2 out, cache hits at 0.2 of the input price),
@@ -116,7 +129,10 @@ fn usage_matches_the_provider(mode: &str, batched: bool) {
     let (p, k, o, cost): (i64, i64, i64, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
     let nano = (p - k) * 800 + k * 160 + o * 2000;
     let expected: f64 = nano as f64 / 1e9;
-    assert!((cost.parse::<f64>().unwrap() - expected).abs() < 1e-12, "{mode}: cost {cost}, expected {expected}");
+    assert!(
+        (cost.parse::<f64>().unwrap() - expected).abs() < 1e-12,
+        "{mode}: cost {cost}, expected {expected}"
+    );
     // No price for the embedding model in seed 002: NULL, not 0.
     let emb_cost: Option<String> = c
         .query_one(
@@ -169,8 +185,10 @@ fn four_sessions_share_one_rate_limit() {
             let db = db.clone();
             std::thread::spawn(move || {
                 let mut w = connect(&db);
-                w.batch_execute(&format!("CALL ai_gen_column('docs{t}', 'body', 'answer', 'chat', 'Q: {{0}}')"))
-                    .unwrap();
+                w.batch_execute(&format!(
+                    "CALL ai_gen_column('docs{t}', 'body', 'answer', 'chat', 'Q: {{0}}')"
+                ))
+                .unwrap();
             })
         })
         .collect();
@@ -208,7 +226,13 @@ fn four_sessions_share_one_rate_limit() {
 fn a_429_pauses_every_session_on_the_bucket() {
     let (mut c, db) = fresh_db("shared_backoff");
     let s = standin();
-    deploy(&mut c, &s, "chat", "qwen-plus", ", requests_per_minute => 6000, initial_retry_delay => 2, max_retries => 1");
+    deploy(
+        &mut c,
+        &s,
+        "chat",
+        "qwen-plus",
+        ", requests_per_minute => 6000, initial_retry_delay => 2, max_retries => 1",
+    );
     s.script("first", vec![Fault::Status(429)]);
     let db2 = db.clone();
     let a = std::thread::spawn(move || {
@@ -221,15 +245,24 @@ fn a_429_pauses_every_session_on_the_bucket() {
     assert_eq!(a.join().unwrap(), echo("first"));
     let log = s.requests();
     let at = |input: &str| {
-        log.iter().filter(|r| r.inputs.first().map(String::as_str) == Some(input)).map(|r| r.received_ms).collect::<Vec<_>>()
+        log.iter()
+            .filter(|r| r.inputs.first().map(String::as_str) == Some(input))
+            .map(|r| r.received_ms)
+            .collect::<Vec<_>>()
     };
     let (first, second) = (at("first"), at("second"));
     assert_eq!(first.len(), 2, "a 429 and the retry");
     assert_eq!(second.len(), 1);
     // The backoff is 2 s with jitter down to 75%: the other session waited at least that.
-    assert!(second[0] - first[0] >= 1400.0, "the other session went {} ms after the 429", second[0] - first[0]);
-    let limited: Option<i64> =
-        c.query_one("SELECT bucket_rate_limited FROM ai_rate_limits WHERE model_name = 'chat'", &[]).unwrap().get(0);
+    assert!(
+        second[0] - first[0] >= 1400.0,
+        "the other session went {} ms after the 429",
+        second[0] - first[0]
+    );
+    let limited: Option<i64> = c
+        .query_one("SELECT bucket_rate_limited FROM ai_rate_limits WHERE model_name = 'chat'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(limited, Some(1));
     let (_, rate_limited, ..) = usage_sums(&mut c, "model_name = 'chat'");
     assert_eq!(rate_limited, 1);
@@ -265,14 +298,17 @@ fn documented_limits_are_the_default() {
     let off = get("mt_off");
     assert_eq!((off.1, off.2, off.3.as_str()), (None, None, "none"));
     let own = get("mt_own");
-    assert_eq!((own.1, own.3.as_str()), (Some(30), "deployment"));
+    assert_eq!(own.1, Some(30));
+    assert!(own.3.starts_with("requests: deployment; tokens: documented: "), "{own:?}");
     // The tokens of a deployment that set only requests still follow the documentation.
     assert_eq!(own.2, Some(25_000));
     let local = get("local");
     assert_eq!((local.1, local.2, local.3.as_str()), (None, None, "none"), "a base_url off Bailian");
     c.batch_execute("SET pg_bailian.documented_limits = off").unwrap();
-    let mt: Option<i64> =
-        c.query_one("SELECT requests_per_minute FROM ai_rate_limits WHERE model_name = 'mt'", &[]).unwrap().get(0);
+    let mt: Option<i64> = c
+        .query_one("SELECT requests_per_minute FROM ai_rate_limits WHERE model_name = 'mt'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(mt, None);
     let (code, msg) = error_of(c.batch_execute(
         "SELECT ai_deploy_model('bad', 'qwen-plus', 'sk-documented0000000', requests_per_minute => -1)",
@@ -301,7 +337,8 @@ fn budgets_stop_spending() {
     let mut user = connect_as(&db, "budget_user");
     deploy(&mut owner, &s, "own", "qwen-plus", "");
     deploy(&mut c, &s, "emb", "text-embedding-v4", "");
-    let count = |c: &mut Client| -> i64 { c.query_one("SELECT count(*) FROM ai_budgets", &[]).unwrap().get(0) };
+    let count =
+        |c: &mut Client| -> i64 { c.query_one("SELECT count(*) FROM ai_budgets", &[]).unwrap().get(0) };
 
     // Bad arguments: a clear error, nothing set.
     let bad = [
@@ -310,8 +347,16 @@ fn budgets_stop_spending() {
         ("SELECT ai_set_budget(NULL, 'own', 0)", "22023", "limit must be a positive number"),
         ("SELECT ai_set_budget(NULL, 'own', -5)", "22023", "limit must be a positive number"),
         ("SELECT ai_set_budget(NULL, 'own', NULL)", "22004", "limit must not be NULL"),
-        ("SELECT ai_set_budget(NULL, 'own', 10, 'euro')", "22023", "unknown unit \"euro\"; allowed: yuan, tokens"),
-        ("SELECT ai_set_budget(NULL, 'own', 10, 'yuan', 'week')", "22023", "unknown period \"week\"; allowed: day, month"),
+        (
+            "SELECT ai_set_budget(NULL, 'own', 10, 'euro')",
+            "22023",
+            "unknown unit \"euro\"; allowed: yuan, tokens",
+        ),
+        (
+            "SELECT ai_set_budget(NULL, 'own', 10, 'yuan', 'week')",
+            "22023",
+            "unknown period \"week\"; allowed: day, month",
+        ),
         ("SELECT ai_set_budget(NULL, 'own', 10.5, 'tokens')", "22023", "whole number"),
         ("SELECT ai_set_budget(NULL, 'emb', 10, 'yuan')", "22023", "has no price in ai_prices"),
     ];
@@ -324,12 +369,17 @@ fn budgets_stop_spending() {
 
     // Who may: a superuser; the deployer on its model, for roles other than itself.
     let refused = [
-        (&mut user, "SELECT ai_set_budget('budget_user', 'own', 1000000, 'tokens')", "deployer of model \"own\""),
-        (&mut owner, "SELECT ai_set_budget('budget_user', NULL, 10)", "only a superuser"),
-        (&mut owner, "SELECT ai_set_budget('budget_owner', 'own', 10)", "may not change a budget that covers itself"),
-        (&mut owner, "SELECT ai_set_budget('budget_user', 'emb', 10, 'tokens')", "deployer of model \"emb\""),
+        (false, "SELECT ai_set_budget('budget_user', 'own', 1000000, 'tokens')", "deployer of model \"own\""),
+        (true, "SELECT ai_set_budget('budget_user', NULL, 10)", "only a superuser"),
+        (
+            true,
+            "SELECT ai_set_budget('budget_owner', 'own', 10)",
+            "may not change a budget that covers itself",
+        ),
+        (true, "SELECT ai_set_budget('budget_user', 'emb', 10, 'tokens')", "deployer of model \"emb\""),
     ];
-    for (session, sql, text) in refused {
+    for (by_owner, sql, text) in refused {
+        let session = if by_owner { &mut owner } else { &mut user };
         let (code, msg) = error_of(session.batch_execute(sql));
         assert_eq!(code, "42501", "{sql}: {msg}");
         assert!(msg.contains(text), "{sql}: {msg}");
@@ -384,7 +434,10 @@ fn budgets_stop_spending() {
     let (code, msg) =
         error_of(user.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb', batch_size => 10)"));
     assert_eq!(code, "ZBB01", "{msg}");
-    assert!(msg.contains("ai_embed_column stopped") && msg.contains("rows filled so far are committed"), "{msg}");
+    assert!(
+        msg.contains("ai_embed_column stopped") && msg.contains("rows filled so far are committed"),
+        "{msg}"
+    );
     let filled: i64 = c.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
     assert!(filled > 0 && filled < 40, "{filled} rows filled");
     assert!(c.query_one("SELECT ai_drop_budget('budget_user', 'emb')", &[]).unwrap().get::<_, bool>(0));

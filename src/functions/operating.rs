@@ -299,7 +299,10 @@ fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
             let rows = client
                 .update(DELETE_BUDGET, Some(1), &[role_oid.into(), model.as_deref().into()])
                 .map_err(spi_failed)?;
-            rows.first().get::<i64>(1).map_err(spi_failed)
+            match rows.into_iter().next() {
+                Some(row) => row.get::<i64>(1).map_err(spi_failed),
+                None => Ok(None),
+            }
         })
     })?;
     // SAFETY: plain read.
@@ -358,11 +361,7 @@ fn rate_limit_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Da
     for name in catalog::model_names()? {
         let Ok(d) = catalog::load(&name) else { continue };
         let limits = d.effective_limits(documented);
-        let source = match limits.source {
-            bailian_core::deploy::LimitSource::Deployment => "deployment".to_string(),
-            bailian_core::deploy::LimitSource::Documented(s) => format!("documented: {s}"),
-            bailian_core::deploy::LimitSource::None => "none".to_string(),
-        };
+        let source = limits.describe();
         let bucket = d.key.resolve_with(&d.name, crate::guc::policy).ok().and_then(|key| {
             let k =
                 bailian_core::shared::BucketKey::new(key.expose().as_bytes(), d.spec.model_type, &d.host());

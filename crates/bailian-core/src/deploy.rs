@@ -156,12 +156,32 @@ pub enum LimitSource {
     None,
 }
 
-/// The limits a deployment's requests are paced by.
+/// The limits a deployment's requests are paced by, and where each comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EffectiveLimits {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
-    pub source: LimitSource,
+    pub requests_source: LimitSource,
+    pub tokens_source: LimitSource,
+}
+
+impl EffectiveLimits {
+    /// "deployment", "documented: <citation>", "none", or per dimension where two sources
+    /// give one each.
+    pub fn describe(&self) -> String {
+        let one = |s: LimitSource| match s {
+            LimitSource::Deployment => "deployment".to_string(),
+            LimitSource::Documented(c) => format!("documented: {c}"),
+            LimitSource::None => "none".to_string(),
+        };
+        if self.requests_source == self.tokens_source || self.tokens_source == LimitSource::None {
+            one(self.requests_source)
+        } else if self.requests_source == LimitSource::None {
+            one(self.tokens_source)
+        } else {
+            format!("requests: {}; tokens: {}", one(self.requests_source), one(self.tokens_source))
+        }
+    }
 }
 
 /// What one call may spend: per attempt, and attempts.
@@ -459,19 +479,18 @@ impl Deployment {
         let quota = (documented && on_bailian)
             .then(|| crate::quotas::documented(provider, self.spec.model_type, self.region.as_str()))
             .flatten();
+        let source = quota.map_or(LimitSource::None, |q| LimitSource::Documented(q.source));
         let pick = |deployed: Option<u32>, doc: Option<u32>| match deployed {
-            Some(0) => (None, false),
-            Some(n) => (Some(n), false),
-            None => (doc, doc.is_some()),
+            Some(0) => (None, LimitSource::None),
+            Some(n) => (Some(n), LimitSource::Deployment),
+            None if doc.is_some() => (doc, source),
+            None => (None, LimitSource::None),
         };
-        let (rpm, rpm_doc) = pick(self.limits.requests_per_minute, quota.and_then(|q| q.requests_per_minute));
-        let (tpm, tpm_doc) = pick(self.limits.tokens_per_minute, quota.and_then(|q| q.tokens_per_minute));
-        let source = match (rpm_doc || tpm_doc, quota, rpm.is_some() || tpm.is_some()) {
-            (true, Some(q), _) => LimitSource::Documented(q.source),
-            (_, _, true) => LimitSource::Deployment,
-            _ => LimitSource::None,
-        };
-        EffectiveLimits { requests_per_minute: rpm, tokens_per_minute: tpm, source }
+        let (rpm, requests_source) =
+            pick(self.limits.requests_per_minute, quota.and_then(|q| q.requests_per_minute));
+        let (tpm, tokens_source) =
+            pick(self.limits.tokens_per_minute, quota.and_then(|q| q.tokens_per_minute));
+        EffectiveLimits { requests_per_minute: rpm, tokens_per_minute: tpm, requests_source, tokens_source }
     }
 
     /// The host requests go to (for the rate-limit bucket).
