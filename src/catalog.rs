@@ -273,6 +273,10 @@ SELECT 'budget', b.id, b.\"limit\"::float8, NULL, NULL, NULL, b.unit, b.period,
  WHERE (b.role IS NULL OR b.role OPERATOR(pg_catalog.=) $3::pg_catalog.oid::pg_catalog.regrole)
    AND (b.model_name IS NULL OR b.model_name OPERATOR(pg_catalog.=) $1)";
 
+const CATALOG_HAS_PRICES: &str = "
+SELECT pg_catalog.to_regclass('bailian.budgets') IS NOT NULL
+   AND pg_catalog.to_regclass('bailian.effective_prices') IS NOT NULL";
+
 /// The price of `model_type` (None when ai_prices has none) and the budgets that cover
 /// `role` calling `model_name`, with their current periods.
 pub fn price_and_budgets(
@@ -282,11 +286,21 @@ pub fn price_and_budgets(
 ) -> Result<(Option<bailian_core::meter::Price>, Vec<crate::shared::accounting::BudgetDef>), AiError> {
     as_catalog_owner(|| {
         Spi::connect(|client| {
+            let mut price = None;
+            let mut budgets = Vec::new();
+            // A database still on a version before 0.3.0 (not yet ALTER EXTENSION ... UPDATE)
+            // has neither: its calls have no price and no budget until it is updated.
+            let current = client.select(CATALOG_HAS_PRICES, Some(1), &[]).map_err(spi_failed)?;
+            let current = match current.into_iter().next() {
+                Some(row) => row.get::<bool>(1).map_err(spi_failed)?.unwrap_or(false),
+                None => false,
+            };
+            if !current {
+                return Ok((price, budgets));
+            }
             let rows = client
                 .select(PRICE_AND_BUDGETS, None, &[model_name.into(), model_type.into(), role.into()])
                 .map_err(spi_failed)?;
-            let mut price = None;
-            let mut budgets = Vec::new();
             for row in rows {
                 let kind = row.get::<String>(1).map_err(spi_failed)?.unwrap_or_default();
                 let f = |i: usize| row.get::<f64>(i).map_err(spi_failed);
