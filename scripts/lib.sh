@@ -287,6 +287,8 @@ log_min_messages = info
 log_error_verbosity = verbose
 # The cluster-wide state (shared rate limits, usage, budgets, activity) needs preloading.
 shared_preload_libraries = 'pg_bailian'
+# Every test makes databases of its own: room for their ai_usage rows (the default is 1000).
+pg_bailian.max_usage_entries = 20000
 # The stand-in listens on loopback: let roles that may deploy (not only superusers) use it.
 pg_bailian.allowed_hosts = 'http://127.0.0.1, http://localhost, dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, dashscope-us.aliyuncs.com, *.opensearch.aliyuncs.com'
 EOF

@@ -94,14 +94,27 @@ fn usage_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     Ok(None)
 }
 
-/// ai_usage_reset(): forgets this database's rows (a superuser's call also the overflow
-/// row); returns how many.
+/// ai_usage_reset(): forgets this database's rows; a superuser's call also the overflow row
+/// and the rows of databases dropped since. Returns how many.
 fn usage_reset(_fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     // SAFETY: plain reads of the session's database and role.
     let (db, superuser) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::superuser()) };
-    let n = region()
-        .usage
-        .reset(|r| (r.is_overflow() && superuser) || (!r.is_overflow() && r.key.database == db));
+    let existing: Vec<u32> = if superuser {
+        Spi::connect(|client| {
+            let rows = client.select("SELECT oid FROM pg_catalog.pg_database", None, &[]).map_err(spi_failed)?;
+            rows.into_iter()
+                .map(|r| r.get::<pg_sys::Oid>(1).map_err(spi_failed).map(|o| o.map_or(0, |o| o.to_u32())))
+                .collect::<Result<Vec<u32>, AiError>>()
+        })?
+    } else {
+        Vec::new()
+    };
+    let n = region().usage.reset(|r| {
+        if r.is_overflow() {
+            return superuser;
+        }
+        r.key.database == db || (superuser && !existing.contains(&r.key.database))
+    });
     Ok(i(n))
 }
 
