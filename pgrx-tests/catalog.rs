@@ -229,7 +229,7 @@ fn bad_deployments_are_rejected_and_change_nothing() {
         (deploy_sql("m", "qwen-plus", k, ", base_url => 'ftp://example.com/v1'"), "22023 invalid base_url \"ftp://example.com/v1\": the scheme must be http or https"),
         (deploy_sql("m", "qwen-plus", k, ", base_url => 'not a url'"), "22023 invalid base_url \"not a url\""),
         (deploy_sql("m", "qwen-plus", k, ", base_url => 'https://user:pw@example.com/v1'"), "22023 invalid base_url"),
-        (deploy_sql("m", "qwen-plus", k, ", requests_per_minute => 0"), "22023 requests_per_minute must be a positive integer"),
+        (deploy_sql("m", "qwen-plus", k, ", requests_per_minute => -1"), "22023 requests_per_minute must be between 0 and 100000000, got -1"),
         (deploy_sql("m", "qwen-plus", k, ", replace => NULL"), "22023 replace must not be NULL"),
         (deploy_sql("taken", "qwen-max", OTHER_SECRET, ""), "42710 model \"taken\" is already deployed"),
     ];
