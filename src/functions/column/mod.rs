@@ -290,6 +290,25 @@ fn outside_call(procedure: &str) -> AiError {
     }
 }
 
+/// This backend's `ai_activity` row shows the job `name` of the current CALL, with the rows it
+/// has to fill once they are counted (None: not yet); its ETA counts from now.
+fn show_job(name: &str, rows_total: Option<i64>) {
+    crate::shared::with_slot(|slot| {
+        if let Some(slot) = slot {
+            // SAFETY: plain reads of the session's identity and the statement's start.
+            let (db, role, start) = unsafe {
+                (
+                    pg_sys::MyDatabaseId.to_u32(),
+                    pg_sys::GetUserId().to_u32(),
+                    pg_sys::GetCurrentStatementStartTimestamp(),
+                )
+            };
+            slot.begin(db, role, start);
+            slot.job(name, rows_total, bailian_core::shared::unix_us());
+        }
+    });
+}
+
 /// A row to fill, as read and claimed.
 struct Pending {
     key: Key,
@@ -311,6 +330,11 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
 
     let connection = NonAtomicSpi::connect()?;
     transaction_settings()?;
+    // Shown as a job before anything makes an account for the CALL (ai_embed_column's
+    // checks may, before the rows are counted, which can take long): else ai_activity would
+    // show it as a plain statement, or not at all, until the count is done.
+    let job_name = format!("{procedure} {}", table.shown);
+    show_job(&job_name, None);
     let analysis = chunk::analyze(procedure, table, &job.expression)?;
     let writer = Writer::prepare(table, &analysis)?;
     let chunk_sql = table.chunk_sql(&job.expression, &analysis);
@@ -344,20 +368,7 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
         since_commit: 0,
         stop: None,
     };
-    crate::shared::with_slot(|slot| {
-        if let Some(slot) = slot {
-            // SAFETY: plain reads of the session's identity and the statement's start.
-            let (db, role, start) = unsafe {
-                (
-                    pg_sys::MyDatabaseId.to_u32(),
-                    pg_sys::GetUserId().to_u32(),
-                    pg_sys::GetCurrentStatementStartTimestamp(),
-                )
-            };
-            slot.begin(db, role, start);
-            slot.job(&format!("{procedure} {}", table.shown), Some(total), bailian_core::shared::unix_us());
-        }
-    });
+    show_job(&job_name, Some(total));
     loop {
         if state.stop.is_some() {
             break;

@@ -155,6 +155,9 @@ impl Slot {
         s.database.store(database, Relaxed);
         s.role.store(role, Relaxed);
         s.statement_start.store(statement_start, Relaxed);
+        // A statement's row shows none of the last one's: its model is set by the account
+        // that makes the first call (a job begins before it has one).
+        store_name(&s.model_name, "");
         store_name(&s.job, "");
         for c in [&s.requests, &s.retries, &s.throttled, &s.tokens, &s.cost_nano_yuan] {
             c.store(0, Relaxed);
@@ -235,9 +238,10 @@ mod tests {
         assert_eq!(row.model_name, "chat");
         assert_eq!(row.cost_nano_yuan, Some(100));
         assert!(row.waiting);
-        // A new statement starts from zero.
+        // A new statement starts from zero, with no model until its first call names one.
         s.begin(5, 10, 778);
         assert_eq!(r.activity.rows()[0].requests, 0);
+        assert_eq!(r.activity.rows()[0].model_name, "");
         r.activity.release(42);
         assert!(r.activity.rows().is_empty());
         // Every slot can be claimed, then no more.
