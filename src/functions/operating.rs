@@ -101,7 +101,8 @@ fn usage_reset(_fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
     let (db, superuser) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::superuser()) };
     let existing: Vec<u32> = if superuser {
         Spi::connect(|client| {
-            let rows = client.select("SELECT oid FROM pg_catalog.pg_database", None, &[]).map_err(spi_failed)?;
+            let rows =
+                client.select("SELECT oid FROM pg_catalog.pg_database", None, &[]).map_err(spi_failed)?;
             rows.into_iter()
                 .map(|r| r.get::<pg_sys::Oid>(1).map_err(spi_failed).map(|o| o.map_or(0, |o| o.to_u32())))
                 .collect::<Result<Vec<u32>, AiError>>()
@@ -182,12 +183,13 @@ fn may_budget(
             hint: "Ask the model's deployer or a superuser.".into(),
         });
     }
-    // SAFETY: has_privs_of_role reads the role catalogs.
-    if role_oid.is_some_and(|r| unsafe { pg_sys::has_privs_of_role(caller, r) }) {
+    // A budget of every role covers the deployer too. SAFETY: has_privs_of_role reads the
+    // role catalogs.
+    if role_oid.is_none_or(|r| unsafe { pg_sys::has_privs_of_role(caller, r) }) {
         return Err(AiError::NotAllowed {
             message: format!(
-                "{function}: role \"{caller_name}\" may not change a budget that covers itself (role \"{}\")",
-                limits::shown(role.unwrap_or_default())
+                "{function}: role \"{caller_name}\" may not change a budget that covers itself (role {})",
+                role.map_or("NULL: every role".to_string(), |r| format!("\"{}\"", limits::shown(r)))
             ),
             hint: "A budget is lifted by a superuser, or by a deployer for other roles.".into(),
         });
@@ -321,14 +323,7 @@ fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     // SAFETY: plain read.
     let db = unsafe { pg_sys::MyDatabaseId.to_u32() };
     if let Some(id) = dropped {
-        let keep: Vec<i64> = region()
-            .budgets
-            .rows()
-            .iter()
-            .filter(|r| r.key.database == db && r.key.budget_id != id)
-            .map(|r| r.key.budget_id)
-            .collect();
-        region().budgets.retain(db, &keep);
+        region().budgets.forget(db, id);
         region().bump_budget_generation();
     }
     Ok(dropped.is_some().into_datum())

@@ -101,11 +101,11 @@ impl Budgets {
         })
     }
 
-    /// Frees the rows of budgets of `database` that `keep` does not list.
-    pub fn retain(&self, database: u32, keep: &[i64]) {
+    /// Frees the row of budget `budget_id` of `database` (dropped).
+    pub fn forget(&self, database: u32, budget_id: i64) {
         self.0.with(|rows| {
             for r in rows.iter_mut() {
-                if r.state == 1 && r.key.database == database && !keep.contains(&r.key.budget_id) {
+                if r.state == 1 && r.key.database == database && r.key.budget_id == budget_id {
                     *r = BudgetRow::default();
                 }
             }
@@ -201,7 +201,9 @@ mod tests {
         }
         assert!(!r.budgets.claim(&BudgetKey::new(5, n, 0)));
         assert!(r.budgets.charge(&BudgetKey::new(5, 0, 0), 1, 1));
-        r.budgets.retain(5, &[0]);
+        for id in 1..n {
+            r.budgets.forget(5, id);
+        }
         assert!(r.budgets.claim(&BudgetKey::new(5, n, 0)));
     }
 
