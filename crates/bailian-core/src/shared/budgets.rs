@@ -101,11 +101,11 @@ impl Budgets {
         })
     }
 
-    /// Frees the rows of budgets of `database` that `keep` does not list.
-    pub fn retain(&self, database: u32, keep: &[i64]) {
+    /// Frees the rows of the budgets `keep` says no to.
+    pub fn retain(&self, keep: impl Fn(&BudgetKey) -> bool) {
         self.0.with(|rows| {
             for r in rows.iter_mut() {
-                if r.state == 1 && r.key.database == database && !keep.contains(&r.key.budget_id) {
+                if r.state == 1 && !keep(&r.key) {
                     *r = BudgetRow::default();
                 }
             }
@@ -201,7 +201,7 @@ mod tests {
         }
         assert!(!r.budgets.claim(&BudgetKey::new(5, n, 0)));
         assert!(r.budgets.charge(&BudgetKey::new(5, 0, 0), 1, 1));
-        r.budgets.retain(5, &[0]);
+        r.budgets.retain(|k| k.database != 5 || k.budget_id == 0);
         assert!(r.budgets.claim(&BudgetKey::new(5, n, 0)));
     }
 
