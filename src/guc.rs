@@ -198,7 +198,7 @@ pub fn register() {
     GucRegistry::define_bool_guc(
         c"pg_bailian.save_usage",
         c"Save ai_usage counters and budget spending at a clean shutdown and read them back at start.",
-        c"As pg_stat_statements.save: a crash loses what was counted since the last start.",
+        c"As pg_stat_statements.save: a crash, or an immediate stop (pg_ctl stop -m immediate, which is one), loses what was counted since the last start.",
         &SAVE_USAGE,
         GucContext::Sighup,
         GucFlags::default(),

@@ -175,93 +175,19 @@ fn restore(bin: &Path, file: &Path, db: &str, port: &str) {
     }
 }
 
-/// A second cluster of the same installation, on its own port, run by the postgres user,
-/// with the first cluster's settings for pg_bailian; stopped and removed when dropped.
-struct SecondCluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: String,
-}
-
-impl SecondCluster {
-    fn start(bin: &Path, first: &mut Client) -> SecondCluster {
-        let port = (port().parse::<u32>().unwrap() + 11).to_string();
-        let dir = std::env::temp_dir().join(format!("pg_bailian_second_cluster_{port}"));
-        if dir.join("postmaster.pid").exists() {
-            let _ = Command::new("sudo")
-                .args([
-                    "-u",
-                    "postgres",
-                    bin.join("pg_ctl").to_str().unwrap(),
-                    "-D",
-                    dir.to_str().unwrap(),
-                    "-m",
-                    "immediate",
-                    "stop",
-                ])
-                .output();
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        run(Path::new("chown"), &["postgres:postgres", dir.to_str().unwrap()]);
-        let as_postgres = |program: &str, args: &[&str]| {
-            let mut all = vec!["-u", "postgres", "env"];
-            let key = format!("PG_BAILIAN_DEMO_KEY={}", demo_key());
-            all.push(&key);
-            let program = bin.join(program);
-            all.push(program.to_str().unwrap());
-            all.extend_from_slice(args);
-            run(Path::new("sudo"), &all);
-        };
-        let data = dir.join("data");
-        let data = data.to_str().unwrap();
-        as_postgres(
-            "initdb",
-            &["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
-        );
-        let setting =
-            |c: &mut Client, name: &str| one_text(c, &format!("SELECT current_setting('{name}', true)"));
-        // pg_bailian's settings exist once its library is loaded in the session.
-        first.batch_execute("SELECT count(*) FROM ai_supported_models()").unwrap();
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{data}'\n\
-             shared_preload_libraries = '{}'\npg_bailian.allowed_hosts = '{}'\n",
-            setting(first, "shared_preload_libraries").unwrap_or_default(),
-            setting(first, "pg_bailian.allowed_hosts").unwrap_or_default(),
-        );
-        let conf_path = dir.join("data/postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).unwrap();
-        text.push_str(&conf);
-        std::fs::write(&conf_path, text).unwrap();
-        let log = dir.join("postgres.log");
-        run(Path::new("touch"), &[log.to_str().unwrap()]);
-        run(Path::new("chown"), &["postgres:postgres", log.to_str().unwrap()]);
-        as_postgres("pg_ctl", &["-D", data, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
-        SecondCluster { bin: bin.to_path_buf(), dir, port }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-}
-
-impl Drop for SecondCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("sudo")
-            .args([
-                "-u",
-                "postgres",
-                self.bin.join("pg_ctl").to_str().unwrap(),
-                "-D",
-                self.data().to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A second cluster of the same installation, with the first cluster's settings for
+/// pg_bailian (not its master key file).
+fn second_cluster(first: &mut Client) -> PrivateCluster {
+    let setting =
+        |c: &mut Client, name: &str| one_text(c, &format!("SELECT current_setting('{name}', true)"));
+    // pg_bailian's settings exist once its library is loaded in the session.
+    first.batch_execute("SELECT count(*) FROM ai_supported_models()").unwrap();
+    let conf = format!(
+        "shared_preload_libraries = '{}'\npg_bailian.allowed_hosts = '{}'\n",
+        setting(first, "shared_preload_libraries").unwrap_or_default(),
+        setting(first, "pg_bailian.allowed_hosts").unwrap_or_default(),
+    );
+    PrivateCluster::start("dump_second", &conf)
 }
 
 #[test]
@@ -318,17 +244,16 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
     }
 
     // Into a second cluster: the sealed keys need the master key file, which no dump holds.
-    let second = SecondCluster::start(&bin, &mut c);
-    let mut admin =
-        Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=postgres", second.port), NoTls)
-            .unwrap();
+    let second = second_cluster(&mut c);
+    let second_port = second.port().to_string();
+    let mut admin = second.connect("postgres");
     for role in [OWNER, DEPLOYER, READER] {
         admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
     }
     let su_custom = &dumps[0];
-    restore(&bin, su_custom, "restored_custom", &second.port);
+    restore(&bin, su_custom, "restored_custom", &second_port);
     let mut r = Client::connect(
-        &format!("host=127.0.0.1 port={} user={READER} dbname=restored_custom", second.port),
+        &format!("host=127.0.0.1 port={} user={READER} dbname=restored_custom", second_port),
         NoTls,
     )
     .unwrap();
@@ -350,16 +275,16 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
     std::fs::copy(&master, &copy).unwrap();
     run(Path::new("chown"), &["postgres:postgres", copy.to_str().unwrap()]);
     run(Path::new("chmod"), &["0600", copy.to_str().unwrap()]);
-    assert_eq!(answers("restored_custom", &second.port), expected, "the custom dump in the second cluster");
+    assert_eq!(answers("restored_custom", &second_port), expected, "the custom dump in the second cluster");
     let owner_plain = &dumps[3];
-    restore(&bin, owner_plain, "restored_plain", &second.port);
+    restore(&bin, owner_plain, "restored_plain", &second_port);
     assert_eq!(
-        answers("restored_plain", &second.port),
+        answers("restored_plain", &second_port),
         expected,
         "the owner's plain dump in the second cluster"
     );
     let mut r = Client::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname=restored_plain", second.port),
+        &format!("host=127.0.0.1 port={} user=postgres dbname=restored_plain", second_port),
         NoTls,
     )
     .unwrap();
@@ -392,7 +317,7 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
             "-h",
             "127.0.0.1",
             "-p",
-            &second.port,
+            &second_port,
             "-U",
             "postgres",
             "-d",
@@ -400,9 +325,9 @@ fn dumps_by_a_superuser_and_by_the_owner_restore_into_this_cluster_and_another()
             created.to_str().unwrap(),
         ],
     );
-    assert_eq!(answers(DB, &second.port), expected, "the --create dump in the second cluster");
+    assert_eq!(answers(DB, &second_port), expected, "the --create dump in the second cluster");
     let mut r =
-        Client::connect(&format!("host=127.0.0.1 port={} user={READER} dbname={DB}", second.port), NoTls)
+        Client::connect(&format!("host=127.0.0.1 port={} user={READER} dbname={DB}", second_port), NoTls)
             .unwrap();
     assert_eq!(
         one_text(&mut r, "SELECT ai_gen('the default chat model after the restore')"),

@@ -95,53 +95,21 @@ fn drop_database_does_not_wait_for_a_column_job() {
 /// starting. Run on a private cluster, made for this test and killed by it.
 #[test]
 fn a_waiting_backend_exits_when_the_postmaster_dies() {
-    use std::process::Command;
-    let bin = pg_bin();
-    let dir = std::env::temp_dir().join(format!("pg_bailian_pmdeath_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let as_postgres = |args: &[&str]| {
-        let out = Command::new("sudo").arg("-u").arg("postgres").args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    assert!(Command::new("chown").arg("postgres:postgres").arg(&dir).status().unwrap().success());
-    let data = dir.join("data");
-    as_postgres(&[&format!("{bin}/initdb"), "-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust"]);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let options =
-        format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}", dir.display());
-    as_postgres(&[
-        &format!("{bin}/pg_ctl"),
-        "-D",
-        data.to_str().unwrap(),
-        "-o",
-        &options,
-        "-l",
-        dir.join("log").to_str().unwrap(),
-        "-w",
-        "start",
-    ]);
+    let cluster = PrivateCluster::start("pmdeath", "");
     let s = standin();
     s.script("hold", vec![Fault::Hang]);
-    let conn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-    let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
+    let mut c = cluster.connect("postgres");
     c.batch_execute("CREATE EXTENSION pg_bailian").unwrap();
     deploy(&mut c, &s, "chat", "qwen-plus", "");
     let backend: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let worker = hold(c, &s, "SELECT ai_gen('chat', 'hold')");
 
-    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
-    let postmaster = pid_file.lines().next().unwrap().trim().to_string();
-    assert!(Command::new("kill").args(["-9", &postmaster]).status().unwrap().success());
+    let postmaster = cluster.postmaster_pid().expect("the postmaster runs");
+    let killed = std::process::Command::new("kill").args(["-9", &postmaster.to_string()]).status();
+    assert!(killed.unwrap().success());
     let gone =
         wait_for(Duration::from_secs(2), || !std::path::Path::new(&format!("/proc/{backend}")).exists());
-    // Whatever happened, leave nothing of this cluster behind.
-    let _ = Command::new("pkill").args(["-9", "-f", dir.to_str().unwrap()]).status();
     assert!(gone, "the backend outlived its postmaster by 2 s");
     assert!(wait_for(Duration::from_secs(1), || s.stats().in_flight == 0), "its request is still open");
     assert!(worker.join().unwrap().is_err());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -284,7 +284,12 @@ fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     })?;
     // SAFETY: plain read.
     let db = unsafe { pg_sys::MyDatabaseId.to_u32() };
-    if !region().budgets.claim(&bailian_core::shared::BudgetKey::new(db, id, period_start)) {
+    let key = bailian_core::shared::BudgetKey::new(db, id, period_start);
+    let claimed = region().budgets.claim(&key) || {
+        forget_lost_budgets(db)?;
+        region().budgets.claim(&key)
+    };
+    if !claimed {
         return Err(AiError::CapacityExceeded {
             message: format!(
                 "{F}: the cluster has {} budgets already, its limit (pg_bailian.max_budgets)",
@@ -296,6 +301,35 @@ fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     }
     region().bump_budget_generation();
     Ok(id.into_datum())
+}
+
+/// Frees the shared rows of budgets that are gone, before `ai_set_budget` calls the table
+/// full: a budget's row is claimed when it is set, and nothing gives it back when the
+/// transaction that set it rolls back, when the budget goes with its model (the catalog's
+/// ON DELETE CASCADE) or with its database. So: rows of this database whose budget its
+/// catalog no longer has, and rows of databases that no longer exist. (Lost budgets of
+/// another database are out of sight from here: its own ai_set_budget frees them when it
+/// finds the table full.)
+fn forget_lost_budgets(db: u32) -> Result<(), AiError> {
+    let (ids, databases) = as_catalog_owner(|| {
+        Spi::connect(|client| {
+            let ids = client.select("SELECT id FROM bailian.budgets", None, &[]).map_err(spi_failed)?;
+            let ids = ids.map(|r| r.get::<i64>(1)).collect::<Result<Vec<_>, _>>().map_err(spi_failed)?;
+            let dbs = client
+                .select("SELECT oid::pg_catalog.int8 FROM pg_catalog.pg_database", None, &[])
+                .map_err(spi_failed)?;
+            let dbs = dbs.map(|r| r.get::<i64>(1)).collect::<Result<Vec<_>, _>>().map_err(spi_failed)?;
+            Ok::<_, AiError>((ids, dbs))
+        })
+    })?;
+    region().budgets.retain(|k| {
+        if k.database == db {
+            ids.contains(&Some(k.budget_id))
+        } else {
+            databases.contains(&Some(i64::from(k.database)))
+        }
+    });
+    Ok(())
 }
 
 const DELETE_BUDGET: &str = "
@@ -323,7 +357,7 @@ fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     // SAFETY: plain read.
     let db = unsafe { pg_sys::MyDatabaseId.to_u32() };
     if let Some(id) = dropped {
-        region().budgets.forget(db, id);
+        region().budgets.retain(|k| k.database != db || k.budget_id != id);
         region().bump_budget_generation();
     }
     Ok(dropped.is_some().into_datum())

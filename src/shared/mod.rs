@@ -117,8 +117,10 @@ unsafe extern "C-unwind" fn startup() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn at_postmaster_exit(code: i32, _arg: pg_sys::Datum) {
     // A crash (code != 0) saves nothing: what was counted since the last start is lost, as
-    // with pg_stat_statements, rather than saving state a dying server may have torn.
-    if code != 0 || !crate::guc::save_usage() {
+    // with pg_stat_statements, rather than saving state a dying server may have torn. An
+    // immediate stop is a crash too, though the postmaster exits with 0 after it: see
+    // `persist::shut_down_cleanly`.
+    if code != 0 || !crate::guc::save_usage() || !persist::shut_down_cleanly() {
         return;
     }
     let p = SHARED.load(Ordering::Acquire);

@@ -2,6 +2,12 @@
 //! at the next start, as pg_stat_statements does with its statistics: a file in `pg_stat/`,
 //! written to a temporary name and renamed, read once and removed (so a crash after the next
 //! start does not bring back counts from before it).
+//!
+//! Only after a clean shutdown. An immediate stop (`pg_ctl stop -m immediate`) also ends the
+//! postmaster with exit code 0, but only after SIGQUIT ended every backend wherever it was:
+//! possibly between two counters of one update, or holding a table's spin lock, which the
+//! postmaster would then wait for forever. The next start runs crash recovery, and the
+//! counters are treated as after any crash: lost.
 
 use bailian_core::shared::{budgets, usage, Region};
 use std::io::Write;
@@ -31,6 +37,24 @@ pub fn save(region: &Region) {
         let _ = std::fs::remove_file(&tmp);
         pgrx::log!("pg_bailian: could not save usage counters to \"{FILE}\": {e}");
     }
+}
+
+/// Whether the server is going down cleanly: the shutdown checkpoint is written (the control
+/// file says "shut down"), which a smart or fast stop does once every backend has exited by
+/// itself, and an immediate stop never does (the file still says "in production").
+pub fn shut_down_cleanly() -> bool {
+    use pgrx::pg_sys::{ControlFileData, DBState};
+    // The postmaster's working directory is the data directory.
+    let Ok(bytes) = std::fs::read("global/pg_control") else {
+        return false;
+    };
+    // The state field where this server's layout (the headers this library was built
+    // with) puts it, in the machine's byte order, as PostgreSQL writes the file.
+    let at = std::mem::offset_of!(ControlFileData, state);
+    let Some(state) = bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes) else {
+        return false;
+    };
+    matches!(state, DBState::DB_SHUTDOWNED | DBState::DB_SHUTDOWNED_IN_RECOVERY)
 }
 
 pub fn load(region: &Region) {

@@ -1,5 +1,7 @@
 //! Shared pieces of the end-to-end tests: a database of its own per test in the throwaway
-//! cluster that `scripts/test.sh` starts, and a stand-in per test on its own loopback port.
+//! cluster that `scripts/test.sh` starts, and a stand-in per test on its own loopback port;
+//! for tests that stop, crash or reconfigure a server, a cluster of their own
+//! (`PrivateCluster`).
 #![allow(dead_code)]
 
 use bailian_standin::{Config, Standin};
@@ -226,4 +228,143 @@ pub fn restore_plain(db: &str, sql: &str) {
         file.to_str().unwrap(),
     ]));
     std::fs::remove_file(&file).unwrap();
+}
+
+/// A cluster of a test's own, for what the shared one cannot do (stop, restart or crash it,
+/// kill its postmaster, settings fixed at server start): made by `initdb` of the server under
+/// test (`pg_bin`) as the `postgres` user, in a directory of its own under the temporary one,
+/// on a port the system picked, small (16MB of shared buffers, 20 connections) and without
+/// fsync (a throwaway cluster need not outlive a machine crash), with `conf`
+/// appended to postgresql.conf, and PG_BAILIAN_DEMO_KEY in the server's environment as in the
+/// scripts' cluster. Dropped, even by a failed assertion, it is stopped at once, its
+/// postmaster killed by its pid if it outlived that, and its directory removed.
+pub struct PrivateCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+/// What `PrivateCluster::start` appends for pg_bailian's shared state, and for the stand-in on
+/// loopback (as scripts/lib.sh's cluster has it).
+pub const PRELOAD_CONF: &str = "shared_preload_libraries = 'pg_bailian'\n\
+     pg_bailian.allowed_hosts = 'http://127.0.0.1, http://localhost'\n";
+
+impl PrivateCluster {
+    /// A new cluster named `name` (unique among the tests that may run at once), started.
+    pub fn start(name: &str, conf: &str) -> PrivateCluster {
+        let dir = std::env::temp_dir().join(format!("pg_bailian_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // From here on, Drop cleans up whatever the rest manages to make.
+        let cluster = PrivateCluster { dir, port };
+        run_program(std::process::Command::new("chown").arg("postgres:postgres").arg(&cluster.dir));
+        let data = cluster.data();
+        cluster.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+        );
+        let settings = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_buffers = 16MB\nmax_connections = 20\nfsync = off\n\
+             log_line_prefix = '%m [%p] %q%u@%d '\n{conf}",
+            cluster.dir.display()
+        );
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&settings);
+        std::fs::write(&conf_path, text).unwrap();
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    pub fn data(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn conn_string(&self, db: &str, user: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} dbname={db} connect_timeout=10", self.port)
+    }
+
+    pub fn connect(&self, db: &str) -> Client {
+        self.connect_as(db, "postgres")
+    }
+
+    pub fn connect_as(&self, db: &str, user: &str) -> Client {
+        let conn = self.conn_string(db, user);
+        Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("{conn}: {e}"))
+    }
+
+    /// A session whose NOTICEs and WARNINGs are collected (see `connect_collecting_as`).
+    pub fn connect_collecting(&self, db: &str) -> (Client, Seen) {
+        let mut cfg: postgres::Config = self.conn_string(db, "postgres").parse().unwrap();
+        let seen = Seen::default();
+        let sink = seen.clone();
+        cfg.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())));
+        (cfg.connect(NoTls).unwrap(), seen)
+    }
+
+    /// Runs a program of the server under test as the postgres user; panics if it fails.
+    fn as_postgres(&self, program: &str, args: &[&str]) -> String {
+        let mut cmd = std::process::Command::new("sudo");
+        cmd.args(["-u", "postgres", "env"]);
+        if let Ok(key) = std::env::var("PG_BAILIAN_DEMO_KEY") {
+            cmd.arg(format!("PG_BAILIAN_DEMO_KEY={key}"));
+        }
+        run_program(cmd.arg(format!("{}/{program}", pg_bin())).args(args))
+    }
+
+    /// `pg_ctl <args>` on this cluster, waiting for it (its log file is always given: a
+    /// postmaster started without one would hold our pipe open).
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let data = self.data();
+        let log = self.dir.join("log");
+        let mut all = vec!["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60"];
+        all.extend_from_slice(args);
+        self.as_postgres("pg_ctl", &all);
+    }
+
+    /// The postmaster's pid, from postmaster.pid (None when it is not running).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        // Only a live postmaster of this data directory (not a pid since reused).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let data = self.data();
+        String::from_utf8_lossy(&cmdline).contains(data.to_str().unwrap()).then_some(pid)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if self.postmaster_pid().is_some() {
+            let data = self.data();
+            let _ = std::process::Command::new("sudo")
+                .args(["-u", "postgres", &format!("{}/pg_ctl", pg_bin()), "-D", data.to_str().unwrap()])
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .output();
+        }
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -101,11 +101,11 @@ impl Budgets {
         })
     }
 
-    /// Frees the row of budget `budget_id` of `database` (dropped).
-    pub fn forget(&self, database: u32, budget_id: i64) {
+    /// Frees the rows of the budgets `keep` says no to.
+    pub fn retain(&self, keep: impl Fn(&BudgetKey) -> bool) {
         self.0.with(|rows| {
             for r in rows.iter_mut() {
-                if r.state == 1 && r.key.database == database && r.key.budget_id == budget_id {
+                if r.state == 1 && !keep(&r.key) {
                     *r = BudgetRow::default();
                 }
             }
@@ -201,9 +201,7 @@ mod tests {
         }
         assert!(!r.budgets.claim(&BudgetKey::new(5, n, 0)));
         assert!(r.budgets.charge(&BudgetKey::new(5, 0, 0), 1, 1));
-        for id in 1..n {
-            r.budgets.forget(5, id);
-        }
+        r.budgets.retain(|k| k.database != 5 || k.budget_id == 0);
         assert!(r.budgets.claim(&BudgetKey::new(5, n, 0)));
     }
 
