@@ -428,6 +428,11 @@ fn budgets_stop_spending() {
     assert!(spent >= 60.0, "{spent}");
     assert_eq!(remaining, 0.0);
     assert!(r.get::<_, bool>(2));
+    // A drop that rolls back leaves the budget with what it spent.
+    c.batch_execute("BEGIN; SELECT ai_drop_budget('budget_user', 'own'); ROLLBACK").unwrap();
+    let again: f64 =
+        c.query_one("SELECT spent::float8 FROM ai_budgets WHERE budget_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(again, spent);
 
     // A column job stops cleanly at a spent budget, its committed rows kept.
     c.batch_execute("SELECT ai_set_budget('budget_user', 'emb', 120, 'tokens')").unwrap();

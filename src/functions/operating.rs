@@ -354,10 +354,10 @@ fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
             }
         })
     })?;
-    // SAFETY: plain read.
-    let db = unsafe { pg_sys::MyDatabaseId.to_u32() };
-    if let Some(id) = dropped {
-        region().budgets.retain(|k| k.database != db || k.budget_id != id);
+    // Its place in the shared state is not given back here: the DROP may yet roll back, and
+    // the budget would lose what it spent. ai_set_budget frees the places of budgets its
+    // catalog no longer has when it finds the table full.
+    if dropped.is_some() {
         region().bump_budget_generation();
     }
     Ok(dropped.is_some().into_datum())
