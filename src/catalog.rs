@@ -258,16 +258,16 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
 }
 
 const PRICE_AND_BUDGETS: &str = "
-SELECT 'price', NULL::int8, p.input_price::float8, p.output_price::float8, p.thinking_output_price::float8,
-       p.cached_input_ratio::float8, NULL::text, NULL::text, NULL::int8, NULL::text, NULL::text
+SELECT 'price', NULL::pg_catalog.int8, p.input_price::pg_catalog.float8, p.output_price::pg_catalog.float8, p.thinking_output_price::pg_catalog.float8,
+       p.cached_input_ratio::pg_catalog.float8, NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.text
   FROM bailian.effective_prices p
  WHERE p.model_type OPERATOR(pg_catalog.=) $2 AND p.input_price IS NOT NULL
 UNION ALL
-SELECT 'budget', b.id, b.\"limit\"::float8, NULL, NULL, NULL, b.unit, b.period,
-       pg_catalog.date_part('epoch', pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone))::int8,
+SELECT 'budget', b.id, b.\"limit\"::pg_catalog.float8, NULL, NULL, NULL, b.unit, b.period,
+       pg_catalog.date_part('epoch', pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone))::pg_catalog.int8,
        (((pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone) AT TIME ZONE b.time_zone)
-          OPERATOR(pg_catalog.+) ('1 ' OPERATOR(pg_catalog.||) b.period)::pg_catalog.interval) AT TIME ZONE b.time_zone)::text,
-       pg_catalog.format('%s on %s', COALESCE('of role ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(b.role::text), 'of every role'),
+          OPERATOR(pg_catalog.+) ('1 ' OPERATOR(pg_catalog.||) b.period)::pg_catalog.interval) AT TIME ZONE b.time_zone)::pg_catalog.text,
+       pg_catalog.format('%s on %s', COALESCE('of role ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(b.role::pg_catalog.text), 'of every role'),
                          COALESCE('model ' OPERATOR(pg_catalog.||) pg_catalog.quote_literal(b.model_name), 'every model'))
   FROM bailian.budgets b
  WHERE (b.role IS NULL OR b.role OPERATOR(pg_catalog.=) $3::pg_catalog.oid::pg_catalog.regrole)

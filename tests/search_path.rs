@@ -222,6 +222,36 @@ fn run_everything(
         .unwrap()
         .get(0);
     assert_eq!(filled, 7);
+    // Operating it: budgets (read back by a call, and by ai_budgets), usage, activity, rate
+    // limits, prices (the view's trigger) and a dry run.
+    c.batch_execute("SELECT ai_set_budget(NULL, 'chat', 1000000, 'tokens')").unwrap();
+    assert_eq!(
+        one_text(c, "SELECT ai_gen('chat', 'budgeted')").as_deref(),
+        Some("Echo from qwen-plus: budgeted")
+    );
+    let budgets: i64 = c
+        .query_one("SELECT pg_catalog.count(*) FROM ai_budgets WHERE spent OPERATOR(pg_catalog.>) 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(budgets, 1);
+    assert!(c.query_one("SELECT ai_drop_budget(NULL, 'chat')", &[]).unwrap().get::<_, bool>(0));
+    let used: i64 = c.query_one("SELECT pg_catalog.count(*) FROM ai_usage", &[]).unwrap().get(0);
+    assert!(used > 0);
+    c.batch_execute(
+        "SELECT pg_catalog.count(*) FROM ai_activity; SELECT pg_catalog.count(*) FROM ai_rate_limits",
+    )
+    .unwrap();
+    c.batch_execute(
+        "UPDATE ai_prices SET input_price = 1 WHERE model_type OPERATOR(pg_catalog.=) 'qwen-plus';
+         DELETE FROM ai_prices WHERE model_type OPERATOR(pg_catalog.=) 'qwen-plus'",
+    )
+    .unwrap();
+    let requests: i64 = c
+        .query_one("SELECT requests FROM ai_estimate($$SELECT public.ai_gen('chat', 'dry')$$)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(requests, 1);
+    c.batch_execute("SELECT ai_usage_reset()").unwrap();
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
     c.batch_execute("RESET search_path; RESET pg_bailian.default_chat_model").unwrap();
@@ -274,6 +304,16 @@ fn run_everything(
         "register_external_model(text,text,text,json,text)",
         "delete_external_model(text)",
         "bailian.default_model_choices()",
+        "ai_set_budget(name,text,numeric,text,text)",
+        "ai_drop_budget(name,text)",
+        "bailian.budget_spent()",
+        "bailian.scope()",
+        "bailian.usage_rows()",
+        "ai_usage_reset()",
+        "bailian.activity_rows()",
+        "bailian.rate_limit_rows()",
+        "ai_estimate(text)",
+        "bailian.set_price()",
     ]
 }
 

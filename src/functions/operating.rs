@@ -203,7 +203,7 @@ VALUES ($1::pg_catalog.oid::pg_catalog.regrole, $2, $3::pg_catalog.numeric, $4, 
         pg_catalog.current_setting('TimeZone'), $6, pg_catalog.now())
 ON CONFLICT (role, model_name) DO UPDATE SET \"limit\" = EXCLUDED.\"limit\", unit = EXCLUDED.unit,
     period = EXCLUDED.period, time_zone = EXCLUDED.time_zone, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at
-RETURNING id, pg_catalog.date_part('epoch', pg_catalog.date_trunc(period, pg_catalog.now(), time_zone))::int8";
+RETURNING id, pg_catalog.date_part('epoch', pg_catalog.date_trunc(period, pg_catalog.now(), time_zone))::pg_catalog.int8";
 
 const PRICED: &str = "
 SELECT p.input_price IS NOT NULL FROM bailian.models m
@@ -334,7 +334,8 @@ fn forget_lost_budgets(db: u32) -> Result<(), AiError> {
 
 const DELETE_BUDGET: &str = "
 DELETE FROM bailian.budgets
- WHERE role IS NOT DISTINCT FROM $1::pg_catalog.oid::pg_catalog.regrole AND model_name IS NOT DISTINCT FROM $2
+ WHERE (role OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regrole OR (role IS NULL AND $1 IS NULL))
+   AND (model_name OPERATOR(pg_catalog.=) $2 OR (model_name IS NULL AND $2 IS NULL))
 RETURNING id";
 
 /// ai_drop_budget(role, model_name): removes that budget; false if there was none.
