@@ -612,7 +612,8 @@ fn family() -> Row {
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let scenarios: [(&str, fn() -> Row); 12] = [
+    type Scenario = (&'static str, fn() -> Row);
+    let scenarios: [Scenario; 12] = [
         ("overhead", overhead),
         ("throughput", embed_throughput),
         ("generation", gen_throughput),

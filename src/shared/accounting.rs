@@ -91,13 +91,18 @@ impl Totals {
     }
 }
 
+/// What a statement's Accounts are kept under (`catalog::stamp`), and the Accounts by
+/// (model_name, function).
+type Stamp = (i64, i64, u64);
+type Accounts = HashMap<(String, &'static str), Arc<Account>>;
+
 thread_local! {
     static TOTALS: Cell<Totals> = const { Cell::new(Totals {
         requests: 0, retries: 0, throttled: 0, prompt_tokens: 0, completion_tokens: 0, cost_nano_yuan: 0,
         cost_unknown: false,
     }) };
     /// The Accounts of the current statement, by (model_name, function).
-    static ACCOUNTS: RefCell<((i64, i64, u64), HashMap<(String, &'static str), Arc<Account>>)> =
+    static ACCOUNTS: RefCell<(Stamp, Accounts)> =
         RefCell::new(((0, 0, 0), HashMap::new()));
     /// A dry run in progress (ai_estimate): what would have been sent.
     static DRY: RefCell<Option<DryRun>> = const { RefCell::new(None) };

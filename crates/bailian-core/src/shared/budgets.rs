@@ -134,7 +134,7 @@ impl Budgets {
 const FILE_MAGIC: &[u8; 8] = b"PGBBUD01";
 
 pub fn encode(rows: &[BudgetRow]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + rows.len() * size_of::<BudgetRow>());
+    let mut out = Vec::with_capacity(16 + std::mem::size_of_val(rows));
     out.extend_from_slice(FILE_MAGIC);
     out.extend_from_slice(&(size_of::<BudgetRow>() as u32).to_le_bytes());
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());

@@ -255,7 +255,7 @@ fn merge(into: &mut UsageRow, r: &UsageRow) {
 const FILE_MAGIC: &[u8; 8] = b"PGBUSE01";
 
 pub fn encode(rows: &[UsageRow]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + rows.len() * size_of::<UsageRow>());
+    let mut out = Vec::with_capacity(16 + std::mem::size_of_val(rows));
     out.extend_from_slice(FILE_MAGIC);
     out.extend_from_slice(&(size_of::<UsageRow>() as u32).to_le_bytes());
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
