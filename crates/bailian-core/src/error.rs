@@ -83,6 +83,9 @@ pub enum AiError {
     /// Memory for `what` could not be had: an allocation that failed, reported instead of
     /// aborting the backend.
     OutOfMemory { what: String },
+    /// Qwen's vocabulary (`qwen.tiktoken`) cannot be read or is not one: `file` is the path
+    /// tried (None for bytes given directly), `reason` completes "... cannot be used: ".
+    TokenizerUnavailable { file: Option<String>, reason: String, hint: String },
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
     Interrupted,
     /// A bug or an impossible state; reported rather than panicking.
@@ -126,7 +129,8 @@ impl AiError {
             AiError::TransactionControl { .. } => "2D000".into(), // invalid_transaction_termination
             AiError::LimitExceeded { .. } => "54000".into(), // program_limit_exceeded
             AiError::OutOfMemory { .. } => "53200".into(),  // out_of_memory
-            AiError::Interrupted => "57014".into(),         // query_canceled
+            AiError::TokenizerUnavailable { .. } => "ZBV01".into(),
+            AiError::Interrupted => "57014".into(), // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
     }
@@ -144,7 +148,8 @@ impl AiError {
             | AiError::MasterKey { hint, .. }
             | AiError::NotAllowed { hint, .. }
             | AiError::ObjectNotReady { hint, .. }
-            | AiError::NotATable { hint, .. } => Some(hint.clone()),
+            | AiError::NotATable { hint, .. }
+            | AiError::TokenizerUnavailable { hint, .. } => Some(hint.clone()),
             AiError::UndefinedColumn { .. }
             | AiError::DatatypeMismatch { .. }
             | AiError::NullArgument { .. } => None,
@@ -204,6 +209,7 @@ impl AiError {
             | AiError::ResponseTooLarge { .. }
             | AiError::LimitExceeded { .. }
             | AiError::OutOfMemory { .. }
+            | AiError::TokenizerUnavailable { .. }
             | AiError::ObjectNotReady { .. }
             | AiError::NotATable { .. }
             | AiError::UndefinedColumn { .. }
@@ -335,6 +341,12 @@ impl fmt::Display for AiError {
                 show_bytes(*limit_bytes)
             ),
             AiError::OutOfMemory { what } => write!(f, "out of memory for {what}"),
+            AiError::TokenizerUnavailable { file: Some(file), reason, .. } => {
+                write!(f, "Qwen's tokenizer vocabulary \"{file}\" cannot be used: {reason}")
+            }
+            AiError::TokenizerUnavailable { file: None, reason, .. } => {
+                write!(f, "Qwen's tokenizer vocabulary cannot be used: {reason}")
+            }
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
         }
@@ -381,6 +393,7 @@ mod tests {
             },
             AiError::LimitExceeded { what: "w".into(), needed: 2, limit_bytes: 1 },
             AiError::OutOfMemory { what: "w".into() },
+            AiError::TokenizerUnavailable { file: None, reason: "r".into(), hint: "h".into() },
             AiError::ObjectNotReady { message: "m".into(), hint: "h".into() },
             AiError::UndefinedColumn { message: "m".into() },
             AiError::NullArgument { message: "m".into() },

@@ -20,5 +20,6 @@ pub mod secret;
 pub mod structured;
 pub mod tasks;
 pub mod template;
+pub mod tokens;
 
 pub use error::{AiError, InferenceKind, ResponseLimit};
