@@ -87,7 +87,7 @@ GRANT EXECUTE ON FUNCTION ai_gen(text, text, jsonb), ai_gen(text), ai_translate(
     ai_extract(text, text, text[]), ai_mask(text, text, text[]), ai_summarize(text, text, int),
     ai_fix_grammar(text, text), ai_sentiment(text, text), ai_rank(text, text, text),
     ai_similarity(text, text, text), ai_chunk(text, int, int), ai_prompt(text, text[]),
-    bailian.default_prompts() TO PUBLIC;
+    ai_count_tokens(text, text), bailian.default_prompts() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_gen(text, jsonb, jsonb), ai_gen(jsonb), ai_embed(text), ai_embed(text, bytea, text),
     ai_translate(text, text), ai_classify(text, text[]), ai_extract(text, text[]), ai_mask(text, text[]),
     ai_summarize(text), ai_fix_grammar(text), ai_sentiment(text), ai_rank(text, text), ai_similarity(text, text),

@@ -22,6 +22,7 @@ pgrx::pg_module_magic!();
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["catalog"]);
 extension_sql_file!("../sql/procedures.sql", name = "procedures", requires = ["functions"]);
+extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["functions"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -12,6 +12,7 @@ mod many;
 mod supported;
 pub(crate) mod tasks;
 mod text;
+pub(crate) mod tokens;
 
 use pgrx::datum::FromDatum;
 use pgrx::pg_sys;
