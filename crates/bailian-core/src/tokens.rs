@@ -402,7 +402,7 @@ impl QwenTokenizer {
         next.extend(1..=n32);
         prev.extend((0..n32).map(|i| i.wrapping_sub(1)));
         let rank = |a: u32, b: u32| self.lookup(&piece[a as usize..b as usize]).unwrap_or(NONE);
-        for i in 0..n32 - 1 {
+        for i in 0..n32.saturating_sub(1) {
             let r = rank(i, i + 2);
             if r != NONE {
                 heap.push(Reverse((r, i, i + 1, i + 2)));
