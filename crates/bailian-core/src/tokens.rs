@@ -711,6 +711,11 @@ mod tests {
     }
 
     #[test]
+    fn the_splitters_patterns_are_the_sdks_without_its_look_ahead() {
+        assert_eq!(PATTERN, format!(r"{WORDS}|\s+(?!\S)|{SPACES}"));
+    }
+
+    #[test]
     fn pieces_are_whole_tokens_or_merged_by_rank() {
         let t = tiny();
         assert_eq!(t.encode("hello world"), [id(t, "hello"), id(t, " world")]);
