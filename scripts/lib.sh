@@ -50,16 +50,15 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: clang for bindgen, sudo for --runas; for 15 the server and its headers,
-# for the majors fetched from the Python package index pip, unzip and a C toolchain (pgvector).
+# Debian packages: clang for bindgen, sudo for --runas, pip and unzip for Qwen's vocabulary
+# (install_qwen_vocabulary); for 15 the server and its headers, for the majors fetched from the
+# Python package index a C toolchain (pgvector).
 ensure_packages() {
-    local wanted=(libclang-dev clang sudo)
+    local wanted=(libclang-dev clang sudo unzip)
+    python3 -m pip --version >/dev/null 2>&1 || wanted+=(python3-pip)
     case "$PG_SOURCE" in
         debian) wanted+=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR) ;;
-        wheel)
-            wanted+=(unzip make gcc)
-            python3 -m pip --version >/dev/null 2>&1 || wanted+=(python3-pip)
-            ;;
+        wheel) wanted+=(make gcc) ;;
     esac
     local missing=()
     for p in "${wanted[@]}"; do
@@ -231,6 +230,67 @@ install_extension() {
     # The install scripts of released versions, so that CREATE EXTENSION ... VERSION can make
     # an old release for the upgrade test (cargo pgrx install copies only the update scripts).
     as_root cp "$REPO"/sql/releases/pg_bailian--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+    install_qwen_vocabulary
+}
+
+# Qwen's BPE vocabulary, which ai_count_tokens counts Qwen models' tokens with: qwen.tiktoken of
+# the official DashScope Python SDK (Apache-2.0), taken from its wheel (`pip download`, nothing
+# installed; cached in .pg/), checked against the SHA-256 pinned here and installed as
+# <sharedir>/extension/pg_bailian/qwen.tiktoken, where pg_bailian.tokenizer_file's default
+# points. A newer SDK is taken by changing both pins.
+DASHSCOPE_VERSION=2.0.2
+QWEN_TIKTOKEN_SHA256=b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186
+install_qwen_vocabulary() {
+    local dest cache wheel tmp sum
+    dest="$("$PG_CONFIG" --sharedir)/extension/pg_bailian/qwen.tiktoken"
+    if [ -f "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$QWEN_TIKTOKEN_SHA256" ]; then
+        return
+    fi
+    cache="$PG_HOME_DIR/dashscope-$DASHSCOPE_VERSION"
+    wheel="$(find "$cache" -maxdepth 1 -name "dashscope-$DASHSCOPE_VERSION-*.whl" 2>/dev/null | head -n1 || true)"
+    if [ -z "$wheel" ]; then
+        say "fetching Qwen's tokenizer vocabulary: pip download dashscope==$DASHSCOPE_VERSION (about 2.5 MB, once)"
+        mkdir -p "$cache"
+        # Without the package index the rest of the extension still installs and works.
+        if ! python3 -m pip download -q --no-deps --only-binary=:all: -d "$cache" "dashscope==$DASHSCOPE_VERSION"; then
+            echo "note: dashscope==$DASHSCOPE_VERSION could not be fetched; until $dest is installed," \
+                "ai_count_tokens of a Qwen model fails (ZBV01)" >&2
+            return 0
+        fi
+        wheel="$(find "$cache" -maxdepth 1 -name "dashscope-$DASHSCOPE_VERSION-*.whl" | head -n1)"
+    fi
+    tmp="$(mktemp)"
+    unzip -p "$wheel" dashscope/resources/qwen.tiktoken >"$tmp"
+    sum="$(sha256sum "$tmp" | cut -d' ' -f1)"
+    if [ "$sum" != "$QWEN_TIKTOKEN_SHA256" ]; then
+        rm -f "$tmp"
+        echo "qwen.tiktoken in $wheel has SHA-256 $sum, not the pinned $QWEN_TIKTOKEN_SHA256" >&2
+        return 1
+    fi
+    as_root install -D -m 644 "$tmp" "$dest"
+    rm -f "$tmp"
+    echo "installed Qwen's vocabulary (dashscope $DASHSCOPE_VERSION) as $dest"
+}
+
+# The referee of tests/token_counts.rs: the official SDK itself, dashscope==$DASHSCOPE_VERSION
+# with the tiktoken it runs on, in a virtual environment under .pg/ (made once). Exports
+# PG_BAILIAN_TOKEN_REFEREE, its Python.
+TIKTOKEN_VERSION=0.14.0
+ensure_token_referee() {
+    local venv="$PG_HOME_DIR/token-referee"
+    local check="import dashscope, tiktoken; assert dashscope.__version__ == '$DASHSCOPE_VERSION'"
+    if ! "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+        say "installing the tokenizer referee: dashscope==$DASHSCOPE_VERSION, tiktoken==$TIKTOKEN_VERSION in $venv (once)"
+        if ! python3 -c "import ensurepip" >/dev/null 2>&1; then
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install -q "dashscope==$DASHSCOPE_VERSION" "tiktoken==$TIKTOKEN_VERSION"
+        "$venv/bin/python" -c "$check"
+    fi
+    export PG_BAILIAN_TOKEN_REFEREE="$venv/bin/python"
 }
 
 # --- the throwaway cluster --------------------------------------------------------------

@@ -25,6 +25,8 @@ cluster_start
 trap 'cluster_stop' EXIT
 only=()
 for t in ${E2E_TESTS:-}; do only+=(--test "$t"); done
+# The official DashScope SDK, the referee of tests/token_counts.rs.
+case " ${E2E_TESTS:-token_counts} " in *" token_counts "*) ensure_token_referee ;; esac
 [ ${#only[@]} -eq 0 ] || say "only these end-to-end tests: ${E2E_TESTS}"
 cargo test -p pg_bailian_e2e "${only[@]}" -- --test-threads="${E2E_THREADS:-2}"
 

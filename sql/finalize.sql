@@ -223,7 +223,7 @@ COMMENT ON PROCEDURE delete_external_model(text) IS
 
 -- Operating it (sql/operating.sql).
 GRANT SELECT ON ai_prices, ai_usage, ai_budgets, ai_activity, ai_rate_limits TO PUBLIC;
-GRANT EXECUTE ON FUNCTION ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
+GRANT EXECUTE ON FUNCTION ai_count_tokens(text, text), ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
     bailian.usage_rows(), bailian.budget_spent(), bailian.activity_rows(), bailian.rate_limit_rows(),
     bailian.scope() TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_usage_reset() FROM PUBLIC;

@@ -289,6 +289,20 @@ INSERT INTO bailian.seed_prices (model_type, input_price, output_price, thinking
  ('qwen3-max', 2.5, 10, NULL, 0.2, 0.5, 'seed 002 (2026-02-28); implicit cache: Bailian context-cache page (S9); batch: Bailian pricing page (S12)'), -- tiered (S12): input <=32K 2.5 / 10, 32K-128K 4 / 16, 128K-252K 7 / 28
  ('qwq-plus', 1.6, 4, NULL, 1.0, 0.5, 'seed 002 (2026-02-28); batch: Bailian pricing page (S12)');
 
+-- sql/tokens.sql
+-- Token counting (src/functions/tokens.rs): exact for Qwen models with Qwen's own vocabulary
+-- (pg_bailian.tokenizer_file), a documented approximation for the others.
+-- Granted to PUBLIC in finalize.sql (with the functions of operating it): a GRANT here would run before
+-- finalize.sql's loop that revokes every grant to a role other than the owner, and be revoked.
+-- (In the update script, likewise after its own revoke loop.)
+
+CREATE FUNCTION ai_count_tokens(model_name text, content text) RETURNS integer
+LANGUAGE c STABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pg_bailian_count_tokens';
+
+COMMENT ON FUNCTION ai_count_tokens(text, text) IS
+  'Tokens of content for the deployed model model_name, the text alone (no chat template): exact for Qwen models (qwen*, qwq*), counted as the official DashScope SDK''s local tokenizer counts with Qwen''s vocabulary (pg_bailian.tokenizer_file; empty: qwen.tiktoken in the extension''s share directory); for other models an estimate meant to err high (a word: 1 token per 3 bytes of UTF-8, at least 1; a digit or punctuation mark: 1). Nothing is sent to the model.';
+
 -- Privileges: as finalize.sql sets them at CREATE EXTENSION (default privileges in force for
 -- the updating role would otherwise grant on the new objects).
 DO $acl$
@@ -326,7 +340,8 @@ BEGIN
                        '@extschema@.ai_usage_reset()',
                        'bailian.activity_rows()',
                        'bailian.rate_limit_rows()',
-                       '@extschema@.ai_estimate(text)'])) o,
+                       '@extschema@.ai_estimate(text)',
+                       '@extschema@.ai_count_tokens(text, text)'])) o,
                pg_catalog.aclexplode(o.acl) a
          WHERE a.grantee OPERATOR(pg_catalog.<>) o.owner
          GROUP BY o.object, a.grantee
@@ -338,7 +353,7 @@ $acl$;
 
 -- Operating it (sql/operating.sql).
 GRANT SELECT ON ai_prices, ai_usage, ai_budgets, ai_activity, ai_rate_limits TO PUBLIC;
-GRANT EXECUTE ON FUNCTION ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
+GRANT EXECUTE ON FUNCTION ai_count_tokens(text, text), ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
     bailian.usage_rows(), bailian.budget_spent(), bailian.activity_rows(), bailian.rate_limit_rows(),
     bailian.scope() TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_usage_reset() FROM PUBLIC;

@@ -31,9 +31,19 @@ const SCHEMA: &str = "bailian";
 /// also when `f` raises an error. Every query run this way must name schemas and operators
 /// explicitly: the caller's search_path is still in effect.
 pub(crate) fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'bailian'",
-    )
+    // Read-only (`select`, not pgrx's `Spi::get_one`, which marks the transaction as writing
+    // and so assigns it an XID): the lookups of a parallel-safe function run in parallel mode,
+    // where assigning an XID is an error, and a plain SELECT of an AI function need not take one.
+    let owner = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'bailian'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<pg_sys::Oid>()
+    })
     .ok()
     .flatten()
     .unwrap_or_else(|| {

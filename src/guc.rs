@@ -66,6 +66,8 @@ pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// Whether deployments without limits get Bailian's documented ones.
 pub static DOCUMENTED_LIMITS: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Qwen's vocabulary for `ai_count_tokens` (superuser-only: the server reads the file).
+pub static TOKENIZER_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// The name of the master key file in the data directory when `pg_bailian.master_key_file`
 /// is not set.
@@ -227,6 +229,14 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"pg_bailian.tokenizer_file",
+        c"Qwen's BPE vocabulary (qwen.tiktoken of the dashscope Python package) that ai_count_tokens counts Qwen models' tokens with.",
+        c"Empty: extension/pg_bailian/qwen.tiktoken in the server's share directory, where the install scripts put it. Read once per session, again when the setting changes.",
+        &TOKENIZER_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> Option<String> {
@@ -314,4 +324,28 @@ pub fn documented_limits() -> bool {
 
 pub fn track_usage() -> bool {
     TRACK_USAGE.get()
+}
+
+/// Where Qwen's vocabulary is read from, and whether that is the default (the setting empty).
+pub fn tokenizer_file() -> (PathBuf, bool) {
+    match text(&TOKENIZER_FILE) {
+        Some(path) => (PathBuf::from(path), false),
+        None => (default_tokenizer_file(), true),
+    }
+}
+
+/// `extension/pg_bailian/qwen.tiktoken` in the share directory, found as PostgreSQL finds it
+/// (relative to the server's executable, so a relocated installation finds its own).
+pub fn default_tokenizer_file() -> PathBuf {
+    let mut buf = [0 as std::ffi::c_char; pgrx::pg_sys::MAXPGPATH as usize];
+    // SAFETY: my_exec_path is set at backend start-up, before any function can run, and is a
+    // NUL-terminated path; get_share_path writes at most MAXPGPATH bytes, NUL included.
+    let share = unsafe {
+        pgrx::pg_sys::get_share_path((&raw const pgrx::pg_sys::my_exec_path).cast(), buf.as_mut_ptr());
+        CStr::from_ptr(buf.as_ptr())
+    };
+    PathBuf::from(share.to_string_lossy().into_owned())
+        .join("extension")
+        .join("pg_bailian")
+        .join(bailian_core::tokens::VOCABULARY_FILE)
 }

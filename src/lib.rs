@@ -25,6 +25,7 @@ extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["cat
 extension_sql_file!("../sql/procedures.sql", name = "procedures", requires = ["functions"]);
 extension_sql_file!("../sql/operating.sql", name = "operating", requires = ["procedures"]);
 extension_sql_file!("../sql/seed_prices.sql", name = "seed_prices", requires = ["operating"]);
+extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["functions"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

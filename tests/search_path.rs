@@ -283,6 +283,7 @@ fn run_everything(
         "ai_similarity(text,text,text)",
         "ai_chunk(text,integer,integer)",
         "ai_prompt(text,text[])",
+        "ai_count_tokens(text,text)",
         "ai_set_prompt(text,text,text)",
         "bailian.default_prompts()",
         "ai_gen(jsonb)",
@@ -417,7 +418,7 @@ fn prompt_rows(c: &mut Client) -> Vec<(String, Option<String>, bool)> {
     rows
 }
 
-/// ai_gen_structured, the task functions, ai_similarity, ai_chunk, ai_prompt, ai_prompts
+/// ai_gen_structured, the task functions, ai_similarity, ai_chunk, ai_prompt, ai_count_tokens, ai_prompts
 /// (through it bailian.default_prompts()) and ai_set_prompt, each with its exact value; then
 /// the task functions and ai_similarity over the rows of public.docs in the AI Batch node.
 fn run_task_functions(c: &mut Client, s: &bailian_standin::Standin) {
@@ -457,6 +458,15 @@ fn run_task_functions(c: &mut Client, s: &bailian_standin::Standin) {
     let pieces: Vec<String> = c.query_one("SELECT ai_chunk('one two three four', 9, 0)", &[]).unwrap().get(0);
     assert_eq!(pieces, ["one two", "three", "four"]);
     assert_eq!(one_text(c, "SELECT ai_prompt('{0} and {1}', 'a', 'b')").as_deref(), Some("a and b"));
+    // Counted with Qwen's vocabulary (chat is qwen-plus), and approximated (emb).
+    let counts: (i32, i32) = c
+        .query_one(
+            "SELECT ai_count_tokens('chat', 'Hello, world!'), ai_count_tokens('emb', 'Hello, world!')",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(counts, (4, bailian_core::tokens::approximate("Hello, world!") as i32));
 
     // The prompts: seven defaults; a replacement for one model is used, listed, and undone.
     let defaults: Vec<(String, Option<String>, bool)> =

@@ -13,6 +13,7 @@ mod operating;
 mod supported;
 pub(crate) mod tasks;
 mod text;
+pub(crate) mod tokens;
 
 use pgrx::datum::FromDatum;
 use pgrx::pg_sys;

@@ -380,7 +380,12 @@ pub fn dry_run<T>(f: impl FnOnce() -> T) -> (T, DryRun) {
     (out, dry)
 }
 
-/// Tokens of `text` for `model_type`: exact where the tokenizer is known, else estimated.
-fn count_tokens(_model_type: &str, text: &str) -> (u64, bool) {
-    ((text.chars().count() as u64).div_ceil(3), false)
+/// Tokens of `text` for `model_type`: exact for Qwen models where the vocabulary can be read
+/// (`ai_count_tokens`'s), else the documented approximation.
+fn count_tokens(model_type: &str, text: &str) -> (u64, bool) {
+    let qwen = bailian_core::tokens::counts_exactly(model_type)
+        .then(crate::functions::tokens::qwen)
+        .and_then(Result::ok);
+    let count = bailian_core::tokens::count(model_type, text, qwen.as_deref());
+    (count.tokens, count.exact)
 }

@@ -90,6 +90,9 @@ pub enum AiError {
     CapacityExceeded { message: String, hint: String },
     /// `ai_estimate` ran the call dry: counted, not sent. The call answers NULL.
     DryRun,
+    /// Qwen's vocabulary (`qwen.tiktoken`) cannot be read or is not one: `file` is the path
+    /// tried (None for bytes given directly), `reason` completes "... cannot be used: ".
+    TokenizerUnavailable { file: Option<String>, reason: String, hint: String },
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
     Interrupted,
     /// A bug or an impossible state; reported rather than panicking.
@@ -136,7 +139,8 @@ impl AiError {
             AiError::BudgetExceeded { .. } => "ZBB01".into(),
             AiError::DryRun => "ZBE01".into(),
             AiError::CapacityExceeded { .. } => "53400".into(), // configuration_limit_exceeded
-            AiError::Interrupted => "57014".into(),             // query_canceled
+            AiError::TokenizerUnavailable { .. } => "ZBV01".into(),
+            AiError::Interrupted => "57014".into(), // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
     }
@@ -157,6 +161,7 @@ impl AiError {
             | AiError::NotATable { hint, .. }
             | AiError::BudgetExceeded { hint, .. }
             | AiError::CapacityExceeded { hint, .. } => Some(hint.clone()),
+            | AiError::TokenizerUnavailable { hint, .. } => Some(hint.clone()),
             AiError::UndefinedColumn { .. }
             | AiError::DatatypeMismatch { .. }
             | AiError::NullArgument { .. } => None,
@@ -217,6 +222,7 @@ impl AiError {
             | AiError::ResponseTooLarge { .. }
             | AiError::LimitExceeded { .. }
             | AiError::OutOfMemory { .. }
+            | AiError::TokenizerUnavailable { .. }
             | AiError::ObjectNotReady { .. }
             | AiError::NotATable { .. }
             | AiError::UndefinedColumn { .. }
@@ -356,6 +362,12 @@ impl fmt::Display for AiError {
                 f.write_str(message)
             }
             AiError::DryRun => f.write_str("not sent: ai_estimate runs AI calls dry"),
+            AiError::TokenizerUnavailable { file: Some(file), reason, .. } => {
+                write!(f, "Qwen's tokenizer vocabulary \"{file}\" cannot be used: {reason}")
+            }
+            AiError::TokenizerUnavailable { file: None, reason, .. } => {
+                write!(f, "Qwen's tokenizer vocabulary cannot be used: {reason}")
+            }
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
         }
@@ -402,6 +414,7 @@ mod tests {
             },
             AiError::LimitExceeded { what: "w".into(), needed: 2, limit_bytes: 1 },
             AiError::OutOfMemory { what: "w".into() },
+            AiError::TokenizerUnavailable { file: None, reason: "r".into(), hint: "h".into() },
             AiError::ObjectNotReady { message: "m".into(), hint: "h".into() },
             AiError::BudgetExceeded { message: "m".into(), hint: "h".into() },
             AiError::CapacityExceeded { message: "m".into(), hint: "h".into() },

@@ -23,5 +23,6 @@ pub mod shared;
 pub mod structured;
 pub mod tasks;
 pub mod template;
+pub mod tokens;
 
 pub use error::{AiError, InferenceKind, ResponseLimit};
