@@ -271,8 +271,9 @@ fn a_batched_select_over_large_rows_stays_within_the_memory_budget() {
     // Set before the library is loaded, the setting is a placeholder; loading refuses it
     // (with a WARNING), as PostgreSQL does for every superuser-only setting of an extension.
     // Preloaded (as the scripts' clusters are), the library is there first and refuses the SET.
+    // (pg_bailian.max_usage_entries exists only when the library was preloaded.)
     let preloaded =
-        one_text(&mut c, "SHOW shared_preload_libraries").is_some_and(|l| l.contains("pg_bailian"));
+        one_text(&mut c, "SELECT current_setting('pg_bailian.max_usage_entries', true)").is_some();
     if preloaded {
         let (code, _) = error_of(c.batch_execute("SET pg_bailian.max_batch_memory = '4GB'"));
         assert_eq!(code, "42501");

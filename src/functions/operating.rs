@@ -355,10 +355,16 @@ fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
             }
         })
     })?;
-    // Its place in the shared state is not given back here: the DROP may yet roll back, and
-    // the budget would lose what it spent. ai_set_budget frees the places of budgets its
-    // catalog no longer has when it finds the table full.
-    if dropped.is_some() {
+    // Its place in the shared state is given back when the transaction commits: a DROP that
+    // rolls back keeps the budget and what it spent. (Freeing it holds a spin lock a few
+    // instructions and cannot fail, as a post-commit callback must.)
+    if let Some(id) = dropped {
+        // SAFETY: plain read.
+        let db = unsafe { pg_sys::MyDatabaseId.to_u32() };
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+            region().budgets.retain(|k| k.database != db || k.budget_id != id);
+            region().bump_budget_generation();
+        });
         region().bump_budget_generation();
     }
     Ok(dropped.is_some().into_datum())
