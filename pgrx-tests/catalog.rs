@@ -271,20 +271,24 @@ fn a_role_without_grants_cannot_reach_a_key() {
     assert_eq!(
         executable,
         "ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_classify(text,text,text[]), \
-         ai_classify(text,text[]), ai_embed(text), ai_embed(text,bytea,text), ai_embed(text,text), \
+         ai_classify(text,text[]), ai_count_tokens(text,text), ai_drop_budget(name,text), \
+         ai_embed(text), ai_embed(text,bytea,text), ai_embed(text,text), \
          ai_embed_batch(text,text[]), ai_embed_column(regclass,name,name,text,integer), \
-         ai_embed_image(text,bytea), ai_embed_image(text,text), ai_extract(text,text,text[]), \
-         ai_extract(text,text[]), ai_fix_grammar(text), ai_fix_grammar(text,text), ai_gen(jsonb), \
-         ai_gen(text), ai_gen(text,jsonb,jsonb), ai_gen(text,text,jsonb), \
-         ai_gen_audio(text,text,jsonb), ai_gen_batch(text,text[],jsonb), \
+         ai_embed_image(text,bytea), ai_embed_image(text,text), ai_estimate(text), \
+         ai_extract(text,text,text[]), ai_extract(text,text[]), ai_fix_grammar(text), \
+         ai_fix_grammar(text,text), ai_gen(jsonb), ai_gen(text), ai_gen(text,jsonb,jsonb), \
+         ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), ai_gen_batch(text,text[],jsonb), \
          ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
          ai_gen_structured(text,text,jsonb,text,jsonb), ai_mask(text,text,text[]), \
-         ai_mask(text,text[]), ai_prompt(text,text[]), ai_rank(text,text), ai_rank(text,text,text), \
-         ai_sentiment(text), ai_sentiment(text,text), ai_similarity(text,text), \
+         ai_mask(text,text[]), ai_prompt(text,text[]), ai_rank(text,text), \
+         ai_rank(text,text,text), ai_sentiment(text), ai_sentiment(text,text), \
+         ai_set_budget(name,text,numeric,text,text), ai_similarity(text,text), \
          ai_similarity(text,text,text), ai_summarize(text), ai_summarize(text,text,integer), \
          ai_supported_models(), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
-         ai_update(regclass,name,text,integer,text), bailian.default_model_choices(), \
-         bailian.default_prompts(), list_external_models(), prompt(text,text[])"
+         ai_update(regclass,name,text,integer,text), bailian.activity_rows(), \
+         bailian.budget_spent(), bailian.default_model_choices(), bailian.default_prompts(), \
+         bailian.rate_limit_rows(), bailian.scope(), bailian.usage_rows(), list_external_models(), \
+         prompt(text,text[])"
     );
 
     // Every relation of the extension: either the role cannot read it, or nothing it can
@@ -306,13 +310,22 @@ fn a_role_without_grants_cannot_reach_a_key() {
     assert_eq!(
         relations,
         vec![
+            ("ai_activity".to_string(), true),
+            ("ai_budgets".to_string(), true),
             ("ai_default_models".to_string(), true),
             ("ai_models".to_string(), true),
+            ("ai_prices".to_string(), true),
             ("ai_prompts".to_string(), true),
+            ("ai_rate_limits".to_string(), true),
+            ("ai_usage".to_string(), true),
+            ("bailian.budgets".to_string(), false),
             ("bailian.default_models".to_string(), false),
+            ("bailian.effective_prices".to_string(), false),
             ("bailian.model_keys".to_string(), false),
             ("bailian.models".to_string(), false),
-            ("bailian.prompts".to_string(), false)
+            ("bailian.prices".to_string(), false),
+            ("bailian.prompts".to_string(), false),
+            ("bailian.seed_prices".to_string(), false)
         ]
     );
 
