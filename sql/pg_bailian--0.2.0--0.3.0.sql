@@ -357,6 +357,8 @@ GRANT EXECUTE ON FUNCTION ai_count_tokens(text, text), ai_estimate(text), ai_set
     bailian.usage_rows(), bailian.budget_spent(), bailian.activity_rows(), bailian.rate_limit_rows(),
     bailian.scope() TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_usage_reset() FROM PUBLIC;
+-- Only ai_prices' trigger runs it (a trigger function cannot be called directly anyway).
+REVOKE EXECUTE ON FUNCTION bailian.set_price() FROM PUBLIC;
 DO $owner$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
