@@ -12,15 +12,10 @@
 mod common;
 
 use bailian_standin::{chat_reply, embedding_for, translation_reply, Config, Fault, Standin};
+use common::plans::*;
 use common::*;
-use postgres::{Client, SimpleQueryMessage};
+use postgres::Client;
 use std::time::{Duration, Instant};
-
-/// How EXPLAIN shows the node.
-const BATCH_NODE: &str = "Custom Scan (AI Batch)";
-
-/// Rows as the server renders them in text, NULL as None.
-type Rows = Vec<Vec<Option<String>>>;
 
 /// The text of `docs.body` for row `id` (as `make_docs` fills it).
 /// `docs(id, body, emb, answer, model)` with `rows` rows, bodies from `body_of`.
@@ -39,61 +34,6 @@ fn deploy_models(c: &mut Client, s: &Standin) {
     deploy(c, s, "chat", "qwen-plus", "");
     deploy(c, s, "mt", "qwen-mt-plus", "");
     deploy(c, s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
-}
-
-fn rows_of(messages: Vec<SimpleQueryMessage>) -> Rows {
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Runs `sql` exactly as written (simple protocol, no wrapping that could change its plan)
-/// and returns its rows as text.
-fn text_rows(c: &mut Client, sql: &str) -> Rows {
-    rows_of(c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}")))
-}
-
-fn set_batching(c: &mut Client, on: bool) {
-    let value = if on { "on" } else { "off" };
-    c.batch_execute(&format!("SET pg_bailian.batch_execution = {value}")).unwrap();
-}
-
-fn reset_batching(c: &mut Client) {
-    c.batch_execute("RESET pg_bailian.batch_execution").unwrap();
-}
-
-/// The plan of `sql` in EXPLAIN's text format (costs off).
-fn explain(c: &mut Client, sql: &str) -> String {
-    explain_with(c, "COSTS OFF", sql)
-}
-
-fn explain_with(c: &mut Client, options: &str, sql: &str) -> String {
-    text_rows(c, &format!("EXPLAIN ({options}) {sql}"))
-        .into_iter()
-        .map(|r| r[0].clone().unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn assert_batched(c: &mut Client, sql: &str) -> String {
-    let plan = explain(c, sql);
-    assert!(plan.contains(BATCH_NODE), "expected an AI Batch node in the plan of {sql}:\n{plan}");
-    plan
-}
-
-fn assert_not_batched(c: &mut Client, sql: &str) {
-    let plan = explain(c, sql);
-    assert!(!plan.contains(BATCH_NODE), "expected no AI Batch node in the plan of {sql}:\n{plan}");
-}
-
-/// The values of EXPLAIN property lines `name: value` in `plan`.
-fn property(plan: &str, name: &str) -> Vec<String> {
-    let prefix = format!("{name}: ");
-    plan.lines().map(str::trim).filter_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_string)).collect()
 }
 
 /// The call-site function names of the (single) `AI Calls` line, sorted.
@@ -935,16 +875,15 @@ fn triggers_calling_ai_functions_inside_a_batched_insert() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Positions that are not batched.
+// Conditional positions (see tests/query_shapes.rs for every shape of issue 20).
 // ---------------------------------------------------------------------------------------------
 
-/// Calls inside CASE, COALESCE, AND, OR, aggregate arguments and WHERE are not batched (no
-/// node) and keep their lazy row-by-row semantics: a branch not taken sends nothing. Calls
-/// in set-returning positions give the same rows and calls either way. Where batchable and
-/// non-batchable call sites mix, only the batchable one is listed and the lazy one still
-/// sends only what it must.
+/// Calls inside CASE, COALESCE, AND, OR, aggregate arguments and WHERE are batched now, and
+/// keep their lazy row-by-row semantics: a branch not taken sends nothing, so batched and
+/// row by row send exactly the same calls. Calls in set-returning positions give the same
+/// rows and calls either way.
 #[test]
-fn lazy_and_filtering_positions_are_not_batched() {
+fn lazy_and_filtering_positions_send_only_what_row_by_row_sends() {
     let (mut c, _) = fresh_db("bq_not_batched");
     let s = standin();
     deploy_models(&mut c, &s);
@@ -962,7 +901,11 @@ fn lazy_and_filtering_positions_are_not_batched() {
         let mut seen = Vec::new();
         for on in [true, false] {
             set_batching(&mut c, on);
-            assert_not_batched(&mut c, sql);
+            if on {
+                assert_batched(&mut c, sql);
+            } else {
+                assert_not_batched(&mut c, sql);
+            }
             s.reset();
             let rows = text_rows(&mut c, sql);
             let sent = s.stats().chat_requests;
@@ -996,10 +939,10 @@ fn lazy_and_filtering_positions_are_not_batched() {
         assert!(seen[0].1 >= 20, "{sql}");
     }
 
-    // Mixed: the plain call is batched, the one under CASE is not.
+    // Mixed: the plain call and the one under CASE are batched by one node.
     let sql =
         "SELECT id, ai_gen('chat', body), CASE WHEN id % 2 = 0 THEN ai_embed('emb', body) END FROM docs";
-    assert_eq!(ai_calls(&assert_batched(&mut c, sql)), ["ai_gen"]);
+    assert_eq!(ai_calls(&assert_batched(&mut c, sql)), ["ai_embed", "ai_gen"]);
     s.reset();
     both_ways(&mut c, sql);
     assert_eq!(s.stats().inputs, 2 * (20 + 10), "20 chat calls and 10 embedded rows per run");

@@ -53,6 +53,7 @@
 //! to the job with its row's position instead of failing the query.
 
 pub mod capture;
+mod cut;
 mod node;
 mod plan;
 

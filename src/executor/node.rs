@@ -65,6 +65,7 @@ pub unsafe fn make_plan(
     scan_tlist: *mut pg_sys::List,
     demand: Demand,
     id: i32,
+    role: Role,
 ) -> *mut pg_sys::Plan {
     // SAFETY: palloc0 gives a zeroed node in the planner's context; the fields set are the
     // ones a CustomScan plan needs after set_plan_references.
@@ -88,25 +89,118 @@ pub unsafe fn make_plan(
         (*cs).scan.scanrelid = 0;
         (*cs).flags = 0;
         (*cs).custom_scan_tlist = scan_tlist;
-        let (kind, bound) = demand.encode();
-        (*cs).custom_private =
-            list_of([pg_sys::makeInteger(kind).cast::<c_void>(), pg_sys::makeInteger(bound).cast()]);
+        (*cs).custom_private = Private { demand, capture: false, role, filters: 0 }.encode();
         (*cs).methods = &SCAN_METHODS.0;
         cs.cast()
+    }
+}
+
+/// What an AI Batch node computes, for EXPLAIN and for how it reads ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Calls of the target list of the node below.
+    Target,
+    /// Calls of the n-th AI qual (1-based) of the node below, whose rows it filters.
+    Filter(i32),
+    /// Calls in the arguments and FILTERs of the aggregates of the node above.
+    Aggregate,
+    /// Calls in the arguments of the window functions of the node above.
+    Window,
+}
+
+/// The node's settings, kept in the plan (custom_private, as Integers, so plans copy).
+struct Private {
+    demand: Demand,
+    /// A job's node (see `capture`).
+    capture: bool,
+    role: Role,
+    /// How many AI quals the chain of filter nodes this one belongs to has.
+    filters: i32,
+}
+
+impl Private {
+    unsafe fn encode(&self) -> *mut pg_sys::List {
+        let (kind, bound) = self.demand.encode();
+        let (role, ordinal) = match self.role {
+            Role::Target => (0, 0),
+            Role::Filter(n) => (1, n),
+            Role::Aggregate => (2, 0),
+            Role::Window => (3, 0),
+        };
+        let ints = [kind, bound, i32::from(self.capture), role, ordinal, self.filters];
+        // SAFETY: makeInteger allocates in the current memory context.
+        unsafe { list_of(ints.map(|i| pg_sys::makeInteger(i).cast::<c_void>())) }
+    }
+
+    unsafe fn decode(cscan: *mut pg_sys::CustomScan) -> Private {
+        // SAFETY: a node of ours, whose custom_private `encode` made.
+        unsafe {
+            let ints: Vec<i32> = list_ptrs((*cscan).custom_private)
+                .into_iter()
+                .map(|p| (*(p as *mut pg_sys::Integer)).ival)
+                .collect();
+            let int = |i: usize| ints.get(i).copied().unwrap_or(0);
+            Private {
+                demand: Demand::decode(int(0), int(1)),
+                capture: int(2) == 1,
+                role: match int(3) {
+                    1 => Role::Filter(int(4)),
+                    2 => Role::Aggregate,
+                    3 => Role::Window,
+                    _ => Role::Target,
+                },
+                filters: int(5),
+            }
+        }
+    }
+}
+
+/// The ordinal of the AI qual `plan` filters on if it is a filtering AI Batch node, else 0.
+pub unsafe fn filter_ordinal(plan: *mut pg_sys::Plan) -> i32 {
+    // SAFETY: a valid plan node; a CustomScan's methods say whether it is ours.
+    unsafe {
+        if (*plan).type_ != pg_sys::NodeTag::T_CustomScan || !is_batch(plan.cast()) {
+            return 0;
+        }
+        match Private::decode(plan.cast()).role {
+            Role::Filter(n) => n,
+            _ => 0,
+        }
+    }
+}
+
+/// Tells each filtering AI Batch node in the chain from `top` down how many AI quals the
+/// chain has (for EXPLAIN's "AI Filter: 1 of 2").
+pub unsafe fn number_filters(top: *mut pg_sys::Plan) {
+    // SAFETY: a valid plan tree, in the planner's memory context.
+    unsafe {
+        let mut chain = Vec::new();
+        let mut p = top;
+        while !p.is_null() && (*p).type_ == pg_sys::NodeTag::T_CustomScan && is_batch(p.cast()) {
+            chain.push(p);
+            p = (*p).lefttree;
+        }
+        let filters = chain.iter().map(|p| filter_ordinal(*p)).max().unwrap_or(0);
+        for p in chain {
+            let cscan = p as *mut pg_sys::CustomScan;
+            let mut private = Private::decode(cscan);
+            if matches!(private.role, Role::Filter(_)) {
+                private.filters = filters;
+                (*cscan).custom_private = private.encode();
+            }
+        }
     }
 }
 
 /// Makes an AI Batch plan node one that captures its calls' errors for a job (see
 /// `capture`), reading ahead its whole window.
 pub unsafe fn set_capture(cscan: *mut pg_sys::CustomScan) {
-    let (kind, bound) = Demand::All.encode();
     // SAFETY: one of our nodes, in the planner's memory context.
     unsafe {
-        (*cscan).custom_private = list_of([
-            pg_sys::makeInteger(kind).cast::<c_void>(),
-            pg_sys::makeInteger(bound).cast(),
-            pg_sys::makeInteger(1).cast(),
-        ]);
+        let mut private = Private::decode(cscan);
+        private.demand = Demand::All;
+        private.capture = true;
+        (*cscan).custom_private = private.encode();
     }
 }
 
@@ -135,32 +229,69 @@ enum Source {
     Const(Option<pg_sys::Datum>),
     /// 0-based column of the child's row.
     Column(usize),
+    /// An expression over the child's row (a conditional call's argument, evaluated only
+    /// where its guard holds).
+    Expr(*mut pg_sys::ExprState),
 }
 
-/// One call in the target list.
+/// One call the node makes.
 struct Site {
     kernel: Kernel,
     args: Vec<Source>,
+    /// Where the call is conditional: the condition (over the child's row) under which a
+    /// row-by-row run makes it. Elsewhere its answer is NULL, which nothing reads.
+    guard: Option<*mut pg_sys::ExprState>,
 }
 
-struct RowArgs<'a> {
-    site: &'a Site,
-    slot: *mut pg_sys::TupleTableSlot,
-}
+/// A call's arguments for one row, evaluated.
+struct RowArgs(Vec<Option<pg_sys::Datum>>);
 
-impl Args for RowArgs<'_> {
+impl Args for RowArgs {
     fn datum(&self, n: usize) -> Option<pg_sys::Datum> {
-        match *self.site.args.get(n)? {
-            Source::Const(d) => d,
-            // SAFETY: the slot holds the child's current row, deformed by slot_getallattrs,
-            // and column i exists (the plan made the call's argument a column of the child).
-            Source::Column(i) => unsafe {
-                if *(*self.slot).tts_isnull.add(i) {
-                    None
-                } else {
-                    Some(*(*self.slot).tts_values.add(i))
+        self.0.get(n).copied().flatten()
+    }
+}
+
+impl Site {
+    /// Whether the call is to be made for the row in the expression context's outer tuple,
+    /// and if so its arguments.
+    ///
+    /// SAFETY: the context's outer tuple is the child's current row, deformed by
+    /// slot_getallattrs, in which every column the plan refers to exists.
+    unsafe fn row_args(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        econtext: *mut pg_sys::ExprContext,
+    ) -> Option<RowArgs> {
+        // SAFETY: see above; expressions are evaluated in the per-tuple memory.
+        unsafe {
+            if let Some(guard) = self.guard {
+                let mut isnull = false;
+                let holds = pg_sys::ExecEvalExprSwitchContext(guard, econtext, &mut isnull);
+                if isnull || holds.value() == 0 {
+                    return None;
                 }
-            },
+            }
+            Some(RowArgs(
+                self.args
+                    .iter()
+                    .map(|source| match *source {
+                        Source::Const(d) => d,
+                        Source::Column(i) => {
+                            if *(*slot).tts_isnull.add(i) {
+                                None
+                            } else {
+                                Some(*(*slot).tts_values.add(i))
+                            }
+                        }
+                        Source::Expr(state) => {
+                            let mut isnull = false;
+                            let d = pg_sys::ExecEvalExprSwitchContext(state, econtext, &mut isnull);
+                            (!isnull).then_some(d)
+                        }
+                    })
+                    .collect(),
+            ))
         }
     }
 }
@@ -186,6 +317,11 @@ struct Pack {
 struct Batch {
     sites: Vec<Site>,
     demand: Demand,
+    role: Role,
+    /// For a filter node, the AI quals of its chain.
+    filters: i32,
+    /// Whether the node filters its rows (evaluates quals): then rows out are not rows in.
+    filtering: bool,
     /// `pg_bailian.batch_execution` when the query started; off: each call row by row.
     batching: bool,
     /// A job's node: a call's error goes to `capture::record` and the call gives NULL.
@@ -203,6 +339,11 @@ struct Batch {
     /// Rows read from the child, and returned, since the start or the last rescan.
     read: u64,
     returned: u64,
+    /// Rows the node's quals rejected since the start or the last rescan.
+    rejected: u64,
+    /// Calls made, and calls a guard said a row-by-row run would not make (EXPLAIN ANALYZE).
+    calls: u64,
+    skipped: u64,
     child_done: bool,
     flight: Flight<Answers>,
     in_flight: usize,
@@ -258,14 +399,14 @@ unsafe extern "C-unwind" fn begin(
         }
         let child = pg_sys::ExecInitNode((*cscan).scan.plan.lefttree, estate, eflags);
         (*node).ss.ps.lefttree = child;
-        let private = list_ptrs((*cscan).custom_private);
-        let int = |i: usize| (*(private[i] as *mut pg_sys::Integer)).ival;
-        let demand = Demand::decode(int(0), int(1));
-        let capture = private.len() > 2 && int(2) == 1;
+        let private = Private::decode(cscan);
+        let (demand, capture) = (private.demand, private.capture);
         let mut sites = Vec::new();
         let mut passthrough = Vec::new();
+        let parent: *mut pg_sys::PlanState = &mut (*node).ss.ps;
         for tle in list_ptrs((*cscan).custom_scan_tlist) {
-            let f = (*(tle as *mut pg_sys::TargetEntry)).expr as *mut pg_sys::FuncExpr;
+            let entry = (*(tle as *mut pg_sys::TargetEntry)).expr;
+            let (f, guard) = super::cut::guarded(entry);
             let Some(kernel) = Kernel::of_function((*f).funcid) else {
                 pgrx::error!("AI Batch: function {:?} is not a pg_bailian AI function", (*f).funcid);
             };
@@ -273,16 +414,23 @@ unsafe extern "C-unwind" fn begin(
                 .into_iter()
                 .map(|a| {
                     let a = a as *mut pg_sys::Node;
-                    if (*a).type_ == pg_sys::NodeTag::T_Const {
-                        let c = a as *mut pg_sys::Const;
-                        Source::Const((!(*c).constisnull).then_some((*c).constvalue))
-                    } else {
-                        Source::Column(((*(a as *mut pg_sys::Var)).varattno - 1) as usize)
+                    match (*a).type_ {
+                        pg_sys::NodeTag::T_Const => {
+                            let c = a as *mut pg_sys::Const;
+                            Source::Const((!(*c).constisnull).then_some((*c).constvalue))
+                        }
+                        pg_sys::NodeTag::T_Var
+                            if (*(a as *mut pg_sys::Var)).varno as i64 == pg_sys::OUTER_VAR as i64 =>
+                        {
+                            Source::Column(((*(a as *mut pg_sys::Var)).varattno - 1) as usize)
+                        }
+                        _ => Source::Expr(pg_sys::ExecInitExpr(a.cast(), parent)),
                     }
                 })
                 .collect();
-            sites.push(Site { kernel, args });
-            passthrough.push(pg_sys::ExecInitExpr(f.cast(), &mut (*node).ss.ps));
+            let guard = guard.map(|g| pg_sys::ExecInitExpr(g, parent));
+            sites.push(Site { kernel, args, guard });
+            passthrough.push(pg_sys::ExecInitExpr(entry, parent));
         }
         // A job's query is batched whatever the session's setting: the column procedures
         // always ran their requests concurrently.
@@ -306,6 +454,9 @@ unsafe extern "C-unwind" fn begin(
         let batch = Batch {
             sites,
             demand,
+            role: private.role,
+            filters: private.filters,
+            filtering: !(*cscan).scan.plan.qual.is_null(),
             batching,
             capture,
             passthrough,
@@ -317,6 +468,9 @@ unsafe extern "C-unwind" fn begin(
             window_budget: crate::guc::window_budget(),
             read: 0,
             returned: 0,
+            rejected: 0,
+            calls: 0,
+            skipped: 0,
             child_done: false,
             flight: Flight::new(),
             in_flight: 0,
@@ -374,7 +528,11 @@ unsafe extern "C-unwind" fn exec(node: *mut pg_sys::CustomScanState) -> *mut pg_
             if batch.batching {
                 batch.next(node)
             } else {
-                Ok(batch.row_by_row(node))
+                loop {
+                    if let Ok(slot) = batch.row_by_row(node) {
+                        return Ok(slot);
+                    }
+                }
             }
         })
     }
@@ -411,6 +569,7 @@ unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
         batch.current = std::ptr::null_mut();
         batch.read = 0;
         batch.returned = 0;
+        batch.rejected = 0;
         batch.child_done = false;
         let child = (*node).ss.ps.lefttree;
         // With changed parameters the child rescans itself on its next row.
@@ -434,6 +593,21 @@ unsafe extern "C-unwind" fn explain(
             pg_sys::ExplainPropertyText(label.as_ptr(), value.as_ptr(), es);
         };
         text(c"AI Calls", batch.sites.iter().map(|s| s.kernel.sql_name()).collect::<Vec<_>>().join(", "));
+        text(
+            c"AI Calls For",
+            match batch.role {
+                Role::Target => "output columns".to_string(),
+                Role::Filter(n) => format!(
+                    "filter {n} of {} (cheaper quals first; a row it rejects reaches no later one)",
+                    batch.filters.max(n)
+                ),
+                Role::Aggregate => "aggregate arguments and FILTERs of the node above".to_string(),
+                Role::Window => "window function arguments of the node above".to_string(),
+            },
+        );
+        if batch.sites.iter().any(|s| s.guard.is_some()) {
+            text(c"Conditional Calls", "made only for rows whose conditions call for them".into());
+        }
         if batch.batching {
             text(
                 c"Read-Ahead",
@@ -456,6 +630,15 @@ unsafe extern "C-unwind" fn explain(
         }
         if (*es).analyze {
             pg_sys::ExplainPropertyInteger(c"Requests".as_ptr(), std::ptr::null(), batch.requests as i64, es);
+            pg_sys::ExplainPropertyInteger(c"Calls".as_ptr(), std::ptr::null(), batch.calls as i64, es);
+            if batch.sites.iter().any(|s| s.guard.is_some()) {
+                pg_sys::ExplainPropertyInteger(
+                    c"Calls Skipped".as_ptr(),
+                    std::ptr::null(),
+                    batch.skipped as i64,
+                    es,
+                );
+            }
             let spent = crate::shared::accounting::totals().since(&batch.started);
             let int = |label: &std::ffi::CStr, v: u64| {
                 pg_sys::ExplainPropertyInteger(
@@ -490,16 +673,26 @@ impl Batch {
     fn cap(&self) -> usize {
         match self.demand {
             Demand::Unknown | Demand::Untouchable => {
-                self.window_max.min((2 * self.returned).max(1).try_into().unwrap_or(usize::MAX))
+                self.window_max.min((2 * self.consumed()).max(1).try_into().unwrap_or(usize::MAX))
             }
             Demand::All | Demand::AtMost(_) => self.window_max,
         }
     }
 
+    /// Rows taken out of the window: returned or rejected.
+    fn consumed(&self) -> u64 {
+        self.returned + self.rejected
+    }
+
     /// Whether another row may be read: under a LIMIT, no further than it unless the
-    /// consumer asks for more (a node above may have dropped rows).
+    /// consumer asks for more (a node above may have dropped rows). A filtering node does
+    /// not know how many rows the LIMIT will take from below, only how many it can still
+    /// use: no more rows wait in its window than that.
     fn may_read(&self) -> bool {
         match self.demand {
+            Demand::AtMost(n) if self.filtering => {
+                (self.window.len() as u64) < n.saturating_sub(self.returned).max(1)
+            }
             Demand::AtMost(n) => self.read < n.max(self.returned + 1),
             _ => true,
         }
@@ -517,7 +710,10 @@ impl Batch {
                 None => return Ok(std::ptr::null_mut()),
                 Some(row) if row.results.iter().all(Option::is_some) => {
                     // SAFETY: as above.
-                    return unsafe { self.emit(node) };
+                    if let Some(slot) = unsafe { self.emit(node)? } {
+                        return Ok(slot);
+                    }
+                    continue;
                 }
                 Some(_) => {}
             }
@@ -535,7 +731,8 @@ impl Batch {
         // SAFETY: node is ours and live; the child's slot is valid until its next row.
         unsafe {
             let child = (*node).ss.ps.lefttree;
-            let per_tuple = (*(*node).ss.ps.ps_ExprContext).ecxt_per_tuple_memory;
+            let econtext = (*node).ss.ps.ps_ExprContext;
+            let per_tuple = (*econtext).ecxt_per_tuple_memory;
             // A row that does not fit the memory budget waits until the rows before it are
             // returned; the first row is always read, however large.
             while !self.child_done
@@ -555,13 +752,20 @@ impl Batch {
                 let mut results = Vec::with_capacity(self.sites.len());
                 let mut failed = None;
                 let mut bytes = 0u64;
+                (*econtext).ecxt_outertuple = slot;
                 for i in 0..self.sites.len() {
+                    let Some(args) = self.sites[i].row_args(slot, econtext) else {
+                        // Its guard does not hold: row by row, this call is not made.
+                        self.skipped += 1;
+                        results.push(Some(Ok(Answer::Null)));
+                        continue;
+                    };
+                    self.calls += 1;
                     // Each argument is held about three times while its request waits or is
                     // in flight: decoded, in the JSON body, serialized. (One too large is
                     // refused by prepare, with its error.)
-                    let args = RowArgs { site: &self.sites[i], slot };
                     bytes += 3 * self.sites[i].kernel.argument_bytes(&args).unwrap_or(0) as u64;
-                    let prepared = self.sites[i].kernel.prepare(&RowArgs { site: &self.sites[i], slot });
+                    let prepared = self.sites[i].kernel.prepare(&args);
                     match self.start(seq, i, prepared) {
                         Ok(result) => results.push(result),
                         Err(e) => {
@@ -685,7 +889,8 @@ impl Batch {
 
     fn apply(&mut self, answers: Answers) {
         for (seq, site, answer) in answers {
-            if let Some(row) = seq.checked_sub(self.returned).and_then(|i| self.window.get_mut(i as usize)) {
+            if let Some(row) = seq.checked_sub(self.consumed()).and_then(|i| self.window.get_mut(i as usize))
+            {
                 let answer = Some(answer);
                 let bytes = result_bytes(&answer);
                 row.bytes += bytes;
@@ -696,11 +901,12 @@ impl Batch {
     }
 
     /// Returns the first row of the window with its answers, or raises its first error.
+    /// None: the node's quals rejected it.
     unsafe fn emit(
         &mut self,
         node: *mut pg_sys::CustomScanState,
-    ) -> Result<*mut pg_sys::TupleTableSlot, AiError> {
-        let Some(row) = self.window.pop_front() else { return Ok(std::ptr::null_mut()) };
+    ) -> Result<Option<*mut pg_sys::TupleTableSlot>, AiError> {
+        let Some(row) = self.window.pop_front() else { return Ok(Some(std::ptr::null_mut())) };
         self.window_bytes -= row.bytes;
         self.returned += 1;
         // SAFETY: node is ours and live; the answers' datums are made in the per-tuple
@@ -745,17 +951,25 @@ impl Batch {
                 self.apply(answers);
                 self.launch();
             }
-            Ok(project(node, scan))
+            if !passes(node) {
+                self.returned -= 1;
+                self.rejected += 1;
+                return Ok(None);
+            }
+            Ok(Some(project(node, scan)))
         }
     }
 
     /// Row by row: each call evaluated through its function, for the child's row.
-    unsafe fn row_by_row(&mut self, node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+    unsafe fn row_by_row(
+        &mut self,
+        node: *mut pg_sys::CustomScanState,
+    ) -> Result<*mut pg_sys::TupleTableSlot, Rejected> {
         // SAFETY: node is ours and live; ExecEvalExpr raises errors as the function would.
         unsafe {
             let slot = pg_sys::ExecProcNode((*node).ss.ps.lefttree);
             if slot.is_null() || (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 != 0 {
-                return std::ptr::null_mut();
+                return Ok(std::ptr::null_mut());
             }
             let econtext = (*node).ss.ps.ps_ExprContext;
             pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
@@ -770,8 +984,12 @@ impl Batch {
             }
             pg_sys::ExecStoreVirtualTuple(scan);
             (*econtext).ecxt_scantuple = scan;
+            if !passes(node) {
+                self.rejected += 1;
+                return Err(Rejected);
+            }
             self.returned += 1;
-            project(node, scan)
+            Ok(project(node, scan))
         }
     }
 
@@ -793,6 +1011,30 @@ fn result_bytes(result: &Option<Result<Answer, AiError>>) -> u64 {
     match result {
         Some(Ok(answer)) => answer.bytes() as u64,
         Some(Err(_)) | None => 0,
+    }
+}
+
+/// A row the node's quals rejected.
+struct Rejected;
+
+/// Whether the row in the node's expression context passes its quals (as ExecQual: no
+/// quals pass every row), counting a rejected one for EXPLAIN ANALYZE.
+unsafe fn passes(node: *mut pg_sys::CustomScanState) -> bool {
+    // SAFETY: the expression context holds this row's slots; the qual state is the one
+    // ExecInitCustomScan built from the plan's quals.
+    unsafe {
+        let qual = (*node).ss.ps.qual;
+        if qual.is_null() {
+            return true;
+        }
+        let mut isnull = false;
+        let result = pg_sys::ExecEvalExprSwitchContext(qual, (*node).ss.ps.ps_ExprContext, &mut isnull);
+        let passed = !isnull && result.value() != 0;
+        let instrument = (*node).ss.ps.instrument;
+        if !passed && !instrument.is_null() {
+            (*instrument).nfiltered1 += 1.0;
+        }
+        passed
     }
 }
 

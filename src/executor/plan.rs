@@ -6,10 +6,10 @@
 //! in the AI Batch node's scan tuple (described by `custom_scan_tlist`, which is also what
 //! EXPLAIN VERBOSE deparses).
 
-use super::{capture, node};
-use crate::functions::calls::Kernel;
+use super::capture;
+use super::cut::{bool_test, Cut, Frame, Kernels};
+use super::node::{self, Role};
 use pgrx::pg_sys;
-use std::collections::HashMap;
 use std::ffi::c_void;
 
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
@@ -80,12 +80,11 @@ impl Demand {
 
 struct Rewriter {
     next_id: i32,
-    /// Which functions are ours, by OID, for this planning run.
-    kernels: HashMap<pg_sys::Oid, Option<Kernel>>,
+    kernels: Kernels,
 }
 
 unsafe fn rewrite(stmt: *mut pg_sys::PlannedStmt, scroll: bool, marked: bool) {
-    let mut r = Rewriter { next_id: 0, kernels: HashMap::new() };
+    let mut r = Rewriter { next_id: 0, kernels: Kernels::default() };
     // SAFETY (whole function): stmt and its plans are valid planner output.
     unsafe {
         let mut max = 0;
@@ -102,11 +101,13 @@ unsafe fn rewrite(stmt: *mut pg_sys::PlannedStmt, scroll: bool, marked: bool) {
         }
         if marked {
             // A job's query (see `capture`): the AI Batch nodes at the top capture errors,
-            // and the job reads every row, so they read ahead the whole window at once.
+            // and the job reads every row, so they read ahead the whole window at once. Only
+            // nodes that return rows one for one: a row's position must be the query's.
             let mut top = (*stmt).planTree;
             while !top.is_null()
                 && tag(top.cast()) == pg_sys::NodeTag::T_CustomScan
                 && node::is_batch(top.cast())
+                && (*top).qual.is_null()
             {
                 node::set_capture(top.cast());
                 top = (*top).lefttree;
@@ -142,7 +143,7 @@ pub unsafe fn list_of(items: impl IntoIterator<Item = *mut c_void>) -> *mut pg_s
     list
 }
 
-unsafe fn tag(node: *const c_void) -> pg_sys::NodeTag {
+pub(super) unsafe fn tag(node: *const c_void) -> pg_sys::NodeTag {
     // SAFETY: every Node starts with its tag.
     unsafe { (*(node as *const pg_sys::Node)).type_ }
 }
@@ -287,6 +288,13 @@ impl Rewriter {
                         self.walk(p, Demand::Unknown)
                     });
                 }
+                // Aggregate and window function arguments are computed below the node.
+                pg_sys::NodeTag::T_Agg | pg_sys::NodeTag::T_WindowAgg if !(*plan).lefttree.is_null() => {
+                    let role = if t == pg_sys::NodeTag::T_Agg { Role::Aggregate } else { Role::Window };
+                    while let Some(batch) = self.lower(plan, outer, role) {
+                        (*plan).lefttree = batch;
+                    }
+                }
                 _ => {}
             }
             if demand == Demand::Untouchable || !self.projects(plan) {
@@ -296,11 +304,12 @@ impl Rewriter {
             while let Some(batch) = self.wrap(top, demand) {
                 top = batch;
             }
+            node::number_filters(top);
             top
         }
     }
 
-    /// Plan nodes that evaluate their own target list, where we may change it.
+    /// Plan nodes that evaluate their own target list and quals, where we may change them.
     unsafe fn projects(&self, plan: *mut pg_sys::Plan) -> bool {
         use pg_sys::NodeTag::*;
         // SAFETY: a valid plan node.
@@ -333,225 +342,276 @@ impl Rewriter {
         }
     }
 
-    /// Our kernel for `funcid`, if the function is one of ours.
-    fn kernel(&mut self, funcid: pg_sys::Oid) -> Option<Kernel> {
-        *self.kernels.entry(funcid).or_insert_with(|| Kernel::of_function(funcid))
-    }
-
-    /// `node` if it is a call of one of our functions.
-    unsafe fn ai_call(&mut self, node: *mut pg_sys::Node) -> Option<(Kernel, *mut pg_sys::FuncExpr)> {
-        // SAFETY: a valid expression node.
-        unsafe {
-            if node.is_null() || tag(node.cast()) != pg_sys::NodeTag::T_FuncExpr {
-                return None;
-            }
-            let f = node as *mut pg_sys::FuncExpr;
-            if (*f).funcretset {
-                return None;
-            }
-            self.kernel((*f).funcid).map(|k| (k, f))
-        }
-    }
-
-    /// The expression children through which evaluation is unconditional: a node of these
-    /// kinds evaluates every one of them whenever it is evaluated itself. None: not such a node.
-    unsafe fn spine_children(node: *mut pg_sys::Node) -> Option<Vec<*mut *mut pg_sys::Node>> {
-        use pg_sys::NodeTag::*;
-        // SAFETY: a valid expression node of the tag it carries; the pointers are to its fields.
-        unsafe {
-            let args = |list: *mut pg_sys::List| -> Vec<*mut *mut pg_sys::Node> {
-                if list.is_null() {
-                    return Vec::new();
-                }
-                (0..(*list).length as usize)
-                    .map(|i| std::ptr::addr_of_mut!((*(*list).elements.add(i)).ptr_value).cast())
-                    .collect()
-            };
-            Some(match tag(node.cast()) {
-                T_FuncExpr if !(*(node as *mut pg_sys::FuncExpr)).funcretset => {
-                    args((*(node as *mut pg_sys::FuncExpr)).args)
-                }
-                T_OpExpr | T_DistinctExpr | T_NullIfExpr if !(*(node as *mut pg_sys::OpExpr)).opretset => {
-                    args((*(node as *mut pg_sys::OpExpr)).args)
-                }
-                T_RelabelType => {
-                    vec![std::ptr::addr_of_mut!((*(node as *mut pg_sys::RelabelType)).arg).cast()]
-                }
-                T_CoerceViaIO => {
-                    vec![std::ptr::addr_of_mut!((*(node as *mut pg_sys::CoerceViaIO)).arg).cast()]
-                }
-                T_CoerceToDomain => {
-                    vec![std::ptr::addr_of_mut!((*(node as *mut pg_sys::CoerceToDomain)).arg).cast()]
-                }
-                T_CollateExpr => {
-                    vec![std::ptr::addr_of_mut!((*(node as *mut pg_sys::CollateExpr)).arg).cast()]
-                }
-                T_FieldSelect => {
-                    vec![std::ptr::addr_of_mut!((*(node as *mut pg_sys::FieldSelect)).arg).cast()]
-                }
-                T_ArrayExpr => args((*(node as *mut pg_sys::ArrayExpr)).elements),
-                T_RowExpr => args((*(node as *mut pg_sys::RowExpr)).args),
-                _ => return None,
-            })
-        }
-    }
-
-    /// Whether an AI call is reachable from `node` through unconditional evaluation.
-    unsafe fn has_call(&mut self, node: *mut pg_sys::Node) -> bool {
-        // SAFETY: a valid expression tree.
-        unsafe {
-            if node.is_null() {
-                return false;
-            }
-            if self.ai_call(node).is_some() {
-                return true;
-            }
-            match Self::spine_children(node) {
-                Some(kids) => kids.into_iter().any(|k| self.has_call(*k)),
-                None => false,
-            }
-        }
-    }
-
-    /// A call we can batch at this level: ours, with no call of ours evaluated inside its
-    /// arguments (those come first, one level down).
-    unsafe fn ready_call(&mut self, node: *mut pg_sys::Node) -> Option<Kernel> {
-        // SAFETY: a valid expression tree.
-        unsafe {
-            let (kernel, f) = self.ai_call(node)?;
-            let args = list_ptrs((*f).args);
-            (!args.into_iter().any(|a| self.has_call(a.cast()))).then_some(kernel)
-        }
-    }
-
-    /// Whether a ready call is reachable from `node` through unconditional evaluation.
-    unsafe fn has_ready(&mut self, node: *mut pg_sys::Node) -> bool {
-        // SAFETY: a valid expression tree.
-        unsafe {
-            if node.is_null() {
-                return false;
-            }
-            if self.ready_call(node).is_some() {
-                return true;
-            }
-            match Self::spine_children(node) {
-                Some(kids) => kids.into_iter().any(|k| self.has_ready(*k)),
-                None => false,
-            }
-        }
-    }
-
-    /// Puts an AI Batch node above `plan` for the calls ready at this level, or None if
-    /// its target list has none.
+    /// Puts an AI Batch node above `plan` for the calls ready at this level (its first AI
+    /// qual's, else its target list's), or None if there are none.
     unsafe fn wrap(&mut self, plan: *mut pg_sys::Plan, demand: Demand) -> Option<*mut pg_sys::Plan> {
+        // SAFETY: a valid plan node.
+        unsafe { self.wrap_quals(plan, demand).or_else(|| self.wrap_tlist(plan, demand)) }
+    }
+
+    /// The quals of `plan` a node above may take over: its filter, and the join quals of an
+    /// inner join (which only filter the joined rows). (list, whether they are join quals).
+    unsafe fn qual_lists(plan: *mut pg_sys::Plan) -> Vec<(*mut *mut pg_sys::List, bool)> {
+        use pg_sys::NodeTag::*;
+        // SAFETY: a valid plan node of the tag it carries.
+        unsafe {
+            let mut lists = Vec::new();
+            if matches!(tag(plan.cast()), T_NestLoop | T_MergeJoin | T_HashJoin) {
+                let join = plan as *mut pg_sys::Join;
+                if (*join).jointype == pg_sys::JoinType::JOIN_INNER {
+                    lists.push((std::ptr::addr_of_mut!((*join).joinqual), true));
+                }
+            }
+            lists.push((std::ptr::addr_of_mut!((*plan).qual), false));
+            lists
+        }
+    }
+
+    /// The first qual (in the order PostgreSQL evaluates them: join quals, then the filter,
+    /// each as the planner ordered it, by security level and cost) whose calls can be batched
+    /// goes to a new AI Batch node above, with every qual after it: the quals before it still
+    /// filter first in `plan`, so no row they reject is sent; the node makes its qual's calls
+    /// for the rest and evaluates the moved quals in their order (a later AI qual's calls row
+    /// by row, until the next round puts a node above this one for them). The target list
+    /// moves up too, to be computed only for the rows that pass.
+    unsafe fn wrap_quals(&mut self, plan: *mut pg_sys::Plan, demand: Demand) -> Option<*mut pg_sys::Plan> {
         // SAFETY (whole function): a valid plan node; everything is allocated in the
         // planner's memory context like the plan itself.
         unsafe {
-            let tlist = list_ptrs((*plan).targetlist);
-            if !tlist.iter().any(|tle| self.has_ready((*(*tle as *mut pg_sys::TargetEntry)).expr.cast())) {
+            let lists = Self::qual_lists(plan);
+            let quals: Vec<(usize, *mut pg_sys::Node)> = lists
+                .iter()
+                .enumerate()
+                .flat_map(|(l, (list, _))| list_ptrs(**list).into_iter().map(move |q| (l, q.cast())))
+                .collect();
+            if !quals.iter().any(|(_, q)| self.kernels.contains(*q)) {
                 return None;
             }
-            let mut split = Split { below: Vec::new(), calls: Vec::new() };
+            let mut cut = Cut::new(&mut self.kernels, Frame::Above { below: Vec::new() });
+            let mut first = None;
+            for (i, (_, q)) in quals.iter().enumerate() {
+                if !cut.kernels().contains(*q) {
+                    continue;
+                }
+                let mark = cut.mark();
+                if let Some(e) = cut.top(*q, &[], false) {
+                    if !cut.calls.is_empty() {
+                        first = Some((i, e));
+                        break;
+                    }
+                }
+                cut.undo(mark);
+            }
+            let (at, rewritten) = first?;
+            let mut moved = vec![rewritten.cast::<std::ffi::c_void>()];
+            for (_, q) in &quals[at + 1..] {
+                moved.push(cut.moved(*q)?.cast());
+            }
+            let mut above = Vec::new();
+            for tle in list_ptrs((*plan).targetlist) {
+                let tle = tle as *mut pg_sys::TargetEntry;
+                let copy = pg_sys::flatCopyTargetEntry(tle);
+                (*copy).expr = cut.moved((*tle).expr.cast())?.cast();
+                above.push(copy.cast());
+            }
+            // Nothing failed: change the plan.
+            for (l, (list, _)) in lists.iter().enumerate() {
+                **list = list_of(
+                    quals[..at].iter().filter(|(ql, _)| *ql == l).map(|(_, q)| q.cast::<std::ffi::c_void>()),
+                );
+            }
+            let ordinal = node::filter_ordinal(plan) + 1;
+            let batch = finish(&mut self.next_id, plan, cut, above, demand, Role::Filter(ordinal));
+            (*batch).qual = list_of(moved);
+            Some(batch)
+        }
+    }
+
+    /// An AI Batch node above `plan` for the calls of its target list, or None if it has none
+    /// that can be batched.
+    unsafe fn wrap_tlist(&mut self, plan: *mut pg_sys::Plan, demand: Demand) -> Option<*mut pg_sys::Plan> {
+        // SAFETY (whole function): as wrap_quals.
+        unsafe {
+            let tlist = list_ptrs((*plan).targetlist);
+            if !tlist
+                .iter()
+                .any(|tle| self.kernels.contains((*(*tle as *mut pg_sys::TargetEntry)).expr.cast()))
+            {
+                return None;
+            }
+            let mut cut = Cut::new(&mut self.kernels, Frame::Above { below: Vec::new() });
             let mut above = Vec::with_capacity(tlist.len());
             for tle in tlist {
                 let tle = tle as *mut pg_sys::TargetEntry;
                 let copy = pg_sys::flatCopyTargetEntry(tle);
-                (*copy).expr = self.split((*tle).expr.cast(), &mut split).cast();
+                let expr = (*tle).expr.cast();
+                (*copy).expr = match cut.top(expr, &[], false) {
+                    Some(e) => e.cast(),
+                    // Evaluated below as it was, row by row.
+                    None => cut.column(expr).cast(),
+                };
                 above.push(copy.cast());
             }
-            (*plan).targetlist = list_of(split.below.iter().enumerate().map(|(i, e)| {
-                pg_sys::makeTargetEntry(*e, (i + 1) as i16, std::ptr::null_mut(), false).cast()
-            }));
-            let scan_tlist = list_of(split.calls.iter().enumerate().map(|(i, (_, call))| {
-                pg_sys::makeTargetEntry((*call).cast(), (i + 1) as i16, std::ptr::null_mut(), false).cast()
-            }));
-            let id = self.next_id;
-            self.next_id += 1;
-            Some(node::make_plan(plan, list_of(above), scan_tlist, demand, id))
+            if cut.calls.is_empty() {
+                return None;
+            }
+            Some(finish(&mut self.next_id, plan, cut, above, demand, Role::Target))
         }
     }
 
-    /// `expr` as the AI Batch node evaluates it: ready calls become its answers (INDEX_VAR),
-    /// subtrees without them become columns of the node below (OUTER_VAR), and the spine
-    /// between is copied.
-    unsafe fn split(&mut self, expr: *mut pg_sys::Node, s: &mut Split) -> *mut pg_sys::Node {
-        // SAFETY: a valid expression tree; copies are made in the current memory context.
+    /// Puts an AI Batch node between the aggregate or window node `plan` and its input for
+    /// the ready calls in its aggregates' or window functions' arguments and FILTERs, or
+    /// None if there are none. The input's columns pass through unchanged (the node's
+    /// grouping, sorting and partitioning refer to them by position); the answers follow.
+    unsafe fn lower(
+        &mut self,
+        plan: *mut pg_sys::Plan,
+        demand: Demand,
+        role: Role,
+    ) -> Option<*mut pg_sys::Plan> {
+        // SAFETY (whole function): a valid Agg or WindowAgg node after set_plan_references:
+        // its aggregates' arguments refer to its input as OUTER_VAR.
         unsafe {
-            if expr.is_null() {
-                return expr;
+            let child = (*plan).lefttree;
+            let width = list_ptrs((*child).targetlist).len();
+            let mut found = Vec::new();
+            for expr in list_ptrs((*plan).targetlist)
+                .into_iter()
+                .map(|tle| (*(tle as *mut pg_sys::TargetEntry)).expr.cast::<pg_sys::Node>())
+                .chain(list_ptrs((*plan).qual).into_iter().map(|q| q.cast()))
+            {
+                aggregates(expr, &mut found);
             }
-            if tag(expr.cast()) == pg_sys::NodeTag::T_Const {
-                return pg_sys::copyObjectImpl(expr.cast()).cast();
-            }
-            if let Some(kernel) = self.ready_call(expr) {
-                let call = pg_sys::copyObjectImpl(expr.cast()) as *mut pg_sys::FuncExpr;
-                let args = list_ptrs((*call).args);
-                (*call).args = list_of(args.into_iter().map(|a| {
-                    let a = a as *mut pg_sys::Node;
-                    if tag(a.cast()) == pg_sys::NodeTag::T_Const {
-                        a.cast()
+            let mut cut = Cut::new(&mut self.kernels, Frame::Under { width });
+            for a in found {
+                let (filter, args): (*mut *mut pg_sys::Expr, Vec<*mut *mut pg_sys::Expr>) =
+                    if tag(a.cast()) == pg_sys::NodeTag::T_Aggref {
+                        let a = a as *mut pg_sys::Aggref;
+                        let entries = list_ptrs((*a).args)
+                            .into_iter()
+                            .map(|tle| std::ptr::addr_of_mut!((*(tle as *mut pg_sys::TargetEntry)).expr))
+                            .collect();
+                        (std::ptr::addr_of_mut!((*a).aggfilter), entries)
                     } else {
-                        s.column_for(a).cast()
+                        let w = a as *mut pg_sys::WindowFunc;
+                        let list = (*w).args;
+                        let entries = (0..if list.is_null() { 0 } else { (*list).length as usize })
+                            .map(|i| std::ptr::addr_of_mut!((*(*list).elements.add(i)).ptr_value).cast())
+                            .collect();
+                        (std::ptr::addr_of_mut!((*w).aggfilter), entries)
+                    };
+                // The FILTER is evaluated for every row; the arguments only where it is true.
+                let original = *filter;
+                let mut guard = Vec::new();
+                if !original.is_null() {
+                    if cut.kernels().contains(original.cast()) {
+                        if let Some(e) = cut.top(original.cast(), &[], false) {
+                            *filter = e.cast();
+                        }
                     }
-                }));
-                s.calls.push((kernel, call));
+                    guard.push(bool_test(original.cast(), pg_sys::BoolTestType::IS_TRUE));
+                }
+                for arg in args {
+                    if cut.kernels().contains((*arg).cast()) {
+                        if let Some(e) = cut.top((*arg).cast(), &guard, !guard.is_empty()) {
+                            *arg = e.cast();
+                        }
+                    }
+                }
+            }
+            if cut.calls.is_empty() {
+                return None;
+            }
+            let mut above: Vec<*mut std::ffi::c_void> = Vec::with_capacity(width + cut.calls.len());
+            for (i, tle) in list_ptrs((*child).targetlist).into_iter().enumerate() {
+                let e = (*(tle as *mut pg_sys::TargetEntry)).expr.cast::<pg_sys::Node>();
                 let var = pg_sys::makeVar(
-                    pg_sys::INDEX_VAR,
-                    s.calls.len() as i16,
-                    (*call).funcresulttype,
-                    -1,
-                    (*call).funccollid,
+                    pg_sys::OUTER_VAR,
+                    (i + 1) as i16,
+                    pg_sys::exprType(e),
+                    pg_sys::exprTypmod(e),
+                    pg_sys::exprCollation(e),
                     0,
                 );
-                return var.cast();
+                above.push(
+                    pg_sys::makeTargetEntry(var.cast(), (i + 1) as i16, std::ptr::null_mut(), false).cast(),
+                );
             }
-            if self.has_ready(expr) {
-                let copy = pg_sys::copyObjectImpl(expr.cast()) as *mut pg_sys::Node;
-                if let Some(kids) = Self::spine_children(copy) {
-                    for kid in kids {
-                        *kid = self.split(*kid, s);
-                    }
-                }
-                return copy;
+            for (j, call) in cut.calls.iter().enumerate() {
+                let e = (*call).cast::<pg_sys::Node>();
+                let var = pg_sys::makeVar(
+                    pg_sys::INDEX_VAR,
+                    (j + 1) as i16,
+                    pg_sys::exprType(e),
+                    -1,
+                    pg_sys::exprCollation(e),
+                    0,
+                );
+                above.push(
+                    pg_sys::makeTargetEntry(var.cast(), (width + j + 1) as i16, std::ptr::null_mut(), false)
+                        .cast(),
+                );
             }
-            s.column_for(expr).cast()
+            let id = self.next_id;
+            self.next_id += 1;
+            Some(node::make_plan(child, list_of(above), scan_tlist(&cut.calls), demand, id, role))
         }
     }
 }
 
-/// What a target list split into.
-struct Split {
-    /// The new target list of the node below.
-    below: Vec<*mut pg_sys::Expr>,
-    /// The calls the AI Batch node makes, with their arguments as columns of `below`.
-    calls: Vec<(Kernel, *mut pg_sys::FuncExpr)>,
+/// The AI Batch node above `plan` that `cut` describes, `above` its target list.
+unsafe fn finish(
+    next_id: &mut i32,
+    plan: *mut pg_sys::Plan,
+    cut: Cut,
+    above: Vec<*mut std::ffi::c_void>,
+    demand: Demand,
+    role: Role,
+) -> *mut pg_sys::Plan {
+    // SAFETY: as wrap_quals.
+    unsafe {
+        let below: &[*mut pg_sys::Expr] = match &cut.frame {
+            Frame::Above { below } => below,
+            Frame::Under { .. } => &[],
+        };
+        (*plan).targetlist =
+            list_of(below.iter().enumerate().map(|(i, e)| {
+                pg_sys::makeTargetEntry(*e, (i + 1) as i16, std::ptr::null_mut(), false).cast()
+            }));
+        let id = *next_id;
+        *next_id += 1;
+        node::make_plan(plan, list_of(above), scan_tlist(&cut.calls), demand, id, role)
+    }
 }
 
-impl Split {
-    /// An OUTER_VAR for `expr` as a column of the node below (a Var already there is reused;
-    /// nothing else is, so a volatile expression is evaluated as often as before).
-    unsafe fn column_for(&mut self, expr: *mut pg_sys::Node) -> *mut pg_sys::Var {
-        // SAFETY: a valid expression tree.
-        unsafe {
-            let is_var = tag(expr.cast()) == pg_sys::NodeTag::T_Var;
-            let found = is_var
-                .then(|| self.below.iter().position(|e| pg_sys::equal((*e).cast(), expr.cast())))
-                .flatten();
-            let index = match found {
-                Some(i) => i,
-                None => {
-                    self.below.push(expr.cast());
-                    self.below.len() - 1
-                }
-            };
-            pg_sys::makeVar(
-                pg_sys::OUTER_VAR,
-                (index + 1) as i16,
-                pg_sys::exprType(expr),
-                pg_sys::exprTypmod(expr),
-                pg_sys::exprCollation(expr),
-                0,
-            )
+/// The AI Batch node's scan tuple: one column per call.
+unsafe fn scan_tlist(calls: &[*mut pg_sys::Expr]) -> *mut pg_sys::List {
+    // SAFETY: makeTargetEntry allocates in the planner's memory context.
+    unsafe {
+        list_of(calls.iter().enumerate().map(|(i, call)| {
+            pg_sys::makeTargetEntry(*call, (i + 1) as i16, std::ptr::null_mut(), false).cast()
+        }))
+    }
+}
+
+/// The Aggrefs and WindowFuncs in `expr` (not looking inside them: aggregates do not nest).
+unsafe fn aggregates(expr: *mut pg_sys::Node, out: &mut Vec<*mut pg_sys::Node>) {
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, cx: *mut std::ffi::c_void) -> bool {
+        if node.is_null() {
+            return false;
         }
+        // SAFETY: cx is the Vec passed below; node a valid expression node.
+        unsafe {
+            if matches!(tag(node.cast()), pg_sys::NodeTag::T_Aggref | pg_sys::NodeTag::T_WindowFunc) {
+                (*(cx as *mut Vec<*mut pg_sys::Node>)).push(node);
+                return false;
+            }
+            pg_sys::expression_tree_walker(node, Some(walk), cx)
+        }
+    }
+    // SAFETY: a valid expression tree.
+    unsafe {
+        walk(expr, (out as *mut Vec<*mut pg_sys::Node>).cast());
     }
 }

@@ -4,6 +4,8 @@
 //! (`PrivateCluster`).
 #![allow(dead_code)]
 
+pub mod plans;
+
 use bailian_standin::{Config, Standin};
 use postgres::{Client, NoTls};
 use std::time::{Duration, Instant};
