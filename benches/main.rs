@@ -609,31 +609,115 @@ fn family() -> Row {
     }
 }
 
+/// The query shapes of issue 20 on 2,000 rows at 100 ms, batched, each against row by row
+/// (`pg_bailian.batch_execution = off`) in the same run. Row by row takes the latency per
+/// call, so its rate is measured on the first 100 rows (10 s a query instead of 200) and
+/// compared per row.
+fn shapes() -> Vec<Row> {
+    const ROWS: u32 = 2_000;
+    const BASELINE_ROWS: u32 = 100;
+    const LATENCY_MS: u64 = 100;
+    let s = standin(LATENCY_MS, None);
+    let mut c = fresh_db();
+    deploy(&mut c, "chat", "qwen-plus", &s, "");
+    deploy(&mut c, "emb", "text-embedding-v4", &s, "");
+    table(&mut c, "r", ROWS);
+    table(&mut c, "r_base", BASELINE_ROWS);
+    c.batch_execute("SELECT ai_gen('chat', 'warm up'), ai_embed('emb', 'warm up')").unwrap();
+    let labels = "ARRAY['good', 'bad']";
+    // `{t}`: the table, r (2,000 rows) batched, r_base (its first 100) row by row.
+    let queries: [(&'static str, String); 5] = [
+        (
+            "GROUP BY an AI classification",
+            format!("SELECT ai_classify('chat', body, {labels}) AS topic, count(*) FROM {{t}} GROUP BY 1"),
+        ),
+        (
+            "ORDER BY ai_similarity LIMIT 5",
+            "SELECT id FROM {t} ORDER BY ai_similarity('emb', body, 'good review') DESC LIMIT 5".into(),
+        ),
+        (
+            "a semantic filter under count(*)",
+            format!("SELECT count(*) FROM {{t}} WHERE ai_classify('chat', body, {labels}) = 'good'"),
+        ),
+        ("avg of ai_similarity", "SELECT avg(ai_similarity('emb', body, 'good review')) FROM {t}".into()),
+        ("string_agg of ai_gen", "SELECT length(string_agg(ai_gen('chat', body), ' ')) FROM {t}".into()),
+    ];
+    let mut rows = Vec::new();
+    for (shape, template) in queries {
+        let timed = |c: &mut Client, table: &str, on: bool| {
+            let sql = template.replace("{t}", table);
+            c.batch_execute(&format!("SET pg_bailian.batch_execution = {}", if on { "on" } else { "off" }))
+                .unwrap();
+            let start = Instant::now();
+            let answer = c.simple_query(&sql).unwrap();
+            let took = start.elapsed().as_secs_f64();
+            assert!(answer.iter().any(|m| matches!(m, postgres::SimpleQueryMessage::Row(_))), "{sql}");
+            took
+        };
+        let on = timed(&mut c, "r", true);
+        let off = timed(&mut c, "r_base", false);
+        let sql = template.replace("{t}", "r");
+        c.batch_execute("RESET pg_bailian.batch_execution").unwrap();
+        let on_rate = f64::from(ROWS) / on;
+        let off_rate = f64::from(BASELINE_ROWS) / off;
+        let ratio = on_rate / off_rate;
+        rows.push(Row {
+            scenario: Box::leak(format!("shapes: {shape}, 2,000 rows at 100 ms").into_boxed_str()),
+            command: sql,
+            measured: format!("batched {on:.1} s ({on_rate:.0} rows/s)"),
+            baseline: format!("row by row {off_rate:.1} rows/s ({off:.1} s for {BASELINE_ROWS} rows; 2,000 would take {:.0} s)", f64::from(ROWS) / off_rate),
+            ratio,
+            target: "≥ 10x row by row",
+            pass: ratio >= 10.0,
+        });
+    }
+    // A cheap qual that keeps 10 % of the rows: the AI qual sees only those.
+    let sql =
+        format!("SELECT count(*) FROM r WHERE id % 10 = 0 AND ai_classify('chat', body, {labels}) = 'good'");
+    s.reset();
+    let start = Instant::now();
+    c.batch_execute(&sql).unwrap();
+    let took = start.elapsed().as_secs_f64();
+    let calls = s.stats().chat_requests;
+    rows.push(Row {
+        scenario: "shapes: a cheap qual keeping 10 % before an AI qual, 2,000 rows at 100 ms",
+        command: sql,
+        measured: format!("{calls} chat requests ({took:.1} s)"),
+        baseline: format!("{ROWS} rows; 10 % is {}", ROWS / 10),
+        ratio: calls as f64 / f64::from(ROWS),
+        target: "≤ 0.10 of the rows called",
+        pass: calls <= u64::from(ROWS / 10),
+    });
+    rows
+}
+
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    type Scenario = (&'static str, fn() -> Row);
-    let scenarios: [Scenario; 12] = [
-        ("overhead", overhead),
-        ("throughput", embed_throughput),
-        ("generation", gen_throughput),
-        ("ratelimit", rate_limited),
-        ("memory", memory),
-        ("update", update),
-        ("update_vs_column", update_vs_column),
-        ("limit", limit),
-        ("batch_overhead", batch_overhead),
-        ("family", family),
-        ("shared_limit", shared_limit),
-        ("accounting", accounting),
+    type Scenario = (&'static str, fn() -> Vec<Row>);
+    let scenarios: [Scenario; 13] = [
+        ("overhead", || vec![overhead()]),
+        ("throughput", || vec![embed_throughput()]),
+        ("generation", || vec![gen_throughput()]),
+        ("ratelimit", || vec![rate_limited()]),
+        ("memory", || vec![memory()]),
+        ("update", || vec![update()]),
+        ("update_vs_column", || vec![update_vs_column()]),
+        ("limit", || vec![limit()]),
+        ("batch_overhead", || vec![batch_overhead()]),
+        ("family", || vec![family()]),
+        ("shared_limit", || vec![shared_limit()]),
+        ("accounting", || vec![accounting()]),
+        ("shapes", shapes),
     ];
     let mut rows = Vec::new();
     for (name, run) in scenarios {
         if wanted(name) {
             eprintln!("running {name} ...");
-            let row = run();
-            eprintln!("  {}: {} | {} | ratio {:.2}", row.scenario, row.measured, row.baseline, row.ratio);
-            rows.push(row);
+            for row in run() {
+                eprintln!("  {}: {} | {} | ratio {:.2}", row.scenario, row.measured, row.baseline, row.ratio);
+                rows.push(row);
+            }
         }
     }
     let mut out = String::new();

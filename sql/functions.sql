@@ -1,5 +1,8 @@
 -- Functions implemented as plain fmgr entry points (src/entry.rs) so they can raise
--- pg_bailian's own SQLSTATEs. COST is high so the planner evaluates cheap quals first.
+-- pg_bailian's own SQLSTATEs. COST is high so the planner evaluates cheap quals first, and
+-- among AI quals (which the AI Batch node keeps in the planner's order) the cheaper calls
+-- first: an embedding (one input of a packed request) 1000, a similarity (two) 2000, a
+-- rerank 5000, a generation 10000.
 
 CREATE FUNCTION ai_deploy_model(
     model_name          text,
@@ -39,7 +42,7 @@ LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_translate';
 
 CREATE FUNCTION ai_embed(model_name text, content text) RETURNS real[]
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 1000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed';
 
 CREATE FUNCTION ai_chat(model_name text, messages jsonb, params jsonb DEFAULT NULL) RETURNS jsonb
@@ -51,11 +54,11 @@ LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_audio';
 
 CREATE FUNCTION ai_embed_image(model_name text, image text) RETURNS real[]
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 1000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed_image_uri';
 
 CREATE FUNCTION ai_embed_image(model_name text, image bytea) RETURNS real[]
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 1000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed_image_bytes';
 
 CREATE FUNCTION ai_embed_batch(model_name text, contents text[])
@@ -102,11 +105,11 @@ LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_sentiment';
 
 CREATE FUNCTION ai_rank(model_name text, query text, document text) RETURNS float8
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 5000
 AS 'MODULE_PATHNAME', 'pg_bailian_rank';
 
 CREATE FUNCTION ai_similarity(model_name text, a text, b text) RETURNS float8
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 2000
 AS 'MODULE_PATHNAME', 'pg_bailian_similarity';
 
 CREATE FUNCTION ai_set_prompt(model_name text, function_name text, prompt text) RETURNS void
@@ -127,11 +130,11 @@ LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_prompt_default';
 
 CREATE FUNCTION ai_embed(content text) RETURNS real[]
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 1000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed_default';
 
 CREATE FUNCTION ai_embed(model_name text, image bytea, file_format text) RETURNS real[]
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 1000
 AS 'MODULE_PATHNAME', 'pg_bailian_embed_image_format';
 
 CREATE FUNCTION ai_translate(content text, target_lang text) RETURNS text
@@ -163,11 +166,11 @@ LANGUAGE c VOLATILE COST 10000
 AS 'MODULE_PATHNAME', 'pg_bailian_sentiment_default';
 
 CREATE FUNCTION ai_rank(query text, document text) RETURNS float8
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 5000
 AS 'MODULE_PATHNAME', 'pg_bailian_rank_default';
 
 CREATE FUNCTION ai_similarity(a text, b text) RETURNS float8
-LANGUAGE c VOLATILE COST 10000
+LANGUAGE c VOLATILE COST 2000
 AS 'MODULE_PATHNAME', 'pg_bailian_similarity_default';
 
 CREATE FUNCTION ai_set_default_model(function_name text, model_name text) RETURNS void

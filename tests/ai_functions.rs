@@ -226,5 +226,7 @@ fn hundreds_of_calls_reuse_a_few_connections() {
     }
     let stats = s.stats();
     assert_eq!(stats.requests, 400);
-    assert!(stats.connections_accepted <= 2, "{stats:?}");
+    // The aggregate's calls are batched (16 in flight, so up to 16 connections); the 100
+    // statements after reuse them.
+    assert!(stats.connections_accepted <= 16, "{stats:?}");
 }

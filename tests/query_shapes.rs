@@ -506,3 +506,57 @@ fn security_quals_run_before_any_row_is_sent() {
     assert_eq!(n, vec![vec![Some("8".into())]]);
     assert_eq!(sent(&s), (8, 0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// EXPLAIN, and the order of AI quals.
+// ---------------------------------------------------------------------------------------------
+
+/// AND-ed AI quals run cheapest first (the planner orders them by the functions' COST: an
+/// embedding before a generation, whatever the order written); EXPLAIN shows the order, and
+/// EXPLAIN ANALYZE the rows the plain quals removed before any call and the calls per qual.
+#[test]
+fn explain_shows_the_order_and_the_calls_of_each_filter() {
+    let (mut c, s) = setup("qs_explain");
+    // The cheaper qual (an embedding) rejects every row: no generation is sent at all.
+    let sql = "SELECT id FROM r WHERE ai_gen('chat', body) LIKE '%' AND (ai_embed('emb', body))[1] > 100";
+    let plan = assert_batched(&mut c, sql);
+    let order = property(&plan, "AI Calls");
+    assert_eq!(order, ["ai_gen", "ai_embed"], "the embedding's node is the lower one:\n{plan}");
+    assert_eq!(
+        property(&plan, "AI Calls For")
+            .iter()
+            .map(|p| p.split(" (").next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>(),
+        ["filter 2 of 2", "filter 1 of 2"],
+        "{plan}"
+    );
+    let (rows, calls) = {
+        let mut seen = Vec::new();
+        for on in [true, false] {
+            set_batching(&mut c, on);
+            s.reset();
+            seen.push((text_rows(&mut c, sql), sent(&s)));
+        }
+        reset_batching(&mut c);
+        assert_eq!(seen[0], seen[1]);
+        seen.swap_remove(0)
+    };
+    assert!(rows.is_empty());
+    assert_eq!(calls, (0, 40), "40 embeddings, no generation");
+
+    // ANALYZE: the scan's plain qual removed 36 rows before any call; each AI Batch node
+    // made its calls for the rows that reached it.
+    s.reset();
+    let plan = explain_with(
+        &mut c,
+        "ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF",
+        "SELECT id FROM r WHERE id % 10 = 0 AND ai_gen('chat', body) LIKE '%topic 3' AND ai_gen('chat', 'again ' || body) LIKE '%'",
+    );
+    assert_eq!(
+        property(&plan, "Rows Removed by Filter"),
+        ["3", "36"],
+        "upper AI qual: none; lower: 3 of 4; scan: 36:\n{plan}"
+    );
+    assert_eq!(property(&plan, "Calls"), ["1", "4"], "{plan}");
+    assert_eq!(sent(&s), (5, 0));
+}

@@ -457,6 +457,23 @@ pub(super) unsafe fn spine_children(node: *mut pg_sys::Node) -> Option<Vec<*mut 
             T_ArrayExpr => args((*(node as *mut pg_sys::ArrayExpr)).elements),
             T_RowExpr => args((*(node as *mut pg_sys::RowExpr)).args),
             T_MinMaxExpr => args((*(node as *mut pg_sys::MinMaxExpr)).args),
+            // An array element or slice: its subscripts are evaluated only when the array is
+            // not NULL, so only plain ones (a constant, a column: nothing that can fail or
+            // vary) are taken as if unconditional.
+            T_SubscriptingRef => {
+                let r = node as *mut pg_sys::SubscriptingRef;
+                let mut subscripts = args((*r).refupperindexpr);
+                subscripts.extend(args((*r).reflowerindexpr));
+                let plain = |p: &*mut *mut pg_sys::Node| {
+                    let e = **p;
+                    e.is_null() || matches!(tag(e.cast()), T_Const | T_Var)
+                };
+                if !(*r).refassgnexpr.is_null() || !subscripts.iter().all(plain) {
+                    return None;
+                }
+                subscripts.push(std::ptr::addr_of_mut!((*r).refexpr).cast());
+                subscripts
+            }
             _ => return None,
         })
     }

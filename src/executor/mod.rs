@@ -21,12 +21,30 @@
 //! Nested calls (`ai_gen(m, ai_translate(...))`) get one AI Batch node per level. The node's
 //! output is exactly `N`'s old output, so nothing above changes.
 //!
-//! **What is never batched** (it runs row by row, as before): calls under CASE, COALESCE,
-//! AND/OR and other constructs that evaluate them only for some rows (batching would send
-//! calls a row-by-row run never sends); calls in WHERE/JOIN conditions, in aggregate or window
-//! arguments, in set-returning target lists (ProjectSet), in RETURNING; nodes under the inner
-//! side of a merge join (which needs mark/restore) and the top of a SCROLL cursor (backward
-//! fetches); a plan made while `pg_bailian.batch_execution` was off; a single-row Result.
+//! **Filters.** Quals of `N` (its filter, and the join quals of an inner join) that call AI
+//! functions: the quals before the first one whose calls can be batched stay in `N` and
+//! filter first; that qual and every one after it move to an AI Batch node above, which
+//! makes the first one's calls and evaluates the moved quals in their order over each row
+//! and its answers, dropping the rows they reject. The next round puts another node above for
+//! the next AI qual, and so on, so a row rejected by one AI qual is never sent to the next.
+//! The planner ordered the quals by security level, then cost, and the order is kept: a row
+//! reaches a model only after every RLS policy and security_barrier qual has passed it.
+//!
+//! **Aggregates.** For the calls in the arguments and FILTERs of an Agg's aggregates or a
+//! WindowAgg's window functions, an AI Batch node goes *below* the node: it passes its
+//! input's columns through (grouping and sorting refer to them by position) and appends the
+//! answers, which the arguments now read.
+//!
+//! **Conditional calls** (under CASE, COALESCE, AND, OR, an aggregate's FILTER) are batched
+//! with a guard: the condition under which row by row would make them, evaluated by the
+//! node first (see `cut`). Their answers are NULL where the guard fails, and nothing reads
+//! them there.
+//!
+//! **What is never batched** (it runs row by row, as before): calls in set-returning target
+//! lists (ProjectSet), in RETURNING, under a volatile guard or one holding a subquery, in
+//! outer/semi/anti join conditions; nodes under the inner side of a merge join (which needs
+//! mark/restore) and the top of a SCROLL cursor (backward fetches); a plan made while
+//! `pg_bailian.batch_execution` was off; a single-row Result.
 //!
 //! **Same rows, same errors.** Each call goes through the same `Kernel::prepare` as the
 //! function called row by row (`functions::calls`), and a row's error is raised when that
