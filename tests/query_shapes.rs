@@ -155,6 +155,21 @@ fn filters_send_what_row_by_row_sends() {
         "SELECT id FROM r WHERE id IN (SELECT id + 1 FROM r WHERE ai_gen('chat', body) LIKE '%topic 3') ORDER BY id",
     );
 
+    // Subqueries beside a filter: in the output columns, and in a qual after the AI one
+    // (both move above with it and run only for the rows that pass).
+    same_both_ways(
+        &mut c,
+        &s,
+        "SELECT id, (SELECT count(*) FROM r r2 WHERE r2.grp = r.grp AND r2.id < r.id) FROM r \
+          WHERE ai_gen('chat', body) LIKE '%topic 3' ORDER BY id",
+    );
+    same_both_ways(
+        &mut c,
+        &s,
+        "SELECT id FROM r WHERE ai_gen('chat', body) LIKE '%topic 3' \
+            AND (SELECT count(*) FROM r r4 WHERE r4.grp = r.grp AND r4.id < r.id) > 2 ORDER BY id",
+    );
+
     // HAVING over an aggregate, DISTINCT ON, an UPDATE's WHERE.
     same_both_ways(
         &mut c,

@@ -21,8 +21,9 @@
 //! row anyway) or *shifted* (kept in the expression, evaluated by the AI Batch node, with
 //! only their column references taken from the node below: needed where they are
 //! conditional, so that `CASE WHEN x <> 0 THEN ai_gen('m', (1/x)::text) END` divides only
-//! where row by row would). What cannot be moved (a subquery's SubPlan) makes the whole
-//! expression stay as it was, row by row.
+//! where row by row would). A subquery (SubPlan) shifts whole; one in a guard (evaluated
+//! twice) or under an aggregate cannot move, and makes the whole expression stay as it was,
+//! row by row.
 
 use super::plan::{list_of, list_ptrs, tag};
 use crate::functions::calls::Kernel;
@@ -91,6 +92,9 @@ pub(super) struct Cut<'k> {
     /// node's input), or `CASE WHEN guard THEN call END` for a conditional one.
     pub calls: Vec<*mut pg_sys::Expr>,
     failed: bool,
+    /// Shifting a guard, which the expression above evaluates again: a subquery in it would
+    /// be run twice (and its plan shared by two SubPlans), so it cannot move.
+    in_guard: bool,
 }
 
 /// How far a cut had got, to undo what a failed expression added.
@@ -102,7 +106,7 @@ pub(super) struct Mark {
 
 impl<'k> Cut<'k> {
     pub fn new(kernels: &'k mut Kernels, frame: Frame) -> Self {
-        Cut { kernels, frame, calls: Vec::new(), failed: false }
+        Cut { kernels, frame, calls: Vec::new(), failed: false, in_guard: false }
     }
 
     pub fn kernels(&mut self) -> &mut Kernels {
@@ -203,6 +207,11 @@ impl<'k> Cut<'k> {
                     {
                         cut.column(node)
                     }
+                    // A subquery moves whole to the AI Batch node (its arguments taken from
+                    // the node below), where it runs for the same rows as before: it is
+                    // initialised there, once, and its parameters are the node's too (the
+                    // node copies the extParam/allParam of the node below).
+                    pg_sys::NodeTag::T_SubPlan if above && !cut.in_guard => mutate(node, each, cx),
                     pg_sys::NodeTag::T_Aggref
                     | pg_sys::NodeTag::T_WindowFunc
                     | pg_sys::NodeTag::T_GroupingFunc
@@ -353,7 +362,9 @@ impl<'k> Cut<'k> {
                         -1,
                     )
                 };
+                self.in_guard = true;
                 let condition = self.shift(all.cast());
+                self.in_guard = false;
                 case_when(condition, call)
             };
             self.calls.push(entry);
