@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks against the stand-in, each with its baseline in the same run: scalar-call
 # overhead, column throughput for embeddings and generation, the rate limit, memory, and
-# batched queries (UPDATE with ai_embed, ai_gen under a LIMIT, batching overhead), and
-# CALL ai_update against ai_embed_column.
+# batched queries (UPDATE with ai_embed, ai_gen under a LIMIT, batching overhead, the query
+# shapes of filters, aggregates and sorts against row by row), and CALL ai_update against
+# ai_embed_column.
 # Prints a table and records it, with the command, in benches/RESULTS.md.
-#   bash scripts/bench.sh                 # all scenarios (about 5 minutes after the build)
+#   bash scripts/bench.sh                 # all scenarios (about 14 minutes after the build)
 #   bash scripts/bench.sh overhead memory # some of them
 source "$(dirname "$0")/lib.sh"
 cd "$REPO"
