@@ -45,22 +45,41 @@ fn sent(s: &Standin) -> (u64, u64) {
 /// Runs `sql` batched (the node in its plan) and row by row (no node); asserts the same rows
 /// and the same calls sent; returns the rows and what was sent.
 fn same_both_ways(c: &mut Client, s: &Standin, sql: &str) -> (Rows, (u64, u64)) {
-    let mut seen = Vec::new();
-    for on in [true, false] {
+    on_and_off(c, s, sql, true)
+}
+
+/// Runs `sql` with batching on, asserting its plan has no AI Batch node all the same, and
+/// off; asserts the same rows and the same calls sent.
+fn row_by_row_both_ways(c: &mut Client, s: &Standin, sql: &str) {
+    on_and_off(c, s, sql, false);
+}
+
+/// `sql` with batching on (`node`: whether its plan then has an AI Batch node) and off.
+fn on_and_off(c: &mut Client, s: &Standin, sql: &str, node: bool) -> (Rows, (u64, u64)) {
+    if node {
+        assert_batched(c, sql);
+    } else {
+        assert_not_batched(c, sql);
+    }
+    set_batching(c, false);
+    assert_not_batched(c, sql);
+    reset_batching(c);
+    let [on, off] = run_on_and_off(c, s, sql);
+    assert_eq!(on, off, "batching on (left) and off (right) differ for {sql}");
+    assert!(!on.0.is_empty(), "{sql} returned no rows: nothing was compared");
+    on
+}
+
+/// The rows of `sql` and the calls it sent, with batching on and then off.
+fn run_on_and_off(c: &mut Client, s: &Standin, sql: &str) -> [(Rows, (u64, u64)); 2] {
+    [true, false].map(|on| {
         set_batching(c, on);
-        if on {
-            assert_batched(c, sql);
-        } else {
-            assert_not_batched(c, sql);
-        }
         s.reset();
         let rows = text_rows(c, sql);
-        seen.push((rows, sent(s)));
-    }
-    reset_batching(c);
-    assert_eq!(seen[0], seen[1], "batched (left) and row by row (right) differ for {sql}");
-    assert!(!seen[0].0.is_empty(), "{sql} returned no rows: nothing was compared");
-    seen.swap_remove(0)
+        let calls = sent(s);
+        reset_batching(c);
+        (rows, calls)
+    })
 }
 
 /// Whether row `id`'s body is about `topic` (the stand-in echoes it: `ai_gen('chat', body)
@@ -267,6 +286,42 @@ fn aggregates_and_windows_are_computed_batched() {
         "SELECT id, count(*) FILTER (WHERE ai_gen('chat', body) LIKE '%topic 3') OVER (ORDER BY id) FROM r ORDER BY id",
     );
     assert_eq!(calls, (40, 0));
+    // A moving frame: row by row, PostgreSQL aggregates each frame afresh because the
+    // argument is volatile, calling the model again for every frame a row is in (up to 3
+    // times, 116 calls); batched, each row's answer is computed once and every frame sees it.
+    let sql = "SELECT id, sum(length(ai_gen('chat', body))) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) \
+                 FROM r ORDER BY id";
+    assert_batched(&mut c, sql);
+    let [on, off] = run_on_and_off(&mut c, &s, sql);
+    assert_eq!(on.0, off.0, "batched and row by row differ for {sql}");
+    assert_eq!((on.1, off.1), ((40, 0), (40 * 3 - 2 * 2, 0)));
+    // What a window function reads is not every row's argument, or not always: these stay
+    // row by row even with batching on, with the same calls.
+    for sql in [
+        "SELECT id, first_value(ai_gen('chat', body)) OVER (ORDER BY id) FROM r ORDER BY id",
+        "SELECT id, lag(ai_gen('chat', body)) OVER (ORDER BY id) FROM r ORDER BY id",
+        "SELECT id, sum(length(ai_gen('chat', body))) OVER (ORDER BY id ROWS BETWEEN 2 PRECEDING AND 1 PRECEDING) \
+           FROM r ORDER BY id",
+        "SELECT id, count(ai_gen('chat', body)) OVER (ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING \
+           EXCLUDE CURRENT ROW) FROM r ORDER BY id",
+        // A run condition (rn <= 2) stops the window node after the third row.
+        "SELECT * FROM (SELECT id, ai_gen('chat', body) a, row_number() OVER (ORDER BY id) rn FROM r) s \
+           WHERE rn <= 2",
+        "SELECT * FROM (SELECT id, sum(length(ai_gen('chat', body))) OVER (ORDER BY id) total, \
+                               row_number() OVER (ORDER BY id) rn FROM r) s WHERE rn <= 2",
+    ] {
+        row_by_row_both_ways(&mut c, &s, sql);
+    }
+    set_batching(&mut c, true);
+    s.reset();
+    text_rows(
+        &mut c,
+        "SELECT * FROM (SELECT id, ai_gen('chat', body) a, row_number() OVER (ORDER BY id) rn FROM r) s WHERE rn <= 2",
+    );
+    // PostgreSQL projects a row before testing the run condition on it: the third row is
+    // the last one called for, not all 40.
+    assert_eq!(sent(&s), (3, 0), "the run condition stops the calls after three rows");
+    reset_batching(&mut c);
     let plan = assert_batched(&mut c, "SELECT avg(ai_similarity('emb', body, 'good review')) FROM r");
     assert_eq!(
         property(&plan, "AI Calls For"),
@@ -324,6 +379,11 @@ fn conditional_calls_only_for_the_rows_that_call_for_them() {
     reset_batching(&mut c);
     let plan = assert_batched(&mut c, "SELECT id, COALESCE(cached, ai_embed('emb', body)) FROM r");
     assert_eq!(property(&plan, "Conditional Calls").len(), 1, "{plan}");
+    assert_eq!(
+        property(&plan, "AI Call Expressions"),
+        ["CASE WHEN (cached IS NULL) THEN ai_embed('emb'::text, body) ELSE NULL::real[] END"],
+        "EXPLAIN shows each call with its condition:\n{plan}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +492,24 @@ fn prepared_statements_and_cursors() {
     reset_batching(&mut c);
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0].1 .0, 40 + 5, "40 filter calls, then one per matching row without a note");
+    // UPDATE ... WHERE CURRENT OF a batched cursor declared FOR UPDATE (as the README says);
+    // without FOR UPDATE PostgreSQL refuses it, with a clear error.
+    let sql = "SELECT id, ai_gen('chat', body) FROM r WHERE id <= 3 ORDER BY id FOR UPDATE";
+    assert_batched(&mut c, sql);
+    let mut t = c.transaction().unwrap();
+    t.batch_execute(&format!("DECLARE u CURSOR FOR {sql}")).unwrap();
+    t.batch_execute("FETCH 2 FROM u; UPDATE r SET note = 'current' WHERE CURRENT OF u").unwrap();
+    let noted = t.query_one("SELECT string_agg(id::text, ',') FROM r WHERE note = 'current'", &[]).unwrap();
+    assert_eq!(noted.get::<_, Option<String>>(0).as_deref(), Some("2"));
+    t.rollback().unwrap();
+    let mut t = c.transaction().unwrap();
+    t.batch_execute(
+        "DECLARE v CURSOR FOR SELECT id, ai_gen('chat', body) FROM r WHERE id <= 3; FETCH 1 FROM v",
+    )
+    .unwrap();
+    let (_, message) = error_of(t.batch_execute("UPDATE r SET note = 'current' WHERE CURRENT OF v"));
+    assert!(message.contains("not a simply updatable scan"), "{message}");
+    t.rollback().unwrap();
 }
 
 /// A cancel (statement_timeout) stops a batched filter and aggregate at once: no request
@@ -545,17 +623,8 @@ fn explain_shows_the_order_and_the_calls_of_each_filter() {
         ["filter 2 of 2", "filter 1 of 2"],
         "{plan}"
     );
-    let (rows, calls) = {
-        let mut seen = Vec::new();
-        for on in [true, false] {
-            set_batching(&mut c, on);
-            s.reset();
-            seen.push((text_rows(&mut c, sql), sent(&s)));
-        }
-        reset_batching(&mut c);
-        assert_eq!(seen[0], seen[1]);
-        seen.swap_remove(0)
-    };
+    let [(rows, calls), off] = run_on_and_off(&mut c, &s, sql);
+    assert_eq!((&rows, calls), (&off.0, off.1));
     assert!(rows.is_empty());
     assert_eq!(calls, (0, 40), "40 embeddings, no generation");
 

@@ -163,13 +163,20 @@ impl<'k> Cut<'k> {
         Some(out)
     }
 
-    /// `expr` hoisted: a column of the node below (Above), or itself (Under).
+    /// `expr` hoisted: a column of the node below (Above), or itself (Under). Under, a
+    /// subquery would be evaluated by the AI Batch node with the parameters of the aggregate
+    /// above it: it cannot be (`failed`).
     pub unsafe fn column(&mut self, expr: *mut pg_sys::Node) -> *mut pg_sys::Node {
         // SAFETY: a valid expression tree.
         unsafe {
             match &mut self.frame {
                 Frame::Above { below } => column_for(below, expr).cast(),
-                Frame::Under { .. } => pg_sys::copyObjectImpl(expr.cast()).cast(),
+                Frame::Under { .. } => {
+                    if pg_sys::contain_subplans(expr) {
+                        self.failed = true;
+                    }
+                    pg_sys::copyObjectImpl(expr.cast()).cast()
+                }
             }
         }
     }

@@ -31,9 +31,13 @@
 //! reaches a model only after every RLS policy and security_barrier qual has passed it.
 //!
 //! **Aggregates.** For the calls in the arguments and FILTERs of an Agg's aggregates or a
-//! WindowAgg's window functions, an AI Batch node goes *below* the node: it passes its
-//! input's columns through (grouping and sorting refer to them by position) and appends the
-//! answers, which the arguments now read.
+//! WindowAgg's aggregates, an AI Batch node goes *below* the node: it passes its input's
+//! columns through (grouping and sorting refer to them by position) and appends the
+//! answers, which the arguments now read. A WindowAgg qualifies only when its aggregates read
+//! every row: every frame holds its own row and no run condition stops it early; window
+//! functions proper (lag, first_value...) read only the rows they pick and stay row by row.
+//! A WindowAgg with a run condition keeps its target list too (the condition refers to it
+//! by position).
 //!
 //! **Conditional calls** (under CASE, COALESCE, AND, OR, an aggregate's FILTER) are batched
 //! with a guard: the condition under which row by row would make them, evaluated by the

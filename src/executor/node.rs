@@ -582,7 +582,7 @@ unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn explain(
     node: *mut pg_sys::CustomScanState,
-    _ancestors: *mut pg_sys::List,
+    ancestors: *mut pg_sys::List,
     es: *mut pg_sys::ExplainState,
 ) {
     // SAFETY: between begin and end; the strings outlive the calls that copy them.
@@ -608,6 +608,19 @@ unsafe extern "C-unwind" fn explain(
         if batch.sites.iter().any(|s| s.guard.is_some()) {
             text(c"Conditional Calls", "made only for rows whose conditions call for them".into());
         }
+        // The calls as expressions over the input, conditions included, as EXPLAIN deparses
+        // a target list (VERBOSE shows them again as the node's Output).
+        let plan = (*node).ss.ps.plan;
+        let context = pg_sys::set_deparse_context_plan((*es).deparse_cxt, plan, ancestors);
+        let calls: Vec<String> = list_ptrs((*(plan as *mut pg_sys::CustomScan)).custom_scan_tlist)
+            .into_iter()
+            .map(|tle| {
+                let expr = (*(tle as *mut pg_sys::TargetEntry)).expr;
+                let shown = pg_sys::deparse_expression(expr.cast(), context, (*es).verbose, false);
+                std::ffi::CStr::from_ptr(shown).to_string_lossy().into_owned()
+            })
+            .collect();
+        text(c"AI Call Expressions", calls.join("; "));
         if batch.batching {
             text(
                 c"Read-Ahead",

@@ -289,7 +289,10 @@ impl Rewriter {
                     });
                 }
                 // Aggregate and window function arguments are computed below the node.
-                pg_sys::NodeTag::T_Agg | pg_sys::NodeTag::T_WindowAgg if !(*plan).lefttree.is_null() => {
+                pg_sys::NodeTag::T_Agg | pg_sys::NodeTag::T_WindowAgg
+                    if !(*plan).lefttree.is_null()
+                        && (t == pg_sys::NodeTag::T_Agg || window_reads_every_row(plan)) =>
+                {
                     let role = if t == pg_sys::NodeTag::T_Agg { Role::Aggregate } else { Role::Window };
                     while let Some(batch) = self.lower(plan, outer, role) {
                         (*plan).lefttree = batch;
@@ -332,8 +335,9 @@ impl Rewriter {
                 | T_MergeJoin
                 | T_HashJoin
                 | T_Agg
-                | T_Group
-                | T_WindowAgg => true,
+                | T_Group => true,
+                // Its run condition refers to its target list by position.
+                T_WindowAgg => run_condition(plan).is_null(),
                 // A Result with no input returns one row: nothing to read ahead.
                 T_Result => !(*plan).lefttree.is_null(),
                 T_CustomScan => node::is_batch((plan as *mut pg_sys::CustomScan).cast()),
@@ -420,6 +424,12 @@ impl Rewriter {
                     quals[..at].iter().filter(|(ql, _)| *ql == l).map(|(_, q)| q.cast::<std::ffi::c_void>()),
                 );
             }
+            // A unique inner side means the join takes the first inner row that passes its
+            // join quals; with some of them moved above, that row may fail them there while
+            // a later one would have passed.
+            if quals[at..].iter().any(|(l, _)| lists[*l].1) {
+                (*(plan as *mut pg_sys::Join)).inner_unique = false;
+            }
             let ordinal = node::filter_ordinal(plan) + 1;
             let batch = finish(&mut self.next_id, plan, cut, above, demand, Role::Filter(ordinal));
             (*batch).qual = list_of(moved);
@@ -494,6 +504,11 @@ impl Rewriter {
                         (std::ptr::addr_of_mut!((*a).aggfilter), entries)
                     } else {
                         let w = a as *mut pg_sys::WindowFunc;
+                        // A window function proper (lag, first_value, ntile...) reads its
+                        // argument for the rows it picks, not for every row: row by row.
+                        if !(*w).winagg {
+                            continue;
+                        }
                         let list = (*w).args;
                         let entries = (0..if list.is_null() { 0 } else { (*list).length as usize })
                             .map(|i| std::ptr::addr_of_mut!((*(*list).elements.add(i)).ptr_value).cast())
@@ -592,6 +607,37 @@ unsafe fn scan_tlist(calls: &[*mut pg_sys::Expr]) -> *mut pg_sys::List {
             pg_sys::makeTargetEntry(*call, (i + 1) as i16, std::ptr::null_mut(), false).cast()
         }))
     }
+}
+
+/// Whether the aggregates of the WindowAgg `plan` evaluate their arguments for every input
+/// row, so computing them all ahead calls nothing row by row execution would not: each
+/// row's frame contains the row itself, and no run condition stops evaluating the window
+/// functions part way (PostgreSQL 15's pass-through mode).
+unsafe fn window_reads_every_row(plan: *mut pg_sys::Plan) -> bool {
+    // SAFETY: a valid WindowAgg node.
+    unsafe {
+        let w = plan as *mut pg_sys::WindowAgg;
+        let o = (*w).frameOptions as u32;
+        let starts_after =
+            pg_sys::FRAMEOPTION_START_UNBOUNDED_FOLLOWING | pg_sys::FRAMEOPTION_START_OFFSET_FOLLOWING;
+        let ends_before =
+            pg_sys::FRAMEOPTION_END_UNBOUNDED_PRECEDING | pg_sys::FRAMEOPTION_END_OFFSET_PRECEDING;
+        let excludes = pg_sys::FRAMEOPTION_EXCLUDE_CURRENT_ROW | pg_sys::FRAMEOPTION_EXCLUDE_GROUP;
+        o & (starts_after | ends_before | excludes) == 0 && run_condition(plan).is_null()
+    }
+}
+
+/// The run condition of the WindowAgg `plan` (PostgreSQL 15 on): a qual on its window
+/// functions' results after which it stops computing them.
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+unsafe fn run_condition(plan: *mut pg_sys::Plan) -> *mut pg_sys::List {
+    // SAFETY: a valid WindowAgg node.
+    unsafe { (*(plan as *mut pg_sys::WindowAgg)).runCondition }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+unsafe fn run_condition(_plan: *mut pg_sys::Plan) -> *mut pg_sys::List {
+    std::ptr::null_mut()
 }
 
 /// The Aggrefs and WindowFuncs in `expr` (not looking inside them: aggregates do not nest).
