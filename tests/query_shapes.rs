@@ -644,3 +644,31 @@ fn explain_shows_the_order_and_the_calls_of_each_filter() {
     assert_eq!(property(&plan, "Calls"), ["1", "4"], "{plan}");
     assert_eq!(sent(&s), (5, 0));
 }
+
+/// EXPLAIN stays truthful around the node: an InitPlan read by moved expressions is named
+/// (PostgreSQL 17 on names it `(InitPlan 1).col1`, found through the node that owns it), and
+/// PostgreSQL 18's "Disabled" marks only the node that is disabled, not the ones above ours.
+#[test]
+fn explain_names_initplans_and_disabled_nodes_rightly() {
+    let (mut c, s) = setup("qs_explain_params");
+    let major: i32 = one_text(&mut c, "SHOW server_version_num").unwrap().parse::<i32>().unwrap() / 10000;
+    let sql =
+        "SELECT id, body || (SELECT max(note) FROM r) FROM r WHERE ai_gen('chat', body) LIKE '%topic 3'";
+    same_both_ways(&mut c, &s, sql);
+    let plan = explain_with(&mut c, "VERBOSE, COSTS OFF", sql);
+    assert!(plan.contains("InitPlan"), "{plan}");
+    if major >= 17 {
+        assert!(!plan.contains("$0"), "an InitPlan's output shown as a bare parameter:\n{plan}");
+    }
+
+    c.batch_execute("CREATE TABLE r_noindex AS SELECT * FROM r; ANALYZE r_noindex; SET enable_seqscan = off")
+        .unwrap();
+    let plan = assert_batched(&mut c, "SELECT avg(ai_similarity('emb', body, 'good review')) FROM r_noindex");
+    assert!(plan.matches("Disabled: true").count() <= 1, "only the scan is disabled:\n{plan}");
+    if major >= 18 {
+        let lines: Vec<&str> = plan.lines().collect();
+        let at = lines.iter().position(|l| l.contains("Disabled: true")).expect("the scan is disabled");
+        assert!(lines[at - 1].contains("Seq Scan on r_noindex"), "{plan}");
+    }
+    c.batch_execute("RESET enable_seqscan").unwrap();
+}

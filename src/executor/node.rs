@@ -86,6 +86,7 @@ pub unsafe fn make_plan(
         plan.lefttree = child;
         plan.extParam = pg_sys::bms_copy((*child).extParam);
         plan.allParam = pg_sys::bms_copy((*child).allParam);
+        // disabled_nodes stays 0: see plan::recount_disabled.
         (*cs).scan.scanrelid = 0;
         (*cs).flags = 0;
         (*cs).custom_scan_tlist = scan_tlist;

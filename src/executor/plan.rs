@@ -230,6 +230,7 @@ impl Rewriter {
         }
         // SAFETY (whole function): a valid plan node of the tag it carries.
         unsafe {
+            let own_disabled = own_disabled(plan);
             let t = tag(plan.cast());
             let (outer, inner) = match t {
                 pg_sys::NodeTag::T_ModifyTable => (Demand::All, Demand::Unknown),
@@ -300,6 +301,7 @@ impl Rewriter {
                 }
                 _ => {}
             }
+            recount_disabled(plan, own_disabled);
             if demand == Demand::Untouchable || !self.projects(plan) {
                 return plan;
             }
@@ -595,7 +597,17 @@ unsafe fn finish(
             }));
         let id = *next_id;
         *next_id += 1;
-        node::make_plan(plan, list_of(above), scan_tlist(&cut.calls), demand, id, role)
+        let batch = node::make_plan(plan, list_of(above), scan_tlist(&cut.calls), demand, id, role);
+        // The expressions that moved up may read the parameters of an InitPlan attached to
+        // `plan`; EXPLAIN (PostgreSQL 17 on) names them only through the node that owns the
+        // InitPlan or one above it, so it moves up too. It still runs lazily, the first time
+        // a parameter is read, by whichever node reads it first; the node's allParam (copied
+        // from plan's) already holds its parameters, so rescans propagate as before.
+        if !(*plan).initPlan.is_null() {
+            (*batch).initPlan = (*plan).initPlan;
+            (*plan).initPlan = std::ptr::null_mut();
+        }
+        batch
     }
 }
 
@@ -608,6 +620,51 @@ unsafe fn scan_tlist(calls: &[*mut pg_sys::Expr]) -> *mut pg_sys::List {
         }))
     }
 }
+
+/// PostgreSQL 18 counts in each plan node's disabled_nodes the nodes of its subtree that the
+/// planner used although disabled (`enable_seqscan = off`...), and EXPLAIN marks a node
+/// "Disabled" when its count exceeds the sum of its children's, where a CustomScan's
+/// children are only its custom_plans. An AI Batch node's child is its outer plan, so the node
+/// must count 0 (else it is marked) and the nodes above must not count its subtree (else
+/// they are): `own_disabled` is what a node counts for itself, taken before its children
+/// change, and `recount_disabled` sums it again with its children as they are now.
+#[cfg(feature = "pg18")]
+unsafe fn own_disabled(plan: *mut pg_sys::Plan) -> i32 {
+    // SAFETY: a valid plan node.
+    unsafe { (*plan).disabled_nodes - children_disabled(plan) }
+}
+
+#[cfg(feature = "pg18")]
+unsafe fn recount_disabled(plan: *mut pg_sys::Plan, own: i32) {
+    // SAFETY: a valid plan node.
+    unsafe { (*plan).disabled_nodes = own + children_disabled(plan) }
+}
+
+/// The disabled nodes of `plan`'s children, as EXPLAIN (plan_is_disabled) sums them.
+#[cfg(feature = "pg18")]
+unsafe fn children_disabled(plan: *mut pg_sys::Plan) -> i32 {
+    use pg_sys::NodeTag::*;
+    // SAFETY: a valid plan node of the tag it carries; its child lists hold valid plans.
+    unsafe {
+        let count = |p: *mut pg_sys::Plan| if p.is_null() { 0 } else { (*p).disabled_nodes };
+        let sum = |list: *mut pg_sys::List| list_ptrs(list).into_iter().map(|p| count(p.cast())).sum::<i32>();
+        match tag(plan.cast()) {
+            T_Append => sum((*(plan as *mut pg_sys::Append)).appendplans),
+            T_MergeAppend => sum((*(plan as *mut pg_sys::MergeAppend)).mergeplans),
+            T_SubqueryScan => count((*(plan as *mut pg_sys::SubqueryScan)).subplan),
+            T_CustomScan => sum((*(plan as *mut pg_sys::CustomScan)).custom_plans),
+            _ => count((*plan).lefttree) + count((*plan).righttree),
+        }
+    }
+}
+
+#[cfg(not(feature = "pg18"))]
+unsafe fn own_disabled(_plan: *mut pg_sys::Plan) -> i32 {
+    0
+}
+
+#[cfg(not(feature = "pg18"))]
+unsafe fn recount_disabled(_plan: *mut pg_sys::Plan, _own: i32) {}
 
 /// Whether the aggregates of the WindowAgg `plan` evaluate their arguments for every input
 /// row, so computing them all ahead calls nothing row by row execution would not: each
