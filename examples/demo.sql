@@ -84,6 +84,19 @@ CALL ai_update('articles', 'headline', $$upper(ai_gen('chat', 'A headline for: '
 SELECT id, headline FROM articles WHERE headline IS NOT NULL ORDER BY id LIMIT 3;
 SELECT ord, response, error FROM ai_gen_batch('chat', ARRAY['first prompt', NULL, 'third prompt']);
 
+\echo '\n-- Any query is batched: AI filters after the cheap quals, aggregates, conditional calls'
+EXPLAIN (COSTS OFF)
+SELECT count(*) FROM articles
+ WHERE id % 10 = 0 AND ai_classify('chat', body, ARRAY['databases', 'cats', 'rust', 'cooking']) = 'rust';
+SELECT count(*) AS rust_in_every_tenth FROM articles
+ WHERE id % 10 = 0 AND ai_classify('chat', body, ARRAY['databases', 'cats', 'rust', 'cooking']) = 'rust';
+SELECT ai_classify('chat', body, ARRAY['databases', 'cats', 'rust', 'cooking']) AS topic, count(*) AS articles,
+       round(avg(ai_similarity('embedder', body, 'programming languages'))::numeric, 3) AS avg_similarity
+  FROM articles WHERE id <= 200 GROUP BY 1 ORDER BY 1;
+-- Only the rows without a headline are sent to the model
+SELECT id, COALESCE(headline, lower(ai_gen('chat', 'A headline for: ' || body))) AS headline
+  FROM articles WHERE id BETWEEN 1 AND 6 ORDER BY id;
+
 \echo '\n-- Errors say what went wrong, with their own SQLSTATE, and never show a key'
 \set ON_ERROR_STOP 0
 \set VERBOSITY verbose
