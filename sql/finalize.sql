@@ -96,6 +96,16 @@ GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
     ai_embed_column(regclass, name, name, text, int),
     ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
 
+-- Syncs (sql/sync.sql): every role may keep its own columns current; the functions check
+-- ownership and privileges themselves.
+GRANT SELECT ON ai_syncs, ai_sync_errors, ai_sync_queue TO PUBLIC;
+GRANT INSERT ON ai_sync_queue TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_sync_create(text, regclass, name, text, text, boolean),
+    ai_sync_chunks(text, regclass, text, name, text, int, int), ai_sync_pause(text), ai_sync_resume(text),
+    ai_sync_drop(text) TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE ai_sync_run(text) TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION bailian.sync_mark() FROM PUBLIC;
+
 -- pg_dump dumps the three catalog tables (pg_extension_config_dump), so whoever dumps the
 -- database must read them: its owner may (the keys in them are sealed). PostgreSQL 14 and
 -- later have pg_database_owner, which follows ALTER DATABASE ... OWNER TO.
@@ -104,6 +114,7 @@ BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'pg_database_owner') THEN
         GRANT USAGE ON SCHEMA bailian TO pg_database_owner;
         GRANT SELECT ON bailian.models, bailian.model_keys, bailian.prompts, bailian.default_models TO pg_database_owner;
+        GRANT SELECT ON bailian.syncs TO pg_database_owner;
     END IF;
 END
 $owner$;

@@ -17,6 +17,7 @@ mod log_filter;
 mod shared;
 mod spi;
 mod srf;
+mod sync;
 
 pgrx::pg_module_magic!();
 
@@ -26,6 +27,7 @@ extension_sql_file!("../sql/procedures.sql", name = "procedures", requires = ["f
 extension_sql_file!("../sql/operating.sql", name = "operating", requires = ["procedures"]);
 extension_sql_file!("../sql/seed_prices.sql", name = "seed_prices", requires = ["operating"]);
 extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["functions"]);
+extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["procedures"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
@@ -36,6 +38,7 @@ pub extern "C-unwind" fn _PG_init() {
     shared::install();
     log_filter::install();
     executor::install();
+    sync::register_launcher();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -10,7 +10,10 @@ use pgrx::PgTryBuilder;
 
 /// A non-atomic SPI connection for the running procedure; pgrx's `Spi::connect` opens nested
 /// (atomic) connections inside it as usual. Closed on drop, also when an error unwinds.
-pub struct NonAtomicSpi(());
+pub struct NonAtomicSpi {
+    /// False for a connection whose caller owns the transaction (`connect_atomic`).
+    commits: bool,
+}
 
 impl NonAtomicSpi {
     pub fn connect() -> Result<NonAtomicSpi, AiError> {
@@ -19,11 +22,25 @@ impl NonAtomicSpi {
         if rc != pg_sys::SPI_OK_CONNECT as i32 {
             return Err(AiError::Internal { message: format!("SPI_connect_ext failed ({rc})") });
         }
-        Ok(NonAtomicSpi(()))
+        Ok(NonAtomicSpi { commits: true })
+    }
+
+    /// A connection on which `commit` commits nothing: for a background worker, which has
+    /// no portal for SPI_commit to hand its snapshot to and commits when the work returns.
+    pub fn connect_atomic() -> Result<NonAtomicSpi, AiError> {
+        // SAFETY: as in connect.
+        let rc = unsafe { pg_sys::SPI_connect() };
+        if rc != pg_sys::SPI_OK_CONNECT as i32 {
+            return Err(AiError::Internal { message: format!("SPI_connect failed ({rc})") });
+        }
+        Ok(NonAtomicSpi { commits: false })
     }
 
     /// Commits the transaction; the connection stays open in the new one.
     pub fn commit(&self) {
+        if !self.commits {
+            return;
+        }
         // SAFETY: this connection is non-atomic and, nested connections being closed when
         // their closures return, it is the innermost one.
         unsafe { pg_sys::SPI_commit() };

@@ -3,7 +3,7 @@
 
 mod batch;
 pub(crate) mod calls;
-mod column;
+pub(crate) mod column;
 mod defaults;
 mod deploy;
 pub(crate) mod embed;
@@ -19,14 +19,14 @@ use pgrx::datum::FromDatum;
 use pgrx::pg_sys;
 
 /// Argument `n`, or None for SQL NULL.
-fn arg<T: FromDatum>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<T> {
+pub(crate) fn arg<T: FromDatum>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<T> {
     // SAFETY: fcinfo is the live call info of the running function, and each body reads only
     // the arguments its CREATE FUNCTION declares, with their declared types.
     unsafe { pgrx::fcinfo::pg_getarg::<T>(fcinfo, n) }
 }
 
 /// A `name` argument (a NameData, not a text), or None for NULL.
-fn name_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
+pub(crate) fn name_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
     let datum = arg::<pg_sys::Datum>(fcinfo, n)?;
     // SAFETY: the declared type of argument n is `name`: the datum points to a NameData, a
     // NUL-terminated array of NAMEDATALEN bytes.

@@ -43,6 +43,7 @@ pub fn scope() -> &'static str {
 }
 
 const SEGMENT: &std::ffi::CStr = c"pg_bailian shared state";
+const WAKE_SEGMENT: &std::ffi::CStr = c"pg_bailian sync wake-ups";
 
 static mut PREV_REQUEST: Option<unsafe extern "C-unwind" fn()> = None;
 static mut PREV_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
@@ -82,6 +83,7 @@ unsafe extern "C-unwind" fn request() {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(segment_size());
+        pg_sys::RequestAddinShmemSpace(crate::sync::wake::size() + 64);
     }
 }
 
@@ -103,6 +105,10 @@ unsafe extern "C-unwind" fn startup() {
         let region = Region::over(aligned, capacities(), found, true);
         let region: &'static Region = Box::leak(Box::new(region));
         SHARED.store((region as *const Region).cast_mut(), Ordering::Release);
+        let mut wake_found = false;
+        let wake = pg_sys::ShmemInitStruct(WAKE_SEGMENT.as_ptr(), crate::sync::wake::size() + 64, &mut wake_found)
+            .cast::<u8>();
+        crate::sync::wake::attach(wake.add(wake.align_offset(64)), wake_found);
         pg_sys::LWLockRelease(init_lock);
         if !found {
             persist::load(region);

@@ -49,7 +49,7 @@
 mod chunk;
 mod claims;
 mod progress;
-mod table;
+pub(crate) mod table;
 
 use super::generate::call_params;
 use super::{arg, name_arg};
@@ -65,10 +65,11 @@ use claims::{Claim, Claims};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid};
-use progress::{Key, Progress};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use table::{quote_ident, ClaimedFrom, Table, TargetKind};
+pub(crate) use progress::{Key, Progress};
+pub(crate) use table::quote_ident;
+use table::{ClaimedFrom, Table, TargetKind};
 
 sql_entry!(pg_finfo_pg_bailian_update, pg_bailian_update, update);
 sql_entry!(pg_finfo_pg_bailian_embed_column, pg_bailian_embed_column, embed_column);
@@ -108,6 +109,76 @@ struct Job {
     scope: String,
 }
 
+/// A sync's fill (`crate::sync::fill`): the job engine over the rows a run took from the
+/// sync's queue, as the current user. `atomic` when the caller (a background worker) owns the
+/// transaction: the job then never commits (a run is at most one batch) and the caller
+/// commits after it. Answers the job's progress, with every failed row and its reason.
+pub(crate) fn fill_queued(
+    relid: pg_sys::Oid,
+    target: &str,
+    expression: &str,
+    filter: Option<&str>,
+    queued: impl FnOnce(&Table) -> String,
+    atomic: bool,
+) -> Result<Progress, AiError> {
+    let procedure = "ai_sync";
+    let table = Table::open(procedure, relid, target)?;
+    let restriction = queued(&table);
+    let filter = match filter {
+        Some(f) => format!("({f}) AND {restriction}"),
+        None => restriction,
+    };
+    let scope = format!("{} IS NULL, queued by the sync", quote_ident(target));
+    let job = Job {
+        procedure,
+        table: table.with_filter(filter),
+        expression: expression.to_string(),
+        batch_size: 100_000,
+        scope,
+    };
+    run_job(job, atomic, true)
+}
+
+/// The SQL that queues a sync's unfilled rows (see `Table::enqueue_todo_sql`).
+pub(crate) fn enqueue_todo_sql(
+    relid: pg_sys::Oid,
+    target: &str,
+    filter: Option<&str>,
+    queue: &str,
+) -> Result<(String, Vec<String>), AiError> {
+    let table = Table::open("ai_sync", relid, target)?;
+    let keys = table.key_columns();
+    let table = match filter {
+        Some(f) => table.with_filter(f.to_string()),
+        None => table,
+    };
+    Ok((table.enqueue_todo_sql(queue), keys))
+}
+
+/// Opens `relid` as a job would (a table with a primary key, a writable target), checks the
+/// expression and filter parse as one value per row, and answers the columns they read
+/// (`None`: the whole row) and the key columns.
+pub(crate) fn analyze_for_sync(
+    procedure: &str,
+    relid: pg_sys::Oid,
+    target: &str,
+    expression: &str,
+    filter: Option<&str>,
+) -> Result<(Option<Vec<String>>, Vec<String>), AiError> {
+    let table = Table::open(procedure, relid, target)?;
+    let keys = table.key_columns();
+    let table = match filter {
+        Some(f) => table.with_filter(f.to_string()),
+        None => table,
+    };
+    table.check_privileges(procedure)?;
+    // The analysis prepares through SPI, as the job does inside its connection.
+    let connection = NonAtomicSpi::connect_atomic()?;
+    let analysis = chunk::analyze(procedure, &table, expression)?;
+    drop(connection);
+    Ok(((!analysis.whole_row).then_some(analysis.checked), keys))
+}
+
 fn batch_size(procedure: &str, given: Option<i32>) -> Result<usize, AiError> {
     match given {
         Some(n @ 1..=100_000) => Ok(n as usize),
@@ -142,7 +213,7 @@ fn own_schema(fcinfo: pg_sys::FunctionCallInfo) -> Result<String, AiError> {
 
 /// A SQL string literal of `text`, as `quote_literal` makes it: an escape string when it
 /// holds a backslash, so it reads the same whatever `standard_conforming_strings` says.
-fn literal(text: &str) -> String {
+pub(crate) fn literal(text: &str) -> String {
     let quoted = text.replace('\'', "''");
     if quoted.contains('\\') {
         format!("E'{}'", quoted.replace('\\', "\\\\"))
@@ -324,11 +395,15 @@ struct Value {
 }
 
 fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
+    run_job(job, false, false).map(|_| None)
+}
+
+fn run_job(job: Job, atomic: bool, keep_failures: bool) -> Result<Progress, AiError> {
     let procedure = job.procedure;
     let table = &job.table;
     table.check_privileges(procedure)?;
 
-    let connection = NonAtomicSpi::connect()?;
+    let connection = if atomic { NonAtomicSpi::connect_atomic()? } else { NonAtomicSpi::connect()? };
     transaction_settings()?;
     // Shown as a job before anything makes an account for the CALL (ai_embed_column's
     // checks may, before the rows are counted, which can take long): else ai_activity would
@@ -363,7 +438,13 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
             deferred: VecDeque::new(),
         },
         claims: Claims::new(table.oid, table.target_attnum),
-        progress: Progress::new(procedure, table.key_names.clone(), table.target.clone(), total),
+        progress: {
+            let mut p = Progress::new(procedure, table.key_names.clone(), table.target.clone(), total);
+            if keep_failures {
+                p.failures = Some(Vec::new());
+            }
+            p
+        },
         writer,
         since_commit: 0,
         stop: None,
@@ -424,10 +505,11 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
         state.recheck_locked()
     })?;
     state.progress.finish();
+    let progress = std::mem::replace(&mut state.progress, Progress::new(procedure, String::new(), String::new(), 0));
     drop(state);
     drop(plan);
     drop(connection);
-    Ok(None)
+    Ok(progress)
 }
 
 /// How many rows the next chunk takes, given the rows one round of requests carried last

@@ -24,6 +24,9 @@ pub struct Progress {
     /// Rows another transaction held locked; their keys (up to LOCKED_KEYS_KEPT).
     pub locked: Vec<Key>,
     locked_beyond: i64,
+    /// Every failed row with its reason, kept when a sync asked (`keep_failures`): a sync's
+    /// fill takes at most a run's rows (`sync::fill::RUN_ROWS`), so this stays small.
+    pub failures: Option<Vec<(Key, String)>>,
     reported: usize,
     started: Instant,
 }
@@ -45,6 +48,7 @@ impl Progress {
             other_session: 0,
             locked: Vec::new(),
             locked_beyond: 0,
+            failures: None,
             reported: 0,
             started: Instant::now(),
         }
@@ -60,6 +64,9 @@ impl Progress {
 
     pub fn failure(&mut self, key: &Key, reason: &str) {
         self.failed += 1;
+        if let Some(kept) = self.failures.as_mut() {
+            kept.push((key.clone(), reason.to_string()));
+        }
         if self.reported < REPORTED_PER_COMMIT {
             self.reported += 1;
             pgrx::warning!(

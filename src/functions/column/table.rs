@@ -87,7 +87,7 @@ pub fn quote_ident(name: &str) -> String {
 ///
 /// # Safety
 /// `p` must be NULL or a valid NUL-terminated string.
-pub(super) unsafe fn owned(p: *const std::ffi::c_char) -> Option<String> {
+pub(crate) unsafe fn owned(p: *const std::ffi::c_char) -> Option<String> {
     // SAFETY: per the function's contract.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
@@ -373,6 +373,48 @@ impl Table {
         )
     }
 
+    /// A filter that keeps the rows whose keys a sync's fill took from `queue` (run `run`):
+    /// the key columns compared with the queued text cast back to their types, so the key's
+    /// index finds them.
+    pub fn queued_sql(&self, queue: &str, sync: &str, relid: pg_sys::Oid, run: i64) -> String {
+        let columns: Vec<String> = self.keys.iter().map(|k| quote_ident(&k.name)).collect();
+        let values: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("CAST(q.key[{}] AS {})", i + 1, k.type_sql))
+            .collect();
+        format!(
+            "({}) IN (SELECT {} FROM {queue} q WHERE q.sync_name OPERATOR(pg_catalog.=) {} \
+               AND q.relid OPERATOR(pg_catalog.=) {}::pg_catalog.oid AND q.run OPERATOR(pg_catalog.=) {run}::pg_catalog.int8)",
+            columns.join(", "),
+            values.join(", "),
+            super::literal(sync),
+            relid.to_u32(),
+        )
+    }
+
+    /// Queues (for sync `$1`) every row whose target is NULL and whose filter holds: a new
+    /// sync's rows, or a restored one's. Keys as text, as the sync's trigger queues them.
+    pub fn enqueue_todo_sql(&self, queue: &str) -> String {
+        let keys: Vec<String> =
+            self.keys.iter().map(|k| format!("{}::pg_catalog.text", quote_ident(&k.name))).collect();
+        format!(
+            "INSERT INTO {queue} (sync_name, relid, key, queued_at, changed_at) \
+             SELECT $1, {}::pg_catalog.oid, ARRAY[{}], pg_catalog.now(), pg_catalog.now() FROM {} WHERE {} \
+             ON CONFLICT DO NOTHING",
+            self.oid.to_u32(),
+            keys.join(", "),
+            self.name_sql,
+            self.todo_condition()
+        )
+    }
+
+    /// The key columns' names, in key order.
+    pub fn key_columns(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.name.clone()).collect()
+    }
+
     /// Whether the row with key `$1` is still to fill (no lock taken).
     pub fn still_todo_sql(&self) -> String {
         format!("SELECT 1 FROM {} WHERE {} AND {}", self.name_sql, self.key_equals(1), self.todo_condition())
@@ -450,6 +492,12 @@ fn inputs_sql(checked: &[String]) -> String {
 }
 
 /// The primary key's key columns (not its INCLUDE columns), with their types and operators.
+/// The primary key of `relid` as (column, type with typmod) pairs, in key order: what a
+/// table of chunks keyed like it declares.
+pub fn key_definitions(procedure: &str, relid: pg_sys::Oid, shown: &str) -> Result<Vec<(String, String)>, AiError> {
+    Ok(primary_key(procedure, relid, shown)?.into_iter().map(|k| (k.name, k.type_sql)).collect())
+}
+
 fn primary_key(procedure: &str, relid: pg_sys::Oid, shown: &str) -> Result<Vec<KeyColumn>, AiError> {
     let index = Spi::connect(|c| {
         let rows = c

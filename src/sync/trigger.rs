@@ -1,0 +1,97 @@
+//! `bailian.sync_mark()`, the BEFORE ROW trigger of a column sync on INSERT and on UPDATE of
+//! the columns its expression reads. Its arguments: the sync's name, the target column, then
+//! the primary key's columns in order. It returns the row with the target NULL and queues the
+//! row's key (the key columns' text, as their output functions write it).
+//!
+//! The key is queued as the catalog owner, so writers need no rights on the queue; the entry
+//! names the trigger's own table, so a trigger some role puts on its own table under another
+//! sync's name queues nothing that sync fills (the fill takes entries of its own table only).
+
+use crate::entry::sql_entry;
+use bailian_core::AiError;
+use pgrx::prelude::*;
+use pgrx::pg_sys;
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+sql_entry!(pg_finfo_pg_bailian_sync_mark, pg_bailian_sync_mark, sync_mark);
+
+thread_local! {
+    /// The queue's INSERT, built once per backend (the extension's schema cannot change:
+    /// it is not relocatable).
+    static ENQUEUE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn enqueue_sql() -> Result<String, AiError> {
+    if let Some(sql) = ENQUEUE.with(|e| e.borrow().clone()) {
+        return Ok(sql);
+    }
+    let sql = format!(
+        "INSERT INTO {} AS q (sync_name, relid, key, queued_at, changed_at) \
+         VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()) \
+         ON CONFLICT (sync_name, relid, key) DO UPDATE SET changed_at = EXCLUDED.changed_at, run = NULL",
+        super::queue_table()?
+    );
+    ENQUEUE.with(|e| *e.borrow_mut() = Some(sql.clone()));
+    Ok(sql)
+}
+
+fn not_a_trigger() -> AiError {
+    AiError::invalid("bailian.sync_mark() must be a BEFORE ROW trigger on INSERT or UPDATE, as ai_sync_create makes it")
+}
+
+fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    // SAFETY: fcinfo is live; its context, when a TriggerData, is the trigger manager's, valid
+    // for this call, with the relation open and the tuples pinned; the strings are its own.
+    unsafe {
+        let ctx = (*fcinfo).context;
+        if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_TriggerData {
+            return Err(not_a_trigger());
+        }
+        let td = ctx as *mut pg_sys::TriggerData;
+        let event = (*td).tg_event;
+        let row = event & pg_sys::TRIGGER_EVENT_ROW != 0;
+        let before = event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE;
+        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        if !row || !before || (op != pg_sys::TRIGGER_EVENT_INSERT && op != pg_sys::TRIGGER_EVENT_UPDATE) {
+            return Err(not_a_trigger());
+        }
+        let trigger = (*td).tg_trigger;
+        let nargs = (*trigger).tgnargs as usize;
+        if nargs < 3 {
+            return Err(not_a_trigger());
+        }
+        let args: Vec<String> = (0..nargs)
+            .map(|i| CStr::from_ptr(*(*trigger).tgargs.add(i)).to_string_lossy().into_owned())
+            .collect();
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let tuple = if op == pg_sys::TRIGGER_EVENT_UPDATE { (*td).tg_newtuple } else { (*td).tg_trigtuple };
+        let attnum = |name: &str| -> Result<i32, AiError> {
+            let c = std::ffi::CString::new(name).map_err(|_| not_a_trigger())?;
+            let n = pg_sys::SPI_fnumber(desc, c.as_ptr());
+            if n <= 0 {
+                return Err(AiError::UndefinedColumn {
+                    message: format!("sync \"{}\": column \"{name}\" is not in the table", args[0]),
+                });
+            }
+            Ok(n)
+        };
+        let mut target = attnum(&args[1])?;
+        let mut value = pg_sys::Datum::from(0);
+        let mut null = true;
+        let new = pg_sys::heap_modify_tuple_by_cols(tuple, desc, 1, &mut target, &mut value, &mut null);
+        let mut key = Vec::with_capacity(nargs - 2);
+        for name in &args[2..] {
+            let p = pg_sys::SPI_getvalue(new, desc, attnum(name)?);
+            key.push(if p.is_null() { None } else { Some(CStr::from_ptr(p).to_string_lossy().into_owned()) });
+        }
+        let relid = (*rel).rd_id;
+        let sql = enqueue_sql()?;
+        crate::catalog::as_catalog_owner(|| {
+            Spi::connect_mut(|c| c.update(&sql, None, &[args[0].as_str().into(), relid.into(), key.into()]).map(drop))
+        })
+        .map_err(super::spi)?;
+        Ok(Some(pg_sys::Datum::from(new)))
+    }
+}
