@@ -106,8 +106,9 @@ unsafe extern "C-unwind" fn startup() {
         let region: &'static Region = Box::leak(Box::new(region));
         SHARED.store((region as *const Region).cast_mut(), Ordering::Release);
         let mut wake_found = false;
-        let wake = pg_sys::ShmemInitStruct(WAKE_SEGMENT.as_ptr(), crate::sync::wake::size() + 64, &mut wake_found)
-            .cast::<u8>();
+        let wake =
+            pg_sys::ShmemInitStruct(WAKE_SEGMENT.as_ptr(), crate::sync::wake::size() + 64, &mut wake_found)
+                .cast::<u8>();
         crate::sync::wake::attach(wake.add(wake.align_offset(64)), wake_found);
         pg_sys::LWLockRelease(init_lock);
         if !found {

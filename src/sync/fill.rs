@@ -8,8 +8,8 @@ use super::{as_owner, save_state, spi, Def, RUN_ROWS};
 use crate::catalog::as_catalog_owner;
 use crate::functions::column::{self, Key, Progress};
 use bailian_core::AiError;
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 /// Why a sync is not filled now, or None when it may be.
 pub fn blocked(def: &Def) -> Option<(String, String)> {
@@ -19,7 +19,10 @@ pub fn blocked(def: &Def) -> Option<(String, String)> {
         return Some(("42P01".into(), format!("the table of sync \"{}\" was dropped", def.name)));
     }
     if def.owner_oid.is_none() {
-        return Some(("42704".into(), format!("role \"{}\", which owns sync \"{}\", no longer exists", def.owner, def.name)));
+        return Some((
+            "42704".into(),
+            format!("role \"{}\", which owns sync \"{}\", no longer exists", def.owner, def.name),
+        ));
     }
     None
 }
@@ -45,7 +48,11 @@ pub fn mark(def: &Def) -> Result<(i64, i64), AiError> {
     as_catalog_owner(|| {
         Spi::connect_mut(|c| {
             let run = c
-                .update("SELECT (pg_catalog.random() * 9e15)::pg_catalog.int8 OPERATOR(pg_catalog.+) 1", None, &[])?
+                .update(
+                    "SELECT (pg_catalog.random() * 9e15)::pg_catalog.int8 OPERATOR(pg_catalog.+) 1",
+                    None,
+                    &[],
+                )?
                 .first()
                 .get_one::<i64>()?
                 .unwrap_or(1);
@@ -187,8 +194,14 @@ pub fn record(def: &Def, run: i64, outcome: Result<Progress, (String, String)>) 
     })?;
     let failed = permanent.len() as i64;
     let (state, error, retry) = match (&last_transient, progress.filled) {
-        (Some(_), 0) => ("failing", last_transient.clone(), Some((super::backoff_of(&def.name) * 2.0).clamp(1.0, 60.0))),
-        _ => ("running", last_transient.clone().or_else(|| permanent.last().map(|(_, c, m)| (c.clone(), m.clone()))), None),
+        (Some(_), 0) => {
+            ("failing", last_transient.clone(), Some((super::backoff_of(&def.name) * 2.0).clamp(1.0, 60.0)))
+        }
+        _ => (
+            "running",
+            last_transient.clone().or_else(|| permanent.last().map(|(_, c, m)| (c.clone(), m.clone()))),
+            None,
+        ),
     };
     save_state(
         &def.name,

@@ -102,7 +102,9 @@ fn create_column_sync(
     };
     if read.is_empty() {
         return Err(AiError::invalid_with_hint(
-            format!("{procedure}: the expression reads no column of the table, so no change could make it stale"),
+            format!(
+                "{procedure}: the expression reads no column of the table, so no change could make it stale"
+            ),
             "A sync keeps a column equal to a value computed from its row: use ai_update for a constant.",
         ));
     }
@@ -118,12 +120,17 @@ fn create_column_sync(
     let search_path = super::current_search_path();
     let (owner_oid, owner) = crate::catalog::current_user();
     let _ = owner_oid;
-    let args: Vec<String> =
-        std::iter::once(name).chain(std::iter::once(target)).chain(keys.iter().map(String::as_str)).map(literal).collect();
+    let args: Vec<String> = std::iter::once(name)
+        .chain(std::iter::once(target))
+        .chain(keys.iter().map(String::as_str))
+        .map(literal)
+        .collect();
     let args = args.join(", ");
     let changed: Vec<String> = read
         .iter()
-        .map(|c| format!("OLD.{c}::pg_catalog.text IS DISTINCT FROM NEW.{c}::pg_catalog.text", c = quote_ident(c)))
+        .map(|c| {
+            format!("OLD.{c}::pg_catalog.text IS DISTINCT FROM NEW.{c}::pg_catalog.text", c = quote_ident(c))
+        })
         .collect();
     let columns: Vec<String> = read.iter().map(|c| quote_ident(c)).collect();
     let queue = super::queue_table()?;
@@ -179,8 +186,8 @@ fn create_column_sync(
         run_sql(&format!("UPDATE {table} SET {target_sql} = NULL WHERE {target_sql} IS NOT NULL{only}"))?;
     }
     let (enqueue, _) = column::enqueue_todo_sql(relid, target, filter, &queue)?;
-    let queued =
-        Spi::connect_mut(|c| c.update(&enqueue, None, &[name.into()]).map(|t| t.len() as i64)).map_err(spi)?;
+    let queued = Spi::connect_mut(|c| c.update(&enqueue, None, &[name.into()]).map(|t| t.len() as i64))
+        .map_err(spi)?;
     super::save_state(name, relid, "running", 0, 0, None, None)?;
     announce(procedure, name);
     Ok(queued)
@@ -208,13 +215,16 @@ fn sync_create(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
         (text_arg(fcinfo, 0), arg::<pg_sys::Oid>(fcinfo, 1), name_arg(fcinfo, 2), text_arg(fcinfo, 3));
     let (Some(name), Some(table), Some(target), Some(expression)) = (name, table, target, expression) else {
         return Err(AiError::NullArgument {
-            message: format!("{procedure}: sync_name, table_name, target_column and expression must not be NULL"),
+            message: format!(
+                "{procedure}: sync_name, table_name, target_column and expression must not be NULL"
+            ),
         });
     };
     let filter = text_arg(fcinfo, 4).filter(|f| !f.trim().is_empty());
     let refill = arg::<bool>(fcinfo, 5).unwrap_or(false);
     check_name(procedure, &name)?;
-    let queued = create_column_sync(procedure, &name, table, &target, &expression, filter.as_deref(), refill, None)?;
+    let queued =
+        create_column_sync(procedure, &name, table, &target, &expression, filter.as_deref(), refill, None)?;
     Ok(queued.into_datum())
 }
 
@@ -223,7 +233,8 @@ fn embedding_type(procedure: &str, embedding: &str) -> Result<String, AiError> {
     let sql = format!("SELECT pg_catalog.pg_typeof(({embedding}))::pg_catalog.text FROM (SELECT NULL::pg_catalog.text AS chunk) AS c WHERE false");
     // A prepared plan gives the expression's type with its typmod (pg_typeof alone drops it).
     let probe = format!("SELECT ({embedding}) FROM (SELECT NULL::pg_catalog.text AS chunk) AS c");
-    let cs = std::ffi::CString::new(probe).map_err(|_| AiError::invalid(format!("{procedure}: embedding holds a NUL")))?;
+    let cs = std::ffi::CString::new(probe)
+        .map_err(|_| AiError::invalid(format!("{procedure}: embedding holds a NUL")))?;
     run_sql(&sql)?;
     // SAFETY: SPI is connected for the prepare and the plan freed after; the plan source's
     // result descriptor is read while the plan lives.
@@ -245,7 +256,9 @@ fn embedding_type(procedure: &str, embedding: &str) -> Result<String, AiError> {
             pg_sys::SPI_freeplan(plan);
         }
         pg_sys::SPI_finish();
-        out.ok_or_else(|| AiError::invalid(format!("{procedure}: embedding must be one expression over the column chunk")))
+        out.ok_or_else(|| {
+            AiError::invalid(format!("{procedure}: embedding must be one expression over the column chunk"))
+        })
     }
 }
 
@@ -263,7 +276,9 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
         (name, source, content, destination, embedding)
     else {
         return Err(AiError::NullArgument {
-            message: format!("{procedure}: sync_name, source, content, destination and embedding must not be NULL"),
+            message: format!(
+                "{procedure}: sync_name, source, content, destination and embedding must not be NULL"
+            ),
         });
     };
     let chunk_size = arg::<i32>(fcinfo, 5).unwrap_or(512);
@@ -287,12 +302,15 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     // ai_chunk's own checks of chunk_size and overlap, before anything is made.
     run_sql(&format!("SELECT {ext}.ai_chunk('check', {chunk_size}, {overlap})"))?;
     // SAFETY: a plain read of the relation's name.
-    let alias = quote_ident(&unsafe { column::table::owned(pg_sys::get_rel_name(source)) }.unwrap_or_default());
+    let alias =
+        quote_ident(&unsafe { column::table::owned(pg_sys::get_rel_name(source)) }.unwrap_or_default());
     run_sql(&format!("SELECT ({content})::pg_catalog.text FROM {source_sql} AS {alias} LIMIT 0"))?;
     let vector = embedding_type(procedure, &embedding)?;
     let dest = format!("{}.{}", quote_ident(&schema), quote_ident(&destination));
     let exists = Spi::connect(|c| {
-        c.select("SELECT pg_catalog.to_regclass($1) IS NOT NULL", Some(1), &[dest.as_str().into()])?.first().get_one::<bool>()
+        c.select("SELECT pg_catalog.to_regclass($1) IS NOT NULL", Some(1), &[dest.as_str().into()])?
+            .first()
+            .get_one::<bool>()
     })
     .map_err(spi)?
     .unwrap_or(false);
@@ -301,7 +319,8 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     }
     let key_cols: Vec<String> = keys.iter().map(|(n, _)| quote_ident(n)).collect();
     let key_list = key_cols.join(", ");
-    let key_defs: Vec<String> = keys.iter().map(|(n, t)| format!("{} {t} NOT NULL", quote_ident(n))).collect();
+    let key_defs: Vec<String> =
+        keys.iter().map(|(n, t)| format!("{} {t} NOT NULL", quote_ident(n))).collect();
     let new_keys: Vec<String> = key_cols.iter().map(|k| format!("NEW.{k}")).collect();
     let new_keys = new_keys.join(", ");
     run_sql(&format!(
@@ -338,7 +357,9 @@ $pg_bailian$",
     run_sql(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"))?;
     run_sql(&format!(
         "COMMENT ON FUNCTION {function}() IS {}",
-        literal(&format!("pg_bailian: cuts the content of {source_sql} into {dest} for sync {name} (ai_sync_chunks)"))
+        literal(&format!(
+            "pg_bailian: cuts the content of {source_sql} into {dest} for sync {name} (ai_sync_chunks)"
+        ))
     ))?;
     as_catalog_owner(|| {
         run_sql(&format!(
@@ -519,7 +540,9 @@ fn sync_run(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
     let procedure = "ai_sync_run";
     if !may_commit(fcinfo) {
         return Err(AiError::TransactionControl {
-            message: format!("{procedure} commits after every run, so it cannot run inside a transaction block"),
+            message: format!(
+                "{procedure} commits after every run, so it cannot run inside a transaction block"
+            ),
             hint: format!("Run CALL {procedure}(...) on its own."),
         });
     }

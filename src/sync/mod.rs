@@ -37,8 +37,8 @@ mod worker;
 
 use crate::catalog::as_catalog_owner;
 use bailian_core::AiError;
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 pub use worker::register_launcher;
 
@@ -85,7 +85,6 @@ pub struct Def {
     /// None when the role no longer exists.
     pub owner_oid: Option<pg_sys::Oid>,
     pub search_path: String,
-    pub paused: bool,
     /// The relid the sync's rows were last queued for (None: never, e.g. restored).
     pub scanned_relid: Option<pg_sys::Oid>,
     pub state: Option<String>,
@@ -121,7 +120,6 @@ pub fn load(name: &str) -> Result<Option<Def>, AiError> {
                 owner: r.get::<String>(6)?.unwrap_or_default(),
                 owner_oid: r.get::<pg_sys::Oid>(7)?,
                 search_path: r.get::<String>(8)?.unwrap_or_default(),
-                paused: r.get::<bool>(9)?.unwrap_or(false),
                 scanned_relid: r.get::<pg_sys::Oid>(10)?,
                 state: r.get::<String>(11)?,
                 source: r.get::<pg_sys::Oid>(12)?,
@@ -184,7 +182,9 @@ fn as_owner<T>(owner: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> T) -> 
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
             owner,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
     }
     let _restore = Restore(saved_user, saved_context, Some(saved_path));

@@ -9,8 +9,8 @@
 
 use crate::entry::sql_entry;
 use bailian_core::AiError;
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::ffi::CStr;
 
@@ -37,7 +37,9 @@ fn enqueue_sql() -> Result<String, AiError> {
 }
 
 fn not_a_trigger() -> AiError {
-    AiError::invalid("bailian.sync_mark() must be a BEFORE ROW trigger on INSERT or UPDATE, as ai_sync_create makes it")
+    AiError::invalid(
+        "bailian.sync_mark() must be a BEFORE ROW trigger on INSERT or UPDATE, as ai_sync_create makes it",
+    )
 }
 
 fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
@@ -67,29 +69,36 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
         let rel = (*td).tg_relation;
         let desc = (*rel).rd_att;
         let tuple = if op == pg_sys::TRIGGER_EVENT_UPDATE { (*td).tg_newtuple } else { (*td).tg_trigtuple };
-        let attnum = |name: &str| -> Result<i32, AiError> {
-            let c = std::ffi::CString::new(name).map_err(|_| not_a_trigger())?;
+        let attnum = |name: &str| -> Option<i32> {
+            let c = std::ffi::CString::new(name).ok()?;
             let n = pg_sys::SPI_fnumber(desc, c.as_ptr());
-            if n <= 0 {
-                return Err(AiError::UndefinedColumn {
-                    message: format!("sync \"{}\": column \"{name}\" is not in the table", args[0]),
-                });
-            }
-            Ok(n)
+            (n > 0).then_some(n)
         };
-        let mut target = attnum(&args[1])?;
-        let mut value = pg_sys::Datum::from(0);
-        let mut null = true;
-        let new = pg_sys::heap_modify_tuple_by_cols(tuple, desc, 1, &mut target, &mut value, &mut null);
+        // A column of the sync dropped or renamed since: writes to the table go on as if it
+        // had no trigger, but for the key, queued while there is one, so that the worker
+        // finds the sync broken and stops it with the reason (ai_syncs).
+        let Some(key_columns) = args[2..].iter().map(|n| attnum(n)).collect::<Option<Vec<i32>>>() else {
+            return Ok(Some(pg_sys::Datum::from(tuple)));
+        };
+        let new = match attnum(&args[1]) {
+            Some(mut target) => {
+                let mut value = pg_sys::Datum::from(0);
+                let mut null = true;
+                pg_sys::heap_modify_tuple_by_cols(tuple, desc, 1, &mut target, &mut value, &mut null)
+            }
+            None => tuple,
+        };
         let mut key = Vec::with_capacity(nargs - 2);
-        for name in &args[2..] {
-            let p = pg_sys::SPI_getvalue(new, desc, attnum(name)?);
+        for column in key_columns {
+            let p = pg_sys::SPI_getvalue(new, desc, column);
             key.push(if p.is_null() { None } else { Some(CStr::from_ptr(p).to_string_lossy().into_owned()) });
         }
         let relid = (*rel).rd_id;
         let sql = enqueue_sql()?;
         crate::catalog::as_catalog_owner(|| {
-            Spi::connect_mut(|c| c.update(&sql, None, &[args[0].as_str().into(), relid.into(), key.into()]).map(drop))
+            Spi::connect_mut(|c| {
+                c.update(&sql, None, &[args[0].as_str().into(), relid.into(), key.into()]).map(drop)
+            })
         })
         .map_err(super::spi)?;
         Ok(Some(pg_sys::Datum::from(new)))

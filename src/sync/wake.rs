@@ -16,6 +16,9 @@ struct Database {
     wanted: AtomicBool,
     /// The worker's latch (a pointer into shared memory), 0 when none runs.
     latch: AtomicUsize,
+    /// Set while the database has syncs to fill: a worker that ends without clearing it (it
+    /// failed) is started again by the launcher.
+    active: AtomicBool,
 }
 
 #[repr(C)]
@@ -70,9 +73,7 @@ fn slot(area: &Area, db: u32, claim: bool) -> Option<&Database> {
     if !claim {
         return None;
     }
-    area.databases
-        .iter()
-        .find(|d| d.oid.compare_exchange(0, db, Ordering::AcqRel, Ordering::Acquire).is_ok())
+    area.databases.iter().find(|d| d.oid.compare_exchange(0, db, Ordering::AcqRel, Ordering::Acquire).is_ok())
 }
 
 /// A sync of database `db` has work or changed: its worker (or the launcher, to start one)
@@ -89,12 +90,18 @@ pub fn want(db: pg_sys::Oid) {
 /// The databases whose syncs asked for a worker since the last call.
 pub fn take_wanted() -> Vec<pg_sys::Oid> {
     let Some(area) = area() else { return Vec::new() };
-    area.databases
-        .iter()
-        .filter(|d| d.wanted.swap(false, Ordering::AcqRel))
-        .map(|d| pg_sys::Oid::from(d.oid.load(Ordering::Acquire)))
-        .filter(|o| *o != pg_sys::Oid::INVALID)
-        .collect()
+    let mut out = Vec::new();
+    for d in area.databases.iter().filter(|d| d.wanted.swap(false, Ordering::AcqRel)) {
+        let oid = d.oid.load(Ordering::Acquire);
+        if oid != 0 {
+            out.push(pg_sys::Oid::from(oid));
+        }
+        // A slot with no worker is given back once taken: databases come and go.
+        if d.latch.load(Ordering::Acquire) == 0 && !d.active.load(Ordering::Acquire) {
+            let _ = d.oid.compare_exchange(oid, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+    out
 }
 
 /// The launcher publishes its latch.
@@ -112,12 +119,37 @@ pub fn register_worker(db: pg_sys::Oid, running: bool) {
         // SAFETY: as in register_launcher.
         let latch = if running { (unsafe { pg_sys::MyLatch }) as usize } else { 0 };
         d.latch.store(latch, Ordering::Release);
+        if !running {
+            d.active.store(false, Ordering::Release);
+        }
+        if !running && !d.wanted.load(Ordering::Acquire) && !d.active.load(Ordering::Acquire) {
+            let _ = d.oid.compare_exchange(db.to_u32(), 0, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 }
 
 thread_local! {
     static AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A worker says its database has syncs (so that it is started again if it fails).
+pub fn set_active(db: pg_sys::Oid) {
+    let Some(area) = area() else { return };
+    if let Some(d) = slot(area, db.to_u32(), true) {
+        d.active.store(true, Ordering::Release);
+    }
+}
+
+/// Databases whose syncs a worker was filling.
+pub fn active() -> Vec<pg_sys::Oid> {
+    let Some(area) = area() else { return Vec::new() };
+    area.databases
+        .iter()
+        .filter(|d| d.active.load(Ordering::Acquire))
+        .map(|d| pg_sys::Oid::from(d.oid.load(Ordering::Acquire)))
+        .filter(|o| *o != pg_sys::Oid::INVALID)
+        .collect()
 }
 
 /// `want` this database once the current transaction commits (not before: a worker started

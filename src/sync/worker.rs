@@ -30,6 +30,8 @@ const PROBE: Duration = Duration::from_secs(60);
 /// holds one of `max_worker_processes`; a new sync wakes the launcher once it is committed.
 const IDLE_EXIT: Duration = Duration::from_secs(0);
 const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Workers the launcher starts at most per second.
+const STARTS_PER_TICK: usize = 4;
 
 /// From `_PG_init` at preload: registers the launcher.
 pub fn register_launcher() {
@@ -98,6 +100,9 @@ pub extern "C-unwind" fn pg_bailian_sync_launcher(_arg: pg_sys::Datum) {
     super::wake::register_launcher();
     let mut running: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
     let mut started: HashMap<u32, Instant> = HashMap::new();
+    // Databases to look at, started a few a tick: a probe of a database without syncs ends at
+    // once, and a cluster of many databases must not take every worker slot at the same time.
+    let mut pending: Vec<pg_sys::Oid> = Vec::new();
     let mut probed: Option<Instant> = None;
     loop {
         if BackgroundWorker::sighup_received() {
@@ -107,21 +112,51 @@ pub extern "C-unwind" fn pg_bailian_sync_launcher(_arg: pg_sys::Datum) {
         running.retain(|_, w| {
             matches!(w.pid(), Ok(_) | Err(pgrx::bgworkers::BackgroundWorkerStatus::NotYetStarted))
         });
-        let mut candidates = super::wake::take_wanted();
+        // Wanted databases first: a sync just made or resumed waits for nothing else; then
+        // those whose worker failed.
+        for db in super::wake::active() {
+            if !running.contains_key(&db.to_u32()) && !pending.contains(&db) {
+                pending.insert(0, db);
+            }
+        }
+        for db in super::wake::take_wanted().into_iter().rev() {
+            pending.retain(|d| *d != db);
+            pending.insert(0, db);
+        }
         if probed.is_none_or(|p| p.elapsed() >= PROBE) {
             probed = Some(Instant::now());
-            candidates.extend(databases());
+            for db in databases() {
+                if !pending.contains(&db) {
+                    pending.push(db);
+                }
+            }
         }
-        for db in candidates {
+        let mut starts = 0;
+        let mut left = Vec::new();
+        for db in std::mem::take(&mut pending) {
             let key = db.to_u32();
-            if running.contains_key(&key) || started.get(&key).is_some_and(|t| t.elapsed() < RESTART_DELAY) {
+            if running.contains_key(&key) {
+                continue;
+            }
+            if starts >= STARTS_PER_TICK || started.get(&key).is_some_and(|t| t.elapsed() < RESTART_DELAY) {
+                left.push(db);
                 continue;
             }
             started.insert(key, Instant::now());
-            if let Some(w) = start_worker(db) {
-                running.insert(key, w);
+            starts += 1;
+            match start_worker(db) {
+                Some(w) => {
+                    running.insert(key, w);
+                }
+                None => {
+                    // No free worker slot now: try again next tick.
+                    left.push(db);
+                    starts = STARTS_PER_TICK;
+                }
             }
         }
+        pending = left;
+        started.retain(|_, t| t.elapsed() < RESTART_DELAY);
         if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
             break;
         }
@@ -150,9 +185,7 @@ fn transaction<T>(f: impl FnOnce() -> Result<T, AiError>) -> Result<T, (String, 
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
             Err((crate::entry::sqlstate_text(r.sql_error_code()), r.message().to_string()))
         }
-        CaughtError::RustPanic { ereport, .. } => {
-            Err(("XX000".to_string(), ereport.message().to_string()))
-        }
+        CaughtError::RustPanic { ereport, .. } => Err(("XX000".to_string(), ereport.message().to_string())),
     })
     .execute();
     // SAFETY: ends the transaction begun above: commits it, or aborts it after an error
@@ -201,6 +234,9 @@ fn due() -> Result<Option<Vec<String>>, AiError> {
                   WHERE NOT s.paused AND COALESCE(st.state, 'running') OPERATOR(pg_catalog.<>) 'stopped'
                     AND (st.retry_at IS NULL OR st.retry_at OPERATOR(pg_catalog.<=) pg_catalog.now())
                     AND (st.sync_name IS NULL OR st.relid OPERATOR(pg_catalog.<>) s.table_name::pg_catalog.oid
+                         OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c
+                                         WHERE c.oid OPERATOR(pg_catalog.=) s.table_name::pg_catalog.oid)
+                         OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) s.owner)
                          OR EXISTS (SELECT FROM {queue} q WHERE q.sync_name OPERATOR(pg_catalog.=) s.sync_name
                                       AND q.relid OPERATOR(pg_catalog.=) s.table_name::pg_catalog.oid))
                   ORDER BY s.sync_name"
@@ -221,7 +257,9 @@ fn fill_once(name: &str) -> bool {
         _ => return false,
     };
     if let Ok(Some((code, message))) = transaction(|| Ok(fill::blocked(&def))) {
-        let _ = transaction(|| super::save_state(&def.name, def.relid, "stopped", 0, 0, Some((&code, &message)), None));
+        let _ = transaction(|| {
+            super::save_state(&def.name, def.relid, "stopped", 0, 0, Some((&code, &message)), None)
+        });
         return false;
     }
     if def.scanned_relid != Some(def.relid) {
@@ -273,6 +311,7 @@ pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
         match transaction(due) {
             Ok(Some(names)) => {
                 last_work = Instant::now();
+                super::wake::set_active(db);
                 for name in names {
                     more |= fill_once(&name);
                     if BackgroundWorker::sigterm_received() {

@@ -25,6 +25,8 @@ pub struct Analysis {
     /// column; otherwise only those, so the job needs no more column privileges than an
     /// UPDATE computing the same expression.
     pub whole_row: bool,
+    /// Whether they read the target column itself.
+    pub reads_target: bool,
 }
 
 fn internal(what: &str) -> AiError {
@@ -120,7 +122,8 @@ pub fn analyze(procedure: &str, table: &Table, expression: &str) -> Result<Analy
             .filter(|(attnum, _)| *attnum != table.target_attnum && (whole_row || attnums.contains(attnum)))
             .map(|(_, name)| name)
             .collect();
-        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row })
+        let reads_target = attnums.contains(&table.target_attnum);
+        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row, reads_target })
     }
 }
 

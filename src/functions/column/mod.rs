@@ -65,9 +65,9 @@ use claims::{Claim, Claims};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid};
+pub(crate) use progress::{Key, Progress};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-pub(crate) use progress::{Key, Progress};
 pub(crate) use table::quote_ident;
 use table::{ClaimedFrom, Table, TargetKind};
 
@@ -176,7 +176,11 @@ pub(crate) fn analyze_for_sync(
     let connection = NonAtomicSpi::connect_atomic()?;
     let analysis = chunk::analyze(procedure, &table, expression)?;
     drop(connection);
-    Ok(((!analysis.whole_row).then_some(analysis.checked), keys))
+    let mut read = analysis.checked;
+    if analysis.reads_target {
+        read.push(target.to_string());
+    }
+    Ok(((!analysis.whole_row).then_some(read), keys))
 }
 
 fn batch_size(procedure: &str, given: Option<i32>) -> Result<usize, AiError> {
@@ -505,7 +509,8 @@ fn run_job(job: Job, atomic: bool, keep_failures: bool) -> Result<Progress, AiEr
         state.recheck_locked()
     })?;
     state.progress.finish();
-    let progress = std::mem::replace(&mut state.progress, Progress::new(procedure, String::new(), String::new(), 0));
+    let progress =
+        std::mem::replace(&mut state.progress, Progress::new(procedure, String::new(), String::new(), 0));
     drop(state);
     drop(plan);
     drop(connection);

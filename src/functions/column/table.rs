@@ -494,7 +494,11 @@ fn inputs_sql(checked: &[String]) -> String {
 /// The primary key's key columns (not its INCLUDE columns), with their types and operators.
 /// The primary key of `relid` as (column, type with typmod) pairs, in key order: what a
 /// table of chunks keyed like it declares.
-pub fn key_definitions(procedure: &str, relid: pg_sys::Oid, shown: &str) -> Result<Vec<(String, String)>, AiError> {
+pub fn key_definitions(
+    procedure: &str,
+    relid: pg_sys::Oid,
+    shown: &str,
+) -> Result<Vec<(String, String)>, AiError> {
     Ok(primary_key(procedure, relid, shown)?.into_iter().map(|k| (k.name, k.type_sql)).collect())
 }
 
