@@ -137,6 +137,42 @@ fn hijacks(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
 }
 
 /// Runs every routine of the extension; returns the routines run, as regprocedure text.
+/// Syncs under the round's search_path: made (their triggers and the chunk function they
+/// create, the worker and CALL ai_sync_run then run with it), fed, filled, paused, resumed and
+/// dropped.
+fn run_syncs(c: &mut Client, round: &str) {
+    c.batch_execute(&format!(
+        "CREATE TABLE public.sync_docs_{round} (id pg_catalog.int4 PRIMARY KEY, body pg_catalog.text, emb pg_catalog.float4[]);
+         INSERT INTO public.sync_docs_{round} VALUES (1, 'first synced row'), (2, 'second synced row');
+         SELECT ai_sync_create('sp_{round}', 'sync_docs_{round}', 'emb', $$public.ai_embed('emb', body::pg_catalog.text)$$,
+                               filter => $$id OPERATOR(pg_catalog.>) 0$$);
+         SELECT ai_sync_chunks('spc_{round}', 'sync_docs_{round}', $$body::pg_catalog.text$$, 'sync_chunks_{round}',
+                               $$public.ai_embed('emb', chunk)$$, 64, 8);
+         UPDATE public.sync_docs_{round} SET body = 'first synced row, changed' WHERE id OPERATOR(pg_catalog.=) 1;
+         INSERT INTO public.sync_docs_{round} VALUES (3, 'third synced row');
+         DELETE FROM public.sync_docs_{round} WHERE id OPERATOR(pg_catalog.=) 2;"
+    ))
+    .unwrap();
+    c.batch_execute(&format!("CALL ai_sync_run('sp_{round}')")).unwrap();
+    c.batch_execute(&format!("CALL ai_sync_run('spc_{round}')")).unwrap();
+    let left: i64 = c
+        .query_one(
+            &format!(
+                "SELECT (SELECT pg_catalog.count(*) FROM public.sync_docs_{round} WHERE emb IS NULL)
+                        OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM public.sync_chunks_{round} WHERE embedding IS NULL)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    c.batch_execute(&format!(
+        "SELECT ai_sync_pause('sp_{round}'); SELECT ai_sync_resume('sp_{round}');
+         SELECT ai_sync_drop('sp_{round}'); SELECT ai_sync_drop('spc_{round}');"
+    ))
+    .unwrap();
+}
+
 fn run_everything(
     c: &mut Client,
     s: &bailian_standin::Standin,
@@ -252,6 +288,7 @@ fn run_everything(
         .get(0);
     assert_eq!(requests, 1);
     c.batch_execute("SELECT ai_usage_reset()").unwrap();
+    run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
     c.batch_execute("RESET search_path; RESET pg_bailian.default_chat_model").unwrap();
@@ -272,6 +309,13 @@ fn run_everything(
         "ai_translate(text,text,text,jsonb)",
         "ai_undeploy_model(text)",
         "ai_update(regclass,name,text,integer,text)",
+        "ai_sync_create(text,regclass,name,text,text,boolean)",
+        "ai_sync_chunks(text,regclass,text,name,text,integer,integer)",
+        "ai_sync_pause(text)",
+        "ai_sync_resume(text)",
+        "ai_sync_drop(text)",
+        "ai_sync_run(text)",
+        "bailian.sync_mark()",
         "ai_gen_structured(text,text,jsonb,text,jsonb)",
         "ai_classify(text,text,text[])",
         "ai_extract(text,text,text[])",

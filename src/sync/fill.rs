@@ -49,7 +49,7 @@ pub fn mark(def: &Def) -> Result<(i64, i64), AiError> {
         Spi::connect_mut(|c| {
             let run = c
                 .update(
-                    "SELECT (pg_catalog.random() * 9e15)::pg_catalog.int8 OPERATOR(pg_catalog.+) 1",
+                    "SELECT (pg_catalog.random() OPERATOR(pg_catalog.*) 9e15::pg_catalog.float8)::pg_catalog.int8 OPERATOR(pg_catalog.+) 1",
                     None,
                     &[],
                 )?

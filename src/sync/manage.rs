@@ -126,10 +126,16 @@ fn create_column_sync(
         .map(literal)
         .collect();
     let args = args.join(", ");
+    // Compared as text with pg_catalog's operator named (IS DISTINCT FROM would look `=` up
+    // through the caller's search_path, where anyone may have put one).
     let changed: Vec<String> = read
         .iter()
         .map(|c| {
-            format!("OLD.{c}::pg_catalog.text IS DISTINCT FROM NEW.{c}::pg_catalog.text", c = quote_ident(c))
+            format!(
+                "((OLD.{c} IS NULL) OPERATOR(pg_catalog.<>) (NEW.{c} IS NULL) \
+                  OR OLD.{c}::pg_catalog.text OPERATOR(pg_catalog.<>) NEW.{c}::pg_catalog.text)",
+                c = quote_ident(c)
+            )
         })
         .collect();
     let columns: Vec<String> = read.iter().map(|c| quote_ident(c)).collect();
@@ -317,14 +323,19 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     if exists {
         return Err(AiError::invalid(format!("{procedure}: destination table {dest} already exists")));
     }
-    let key_cols: Vec<String> = keys.iter().map(|(n, _)| quote_ident(n)).collect();
+    let key_cols: Vec<String> = keys.iter().map(|(n, _, _)| quote_ident(n)).collect();
     let key_list = key_cols.join(", ");
     let key_defs: Vec<String> =
-        keys.iter().map(|(n, t)| format!("{} {t} NOT NULL", quote_ident(n))).collect();
+        keys.iter().map(|(n, t, _)| format!("{} {t} NOT NULL", quote_ident(n))).collect();
     let new_keys: Vec<String> = key_cols.iter().map(|k| format!("NEW.{k}")).collect();
     let new_keys = new_keys.join(", ");
+    // The function runs with the caller's search_path (the content is the caller's SQL), so
+    // every operator of its own is named with its schema.
+    let same_key: Vec<String> =
+        keys.iter().map(|(n, _, eq)| format!("{k} {eq} NEW.{k}", k = quote_ident(n))).collect();
+    let same_key = same_key.join(" AND ");
     run_sql(&format!(
-        "CREATE TABLE {dest} ({}, chunk_no int NOT NULL, chunk text NOT NULL, embedding {vector}, \
+        "CREATE TABLE {dest} ({}, chunk_no pg_catalog.int4 NOT NULL, chunk pg_catalog.text NOT NULL, embedding {vector}, \
            PRIMARY KEY ({key_list}, chunk_no), \
            FOREIGN KEY ({key_list}) REFERENCES {source_sql} ({key_list}) ON DELETE CASCADE ON UPDATE CASCADE)",
         key_defs.join(", ")
@@ -334,16 +345,16 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     run_sql(&format!(
         "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path_literal} AS $pg_bailian$
 DECLARE
-    new_text text;
-    old_text text;
+    new_text pg_catalog.text;
+    old_text pg_catalog.text;
 BEGIN
     SELECT ({content})::pg_catalog.text INTO new_text FROM (SELECT NEW.*) AS {alias};
-    IF TG_OP = 'UPDATE' THEN
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
         SELECT ({content})::pg_catalog.text INTO old_text FROM (SELECT OLD.*) AS {alias};
-        IF old_text IS NOT DISTINCT FROM new_text THEN
+        IF (old_text IS NULL AND new_text IS NULL) OR old_text OPERATOR(pg_catalog.=) new_text THEN
             RETURN NULL;
         END IF;
-        DELETE FROM {dest} WHERE ({key_list}) = ({new_keys});
+        DELETE FROM {dest} WHERE {same_key};
     END IF;
     INSERT INTO {dest} ({key_list}, chunk_no, chunk)
     SELECT {new_keys}, c.pg_bailian_n, c.pg_bailian_piece

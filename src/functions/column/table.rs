@@ -377,20 +377,32 @@ impl Table {
     /// the key columns compared with the queued text cast back to their types, so the key's
     /// index finds them.
     pub fn queued_sql(&self, queue: &str, sync: &str, relid: pg_sys::Oid, run: i64) -> String {
-        let columns: Vec<String> = self.keys.iter().map(|k| quote_ident(&k.name)).collect();
-        let values: Vec<String> = self
+        // EXISTS with each key's own equality operator, named: an IN of a row would look `=`
+        // up through the search_path. The key columns are qualified with the table's name,
+        // which every statement of the job reads it under, so that none of the queue's
+        // columns can shadow them.
+        let table = quote_ident(&self.shown);
+        let matches: Vec<String> = self
             .keys
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("CAST(q.key[{}] AS {})", i + 1, k.type_sql))
+            .map(|(i, k)| {
+                format!(
+                    "{table}.{} {} CAST(pg_bailian_q.key[{}] AS {})",
+                    quote_ident(&k.name),
+                    k.eq,
+                    i + 1,
+                    k.type_sql
+                )
+            })
             .collect();
         format!(
-            "({}) IN (SELECT {} FROM {queue} q WHERE q.sync_name OPERATOR(pg_catalog.=) {} \
-               AND q.relid OPERATOR(pg_catalog.=) {}::pg_catalog.oid AND q.run OPERATOR(pg_catalog.=) {run}::pg_catalog.int8)",
-            columns.join(", "),
-            values.join(", "),
+            "EXISTS (SELECT FROM {queue} pg_bailian_q WHERE pg_bailian_q.sync_name OPERATOR(pg_catalog.=) {} \
+               AND pg_bailian_q.relid OPERATOR(pg_catalog.=) {}::pg_catalog.oid \
+               AND pg_bailian_q.run OPERATOR(pg_catalog.=) {run}::pg_catalog.int8 AND {})",
             super::literal(sync),
             relid.to_u32(),
+            matches.join(" AND "),
         )
     }
 
@@ -491,17 +503,18 @@ fn inputs_sql(checked: &[String]) -> String {
     )
 }
 
-/// The primary key's key columns (not its INCLUDE columns), with their types and operators.
-/// The primary key of `relid` as (column, type with typmod) pairs, in key order: what a
-/// table of chunks keyed like it declares.
+/// The primary key of `relid` as (column, type with typmod, its equality operator as
+/// `OPERATOR(schema.=)`) triples, in key order: what a table of chunks keyed like it declares
+/// and compares with.
 pub fn key_definitions(
     procedure: &str,
     relid: pg_sys::Oid,
     shown: &str,
-) -> Result<Vec<(String, String)>, AiError> {
-    Ok(primary_key(procedure, relid, shown)?.into_iter().map(|k| (k.name, k.type_sql)).collect())
+) -> Result<Vec<(String, String, String)>, AiError> {
+    Ok(primary_key(procedure, relid, shown)?.into_iter().map(|k| (k.name, k.type_sql, k.eq)).collect())
 }
 
+/// The primary key's key columns (not its INCLUDE columns), with their types and operators.
 fn primary_key(procedure: &str, relid: pg_sys::Oid, shown: &str) -> Result<Vec<KeyColumn>, AiError> {
     let index = Spi::connect(|c| {
         let rows = c
