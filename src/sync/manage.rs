@@ -254,9 +254,11 @@ fn embedding_type(procedure: &str, embedding: &str) -> Result<String, AiError> {
                 let source = pg_sys::list_nth(sources, 0) as *mut pg_sys::CachedPlanSource;
                 let desc = (*source).resultDesc;
                 if !desc.is_null() && (*desc).natts == 1 {
-                    let att = (*desc).attrs.as_ptr();
-                    let typ = pg_sys::format_type_with_typemod((*att).atttypid, (*att).atttypmod);
-                    out = column::table::owned(typ);
+                    let desc = pgrx::PgTupleDesc::from_pg_unchecked(desc);
+                    if let Some(att) = desc.get(0) {
+                        let typ = pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod);
+                        out = column::table::owned(typ);
+                    }
                 }
             }
             pg_sys::SPI_freeplan(plan);

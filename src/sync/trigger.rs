@@ -84,7 +84,7 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             Some(mut target) => {
                 let mut value = pg_sys::Datum::from(0);
                 let mut null = true;
-                pg_sys::heap_modify_tuple_by_cols(tuple, desc, 1, &mut target, &mut value, &mut null)
+                pg_sys::heap_modify_tuple_by_cols(tuple, desc, 1, &raw mut target, &raw mut value, &raw mut null)
             }
             None => tuple,
         };

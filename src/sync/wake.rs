@@ -168,11 +168,9 @@ pub fn want_at_commit() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
-            if AT_COMMIT.with(|p| p.replace(false)) {
-                // SAFETY: a plain read of this backend's database.
-                want(unsafe { pg_sys::MyDatabaseId });
-            }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT if AT_COMMIT.with(|p| p.replace(false)) => {
+            // SAFETY: a plain read of this backend's database.
+            want(unsafe { pg_sys::MyDatabaseId });
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             AT_COMMIT.with(|p| p.set(false));

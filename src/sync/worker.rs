@@ -223,7 +223,7 @@ fn due() -> Result<Option<Vec<String>>, AiError> {
         if !installed {
             return Ok(None);
         }
-        let any = c.select("SELECT FROM bailian.syncs LIMIT 1", Some(1), &[])?.len() > 0;
+        let any = !c.select("SELECT FROM bailian.syncs LIMIT 1", Some(1), &[])?.is_empty();
         if !any {
             return Ok(None);
         }
