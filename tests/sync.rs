@@ -342,7 +342,9 @@ fn dropping_or_altering_the_table_stops_the_sync() {
         "INSERT INTO other_docs (id, title, body) VALUES (9, 'x', 'y'); UPDATE other_docs SET body = 'z'",
     )
     .unwrap();
-    assert!(wait_for(FILL, || count(&mut c, "SELECT count(*) FROM ai_syncs WHERE state = 'stopped'") == 2));
+    assert!(wait_for(FILL, || {
+        count(&mut c, "SELECT count(*) FROM ai_syncs WHERE state = 'stopped' AND last_error IS NOT NULL") == 2
+    }));
     let errors: Vec<(String, String)> = c
         .query("SELECT sync_name, last_error FROM ai_syncs ORDER BY 1", &[])
         .unwrap()
@@ -569,4 +571,33 @@ fn without_preloading_ai_sync_run_fills_in_the_session() {
     let (code, _) = error_of(c.batch_execute("BEGIN; CALL ai_sync_run('n_emb'); COMMIT"));
     assert_eq!(code, "2D000");
     c.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn a_spent_budget_makes_the_sync_wait() {
+    let s = standin();
+    let (mut c, db) = fresh_db("sync_budget");
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
+    docs(&mut c, 2);
+    c.batch_execute("SELECT ai_sync_create('b_emb', 'docs', 'emb', $$ai_embed('emb', title || ' ' || body)$$)")
+        .unwrap();
+    assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
+    // A budget of one token: the next request is let through and spends it, every call after
+    // that is refused (ZBB01).
+    c.batch_execute("SELECT ai_set_budget(NULL, 'emb', 1, 'tokens')").unwrap();
+    c.batch_execute("INSERT INTO docs (id, title, body) VALUES (9, 'spends', 'the budget')").unwrap();
+    assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
+    c.batch_execute("INSERT INTO docs (id, title, body) SELECT g, 'over', 'budget ' || g FROM generate_series(10, 14) g")
+        .unwrap();
+    assert!(wait_for(FILL, || {
+        one_text(&mut c, "SELECT state FROM ai_syncs").as_deref() == Some("waiting for budget")
+    }));
+    assert_eq!(one_text(&mut c, "SELECT last_sqlstate FROM ai_syncs").as_deref(), Some("ZBB01"));
+    assert_eq!(count(&mut c, "SELECT pending_rows FROM ai_syncs"), 5, "the rows wait, none failed");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_sync_errors"), 0);
+    c.batch_execute("SELECT ai_drop_budget(NULL, 'emb'); SELECT ai_sync_resume('b_emb')").unwrap();
+    assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
+    assert_current(&mut c);
+    drop(c);
+    drop_db(&db);
 }
