@@ -31,10 +31,15 @@ const SCHEMA: &str = "bailian";
 /// also when `f` raises an error. Every query run this way must name schemas and operators
 /// explicitly: the caller's search_path is still in effect.
 pub(crate) fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
+    as_role(catalog_owner(), f)
+}
+
+/// The owner of the catalog schema.
+pub(crate) fn catalog_owner() -> pg_sys::Oid {
     // Read-only (`select`, not pgrx's `Spi::get_one`, which marks the transaction as writing
     // and so assigns it an XID): the lookups of a parallel-safe function run in parallel mode,
     // where assigning an XID is an error, and a plain SELECT of an AI function need not take one.
-    let owner = Spi::connect(|client| {
+    Spi::connect(|client| {
         client
             .select(
                 "SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'bailian'",
@@ -48,8 +53,12 @@ pub(crate) fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
     .flatten()
     .unwrap_or_else(|| {
         error!("pg_bailian: the catalog schema \"{SCHEMA}\" is missing; recreate the extension")
-    });
+    })
+}
 
+/// Runs `f` as `role` in a security-restricted context, restoring the caller's identity
+/// afterwards, also when `f` raises an error.
+pub(crate) fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     struct Restore(pg_sys::Oid, i32);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -63,7 +72,7 @@ pub(crate) fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
-            owner,
+            role,
             saved_context
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,

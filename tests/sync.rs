@@ -579,16 +579,20 @@ fn a_spent_budget_makes_the_sync_wait() {
     let (mut c, db) = fresh_db("sync_budget");
     deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
     docs(&mut c, 2);
-    c.batch_execute("SELECT ai_sync_create('b_emb', 'docs', 'emb', $$ai_embed('emb', title || ' ' || body)$$)")
-        .unwrap();
+    c.batch_execute(
+        "SELECT ai_sync_create('b_emb', 'docs', 'emb', $$ai_embed('emb', title || ' ' || body)$$)",
+    )
+    .unwrap();
     assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
     // A budget of one token: the next request is let through and spends it, every call after
     // that is refused (ZBB01).
     c.batch_execute("SELECT ai_set_budget(NULL, 'emb', 1, 'tokens')").unwrap();
     c.batch_execute("INSERT INTO docs (id, title, body) VALUES (9, 'spends', 'the budget')").unwrap();
     assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
-    c.batch_execute("INSERT INTO docs (id, title, body) SELECT g, 'over', 'budget ' || g FROM generate_series(10, 14) g")
-        .unwrap();
+    c.batch_execute(
+        "INSERT INTO docs (id, title, body) SELECT g, 'over', 'budget ' || g FROM generate_series(10, 14) g",
+    )
+    .unwrap();
     assert!(wait_for(FILL, || {
         one_text(&mut c, "SELECT state FROM ai_syncs").as_deref() == Some("waiting for budget")
     }));

@@ -163,32 +163,15 @@ fn check_manage(def: &Def, what: &str) -> Result<(), AiError> {
 /// security-restricted context keeps the user's SQL from changing the session (SET ROLE, new
 /// temporary objects) for the syncs run after it.
 fn as_owner<T>(owner: pg_sys::Oid, search_path: &str, f: impl FnOnce() -> T) -> T {
-    struct Restore(pg_sys::Oid, i32, Option<String>);
+    struct Restore(String);
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: restores the identity saved below; a plain setter with no failure path.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-            if let Some(path) = self.2.take() {
-                set_search_path(&path);
-            }
+            set_search_path(&self.0);
         }
     }
-    let mut saved_user = pg_sys::Oid::INVALID;
-    let mut saved_context = 0;
-    let saved_path = current_search_path();
+    let _restore = Restore(current_search_path());
     set_search_path(search_path);
-    // SAFETY: reads and sets this backend's current user id and security context.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-    }
-    let _restore = Restore(saved_user, saved_context, Some(saved_path));
-    f()
+    crate::catalog::as_role(owner, f)
 }
 
 fn current_search_path() -> String {

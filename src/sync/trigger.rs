@@ -9,31 +9,54 @@
 
 use crate::entry::sql_entry;
 use bailian_core::AiError;
-use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{pg_sys, PgBuiltInOids, PgOid};
 use std::cell::RefCell;
 use std::ffi::CStr;
 
 sql_entry!(pg_finfo_pg_bailian_sync_mark, pg_bailian_sync_mark, sync_mark);
 
 thread_local! {
-    /// The queue's INSERT, built once per backend (the extension's schema cannot change:
-    /// it is not relocatable).
-    static ENQUEUE: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The queue's INSERT, prepared once per backend, and the role it runs as (the catalog
+    /// owner): a trigger fires per row, so neither is looked up again. The extension's schema
+    /// cannot change (it is not relocatable); a plan whose table was recreated is replanned.
+    static ENQUEUE: RefCell<Option<(OwnedPreparedStatement, pg_sys::Oid)>> = const { RefCell::new(None) };
 }
 
-fn enqueue_sql() -> Result<String, AiError> {
-    if let Some(sql) = ENQUEUE.with(|e| e.borrow().clone()) {
-        return Ok(sql);
+fn enqueue(sync: &str, relid: pg_sys::Oid, key: Vec<Option<String>>) -> Result<(), AiError> {
+    if ENQUEUE.with(|e| e.borrow().is_none()) {
+        let sql = format!(
+            "INSERT INTO {} AS q (sync_name, relid, key, queued_at, changed_at) \
+             VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()) \
+             ON CONFLICT (sync_name, relid, key) DO UPDATE SET changed_at = EXCLUDED.changed_at, run = NULL",
+            super::queue_table()?
+        );
+        let owner = crate::catalog::catalog_owner();
+        let plan = crate::catalog::as_role(owner, || {
+            Spi::connect_mut(|c| {
+                c.prepare_mut(
+                    sql.as_str(),
+                    &[
+                        PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+                        PgOid::BuiltIn(PgBuiltInOids::OIDOID),
+                        PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID),
+                    ],
+                )
+                .map(|p| p.keep())
+            })
+        })
+        .map_err(super::spi)?;
+        ENQUEUE.with(|e| *e.borrow_mut() = Some((plan, owner)));
     }
-    let sql = format!(
-        "INSERT INTO {} AS q (sync_name, relid, key, queued_at, changed_at) \
-         VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()) \
-         ON CONFLICT (sync_name, relid, key) DO UPDATE SET changed_at = EXCLUDED.changed_at, run = NULL",
-        super::queue_table()?
-    );
-    ENQUEUE.with(|e| *e.borrow_mut() = Some(sql.clone()));
-    Ok(sql)
+    ENQUEUE.with(|e| {
+        let cached = e.borrow();
+        let Some((plan, owner)) = cached.as_ref() else { return Ok(()) };
+        crate::catalog::as_role(*owner, || {
+            Spi::connect_mut(|c| c.update(plan, None, &[sync.into(), relid.into(), key.into()]).map(drop))
+        })
+        .map_err(super::spi)
+    })
 }
 
 fn not_a_trigger() -> AiError {
@@ -84,7 +107,14 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             Some(mut target) => {
                 let mut value = pg_sys::Datum::from(0);
                 let mut null = true;
-                pg_sys::heap_modify_tuple_by_cols(tuple, desc, 1, &raw mut target, &raw mut value, &raw mut null)
+                pg_sys::heap_modify_tuple_by_cols(
+                    tuple,
+                    desc,
+                    1,
+                    &raw mut target,
+                    &raw mut value,
+                    &raw mut null,
+                )
             }
             None => tuple,
         };
@@ -93,14 +123,7 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             let p = pg_sys::SPI_getvalue(new, desc, column);
             key.push(if p.is_null() { None } else { Some(CStr::from_ptr(p).to_string_lossy().into_owned()) });
         }
-        let relid = (*rel).rd_id;
-        let sql = enqueue_sql()?;
-        crate::catalog::as_catalog_owner(|| {
-            Spi::connect_mut(|c| {
-                c.update(&sql, None, &[args[0].as_str().into(), relid.into(), key.into()]).map(drop)
-            })
-        })
-        .map_err(super::spi)?;
+        enqueue(&args[0], (*rel).rd_id, key)?;
         Ok(Some(pg_sys::Datum::from(new)))
     }
 }
