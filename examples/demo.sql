@@ -97,6 +97,21 @@ SELECT ai_classify('chat', body, ARRAY['databases', 'cats', 'rust', 'cooking']) 
 SELECT id, COALESCE(headline, lower(ai_gen('chat', 'A headline for: ' || body))) AS headline
   FROM articles WHERE id BETWEEN 1 AND 6 ORDER BY id;
 
+\echo '\n-- Keeping a column current: a sync, filled by a background worker as the rows change'
+SELECT ai_sync_create('review_emb', 'reviews', 'embedding', $$ai_embed('embedder', body)$$) AS queued;
+INSERT INTO reviews (id, body) VALUES (100, 'Arrived a day early and works perfectly.');
+UPDATE reviews SET body = 'The checkout page works now.' WHERE id = 2;
+-- In the changing transaction the old embedding is gone: NULL until the worker fills it
+SELECT id, embedding IS NULL AS waiting FROM reviews WHERE id IN (2, 100) ORDER BY id;
+DO $$BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM reviews WHERE embedding IS NULL);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END$$;
+SELECT id, cardinality(embedding) AS dims, embedding[1:3] AS head FROM reviews WHERE id IN (2, 100) ORDER BY id;
+SELECT sync_name, state, pending_rows, rows_filled, failed_rows FROM ai_syncs;
+
 \echo '\n-- Errors say what went wrong, with their own SQLSTATE, and never show a key'
 \set ON_ERROR_STOP 0
 \set VERBOSITY verbose

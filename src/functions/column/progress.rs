@@ -116,6 +116,11 @@ impl Progress {
             self.other_session,
             self.done() as f64 / elapsed.max(0.001)
         );
+        // A sync's fill (which keeps its failures) says nothing more: its failed rows are in
+        // ai_sync_errors, and its locked rows stay queued for the next pass.
+        if self.failures.is_some() {
+            return;
+        }
         if self.failed > 0 {
             pgrx::warning!(
                 "{}: {} rows failed and keep a NULL {}; CALL {} again to retry them",
