@@ -543,6 +543,17 @@ fn workers_come_back_after_a_crash_and_a_restart() {
     c.batch_execute("SELECT ai_sync_resume('c_emb')").unwrap();
     assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
     assert_current(&mut c);
+    // A worker waiting on a slow answer does not hold up a fast shutdown: SIGTERM ends it
+    // in the middle of its requests.
+    s.configure(|cfg| cfg.latency_ms = 60_000);
+    c.batch_execute("INSERT INTO docs (id, title, body) VALUES (500, 'slow', 'answer')").unwrap();
+    // The worker picks the row up within a second and waits on its answer.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(c);
+    let started = Instant::now();
+    cluster.pg_ctl(&["-m", "fast", "stop"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "fast shutdown took {took:?}; log:\n{}", cluster.log());
 }
 
 #[test]

@@ -133,6 +133,14 @@ thread_local! {
     static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// A worker that exits withdraws its latch.
+pub fn withdraw_latch(db: pg_sys::Oid) {
+    let Some(area) = area() else { return };
+    if let Some(d) = slot(area, db.to_u32(), false) {
+        d.latch.store(0, Ordering::Release);
+    }
+}
+
 /// A worker says its database has syncs (so that it is started again if it fails).
 pub fn set_active(db: pg_sys::Oid) {
     let Some(area) = area() else { return };

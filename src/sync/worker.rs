@@ -33,6 +33,13 @@ const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Workers the launcher starts at most per second.
 const STARTS_PER_TICK: usize = 4;
 
+unsafe extern "C-unwind" {
+    /// PostgreSQL's SIGTERM handler for backends (postgres.c), itself: pgrx's `pg_sys::die`
+    /// is a Rust wrapper, which a signal handler must not be.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
 /// From `_PG_init` at preload: registers the launcher.
 pub fn register_launcher() {
     // SAFETY: read in _PG_init, on the postmaster's only thread.
@@ -166,6 +173,7 @@ pub extern "C-unwind" fn pg_bailian_sync_launcher(_arg: pg_sys::Datum) {
 /// Runs `f` in a transaction of its own with a snapshot; an error is rolled back and
 /// answered as (SQLSTATE, message).
 fn transaction<T>(f: impl FnOnce() -> Result<T, AiError>) -> Result<T, (String, String)> {
+    pgrx::check_for_interrupts!();
     // SAFETY: the worker is between transactions here; the snapshot pushed is popped on both
     // paths (an error's abort pops it too).
     unsafe {
@@ -178,6 +186,11 @@ fn transaction<T>(f: impl FnOnce() -> Result<T, AiError>) -> Result<T, (String, 
         let f = f;
         match (f.0)() {
             Ok(v) => Ok(v),
+            Err(AiError::Interrupted) => {
+                // A SIGTERM seen inside a wait: PostgreSQL ends the worker now.
+                pgrx::check_for_interrupts!();
+                Err((AiError::Interrupted.sqlstate(), AiError::Interrupted.to_string()))
+            }
             Err(e) => Err((e.sqlstate(), e.to_string())),
         }
     })
@@ -283,7 +296,16 @@ fn fill_once(name: &str) -> bool {
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SIGTERM is PostgreSQL's own `die`, as for a backend: the next interrupt check ends the
+    // worker wherever it is (a fill's requests in flight included), not only between passes.
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SAFETY: installing a signal handler of PostgreSQL's in this process, before any work.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
     let db = pg_sys::Oid::from(arg.value() as u32);
     // SAFETY: connects this worker to its database as the bootstrap superuser, once.
     unsafe {
@@ -294,15 +316,16 @@ pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
         )
     };
     super::wake::register_worker(db, true);
+    // SAFETY: registers a callback for this process's exit, with the database as its argument.
+    unsafe { pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(db.to_u32() as usize)) };
     let mut last_work = Instant::now();
     let mut more = false;
     loop {
+        // Waits service interrupts: a SIGTERM ends the worker here (or at any other check).
         if !more && !BackgroundWorker::wait_latch(Some(POLL)) {
             break;
         }
-        if BackgroundWorker::sigterm_received() {
-            break;
-        }
+        pgrx::check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
             // SAFETY: as in the launcher.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -313,10 +336,8 @@ pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
                 last_work = Instant::now();
                 super::wake::set_active(db);
                 for name in names {
+                    pgrx::check_for_interrupts!();
                     more |= fill_once(&name);
-                    if BackgroundWorker::sigterm_received() {
-                        break;
-                    }
                 }
             }
             _ => {
@@ -327,4 +348,12 @@ pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
         }
     }
     super::wake::register_worker(db, false);
+}
+
+/// At the worker's exit, however it exits: its latch is withdrawn (its slot stays active
+/// unless it exited because its database has no syncs, so that a failed worker is started
+/// again).
+#[pg_guard]
+unsafe extern "C-unwind" fn withdraw(_code: i32, arg: pg_sys::Datum) {
+    super::wake::withdraw_latch(pg_sys::Oid::from(arg.value() as u32));
 }
