@@ -57,6 +57,8 @@ CREATE TABLE ai_sync_queue (
     PRIMARY KEY (sync_name, relid, key)
 );
 CREATE INDEX ai_sync_queue_run ON ai_sync_queue (sync_name, relid, run);
+-- A fill takes the oldest entries first.
+CREATE INDEX ai_sync_queue_age ON ai_sync_queue (sync_name, relid, queued_at);
 -- A role sees and queues only rows of tables it may read and update: the fill reads the queue
 -- as the sync's owner, and queues a restored table's unfilled rows as that owner.
 ALTER TABLE ai_sync_queue ENABLE ROW LEVEL SECURITY;

@@ -148,6 +148,11 @@ pub fn record(def: &Def, run: i64, outcome: Result<Progress, (String, String)>) 
     let mut permanent: Vec<(Key, String, String)> = Vec::new();
     let mut last_transient: Option<(String, String)> = None;
     for (key, reason) in progress.failures.iter().flatten() {
+        if reason == column::NULL_VALUE {
+            // NULL is what the expression gives for this row (ai_embed of '' is NULL): the
+            // column equals it, which is all a sync promises; nothing failed.
+            continue;
+        }
         let (code, message) = split(reason);
         if transient(code) {
             keep.push(key_json(key));

@@ -75,6 +75,9 @@ sql_entry!(pg_finfo_pg_bailian_update, pg_bailian_update, update);
 sql_entry!(pg_finfo_pg_bailian_embed_column, pg_bailian_embed_column, embed_column);
 sql_entry!(pg_finfo_pg_bailian_gen_column, pg_bailian_gen_column, gen_column);
 
+/// How a row whose expression gave NULL is reported.
+pub(crate) const NULL_VALUE: &str = "the expression gave NULL";
+
 /// Rows written in one subtransaction at most, which bounds what a failure makes us redo.
 const SLAB_ROWS: usize = 256;
 
@@ -803,7 +806,7 @@ impl State<'_> {
                 Ok(())
             }
             (None, None) => {
-                self.failed(row, "the expression gave NULL");
+                self.failed(row, NULL_VALUE);
                 Ok(())
             }
             (None, Some(datum)) => self.write(row, Value { datum, inputs: found.inputs }),
