@@ -10,6 +10,7 @@
 
 use super::table::Table;
 use crate::executor::list_ptrs;
+use crate::functions::calls::Kernel;
 use crate::spi::Scratch;
 use bailian_core::AiError;
 use pgrx::pg_sys;
@@ -27,6 +28,43 @@ pub struct Analysis {
     /// column; otherwise only those, so the job needs no more column privileges than an
     /// UPDATE computing the same expression.
     pub whole_row: bool,
+    /// Whether a chunk's query may read the next chunk's rows ahead: the expression makes one
+    /// AI call, outside any subquery, so that the one AI Batch node's requests are all the
+    /// read-ahead sends, and the next chunk's node takes them up (`executor::carry`). Nested
+    /// calls (a node above another, which reads ahead what the one below returned) and calls
+    /// the executor does not batch (made where their row is read) would be made again.
+    pub read_ahead: bool,
+}
+
+/// The AI calls in `expr`, counted; None when it holds a subquery.
+unsafe fn ai_calls(expr: *mut pg_sys::Node) -> Option<usize> {
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, cx: *mut std::ffi::c_void) -> bool {
+        if node.is_null() {
+            return false;
+        }
+        // SAFETY: cx is the counter passed below; node a valid node of an analyzed query.
+        unsafe {
+            let calls = &mut *(cx as *mut Option<usize>);
+            match (*node).type_ {
+                pg_sys::NodeTag::T_SubLink | pg_sys::NodeTag::T_Query => {
+                    *calls = None;
+                    return true;
+                }
+                pg_sys::NodeTag::T_FuncExpr
+                    if Kernel::of_function((*(node as *mut pg_sys::FuncExpr)).funcid).is_some() =>
+                {
+                    *calls = calls.map(|n| n + 1);
+                }
+                _ => {}
+            }
+            pg_sys::expression_tree_walker(node, Some(walk), cx)
+        }
+    }
+    let mut calls = Some(0);
+    // SAFETY: a valid expression tree; the walker only reads it.
+    unsafe { walk(expr, (&mut calls as *mut Option<usize>).cast()) };
+    calls
 }
 
 fn internal(what: &str) -> AiError {
@@ -128,7 +166,8 @@ pub fn analyze(procedure: &str, table: &Table, expression: &str) -> Result<Analy
             .filter(|(attnum, _)| *attnum != table.target_attnum && (whole_row || attnums.contains(attnum)))
             .map(|(_, name)| name)
             .collect();
-        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row })
+        let read_ahead = ai_calls(expr(0)) == Some(1);
+        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row, read_ahead })
     }
 }
 

@@ -26,6 +26,9 @@
 //! in flight, and answers already in) to the next chunk's node, which gives them to the same
 //! rows when it reads them again after the commit (`executor::carry`). A chunk's end and the
 //! commit after it then cost no idle slot and no request twice, whatever the batch size.
+//! (Only for an expression that makes one AI call: the rows a node above another reads
+//! ahead, or a call the executor does not batch, would be paid for twice. Other
+//! expressions keep a chunk per query, and its drain: `Analysis::read_ahead`.)
 //! What that keeps:
 //! - no row is sent unclaimed: the next chunk's rows are read, claimed and found unlocked
 //!   before the query that reads them ahead opens, and a job still holds no more than a
@@ -413,7 +416,10 @@ fn run(job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
             // chunk's (their row locks protect them until the commit).
             state.claims.release_written();
         }
-        let next = ahead_rows(next_chunk_rows(job.batch_size, state.since_commit + want, capture::round()));
+        let next = match analysis.read_ahead {
+            true => ahead_rows(next_chunk_rows(job.batch_size, state.since_commit + want, capture::round())),
+            false => 0,
+        };
         scratch.run(|| state.top_up(want + next))?;
         if let Some(rows) = state.reader.take(want) {
             let next = state.reader.peek(next);
