@@ -1,22 +1,23 @@
 //! Requests a job's chunk query leaves in flight, taken up by the next chunk's query.
 //!
-//! A job (`functions::column`) computes its rows a chunk at a time, one cursor per chunk, and
-//! no cursor outlives a commit. Each chunk's query also names the next chunk's rows, after
-//! its own, so that its node reads them ahead and keeps its requests in flight while the job
-//! writes the chunk's last rows, closes the cursor and commits. Dropped with the node, those
-//! requests would be paid for twice, and every request slot would stand idle from the
-//! chunk's last answer to the next query's first request: the pipeline drained once per
-//! chunk, the rate fell by about half a latency per chunk.
+//! A job (`functions::column`) computes its rows a chunk at a time, one cursor per chunk,
+//! and no cursor outlives a commit. Each chunk's query also names the next chunk's first
+//! rows, after its own, so that its node reads them ahead and keeps their requests in flight
+//! while the job writes the chunk's last rows, closes the cursor and commits. Dropped with
+//! the node, those requests would be paid for twice, and every request slot would stand idle
+//! from the chunk's last answer to the next query's first request: the pipeline drained once
+//! per chunk, and the rate fell by about half a latency per chunk.
 //!
 //! So a capturing node that ends (its query closed, not failed) hands what it read ahead
 //! here: the requests in flight, each row's answers so far, and a print of each row (its
-//! child's row, byte for byte). The next capturing node of the same plan takes them, and a
-//! row it reads whose print matches a carried row's takes that row's answers and requests
-//! instead of sending its own calls: the same child row gives the same arguments, so the
-//! same calls. A row that changed, went, or never comes gives nothing (its requests'
-//! answers are dropped; a changed row's calls are made again, from what it holds now). What
-//! was still waiting to be sent (queued, or in a pack not yet full) is dropped rather than
-//! carried: it costs nothing, and the row's call is prepared again.
+//! child's row, value by value, byte for byte). The next capturing node of the same plan
+//! (the job plans its query once: the same node, the same calls) takes them, and a row it
+//! reads whose print matches a carried row's takes that row's answers and requests instead
+//! of sending its own calls: the same child row gives the same arguments, so the same calls.
+//! A row that changed, went, or never comes gives nothing (its requests' answers are
+//! dropped; a changed row's calls are made again, from what it holds now). What was still
+//! waiting to be sent (queued, or in a pack not yet full) is dropped rather than carried: it
+//! costs nothing, and the row's call is prepared again.
 //!
 //! Nothing here decides what a row is given: the job still compares the columns a value
 //! was computed from with the row's when it writes it. A carry lives only while the job's
