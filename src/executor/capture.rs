@@ -39,7 +39,13 @@ impl Drop for Marked {
         QUERY.with(|q| *q.borrow_mut() = None);
         SINK.with(|s| *s.borrow_mut() = None);
         ROUND.with(|r| r.set(0));
+        super::carry::clear();
     }
+}
+
+/// Whether a job's query is marked: its nodes may carry what they read ahead (`carry`).
+pub(super) fn marked() -> bool {
+    QUERY.with(|q| q.borrow().is_some())
 }
 
 /// A marked node at its end: the rows one round of its requests in flight carries

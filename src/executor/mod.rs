@@ -72,9 +72,13 @@
 //! **Jobs.** `ai_update` (and the column procedures built on it) computes each chunk of rows
 //! with one query through these nodes. That query is planned in capture mode (`capture.rs`):
 //! batched whatever the setting, reading ahead the whole window, and a call's error is handed
-//! to the job with its row's position instead of failing the query.
+//! to the job with its row's position instead of failing the query. Each chunk's query also
+//! reads the next chunk's rows, after its own; what its node read ahead of them, requests in
+//! flight included, goes to the next chunk's node when the query closes (`carry.rs`), so
+//! the requests in flight do not drain at the end of each chunk and the commit after it.
 
 pub mod capture;
+mod carry;
 mod cut;
 mod node;
 mod plan;

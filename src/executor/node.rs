@@ -6,6 +6,7 @@
 //! query's memory context drops the Box too, which drops every request still in flight.
 
 use super::capture;
+use super::carry::{self, Call, Carry, Taken, CARRIED};
 use super::plan::{list_of, list_ptrs, Demand};
 use crate::backend::{self, Flight, Target};
 use crate::catalog;
@@ -306,7 +307,13 @@ struct Row {
 }
 
 /// What one request answers: (row sequence number, call site, answer).
-type Answers = Vec<(u64, usize, Result<Answer, AiError>)>;
+pub(super) type Answers = Vec<(u64, usize, Result<Answer, AiError>)>;
+
+/// A request started but not sent yet, with the calls it answers: (row, call site).
+struct Queued {
+    calls: Vec<(u64, usize)>,
+    request: std::pin::Pin<Box<dyn std::future::Future<Output = Answers>>>,
+}
 
 /// Embedding inputs of one model waiting to be sent together.
 struct Pack {
@@ -348,7 +355,11 @@ struct Batch {
     child_done: bool,
     flight: Flight<Answers>,
     in_flight: usize,
-    queued: VecDeque<std::pin::Pin<Box<dyn std::future::Future<Output = Answers>>>>,
+    queued: VecDeque<Queued>,
+    /// A capturing node's: what it took up of the previous node's read-ahead (`carry`).
+    taken: Option<Taken>,
+    /// A capturing node's: the carry's signature of its calls and rows.
+    signature: String,
     /// Requests started since the runtime last ran (not on the wire yet).
     unsent: bool,
     packs: HashMap<String, Pack>,
@@ -476,6 +487,8 @@ unsafe extern "C-unwind" fn begin(
             flight: Flight::new(),
             in_flight: 0,
             queued: VecDeque::new(),
+            taken: None,
+            signature: String::new(),
             unsent: false,
             packs: HashMap::new(),
             requests: 0,
@@ -492,6 +505,18 @@ unsafe extern "C-unwind" fn begin(
         (*callback).next = std::ptr::null_mut();
         (*(node as *mut BatchState)).state = Box::into_raw(Box::new(batch));
         pg_sys::MemoryContextRegisterResetCallback(query_cxt, callback);
+        if capture {
+            let batch = batch_of(node);
+            batch.signature = carry::signature(cscan, pg_sys::ExecGetResultType(child));
+            if let Some((flight, in_flight, window_max, taken)) =
+                carry::take((*cscan).scan.plan.plan_node_id, &batch.signature)
+            {
+                batch.flight = flight;
+                batch.in_flight = in_flight;
+                batch.window_max = batch.window_max.max(window_max);
+                batch.taken = Some(taken);
+            }
+        }
     }
 }
 
@@ -546,9 +571,11 @@ unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
     unsafe {
         let state = std::mem::replace(&mut (*(node as *mut BatchState)).state, std::ptr::null_mut());
         if !state.is_null() {
-            let batch = Box::from_raw(state);
+            let mut batch = Box::from_raw(state);
             if batch.capture {
                 capture::note_round(batch.window_max / 2);
+                let id = (*(*node).ss.ps.plan).plan_node_id;
+                carry::keep(id, batch.carry());
             }
             pg_sys::ExecClearTuple(batch.outer_slot);
             pg_sys::MemoryContextDelete(batch.rows_cxt);
@@ -766,8 +793,28 @@ impl Batch {
                 let mut results = Vec::with_capacity(self.sites.len());
                 let mut failed = None;
                 let mut bytes = 0u64;
+                // A row the previous node of a job read ahead: its answers, and its requests
+                // still in flight, are this row's (see `carry`).
+                let mut carried = match self.taken.as_mut() {
+                    Some(taken) if taken.any() => taken.row(&carry::print(slot), seq),
+                    _ => None,
+                };
                 (*econtext).ecxt_outertuple = slot;
                 for i in 0..self.sites.len() {
+                    let call =
+                        carried.as_mut().and_then(|c| c.get_mut(i)).map(|c| std::mem::replace(c, Call::Lost));
+                    match call {
+                        Some(Call::Arrived(answer)) => {
+                            results.push(Some(answer));
+                            continue;
+                        }
+                        Some(Call::InFlight) => {
+                            results.push(None);
+                            continue;
+                        }
+                        // Not carried, or never sent: the call is made here.
+                        _ => {}
+                    }
                     let Some(args) = self.sites[i].row_args(slot, econtext) else {
                         // Its guard does not hold: row by row, this call is not made.
                         self.skipped += 1;
@@ -820,17 +867,20 @@ impl Batch {
             Ok(Prepared::Done(answer)) => Ok(Some(Ok(answer))),
             Ok(Prepared::Chat { target, request, finish }) => {
                 let client = backend::client()?;
-                self.queued.push_back(Box::pin(chat(client, target, request, finish, seq, site)));
+                let request = Box::pin(chat(client, target, request, finish, seq, site));
+                self.queued.push_back(Queued { calls: vec![(seq, site)], request });
                 Ok(None)
             }
             Ok(Prepared::Rerank { target, url, query, document }) => {
                 let client = backend::client()?;
-                self.queued.push_back(Box::pin(rerank(client, target, url, query, document, seq, site)));
+                let request = Box::pin(rerank(client, target, url, query, document, seq, site));
+                self.queued.push_back(Queued { calls: vec![(seq, site)], request });
                 Ok(None)
             }
             Ok(Prepared::Similarity { target, model, a, b }) => {
                 let client = backend::client()?;
-                self.queued.push_back(Box::pin(similarity(client, target, model, a, b, seq, site)));
+                let request = Box::pin(similarity(client, target, model, a, b, seq, site));
+                self.queued.push_back(Queued { calls: vec![(seq, site)], request });
                 Ok(None)
             }
             Ok(Prepared::Embed { target, model, input }) => {
@@ -864,7 +914,8 @@ impl Batch {
 
     fn seal(&mut self, pack: Pack) -> Result<(), AiError> {
         let client = backend::client()?;
-        self.queued.push_back(Box::pin(embed(client, pack)));
+        let calls = pack.members.iter().map(|(seq, site, _)| (*seq, *site)).collect();
+        self.queued.push_back(Queued { calls, request: Box::pin(embed(client, pack)) });
         Ok(())
     }
 
@@ -879,7 +930,7 @@ impl Batch {
     /// Starts queued requests while fewer than `concurrency` are in flight.
     fn launch(&mut self) {
         while self.in_flight < self.concurrency {
-            let Some(request) = self.queued.pop_front() else { break };
+            let Some(Queued { request, .. }) = self.queued.pop_front() else { break };
             self.flight.push(request);
             self.in_flight += 1;
             self.requests += 1;
@@ -903,6 +954,14 @@ impl Batch {
 
     fn apply(&mut self, answers: Answers) {
         for (seq, site, answer) in answers {
+            let (seq, answer) = if seq & CARRIED == 0 {
+                (seq, answer)
+            } else {
+                match self.taken.as_mut().and_then(|t| t.route(seq & !CARRIED, site, answer)) {
+                    Some(routed) => routed,
+                    None => continue,
+                }
+            };
             if let Some(row) = seq.checked_sub(self.consumed()).and_then(|i| self.window.get_mut(i as usize))
             {
                 let answer = Some(answer);
@@ -1007,8 +1066,54 @@ impl Batch {
         }
     }
 
+    /// What a capturing node at its end read ahead and did not return, for the next one
+    /// (see `carry`): its requests in flight, and its rows with their answers so far. Calls
+    /// not sent yet are dropped: the next node makes them again.
+    unsafe fn carry(&mut self) -> Carry {
+        let mut unsent: std::collections::HashSet<(u64, usize)> =
+            self.queued.drain(..).flat_map(|q| q.calls).collect();
+        unsent.extend(self.packs.drain().flat_map(|(_, p)| p.members.into_iter().map(|(s, i, _)| (s, i))));
+        let first = self.consumed();
+        let mut rows = HashMap::with_capacity(self.window.len());
+        for (n, row) in std::mem::take(&mut self.window).into_iter().enumerate() {
+            let seq = first + n as u64;
+            // SAFETY: the row's copy lives in rows_cxt until the node's end, after this;
+            // the outer slot is cleared before the copy is freed.
+            let print = unsafe {
+                pg_sys::ExecStoreMinimalTuple(row.tuple, self.outer_slot, false);
+                pg_sys::slot_getallattrs(self.outer_slot);
+                carry::print(self.outer_slot)
+            };
+            let calls = row
+                .results
+                .into_iter()
+                .enumerate()
+                .map(|(site, result)| match result {
+                    Some(answer) => Call::Arrived(answer),
+                    None if unsent.contains(&(seq, site)) => Call::Lost,
+                    None => Call::InFlight,
+                })
+                .collect();
+            // Two rows alike (no key among the child's columns) make the same calls: the
+            // first is carried, the second's answers are dropped.
+            rows.entry(print).or_insert((seq, calls));
+        }
+        self.window_bytes = 0;
+        let flight = std::mem::replace(&mut self.flight, Flight::new());
+        let in_flight = std::mem::replace(&mut self.in_flight, 0);
+        Carry::new(
+            std::mem::take(&mut self.signature),
+            flight,
+            in_flight,
+            self.window_max,
+            rows,
+            self.taken.take(),
+        )
+    }
+
     /// Drops every request and row in the window; their connections close now.
     fn abandon(&mut self) {
+        self.taken = None;
         self.queued.clear();
         self.packs.clear();
         self.flight = Flight::new();

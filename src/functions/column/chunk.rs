@@ -2,12 +2,15 @@
 //! for one chunk of rows at a time (`ChunkPlan`, `Cursor`).
 //!
 //! The chunk query runs as a cursor fetched a few rows at a time, so the job writes each
-//! row's value while the AI Batch node below keeps the next rows' requests in flight. Values
+//! row's value while the AI Batch node below keeps the next rows' requests in flight; the
+//! query reads the next chunk's rows after its own, so that requests stay in flight across
+//! the end of the chunk and the commit after it (`executor::carry`). Values
 //! are kept as the expression's own datums (copied out of SPI's memory), so the UPDATE's
 //! assignment cast to the target column runs per row and a value it rejects fails that row.
 
 use super::table::Table;
 use crate::executor::list_ptrs;
+use crate::functions::calls::Kernel;
 use crate::spi::Scratch;
 use bailian_core::AiError;
 use pgrx::pg_sys;
@@ -27,6 +30,43 @@ pub struct Analysis {
     pub whole_row: bool,
     /// Whether they read the target column itself.
     pub reads_target: bool,
+    /// Whether a chunk's query may read the next chunk's rows ahead: the expression makes one
+    /// AI call, outside any subquery, so that the one AI Batch node's requests are all the
+    /// read-ahead sends, and the next chunk's node takes them up (`executor::carry`). Nested
+    /// calls (a node above another, which reads ahead what the one below returned) and calls
+    /// the executor does not batch (made where their row is read) would be made again.
+    pub read_ahead: bool,
+}
+
+/// The AI calls in `expr`, counted; None when it holds a subquery.
+unsafe fn ai_calls(expr: *mut pg_sys::Node) -> Option<usize> {
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, cx: *mut std::ffi::c_void) -> bool {
+        if node.is_null() {
+            return false;
+        }
+        // SAFETY: cx is the counter passed below; node a valid node of an analyzed query.
+        unsafe {
+            let calls = &mut *(cx as *mut Option<usize>);
+            match (*node).type_ {
+                pg_sys::NodeTag::T_SubLink | pg_sys::NodeTag::T_Query => {
+                    *calls = None;
+                    return true;
+                }
+                pg_sys::NodeTag::T_FuncExpr
+                    if Kernel::of_function((*(node as *mut pg_sys::FuncExpr)).funcid).is_some() =>
+                {
+                    *calls = calls.map(|n| n + 1);
+                }
+                _ => {}
+            }
+            pg_sys::expression_tree_walker(node, Some(walk), cx)
+        }
+    }
+    let mut calls = Some(0);
+    // SAFETY: a valid expression tree; the walker only reads it.
+    unsafe { walk(expr, (&mut calls as *mut Option<usize>).cast()) };
+    calls
 }
 
 fn internal(what: &str) -> AiError {
@@ -37,12 +77,18 @@ fn internal(what: &str) -> AiError {
 struct Kept(pg_sys::SPIPlanPtr);
 
 impl Kept {
-    fn prepare(sql: &str, argtypes: &mut [pg_sys::Oid]) -> Result<Kept, AiError> {
+    /// `options`: cursor options (`CURSOR_OPT_*`), 0 for none.
+    fn prepare(sql: &str, argtypes: &mut [pg_sys::Oid], options: u32) -> Result<Kept, AiError> {
         let c = CString::new(sql).map_err(|_| AiError::invalid("the expression must not contain NUL"))?;
         // SAFETY: inside the job's SPI connection; a parse or analysis error is raised as an
         // ERROR (the job's), and a NULL result is SPI's own failure.
         unsafe {
-            let plan = pg_sys::SPI_prepare(c.as_ptr(), argtypes.len() as i32, argtypes.as_mut_ptr());
+            let plan = pg_sys::SPI_prepare_cursor(
+                c.as_ptr(),
+                argtypes.len() as i32,
+                argtypes.as_mut_ptr(),
+                options as i32,
+            );
             if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
                 return Err(internal("SPI_prepare"));
             }
@@ -62,7 +108,7 @@ impl Drop for Kept {
 /// value per row.
 pub fn analyze(procedure: &str, table: &Table, expression: &str) -> Result<Analysis, AiError> {
     let has_filter = table.has_filter();
-    let kept = Kept::prepare(&table.analysis_sql(expression), &mut [])?;
+    let kept = Kept::prepare(&table.analysis_sql(expression), &mut [], 0)?;
     // SAFETY: the plan source and its analyzed query are valid while the plan is kept;
     // only their fields are read, and pull_varattnos allocates in the current context.
     unsafe {
@@ -123,7 +169,8 @@ pub fn analyze(procedure: &str, table: &Table, expression: &str) -> Result<Analy
             .map(|(_, name)| name)
             .collect();
         let reads_target = attnums.contains(&table.target_attnum);
-        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row, reads_target })
+        let read_ahead = ai_calls(expr(0)) == Some(1);
+        Ok(Analysis { value_type: pg_sys::exprType(expr(0)), checked, whole_row, reads_target, read_ahead })
     }
 }
 
@@ -139,29 +186,41 @@ pub struct Fetched {
 /// The chunk query, prepared once for the job.
 pub struct ChunkPlan(Kept);
 
+/// Rows of a chunk query: their identities, and the first and last of their keys.
+#[derive(Clone)]
+pub struct Span {
+    pub identities: Vec<Option<String>>,
+    pub first: Vec<Option<String>>,
+    pub last: Vec<Option<String>>,
+}
+
+impl Span {
+    /// No rows.
+    pub fn none() -> Span {
+        Span { identities: Vec::new(), first: Vec::new(), last: Vec::new() }
+    }
+}
+
 impl ChunkPlan {
+    /// Planned once for all chunks (a generic plan), so that every chunk's query has the
+    /// same nodes: a node takes up only what the same node of the same plan carried.
     pub fn prepare(sql: &str) -> Result<ChunkPlan, AiError> {
-        let text_array = pg_sys::TEXTARRAYOID;
-        Kept::prepare(sql, &mut [text_array, text_array, text_array]).map(ChunkPlan)
+        Kept::prepare(sql, &mut [pg_sys::TEXTARRAYOID; 6], pg_sys::CURSOR_OPT_GENERIC_PLAN).map(ChunkPlan)
     }
 
-    /// Opens a cursor over the rows `identities`, whose keys run from `first` to `last`.
-    /// Its parameters are built in `values`, which must not be reset before it is closed.
-    pub fn open(
-        &self,
-        identities: Vec<Option<String>>,
-        first: Vec<Option<String>>,
-        last: Vec<Option<String>>,
-        values: &Scratch,
-    ) -> Result<Cursor, AiError> {
+    /// Opens a cursor over the rows of `chunk`, then those of `next` (read ahead, for the
+    /// next chunk's query to take up; see `executor::carry`). Its parameters are built in
+    /// `values`, which must not be reset before it is closed.
+    pub fn open(&self, chunk: Span, next: Span, values: &Scratch) -> Result<Cursor, AiError> {
         // In `values`: the arrays and what SPI makes of them stay until the chunk is done.
         let portal = values.keep(|| {
-            let mut params: Vec<pg_sys::Datum> = [identities, first, last]
-                .into_iter()
-                .map(|a| a.into_datum().unwrap_or(pg_sys::Datum::from(0)))
-                .collect();
-            let nulls = [b' ' as std::ffi::c_char; 3];
-            // SAFETY: a kept plan with three text[] parameters, given three non-NULL arrays.
+            let mut params: Vec<pg_sys::Datum> =
+                [chunk.identities, chunk.first, chunk.last, next.identities, next.first, next.last]
+                    .into_iter()
+                    .map(|a| a.into_datum().unwrap_or(pg_sys::Datum::from(0)))
+                    .collect();
+            let nulls = [b' ' as std::ffi::c_char; 6];
+            // SAFETY: a kept plan with six text[] parameters, given six non-NULL arrays.
             // The portal belongs to the transaction; `Cursor` closes it.
             unsafe {
                 pg_sys::SPI_cursor_open(

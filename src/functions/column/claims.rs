@@ -10,8 +10,10 @@
 //! commit then). Every other row gives its claim back as soon as its outcome is settled,
 //! a failed row included: the job never reads a row twice (it pages in key order), so it
 //! needs no claim to remember its own failures, and the lock table never holds more than a
-//! job's chunk and one page read ahead, however many rows fail. A session reading behind
-//! this one may then try a row this job failed on: a fresh attempt, as a new CALL would make.
+//! job's chunk and one page read ahead (the next chunk's first rows, whose requests start
+//! while this chunk's are in flight, among them), however many rows fail. A session reading
+//! behind this one may then try a row this job failed on: a fresh attempt, as a new CALL
+//! would make.
 //!
 //! A row whose claim another session holds is not counted as done: the job defers it
 //! (`Reader::deferred` in the job engine) and comes back to it once its main pass is over,

@@ -439,13 +439,17 @@ impl Table {
     }
 
     /// One chunk's values: `$1` the rows' identities (text[]), `$2` and `$3` the first and
-    /// last of their keys (the range lets the key's index find them). Columns: identity,
-    /// the checked columns' text (see `write_sql`), the expression's value.
+    /// last of their keys (the range lets the key's index find them); then `$4` to `$6` the
+    /// same of the next chunk's rows, read after all of this chunk's (UNION ALL returns its
+    /// branches in order), so that their requests are in flight while the job writes this
+    /// chunk's last rows and commits (see `executor::carry`). Columns: identity, the checked
+    /// columns' text (see `write_sql`), the expression's value.
     ///
     /// The rows come from a subquery the planner cannot flatten (OFFSET 0) of the columns the
-    /// expression reads, the key and the target, under the relation's own name, so that one node evaluates the expression over every row, also
-    /// for a partitioned table: that node's AI Batch nodes return rows one for one, in
-    /// order, which capture mode needs (see `executor::capture`).
+    /// expression reads, the key and the target, under the relation's own name, so that one
+    /// node evaluates the expression over every row, also for a partitioned table: that
+    /// node's AI Batch nodes return rows one for one, in order, which capture mode needs (see
+    /// `executor::capture`).
     pub fn chunk_sql(&self, expression: &str, analysis: &Analysis) -> String {
         let columns = if analysis.whole_row {
             "*".to_string()
@@ -457,14 +461,22 @@ impl Table {
             names.retain(|n| seen.insert(*n));
             names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ")
         };
+        let rows = |first: usize| {
+            format!(
+                "(SELECT {columns} FROM {t} WHERE {from} AND {up_to} AND {identity} OPERATOR(pg_catalog.=) ANY (${first}))",
+                t = self.name_sql,
+                from = self.keyset(first + 1, Bound::From),
+                up_to = self.keyset(first + 2, Bound::UpTo),
+                identity = self.identity(),
+            )
+        };
         format!(
             "SELECT {identity} AS pg_bailian_row, {inputs} AS pg_bailian_inputs, (\n{expression}\n) AS pg_bailian_value \
-               FROM (SELECT {columns} FROM {t} WHERE {from} AND {up_to} AND {identity} OPERATOR(pg_catalog.=) ANY ($1) OFFSET 0) AS {alias}",
+               FROM ({this} UNION ALL {next} OFFSET 0) AS {alias}",
             identity = self.identity(),
             inputs = inputs_sql(&analysis.checked),
-            t = self.name_sql,
-            from = self.keyset(2, Bound::From),
-            up_to = self.keyset(3, Bound::UpTo),
+            this = rows(1),
+            next = rows(4),
             alias = quote_ident(&self.shown),
         )
     }
