@@ -99,7 +99,6 @@ GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
 -- Syncs (sql/sync.sql): every role may keep its own columns current; the functions check
 -- ownership and privileges themselves.
 GRANT SELECT ON ai_syncs, ai_sync_errors, ai_sync_queue TO PUBLIC;
-GRANT INSERT ON ai_sync_queue TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_sync_create(text, regclass, name, text, text, boolean),
     ai_sync_chunks(text, regclass, text, name, text, int, int), ai_sync_pause(text), ai_sync_resume(text),
     ai_sync_drop(text) TO PUBLIC;

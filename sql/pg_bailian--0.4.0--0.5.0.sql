@@ -57,18 +57,19 @@ CREATE TABLE ai_sync_queue (
     queued_at  timestamptz NOT NULL,
     changed_at timestamptz NOT NULL,
     run        bigint,
+    -- A row a fill left queued (held locked by another transaction, or failing for a
+    -- transient reason) waits until then, so that newer entries are not starved by it.
+    not_before timestamptz,
     PRIMARY KEY (sync_name, relid, key)
 );
 CREATE INDEX ai_sync_queue_run ON ai_sync_queue (sync_name, relid, run);
 -- A fill takes the oldest entries first.
 CREATE INDEX ai_sync_queue_age ON ai_sync_queue (sync_name, relid, queued_at);
--- A role sees and queues only rows of tables it may read and update: the fill reads the queue
--- as the sync's owner, and queues a restored table's unfilled rows as that owner.
+-- A role sees only rows of tables it may read (some columns of, at least): the fill reads the
+-- queue as the sync's owner. Only the extension writes it (as the catalog owner).
 ALTER TABLE ai_sync_queue ENABLE ROW LEVEL SECURITY;
 CREATE POLICY readers ON ai_sync_queue FOR SELECT
-    USING (pg_catalog.has_table_privilege(relid, 'SELECT'));
-CREATE POLICY updaters ON ai_sync_queue FOR INSERT
-    WITH CHECK (pg_catalog.has_table_privilege(relid, 'UPDATE'));
+    USING (pg_catalog.has_any_column_privilege(relid, 'SELECT'));
 COMMENT ON TABLE ai_sync_queue IS 'Keys of the rows each sync has still to fill (key: the primary key columns as text, in order); queued_at is when the row became pending. Rows of tables you may read only.';
 
 CREATE TABLE bailian.sync_errors (
@@ -168,7 +169,6 @@ COMMENT ON FUNCTION bailian.sync_mark() IS
   'Trigger of a column sync: NULLs the target of the row and queues its key.';
 
 GRANT SELECT ON ai_syncs, ai_sync_errors, ai_sync_queue TO PUBLIC;
-GRANT INSERT ON ai_sync_queue TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_sync_create(text, regclass, name, text, text, boolean),
     ai_sync_chunks(text, regclass, text, name, text, int, int), ai_sync_pause(text), ai_sync_resume(text),
     ai_sync_drop(text) TO PUBLIC;

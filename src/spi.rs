@@ -36,6 +36,11 @@ impl NonAtomicSpi {
         Ok(NonAtomicSpi { commits: false })
     }
 
+    /// Whether `commit` commits (false for `connect_atomic`'s connection).
+    pub fn commits(&self) -> bool {
+        self.commits
+    }
+
     /// Commits the transaction; the connection stays open in the new one.
     pub fn commit(&self) {
         if !self.commits {

@@ -256,8 +256,9 @@ fn a_sync_runs_as_its_owner_and_no_one_else_changes_it() {
     c.batch_execute(
         "CREATE TABLE notes (id int PRIMARY KEY, body text, tag text);
          INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 5) g;
-         GRANT SELECT, INSERT, UPDATE ON notes TO sync_writer;
-         GRANT SELECT ON notes TO sync_reader, sync_other;",
+         GRANT SELECT, INSERT, UPDATE, TRIGGER ON notes TO sync_writer;
+         GRANT SELECT ON notes TO sync_reader, sync_other;
+         GRANT UPDATE ON notes TO sync_other;",
     )
     .unwrap();
     let mut reader = connect_as(&db, "sync_reader");
@@ -265,6 +266,11 @@ fn a_sync_runs_as_its_owner_and_no_one_else_changes_it() {
         error_of(reader.batch_execute("SELECT ai_sync_create('r', 'notes', 'tag', 'body')"));
     assert_eq!(code, "42501", "{message}");
     assert!(message.contains("permission denied to update column \"tag\""), "{message}");
+    // Updating is not enough: a sync puts triggers on the table, which needs TRIGGER.
+    let mut other = connect_as(&db, "sync_other");
+    let (code, message) = error_of(other.batch_execute("SELECT ai_sync_create('o', 'notes', 'tag', 'body')"));
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("permission denied to create triggers"), "{message}");
 
     let mut writer = connect_as(&db, "sync_writer");
     writer
@@ -284,7 +290,6 @@ fn a_sync_runs_as_its_owner_and_no_one_else_changes_it() {
         Some("sync_writer:changed")
     );
 
-    let mut other = connect_as(&db, "sync_other");
     for sql in [
         "SELECT ai_sync_pause('w')",
         "SELECT ai_sync_drop('w')",
@@ -613,6 +618,39 @@ fn a_spent_budget_makes_the_sync_wait() {
     c.batch_execute("SELECT ai_drop_budget(NULL, 'emb'); SELECT ai_sync_resume('b_emb')").unwrap();
     assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
     assert_current(&mut c);
+    drop(c);
+    drop_db(&db);
+}
+
+#[test]
+fn partitioned_tables_and_changed_keys() {
+    let s = standin();
+    let (mut c, db) = fresh_db("sync_partitions");
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
+    c.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, other int DEFAULT 0, emb real[]) PARTITION BY RANGE (id);
+         CREATE TABLE docs_low PARTITION OF docs FOR VALUES FROM (0) TO (100);
+         CREATE TABLE docs_high PARTITION OF docs FOR VALUES FROM (100) TO (10000);
+         INSERT INTO docs (id, title, body) VALUES (1, 'a', 'low one'), (150, 'b', 'high one');
+         SELECT ai_sync_create('p_emb', 'docs', 'emb', $$ai_embed('emb', title || ' ' || body)$$);",
+    )
+    .unwrap();
+    assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
+    c.batch_execute("INSERT INTO docs (id, title, body) VALUES (2, 'c', 'low two'), (200, 'd', 'high two')")
+        .unwrap();
+    assert!(
+        filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"),
+        "rows of every partition are filled"
+    );
+    assert_current(&mut c);
+    // A pending row whose key changes is filled under its new key (here across partitions).
+    c.batch_execute("SELECT ai_sync_pause('p_emb'); UPDATE docs SET body = 'moved' WHERE id = 2; UPDATE docs SET id = 300 WHERE id = 2")
+        .unwrap();
+    c.batch_execute("SELECT ai_sync_resume('p_emb')").unwrap();
+    assert!(filled_all(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE id = 300 AND emb IS NOT NULL"), 1);
+    assert_current(&mut c);
+    assert!(wait_for(FILL, || count(&mut c, "SELECT count(*) FROM ai_sync_queue") == 0));
     drop(c);
     drop_db(&db);
 }

@@ -27,17 +27,41 @@ pub fn blocked(def: &Def) -> Option<(String, String)> {
     None
 }
 
+/// Queues the rows of `relid` whose target is NULL and whose filter holds, for sync `name`:
+/// read as the current user (the filter is that role's SQL), a page at a time, and queued as
+/// the catalog owner (no other role may write the queue).
+pub fn queue_todo(
+    name: &str,
+    relid: pg_sys::Oid,
+    target: &str,
+    filter: Option<&str>,
+) -> Result<i64, AiError> {
+    let queue = super::queue_table()?;
+    let sql = format!(
+        "INSERT INTO {queue} (sync_name, relid, key, queued_at, changed_at)
+         SELECT $1, $2, ARRAY(SELECT e FROM pg_catalog.jsonb_array_elements_text(k) WITH ORDINALITY AS x(e, n) ORDER BY n),
+                pg_catalog.now(), pg_catalog.now()
+           FROM pg_catalog.jsonb_array_elements($3) AS k
+         ON CONFLICT DO NOTHING"
+    );
+    let catalog_owner = crate::catalog::catalog_owner();
+    column::todo_keys(relid, target, filter, |keys| {
+        let keys = pgrx::JsonB(serde_json::to_value(keys).unwrap_or_default());
+        crate::catalog::as_role(catalog_owner, || {
+            Spi::connect_mut(|c| c.update(&sql, None, &[name.into(), relid.into(), keys.into()]).map(drop))
+        })
+        .map_err(spi)
+    })
+}
+
 /// Queues the unfilled rows of a sync whose rows were never queued for this table (new, or
-/// restored from a dump: the queue names tables by oid), as the owner.
+/// restored from a dump: the queue names tables by oid), reading them as the owner.
 pub fn scan(def: &Def) -> Result<i64, AiError> {
     let owner = def.owner_oid.ok_or_else(|| AiError::invalid("sync owner missing"))?;
-    let queue = super::queue_table()?;
     let n = as_owner(owner, &def.search_path, || {
-        let (sql, _) = column::enqueue_todo_sql(def.relid, &def.target, def.filter.as_deref(), &queue)?;
-        Spi::connect_mut(|c| c.update(&sql, None, &[def.name.as_str().into()]).map(|t| t.len() as i64))
-            .map_err(spi)
+        queue_todo(&def.name, def.relid, &def.target, def.filter.as_deref())
     })?;
-    save_state(&def.name, def.relid, "running", 0, 0, None, None)?;
+    super::mark_scanned(&def.name, def.relid)?;
     Ok(n)
 }
 
@@ -61,13 +85,36 @@ pub fn mark(def: &Def) -> Result<(i64, i64), AiError> {
                     "UPDATE {queue} SET run = $3 WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
                         SELECT q.ctid FROM {queue} q
                          WHERE q.sync_name OPERATOR(pg_catalog.=) $1 AND q.relid OPERATOR(pg_catalog.=) $2
-                         ORDER BY q.queued_at LIMIT {RUN_ROWS}))"
+                           AND (q.not_before IS NULL OR q.not_before OPERATOR(pg_catalog.<=) pg_catalog.now())
+                         ORDER BY q.queued_at LIMIT {RUN_ROWS} FOR UPDATE SKIP LOCKED))"
                 ),
                 None,
                 &[def.name.as_str().into(), def.relid.into(), run.into()],
             )?;
             Ok((run, taken.len() as i64))
         })
+        .map_err(spi)
+    })
+}
+
+/// Queued entries a fill may take now but `mark` did not (another transaction holds them).
+pub fn held(def: &Def) -> Result<i64, AiError> {
+    let queue = super::queue_table()?;
+    as_catalog_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                &format!(
+                    "SELECT pg_catalog.count(*) FROM {queue} q
+                      WHERE q.sync_name OPERATOR(pg_catalog.=) $1 AND q.relid OPERATOR(pg_catalog.=) $2
+                        AND (q.not_before IS NULL OR q.not_before OPERATOR(pg_catalog.<=) pg_catalog.now())"
+                ),
+                Some(1),
+                &[def.name.as_str().into(), def.relid.into()],
+            )?
+            .first()
+            .get_one::<i64>()
+        })
+        .map(|n| n.unwrap_or(0))
         .map_err(spi)
     })
 }
@@ -88,6 +135,10 @@ pub fn fill(def: &Def, run: i64, atomic: bool) -> Result<Progress, AiError> {
         )
     })
 }
+
+/// How long a row a fill left queued (locked by another transaction, or failing for a
+/// transient reason) waits before a fill takes it again.
+const KEPT_DELAY_SECS: f64 = 2.0;
 
 /// Codes of failures that are about the provider or the deployment rather than the row: the
 /// row stays queued and the sync backs off.
@@ -140,7 +191,7 @@ pub fn record(def: &Def, run: i64, outcome: Result<Progress, (String, String)>) 
         } else {
             ("stopped", None)
         };
-        save_state(&def.name, def.relid, state, 0, 0, Some((code.as_str(), message.as_str())), retry)?;
+        save_state(&def.name, state, 0, 0, Some((code.as_str(), message.as_str())), retry)?;
         return Ok(state.to_string());
     }
     let progress = progress.expect("progress or error");
@@ -193,6 +244,17 @@ pub fn record(def: &Def, run: i64, outcome: Result<Progress, (String, String)>) 
                 None,
                 &[def.name.as_str().into(), def.relid.into(), run.into(), keep.clone().into()],
             )?;
+            // What stays waits a little, behind newer entries (see the queue's not_before).
+            c.update(
+                &format!(
+                    "UPDATE {queue} q SET run = NULL,
+                            not_before = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => {KEPT_DELAY_SECS})
+                      WHERE q.sync_name OPERATOR(pg_catalog.=) $1 AND q.relid OPERATOR(pg_catalog.=) $2
+                        AND q.run OPERATOR(pg_catalog.=) $3"
+                ),
+                None,
+                &[def.name.as_str().into(), def.relid.into(), run.into()],
+            )?;
             Ok(())
         })
         .map_err(spi)
@@ -210,7 +272,6 @@ pub fn record(def: &Def, run: i64, outcome: Result<Progress, (String, String)>) 
     };
     save_state(
         &def.name,
-        def.relid,
         state,
         progress.filled,
         failed,

@@ -69,6 +69,24 @@ fn trigger_name(name: &str, what: &str) -> String {
     quote_ident(&format!("ai_sync_{name}_{what}"))
 }
 
+/// A sync puts triggers on the table, so its maker needs what CREATE TRIGGER needs: the
+/// TRIGGER privilege (which its owner has). Without this, a role that may only update a
+/// column could make code of its own run in every writer's session.
+fn check_trigger_privilege(procedure: &str, relid: pg_sys::Oid, table: &str) -> Result<(), AiError> {
+    // SAFETY: an ACL check by oid for the current user.
+    let ok = unsafe {
+        pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_TRIGGER as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(AiError::NotAllowed {
+        message: format!("{procedure}: permission denied to create triggers on table {table}"),
+        hint: "A sync keeps its column current with triggers on the table: its owner, or a role granted TRIGGER on it, may make one.".into(),
+    })
+}
+
 /// What a chunk sync adds to the catalog row.
 struct Chunks {
     source: pg_sys::Oid,
@@ -114,21 +132,31 @@ fn create_column_sync(
         )));
     }
     let table = qualified(relid)?;
+    check_trigger_privilege(procedure, relid, &table)?;
     // Executed, not only parsed: a column the caller may not read fails here, not in the worker.
     let filter_sql = filter.map(|f| format!(", ({f})")).unwrap_or_default();
     run_sql(&format!("SELECT ({expression}){filter_sql} FROM {table} LIMIT 0"))?;
     let search_path = super::current_search_path();
     let (owner_oid, owner) = crate::catalog::current_user();
     let _ = owner_oid;
-    let args: Vec<String> = std::iter::once(name)
-        .chain(std::iter::once(target))
+    let relid_text = relid.to_u32().to_string();
+    let args: Vec<String> = [name, target, relid_text.as_str()]
+        .into_iter()
         .chain(keys.iter().map(String::as_str))
         .map(literal)
         .collect();
     let args = args.join(", ");
+    // The columns whose change makes the value stale, and the key's: a row whose key changes
+    // is queued under its new key (its old entry would name no row).
+    let mut watched = read.clone();
+    for k in &keys {
+        if !watched.contains(k) {
+            watched.push(k.clone());
+        }
+    }
     // Compared as text with pg_catalog's operator named (IS DISTINCT FROM would look `=` up
     // through the caller's search_path, where anyone may have put one).
-    let changed: Vec<String> = read
+    let changed: Vec<String> = watched
         .iter()
         .map(|c| {
             format!(
@@ -138,8 +166,7 @@ fn create_column_sync(
             )
         })
         .collect();
-    let columns: Vec<String> = read.iter().map(|c| quote_ident(c)).collect();
-    let queue = super::queue_table()?;
+    let columns: Vec<String> = watched.iter().map(|c| quote_ident(c)).collect();
     as_catalog_owner(|| {
         Spi::connect_mut(|c| {
             c.update(
@@ -191,10 +218,9 @@ fn create_column_sync(
         let only = filter.map(|f| format!(" AND ({f})")).unwrap_or_default();
         run_sql(&format!("UPDATE {table} SET {target_sql} = NULL WHERE {target_sql} IS NOT NULL{only}"))?;
     }
-    let (enqueue, _) = column::enqueue_todo_sql(relid, target, filter, &queue)?;
-    let queued = Spi::connect_mut(|c| c.update(&enqueue, None, &[name.into()]).map(|t| t.len() as i64))
-        .map_err(spi)?;
-    super::save_state(name, relid, "running", 0, 0, None, None)?;
+    let queued = super::fill::queue_todo(name, relid, target, filter)?;
+    super::save_state(name, "running", 0, 0, None, None)?;
+    super::mark_scanned(name, relid)?;
     announce(procedure, name);
     Ok(queued)
 }
@@ -296,6 +322,7 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
         return Err(AiError::invalid(format!("{procedure}: content and embedding must not be empty")));
     }
     let source_sql = qualified(source)?;
+    check_trigger_privilege(procedure, source, &source_sql)?;
     // SAFETY: a syscache lookup by oid.
     let relkind = unsafe { pg_sys::get_rel_relkind(source) } as u8;
     if relkind != b'r' && relkind != b'p' {
@@ -343,9 +370,8 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
         key_defs.join(", ")
     ))?;
     let function = format!("{}.{}", quote_ident(&schema), quote_ident(&format!("ai_sync_chunks_{name}")));
-    let path = super::current_search_path();
     run_sql(&format!(
-        "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path_literal} AS $pg_bailian$
+        "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $pg_bailian$
 DECLARE
     new_text pg_catalog.text;
     old_text pg_catalog.text;
@@ -365,7 +391,6 @@ BEGIN
     RETURN NULL;
 END
 $pg_bailian$",
-        path_literal = literal(&path),
     ))?;
     run_sql(&format!("REVOKE ALL ON FUNCTION {function}() FROM PUBLIC"))?;
     run_sql(&format!(
@@ -374,12 +399,11 @@ $pg_bailian$",
             "pg_bailian: cuts the content of {source_sql} into {dest} for sync {name} (ai_sync_chunks)"
         ))
     ))?;
-    as_catalog_owner(|| {
-        run_sql(&format!(
-            "CREATE TRIGGER {} AFTER INSERT OR UPDATE ON {source_sql} FOR EACH ROW EXECUTE FUNCTION {function}()",
-            trigger_name(&name, "chunks")
-        ))
-    })?;
+    // As the caller, who may create triggers on the source: the function is the caller's.
+    run_sql(&format!(
+        "CREATE TRIGGER {} AFTER INSERT OR UPDATE ON {source_sql} FOR EACH ROW EXECUTE FUNCTION {function}()",
+        trigger_name(&name, "chunks")
+    ))?;
     // SAFETY: the destination was just created, in this transaction.
     let dest_oid = Spi::connect(|c| {
         c.select("SELECT $1::pg_catalog.regclass::pg_catalog.oid", Some(1), &[dest.as_str().into()])?
@@ -504,9 +528,18 @@ fn sync_drop(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             c.select(
                 "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_proc p
                   WHERE p.proname OPERATOR(pg_catalog.=) $1 AND p.pronargs OPERATOR(pg_catalog.=) 0
-                    AND p.prorettype OPERATOR(pg_catalog.=) 'pg_catalog.trigger'::pg_catalog.regtype",
+                    AND p.prorettype OPERATOR(pg_catalog.=) 'pg_catalog.trigger'::pg_catalog.regtype
+                    AND p.proowner OPERATOR(pg_catalog.=) $2
+                    AND ($3::pg_catalog.oid IS NULL OR p.pronamespace OPERATOR(pg_catalog.=) $3)",
                 None,
-                &[format!("ai_sync_chunks_{}", def.name).into()],
+                &[
+                    format!("ai_sync_chunks_{}", def.name).into(),
+                    def.owner_oid.unwrap_or(pg_sys::Oid::INVALID).into(),
+                    // SAFETY: a syscache lookup; InvalidOid for a dropped destination.
+                    Some(unsafe { pg_sys::get_rel_namespace(def.relid) })
+                        .filter(|n| *n != pg_sys::Oid::INVALID)
+                        .into(),
+                ],
             )?
             .map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default()))
             .collect::<Result<Vec<_>, _>>()
@@ -576,7 +609,15 @@ fn sync_run(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
         let (run, taken) = super::fill::mark(&def)?;
         connection.commit();
         if taken == 0 {
-            break;
+            // Entries another session holds (the worker marking or recording them, a writer
+            // changing their row) are waited for, so that the CALL returns with them filled.
+            if super::fill::held(&def)? == 0 {
+                break;
+            }
+            // SAFETY: a plain sleep; interrupts are serviced right after.
+            unsafe { pg_sys::pg_usleep(100_000) };
+            pgrx::check_for_interrupts!();
+            continue;
         }
         let outcome = super::fill::fill(&def, run, false);
         if let Ok(p) = &outcome {

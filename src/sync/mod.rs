@@ -204,10 +204,10 @@ fn set_search_path(path: &str) {
     }
 }
 
-/// Records what a fill found, as the catalog owner.
+/// Records what a fill found, as the catalog owner. A sync's first state row says its rows
+/// were never queued for any table (relid 0, see `mark_scanned`).
 fn save_state(
     name: &str,
-    relid: pg_sys::Oid,
     state: &str,
     filled: i64,
     failed: i64,
@@ -223,10 +223,10 @@ fn save_state(
             c.update(
                 "INSERT INTO bailian.sync_state AS st (sync_name, relid, state, rows_filled, rows_failed, last_error,
                                                       last_sqlstate, last_run, retry_at, backoff)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.now(),
-                         pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $8), COALESCE($8, 0))
+                 VALUES ($1, 0, $2, $3, $4, $5, $6, pg_catalog.now(),
+                         pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $7), COALESCE($7, 0))
                  ON CONFLICT (sync_name) DO UPDATE
-                    SET relid = EXCLUDED.relid, state = EXCLUDED.state,
+                    SET state = EXCLUDED.state,
                         rows_filled = st.rows_filled OPERATOR(pg_catalog.+) EXCLUDED.rows_filled,
                         rows_failed = st.rows_failed OPERATOR(pg_catalog.+) EXCLUDED.rows_failed,
                         last_error = COALESCE(EXCLUDED.last_error, st.last_error),
@@ -235,7 +235,6 @@ fn save_state(
                 None,
                 &[
                     name.into(),
-                    relid.into(),
                     state.into(),
                     filled.into(),
                     failed.into(),
@@ -243,6 +242,22 @@ fn save_state(
                     code.into(),
                     retry_in.into(),
                 ],
+            )
+            .map(drop)
+        })
+        .map_err(spi)
+    })
+}
+
+/// The sync's rows of table `relid` are all queued: a restore (a new oid) queues them again.
+fn mark_scanned(name: &str, relid: pg_sys::Oid) -> Result<(), AiError> {
+    as_catalog_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO bailian.sync_state (sync_name, relid) VALUES ($1, $2)
+                 ON CONFLICT (sync_name) DO UPDATE SET relid = EXCLUDED.relid",
+                None,
+                &[name.into(), relid.into()],
             )
             .map(drop)
         })

@@ -1,11 +1,11 @@
 //! `bailian.sync_mark()`, the BEFORE ROW trigger of a column sync on INSERT and on UPDATE of
-//! the columns its expression reads. Its arguments: the sync's name, the target column, then
-//! the primary key's columns in order. It returns the row with the target NULL and queues the
+//! the columns its expression reads. Its arguments: the sync's name, the target column, the
+//! sync's table (its oid), then the primary key's columns in order. It returns the row with the target NULL and queues the
 //! row's key (the key columns' text, as their output functions write it).
 //!
-//! The key is queued as the catalog owner, so writers need no rights on the queue; the entry
-//! names the trigger's own table, so a trigger some role puts on its own table under another
-//! sync's name queues nothing that sync fills (the fill takes entries of its own table only).
+//! The key is queued as the catalog owner, so writers need no rights on the queue. Only
+//! ai_sync_create makes these triggers: the function is not executable by PUBLIC, and its
+//! schema is not usable by PUBLIC, so no other role can name it in a trigger of its own.
 
 use crate::entry::sql_entry;
 use bailian_core::AiError;
@@ -29,7 +29,7 @@ fn enqueue(sync: &str, relid: pg_sys::Oid, key: Vec<Option<String>>) -> Result<(
         let sql = format!(
             "INSERT INTO {} AS q (sync_name, relid, key, queued_at, changed_at) \
              VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp()) \
-             ON CONFLICT (sync_name, relid, key) DO UPDATE SET changed_at = EXCLUDED.changed_at, run = NULL",
+             ON CONFLICT (sync_name, relid, key) DO UPDATE SET changed_at = EXCLUDED.changed_at, run = NULL, not_before = NULL",
             super::queue_table()?
         );
         let owner = crate::catalog::catalog_owner();
@@ -83,7 +83,7 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
         }
         let trigger = (*td).tg_trigger;
         let nargs = (*trigger).tgnargs as usize;
-        if nargs < 3 {
+        if nargs < 4 {
             return Err(not_a_trigger());
         }
         let args: Vec<String> = (0..nargs)
@@ -100,7 +100,7 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
         // A column of the sync dropped or renamed since: writes to the table go on as if it
         // had no trigger, but for the key, queued while there is one, so that the worker
         // finds the sync broken and stops it with the reason (ai_syncs).
-        let Some(key_columns) = args[2..].iter().map(|n| attnum(n)).collect::<Option<Vec<i32>>>() else {
+        let Some(key_columns) = args[3..].iter().map(|n| attnum(n)).collect::<Option<Vec<i32>>>() else {
             return Ok(Some(pg_sys::Datum::from(tuple)));
         };
         let new = match attnum(&args[1]) {
@@ -118,12 +118,17 @@ fn sync_mark(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
             }
             None => tuple,
         };
-        let mut key = Vec::with_capacity(nargs - 2);
+        let mut key = Vec::with_capacity(nargs - 3);
         for column in key_columns {
             let p = pg_sys::SPI_getvalue(new, desc, column);
             key.push(if p.is_null() { None } else { Some(CStr::from_ptr(p).to_string_lossy().into_owned()) });
         }
-        enqueue(&args[0], (*rel).rd_id, key)?;
+        // The sync's table, named by the trigger: on a partition (whose trigger is the
+        // partitioned table's, cloned) it is not the relation at hand.
+        let relid = args[2].parse::<u32>().map(pg_sys::Oid::from).map_err(|_| not_a_trigger())?;
+        enqueue(&args[0], relid, key)?;
+        // The database's worker (or the launcher, to start one) looks once this commits.
+        super::wake::want_at_commit();
         Ok(Some(pg_sys::Datum::from(new)))
     }
 }

@@ -81,8 +81,13 @@ fn slot(area: &Area, db: u32, claim: bool) -> Option<&Database> {
 pub fn want(db: pg_sys::Oid) {
     let Some(area) = area() else { return };
     if let Some(d) = slot(area, db.to_u32(), true) {
+        let worker = d.latch.load(Ordering::Acquire);
+        if worker != 0 {
+            // A worker runs: it looks now (the launcher need not).
+            set_latch(worker);
+            return;
+        }
         d.wanted.store(true, Ordering::Release);
-        set_latch(d.latch.load(Ordering::Acquire));
     }
     set_latch(area.launcher.load(Ordering::Acquire));
 }
@@ -131,6 +136,17 @@ pub fn register_worker(db: pg_sys::Oid, running: bool) {
 thread_local! {
     static AT_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A database that no longer exists gives its slot back.
+pub fn forget(db: pg_sys::Oid) {
+    let Some(area) = area() else { return };
+    if let Some(d) = slot(area, db.to_u32(), false) {
+        d.active.store(false, Ordering::Release);
+        d.wanted.store(false, Ordering::Release);
+        d.latch.store(0, Ordering::Release);
+        let _ = d.oid.compare_exchange(db.to_u32(), 0, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 /// A worker that exits withdraws its latch.

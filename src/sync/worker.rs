@@ -2,8 +2,10 @@
 //!
 //! The **launcher** (registered at preload, restarted by the postmaster if it dies) starts one
 //! **worker** per database: at once for a database a sync asked for (`wake::want`), and for
-//! every database that allows connections when it starts and every `PROBE` after. A worker
-//! whose database has no syncs (or no pg_bailian) exits at once; one that exits
+//! every database that allows connections when it starts and every `PROBE` after, and for a
+//! database where a synced table changed (the trigger wakes it at commit). A worker whose
+//! database has no syncs (or no pg_bailian) exits at once, one whose syncs have nothing
+//! queued after `IDLE_EXIT`; one that exits
 //! with an error is started again after `RESTART_DELAY`, so an error repeating cannot become a
 //! busy loop. A worker killed hard makes the postmaster restart the cluster (as for any
 //! backend), after which the launcher starts the workers again and they go on with what is
@@ -26,9 +28,10 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(200);
 /// How often the launcher looks at every database for syncs.
 const PROBE: Duration = Duration::from_secs(60);
-/// How long a worker whose database has no syncs stays before it exits: not at all, as it
-/// holds one of `max_worker_processes`; a new sync wakes the launcher once it is committed.
-const IDLE_EXIT: Duration = Duration::from_secs(0);
+/// How long a worker whose syncs have nothing queued stays before it exits (one whose database
+/// has no syncs exits at once): it holds one of `max_worker_processes` and a connection that
+/// keeps DROP DATABASE waiting. A change to a synced table wakes the launcher at its commit.
+const IDLE_EXIT: Duration = Duration::from_secs(30);
 const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Workers the launcher starts at most per second.
 const STARTS_PER_TICK: usize = 4;
@@ -121,9 +124,17 @@ pub extern "C-unwind" fn pg_bailian_sync_launcher(_arg: pg_sys::Datum) {
         });
         // Wanted databases first: a sync just made or resumed waits for nothing else; then
         // those whose worker failed.
-        for db in super::wake::active() {
-            if !running.contains_key(&db.to_u32()) && !pending.contains(&db) {
-                pending.insert(0, db);
+        let active: Vec<pg_sys::Oid> =
+            super::wake::active().into_iter().filter(|db| !running.contains_key(&db.to_u32())).collect();
+        if !active.is_empty() {
+            // A database dropped while its worker ran is forgotten, not started for again.
+            let existing = databases();
+            for db in active {
+                if !existing.contains(&db) {
+                    super::wake::forget(db);
+                } else if !pending.contains(&db) {
+                    pending.insert(0, db);
+                }
             }
         }
         for db in super::wake::take_wanted().into_iter().rev() {
@@ -209,15 +220,17 @@ fn transaction<T>(f: impl FnOnce() -> Result<T, AiError>) -> Result<T, (String, 
                 pg_sys::PopActiveSnapshot();
                 pg_sys::CommitTransactionCommand();
             }
-            Err(_) => pg_sys::AbortCurrentTransaction(),
+            // Out of any subtransaction a fill's job had open, too.
+            Err(_) => pg_sys::AbortOutOfAnyTransaction(),
         }
     }
     result
 }
 
 /// The syncs of this database to fill now: not paused or stopped, not backing off, and with
-/// queued rows (or never scanned for this table). None when the database has no syncs.
-fn due() -> Result<Option<Vec<String>>, AiError> {
+/// queued rows (or never scanned for this table); and whether any has work for later. None
+/// when the database has no syncs.
+fn due() -> Result<Option<(Vec<String>, bool)>, AiError> {
     let queue = match super::queue_table() {
         Ok(q) => q,
         Err(_) => return Ok(None),
@@ -251,13 +264,31 @@ fn due() -> Result<Option<Vec<String>>, AiError> {
                                          WHERE c.oid OPERATOR(pg_catalog.=) s.table_name::pg_catalog.oid)
                          OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) s.owner)
                          OR EXISTS (SELECT FROM {queue} q WHERE q.sync_name OPERATOR(pg_catalog.=) s.sync_name
-                                      AND q.relid OPERATOR(pg_catalog.=) s.table_name::pg_catalog.oid))
+                                      AND q.relid OPERATOR(pg_catalog.=) s.table_name::pg_catalog.oid
+                                      AND (q.not_before IS NULL OR q.not_before OPERATOR(pg_catalog.<=) pg_catalog.now())))
                   ORDER BY s.sync_name"
             ),
             None,
             &[],
         )?;
-        rows.map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default())).collect::<Result<Vec<_>, _>>().map(Some)
+        let names = rows.map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default())).collect::<Result<Vec<_>, _>>()?;
+        // Work later: rows queued (also those waiting out a delay) or a retry scheduled.
+        let later = c
+            .select(
+                &format!(
+                    "SELECT EXISTS (SELECT FROM bailian.syncs s
+                                      LEFT JOIN bailian.sync_state st ON st.sync_name OPERATOR(pg_catalog.=) s.sync_name
+                                     WHERE NOT s.paused AND COALESCE(st.state, 'running') OPERATOR(pg_catalog.<>) 'stopped'
+                                       AND (st.retry_at IS NOT NULL
+                                            OR EXISTS (SELECT FROM {queue} q WHERE q.sync_name OPERATOR(pg_catalog.=) s.sync_name)))"
+                ),
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        Ok(Some((names, later)))
     })
     .map_err(super::spi)
 }
@@ -270,9 +301,7 @@ fn fill_once(name: &str) -> bool {
         _ => return false,
     };
     if let Ok(Some((code, message))) = transaction(|| Ok(fill::blocked(&def))) {
-        let _ = transaction(|| {
-            super::save_state(&def.name, def.relid, "stopped", 0, 0, Some((&code, &message)), None)
-        });
+        let _ = transaction(|| super::save_state(&def.name, "stopped", 0, 0, Some((&code, &message)), None));
         return false;
     }
     if def.scanned_relid != Some(def.relid) {
@@ -289,8 +318,37 @@ fn fill_once(name: &str) -> bool {
         return false;
     }
     let outcome = transaction(|| fill::fill(&def, run, true));
+    if let Err((code, message)) = &outcome {
+        pgrx::log!("pg_bailian sync \"{}\": {code} {message}", def.name);
+    }
     let _ = transaction(|| fill::record(&def, run, outcome));
+    // Whatever the owner's SQL set for the session (set_config(..., false) is not a restricted
+    // operation) goes back to the defaults before another owner's fill.
+    let _ = transaction(|| {
+        // SAFETY: DISCARD ALL's reset of every setting, in a transaction.
+        unsafe { pg_sys::ResetAllOptions() };
+        Ok(())
+    });
     taken >= super::RUN_ROWS
+}
+
+/// One worker per database: a session advisory lock on (this module's class, the database).
+fn only_worker(db: pg_sys::Oid) -> bool {
+    transaction(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "SELECT pg_catalog.pg_try_advisory_lock(21021, $1::pg_catalog.int4)",
+                Some(1),
+                &[(db.to_u32() as i32).into()],
+            )?
+            .first()
+            .get_one::<bool>()
+        })
+        .map_err(super::spi)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 #[pg_guard]
@@ -315,6 +373,10 @@ pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
             0,
         )
     };
+    if !only_worker(db) {
+        // Another worker serves this database (a launcher restarted while it ran).
+        return;
+    }
     super::wake::register_worker(db, true);
     // SAFETY: registers a callback for this process's exit, with the database as its argument.
     unsafe { pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(db.to_u32() as usize)) };
@@ -332,19 +394,22 @@ pub extern "C-unwind" fn pg_bailian_sync_worker(arg: pg_sys::Datum) {
         }
         more = false;
         match transaction(due) {
-            Ok(Some(names)) => {
-                last_work = Instant::now();
-                super::wake::set_active(db);
+            Ok(Some((names, later))) => {
+                if !names.is_empty() || later {
+                    last_work = Instant::now();
+                    super::wake::set_active(db);
+                }
                 for name in names {
                     pgrx::check_for_interrupts!();
                     more |= fill_once(&name);
                 }
-            }
-            _ => {
-                if last_work.elapsed() >= IDLE_EXIT {
+                if !more && last_work.elapsed() >= IDLE_EXIT {
+                    // Nothing queued for a while: the slot goes back; a change wakes the
+                    // launcher at its commit (the trigger's `wake::want_at_commit`).
                     break;
                 }
             }
+            _ => break,
         }
     }
     super::wake::register_worker(db, false);

@@ -187,6 +187,49 @@ impl Claims {
     }
 }
 
+thread_local! {
+    /// Claims of rows written by a job whose caller commits (`hold_written_until_transaction_end`).
+    static AT_END: std::cell::RefCell<Vec<pg_sys::LOCKTAG>> = const { std::cell::RefCell::new(Vec::new()) };
+    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Claims {
+    /// For a job that does not commit (a background worker's, whose caller commits): the
+    /// written rows keep their claims until the transaction ends, committed or not.
+    pub fn hold_written_until_transaction_end(&mut self) {
+        let written = std::mem::take(&mut self.written);
+        let mut tags: Vec<pg_sys::LOCKTAG> = Vec::with_capacity(written.len());
+        for claim in written {
+            if self.held.remove(&claim) {
+                tags.push(self.tag(claim));
+            }
+        }
+        if tags.is_empty() {
+            return;
+        }
+        AT_END.with(|a| a.borrow_mut().extend(tags));
+        if !CALLBACK.with(|c| c.replace(true)) {
+            // SAFETY: registers a callback for the life of the backend, once.
+            unsafe { pg_sys::RegisterXactCallback(Some(release_at_end), std::ptr::null_mut()) };
+        }
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn release_at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        for tag in AT_END.with(|a| std::mem::take(&mut *a.borrow_mut())) {
+            // SAFETY: releases a session lock a job took and handed over; the commit's writes
+            // are visible by now (the callback runs after the transaction's end is recorded).
+            unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true) };
+        }
+    }
+}
+
 impl Drop for Claims {
     fn drop(&mut self) {
         for claim in std::mem::take(&mut self.held) {

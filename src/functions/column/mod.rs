@@ -174,20 +174,40 @@ pub(crate) fn fill_queued(
     run_job(job, atomic, true)
 }
 
-/// The SQL that queues a sync's unfilled rows (see `Table::enqueue_todo_sql`).
-pub(crate) fn enqueue_todo_sql(
+/// The keys of the rows of `relid` whose target is NULL and whose filter holds, read as the
+/// current user a page at a time in key order, each page handed to `page` (a sync queues
+/// them: memory stays a page whatever the table's size).
+pub(crate) fn todo_keys(
     relid: pg_sys::Oid,
     target: &str,
     filter: Option<&str>,
-    queue: &str,
-) -> Result<(String, Vec<String>), AiError> {
+    mut page: impl FnMut(Vec<Key>) -> Result<(), AiError>,
+) -> Result<i64, AiError> {
     let table = Table::open("ai_sync", relid, target)?;
-    let keys = table.key_columns();
     let table = match filter {
         Some(f) => table.with_filter(f.to_string()),
         None => table,
     };
-    Ok((table.enqueue_todo_sql(queue), keys))
+    let sql = table.page_sql();
+    let mut after: Option<Key> = None;
+    let mut total = 0i64;
+    loop {
+        let rows = Spi::connect(|c| {
+            rows_of(
+                &table,
+                c.select(&sql, None, &[after.clone().into(), (PAGE_ROWS as i64).into()]).map_err(spi)?,
+            )
+        })?;
+        let done = rows.len() < PAGE_ROWS;
+        after = rows.last().map(|r| r.key.clone());
+        total += rows.len() as i64;
+        if !rows.is_empty() {
+            page(rows.into_iter().map(|r| r.key).collect())?;
+        }
+        if done {
+            return Ok(total);
+        }
+    }
 }
 
 /// Opens `relid` as a job would (a table with a primary key, a writable target), checks the
@@ -550,6 +570,11 @@ fn run_job(job: Job, atomic: bool, keep_failures: bool) -> Result<Progress, AiEr
         state.recheck_locked()
     })?;
     state.progress.finish();
+    if atomic {
+        // The caller commits the writes: until then another job must not find their rows
+        // free (it would see them unfilled, and locked).
+        state.claims.hold_written_until_transaction_end();
+    }
     let progress =
         std::mem::replace(&mut state.progress, Progress::new(procedure, String::new(), String::new(), 0));
     drop(state);
@@ -940,7 +965,9 @@ impl State<'_> {
     fn commit(&mut self, connection: &NonAtomicSpi) -> Result<(), AiError> {
         self.close_slab()?;
         connection.commit();
-        self.claims.release_written();
+        if connection.commits() {
+            self.claims.release_written();
+        }
         self.since_commit = 0;
         self.progress.committed();
         let done = self.progress.done();

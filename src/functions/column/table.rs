@@ -406,22 +406,6 @@ impl Table {
         )
     }
 
-    /// Queues (for sync `$1`) every row whose target is NULL and whose filter holds: a new
-    /// sync's rows, or a restored one's. Keys as text, as the sync's trigger queues them.
-    pub fn enqueue_todo_sql(&self, queue: &str) -> String {
-        let keys: Vec<String> =
-            self.keys.iter().map(|k| format!("{}::pg_catalog.text", quote_ident(&k.name))).collect();
-        format!(
-            "INSERT INTO {queue} (sync_name, relid, key, queued_at, changed_at) \
-             SELECT $1, {}::pg_catalog.oid, ARRAY[{}], pg_catalog.now(), pg_catalog.now() FROM {} WHERE {} \
-             ON CONFLICT DO NOTHING",
-            self.oid.to_u32(),
-            keys.join(", "),
-            self.name_sql,
-            self.todo_condition()
-        )
-    }
-
     /// The key columns' names, in key order.
     pub fn key_columns(&self) -> Vec<String> {
         self.keys.iter().map(|k| k.name.clone()).collect()
