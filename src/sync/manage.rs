@@ -3,10 +3,11 @@
 //!
 //! Everything is checked before anything is made (the name, the table's primary key, the
 //! target, the expression and filter, the caller's rights), and all of it happens in the
-//! caller's transaction, so an error leaves nothing behind. The catalog rows and the triggers
-//! of a column sync are written as the catalog owner (writers need no rights on the queue,
-//! and the caller needs no TRIGGER privilege: the trigger runs fixed code); everything that
-//! evaluates the caller's SQL runs as the caller.
+//! caller's transaction, so an error leaves nothing behind. The caller needs TRIGGER on the
+//! table, as CREATE TRIGGER would. The catalog rows and a column sync's triggers are written
+//! as the catalog owner (the trigger function is ours and not executable by PUBLIC, and
+//! writers need no rights on the queue); a chunk sync's function and trigger are the caller's,
+//! and everything that evaluates the caller's SQL runs as the caller.
 
 use super::{check_manage, load, load_existing, spi, wake, Def};
 use crate::catalog::as_catalog_owner;

@@ -15,9 +15,11 @@
 //!   or are no longer to fill are removed; a row changed during the fill has its entry's run
 //!   cleared by the trigger, so the entry stays for the next fill.
 //! - **Who fills.** A launcher (`worker`) starts one background worker per database; each polls
-//!   its syncs every `POLL` and is woken at once by `ai_sync_create` and `ai_sync_resume`
-//!   (`wake`). Without `shared_preload_libraries` there are no workers, and
-//!   `CALL ai_sync_run(name)` fills a sync in the caller's session.
+//!   its syncs every `POLL` and is woken at once by `ai_sync_create`, `ai_sync_resume` and the
+//!   commit of a change the trigger queued (`wake`). Without `shared_preload_libraries` there
+//!   are no workers, and `CALL ai_sync_run(name)` fills a sync in the caller's session. Two
+//!   fills of one sync at once (the worker and a CALL) share the rows through the job engine's
+//!   claims: no row is sent twice.
 //! - **Trouble.** A provider outage (calls failing with a transient code after retries) leaves
 //!   the rows queued and backs off (1 s doubling to 60 s, state `failing`); a spent budget
 //!   waits (`waiting for budget`); anything about the sync itself (its table or column gone,
