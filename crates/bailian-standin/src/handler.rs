@@ -362,6 +362,9 @@ async fn answer(
     id: u64,
     guard: &mut InFlight,
 ) -> Outcome {
+    // The latency counts from here: the stand-in's own work before it answers (parsing the
+    // request, its checks) is part of it, as a service's time to answer includes its own.
+    let arrived = Instant::now();
     let entry = &mut guard.entry;
     let kind = route.kind;
     let api = kind.api();
@@ -436,7 +439,7 @@ async fn answer(
         latency = 3_600_000;
     }
     if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
+        tokio::time::sleep(Duration::from_millis(latency).saturating_sub(arrived.elapsed())).await;
     }
     match fault {
         Some(Fault::Status(429)) => {
