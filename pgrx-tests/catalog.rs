@@ -253,8 +253,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
     Spi::run(&deploy_sql("emb", "text-embedding-v4", OTHER_SECRET, "")).unwrap();
     Spi::run("CREATE ROLE bailian_test_user NOLOGIN").unwrap();
 
-    // What the extension lets PUBLIC execute: the AI functions, the text functions and the
-    // column procedures (which run with the caller's rights), Hologres' forms (model-less
+    // What the extension lets PUBLIC execute: the AI functions, the text functions, the
+    // column procedures (which run with the caller's rights), the sync functions (which check
+    // the caller's rights and ownership themselves), Hologres' forms (model-less
     // calls, prompt(), list_external_models()), bailian.default_prompts() and
     // bailian.default_model_choices() (the ai_prompts and ai_default_models views call them
     // with the caller's rights); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
@@ -284,7 +285,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_rank(text,text,text), ai_sentiment(text), ai_sentiment(text,text), \
          ai_set_budget(name,text,numeric,text,text), ai_similarity(text,text), \
          ai_similarity(text,text,text), ai_summarize(text), ai_summarize(text,text,integer), \
-         ai_supported_models(), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
+         ai_supported_models(), ai_sync_chunks(text,regclass,text,name,text,integer,integer), \
+         ai_sync_create(text,regclass,name,text,text,boolean), ai_sync_drop(text), ai_sync_pause(text), \
+         ai_sync_resume(text), ai_sync_run(text), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
          ai_update(regclass,name,text,integer,text), bailian.activity_rows(), \
          bailian.budget_spent(), bailian.default_model_choices(), bailian.default_prompts(), \
          bailian.rate_limit_rows(), bailian.scope(), bailian.usage_rows(), list_external_models(), \
@@ -317,6 +320,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
             ("ai_prices".to_string(), true),
             ("ai_prompts".to_string(), true),
             ("ai_rate_limits".to_string(), true),
+            ("ai_sync_errors".to_string(), true),
+            ("ai_sync_queue".to_string(), true),
+            ("ai_syncs".to_string(), true),
             ("ai_usage".to_string(), true),
             ("bailian.budgets".to_string(), false),
             ("bailian.default_models".to_string(), false),
@@ -325,7 +331,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
             ("bailian.models".to_string(), false),
             ("bailian.prices".to_string(), false),
             ("bailian.prompts".to_string(), false),
-            ("bailian.seed_prices".to_string(), false)
+            ("bailian.seed_prices".to_string(), false),
+            ("bailian.sync_errors".to_string(), false),
+            ("bailian.sync_state".to_string(), false),
+            ("bailian.syncs".to_string(), false)
         ]
     );
 
