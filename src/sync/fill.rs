@@ -97,7 +97,8 @@ pub fn mark(def: &Def) -> Result<(i64, i64), AiError> {
     })
 }
 
-/// Queued entries a fill may take now but `mark` did not (another transaction holds them).
+/// Queued entries a fill did not take or leave behind: another transaction held them, or a
+/// fill left them for a moment (their row locked, or a transient failure).
 pub fn held(def: &Def) -> Result<i64, AiError> {
     let queue = super::queue_table()?;
     as_catalog_owner(|| {
@@ -105,8 +106,7 @@ pub fn held(def: &Def) -> Result<i64, AiError> {
             c.select(
                 &format!(
                     "SELECT pg_catalog.count(*) FROM {queue} q
-                      WHERE q.sync_name OPERATOR(pg_catalog.=) $1 AND q.relid OPERATOR(pg_catalog.=) $2
-                        AND (q.not_before IS NULL OR q.not_before OPERATOR(pg_catalog.<=) pg_catalog.now())"
+                      WHERE q.sync_name OPERATOR(pg_catalog.=) $1 AND q.relid OPERATOR(pg_catalog.=) $2"
                 ),
                 Some(1),
                 &[def.name.as_str().into(), def.relid.into()],

@@ -569,6 +569,9 @@ fn sync_drop(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, 
     Ok(None)
 }
 
+/// How long `CALL ai_sync_run` waits at most for queued rows another session holds.
+const RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// True when called by CALL outside an explicit transaction block, not in a subtransaction.
 fn may_commit(fcinfo: pg_sys::FunctionCallInfo) -> bool {
     // SAFETY: fcinfo is live; context, when set, is a Node whose tag says what it is.
@@ -606,13 +609,15 @@ fn sync_run(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, A
         connection.commit();
     }
     let (mut filled, mut failed) = (0i64, 0i64);
+    let waited = std::time::Instant::now();
     loop {
         let (run, taken) = super::fill::mark(&def)?;
         connection.commit();
         if taken == 0 {
-            // Entries another session holds (the worker marking or recording them, a writer
-            // changing their row) are waited for, so that the CALL returns with them filled.
-            if super::fill::held(&def)? == 0 {
+            // Entries another session holds (the worker filling, marking or recording them, a
+            // writer changing their row) are waited for, up to RUN_WAIT, so that the CALL
+            // returns with them filled.
+            if super::fill::held(&def)? == 0 || waited.elapsed() >= RUN_WAIT {
                 break;
             }
             // SAFETY: a plain sleep; interrupts are serviced right after.
