@@ -521,6 +521,9 @@ fn workers_come_back_after_a_crash_and_a_restart() {
         .unwrap();
     run_program(std::process::Command::new("kill").args(["-9", &pid.to_string()]));
     drop(c);
+    // Connect only once the postmaster has begun its crash restart: a session opened before
+    // it noticed the worker's death would be ended by it.
+    assert!(wait_for(Duration::from_secs(30), || cluster.log().contains("all server processes terminated")));
     let mut c = None;
     assert!(wait_for(Duration::from_secs(30), || {
         c = cluster
