@@ -147,7 +147,7 @@ impl Client {
         if let Some(e) = call.meter.and_then(|m| m.intercept(body, inputs)) {
             return Err(e);
         }
-        let payload = bytes_of(body);
+        let payload = Bytes::from(bytes_of(body));
         let mut attempt: u32 = 1;
         loop {
             if let Some(limiter) = call.limiter {
@@ -166,7 +166,12 @@ impl Client {
                 m.sent(inputs, attempt > 1);
             }
             let started = tokio::time::Instant::now();
-            let failure = match self.attempt(call, url, payload.clone()).await {
+            let request = Exchange {
+                method: reqwest::Method::POST,
+                url,
+                body: Some(("application/json", payload.clone())),
+            };
+            let failure = match self.attempt(call, &request).await {
                 Ok(response) => match read(response).await {
                     Ok(v) => return Ok((v, started.elapsed())),
                     Err(f) => f,
@@ -225,30 +230,48 @@ impl Client {
         self.send(call, url, body, inputs, |response| read_success_body(call, &self.held, response)).await
     }
 
-    async fn attempt(
-        &self,
-        call: &Call<'_>,
-        url: &str,
-        payload: Vec<u8>,
-    ) -> Result<reqwest::Response, Failure> {
-        let sent = self
+    async fn attempt(&self, call: &Call<'_>, request: &Exchange<'_>) -> Result<reqwest::Response, Failure> {
+        let mut builder = self
             .http
-            .post(url)
+            .request(request.method.clone(), request.url)
             .bearer_auth(call.key.expose())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .timeout(call.timeout)
-            .body(payload)
-            .send()
-            .await;
-        let response = sent.map_err(|e| transport_failure(call, e))?;
+            .timeout(call.timeout);
+        if let Some((content_type, payload)) = &request.body {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, *content_type).body(payload.clone());
+        }
+        let response = builder.send().await.map_err(|e| transport_failure(call, e))?;
         let status = response.status();
         if status.is_redirection() {
-            return Err(Failure { error: redirect_error(call, url, &response), retry_after: None });
+            return Err(Failure { error: redirect_error(call, request.url, &response), retry_after: None });
         }
         if !status.is_success() {
             return Err(provider_failure(call, response).await);
         }
         Ok(response)
+    }
+
+    /// A request that is not a model call (Bailian's file and batch API, `batchfile`): sent
+    /// with the call's key, timeout, retry policy and response cap, and read whole; not paced
+    /// by the call's limiter nor told to its meter, since it carries no tokens. It is retried
+    /// like a model call, POSTs included, as the OpenAI SDK that Bailian's docs use retries
+    /// its file and batch calls.
+    pub(crate) async fn exchange(&self, call: &Call<'_>, request: &Exchange<'_>) -> Result<Bytes, AiError> {
+        let mut attempt: u32 = 1;
+        loop {
+            let failure = match self.attempt(call, request).await {
+                Ok(response) => match read_success_body(call, &self.held, response).await {
+                    Ok(body) => return Ok(body),
+                    Err(f) => f,
+                },
+                Err(f) => f,
+            };
+            if failure.error.is_retryable() && attempt <= call.retry.max_retries {
+                tokio::time::sleep(call.retry.delay(attempt, failure.retry_after)).await;
+                attempt += 1;
+                continue;
+            }
+            return Err(final_error(call, failure.error, attempt));
+        }
     }
 
     /// A chat call (`ai_gen`, `ai_chat`, `ai_translate`, `ai_gen_audio`), plain or streamed as
@@ -582,7 +605,7 @@ fn describe_location(call: &Call<'_>, url: &str, location: Option<&[u8]>) -> Str
 
 /// A parse error's detail may quote the body, and a gateway may echo the request (its
 /// Authorization header included): the key is scrubbed out, whatever its shape.
-fn redacted(call: &Call<'_>, e: AiError) -> AiError {
+pub(crate) fn redacted(call: &Call<'_>, e: AiError) -> AiError {
     match e {
         AiError::MalformedResponse { model, detail } => {
             AiError::MalformedResponse { model, detail: call.key.redact(&detail) }
@@ -605,6 +628,13 @@ fn bytes_of(body: &Value) -> Vec<u8> {
 struct Failure {
     error: AiError,
     retry_after: Option<Duration>,
+}
+
+/// One HTTP request: its method, URL and body (content type and bytes), if it has one.
+pub(crate) struct Exchange<'a> {
+    pub method: reqwest::Method,
+    pub url: &'a str,
+    pub body: Option<(&'a str, Bytes)>,
 }
 
 /// A reqwest error, described by its innermost cause ("Connection refused") rather than the

@@ -24,6 +24,27 @@ pub enum ResponseLimit {
     InFlight,
 }
 
+/// Which rule of Bailian's Batch File API a batch's input breaks (research §1.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchRule {
+    /// A line longer than one line may be (1 MB), or than a whole file may be.
+    LineTooLarge,
+    /// A file larger than one file may be (500 MB).
+    FileTooLarge,
+    /// An empty `custom_id`.
+    CustomIdEmpty,
+    /// A `custom_id` longer than 256 characters.
+    CustomIdTooLong,
+    /// A `custom_id` given twice.
+    DuplicateCustomId,
+    /// A body that is not a JSON object naming its `model`.
+    NoModel,
+    /// Another model than the first line's: a batch runs one model.
+    MixedModels,
+    /// Another `enable_thinking` than the first line's: a batch runs one thinking mode.
+    MixedThinking,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AiError {
     /// A bad argument or parameter value; the message says what was wrong and what is allowed.
@@ -93,6 +114,17 @@ pub enum AiError {
     /// Qwen's vocabulary (`qwen.tiktoken`) cannot be read or is not one: `file` is the path
     /// tried (None for bytes given directly), `reason` completes "... cannot be used: ".
     TokenizerUnavailable { file: Option<String>, reason: String, hint: String },
+    /// A batch's input breaks a rule of Bailian's Batch File API: refused before anything is
+    /// uploaded. `line` counts the lines given from 1 (0: the file as a whole).
+    BatchInput { rule: BatchRule, line: u64, custom_id: String, message: String },
+    /// A batch ended `failed` (its input file broke Bailian's rules, or the service failed
+    /// it): none of its lines has an answer. `errors` are the batch's `errors.data`, shown.
+    BatchFailed { batch_id: String, message: String, errors: Vec<String> },
+    /// One line of a batch failed without an HTTP status of its own: not run before the batch
+    /// expired or was cancelled, missing from its result files, or an error the result line
+    /// gives no status for. (A line that carries a status fails as `Provider`, like the live
+    /// call would have.)
+    BatchLineFailed { model: String, custom_id: String, code: String, message: String },
     /// The statement was cancelled while waiting; the SQL layer raises PostgreSQL's own error.
     Interrupted,
     /// A bug or an impossible state; reported rather than panicking.
@@ -140,6 +172,9 @@ impl AiError {
             AiError::DryRun => "ZBE01".into(),
             AiError::CapacityExceeded { .. } => "53400".into(), // configuration_limit_exceeded
             AiError::TokenizerUnavailable { .. } => "ZBV01".into(),
+            AiError::BatchInput { .. } => "ZBF01".into(),
+            AiError::BatchFailed { .. } => "ZBF02".into(),
+            AiError::BatchLineFailed { .. } => "ZBF03".into(),
             AiError::Interrupted => "57014".into(), // query_canceled
             AiError::Internal { .. } => "XX000".into(),
         }
@@ -190,6 +225,15 @@ impl AiError {
                 Some("The limits of pg_bailian's functions are listed in its README (Security model).".into())
             }
             AiError::OutOfMemory { .. } => None,
+            AiError::BatchInput { .. } => Some(
+                "Bailian's Batch File API takes lines of at most 1 MB, each with its own custom_id of 1 to 256 \
+                 characters, and one model and one thinking mode per batch."
+                    .into(),
+            ),
+            AiError::BatchFailed { .. } => {
+                Some("The batch's errors name the line and the rule it broke; fix the input and submit it again.".into())
+            }
+            AiError::BatchLineFailed { .. } => None,
             AiError::Inference { .. } => Some(
                 "The model did not follow the requested format: retry the row or try another model. SET pg_bailian.on_error = 'null' keeps a query going past such rows."
                     .into(),
@@ -206,6 +250,7 @@ impl AiError {
         match self {
             AiError::Provider { request_id: Some(id), .. } => Some(format!("request_id: {id}")),
             AiError::Inference { answer, .. } => Some(format!("the model answered: {answer}")),
+            AiError::BatchFailed { errors, .. } if !errors.is_empty() => Some(errors.join("; ")),
             AiError::Provider { request_id: None, .. }
             | AiError::InvalidArgument { .. }
             | AiError::DuplicateModel { .. }
@@ -231,6 +276,9 @@ impl AiError {
             | AiError::TransactionControl { .. }
             | AiError::CapacityExceeded { .. }
             | AiError::BudgetExceeded { .. }
+            | AiError::BatchInput { .. }
+            | AiError::BatchFailed { .. }
+            | AiError::BatchLineFailed { .. }
             | AiError::DryRun
             | AiError::Interrupted
             | AiError::Internal { .. } => None,
@@ -256,6 +304,7 @@ impl AiError {
                 | AiError::ResponseTooLarge { .. }
                 | AiError::Inference { .. }
                 | AiError::BudgetExceeded { .. }
+                | AiError::BatchLineFailed { .. }
         )
     }
 
@@ -368,6 +417,16 @@ impl fmt::Display for AiError {
             AiError::TokenizerUnavailable { file: None, reason, .. } => {
                 write!(f, "Qwen's tokenizer vocabulary cannot be used: {reason}")
             }
+            AiError::BatchInput { line: 0, message, .. } => write!(f, "batch input: {message}"),
+            AiError::BatchInput { line, custom_id, message, .. } => {
+                write!(f, "batch input line {line} (custom_id \"{}\"): {message}", crate::limits::shown(custom_id))
+            }
+            AiError::BatchFailed { batch_id, message, .. } => write!(f, "batch {batch_id} failed: {message}"),
+            AiError::BatchLineFailed { model, custom_id, code, message } => write!(
+                f,
+                "batch request \"{}\" to model \"{model}\" failed: {code}: {message}",
+                crate::limits::shown(custom_id)
+            ),
             AiError::Interrupted => f.write_str("canceling statement due to user request"),
             AiError::Internal { message } => write!(f, "pg_bailian internal error: {message}"),
         }
@@ -438,6 +497,19 @@ mod tests {
                 kind: InferenceKind::BreaksSchema,
                 problem: String::new(),
                 answer: String::new(),
+            },
+            AiError::BatchInput {
+                rule: BatchRule::LineTooLarge,
+                line: 1,
+                custom_id: "a".into(),
+                message: String::new(),
+            },
+            AiError::BatchFailed { batch_id: "b".into(), message: String::new(), errors: Vec::new() },
+            AiError::BatchLineFailed {
+                model: "m".into(),
+                custom_id: "a".into(),
+                code: "c".into(),
+                message: String::new(),
             },
         ];
         let codes: std::collections::HashSet<_> = all.iter().map(|e| e.sqlstate()).collect();

@@ -2,6 +2,7 @@
 //! deployments and parameters, the retry policy, rate limits, request bodies and the HTTP
 //! client. The extension crate is glue around this.
 
+pub mod batchfile;
 pub mod chunk;
 pub mod client;
 pub mod deploy;

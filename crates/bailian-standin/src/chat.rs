@@ -9,8 +9,8 @@
 use crate::audio;
 use crate::cache;
 use crate::errors::{invalid, Api};
-use crate::handler::Outcome;
 use crate::models::{self, Thinking};
+use crate::request::Outcome;
 use crate::stream;
 use crate::structured;
 use crate::tokens::approx_tokens;
@@ -90,10 +90,20 @@ struct Plan<'a> {
     voice: Option<String>,
 }
 
+/// How a chat request reached the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Channel {
+    /// A request answered as it is made (compatible mode, and the Batch Chat host, which
+    /// holds the connection and answers the same way).
+    Live,
+    /// A line of a Batch File batch.
+    BatchFile,
+}
+
 /// The answer to a chat request whose first `cached_tokens` prompt tokens were found in the
 /// implicit cache.
 pub(crate) fn chat(body: &Value, model: &str, id: u64, cached_tokens: u64) -> Outcome {
-    match plan(body, model, id) {
+    match plan(body, model, id, Channel::Live) {
         Ok(plan) => {
             let plan = Plan { cached_tokens: cached_tokens.min(plan.prompt_tokens), ..plan };
             if plan.stream {
@@ -104,6 +114,41 @@ pub(crate) fn chat(body: &Value, model: &str, id: u64, cached_tokens: u64) -> Ou
             }
         }
         Err(refusal) => refusal,
+    }
+}
+
+/// The answer to one line of a Batch File batch (`/v1/chat/completions`): the live answer
+/// to the same body, whole. The batch runs what live calls refuse without a stream (it
+/// lists qwq-plus, which answers only as a stream live, and thinking models, whose batch
+/// output carries `reasoning_content`: research §1.3, §1.7, §1.8). No context cache (batch
+/// work gets no cache discount, §1.10). A line that asks to stream is refused: the docs do
+/// not say what Bailian does with one, OpenAI's Batch API does not stream, and a refusal
+/// shows a client that left it in.
+pub(crate) fn batch_line(body: &Value, model: &str, id: u64) -> Outcome {
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        return invalid(Api::Compatible, "stream is not supported by the Batch API.", id);
+    }
+    match plan(body, model, id, Channel::BatchFile) {
+        Ok(plan) => completion(&plan, id),
+        Err(refusal) => refusal,
+    }
+}
+
+/// The answer of `batch-test-model` at `/v1/chat/ds-test` to any line: the fixed text the
+/// Batch File page documents, without a `role` (as its example shows), and no usage to bill
+/// (the test mode is free, research §1.4).
+pub(crate) fn batch_test_line(model: &str, id: u64) -> Outcome {
+    Outcome::Respond {
+        status: 200,
+        body: json!({
+            "choices": [{"finish_reason": "stop", "index": 0, "message": {"content": "This is a test result."}}],
+            "object": "chat.completion",
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "created": CREATED,
+            "model": model,
+            "id": format!("chatcmpl-standin-{id}"),
+        }),
+        retry_after: None,
     }
 }
 
@@ -131,7 +176,7 @@ pub(crate) fn uses_explicit_cache(body: &Value) -> bool {
         .any(|p| p.get("cache_control").is_some())
 }
 
-fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> {
+fn plan<'a>(body: &Value, model: &'a str, id: u64, channel: Channel) -> Result<Plan<'a>, Outcome> {
     let bad = |m: &str| invalid(Api::Compatible, m, id);
     let Some(messages) = body.get("messages").and_then(Value::as_array).filter(|m| !m.is_empty()) else {
         return Err(bad("messages must be a non-empty array."));
@@ -173,7 +218,8 @@ fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> 
         });
     }
 
-    if models::stream_only(model) && !stream {
+    let batch = channel == Channel::BatchFile;
+    if models::stream_only(model) && !stream && !batch {
         return Err(bad(STREAM_ONLY));
     }
     let enable_thinking = match body.get("enable_thinking") {
@@ -186,7 +232,7 @@ fn plan<'a>(body: &Value, model: &'a str, id: u64) -> Result<Plan<'a>, Outcome> 
         Thinking::Always => true,
         Thinking::Hybrid { default } => {
             let on = enable_thinking.unwrap_or(default);
-            if on && !stream {
+            if on && !stream && !batch {
                 return Err(bad(THINKING_NEEDS_STREAM));
             }
             on

@@ -1,6 +1,13 @@
 //! Deterministic embeddings with a usable geometry: each word contributes a fixed
 //! pseudo-random direction, so texts that share words point closer together than unrelated
-//! ones, and the same text always gets the same unit vector.
+//! ones, and the same text always gets the same unit vector. Also the compatible-mode
+//! `/embeddings` endpoint that hands them out.
+
+use crate::errors::{self, invalid, Api};
+use crate::models;
+use crate::request::Outcome;
+use crate::tokens::approx_tokens;
+use serde_json::{json, Value};
 
 /// The stand-in's vector for `text` at `dim` dimensions (unit length).
 pub fn embedding_for(text: &str, dim: usize) -> Vec<f32> {
@@ -26,6 +33,64 @@ pub fn image_embedding_for(bytes_or_url: &[u8], dim: usize) -> Vec<f32> {
     add_direction(&mut acc, fnv1a(bytes_or_url) ^ 0x1a6e_5eed);
     let norm = acc.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
     acc.iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// The compatible-mode embeddings endpoint (`/embeddings`): the checks Bailian documents for
+/// text embedding models, and one vector per input.
+pub(crate) fn embeddings(body: &Value, model: &str, inputs: &[String], id: u64) -> Outcome {
+    let bad = |m: &str| invalid(Api::Compatible, m, id);
+    if models::multimodal(model).is_some() {
+        // Observed for multimodal-embedding-v1 and qwen3-vl-embedding (cherry-studio#1024,
+        // open-notebook#866): compatible mode serves text embedding models only.
+        return errors::respond(
+            404,
+            errors::error_body(
+                &format!("Unsupported model `{model}` for OpenAI compatibility mode."),
+                "invalid_request_error",
+                "model_not_supported",
+                None,
+                id,
+            ),
+        );
+    }
+    if inputs.is_empty() || inputs.iter().any(String::is_empty) {
+        return bad("<400> InternalError.Algo.InvalidParameter: Value error, input should not be empty.");
+    }
+    let limit = models::max_batch(model);
+    if inputs.len() > limit {
+        return bad(&format!(
+            "<400> InternalError.Algo.InvalidParameter: Value error, batch size is invalid, it should not be larger than {limit}."
+        ));
+    }
+    let (allowed, default) = models::text_dimensions(model);
+    let dim = match body.get("dimensions") {
+        None => default,
+        Some(d) => match d.as_u64().map(|d| d as usize).filter(|d| allowed.contains(d)) {
+            Some(d) => d,
+            None => {
+                return bad(&format!(
+                    "<400> InternalError.Algo.InvalidParameter: Value error, dimensions should be one of {allowed:?}."
+                ))
+            }
+        },
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embedding_for(text, dim)}))
+        .collect();
+    let tokens: u64 = inputs.iter().map(|t| approx_tokens(t)).sum();
+    Outcome::Respond {
+        status: 200,
+        body: json!({
+            "data": data,
+            "model": model,
+            "object": "list",
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "id": format!("standin-{id}"),
+        }),
+        retry_after: None,
+    }
 }
 
 /// Lower-cased runs of ASCII letters and digits; every other alphabetic character (CJK and

@@ -2,7 +2,7 @@
 //! (`{"error": {...}, "request_id"}`), DashScope native (`{"code", "message", "request_id"}`)
 //! and OpenSearch (`{"request_id", "latency", "code", "message"}`).
 
-use crate::handler::Outcome;
+use crate::request::Outcome;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,6 +51,18 @@ pub(crate) fn invalid(api: Api, message: &str, id: u64) -> Outcome {
         }
         _ => respond(400, coded_body(api, "InvalidParameter", message, id)),
     }
+}
+
+/// A compatible-mode refusal with a status and code of its own (the file and batch APIs'),
+/// type `invalid_request_error` as OpenAI's are.
+pub(crate) fn refuse(status: u16, code: &str, message: &str, id: u64) -> Outcome {
+    respond(status, error_body(message, "invalid_request_error", code, None, id))
+}
+
+/// 404 for a path the stand-in does not serve (or does not serve on this host), in the
+/// compatible-mode shape.
+pub(crate) fn no_such_path(id: u64) -> Value {
+    error_body("Not found", "invalid_request_error", "NotFound", None, id)
 }
 
 /// 400 data inspection (content moderation) in each shape.
@@ -207,7 +219,7 @@ pub(crate) fn unauthorized(api: Api, key: &str, echo_key: bool, id: u64) -> Outc
 
 /// Status-code page: 400 BadRequest.EmptyInput, the native APIs' answer to a body without
 /// `input`.
-pub(crate) fn empty_input(id: u64) -> crate::handler::Outcome {
+pub(crate) fn empty_input(id: u64) -> crate::request::Outcome {
     respond(
         400,
         coded_body(

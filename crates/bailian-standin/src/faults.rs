@@ -3,8 +3,11 @@
 //! beyond f32, any Retry-After value, redirects. Each is Bailian's normal answer with one
 //! thing wrong, so a client test sees that one problem and no other.
 
-use crate::handler::{Kind, Outcome};
-use crate::state::{LoggedRequest, Shared};
+use crate::chat;
+use crate::opensearch;
+use crate::request::{Kind, Outcome};
+use crate::state::{Fault, LoggedRequest, Shared};
+use crate::structured;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
@@ -85,6 +88,48 @@ pub(crate) fn with_literal(mut body: Value, literal: &str) -> Outcome {
     let text = serde_json::to_string(&body).unwrap_or_default();
     let text = text.replacen(&format!("\"{LITERAL_MARKER}\""), literal, 1);
     Outcome::Raw { status: 200, headers: Vec::new(), content_type: "application/json", body: text.into() }
+}
+
+/// The faults that spoil a good answer rather than replace it. An answer that is already an
+/// error (a bad parameter) is left alone: the request would have failed anyway. The stream
+/// faults apply to streams only; the others to whole bodies only. `request` is the request's
+/// body, for the faults that depend on what it asked (`response_format`).
+pub(crate) fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) -> Outcome {
+    if let Outcome::Stream { mut events, tokens, .. } = outcome {
+        return match fault {
+            Fault::StreamBreak { after } => {
+                events.truncate(*after);
+                Outcome::Stream { events, broken: true, tokens }
+            }
+            Fault::StreamError { after } => {
+                events.truncate(*after);
+                events.push(match kind {
+                    Kind::OpenSearch => opensearch::moderation_event(id),
+                    _ => chat::moderation_event(id),
+                });
+                Outcome::Stream { events, broken: false, tokens }
+            }
+            _ => Outcome::Stream { events, broken: false, tokens },
+        };
+    }
+    let body = match outcome {
+        Outcome::Respond { status: 200, body, .. } => body,
+        other => return other,
+    };
+    match (fault, kind) {
+        (Fault::Oversized { bytes, content_length }, _) => oversized(kind, body, *bytes, *content_length),
+        (Fault::NulInContent, Kind::Chat) => with_nul(body, "/choices/0/message/content"),
+        (Fault::NulInContent, Kind::OpenSearch) => with_nul(body, "/result/text"),
+        (Fault::NonFiniteEmbedding { literal }, Kind::Embeddings | Kind::MultimodalEmbedding) => {
+            with_literal(body, literal)
+        }
+        (Fault::NotJson | Fault::OffList | Fault::SchemaViolation, Kind::Chat) => Outcome::Respond {
+            status: 200,
+            body: structured::spoiled(fault, request, body),
+            retry_after: None,
+        },
+        _ => Outcome::Respond { status: 200, body, retry_after: None },
+    }
 }
 
 /// RateLimitedRaw: Bailian's 429 with `retry_after` as the header, byte for byte.

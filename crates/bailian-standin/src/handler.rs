@@ -1,22 +1,24 @@
 //! Request handling: routing, the steps every model request goes through (key, body,
-//! counters, rate limit, faults, latency), and the control endpoints under `/_standin/`. What
-//! each endpoint answers lives in its own module: `chat`, `multimodal`, `rerank`,
-//! `opensearch`, and `embeddings` below.
+//! counters, rate limit, faults, latency), the file and batch API's requests (key, then
+//! `files` or `batches`), and the control endpoints under `/_standin/`. What each endpoint
+//! answers lives in its own module: `chat`, `embedding`, `multimodal`, `rerank`,
+//! `opensearch`, `files`, `batches`.
 
-use crate::chat::{self, content_text, last_user};
-use crate::embedding::{embedding_for, fnv1a};
+use crate::batches::{self, Forced};
+use crate::chat;
+use crate::embedding::{self, fnv1a};
 use crate::errors::{self, invalid, status_error, Api};
 use crate::faults::{self, PaddedBody};
+use crate::files;
 use crate::limits::Dimension;
 use crate::models;
 use crate::multimodal;
 use crate::opensearch;
+use crate::request::{inputs_of, Kind, Outcome};
 use crate::rerank;
-use crate::state::{Config, Fault, LoggedRequest, Shared};
+use crate::state::{Account, Config, Fault, LoggedRequest, Shared};
 use crate::stream::SseBody;
-use crate::structured;
-use crate::tokens::approx_tokens;
-use crate::usage::{key_hint, Ending, Tokens};
+use crate::usage::{key_hint, Billing, Ending, Tokens};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
@@ -99,6 +101,38 @@ fn route(path: &str) -> Option<Route> {
     }
 }
 
+/// Where compatible mode's file and batch APIs live (research §1.1).
+const COMPATIBLE_BASE: &str = "/compatible-mode/v1";
+
+/// The file and batch APIs: which one, and the rest of the path (`""`, `/{id}`, ...).
+#[derive(Clone, Copy)]
+enum Management {
+    Files,
+    Batches,
+}
+
+fn management(path: &str) -> Option<(Management, &str)> {
+    let rest = path.strip_prefix(COMPATIBLE_BASE)?;
+    let under = |api: &str| rest.strip_prefix(api).filter(|r| r.is_empty() || r.starts_with('/'));
+    under("/files")
+        .map(|r| (Management::Files, r))
+        .or_else(|| under("/batches").map(|r| (Management::Batches, r)))
+}
+
+fn bearer(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Whether `key` may call `api` under `config`.
+fn authorized(config: &Config, api: Api, key: &str) -> bool {
+    key_fits(api, key) && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key))
+}
+
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -108,6 +142,10 @@ pub(crate) async fn handle(
         let method = req.method().clone();
         let body = req.into_body().collect().await?.to_bytes();
         return Ok(control_endpoint(&shared, method.as_str(), control, &body));
+    }
+    if let Some((api, rest)) = management(&path) {
+        let rest = rest.to_string();
+        return manage(shared, req, api, &path, &rest).await;
     }
     let Some(route) = route(&path) else {
         let body = if path.starts_with("/api/v1/") {
@@ -119,18 +157,12 @@ pub(crate) async fn handle(
                 0,
             )
         } else {
-            errors::error_body("Not found", "invalid_request_error", "NotFound", None, 0)
+            errors::no_such_path(0)
         };
         let status = if path.starts_with("/api/v1/") { 400 } else { 404 };
         return Ok(json_response(status, &body, None));
     };
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .to_string();
+    let auth = bearer(&req);
     let id = shared.next_id();
     let mut guard = InFlight::new(shared.clone(), id, &path, &auth);
     let body = req.into_body().collect().await?.to_bytes();
@@ -152,7 +184,7 @@ pub(crate) async fn handle(
         Outcome::Stream { events, broken, .. } => {
             guard.finish(200);
             let delay = Duration::from_millis(shared.config.lock().unwrap().stream_chunk_delay_ms);
-            let on_sent = report_as_sent(&shared, &guard.entry, &events);
+            let on_sent = report_as_sent(&shared, &guard.entry, guard.billing, &events);
             let body = SseBody::new(events, delay, broken, on_sent);
             let headers = vec![(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
             raw_response(200, "text/event-stream", headers, Either::Right(Either::Right(body)))
@@ -164,6 +196,61 @@ pub(crate) async fn handle(
     }
 }
 
+/// A request to the file or batch API: the key, then what `files` or `batches` answers. It is
+/// logged and counted like any request, but it is no model's and costs nothing, so it is not
+/// in the usage book.
+async fn manage(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    api: Management,
+    path: &str,
+    rest: &str,
+) -> Result<Response<AnyBody>, BoxError> {
+    let method = req.method().as_str().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let auth = bearer(&req);
+    let id = shared.next_id();
+    let mut guard = InFlight::new(shared.clone(), id, path, &auth);
+    guard.metered = false;
+    let body = req.into_body().collect().await?.to_bytes();
+    let config = shared.config.lock().unwrap().clone();
+    let outcome = if config.batch_chat {
+        // The Batch Chat host has no file or batch API: Batch File is the normal host's.
+        errors::respond(404, errors::no_such_path(id))
+    } else if !authorized(&config, Api::Compatible, &auth) {
+        errors::unauthorized(Api::Compatible, &auth, config.echo_key_in_errors, id)
+    } else {
+        let account = Account::of(&auth);
+        match api {
+            Management::Files => {
+                files::handle(&shared, &config, &account, &method, rest, &query, &content_type, &body, id)
+            }
+            Management::Batches => batches::handle(&shared, &account, &method, rest, &query, &body, id),
+        }
+    };
+    match outcome {
+        Outcome::Respond { status, body, retry_after } => {
+            guard.finish(status);
+            Ok(json_response(status, &body, retry_after))
+        }
+        Outcome::Raw { status, headers, content_type, body } => {
+            guard.finish(status);
+            raw_response(status, content_type, headers, full(body))
+        }
+        Outcome::Padded { .. } | Outcome::Stream { .. } | Outcome::Reset => {
+            guard.finish(500);
+            let body = status_error(Api::Compatible, 500, id, "");
+            Ok(json_response(500, &body, None))
+        }
+    }
+}
+
 /// What counts a stream's usage as its events are sent: each event that carries a `usage`
 /// object adds what it reports beyond the previous one (an OpenSearch event carries the usage
 /// so far, a compatible-mode stream only its last chunk), so a stream counts the usage of the
@@ -171,6 +258,7 @@ pub(crate) async fn handle(
 fn report_as_sent(
     shared: &Arc<Shared>,
     entry: &LoggedRequest,
+    billing: Billing,
     events: &[Bytes],
 ) -> Box<dyn FnMut(usize) + Send> {
     let per_event: Vec<Option<Tokens>> = events.iter().map(|e| usage_of_event(e)).collect();
@@ -182,7 +270,7 @@ fn report_as_sent(
     Box::new(move |i| {
         if let Some(Some(tokens)) = per_event.get(i) {
             let before = sent.unwrap_or_default();
-            shared.usage.reported(&model, &hint, &tokens.since(&before), sent.is_none());
+            shared.usage.reported(&model, &hint, billing, &tokens.since(&before), sent.is_none());
             sent = Some(*tokens);
         }
     })
@@ -198,62 +286,6 @@ fn usage_of_event(event: &[u8]) -> Option<Tokens> {
     serde_json::from_slice::<Value>(json).ok().as_ref().and_then(Tokens::of_answer)
 }
 
-#[derive(Clone, Copy, PartialEq, Debug)]
-pub(crate) enum Kind {
-    /// Compatible-mode `/chat/completions`.
-    Chat,
-    /// Compatible-mode `/embeddings`.
-    Embeddings,
-    /// DashScope's native multimodal embedding.
-    MultimodalEmbedding,
-    /// DashScope's native text rerank.
-    Rerank,
-    /// OpenSearch's text generation.
-    OpenSearch,
-}
-
-impl Kind {
-    pub(crate) fn api(self) -> Api {
-        match self {
-            Kind::Chat | Kind::Embeddings => Api::Compatible,
-            Kind::MultimodalEmbedding | Kind::Rerank => Api::Native,
-            Kind::OpenSearch => Api::OpenSearch,
-        }
-    }
-}
-
-pub(crate) enum Outcome {
-    Respond {
-        status: u16,
-        body: Value,
-        retry_after: Option<f64>,
-    },
-    /// A body written as is, with extra headers (`Fault::Malformed` and the untrusted-endpoint
-    /// faults).
-    Raw {
-        status: u16,
-        headers: Vec<(HeaderName, HeaderValue)>,
-        content_type: &'static str,
-        body: Bytes,
-    },
-    /// 200 with a body of `prefix`, `padding` bytes of `x`, `suffix`, generated as it is sent.
-    Padded {
-        prefix: Bytes,
-        padding: u64,
-        suffix: Bytes,
-        content_length: bool,
-    },
-    /// 200 `text/event-stream` with these events; `broken` drops the connection after them.
-    /// `tokens`: the whole answer's usage, whether or not an event reports it (the token
-    /// limits count it).
-    Stream {
-        events: Vec<Bytes>,
-        broken: bool,
-        tokens: Tokens,
-    },
-    Reset,
-}
-
 /// Logs the request when it ends, counts it in the usage book, and counts it as aborted if
 /// the client went away first (hyper drops the handler future when the connection closes).
 struct InFlight {
@@ -262,6 +294,10 @@ struct InFlight {
     done: bool,
     /// The limit that refused it, if one did.
     refused_by: Option<Dimension>,
+    /// Counted in the usage book (a model request; not a file or batch request).
+    metered: bool,
+    /// At which price: the Batch Chat host's requests are batch work.
+    billing: Billing,
 }
 
 impl InFlight {
@@ -281,7 +317,8 @@ impl InFlight {
             received_ms: shared.ms_since_start(),
             finished_ms: 0.0,
         };
-        InFlight { shared, entry, done: false, refused_by: None }
+        let billing = if shared.config.lock().unwrap().batch_chat { Billing::Batch } else { Billing::Live };
+        InFlight { shared, entry, done: false, refused_by: None, metered: true, billing }
     }
 
     fn finish(&mut self, status: u16) {
@@ -306,7 +343,9 @@ impl Drop for InFlight {
             (true, _, Some(Dimension::Tokens)) => Ending::TpmLimit,
             (true, status, None) => Ending::Status(status),
         };
-        self.shared.usage.ended(&self.entry.model, &self.entry.auth_hint, ending);
+        if self.metered {
+            self.shared.usage.ended(&self.entry.model, &self.entry.auth_hint, self.billing, ending);
+        }
         self.entry.finished_ms = self.shared.ms_since_start();
         let entry = std::mem::replace(
             &mut self.entry,
@@ -327,23 +366,24 @@ impl Drop for InFlight {
     }
 }
 
-/// What the request log and scripted faults key on: the last user message for chat and
-/// OpenSearch, each input for embeddings (images as `image:` and the first 40 characters of
-/// the URL or data URI, videos likewise), the query and then each document for rerank.
-fn inputs_of(kind: Kind, body: &Value) -> Vec<String> {
-    let messages = || body.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    match kind {
-        Kind::Chat | Kind::OpenSearch => last_user(messages())
-            .map(|m| vec![content_text(m.get("content").unwrap_or(&Value::Null)).0])
-            .unwrap_or_default(),
-        Kind::Embeddings => match body.get("input") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
-            _ => Vec::new(),
-        },
-        Kind::MultimodalEmbedding => multimodal::inputs_of(body),
-        Kind::Rerank => rerank::inputs_of(body),
+/// What the Batch Chat host refuses (`Config::batch_chat`): anything but chat, which it alone
+/// serves (404, as for a path it has not), and a model outside its list (research §1.13). How
+/// Bailian refuses that model is not documented: a 404 in the compatible-mode shape, in the
+/// words of the stand-in's other models a path does not serve.
+fn batch_chat_refusal(kind: Kind, model: &str, id: u64) -> Option<Outcome> {
+    if kind != Kind::Chat {
+        return Some(errors::respond(404, errors::no_such_path(id)));
     }
+    // Without a model the request is refused as anywhere else ("Model not specified.").
+    if model.is_empty() || models::batch_chat(model) {
+        return None;
+    }
+    Some(errors::refuse(
+        404,
+        "model_not_supported",
+        &format!("The model `{model}` is not supported by Batch Chat."),
+        id,
+    ))
 }
 
 /// The key prefix each API issues: `sk-` for Model Studio, `OS-` for OpenSearch (seed 003).
@@ -377,9 +417,7 @@ async fn answer(
         (_, Err(_)) => String::new(),
     };
     let model = entry.model.clone();
-    let authorized =
-        key_fits(api, key) && config.accepted_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
-    if !authorized {
+    if !authorized(&config, api, key) {
         return errors::unauthorized(api, key, config.echo_key_in_errors, id);
     }
     let body = match parsed {
@@ -393,11 +431,18 @@ async fn answer(
         entry.body = body.clone();
     }
 
-    // The stand-in has no accounts: a key is its account, and is kept only as a hash.
+    if config.batch_chat {
+        if let Some(refusal) = batch_chat_refusal(kind, &model, id) {
+            return refusal;
+        }
+    }
+
+    // The stand-in has no accounts: a key is its account, and is kept only as a hash. The
+    // Batch Chat host queues requests rather than refusing them (research §1.13): the live
+    // limits do not apply there.
     let account = fnv1a(key.as_bytes());
-    if let Err(refusal) =
-        shared.limits.admit(account, &model, config.rpm_limit, config.tpm_limit, Instant::now())
-    {
+    let (rpm, tpm) = if config.batch_chat { (None, None) } else { (config.rpm_limit, config.tpm_limit) };
+    if let Err(refusal) = shared.limits.admit(account, &model, rpm, tpm, Instant::now()) {
         shared.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         entry.fault = Some(refusal.fault().into());
         guard.refused_by = Some(refusal.dimension);
@@ -418,7 +463,7 @@ async fn answer(
         Kind::Rerank => c.rerank_requests.fetch_add(1, Ordering::Relaxed),
     };
     c.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-    shared.usage.inputs(&model, &entry.auth_hint, inputs.len() as u64);
+    shared.usage.inputs(&model, &entry.auth_hint, guard.billing, inputs.len() as u64);
 
     let mut latency = config.latency_ms;
     let fault = shared.take_scripted(&inputs).or_else(|| {
@@ -515,7 +560,7 @@ async fn answer(
     let cached = blocks.as_ref().map_or(0, |b| shared.cache.hit(account, &model, b));
     let outcome = match kind {
         Kind::Chat => chat::chat(&body, &model, id, cached),
-        Kind::Embeddings => embeddings(&body, &model, &inputs, id),
+        Kind::Embeddings => embedding::embeddings(&body, &model, &inputs, id),
         Kind::MultimodalEmbedding => multimodal::embed(&body, &model, id),
         Kind::OpenSearch => opensearch::generate(&body, &model, id),
         Kind::Rerank => rerank::rerank(&body, &model, id),
@@ -529,13 +574,13 @@ async fn answer(
     };
     if let Some(tokens) = answered {
         let total = tokens.map_or(0, |t| t.total_tokens);
-        shared.limits.answered(account, &model, total, config.tpm_limit, Instant::now());
+        shared.limits.answered(account, &model, total, tpm, Instant::now());
         if let Some(blocks) = &blocks {
             shared.cache.keep(account, &model, blocks);
         }
     }
     let outcome = match fault {
-        Some(fault) => spoil(&fault, kind, &body, outcome, id),
+        Some(fault) => faults::spoil(&fault, kind, &body, outcome, id),
         None => outcome,
     };
     // A whole answer's usage is counted as it is handed over (a stream's, event by event, in
@@ -546,109 +591,9 @@ async fn answer(
         Outcome::Stream { .. } | Outcome::Reset => false,
     };
     if let (true, Some(Some(tokens))) = (whole_answer, answered) {
-        shared.usage.reported(&model, &entry.auth_hint, &tokens, true);
+        shared.usage.reported(&model, &entry.auth_hint, guard.billing, &tokens, true);
     }
     outcome
-}
-
-/// The faults that spoil a good answer rather than replace it. An answer that is already an
-/// error (a bad parameter) is left alone: the request would have failed anyway. The stream
-/// faults apply to streams only; the others to whole bodies only. `request` is the request's
-/// body, for the faults that depend on what it asked (`response_format`).
-fn spoil(fault: &Fault, kind: Kind, request: &Value, outcome: Outcome, id: u64) -> Outcome {
-    if let Outcome::Stream { mut events, tokens, .. } = outcome {
-        return match fault {
-            Fault::StreamBreak { after } => {
-                events.truncate(*after);
-                Outcome::Stream { events, broken: true, tokens }
-            }
-            Fault::StreamError { after } => {
-                events.truncate(*after);
-                events.push(match kind {
-                    Kind::OpenSearch => opensearch::moderation_event(id),
-                    _ => chat::moderation_event(id),
-                });
-                Outcome::Stream { events, broken: false, tokens }
-            }
-            _ => Outcome::Stream { events, broken: false, tokens },
-        };
-    }
-    let body = match outcome {
-        Outcome::Respond { status: 200, body, .. } => body,
-        other => return other,
-    };
-    match (fault, kind) {
-        (Fault::Oversized { bytes, content_length }, _) => {
-            faults::oversized(kind, body, *bytes, *content_length)
-        }
-        (Fault::NulInContent, Kind::Chat) => faults::with_nul(body, "/choices/0/message/content"),
-        (Fault::NulInContent, Kind::OpenSearch) => faults::with_nul(body, "/result/text"),
-        (Fault::NonFiniteEmbedding { literal }, Kind::Embeddings | Kind::MultimodalEmbedding) => {
-            faults::with_literal(body, literal)
-        }
-        (Fault::NotJson | Fault::OffList | Fault::SchemaViolation, Kind::Chat) => Outcome::Respond {
-            status: 200,
-            body: structured::spoiled(fault, request, body),
-            retry_after: None,
-        },
-        _ => Outcome::Respond { status: 200, body, retry_after: None },
-    }
-}
-
-fn embeddings(body: &Value, model: &str, inputs: &[String], id: u64) -> Outcome {
-    let bad = |m: &str| invalid(Api::Compatible, m, id);
-    if models::multimodal(model).is_some() {
-        // Observed for multimodal-embedding-v1 and qwen3-vl-embedding (cherry-studio#1024,
-        // open-notebook#866): compatible mode serves text embedding models only.
-        return errors::respond(
-            404,
-            errors::error_body(
-                &format!("Unsupported model `{model}` for OpenAI compatibility mode."),
-                "invalid_request_error",
-                "model_not_supported",
-                None,
-                id,
-            ),
-        );
-    }
-    if inputs.is_empty() || inputs.iter().any(String::is_empty) {
-        return bad("<400> InternalError.Algo.InvalidParameter: Value error, input should not be empty.");
-    }
-    let limit = models::max_batch(model);
-    if inputs.len() > limit {
-        return bad(&format!(
-            "<400> InternalError.Algo.InvalidParameter: Value error, batch size is invalid, it should not be larger than {limit}."
-        ));
-    }
-    let (allowed, default) = models::text_dimensions(model);
-    let dim = match body.get("dimensions") {
-        None => default,
-        Some(d) => match d.as_u64().map(|d| d as usize).filter(|d| allowed.contains(d)) {
-            Some(d) => d,
-            None => {
-                return bad(&format!(
-                    "<400> InternalError.Algo.InvalidParameter: Value error, dimensions should be one of {allowed:?}."
-                ))
-            }
-        },
-    };
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": embedding_for(text, dim)}))
-        .collect();
-    let tokens: u64 = inputs.iter().map(|t| approx_tokens(t)).sum();
-    Outcome::Respond {
-        status: 200,
-        body: json!({
-            "data": data,
-            "model": model,
-            "object": "list",
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "id": format!("standin-{id}"),
-        }),
-        retry_after: None,
-    }
 }
 
 fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Response<AnyBody> {
@@ -696,6 +641,39 @@ fn control_endpoint(shared: &Shared, method: &str, path: &str, body: &[u8]) -> R
         ("POST", "reset") => {
             shared.reset();
             ok(json!({"reset": true}))
+        }
+        // `{}` releases every held batch, `{"id": "batch_..."}` one.
+        ("POST", "batches/release") => {
+            let id = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string));
+            ok(json!({"released": shared.batches.release(id.as_deref())}))
+        }
+        (method, batch) if batch.starts_with("batches/") => {
+            let parts: Vec<&str> = batch.split('/').collect();
+            let forced = match (method, parts.as_slice()) {
+                ("GET", [_, id]) => {
+                    return match shared.batches.object(id) {
+                        Some(object) => ok(object),
+                        None => json_response(404, &json!({"error": format!("no batch {id}")}), None),
+                    }
+                }
+                ("POST", [_, id, "expire"]) => (id, Forced::Expire),
+                ("POST", [_, id, "fail"]) => (id, Forced::Fail),
+                _ => {
+                    return json_response(
+                        404,
+                        &json!({"error": format!("no control endpoint {method} /_standin/{path}")}),
+                        None,
+                    )
+                }
+            };
+            let (id, forced) = forced;
+            if shared.batches.force(id, forced) {
+                ok(json!({"batch": id, "forced": format!("{forced:?}").to_lowercase()}))
+            } else {
+                bad(format!("batch {id} does not exist or is no longer validating or in progress"))
+            }
         }
         _ => json_response(
             404,

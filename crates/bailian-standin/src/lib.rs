@@ -8,7 +8,17 @@
 //!   `POST /api/v1/services/embeddings/multimodal-embedding/multimodal-embedding` and
 //!   `POST /api/v1/services/rerank/text-rerank/text-rerank`;
 //! - OpenSearch's text generation, also under [`Standin::root_url`]:
-//!   `POST /v3/openapi/workspaces/{workspace}/text-generation/{service_id}`.
+//!   `POST /v3/openapi/workspaces/{workspace}/text-generation/{service_id}`;
+//! - the Batch File API under [`Standin::base_url`]: `/files` (multipart upload, retrieve,
+//!   list, delete, `/files/{id}/content`) and `/batches` (create, retrieve, list,
+//!   `/batches/{id}/cancel`). A batch checks its input file as Bailian documents, answers
+//!   each line as the live endpoint answers the same body, and writes output and error files;
+//!   it runs by itself on a clock a test can speed up (`Config::batch_hour_ms`), and a test
+//!   can hold it in progress, release, expire or fail it ([`Standin::release_batches`],
+//!   [`Standin::expire_batch`], [`Standin::fail_batch`]). Its usage is booked as batch work,
+//!   apart from live requests ([`Billing`]), and not limited by the live rate limits;
+//! - Bailian's Batch Chat host when [`Config::batch_chat`] is set: compatible-mode chat for
+//!   the models that host serves, booked as batch work.
 //!
 //! It answers with the documented success and error bodies (each API in its own shape) and
 //! refuses what Bailian documents it refuses (stream-only models without `stream`, thinking
@@ -26,23 +36,29 @@
 //! minute and per second, refused with the documented 429s; see `limits`), implicit context
 //! cache (`cache`), and counters, a request log and per-model usage that tests read (in
 //! process through [`Standin`], or over HTTP under `/_standin/`: `stats`, `requests`,
-//! `usage`).
+//! `usage`, and for batches `batches/{id}`, `batches/release`, `batches/{id}/expire`,
+//! `batches/{id}/fail`).
 //!
 //! It plays the provider, so it keeps its own notion of models and limits rather than
 //! sharing pg_bailian's registry: a disagreement between the two is what tests should catch.
 
 mod audio;
 mod b64;
+mod batches;
 mod cache;
 mod chat;
 mod embedding;
 mod errors;
 mod faults;
+mod files;
 mod handler;
 mod limits;
 mod models;
 mod multimodal;
+mod multipart;
 mod opensearch;
+mod query;
+mod request;
 mod rerank;
 mod state;
 mod stream;
@@ -54,7 +70,7 @@ pub use audio::{audio_pcm, AUDIO_SAMPLE_RATE};
 pub use chat::{chat_reply, reasoning_reply, translation_reply};
 pub use embedding::{embedding_for, image_embedding_for};
 pub use state::{Config, Fault, LoggedRequest, StatsSnapshot};
-pub use usage::{key_hint, ModelUsage, Tokens, UsageRow};
+pub use usage::{key_hint, Billing, ModelUsage, Tokens, UsageRow};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -146,19 +162,65 @@ impl Standin {
         self.shared.usage.rows()
     }
 
-    /// What was counted for `model` (for OpenSearch, the service id) and the key whose
-    /// [`key_hint`] is `key_hint`; all zero if nothing was.
+    /// What live requests counted for `model` (for OpenSearch, the service id) and the key
+    /// whose [`key_hint`] is `key_hint`; all zero if nothing was.
     pub fn usage_of(&self, model: &str, key_hint: &str) -> ModelUsage {
-        self.shared.usage.of(model, key_hint)
+        self.shared.usage.of(model, key_hint, Billing::Live)
     }
 
-    /// What was counted for every model and key together.
+    /// What live requests counted for every model and key together.
     pub fn usage_total(&self) -> ModelUsage {
-        self.shared.usage.total()
+        self.shared.usage.total(Billing::Live)
     }
 
-    /// Clears counters, the request log, usage, scripts, the rate-limit windows and the
-    /// implicit cache.
+    /// What batch work counted for `model` and the key whose [`key_hint`] is `key_hint`, at
+    /// the batch price: the lines of ended batches, and the Batch Chat host's requests.
+    pub fn batch_usage_of(&self, model: &str, key_hint: &str) -> ModelUsage {
+        self.shared.usage.of(model, key_hint, Billing::Batch)
+    }
+
+    /// What batch work counted for every model and key together.
+    pub fn batch_usage_total(&self) -> ModelUsage {
+        self.shared.usage.total(Billing::Batch)
+    }
+
+    /// The batch object of `id` as `GET /batches/{id}` shows it to its owner; None if there
+    /// is no such batch.
+    pub fn batch(&self, id: &str) -> Option<serde_json::Value> {
+        self.shared.batches.object(id)
+    }
+
+    /// The bytes of file `id` (an input file too, which the API does not hand back), whoever
+    /// uploaded it.
+    pub fn file_bytes(&self, id: &str) -> Option<Vec<u8>> {
+        self.shared.files.bytes_of(id).map(|b| b.to_vec())
+    }
+
+    /// Lets every batch held by [`Config::batch_hold`] go on; returns how many were held.
+    pub fn release_batches(&self) -> usize {
+        self.shared.batches.release(None)
+    }
+
+    /// Lets batch `id` go on; false if there is no such batch or it was released already.
+    pub fn release_batch(&self, id: &str) -> bool {
+        self.shared.batches.release(Some(id)) == 1
+    }
+
+    /// Makes batch `id` expire now, as if its completion window had passed: the lines done
+    /// go to its output file and are billed, the rest to its error file, not run. False if it
+    /// does not exist or is no longer validating or in progress.
+    pub fn expire_batch(&self, id: &str) -> bool {
+        self.shared.batches.force(id, batches::Forced::Expire)
+    }
+
+    /// Makes batch `id` fail now, with an internal error in `errors`: nothing it did is kept or
+    /// billed. False if it does not exist or is no longer validating or in progress.
+    pub fn fail_batch(&self, id: &str) -> bool {
+        self.shared.batches.force(id, batches::Forced::Fail)
+    }
+
+    /// Clears counters, the request log, usage, scripts, the rate-limit windows, the
+    /// implicit cache, and every file and batch (a batch still running stops).
     pub fn reset(&self) {
         self.shared.reset();
     }

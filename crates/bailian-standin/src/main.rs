@@ -1,14 +1,20 @@
 //! `bailian-standin`: run the stand-in as a process, for the demo and benchmarks.
-//! Control it at runtime under `/_standin/` (stats, requests, usage, config, script, reset).
+//! Control it at runtime under `/_standin/` (stats, requests, usage, config, script, reset,
+//! batches).
 
 use bailian_standin::{Config, Standin};
 
 const USAGE: &str = "usage: bailian-standin [--listen ADDR] [--latency-ms N] [--fail-rate-500 F] \
 [--fail-rate-429 F] [--retry-after SECS] [--rpm N] [--tpm N] [--no-implicit-cache] \
-[--stream-chunk-delay-ms N] [--no-log-bodies] [--addr-file PATH]
+[--stream-chunk-delay-ms N] [--no-log-bodies] [--batch-chat] [--batch-hour-ms N] [--batch-hold] \
+[--addr-file PATH]
 
 --rpm and --tpm limit requests and tokens per minute, per key and model, and per second at
-a sixtieth of that, as Bailian does.";
+a sixtieth of that, as Bailian does.
+--batch-chat plays the Batch Chat host (batch.dashscope.aliyuncs.com) instead of the normal one.
+--batch-hour-ms sets how many real milliseconds an hour of the batch service's clock lasts
+(3600000 is real time); --batch-hold keeps new batches in progress until released
+(POST /_standin/batches/release).";
 
 fn main() {
     let mut listen = "127.0.0.1:0".to_string();
@@ -39,6 +45,9 @@ fn main() {
             "--no-implicit-cache" => config.implicit_cache = false,
             "--stream-chunk-delay-ms" => config.stream_chunk_delay_ms = num(&flag, value()),
             "--no-log-bodies" => config.log_bodies = false,
+            "--batch-chat" => config.batch_chat = true,
+            "--batch-hour-ms" => config.batch_hour_ms = num(&flag, value()),
+            "--batch-hold" => config.batch_hold = true,
             "--addr-file" => addr_file = Some(value()),
             "-h" | "--help" => {
                 println!("{USAGE}");

@@ -171,6 +171,62 @@ pub fn implicit_cache(model: &str) -> bool {
     MODELS.contains(&model)
 }
 
+/// The model of the Batch File API's test mode: free, at `/v1/chat/ds-test` only, answering
+/// "This is a test result." (research §1.4).
+pub const BATCH_TEST_MODEL: &str = "batch-test-model";
+
+/// Models the Batch File API runs at `endpoint` in Beijing (research §1.8): the text and
+/// vision models of S1's list with the additions of the newer S3 (qwen-long, deepseek-v3.2,
+/// qwen-vl-ocr-latest), and text-embedding-v1 to v4 at `/v1/embeddings` (S3; S1 listed v4
+/// only). The test model is the test endpoint's alone. A model outside these is refused when
+/// the batch is created (404 ModelNotFound, S7).
+pub fn batch_file(endpoint: &str, model: &str) -> bool {
+    const CHAT: &[&str] = &[
+        // Text.
+        "qwen3-max",
+        "qwen-max",
+        "qwen-max-latest",
+        "qwen3.5-plus",
+        "qwen-plus",
+        "qwen-plus-latest",
+        "qwen3.5-flash",
+        "qwen-flash",
+        "qwen-long-latest",
+        "qwen-long",
+        "qwq-plus",
+        "deepseek-r1",
+        "deepseek-v3",
+        "deepseek-v3.2",
+        // Vision.
+        "qwen3-vl-plus",
+        "qwen3-vl-flash",
+        "qwen-vl-max",
+        "qwen-vl-max-latest",
+        "qwen-vl-plus",
+        "qwen-vl-plus-latest",
+        "qwen-vl-ocr",
+        "qwen-vl-ocr-latest",
+    ];
+    const EMBEDDINGS: &[&str] =
+        &["text-embedding-v1", "text-embedding-v2", "text-embedding-v3", "text-embedding-v4"];
+    match endpoint {
+        "/v1/chat/completions" => CHAT.contains(&model),
+        "/v1/embeddings" => EMBEDDINGS.contains(&model),
+        "/v1/chat/ds-test" => model == BATCH_TEST_MODEL,
+        _ => false,
+    }
+}
+
+/// Models the Batch Chat host serves (research §1.13, S6, the latest version of the page):
+/// of those the stand-in knows, qwen3-max, qwen-plus, qwen-flash, deepseek-v3.2 and the
+/// vision models qwen3-vl-plus and qwen3-vl-flash. The list changes between versions of the
+/// page; newer qwen3.x names are left out until the stand-in knows them.
+pub fn batch_chat(model: &str) -> bool {
+    const MODELS: &[&str] =
+        &["qwen3-max", "qwen-plus", "qwen-flash", "deepseek-v3.2", "qwen3-vl-plus", "qwen3-vl-flash"];
+    MODELS.contains(&model)
+}
+
 /// Inputs one compatible-mode embeddings request may carry.
 pub fn max_batch(model: &str) -> usize {
     if model == "text-embedding-v1" || model == "text-embedding-v2" {

@@ -10,8 +10,8 @@
 use crate::b64;
 use crate::embedding::{embedding_for, image_embedding_for};
 use crate::errors::{invalid, Api};
-use crate::handler::Outcome;
 use crate::models::{self, MultimodalModel};
+use crate::request::Outcome;
 use crate::tokens::approx_tokens;
 use serde_json::{json, Value};
 

@@ -8,8 +8,8 @@
 
 use crate::chat::{chat_reply, check_stop, last_user, stop_at};
 use crate::errors::{coded_body, invalid, respond, Api};
-use crate::handler::Outcome;
 use crate::models;
+use crate::request::Outcome;
 use crate::stream;
 use crate::tokens::approx_tokens;
 use crate::usage::Tokens;

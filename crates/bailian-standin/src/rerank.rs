@@ -12,8 +12,8 @@
 
 use crate::embedding::words_of;
 use crate::errors::{invalid, request_id, Api, UNKNOWN_MODEL};
-use crate::handler::Outcome;
 use crate::models;
+use crate::request::Outcome;
 use crate::tokens::approx_tokens;
 use serde_json::{json, Value};
 use std::collections::HashSet;

@@ -1,8 +1,13 @@
-//! The stand-in's configuration, scripted faults, counters and request log.
+//! The stand-in's configuration, scripted faults, counters and request log, and the state
+//! every request shares (limits, usage, cache, the Batch File API's files and batches).
 
+use crate::batches::clock::Clock;
+use crate::batches::store::Batches;
 use crate::cache::ImplicitCache;
+use crate::embedding::fnv1a;
+use crate::files::store::Files;
 use crate::limits::Limits;
-use crate::usage::UsageBook;
+use crate::usage::{key_hint, UsageBook};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -49,6 +54,37 @@ pub struct Config {
     pub seed: u64,
     /// Pause between the events of a streamed answer, so a client sees them arrive apart.
     pub stream_chunk_delay_ms: u64,
+    /// Play Bailian's Batch Chat host (`batch.dashscope.aliyuncs.com`, research §1.13): the
+    /// same compatible-mode chat, for the models that host serves (`models::batch_chat`),
+    /// counted as batch usage (half price) and not refused by the live rate limits (the host
+    /// queues requests instead). Embeddings, the native and OpenSearch paths, and the Batch
+    /// File API (`/files`, `/batches`, served by the normal host) answer 404 there.
+    pub batch_chat: bool,
+    /// The largest file `POST /files` takes: 500 MB for purpose batch (research §1.2). Decimal
+    /// megabytes: the docs do not say which, and the smaller is the one a client must keep to.
+    pub max_file_bytes: u64,
+    /// Most requests (lines) in a batch input file: 50,000 (research §1.3).
+    pub max_batch_lines: u64,
+    /// The largest line of a batch input file: 1 MB in the newer docs (S3; S1 said 6 MB).
+    pub max_batch_line_bytes: u64,
+    /// How long an hour of the batch service's clock lasts, in real milliseconds: 3,600,000
+    /// is real time. A batch's phases and its completion window run on that clock (see
+    /// `batches::clock`), so with 10 a "24h" window passes in 240 ms.
+    pub batch_hour_ms: f64,
+    /// Service seconds a batch spends `validating` before it is checked.
+    pub batch_validating_secs: f64,
+    /// Service seconds a batch waits `in_progress` before its first line runs: Bailian
+    /// schedules batches when it has room (a two-line batch queued about 2.4 h, S17).
+    pub batch_queued_secs: f64,
+    /// Service seconds each line takes.
+    pub batch_line_secs: f64,
+    /// Service seconds in `finalizing` (and in `cancelling`) before the batch ends.
+    pub batch_finalizing_secs: f64,
+    /// New batches stay `in_progress`, no line run, until released
+    /// (`Standin::release_batches`, `POST /_standin/batches/release`) or until this is
+    /// turned off: a client can be tested leaving while Bailian works and collecting later.
+    /// The completion window still runs.
+    pub batch_hold: bool,
 }
 
 impl Default for Config {
@@ -67,6 +103,16 @@ impl Default for Config {
             log_bodies: true,
             seed: 42,
             stream_chunk_delay_ms: 0,
+            batch_chat: false,
+            max_file_bytes: 500_000_000,
+            max_batch_lines: 50_000,
+            max_batch_line_bytes: 1_000_000,
+            batch_hour_ms: 3_600_000.0,
+            batch_validating_secs: 1.0,
+            batch_queued_secs: 0.0,
+            batch_line_secs: 0.05,
+            batch_finalizing_secs: 1.0,
+            batch_hold: false,
         }
     }
 }
@@ -193,6 +239,15 @@ pub struct StatsSnapshot {
     /// plus the sockets' buffers, so tests can tell a client stopped reading early.
     #[serde(default)]
     pub oversized_bytes_sent: u64,
+    /// Files `POST /files` stored.
+    #[serde(default)]
+    pub files_uploaded: u64,
+    /// Batches `POST /batches` created.
+    #[serde(default)]
+    pub batches_created: u64,
+    /// Lines of batches answered (each once, whatever became of its batch).
+    #[serde(default)]
+    pub batch_lines_run: u64,
 }
 
 #[derive(Default)]
@@ -210,6 +265,9 @@ pub(crate) struct Counters {
     pub in_flight: AtomicU64,
     pub peak_in_flight: AtomicU64,
     pub oversized_bytes_sent: AtomicU64,
+    pub files_uploaded: AtomicU64,
+    pub batches_created: AtomicU64,
+    pub batch_lines_run: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -221,7 +279,12 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub usage: UsageBook,
     pub cache: ImplicitCache,
+    pub files: Files,
+    pub batches: Batches,
+    /// The batch service's clock (`batches::clock`).
+    pub clock: Clock,
     rng: Mutex<u64>,
+    token_seed: u64,
     pub started: Instant,
     next_id: AtomicU64,
 }
@@ -229,6 +292,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Shared {
         let seed = config.seed;
+        let clock = Clock::new(config.batch_hour_ms);
         Shared {
             config: Mutex::new(config),
             counters: Counters::default(),
@@ -238,7 +302,11 @@ impl Shared {
             limits: Limits::default(),
             usage: UsageBook::default(),
             cache: ImplicitCache::default(),
+            files: Files::default(),
+            batches: Batches::default(),
+            clock,
             rng: Mutex::new(seed),
+            token_seed: splitmix(seed),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
         }
@@ -246,6 +314,28 @@ impl Shared {
 
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Now on the batch service's clock, in (fractional) Unix seconds.
+    pub fn service_now(&self) -> f64 {
+        let hour_ms = self.config.lock().unwrap().batch_hour_ms;
+        self.clock.now(hour_ms)
+    }
+
+    /// Now on the batch service's clock, in whole Unix seconds (the API's timestamps).
+    pub fn service_secs(&self) -> u64 {
+        self.service_now() as u64
+    }
+
+    /// `len` lower-case hex digits (at most 32), different every time: the tails of the ids
+    /// of files, batches and batch lines. Two rounds of splitmix64 over a counter, which is a
+    /// bijection, so the first 16 digits alone never repeat.
+    pub fn token(&self, len: usize) -> String {
+        let n = self.next_id();
+        let (a, b) = (splitmix(n ^ self.token_seed), splitmix(!n ^ self.token_seed));
+        let mut hex = format!("{a:016x}{b:016x}");
+        hex.truncate(len.min(32));
+        hex
     }
 
     pub fn ms_since_start(&self) -> f64 {
@@ -269,11 +359,7 @@ impl Shared {
     pub fn random(&self) -> f64 {
         let mut s = self.rng.lock().unwrap();
         *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        (splitmix(*s) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn count_status(&self, status: u16) {
@@ -306,6 +392,9 @@ impl Shared {
             in_flight: get(&c.in_flight),
             peak_in_flight: get(&c.peak_in_flight),
             oversized_bytes_sent: get(&c.oversized_bytes_sent),
+            files_uploaded: get(&c.files_uploaded),
+            batches_created: get(&c.batches_created),
+            batch_lines_run: get(&c.batch_lines_run),
         }
     }
 
@@ -321,6 +410,9 @@ impl Shared {
             &c.connections_accepted,
             &c.aborted,
             &c.oversized_bytes_sent,
+            &c.files_uploaded,
+            &c.batches_created,
+            &c.batch_lines_run,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -332,6 +424,31 @@ impl Shared {
         self.limits.clear();
         self.usage.clear();
         self.cache.clear();
+        // A batch still running finds itself gone and stops.
+        self.batches.clear();
+        self.files.clear();
+    }
+}
+
+/// splitmix64's output function: a bijection of u64 that scatters neighbouring inputs.
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Who a request comes from. The stand-in has no accounts: a key is its account, kept only as
+/// a hash (for files and batches, which belong to the account that made them) and shown as
+/// its hint (in the usage book).
+#[derive(Clone, Debug)]
+pub(crate) struct Account {
+    pub id: u64,
+    pub hint: String,
+}
+
+impl Account {
+    pub fn of(key: &str) -> Account {
+        Account { id: fnv1a(key.as_bytes()), hint: key_hint(key) }
     }
 }
 

@@ -8,6 +8,10 @@
 //! (research §3.1); compatible embeddings `prompt_tokens` and `total_tokens` (§3.3);
 //! multimodal embedding `input_tokens` (§3.4); rerank `total_tokens` (§3.5); OpenSearch
 //! `input_tokens`, `output_tokens`, `total_tokens` (seed 003).
+//!
+//! Live requests and batch work are booked apart ([`Billing`]): Bailian bills a batch line,
+//! and a Batch Chat request, at half the live price, as a billing item of its own (research
+//! §1.10, §1.13), so a test can tell which price a token was counted at.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,12 +127,28 @@ impl ModelUsage {
     }
 }
 
+/// At which price the usage of a row was counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Billing {
+    /// A live (real-time) request: the list price.
+    #[default]
+    Live,
+    /// A line of a Batch File batch, or a request to the Batch Chat host: half the live
+    /// price, no context-cache discount (research §1.10). A batch line counts once its batch
+    /// has ended with it in the output or error file (completed, or lines done before a cancel
+    /// or an expiry); a line not run, or run in a batch that then failed, counts nowhere.
+    Batch,
+}
+
 /// One row of [`crate::Standin::usage`]: a model (the request's `model`; for OpenSearch the
-/// service id of the path) and a key hint ([`key_hint`]).
+/// service id of the path), a key hint ([`key_hint`]) and the price it was counted at.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRow {
     pub model: String,
     pub key_hint: String,
+    #[serde(default)]
+    pub billing: Billing,
     pub usage: ModelUsage,
 }
 
@@ -158,17 +178,17 @@ pub(crate) enum Ending {
 
 #[derive(Default)]
 pub(crate) struct UsageBook {
-    rows: Mutex<BTreeMap<(String, String), ModelUsage>>,
+    rows: Mutex<BTreeMap<(String, String, Billing), ModelUsage>>,
 }
 
 impl UsageBook {
-    fn with(&self, model: &str, hint: &str, f: impl FnOnce(&mut ModelUsage)) {
+    fn with(&self, model: &str, hint: &str, billing: Billing, f: impl FnOnce(&mut ModelUsage)) {
         let mut rows = self.rows.lock().unwrap();
-        f(rows.entry((model.to_string(), hint.to_string())).or_default());
+        f(rows.entry((model.to_string(), hint.to_string(), billing)).or_default());
     }
 
-    pub(crate) fn ended(&self, model: &str, hint: &str, ending: Ending) {
-        self.with(model, hint, |u| {
+    pub(crate) fn ended(&self, model: &str, hint: &str, billing: Billing, ending: Ending) {
+        self.with(model, hint, billing, |u| {
             u.requests += 1;
             let status = match ending {
                 Ending::Status(s) => {
@@ -196,13 +216,13 @@ impl UsageBook {
         });
     }
 
-    pub(crate) fn inputs(&self, model: &str, hint: &str, n: u64) {
-        self.with(model, hint, |u| u.inputs += n);
+    pub(crate) fn inputs(&self, model: &str, hint: &str, billing: Billing, n: u64) {
+        self.with(model, hint, billing, |u| u.inputs += n);
     }
 
     /// Adds usage an answer carried; `first` for the first usage of an answer.
-    pub(crate) fn reported(&self, model: &str, hint: &str, tokens: &Tokens, first: bool) {
-        self.with(model, hint, |u| {
+    pub(crate) fn reported(&self, model: &str, hint: &str, billing: Billing, tokens: &Tokens, first: bool) {
+        self.with(model, hint, billing, |u| {
             if first {
                 u.answers_with_usage += 1;
             }
@@ -213,22 +233,23 @@ impl UsageBook {
     pub(crate) fn rows(&self) -> Vec<UsageRow> {
         let rows = self.rows.lock().unwrap();
         rows.iter()
-            .map(|((model, key_hint), usage)| UsageRow {
+            .map(|((model, key_hint, billing), usage)| UsageRow {
                 model: model.clone(),
                 key_hint: key_hint.clone(),
+                billing: *billing,
                 usage: usage.clone(),
             })
             .collect()
     }
 
-    pub(crate) fn of(&self, model: &str, hint: &str) -> ModelUsage {
+    pub(crate) fn of(&self, model: &str, hint: &str, billing: Billing) -> ModelUsage {
         let rows = self.rows.lock().unwrap();
-        rows.get(&(model.to_string(), hint.to_string())).cloned().unwrap_or_default()
+        rows.get(&(model.to_string(), hint.to_string(), billing)).cloned().unwrap_or_default()
     }
 
-    pub(crate) fn total(&self) -> ModelUsage {
+    pub(crate) fn total(&self, billing: Billing) -> ModelUsage {
         let rows = self.rows.lock().unwrap();
-        rows.values().fold(ModelUsage::default(), |mut sum, u| {
+        rows.iter().filter(|((_, _, b), _)| *b == billing).fold(ModelUsage::default(), |mut sum, (_, u)| {
             sum.add(u);
             sum
         })
@@ -272,16 +293,20 @@ mod tests {
         assert_eq!(key_hint(""), "");
         assert_eq!(key_hint("ab"), "ab...ab");
         let book = UsageBook::default();
-        book.ended("m", "h", Ending::Status(200));
-        book.ended("m", "h", Ending::RpmLimit);
-        book.ended("m", "h", Ending::Status(429));
-        book.ended("m", "h", Ending::Unanswered);
-        book.ended("n", "h", Ending::TpmLimit);
-        let m = book.of("m", "h");
+        let live = Billing::Live;
+        book.ended("m", "h", live, Ending::Status(200));
+        book.ended("m", "h", live, Ending::RpmLimit);
+        book.ended("m", "h", live, Ending::Status(429));
+        book.ended("m", "h", live, Ending::Unanswered);
+        book.ended("n", "h", live, Ending::TpmLimit);
+        book.ended("m", "h", Billing::Batch, Ending::Status(200));
+        let m = book.of("m", "h", live);
         assert_eq!((m.requests, m.answered, m.rate_limited_rpm, m.errors, m.unanswered), (4, 1, 1, 1, 1));
         assert_eq!(m.statuses, BTreeMap::from([(200, 1), (429, 2)]));
-        let total = book.total();
+        let total = book.total(live);
         assert_eq!((total.requests, total.rate_limited_tpm), (5, 1));
-        assert_eq!(book.rows().len(), 2);
+        assert_eq!(book.total(Billing::Batch).answered, 1, "batch work is booked apart");
+        assert_eq!(book.of("m", "h", Billing::Batch).requests, 1);
+        assert_eq!(book.rows().len(), 3);
     }
 }

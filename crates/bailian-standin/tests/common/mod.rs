@@ -41,6 +41,18 @@ impl Reply {
 }
 
 pub async fn send(root_url: &str, method: &str, path: &str, key: &str, body: &str) -> Reply {
+    send_bytes(root_url, method, path, key, "application/json", Bytes::from(body.to_string())).await
+}
+
+/// `send` with any content type and body (a multipart upload).
+pub async fn send_bytes(
+    root_url: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Reply {
     let addr = root_url.trim_start_matches("http://").to_string();
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
@@ -50,8 +62,8 @@ pub async fn send(root_url: &str, method: &str, path: &str, key: &str, body: &st
         .uri(path)
         .header("host", addr)
         .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .header("content-type", content_type)
+        .body(Full::new(body))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
