@@ -289,7 +289,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_sync_create(text,regclass,name,text,text,boolean), ai_sync_drop(text), ai_sync_pause(text), \
          ai_sync_resume(text), ai_sync_run(text), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
          ai_update(regclass,name,text,integer,text), bailian.activity_rows(), \
-         bailian.budget_spent(), bailian.default_model_choices(), bailian.default_prompts(), \
+         bailian.budget_spent(), bailian.cache_rows(), bailian.default_model_choices(), bailian.default_prompts(), \
          bailian.rate_limit_rows(), bailian.scope(), bailian.usage_rows(), list_external_models(), \
          prompt(text,text[])"
     );
@@ -315,6 +315,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
         vec![
             ("ai_activity".to_string(), true),
             ("ai_budgets".to_string(), true),
+            ("ai_cache".to_string(), true),
             ("ai_default_models".to_string(), true),
             ("ai_models".to_string(), true),
             ("ai_prices".to_string(), true),
@@ -324,6 +325,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
             ("ai_sync_queue".to_string(), true),
             ("ai_syncs".to_string(), true),
             ("ai_usage".to_string(), true),
+            ("bailian.answer_cache".to_string(), false),
             ("bailian.budgets".to_string(), false),
             ("bailian.default_models".to_string(), false),
             ("bailian.effective_prices".to_string(), false),
@@ -421,7 +423,7 @@ fn delegated_deployment_grants_exactly_what_it_says() {
     install_try_sql();
     Spi::run(
         "CREATE ROLE alice NOLOGIN; CREATE ROLE bob NOLOGIN; CREATE ROLE carol NOLOGIN IN ROLE alice;
-         GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text),
+         GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text, boolean, boolean),
                                    ai_undeploy_model(text) TO alice, bob, carol",
     )
     .unwrap();

@@ -16,7 +16,8 @@ CREATE TABLE bailian.models (
     max_retries         int NOT NULL CHECK (max_retries BETWEEN 0 AND 100),
     initial_retry_delay float8 NOT NULL CHECK (initial_retry_delay BETWEEN 0.5 AND 8),
     max_retry_delay     float8 NOT NULL CHECK (max_retry_delay BETWEEN 1 AND 60),
-    timeout             float8 NOT NULL CHECK (timeout BETWEEN 1 AND 1200),
+    -- Up to 1200 s, or 3600 s for Batch Chat (checked by ai_deploy_model).
+    timeout             float8 NOT NULL CHECK (timeout BETWEEN 1 AND 3600),
     region              text NOT NULL CHECK (region IN ('beijing', 'singapore', 'virginia')),
     base_url            text,
     workspace           text CHECK ((provider = 'opensearch') = (workspace IS NOT NULL)),
@@ -25,7 +26,11 @@ CREATE TABLE bailian.models (
     tokens_per_minute   int CHECK (tokens_per_minute >= 0),
     key_hint            text NOT NULL,
     deployed_by         name NOT NULL,
-    deployed_at         timestamptz NOT NULL
+    deployed_at         timestamptz NOT NULL,
+    -- Answers kept in bailian.answer_cache (ai_deploy_model(..., cache => true)).
+    cache               boolean NOT NULL DEFAULT false,
+    -- Chat calls go to Bailian's Batch Chat (ai_deploy_model(..., batch_chat => true)).
+    batch_chat          boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE bailian.models IS 'Deployed models of Bailian and OpenSearch (no keys). Written by ai_deploy_model, read through ai_models.';
 

@@ -4,7 +4,7 @@ CREATE VIEW ai_models AS
 SELECT model_name, model_type, task, key_hint, params,
        max_retries, initial_retry_delay, max_retry_delay, timeout,
        region, base_url, endpoint, requests_per_minute, tokens_per_minute,
-       deployed_by, deployed_at, provider, workspace
+       deployed_by, deployed_at, provider, workspace, cache, batch_chat
   FROM bailian.models;
 
 -- Every task prompt: the default (model_name NULL) and each model's replacement.
@@ -119,7 +119,7 @@ END
 $owner$;
 
 -- Deploying is for administrators: GRANT EXECUTE to a role to delegate it.
-REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text, boolean, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_undeploy_model(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_set_prompt(text, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_set_default_model(text, text) FROM PUBLIC;
@@ -128,8 +128,8 @@ REVOKE EXECUTE ON PROCEDURE delete_external_model(text) FROM PUBLIC;
 
 COMMENT ON VIEW ai_models IS
   'Deployed Bailian models, one row each, with a key hint (sk-...abcd or env:NAME) and never the key.';
-COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text) IS
-  'Deploy a model under model_name: model_type from ai_supported_models() for the provider (''bailian'', the default, or ''opensearch'' with base_url => the instance host and workspace, default ''default''), api_key ''sk-...'' or for OpenSearch ''OS-...'' (stored encrypted), ''env:NAME'' (names in pg_bailian.allowed_env_keys) or ''file:/path'' (under pg_bailian.key_directory), default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url (for non-superusers, a host in pg_bailian.allowed_hosts), client-side rate limits (requests_per_minute, tokens_per_minute: NULL takes Bailian''s documented limit for the model and region where requests go to Bailian, 0 none; see ai_rate_limits), shared by every session that sends the same key to the same model and host. replace => true redeploys an existing name, only by the role that deployed it, its members or a superuser. Not executable by PUBLIC: GRANT EXECUTE to delegate.';
+COMMENT ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text, boolean, boolean) IS
+  'Deploy a model under model_name: model_type from ai_supported_models() for the provider (''bailian'', the default, or ''opensearch'' with base_url => the instance host and workspace, default ''default''), api_key ''sk-...'' or for OpenSearch ''OS-...'' (stored encrypted), ''env:NAME'' (names in pg_bailian.allowed_env_keys) or ''file:/path'' (under pg_bailian.key_directory), default params, retry settings (max_retries [0,100], initial_retry_delay [0.5,8] s, max_retry_delay [1,60] s, timeout [1,1200] s), region or base_url (for non-superusers, a host in pg_bailian.allowed_hosts), client-side rate limits (requests_per_minute, tokens_per_minute: NULL takes Bailian''s documented limit for the model and region where requests go to Bailian, 0 none; see ai_rate_limits), shared by every session that sends the same key to the same model and host. replace => true redeploys an existing name, only by the role that deployed it, its members or a superuser. cache => true keeps the model''s answers in the answer cache (chat, translation and embedding models without web search; see ai_cache). batch_chat => true sends its chat calls to Bailian''s Batch Chat at half price (Beijing; qwen3-max, qwen-plus, qwen-flash, deepseek-v3.2, qwen3-vl-plus, qwen3-vl-flash; timeout [60,3600] s; each call may wait in Bailian''s queue up to the timeout). Not executable by PUBLIC: GRANT EXECUTE to delegate.';
 COMMENT ON FUNCTION ai_undeploy_model(text) IS
   'Remove a deployed model and its key; returns false if no model had that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';
 COMMENT ON FUNCTION ai_gen(text, text, jsonb) IS
@@ -232,11 +232,12 @@ COMMENT ON PROCEDURE delete_external_model(text) IS
   'Hologres'' removal: ai_undeploy_model(model_name), an error (42704) when no model has that name. Only the role that deployed it, its members or a superuser. Not executable by PUBLIC.';
 
 -- Operating it (sql/operating.sql).
-GRANT SELECT ON ai_prices, ai_usage, ai_budgets, ai_activity, ai_rate_limits TO PUBLIC;
+GRANT SELECT ON ai_prices, ai_usage, ai_budgets, ai_activity, ai_rate_limits, ai_cache TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_count_tokens(text, text), ai_estimate(text), ai_set_budget(name, text, numeric, text, text), ai_drop_budget(name, text),
     bailian.usage_rows(), bailian.budget_spent(), bailian.activity_rows(), bailian.rate_limit_rows(),
-    bailian.scope() TO PUBLIC;
+    bailian.scope(), bailian.cache_rows() TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_usage_reset() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ai_cache_clear(text) FROM PUBLIC;
 -- Only ai_prices' trigger runs it (a trigger function cannot be called directly anyway).
 REVOKE EXECUTE ON FUNCTION bailian.set_price() FROM PUBLIC;
 DO $owner$

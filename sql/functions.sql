@@ -19,7 +19,9 @@ CREATE FUNCTION ai_deploy_model(
     requests_per_minute int     DEFAULT NULL,
     tokens_per_minute   int     DEFAULT NULL,
     provider            text    DEFAULT 'bailian',
-    workspace           text    DEFAULT NULL
+    workspace           text    DEFAULT NULL,
+    cache               boolean DEFAULT false,
+    batch_chat          boolean DEFAULT false
 ) RETURNS void
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pg_bailian_deploy_model';

@@ -154,7 +154,7 @@ RETURNS TABLE (scope text, database_id bigint, role_id bigint, model_name text, 
                calls bigint, requests bigint, inputs bigint, failures bigint, retries bigint, throttled bigint,
                prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint,
                cost_yuan text, latency_p50_ms float8, latency_p95_ms float8, latency_max_ms float8,
-               first_used_us bigint, last_used_us bigint)
+               first_used_us bigint, last_used_us bigint, shared_calls bigint, cache_hits bigint, saved_yuan text)
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pg_bailian_usage_rows';
 COMMENT ON FUNCTION bailian.usage_rows() IS 'Every row of the usage counters; read through ai_usage.';
@@ -164,6 +164,7 @@ SELECT d.datname AS database, r.rolname AS role, u.model_name, u.model_type, u.f
        u.calls, u.requests, u.inputs, u.failures, u.retries, u.throttled AS rate_limited,
        u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens,
        u.cost_yuan::numeric AS cost_yuan,
+       u.shared_calls, u.cache_hits, u.saved_yuan::numeric AS saved_yuan,
        u.latency_p50_ms, u.latency_p95_ms, u.latency_max_ms,
        pg_catalog.to_timestamp(u.first_used_us OPERATOR(pg_catalog./) 1e6::float8) AS first_used,
        pg_catalog.to_timestamp(u.last_used_us OPERATOR(pg_catalog./) 1e6::float8) AS last_used,
@@ -171,7 +172,7 @@ SELECT d.datname AS database, r.rolname AS role, u.model_name, u.model_type, u.f
   FROM bailian.usage_rows() u
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) u.database_id::oid
   LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) u.role_id::oid;
-COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function since the counters were last reset: calls (requests as asked, before retries), requests (sent, retries included), inputs, failures, retries, rate_limited (429s), tokens as the provider reported them, cost in yuan at ai_prices (NULL when the model has no price), latency percentiles (p50/p95 are the upper bound of a class of latencies, within 41%; max is exact), first and last use. scope: cluster (shared_preload_libraries) or backend (this session alone). A role sees its own rows; members of pg_read_all_stats see all (and the overflow row, database and role NULL, function ''(other)'', where counts go once pg_bailian.max_usage_entries rows are taken). Counters survive a clean restart (pg_bailian.save_usage).';
+COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function since the counters were last reset: calls (requests as asked, before retries), requests (sent, retries included), inputs, failures, retries, rate_limited (429s), tokens as the provider reported them, cost in yuan at ai_prices (NULL when the model has no price), calls answered without a request of their own (shared_calls: by an identical call of the same statement or job; cache_hits: from the answer cache) and what they would have cost (saved_yuan), latency percentiles (p50/p95 are the upper bound of a class of latencies, within 41%; max is exact), first and last use. scope: cluster (shared_preload_libraries) or backend (this session alone). A role sees its own rows; members of pg_read_all_stats see all (and the overflow row, database and role NULL, function ''(other)'', where counts go once pg_bailian.max_usage_entries rows are taken). Counters survive a clean restart (pg_bailian.save_usage).';
 
 CREATE FUNCTION ai_usage_reset() RETURNS bigint
 LANGUAGE c VOLATILE

@@ -138,6 +138,7 @@ impl Target {
                 &deployment.name,
                 deployment.spec.model_type,
                 deployment.spec.api != bailian_core::registry::Api::OpenSearch,
+                deployment.batch_chat,
                 current_function(),
             )?,
             deployment: deployment.clone(),
@@ -158,6 +159,12 @@ impl Target {
 
     pub fn deployment(&self) -> &Deployment {
         &self.deployment
+    }
+
+    /// Counts a call answered without a request (see `crate::answers`).
+    pub fn served(&self, how: bailian_core::meter::Served, usage: &bailian_core::meter::Usage) {
+        use bailian_core::meter::Meter;
+        self.account.served(how, usage);
     }
 
     pub fn call(&self) -> Call<'_> {

@@ -195,10 +195,31 @@ SELECT m.model_type, m.params, m.max_retries, m.initial_retry_delay, m.max_retry
        m.timeout, m.region, m.base_url, m.requests_per_minute, m.tokens_per_minute, k.api_key,
        m.deployed_by::pg_catalog.text, m.provider, m.workspace,
        (SELECT pg_catalog.jsonb_object_agg(p.function_name, p.prompt) FROM bailian.prompts p
-         WHERE p.model_name OPERATOR(pg_catalog.=) m.model_name)
+         WHERE p.model_name OPERATOR(pg_catalog.=) m.model_name),
+       m.cache, m.batch_chat
   FROM bailian.models m
   JOIN bailian.model_keys k ON k.model_name OPERATOR(pg_catalog.=) m.model_name
  WHERE m.model_name OPERATOR(pg_catalog.=) $1";
+
+/// Whether bailian.models has 0.6's columns (cache, batch_chat): a database not yet updated
+/// (ALTER EXTENSION ... UPDATE) runs this library with an older catalog, whose deployments
+/// neither cache nor use Batch Chat.
+fn models_have_tiers(client: &pgrx::spi::SpiClient<'_>) -> Result<bool, AiError> {
+    Ok(client
+        .select(
+            "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 2 FROM pg_catalog.pg_attribute
+              WHERE attrelid OPERATOR(pg_catalog.=) 'bailian.models'::pg_catalog.regclass
+                AND attname OPERATOR(pg_catalog.=) ANY ('{cache,batch_chat}'::pg_catalog.name[])
+                AND NOT attisdropped",
+            Some(1),
+            &[],
+        )
+        .map_err(spi_failed)?
+        .first()
+        .get_one::<bool>()
+        .map_err(spi_failed)?
+        .unwrap_or(false))
+}
 
 /// The deployment named `name`.
 pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
@@ -207,7 +228,12 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
     }
     let args = as_catalog_owner(|| {
         Spi::connect(|client| {
-            let rows = client.select(LOAD, Some(1), &[name.into()]).map_err(spi_failed)?;
+            let load = if models_have_tiers(client)? {
+                LOAD.to_string()
+            } else {
+                LOAD.replace("m.cache, m.batch_chat", "false, false")
+            };
+            let rows = client.select(&load, Some(1), &[name.into()]).map_err(spi_failed)?;
             let Some(row) = rows.into_iter().next() else {
                 return Ok(None);
             };
@@ -228,6 +254,8 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
                     api_key: None,
                     provider: row.get::<String>(13).map_err(get_err)?,
                     workspace: row.get::<String>(14).map_err(get_err)?,
+                    cache: row.get::<bool>(16).map_err(get_err)?,
+                    batch_chat: row.get::<bool>(17).map_err(get_err)?,
                 },
                 row.get::<String>(11).map_err(get_err)?.unwrap_or_default(),
                 row.get::<String>(12).map_err(get_err)?.unwrap_or_default(),
@@ -278,7 +306,8 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
 
 const PRICE_AND_BUDGETS: &str = "
 SELECT 'price', NULL::pg_catalog.int8, p.input_price::pg_catalog.float8, p.output_price::pg_catalog.float8, p.thinking_output_price::pg_catalog.float8,
-       p.cached_input_ratio::pg_catalog.float8, NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.text
+       p.cached_input_ratio::pg_catalog.float8, NULL::pg_catalog.text, NULL::pg_catalog.text, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.text,
+       p.batch_ratio::pg_catalog.float8
   FROM bailian.effective_prices p
  WHERE p.model_type OPERATOR(pg_catalog.=) $2 AND p.input_price IS NOT NULL
 UNION ALL
@@ -287,7 +316,8 @@ SELECT 'budget', b.id, b.\"limit\"::pg_catalog.float8, NULL, NULL, NULL, b.unit,
        (((pg_catalog.date_trunc(b.period, pg_catalog.now(), b.time_zone) AT TIME ZONE b.time_zone)
           OPERATOR(pg_catalog.+) ('1 ' OPERATOR(pg_catalog.||) b.period)::pg_catalog.interval) AT TIME ZONE b.time_zone)::pg_catalog.text,
        pg_catalog.format('%s on %s', COALESCE('of role ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(b.role::pg_catalog.text), 'of every role'),
-                         COALESCE('model ' OPERATOR(pg_catalog.||) pg_catalog.quote_literal(b.model_name), 'every model'))
+                         COALESCE('model ' OPERATOR(pg_catalog.||) pg_catalog.quote_literal(b.model_name), 'every model')),
+       NULL
   FROM bailian.budgets b
  WHERE (b.role IS NULL OR b.role OPERATOR(pg_catalog.=) $3::pg_catalog.oid::pg_catalog.regrole)
    AND (b.model_name IS NULL OR b.model_name OPERATOR(pg_catalog.=) $1)";
@@ -297,11 +327,14 @@ SELECT pg_catalog.to_regclass('bailian.budgets') IS NOT NULL
    AND pg_catalog.to_regclass('bailian.effective_prices') IS NOT NULL";
 
 /// The price of `model_type` (None when ai_prices has none) and the budgets that cover
-/// `role` calling `model_name`, with their current periods.
+/// `role` calling `model_name`, with their current periods. `batch`: the price of Bailian's
+/// batch tiers: ai_prices' batch_ratio of it (the tiers' documented half where it names none),
+/// with no context-cache discount (research §1.10).
 pub fn price_and_budgets(
     model_name: &str,
     model_type: &str,
     role: pg_sys::Oid,
+    batch: bool,
 ) -> Result<(Option<bailian_core::meter::Price>, Vec<crate::shared::accounting::BudgetDef>), AiError> {
     as_catalog_owner(|| {
         Spi::connect(|client| {
@@ -325,12 +358,14 @@ pub fn price_and_budgets(
                 let f = |i: usize| row.get::<f64>(i).map_err(spi_failed);
                 let t = |i: usize| row.get::<String>(i).map_err(spi_failed).map(Option::unwrap_or_default);
                 if kind == "price" {
-                    price = Some(bailian_core::meter::Price {
+                    let live = bailian_core::meter::Price {
                         input: f(3)?.unwrap_or(0.0),
                         output: f(4)?,
                         thinking_output: f(5)?,
                         cached_input_ratio: f(6)?.unwrap_or(1.0),
-                    });
+                    };
+                    let ratio = f(12)?.unwrap_or(bailian_core::tiers::BATCH_RATIO);
+                    price = Some(if batch { live.at_batch_rate(ratio) } else { live });
                 } else {
                     budgets.push(crate::shared::accounting::BudgetDef {
                         id: row.get::<i64>(2).map_err(spi_failed)?.unwrap_or(0),
@@ -679,8 +714,8 @@ fn owner_of(client: &mut pgrx::spi::SpiClient<'_>, name: &str) -> Result<Option<
 const INSERT_MODEL: &str = "
 INSERT INTO bailian.models (model_name, model_type, task, params, max_retries,
     initial_retry_delay, max_retry_delay, timeout, region, base_url, endpoint,
-    requests_per_minute, tokens_per_minute, key_hint, deployed_by, provider, workspace, deployed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, pg_catalog.now())
+    requests_per_minute, tokens_per_minute, key_hint, deployed_by, provider, workspace, cache, batch_chat, deployed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, pg_catalog.now())
 ON CONFLICT (model_name) DO NOTHING
 RETURNING true";
 
@@ -689,7 +724,7 @@ UPDATE bailian.models SET
     model_type = $2, task = $3, params = $4, max_retries = $5, initial_retry_delay = $6,
     max_retry_delay = $7, timeout = $8, region = $9, base_url = $10, endpoint = $11,
     requests_per_minute = $12, tokens_per_minute = $13, key_hint = $14, deployed_by = $15,
-    provider = $16, workspace = $17, deployed_at = pg_catalog.now()
+    provider = $16, workspace = $17, cache = $18, batch_chat = $19, deployed_at = pg_catalog.now()
  WHERE model_name OPERATOR(pg_catalog.=) $1";
 
 const UPSERT_KEY: &str = "
@@ -711,12 +746,25 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
     })?;
     let replaced = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
+            // A catalog before 0.6 has neither cache nor batch_chat (its ai_deploy_model cannot
+            // ask for them either).
+            let tiers = models_have_tiers(client)?;
+            let (insert_model, update_model) = if tiers {
+                (INSERT_MODEL.to_string(), UPDATE_MODEL.to_string())
+            } else {
+                (
+                    INSERT_MODEL
+                        .replace(", cache, batch_chat, deployed_at)", ", deployed_at)")
+                        .replace(", $18, $19, pg_catalog.now()", ", pg_catalog.now()"),
+                    UPDATE_MODEL.replace(", cache = $18, batch_chat = $19", ""),
+                )
+            };
             // Two rounds at most: a new name can be taken by a concurrent deploy between the
             // owner check and the insert, and is then treated as an existing model.
             for _ in 0..2 {
                 let owner = owner_of(client, &d.name)?;
                 let values = || {
-                    vec![
+                    let mut values: Vec<pgrx::datum::DatumWithOid> = vec![
                         d.name.as_str().into(),
                         d.spec.model_type.into(),
                         d.spec.task.as_str().into(),
@@ -734,7 +782,12 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
                         caller_name.as_str().into(),
                         d.spec.provider.as_str().into(),
                         d.workspace.clone().into(),
-                    ]
+                    ];
+                    if tiers {
+                        values.push(d.cache.into());
+                        values.push(d.batch_chat.into());
+                    }
+                    values
                 };
                 let replaced = match owner {
                     Some(_) if !replace => return Err(AiError::DuplicateModel { name: d.name.clone() }),
@@ -742,11 +795,11 @@ pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
                         return Err(not_owner(&d.name, &owner, "replace"))
                     }
                     Some(_) => {
-                        client.update(UPDATE_MODEL, None, &values()).map_err(spi_failed)?;
+                        client.update(&update_model, None, &values()).map_err(spi_failed)?;
                         true
                     }
                     None => {
-                        let inserted = client.update(INSERT_MODEL, None, &values()).map_err(spi_failed)?;
+                        let inserted = client.update(&insert_model, None, &values()).map_err(spi_failed)?;
                         if inserted.is_empty() {
                             continue;
                         }
@@ -836,6 +889,36 @@ pub fn set_prompt(
     });
     invalidate();
     done
+}
+
+/// Forgets the cached answers of the model named `name`: only its deployer (or a member of
+/// it) or a superuser, as for undeploying. Returns how many entries went.
+pub fn clear_cache(name: &str) -> Result<i64, AiError> {
+    let (caller, _) = current_user();
+    as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let Some(owner) = owner_of(client, name)? else {
+                return Err(AiError::ModelNotDeployed {
+                    name: name.to_string(),
+                    hint: Some(
+                        "SELECT model_name FROM ai_cache lists the models with cached answers.".into(),
+                    ),
+                });
+            };
+            if !may_manage(caller, &owner) {
+                return Err(not_owner(name, &owner, "clear the cached answers of"));
+            }
+            let gone = client
+                .update(
+                    "DELETE FROM bailian.answer_cache WHERE model_name OPERATOR(pg_catalog.=) $1",
+                    None,
+                    &[name.into()],
+                )
+                .map_err(spi_failed)?
+                .len() as i64;
+            Ok(gone + crate::answers::cache::clear_inbox(name))
+        })
+    })
 }
 
 /// Removes the model named `name`; false when there was none.

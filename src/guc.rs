@@ -63,6 +63,10 @@ pub static SAVE_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// Whether calls are counted in ai_usage and ai_activity (budgets and limits hold either way).
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static SHARE_ANSWERS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static ANSWER_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+pub static CACHE_MAX_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
 /// Whether deployments without limits get Bailian's documented ones.
 pub static DOCUMENTED_LIMITS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -206,6 +210,42 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"pg_bailian.share_answers",
+        c"Send identical AI calls of one statement or job once and give every row the same answer.",
+        c"Calls are identical when their deployment, endpoint and whole request (model, parameters, input) are; ai_usage counts the others as shared_calls. Off: every call sends its own request (for several samples of one prompt at a temperature above 0).",
+        &SHARE_ANSWERS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_bailian.answer_cache",
+        c"Use the answer cache for the deployments made with cache => true.",
+        c"Off: this session's calls neither read nor keep cached answers (SET LOCAL for one transaction, ALTER FUNCTION ... SET for one function).",
+        &ANSWER_CACHE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.cache_ttl",
+        c"How long an answer stays in the answer cache.",
+        c"Set when the answer is kept; a later change applies to answers kept after it.",
+        &CACHE_TTL,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_bailian.cache_max_size",
+        c"The most the answer cache of a database holds; past it the oldest answers go.",
+        c"Checked when answers are moved into bailian.answer_cache, at most once a minute per session, and by ai_cache_clear.",
+        &CACHE_MAX_SIZE_KB,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_bool_guc(
         c"pg_bailian.track_usage",
         c"Count AI calls in ai_usage and ai_activity.",
         c"Budgets, rate limits and EXPLAIN ANALYZE's counts hold either way.",
@@ -320,6 +360,22 @@ pub fn save_usage() -> bool {
 
 pub fn documented_limits() -> bool {
     DOCUMENTED_LIMITS.get()
+}
+
+pub fn share_answers() -> bool {
+    SHARE_ANSWERS.get()
+}
+
+pub fn answer_cache() -> bool {
+    ANSWER_CACHE.get()
+}
+
+pub fn cache_ttl_secs() -> i64 {
+    i64::from(CACHE_TTL.get().max(1))
+}
+
+pub fn cache_max_bytes() -> u64 {
+    u64::try_from(CACHE_MAX_SIZE_KB.get()).unwrap_or(0) * 1024
 }
 
 pub fn track_usage() -> bool {

@@ -7,6 +7,7 @@
 
 use pgrx::prelude::*;
 
+mod answers;
 mod backend;
 mod catalog;
 mod entry;
@@ -28,6 +29,7 @@ extension_sql_file!("../sql/operating.sql", name = "operating", requires = ["pro
 extension_sql_file!("../sql/seed_prices.sql", name = "seed_prices", requires = ["operating"]);
 extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["functions"]);
 extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["procedures"]);
+extension_sql_file!("../sql/cache.sql", name = "cache", requires = ["catalog"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

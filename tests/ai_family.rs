@@ -119,7 +119,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 const DEPLOY_FN: &str =
-    "ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text)";
+    "ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text, boolean, boolean)";
 
 /// What pg_bailian says after an inference error, in the hint.
 const FORMAT_HINT: &str = "The model did not follow the requested format: retry the row or try another model. SET pg_bailian.on_error = 'null' keeps a query going past such rows.";

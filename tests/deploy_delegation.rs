@@ -9,7 +9,7 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 
 const DEPLOY_FN: &str =
-    "ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text)";
+    "ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text, boolean, boolean)";
 
 fn grant_deploy(c: &mut postgres::Client, roles: &str) {
     c.batch_execute(&format!("GRANT EXECUTE ON FUNCTION {DEPLOY_FN}, ai_undeploy_model(text) TO {roles}"))

@@ -59,7 +59,7 @@ fn source(s: &Standin) -> Client {
     c.batch_execute(&format!(
         "CREATE EXTENSION pg_bailian;
          GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text,
-                                                   boolean, int, int, text, text),
+                                                   boolean, int, int, text, text, boolean, boolean),
                                    ai_undeploy_model(text), ai_set_prompt(text, text, text) TO {DEPLOYER};"
     ))
     .unwrap();

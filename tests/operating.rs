@@ -10,7 +10,7 @@ use postgres::Client;
 use std::time::{Duration, Instant};
 
 const DEPLOY_ARGS: &str =
-    "text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text";
+    "text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text, boolean, boolean";
 
 /// Sums of this database's ai_usage: (requests, rate_limited, prompt, completion, cached,
 /// reasoning, failures).

@@ -287,12 +287,18 @@ fn run_everything(
         .get(0);
     assert_eq!(requests, 1);
     c.batch_execute("SELECT ai_usage_reset()").unwrap();
+    // chat is deployed without cache => true: nothing cached, nothing to clear.
+    let cached: i64 = c.query_one("SELECT pg_catalog.count(*) FROM ai_cache", &[]).unwrap().get(0);
+    let cleared: i64 = c.query_one("SELECT ai_cache_clear('chat')", &[]).unwrap().get(0);
+    assert_eq!((cached, cleared), (0, 0));
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
     c.batch_execute("RESET search_path; RESET pg_bailian.default_chat_model").unwrap();
     vec![
-        "ai_deploy_model(text,text,text,jsonb,integer,double precision,double precision,double precision,text,text,boolean,integer,integer,text,text)",
+        "ai_deploy_model(text,text,text,jsonb,integer,double precision,double precision,double precision,text,text,boolean,integer,integer,text,text,boolean,boolean)",
+        "ai_cache_clear(text)",
+        "bailian.cache_rows()",
         "ai_chat(text,jsonb,jsonb)",
         "ai_embed(text,text)",
         "ai_embed_batch(text,text[])",

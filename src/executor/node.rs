@@ -8,11 +8,14 @@
 use super::capture;
 use super::carry::{self, Call, Carry, Taken, CARRIED};
 use super::plan::{list_of, list_ptrs, Demand};
+use crate::answers;
 use crate::backend::{self, Flight, Target};
 use crate::catalog;
 use crate::entry::{guard, Location};
 use crate::functions::calls::{self, Answer, Args, Finish, Input, Kernel, ModelLess, Prepared};
+use bailian_core::answers::AnswerKey;
 use bailian_core::client::embed_each;
+use bailian_core::meter::Served;
 use bailian_core::providers::{ChatRequest, EmbedInput, EmbeddingModel};
 use bailian_core::registry::Task;
 use bailian_core::AiError;
@@ -320,7 +323,17 @@ struct Pack {
     target: Arc<Target>,
     model: Arc<EmbeddingModel>,
     members: Vec<(u64, usize, Input)>,
+    /// Each member's answer key, when answers are shared (`crate::answers`).
+    keys: Vec<Option<AnswerKey>>,
 }
+
+/// Calls that wait for one request: its answer key, the call site where the answer's use
+/// depends on it (else usize::MAX), and what the call makes of an answer (`Finish::class`; 0
+/// for embeddings), so that a waiter is given exactly what its own request would have given.
+type Group = (AnswerKey, usize, u8);
+
+/// The target of the request a group waits for, and the calls waiting: (row, site).
+type Waiting = (Arc<Target>, Vec<(u64, usize)>);
 
 struct Batch {
     sites: Vec<Site>,
@@ -363,6 +376,11 @@ struct Batch {
     /// Requests started since the runtime last ran (not on the wire yet).
     unsent: bool,
     packs: HashMap<String, Pack>,
+    /// Calls waiting for an identical call's request in flight: its target and their (row,
+    /// site).
+    waiting: HashMap<Group, Waiting>,
+    /// The group of each call whose request others may wait for, by (row, site).
+    sending: HashMap<(u64, usize), Group>,
     requests: u64,
     /// The backend's AI totals when the node started: EXPLAIN ANALYZE shows what was spent
     /// since (including other AI work the statement did meanwhile, such as a second node).
@@ -491,6 +509,8 @@ unsafe extern "C-unwind" fn begin(
             signature: String::new(),
             unsent: false,
             packs: HashMap::new(),
+            waiting: HashMap::new(),
+            sending: HashMap::new(),
             requests: 0,
             started: crate::shared::accounting::totals(),
             rows_cxt,
@@ -866,8 +886,21 @@ impl Batch {
             Err(e) => Ok(Some(Err(e))),
             Ok(Prepared::Done(answer)) => Ok(Some(Ok(answer))),
             Ok(Prepared::Chat { target, request, finish }) => {
+                let key = answers::chat_key(&target, &request);
+                if let Some(outcome) = answers::recall_chat(&target, key.as_ref()) {
+                    return Ok(Some(finish.settle(&target, Ok(outcome))));
+                }
+                if let Some(key) = key.filter(|_| answers::sharing()) {
+                    // Text, jsonb and audio answers are the same whichever site asked; a
+                    // structured or task answer is checked by its site's own schema.
+                    let class = finish.class();
+                    let at = if class <= 2 { usize::MAX } else { site };
+                    if self.wait((key, at, class), seq, site, &target) {
+                        return Ok(None);
+                    }
+                }
                 let client = backend::client()?;
-                let request = Box::pin(chat(client, target, request, finish, seq, site));
+                let request = Box::pin(chat(client, target, request, finish, seq, site, key));
                 self.queued.push_back(Queued { calls: vec![(seq, site)], request });
                 Ok(None)
             }
@@ -884,6 +917,15 @@ impl Batch {
                 Ok(None)
             }
             Ok(Prepared::Embed { target, model, input }) => {
+                let key = answers::embed_key(&target, &model, &input);
+                if let Some(vector) = answers::recall_vector(&target, key.as_ref()) {
+                    return Ok(Some(target.on_error().settle(Ok(Answer::Vector(vector)))));
+                }
+                if let Some(key) = key.filter(|_| answers::sharing()) {
+                    if self.wait((key, usize::MAX, 0), seq, site, &target) {
+                        return Ok(None);
+                    }
+                }
                 let per_request = model.per_request.max(1);
                 if self.concurrency * per_request * 2 > self.window_max {
                     self.window_max = (self.concurrency * per_request * 2).min(self.read_ahead_limit);
@@ -894,11 +936,13 @@ impl Batch {
                 let full = match self.packs.get_mut(name) {
                     Some(pack) => {
                         pack.members.push((seq, site, input));
+                        pack.keys.push(key);
                         pack.members.len() >= per_request
                     }
                     None => {
                         let members = vec![(seq, site, input)];
-                        self.packs.insert(name.to_string(), Pack { target, model, members });
+                        let keys = vec![key];
+                        self.packs.insert(name.to_string(), Pack { target, model, members, keys });
                         per_request <= 1
                     }
                 };
@@ -910,6 +954,18 @@ impl Batch {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether the call of row `seq` waits for an identical call's request already started;
+    /// if not, it is the one that sends, and identical calls after it wait for it.
+    fn wait(&mut self, group: Group, seq: u64, site: usize, target: &Arc<Target>) -> bool {
+        if let Some((_, calls)) = self.waiting.get_mut(&group) {
+            calls.push((seq, site));
+            return true;
+        }
+        self.waiting.insert(group, (Arc::clone(target), Vec::new()));
+        self.sending.insert((seq, site), group);
+        false
     }
 
     fn seal(&mut self, pack: Pack) -> Result<(), AiError> {
@@ -952,7 +1008,24 @@ impl Batch {
         }
     }
 
-    fn apply(&mut self, answers: Answers) {
+    fn apply(&mut self, mut answers: Answers) {
+        // The calls that waited for these requests get the same answers.
+        let mut shared = Vec::new();
+        for (seq, site, answer) in &answers {
+            if seq & CARRIED != 0 {
+                continue;
+            }
+            let Some(group) = self.sending.remove(&(*seq, *site)) else { continue };
+            let Some((target, calls)) = self.waiting.remove(&group) else { continue };
+            let billed = answers::billed(&group.0);
+            for (row, at) in calls {
+                if answer.is_ok() {
+                    target.served(Served::Shared, &billed);
+                }
+                shared.push((row, at, answer.clone()));
+            }
+        }
+        answers.extend(shared);
         for (seq, site, answer) in answers {
             let (seq, answer) = if seq & CARRIED == 0 {
                 (seq, answer)
@@ -1072,6 +1145,9 @@ impl Batch {
     unsafe fn carry(&mut self) -> Carry {
         let mut unsent: std::collections::HashSet<(u64, usize)> =
             self.queued.drain(..).flat_map(|q| q.calls).collect();
+        // A waiting call's answer would come from this node, which ends: the taker makes it.
+        unsent.extend(self.waiting.drain().flat_map(|(_, (_, calls))| calls));
+        self.sending.clear();
         unsent.extend(self.packs.drain().flat_map(|(_, p)| p.members.into_iter().map(|(s, i, _)| (s, i))));
         let first = self.consumed();
         let mut rows = HashMap::with_capacity(self.window.len());
@@ -1116,6 +1192,8 @@ impl Batch {
         self.taken = None;
         self.queued.clear();
         self.packs.clear();
+        self.waiting.clear();
+        self.sending.clear();
         self.flight = Flight::new();
         self.in_flight = 0;
         self.unsent = false;
@@ -1180,9 +1258,11 @@ async fn chat(
     finish: Finish,
     seq: u64,
     site: usize,
+    key: Option<AnswerKey>,
 ) -> Answers {
     let call = target.call();
     let out = client.chat(&call, &request).await;
+    answers::keep_chat(&target, key, &out);
     vec![(seq, site, finish.settle(&target, out))]
 }
 
@@ -1222,7 +1302,13 @@ async fn embed(client: &'static bailian_core::client::Client, pack: Pack) -> Ans
     let results = embed_each(client, &call, &pack.model, &inputs).await;
     pack.members
         .iter()
+        .zip(pack.keys.iter())
         .zip(results)
-        .map(|((seq, site, _), r)| (*seq, *site, on_error.settle(r.map(Answer::Vector))))
+        .map(|(((seq, site, input), key), r)| {
+            if let Ok(v) = &r {
+                answers::keep_vector(&pack.target, *key, &pack.model, input, v);
+            }
+            (*seq, *site, on_error.settle(r.map(Answer::Vector)))
+        })
         .collect()
 }

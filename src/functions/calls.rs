@@ -8,6 +8,7 @@
 //! the same value, or the same error, whichever way it runs.
 
 use super::{defaults, embed, generate, tasks};
+use crate::answers;
 use crate::backend::{self, Target};
 use bailian_core::client::{Call, Client};
 use bailian_core::providers::{wav, ChatOutcome, ChatRequest, EmbedInput, EmbeddingModel};
@@ -400,6 +401,23 @@ pub enum Finish {
 }
 
 impl Finish {
+    /// What this finish makes of an answer, as far as it can differ between two calls of one
+    /// call site with the same request: every argument but ai_gen_structured's on_error is
+    /// in the request.
+    pub fn class(&self) -> u8 {
+        match self {
+            Finish::Text => 0,
+            Finish::Json => 1,
+            Finish::Audio { .. } => 2,
+            Finish::Task { .. } => 3,
+            Finish::Structured { on_error: None, .. } => 4,
+            Finish::Structured { on_error: Some(OnError::Raise), .. } => 5,
+            Finish::Structured { on_error: Some(OnError::Warn), .. } => 6,
+            Finish::Structured { on_error: Some(OnError::Capture), .. } => 7,
+            Finish::Structured { on_error: Some(OnError::Skip), .. } => 8,
+        }
+    }
+
     /// A chat call's row result, under its own on_error or the session's.
     pub fn settle(&self, target: &Target, out: Result<ChatOutcome, AiError>) -> Result<Answer, AiError> {
         let on_error = match self {
@@ -519,14 +537,39 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
     let answer = match kernel.prepare(&FcArgs(fcinfo))? {
         Prepared::Done(answer) => answer,
         Prepared::Chat { target, request, finish } => {
-            let out = backend::run(&target, |client, call| async move { client.chat(&call, &request).await });
+            let key = answers::chat_key(&target, &request);
+            let out = match answers::recall_chat(&target, key.as_ref()) {
+                Some(outcome) => Ok(outcome),
+                None => {
+                    let request = &request;
+                    let out =
+                        backend::run(
+                            &target,
+                            |client, call| async move { client.chat(&call, request).await },
+                        );
+                    answers::keep_chat(&target, key, &out);
+                    out
+                }
+            };
             finish.settle(&target, out)?
         }
         Prepared::Embed { target, model, input } => {
-            let vectors = backend::run(&target, |client, call| async move {
-                client.embed(&call, &model, &[input.as_embed_input()]).await
-            });
-            target.on_error().settle(vectors.map(|mut v| v.pop().map_or(Answer::Null, Answer::Vector)))?
+            let key = answers::embed_key(&target, &model, &input);
+            let vector = match answers::recall_vector(&target, key.as_ref()) {
+                Some(v) => Ok(Some(v)),
+                None => {
+                    let (model, input) = (&model, &input);
+                    let vectors = backend::run(&target, |client, call| async move {
+                        client.embed(&call, model, &[input.as_embed_input()]).await
+                    });
+                    let vector = vectors.map(|mut v| v.pop());
+                    if let Ok(Some(v)) = &vector {
+                        answers::keep_vector(&target, key, model, input, v);
+                    }
+                    vector
+                }
+            };
+            target.on_error().settle(vector.map(|v| v.map_or(Answer::Null, Answer::Vector)))?
         }
         Prepared::Rerank { target, url, query, document } => {
             let model_type = target.deployment().spec.model_type;

@@ -52,6 +52,19 @@ fn deploy(fcinfo: pg_sys::FunctionCallInfo) -> Result<(), AiError> {
             arg::<String>(fcinfo, 13).ok_or_else(|| AiError::invalid("provider must not be NULL"))?,
         ),
         workspace: arg::<String>(fcinfo, 14),
+        // SAFETY: fcinfo is the live call info. The library is updated before the SQL
+        // (ALTER EXTENSION ... UPDATE): a 0.5 ai_deploy_model has no cache argument.
+        cache: if unsafe { (*fcinfo).nargs } > 15 {
+            Some(arg::<bool>(fcinfo, 15).ok_or_else(|| AiError::invalid("cache must not be NULL"))?)
+        } else {
+            None
+        },
+        // SAFETY: as above.
+        batch_chat: if unsafe { (*fcinfo).nargs } > 16 {
+            Some(arg::<bool>(fcinfo, 16).ok_or_else(|| AiError::invalid("batch_chat must not be NULL"))?)
+        } else {
+            None
+        },
     };
     let replace = arg::<bool>(fcinfo, 10).ok_or_else(|| AiError::invalid("replace must not be NULL"))?;
     install(Deployment::from_args(args)?, replace)

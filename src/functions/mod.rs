@@ -2,6 +2,7 @@
 //! and returns a Datum; `entry::sql_entry!` makes it an fmgr function.
 
 mod batch;
+mod cache;
 pub(crate) mod calls;
 pub(crate) mod column;
 mod defaults;

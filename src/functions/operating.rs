@@ -88,6 +88,9 @@ fn usage_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
                 ms((r.requests > 0).then(|| std::time::Duration::from_micros(r.latency_max_us))),
                 (r.first_used_us != 0).then_some(r.first_used_us).into_datum(),
                 (r.last_used_us != 0).then_some(r.last_used_us).into_datum(),
+                i(r.shared_calls),
+                i(r.cache_hits),
+                yuan_text(r.saved_nano_yuan).into_datum(),
             ]
         }),
     )?;

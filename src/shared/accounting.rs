@@ -7,7 +7,7 @@
 //! read from the catalog then), so a query over many rows reads them once.
 
 use super::{region, with_slot};
-use bailian_core::meter::{Meter, Price, Usage};
+use bailian_core::meter::{Meter, Price, Served, Usage};
 use bailian_core::shared::{BudgetKey, Name, UsageDelta, UsageKey};
 use bailian_core::AiError;
 use pgrx::pg_sys;
@@ -127,6 +127,7 @@ pub fn account(
     model_name: &str,
     model_type: &str,
     priced: bool,
+    batch: bool,
     function: &'static str,
 ) -> Result<Arc<Account>, AiError> {
     let stamp = crate::catalog::stamp();
@@ -144,7 +145,7 @@ pub fn account(
     let (role, database, statement_start) =
         unsafe { (pg_sys::GetUserId(), pg_sys::MyDatabaseId, pg_sys::GetCurrentStatementStartTimestamp()) };
     let (price, budgets) =
-        crate::catalog::price_and_budgets(model_name, if priced { model_type } else { "" }, role)?;
+        crate::catalog::price_and_budgets(model_name, if priced { model_type } else { "" }, role, batch)?;
     let budgets = budgets
         .into_iter()
         .map(|b| {
@@ -294,6 +295,18 @@ impl Meter for Account {
         self.add(&UsageDelta { failures: 1, ..UsageDelta::default() });
     }
 
+    fn served(&self, how: Served, usage: &Usage) {
+        let saved = self.price.map_or(0, |p| p.cost_nano_yuan(usage));
+        // `calls` counts requests as asked; a call served without one is an input asked for.
+        self.add(&UsageDelta {
+            inputs: 1,
+            shared_calls: u64::from(how == Served::Shared),
+            cache_hits: u64::from(how == Served::Cache),
+            saved_nano_yuan: saved,
+            ..UsageDelta::default()
+        });
+    }
+
     fn waiting(&self, starts: bool) {
         with_slot(|s| {
             if let Some(s) = s.filter(|_| crate::guc::track_usage()) {
@@ -363,6 +376,11 @@ impl DryRun {
             _ => m.output_tokens_max = None,
         }
     }
+}
+
+/// Whether a dry run (ai_estimate) is in progress: its calls answer NULL, never a kept answer.
+pub fn dry_running() -> bool {
+    DRY.with(|d| d.borrow().is_some())
 }
 
 /// Runs `f` with every AI call counted and not sent; returns what would have been sent.

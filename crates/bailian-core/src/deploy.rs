@@ -5,9 +5,10 @@ use crate::error::AiError;
 use crate::params::{self, Phase};
 use crate::policy::Policy;
 use crate::providers::{compatible, multimodal, opensearch, ChatRequest, EmbeddingModel};
-use crate::registry::{self, Api, ModelSpec, Provider};
+use crate::registry::{self, Api, ModelSpec, Provider, Task};
 use crate::retry::RetryPolicy;
 use crate::secret::KeySource;
+use crate::tiers;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -85,6 +86,17 @@ fn in_range(name: &str, v: f64, lo: f64, hi: f64, unit: &str) -> Result<f64, AiE
 
 impl RetrySettings {
     pub fn new(max_retries: i32, initial: f64, max: f64, timeout: f64) -> Result<Self, AiError> {
+        Self::with_timeouts(max_retries, initial, max, timeout, (1.0, 1200.0))
+    }
+
+    /// As `new`, with `timeout` allowed in `timeouts` (Batch Chat waits longer).
+    pub fn with_timeouts(
+        max_retries: i32,
+        initial: f64,
+        max: f64,
+        timeout: f64,
+        timeouts: (f64, f64),
+    ) -> Result<Self, AiError> {
         if !(0..=100).contains(&max_retries) {
             return Err(AiError::invalid(format!(
                 "max_retries must be between 0 and 100, got {max_retries}"
@@ -92,7 +104,7 @@ impl RetrySettings {
         }
         let initial = in_range("initial_retry_delay", initial, 0.5, 8.0, " seconds")?;
         let max = in_range("max_retry_delay", max, 1.0, 60.0, " seconds")?;
-        let timeout = in_range("timeout", timeout, 1.0, 1200.0, " seconds")?;
+        let timeout = in_range("timeout", timeout, timeouts.0, timeouts.1, " seconds")?;
         if initial > max {
             return Err(AiError::invalid(format!(
                 "initial_retry_delay ({initial} seconds) must not exceed max_retry_delay ({max} seconds)"
@@ -206,6 +218,10 @@ pub struct Deployment {
     pub limits: RateLimits,
     /// Task prompts a DBA replaced for this model (`ai_set_prompt`), by function name.
     pub prompts: std::collections::BTreeMap<String, String>,
+    /// Whether answers are kept in the answer cache (`ai_deploy_model(..., cache => true)`).
+    pub cache: bool,
+    /// Whether chat calls go to Bailian's Batch Chat (`batch_chat => true`, `crate::tiers`).
+    pub batch_chat: bool,
 }
 
 /// `ai_deploy_model`'s arguments as SQL passed them (None = SQL NULL).
@@ -226,6 +242,10 @@ pub struct DeployArgs {
     /// 'bailian' (None means the same) or 'opensearch'.
     pub provider: Option<String>,
     pub workspace: Option<String>,
+    /// None: false.
+    pub cache: Option<bool>,
+    /// None: false.
+    pub batch_chat: Option<bool>,
 }
 
 fn required<T>(v: Option<T>, name: &str) -> Result<T, AiError> {
@@ -281,6 +301,51 @@ pub fn find_model_type(provider: Provider, model_type: &str) -> Result<&'static 
             hint,
         )
     })
+}
+
+/// Batch Chat serves a few chat models, in Beijing only (`crate::tiers`).
+fn check_batch_chat(spec: &ModelSpec, region: Region) -> Result<(), AiError> {
+    let allowed = || tiers::BATCH_CHAT_MODELS.join(", ");
+    if spec.provider != Provider::Bailian || !tiers::BATCH_CHAT_MODELS.contains(&spec.model_type) {
+        return Err(AiError::invalid_with_hint(
+            format!("batch_chat => true is not allowed for model \"{}\": Bailian's Batch Chat serves {}", spec.model_type, allowed()),
+            "Deploy one of those models for Batch Chat, or use CALL ai_update(..., mode => 'batch') (the Batch File API) for others.",
+        ));
+    }
+    if region != Region::Beijing {
+        return Err(AiError::invalid_with_hint(
+            format!(
+                "batch_chat => true is not allowed in region '{}': Bailian's Batch Chat is in 'beijing' only",
+                region.as_str()
+            ),
+            "Deploy with region => 'beijing' (and a Beijing API key).",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a model's answers may be kept and given again: an embedding, a chat or a
+/// translation answer depends only on its request (at a temperature above 0, the one answer
+/// kept stands for the many the model could give: the README says so). Not an answer that
+/// reads the web (OpenSearch, or `enable_search`), which changes with the web, nor a rerank
+/// score (its calls are not kept).
+fn check_cacheable(spec: &ModelSpec, params: &Map<String, Value>) -> Result<(), AiError> {
+    let refused = if spec.provider == Provider::OpenSearch {
+        Some("OpenSearch's answers read the web, which changes".to_string())
+    } else if spec.task == Task::Rerank {
+        Some(format!("{} is a rerank model, whose scores are not kept", spec.model_type))
+    } else if params.get("enable_search") == Some(&Value::Bool(true)) {
+        Some("params enable web search (enable_search), whose answers change with the web".to_string())
+    } else {
+        None
+    };
+    match refused {
+        Some(why) => Err(AiError::invalid_with_hint(
+            format!("cache => true is not allowed for model \"{}\": {why}", spec.model_type),
+            "The answer cache is for Bailian chat, translation and embedding models without web search; deploy with cache => false (the default).",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// An OpenSearch workspace name goes into the URL path: a plain name only.
@@ -378,16 +443,34 @@ impl Deployment {
         a: DeployArgs,
     ) -> Result<Deployment, AiError> {
         let params = params::validate(spec, &a.params.unwrap_or(Value::Null), Phase::Deploy)?;
-        let retry = RetrySettings::new(
+        let region = Region::parse(&required(a.region, "region")?)?;
+        let batch_chat = a.batch_chat.unwrap_or(false);
+        if batch_chat {
+            check_batch_chat(spec, region)?;
+        }
+        let retry = RetrySettings::with_timeouts(
             required(a.max_retries, "max_retries")?,
             required(a.initial_retry_delay, "initial_retry_delay")?,
             required(a.max_retry_delay, "max_retry_delay")?,
             required(a.timeout, "timeout")?,
-        )?;
-        let region = Region::parse(&required(a.region, "region")?)?;
+            if batch_chat { tiers::BATCH_CHAT_TIMEOUT } else { (1.0, 1200.0) },
+        )
+        .map_err(|e| match e {
+            AiError::InvalidArgument { message, .. } if batch_chat && message.starts_with("timeout") => {
+                AiError::invalid_with_hint(
+                    message,
+                    "Batch Chat holds the connection while the request queues: a deployment with batch_chat => true takes a timeout of 60 to 3600 seconds (Bailian's default is 3600).",
+                )
+            }
+            other => other,
+        })?;
         let base_url = a.base_url.as_deref().map(check_base_url).transpose()?;
         let limits = RateLimits::new(a.requests_per_minute, a.tokens_per_minute)?;
         let workspace = check_workspace(spec.provider, a.workspace)?;
+        let cache = a.cache.unwrap_or(false);
+        if cache {
+            check_cacheable(spec, &params)?;
+        }
         match (spec.provider, spec.api, &base_url) {
             (Provider::OpenSearch, _, None) => {
                 return Err(AiError::invalid_with_hint(
@@ -417,6 +500,8 @@ impl Deployment {
             base_url,
             limits,
             prompts: Default::default(),
+            cache,
+            batch_chat,
         })
     }
 
@@ -476,7 +561,10 @@ impl Deployment {
         });
         let provider =
             if self.spec.api == crate::registry::Api::OpenSearch { "opensearch" } else { "bailian" };
-        let quota = (documented && on_bailian)
+        // Bailian documents no rate limits for its batch tiers (the Batch File API is "not
+        // subject to the real-time limits"; Batch Chat queues), so a batch_chat deployment
+        // takes none by default.
+        let quota = (documented && on_bailian && !self.batch_chat)
             .then(|| crate::quotas::documented(provider, self.spec.model_type, self.region.as_str()))
             .flatten();
         let source = quota.map_or(LimitSource::None, |q| LimitSource::Documented(q.source));
@@ -501,9 +589,15 @@ impl Deployment {
             .unwrap_or_else(|| self.endpoint().to_string())
     }
 
-    /// Where requests go: `base_url` when given, else the region's endpoint.
+    /// Where requests go: `base_url` when given (a gateway, or the stand-in of the host the
+    /// deployment uses), else Batch Chat's host for a `batch_chat` deployment, else the
+    /// region's endpoint.
     pub fn endpoint(&self) -> &str {
-        self.base_url.as_deref().unwrap_or(self.region.endpoint())
+        match &self.base_url {
+            Some(url) => url,
+            None if self.batch_chat => tiers::BATCH_CHAT_ENDPOINT,
+            None => self.region.endpoint(),
+        }
     }
 
     /// The DashScope native API root (`.../api/v1`) of this deployment's host.
@@ -570,6 +664,8 @@ mod tests {
         DeployArgs {
             provider: None,
             workspace: None,
+            cache: None,
+            batch_chat: None,
             model_name: Some("m".into()),
             model_type: Some("qwen-plus".into()),
             api_key: Some("sk-0123456789abcdef".into()),
@@ -589,6 +685,57 @@ mod tests {
         let mut a = args();
         f(&mut a);
         Deployment::from_args(a).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn batch_chat_goes_to_the_batch_host_for_the_models_it_serves() {
+        let mut a = args();
+        a.batch_chat = Some(true);
+        a.timeout = Some(3600.0);
+        let d = Deployment::from_args(a).unwrap();
+        assert_eq!(d.endpoint(), tiers::BATCH_CHAT_ENDPOINT);
+        assert!(d.effective_limits(true).requests_per_minute.is_none(), "no documented limit");
+        let mut a = args();
+        a.batch_chat = Some(true);
+        a.base_url = Some("http://127.0.0.1:9/compatible-mode/v1".into());
+        assert_eq!(Deployment::from_args(a).unwrap().endpoint(), "http://127.0.0.1:9/compatible-mode/v1");
+
+        let e = err(|a| {
+            a.batch_chat = Some(true);
+            a.model_type = Some("qwen-max".into());
+        });
+        assert!(
+            e.contains("not allowed for model \"qwen-max\"") && e.contains("qwen3-max, qwen-plus"),
+            "{e}"
+        );
+        let e = err(|a| {
+            a.batch_chat = Some(true);
+            a.region = Some("singapore".into());
+        });
+        assert!(e.contains("'beijing' only"), "{e}");
+        let e = err(|a| {
+            a.batch_chat = Some(true);
+            a.timeout = Some(30.0);
+        });
+        assert!(e.contains("timeout must be between 60 and 3600"), "{e}");
+        assert!(err(|a| a.timeout = Some(3600.0)).contains("between 1 and 1200"));
+    }
+
+    #[test]
+    fn cache_is_for_answers_that_can_be_given_again() {
+        let mut a = args();
+        a.cache = Some(true);
+        assert!(Deployment::from_args(a).unwrap().cache);
+        let e = err(|a| {
+            a.cache = Some(true);
+            a.model_type = Some("gte-rerank-v2".into());
+        });
+        assert!(e.contains("cache => true is not allowed") && e.contains("rerank"), "{e}");
+        let e = err(|a| {
+            a.cache = Some(true);
+            a.params = Some(json!({"enable_search": true}));
+        });
+        assert!(e.contains("web search"), "{e}");
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub fn deploy_args(
         tokens_per_minute: integer("tokens_per_minute")?,
         provider: Some(provider.into()),
         workspace: text("workspace")?,
+        cache: None,
+        batch_chat: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! deployments and parameters, the retry policy, rate limits, request bodies and the HTTP
 //! client. The extension crate is glue around this.
 
+pub mod answers;
 pub mod batchfile;
 pub mod chunk;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod shared;
 pub mod structured;
 pub mod tasks;
 pub mod template;
+pub mod tiers;
 pub mod tokens;
 
 pub use error::{AiError, InferenceKind, ResponseLimit};

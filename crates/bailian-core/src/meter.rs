@@ -76,6 +76,17 @@ pub struct Price {
 }
 
 impl Price {
+    /// The price at `ratio` of this one, with no context-cache discount (Bailian's batch
+    /// tiers: research §1.10).
+    pub fn at_batch_rate(self, ratio: f64) -> Price {
+        Price {
+            input: self.input * ratio,
+            output: self.output.map(|o| o * ratio),
+            thinking_output: self.thinking_output.map(|o| o * ratio),
+            cached_input_ratio: 1.0,
+        }
+    }
+
     /// What an answer's tokens cost, in nano-yuan: uncached input at the input price, cached
     /// input at its share, output at the output price (the thinking one when the answer
     /// reasoned; research §3.6).
@@ -88,6 +99,15 @@ impl Price {
             + u.completion_tokens as f64 * per_token(output.unwrap_or(0.0));
         nano.round().clamp(0.0, u64::MAX as f64) as u64
     }
+}
+
+/// How a call was answered without a request of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// By the answer an identical call of the same statement or job was given.
+    Shared,
+    /// From the answer cache.
+    Cache,
 }
 
 /// What a call reports, step by step. Every method must be cheap and must not block: it runs
@@ -111,6 +131,10 @@ pub trait Meter: Sync {
     fn answered(&self, _usage: &Usage, _latency: Duration) {}
     /// The call failed for good (after its retries).
     fn gave_up(&self) {}
+    /// A call was answered without a request of its own: by an identical call's answer in
+    /// the same statement or job, or from the answer cache. `usage` is what the answer's
+    /// request was billed for: what this call would have cost.
+    fn served(&self, _how: Served, _usage: &Usage) {}
     /// A wait for the rate limiter starts (true) or ends (false).
     fn waiting(&self, _starts: bool) {}
 }

@@ -41,6 +41,12 @@ pub struct UsageDelta {
     /// In nano-yuan; None when the model has no price (the row's cost becomes unknown).
     pub cost_nano_yuan: Option<u64>,
     pub latency: Option<Duration>,
+    /// Calls answered by another call's request of the same statement or job.
+    pub shared_calls: u64,
+    /// Calls answered from the answer cache.
+    pub cache_hits: u64,
+    /// What the shared calls and cache hits would have cost, in nano-yuan.
+    pub saved_nano_yuan: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,6 +72,11 @@ pub struct UsageRow {
     pub latency: [u64; LATENCY_CLASSES],
     pub first_used_us: i64,
     pub last_used_us: i64,
+    // Added in 0.6.0, at the end: a row saved by an older version is a prefix of this one
+    // (see `decode`).
+    pub shared_calls: u64,
+    pub cache_hits: u64,
+    pub saved_nano_yuan: u64,
 }
 
 impl Default for UsageRow {
@@ -100,6 +111,9 @@ impl UsageRow {
         self.completion_tokens += d.completion_tokens;
         self.cached_tokens += d.cached_tokens;
         self.reasoning_tokens += d.reasoning_tokens;
+        self.shared_calls += d.shared_calls;
+        self.cache_hits += d.cache_hits;
+        self.saved_nano_yuan = self.saved_nano_yuan.saturating_add(d.saved_nano_yuan);
         match d.cost_nano_yuan {
             Some(c) => self.cost_nano_yuan = self.cost_nano_yuan.saturating_add(c),
             None if d.prompt_tokens + d.completion_tokens > 0 => self.cost_unknown = 1,
@@ -238,6 +252,9 @@ fn merge(into: &mut UsageRow, r: &UsageRow) {
     into.cached_tokens += r.cached_tokens;
     into.reasoning_tokens += r.reasoning_tokens;
     into.cost_nano_yuan += r.cost_nano_yuan;
+    into.shared_calls += r.shared_calls;
+    into.cache_hits += r.cache_hits;
+    into.saved_nano_yuan += r.saved_nano_yuan;
     into.cost_unknown |= r.cost_unknown;
     into.latency_max_us = into.latency_max_us.max(r.latency_max_us);
     for (a, b) in into.latency.iter_mut().zip(r.latency.iter()) {
@@ -269,7 +286,12 @@ pub fn encode(rows: &[UsageRow]) -> Vec<u8> {
     out
 }
 
-/// The rows of a saved file, or None if it is not one this build wrote.
+/// The layout of a row before 0.6.0 appended its last three counters.
+const ROW_SIZE_0_5: usize = size_of::<UsageRow>() - 3 * size_of::<u64>();
+
+/// The rows of a saved file, or None if it is not one this build wrote. A file of 0.5's
+/// layout (the same row without its last three counters) reads with those counters at 0, so
+/// an upgrade that restarts the server keeps its usage history.
 pub fn decode(data: &[u8]) -> Option<Vec<UsageRow>> {
     let size = size_of::<UsageRow>();
     if data.len() < 16 || &data[..8] != FILE_MAGIC {
@@ -277,16 +299,16 @@ pub fn decode(data: &[u8]) -> Option<Vec<UsageRow>> {
     }
     let row_size = u32::from_le_bytes(data[8..12].try_into().ok()?) as usize;
     let count = u32::from_le_bytes(data[12..16].try_into().ok()?) as usize;
-    if row_size != size || data.len() != 16 + count.checked_mul(size)? {
+    if (row_size != size && row_size != ROW_SIZE_0_5) || data.len() != 16 + count.checked_mul(row_size)? {
         return None;
     }
     let mut rows = Vec::with_capacity(count);
-    for chunk in data[16..].chunks_exact(size) {
+    for chunk in data[16..].chunks_exact(row_size) {
         let mut r = UsageRow::default();
         // SAFETY: any bytes are a valid UsageRow (integers and byte arrays only); the copy
-        // is exactly one row long.
+        // is one saved row, at most a whole row long (row_size <= size).
         unsafe {
-            std::ptr::copy_nonoverlapping(chunk.as_ptr(), (&mut r as *mut UsageRow).cast::<u8>(), size)
+            std::ptr::copy_nonoverlapping(chunk.as_ptr(), (&mut r as *mut UsageRow).cast::<u8>(), row_size)
         };
         if r.state != STATE_USED && r.state != STATE_OVERFLOW {
             return None;
@@ -400,5 +422,25 @@ mod tests {
         r.usage.add(&other, &delta(5, 3), None);
         assert_eq!(r.usage.reset(|row| row.key.database == 5), 1);
         assert_eq!(r.usage.rows().len(), 1);
+    }
+
+    #[test]
+    fn a_file_of_the_0_5_layout_reads_with_the_new_counters_at_zero() {
+        let row = UsageRow {
+            state: STATE_USED,
+            calls: 7,
+            last_used_us: 42,
+            shared_calls: 9,
+            ..UsageRow::default()
+        };
+        let whole = encode(&[row]);
+        let mut old = whole[..16 + ROW_SIZE_0_5].to_vec();
+        old[8..12].copy_from_slice(&(ROW_SIZE_0_5 as u32).to_le_bytes());
+        let read = decode(&old).unwrap();
+        assert_eq!((read[0].calls, read[0].last_used_us, read[0].shared_calls), (7, 42, 0));
+        assert_eq!(decode(&whole).unwrap()[0].shared_calls, 9);
+        let mut odd = old.clone();
+        odd[8..12].copy_from_slice(&((ROW_SIZE_0_5 - 8) as u32).to_le_bytes());
+        assert_eq!(decode(&odd), None);
     }
 }
