@@ -271,15 +271,15 @@ fn a_role_without_grants_cannot_reach_a_key() {
     .unwrap();
     assert_eq!(
         executable,
-        "ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_classify(text,text,text[]), \
+        "ai_batch_cancel(bigint), ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_classify(text,text,text[]), \
          ai_classify(text,text[]), ai_count_tokens(text,text), ai_drop_budget(name,text), \
          ai_embed(text), ai_embed(text,bytea,text), ai_embed(text,text), \
-         ai_embed_batch(text,text[]), ai_embed_column(regclass,name,name,text,integer), \
+         ai_embed_batch(text,text[]), ai_embed_column(regclass,name,name,text,integer,text), \
          ai_embed_image(text,bytea), ai_embed_image(text,text), ai_estimate(text), \
          ai_extract(text,text,text[]), ai_extract(text,text[]), ai_fix_grammar(text), \
          ai_fix_grammar(text,text), ai_gen(jsonb), ai_gen(text), ai_gen(text,jsonb,jsonb), \
          ai_gen(text,text,jsonb), ai_gen_audio(text,text,jsonb), ai_gen_batch(text,text[],jsonb), \
-         ai_gen_column(regclass,name,name,text,text,integer,jsonb), \
+         ai_gen_column(regclass,name,name,text,text,integer,jsonb,text), \
          ai_gen_structured(text,text,jsonb,text,jsonb), ai_mask(text,text,text[]), \
          ai_mask(text,text[]), ai_prompt(text,text[]), ai_rank(text,text), \
          ai_rank(text,text,text), ai_sentiment(text), ai_sentiment(text,text), \
@@ -288,7 +288,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_supported_models(), ai_sync_chunks(text,regclass,text,name,text,integer,integer), \
          ai_sync_create(text,regclass,name,text,text,boolean), ai_sync_drop(text), ai_sync_pause(text), \
          ai_sync_resume(text), ai_sync_run(text), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
-         ai_update(regclass,name,text,integer,text), bailian.activity_rows(), \
+         ai_update(regclass,name,text,integer,text,text), bailian.activity_rows(), \
          bailian.budget_spent(), bailian.cache_rows(), bailian.default_model_choices(), bailian.default_prompts(), \
          bailian.rate_limit_rows(), bailian.scope(), bailian.usage_rows(), list_external_models(), \
          prompt(text,text[])"
@@ -314,6 +314,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
         relations,
         vec![
             ("ai_activity".to_string(), true),
+            ("ai_batches".to_string(), true),
             ("ai_budgets".to_string(), true),
             ("ai_cache".to_string(), true),
             ("ai_default_models".to_string(), true),
@@ -326,6 +327,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
             ("ai_syncs".to_string(), true),
             ("ai_usage".to_string(), true),
             ("bailian.answer_cache".to_string(), false),
+            ("bailian.batch_answers".to_string(), false),
+            ("bailian.batch_jobs".to_string(), false),
+            ("bailian.batches".to_string(), false),
             ("bailian.budgets".to_string(), false),
             ("bailian.default_models".to_string(), false),
             ("bailian.effective_prices".to_string(), false),

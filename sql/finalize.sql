@@ -92,9 +92,11 @@ GRANT EXECUTE ON FUNCTION ai_gen(text, jsonb, jsonb), ai_gen(jsonb), ai_embed(te
     ai_translate(text, text), ai_classify(text, text[]), ai_extract(text, text[]), ai_mask(text, text[]),
     ai_summarize(text), ai_fix_grammar(text), ai_sentiment(text), ai_rank(text, text), ai_similarity(text, text),
     prompt(text, text[]), list_external_models(), bailian.default_model_choices() TO PUBLIC;
-GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text),
-    ai_embed_column(regclass, name, name, text, int),
-    ai_gen_column(regclass, name, name, text, text, int, jsonb) TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE ai_update(regclass, name, text, int, text, text),
+    ai_embed_column(regclass, name, name, text, int, text),
+    ai_gen_column(regclass, name, name, text, text, int, jsonb, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_batch_cancel(bigint) TO PUBLIC;
+GRANT SELECT ON ai_batches TO PUBLIC;
 
 -- Syncs (sql/sync.sql): every role may keep its own columns current; the functions check
 -- ownership and privileges themselves.
@@ -154,12 +156,12 @@ COMMENT ON FUNCTION ai_embed_batch(text, text[]) IS
   'Embed an array of texts: one row per element (ord is 1-based, NULL or empty text gives a NULL embedding), inputs packed up to the model''s per-request limit, up to pg_bailian.max_concurrency requests in flight. Fails as a whole if a request fails after retries, unless pg_bailian.on_error = ''null'': then that element''s embedding is NULL, with a WARNING.';
 COMMENT ON FUNCTION ai_gen_batch(text, text[], jsonb) IS
   'Generate for an array of prompts: one row per element (ord is 1-based) with the response, or the error (SQLSTATE: message) of a prompt that failed after retries; up to pg_bailian.max_concurrency requests in flight.';
-COMMENT ON PROCEDURE ai_update(regclass, name, text, int, text) IS
-  'Fill target_column with the value of expression (any SQL expression over the row, e.g. ai_embed(''emb'', title || '' '' || body)) for rows where the target is NULL and filter (SQL over the row, optional) holds, in primary-key order, committing every batch_size rows with a progress NOTICE; AI calls run concurrently and batched. Stop it any time; CALL again to resume. A row whose calls, expression or write fail keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
-COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int) IS
-  'Fill target_column (real[], or pgvector vector/halfvec) with embeddings of source_column for rows where the target is NULL and the source has text, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
-COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb) IS
-  'Fill target_column (text or varchar) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work.';
+COMMENT ON PROCEDURE ai_update(regclass, name, text, int, text, text) IS
+  'Fill target_column with the value of expression (any SQL expression over the row, e.g. ai_embed(''emb'', title || '' '' || body)) for rows where the target is NULL and filter (SQL over the row, optional) holds, in primary-key order, committing every batch_size rows with a progress NOTICE; AI calls run concurrently and batched. Stop it any time; CALL again to resume. A row whose calls, expression or write fail keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work. mode => ''batch'' sends the rows'' requests through Bailian''s Batch File API at half the price instead: the first CALL submits them, later CALLs with the same arguments say how far Bailian is and, once its batches have ended, write the rows (see ai_batches, ai_batch_cancel).';
+COMMENT ON PROCEDURE ai_embed_column(regclass, name, name, text, int, text) IS
+  'Fill target_column (real[], or pgvector vector/halfvec) with embeddings of source_column for rows where the target is NULL and the source has text, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work. mode => ''batch'' sends the rows'' requests through Bailian''s Batch File API at half the price instead: the first CALL submits them, later CALLs with the same arguments say how far Bailian is and, once its batches have ended, write the rows (see ai_batches, ai_batch_cancel).';
+COMMENT ON PROCEDURE ai_gen_column(regclass, name, name, text, text, int, jsonb, text) IS
+  'Fill target_column (text or varchar) with ai_gen(model_name, prompt_template with {0} replaced by source_column, params) for rows where the target is NULL and the source is not, in primary-key order, committing every batch_size rows with a progress NOTICE. Stop it any time; CALL again to resume. A row whose request or write fails keeps NULL and is reported by key; rows another transaction holds are skipped and reported; sessions filling the same column share the work. mode => ''batch'' sends the rows'' requests through Bailian''s Batch File API at half the price instead: the first CALL submits them, later CALLs with the same arguments say how far Bailian is and, once its batches have ended, write the rows (see ai_batches, ai_batch_cancel).';
 COMMENT ON VIEW ai_prompts IS
   'The prompt of each task function (ai_classify, ai_extract, ai_mask, ai_summarize, ai_fix_grammar, ai_sentiment, ai_rank): the default (model_name NULL, is_default) and each model''s replacement set with ai_set_prompt, with the placeholders it may use and the JSON Schema of the answer. Readable by every role, like ai_models: a prompt is no secret.';
 COMMENT ON FUNCTION bailian.default_prompts() IS

@@ -6,18 +6,18 @@
 -- updating the table is the caller's business.
 
 CREATE PROCEDURE ai_update(table_name regclass, target_column name, expression text,
-                           batch_size int DEFAULT 1000, filter text DEFAULT NULL)
+                           batch_size int DEFAULT 1000, filter text DEFAULT NULL, mode text DEFAULT 'live')
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_update';
 
 CREATE PROCEDURE ai_embed_column(table_name regclass, source_column name, target_column name,
-                                 model_name text, batch_size int DEFAULT 1000)
+                                 model_name text, batch_size int DEFAULT 1000, mode text DEFAULT 'live')
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_embed_column';
 
 CREATE PROCEDURE ai_gen_column(table_name regclass, source_column name, target_column name,
                                model_name text, prompt_template text DEFAULT '{0}', batch_size int DEFAULT 100,
-                               params jsonb DEFAULT NULL)
+                               params jsonb DEFAULT NULL, mode text DEFAULT 'live')
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_gen_column';
 

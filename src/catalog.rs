@@ -938,6 +938,9 @@ pub fn undeploy(name: &str) -> Result<bool, AiError> {
                     &[name.into()],
                 )
                 .map_err(spi_failed)?;
+            // Its cached answers go with it (the table's by the foreign key): a model deployed
+            // later under this name, perhaps by another role, must not be given them.
+            crate::answers::cache::clear_inbox(name);
             Ok::<_, AiError>(true)
         })
     });

@@ -30,6 +30,7 @@ extension_sql_file!("../sql/seed_prices.sql", name = "seed_prices", requires = [
 extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["functions"]);
 extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["procedures"]);
 extension_sql_file!("../sql/cache.sql", name = "cache", requires = ["catalog"]);
+extension_sql_file!("../sql/batches.sql", name = "batches", requires = ["catalog"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

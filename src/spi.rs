@@ -187,6 +187,25 @@ impl Drop for Scratch {
     }
 }
 
+/// A statement prepared once per backend and kept (`SPI_keepplan`) in `cell`: for lookups a
+/// call makes per row. Its SQL must name everything with its schema; a plan whose table was
+/// recreated is replanned by PostgreSQL. `f` runs it.
+pub fn with_kept_plan<T>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>>>,
+    sql: &str,
+    types: &[pgrx::PgOid],
+    f: impl FnOnce(&pgrx::spi::OwnedPreparedStatement) -> Result<T, pgrx::spi::Error>,
+) -> Result<T, pgrx::spi::Error> {
+    if cell.with(|p| p.borrow().is_none()) {
+        let plan = pgrx::spi::Spi::connect_mut(|c| c.prepare_mut(sql, types).map(|p| p.keep()))?;
+        cell.with(|p| *p.borrow_mut() = Some(plan));
+    }
+    cell.with(|p| match p.borrow().as_ref() {
+        Some(plan) => f(plan),
+        None => Err(pgrx::spi::Error::NoTupleTable),
+    })
+}
+
 /// How an error raised inside a subtransaction is to be treated.
 pub enum Caught {
     /// The statement failed for a reason of its own (a constraint, a trigger, a value the

@@ -37,8 +37,8 @@ fn default_privileges_at_create_extension_grant_nothing() {
         ("has_table_privilege('rest_snoop', 'ai_models', 'SELECT')", true),
         // What everyone may use stays usable, whatever the default privileges revoke.
         ("has_function_privilege('public', 'ai_gen(text,text,jsonb)', 'EXECUTE')", true),
-        ("has_function_privilege('public', 'ai_embed_column(regclass,name,name,text,integer)', 'EXECUTE')", true),
-        ("has_function_privilege('public', 'ai_deploy_model(text,text,text,jsonb,integer,float8,float8,float8,text,text,boolean,integer,integer,text,text)', 'EXECUTE')", false),
+        ("has_function_privilege('public', 'ai_embed_column(regclass,name,name,text,integer,text)', 'EXECUTE')", true),
+        ("has_function_privilege('public', 'ai_deploy_model(text,text,text,jsonb,integer,float8,float8,float8,text,text,boolean,integer,integer,text,text,boolean,boolean)', 'EXECUTE')", false),
         ("has_table_privilege('rest_snoop', 'ai_models', 'INSERT')", false),
     ] {
         assert_eq!(has(&mut c, &format!("SELECT {check}")), expected, "{check}");

@@ -334,3 +334,235 @@ fn batch_chat_sends_to_the_batch_host_at_half_price() {
         assert!(e.1.contains(why), "{e:?}");
     }
 }
+
+/// `CALL ai_update(..., mode => 'batch')`: the first CALL collects the rows' requests (each
+/// distinct one once) and sends them as a Batch File job, and returns; a CALL while Bailian
+/// works says so and writes nothing; once the batch has ended, a CALL writes every row from
+/// its answers (never sending one live), reports a failed line's row by key, and costs the
+/// answers at half the price; a later batch CALL sends only what is left.
+#[test]
+fn a_batch_job_is_submitted_followed_and_collected() {
+    let (_, db) = fresh_db("less_batch_file");
+    let (mut c, seen) = connect_collecting_as(&db, "postgres");
+    let s = standin_with(Config { batch_hour_ms: 100.0, batch_hold: true, ..Config::default() });
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
+    c.batch_execute(
+        "INSERT INTO ai_prices (model_type, input_price, batch_ratio) VALUES ('text-embedding-v4', 0.5, 0.5);
+         CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+         INSERT INTO docs (id, body) SELECT g, 'batch text ' || (g % 150) FROM generate_series(1, 300) g;",
+    )
+    .unwrap();
+    s.script("batch text 7", vec![Fault::Status(400)]);
+    let call = "CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, mode => 'batch')";
+    c.batch_execute(call).unwrap();
+    let n = notices(&seen);
+    assert!(n.contains("sent 150 requests for 300 rows") && n.contains("in 1 batch(es)"), "{n}");
+    let stats = s.stats();
+    assert_eq!(
+        (stats.embedding_requests, stats.files_uploaded, stats.batches_created),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+    let job: i64 = c.query_one("SELECT job_id FROM ai_batches", &[]).unwrap().get(0);
+
+    // While Bailian holds the batch: nothing written, nothing sent.
+    seen.lock().unwrap().clear();
+    c.batch_execute(call).unwrap();
+    assert!(notices(&seen).contains("still running at Bailian"), "{}", notices(&seen));
+    let filled: i64 = c.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
+    assert_eq!(filled, 0);
+
+    s.release_batches();
+    let done = wait_for(std::time::Duration::from_secs(20), || {
+        seen.lock().unwrap().clear();
+        c.batch_execute(call).unwrap();
+        notices(&seen).contains(&format!("batch job {job} is done"))
+    });
+    assert!(done, "{}", notices(&seen));
+    let n = notices(&seen);
+    assert!(
+        n.contains("WARNING: ai_update: row (id)=(7) failed")
+            && n.contains("WARNING: ai_update: row (id)=(157) failed"),
+        "{n}"
+    );
+    assert_eq!(s.stats().embedding_requests, 0, "no row was sent live");
+    check_embeddings_where(&mut c, "id % 150 <> 7");
+    let (state, status): (String, String) = {
+        let r =
+            c.query_one("SELECT job_state, batch_status FROM ai_batches WHERE job_id = $1", &[&job]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((state.as_str(), status.as_str()), ("done", "completed"));
+    // Billed at half: the batch's own usage at the stand-in, priced, against ai_usage.
+    let billed = s.batch_usage_total();
+    let (requests, cost): (i64, f64) = {
+        let r = c
+            .query_one(
+                "SELECT sum(requests)::int8, sum(cost_yuan)::float8 FROM ai_usage WHERE database = current_database()",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(requests, 149, "the answered lines");
+    let expected = billed.tokens.prompt_tokens as f64 * 0.5 * 0.5 / 1e6;
+    assert!(
+        (cost - expected).abs() < 1e-9,
+        "cost {cost}, half of the price of {} tokens",
+        billed.tokens.prompt_tokens
+    );
+
+    // What is left (the failed text's two rows) goes in the next job.
+    seen.lock().unwrap().clear();
+    s.configure(|cfg| cfg.batch_hold = false);
+    c.batch_execute(call).unwrap();
+    assert!(notices(&seen).contains("sent 1 requests for 2 rows"), "{}", notices(&seen));
+    assert!(wait_for(std::time::Duration::from_secs(20), || {
+        seen.lock().unwrap().clear();
+        c.batch_execute(call).unwrap();
+        notices(&seen).contains("is done")
+    }));
+    check_embeddings(&mut c);
+}
+
+/// What batch mode refuses, before anything is sent: an unknown mode, a model Bailian does
+/// not batch, calls with no Batch File endpoint; and a CALL inside a transaction block.
+#[test]
+fn batch_mode_refuses_what_bailian_does_not_batch() {
+    let (mut c, _) = fresh_db("less_batch_refused");
+    let s = standin();
+    deploy(&mut c, &s, "mt", "qwen-mt-plus", "");
+    deploy(&mut c, &s, "emb", "text-embedding-v4", "");
+    c.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, answer text);
+         INSERT INTO docs (id, body) SELECT g, 'text ' || g FROM generate_series(1, 5) g;",
+    )
+    .unwrap();
+    let e = error_of(c.batch_execute(
+        "CALL ai_update('docs', 'answer', $$ai_translate('mt', body, 'English')$$, mode => 'fast')",
+    ));
+    assert!(e.1.contains("mode must be 'live'") && e.1.contains("or 'batch'"), "{e:?}");
+    let e = error_of(c.batch_execute(
+        "CALL ai_update('docs', 'answer', $$ai_translate('mt', body, 'English')$$, mode => 'batch')",
+    ));
+    assert!(e.1.contains("not served by Bailian's Batch File API") && e.1.contains("qwen-plus"), "{e:?}");
+    let e = error_of(c.batch_execute(
+        "CALL ai_update('docs', 'answer', $$ai_similarity('emb', body, 'x')::text$$, mode => 'batch')",
+    ));
+    assert!(e.1.contains("no Batch File endpoint"), "{e:?}");
+    assert_eq!(s.stats().requests, 0, "nothing was sent");
+    let jobs: i64 = c.query_one("SELECT count(*) FROM ai_batches", &[]).unwrap().get(0);
+    assert_eq!(jobs, 0);
+}
+
+/// A batch that fails answers nothing (its rows are reported, and the next batch CALL sends
+/// them again); one cancelled with ai_batch_cancel or expired gives the lines it ran and
+/// reports the rest; the column procedures take mode => 'batch' too.
+#[test]
+fn failed_cancelled_and_expired_batches_cost_only_what_they_ran() {
+    let (_, db) = fresh_db("less_batch_ends");
+    let (mut c, seen) = connect_collecting_as(&db, "postgres");
+    let s = standin_with(Config { batch_hour_ms: 100.0, batch_hold: true, ..Config::default() });
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
+    c.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+         INSERT INTO docs (id, body) SELECT g, 'ending text ' || g FROM generate_series(1, 20) g;",
+    )
+    .unwrap();
+    let call = "CALL ai_embed_column('docs', 'body', 'emb', 'emb', mode => 'batch')";
+    let batch_of = |c: &mut Client| -> (i64, String) {
+        let r = c
+            .query_one("SELECT job_id, batch_id FROM ai_batches WHERE job_state = 'submitted'", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let finish = |c: &mut Client, seen: &std::sync::Arc<std::sync::Mutex<Vec<String>>>, job: i64| {
+        assert!(wait_for(std::time::Duration::from_secs(20), || {
+            seen.lock().unwrap().clear();
+            c.batch_execute(call).unwrap();
+            notices(seen).contains(&format!("batch job {job} is done"))
+        }));
+        notices(seen)
+    };
+    let filled = |c: &mut Client| -> i64 { c.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0) };
+
+    // Failed: nothing answered, every row reported.
+    c.batch_execute(call).unwrap();
+    let (job, batch) = batch_of(&mut c);
+    assert!(s.fail_batch(&batch));
+    let n = finish(&mut c, &seen, job);
+    assert!(
+        n.contains("0 requests answered, 20 failed")
+            && n.contains("WARNING: ai_embed_column: row (id)=(1) failed"),
+        "{n}"
+    );
+    assert_eq!(filled(&mut c), 0);
+
+    // Cancelled while held: the lines it had run are kept (none here), the rest reported.
+    c.batch_execute(call).unwrap();
+    let (job, _) = batch_of(&mut c);
+    let asked: i64 = c.query_one("SELECT ai_batch_cancel($1)", &[&job]).unwrap().get(0);
+    assert_eq!(asked, 1);
+    s.release_batches();
+    let n = finish(&mut c, &seen, job);
+    assert!(n.contains("failed"), "{n}");
+    let status: String =
+        c.query_one("SELECT batch_status FROM ai_batches WHERE job_id = $1", &[&job]).unwrap().get(0);
+    assert_eq!(status, "cancelled");
+
+    // Expired: the same; then a batch that completes fills every row.
+    c.batch_execute(call).unwrap();
+    let (job, batch) = batch_of(&mut c);
+    assert!(s.expire_batch(&batch));
+    finish(&mut c, &seen, job);
+    let status: String =
+        c.query_one("SELECT batch_status FROM ai_batches WHERE job_id = $1", &[&job]).unwrap().get(0);
+    assert_eq!(status, "expired");
+    s.configure(|cfg| cfg.batch_hold = false);
+    c.batch_execute(call).unwrap();
+    let (job, _) = batch_of(&mut c);
+    finish(&mut c, &seen, job);
+    assert_eq!(filled(&mut c), 20);
+    assert_eq!(s.stats().embedding_requests, 0, "never live");
+    let e = error_of(c.query("SELECT ai_batch_cancel($1)", &[&job]));
+    assert!(e.1.contains("no batch job"), "{e:?}");
+}
+
+/// Answers moved into the cache table by work that a savepoint then rolls back stay in the
+/// inbox (their rows went, the files must not); a transaction that sees one snapshot reads the
+/// inbox without moving it.
+#[test]
+fn cached_answers_survive_savepoints_and_snapshot_transactions() {
+    let (mut c, _) = fresh_db("less_cache_savepoint");
+    let s = standin();
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}', cache => true");
+    c.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+         INSERT INTO docs (id, body) SELECT g, 'kept text ' || g FROM generate_series(1, 30) g;",
+    )
+    .unwrap();
+    s.reset();
+    c.batch_execute("UPDATE docs SET emb = ai_embed('emb', body)").unwrap();
+    assert_eq!(s.stats().inputs, 30);
+    // The next statement moves the 30 files into the table, inside a savepoint rolled back.
+    c.batch_execute(
+        "BEGIN; SAVEPOINT a; SELECT ai_embed('emb', 'another text'); ROLLBACK TO SAVEPOINT a; COMMIT",
+    )
+    .unwrap();
+    s.reset();
+    c.batch_execute(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; UPDATE docs SET emb = ai_embed('emb', body); COMMIT",
+    )
+    .unwrap();
+    assert_eq!(s.stats().requests, 0, "all 30 still cached: {:?}", s.stats());
+    c.batch_execute("UPDATE docs SET emb = ai_embed('emb', body)").unwrap();
+    let (entries, pending): (i64, i64) = {
+        let r = c
+            .query_one("SELECT entries, pending_entries FROM ai_cache WHERE model_name = 'emb'", &[])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(entries + pending, 31, "the 30, and the savepoint's own answer: paid for, so kept too");
+    assert_eq!(s.stats().requests, 0);
+    check_embeddings(&mut c);
+}

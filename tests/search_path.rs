@@ -180,15 +180,17 @@ fn run_everything(
 ) -> Vec<&'static str> {
     c.batch_execute(&format!("SET search_path = {search_path}")).unwrap();
     let base = s.base_url();
-    for (name, model, params) in [
-        ("chat", "qwen-plus", r#"{"temperature": 0.5}"#),
-        ("mt", "qwen-mt-plus", r#"{"source_lang": "auto"}"#),
-        ("emb", "text-embedding-v4", r#"{"dimension": 64}"#),
-        ("vis", "tongyi-embedding-vision-flash", r#"{"dimension": 64}"#),
-        ("omni", "qwen3-omni-flash", r#"{}"#),
+    // emb keeps its answers in the answer cache: its inbox is moved into the cache table, and
+    // ai_cache reads it, under this search_path too.
+    for (name, model, params, cache) in [
+        ("chat", "qwen-plus", r#"{"temperature": 0.5}"#, false),
+        ("mt", "qwen-mt-plus", r#"{"source_lang": "auto"}"#, false),
+        ("emb", "text-embedding-v4", r#"{"dimension": 64}"#, true),
+        ("vis", "tongyi-embedding-vision-flash", r#"{"dimension": 64}"#, false),
+        ("omni", "qwen3-omni-flash", r#"{}"#, false),
     ] {
         c.batch_execute(&format!(
-            "SELECT ai_deploy_model('{name}', '{model}', '{}', params => '{params}', base_url => '{base}', replace => true)",
+            "SELECT ai_deploy_model('{name}', '{model}', '{}', params => '{params}', base_url => '{base}', replace => true, cache => {cache})",
             key(round)
         ))
         .unwrap();
@@ -287,10 +289,18 @@ fn run_everything(
         .get(0);
     assert_eq!(requests, 1);
     c.batch_execute("SELECT ai_usage_reset()").unwrap();
-    // chat is deployed without cache => true: nothing cached, nothing to clear.
-    let cached: i64 = c.query_one("SELECT pg_catalog.count(*) FROM ai_cache", &[]).unwrap().get(0);
-    let cleared: i64 = c.query_one("SELECT ai_cache_clear('chat')", &[]).unwrap().get(0);
-    assert_eq!((cached, cleared), (0, 0));
+    // Only emb caches: ai_cache shows it alone (moved or not yet), and clearing takes its answers.
+    let cached: Vec<String> = c
+        .query("SELECT model_name FROM ai_cache WHERE entries OPERATOR(pg_catalog.+) pending_entries OPERATOR(pg_catalog.>) 0", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cached, vec!["emb".to_string()]);
+    let cleared: i64 = c.query_one("SELECT ai_cache_clear('emb')", &[]).unwrap().get(0);
+    assert!(cleared > 0);
+    let e = error_of(c.query("SELECT ai_batch_cancel(0)", &[]));
+    assert!(e.1.contains("no batch job 0"), "{e:?}");
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
@@ -305,15 +315,16 @@ fn run_everything(
         "ai_embed_image(text,bytea)",
         "ai_embed_image(text,text)",
         "ai_gen_audio(text,text,jsonb)",
-        "ai_embed_column(regclass,name,name,text,integer)",
+        "ai_embed_column(regclass,name,name,text,integer,text)",
         "ai_gen(text)",
         "ai_gen(text,text,jsonb)",
         "ai_gen_batch(text,text[],jsonb)",
-        "ai_gen_column(regclass,name,name,text,text,integer,jsonb)",
+        "ai_gen_column(regclass,name,name,text,text,integer,jsonb,text)",
         "ai_supported_models()",
         "ai_translate(text,text,text,jsonb)",
         "ai_undeploy_model(text)",
-        "ai_update(regclass,name,text,integer,text)",
+        "ai_update(regclass,name,text,integer,text,text)",
+        "ai_batch_cancel(bigint)",
         "ai_sync_create(text,regclass,name,text,text,boolean)",
         "ai_sync_chunks(text,regclass,text,name,text,integer,integer)",
         "ai_sync_pause(text)",

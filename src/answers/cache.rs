@@ -6,33 +6,44 @@
 //! it, so it must be kept even when that statement fails or is rolled back: a row written in
 //! the caller's transaction would vanish with it, and PostgreSQL has no autonomous
 //! transactions. So an answer goes first to the inbox, a file per answer under
-//! `$PGDATA/pg_bailian/answer_inbox/<database>/`, named by its key and written under a
-//! temporary name then renamed (a reader sees a whole file or none). Files are not
-//! transactional: they stay whatever the caller's transaction does. A later statement that
-//! uses the cache in a writable transaction moves the inbox into the table (as the catalog
-//! owner, one backend per database at a time) and removes the files once that transaction
-//! commits; until then a lookup that misses the table reads the inbox file of its key. As
-//! pg_stat_statements keeps its query texts in a file beside the data, the inbox is the
-//! server's own: no role reads it, and it holds answers only, never a key.
+//! `$PGDATA/pg_bailian/answer_inbox/<database>/<cache table>/` (the cache table's OID, so a
+//! dropped and recreated extension never reads an older one's files), named by its key,
+//! written under a temporary name then renamed, and carrying a SHA-256 of its answer (a file
+//! cut short by a crash is never read as an answer). Files are not transactional: they stay
+//! whatever the caller's transaction does. As pg_stat_statements keeps its query texts in a
+//! file beside the data, the inbox is the server's own: no role reads it, and it holds
+//! answers only, never a key.
+//!
+//! A later statement that uses the cache moves the inbox into the table, as the catalog
+//! owner, in an internal subtransaction whose failure (a concurrent undeploy, a lock) is
+//! swallowed: it never fails the caller's statement. One backend of a database moves at a
+//! time (it locks the table, which no role without privileges on it can do), not in a
+//! transaction that sees one snapshot (REPEATABLE READ or SERIALIZABLE, where rows moved by
+//! others meanwhile would be invisible and their moves would conflict), and not in a
+//! read-only or parallel one. The files moved are removed when the transaction commits, and
+//! kept when the work that moved them is rolled back, to the savepoint (tracked through
+//! subtransaction callbacks). Until then, a lookup that misses the table reads the file.
+//! The inbox holds at most `MAX_INBOX_FILES` files per database: past that, answers are
+//! given but not kept.
 //!
 //! Reads happen only on behalf of a call a role makes to a deployment it may call (the cache
 //! is consulted after the deployment is loaded for that call), so a role is given only answers
-//! it could have asked for itself. A crash loses nothing but inbox files being written.
+//! it could have asked for itself.
 
 use bailian_core::answers::{self, AnswerKey, Kept};
 use bailian_core::meter::Usage;
 use pgrx::prelude::*;
 use pgrx::spi::Spi;
 use std::cell::RefCell;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 const INBOX: &str = "pg_bailian/answer_inbox";
-const MAGIC: &[u8; 8] = b"PGBAC001";
+const MAGIC: &[u8; 8] = b"PGBAC002";
 /// Files moved into the table by one statement at most, so no statement pays for a backlog.
 const INGEST_FILES: usize = 2000;
-/// Identifies the advisory lock of a database's ingestion (with the database's OID).
-const INGEST_LOCK: i64 = 21022;
+/// Inbox files of a database at most (answers past them are given, not kept).
+const MAX_INBOX_FILES: usize = 100_000;
 
 /// What a statement's cache work needs, read once per statement: writing answers happens
 /// inside the runtime, where nothing of PostgreSQL may be called.
@@ -41,22 +52,19 @@ struct Context {
     scope: (i64, u64),
     dir: PathBuf,
     ttl_us: i64,
-    /// Whether answers may be written: not on a standby.
+    /// Whether answers may be written: not on a standby, nor past MAX_INBOX_FILES.
     writable: bool,
     owner: pg_sys::Oid,
 }
 
 thread_local! {
     static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
-    /// Inbox files moved into the table by the current transaction: removed at its commit.
-    static MOVED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
-    static CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn inbox_dir() -> PathBuf {
-    // SAFETY: a plain read of this backend's database; the working directory of every
-    // backend and background worker is the data directory.
-    PathBuf::from(INBOX).join(unsafe { pg_sys::MyDatabaseId }.to_u32().to_string())
+    /// Inbox files moved into the table by the current transaction, with the subtransaction
+    /// that owns the move: removed at the top-level commit, forgotten when their
+    /// subtransaction is rolled back.
+    static MOVED: RefCell<Vec<(pg_sys::SubTransactionId, PathBuf)>> = const { RefCell::new(Vec::new()) };
+    static CALLBACKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static EVICTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
 }
 
 fn now_us() -> i64 {
@@ -66,30 +74,60 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+const WHERE: &str = "
+SELECT n.nspowner, c.oid FROM pg_catalog.pg_namespace n
+  JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid
+ WHERE n.nspname OPERATOR(pg_catalog.=) 'bailian' AND c.relname OPERATOR(pg_catalog.=) 'answer_cache'";
+
+/// The catalog owner and this database's inbox; None where the catalog has no cache table
+/// (a version before 0.6, not yet updated).
+fn place() -> Option<(pg_sys::Oid, PathBuf)> {
+    let row = Spi::connect(|c| {
+        let rows = c.select(WHERE, Some(1), &[])?;
+        match rows.into_iter().next() {
+            Some(r) => Ok::<_, pgrx::spi::Error>(Some((r.get::<pg_sys::Oid>(1)?, r.get::<pg_sys::Oid>(2)?))),
+            None => Ok(None),
+        }
+    })
+    .ok()
+    .flatten()?;
+    let (Some(owner), Some(table)) = row else { return None };
+    // SAFETY: a plain read of this backend's database; the working directory of every
+    // backend and background worker is the data directory.
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    Some((owner, PathBuf::from(INBOX).join(db.to_string()).join(table.to_u32().to_string())))
+}
+
 /// Opens the statement's cache context (moving the inbox into the table first, once per
-/// statement, when the transaction may write).
-fn context() -> Context {
+/// statement, where that is safe: see the module doc).
+fn context() -> Option<Context> {
     let (statement, _, generation) = crate::catalog::stamp();
     if let Some(c) = CONTEXT.with(|c| c.borrow().clone()).filter(|c| c.scope == (statement, generation)) {
-        return c;
+        return Some(c);
     }
+    let (owner, dir) = place()?;
     // SAFETY: plain reads of the backend's recovery state and transaction flags.
-    let (recovery, read_only, parallel) =
-        unsafe { (pg_sys::RecoveryInProgress(), pg_sys::XactReadOnly, pg_sys::IsInParallelMode()) };
+    let (recovery, read_only, parallel, snapshot) = unsafe {
+        (
+            pg_sys::RecoveryInProgress(),
+            pg_sys::XactReadOnly,
+            pg_sys::IsInParallelMode(),
+            pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32,
+        )
+    };
+    let files = std::fs::read_dir(&dir).map_or(0, |d| d.count());
     let c = Context {
         scope: (statement, generation),
-        dir: inbox_dir(),
+        dir,
         ttl_us: crate::guc::cache_ttl_secs().saturating_mul(1_000_000),
-        writable: !recovery,
-        owner: crate::catalog::catalog_owner(),
+        writable: !recovery && files < MAX_INBOX_FILES,
+        owner,
     };
     CONTEXT.with(|cell| *cell.borrow_mut() = Some(c.clone()));
-    if !recovery && !read_only && !parallel {
-        if let Err(e) = ingest(&c, INGEST_FILES) {
-            pgrx::debug1!("pg_bailian: the answer inbox was not moved into the cache this time: {e}");
-        }
+    if files > 0 && !recovery && !read_only && !parallel && !snapshot {
+        ingest(&c, INGEST_FILES);
     }
-    c
+    Some(c)
 }
 
 const LOOKUP: &str = "
@@ -97,15 +135,26 @@ SELECT answer FROM bailian.answer_cache
  WHERE key OPERATOR(pg_catalog.=) $1 AND model_name OPERATOR(pg_catalog.=) $2
    AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()";
 
+thread_local! {
+    /// The lookup, prepared once per backend (a call may look up every row's answer). Its
+    /// SQL names everything with its schema; a plan whose table was recreated is replanned.
+    static LOOKUP_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
 /// The answer the cache holds for `key` of the deployment `model_name`.
 pub fn lookup(model_name: &str, key: &AnswerKey) -> Option<(Kept, Usage)> {
-    let c = context();
+    let c = context()?;
     let stored: Option<Vec<u8>> = crate::catalog::as_role(c.owner, || {
-        Spi::connect(|client| {
-            client
-                .select(LOOKUP, Some(1), &[key.to_vec().into(), model_name.into()])?
-                .first()
-                .get_one::<Vec<u8>>()
+        use pgrx::{PgBuiltInOids, PgOid};
+        let types = [PgOid::BuiltIn(PgBuiltInOids::BYTEAOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)];
+        crate::spi::with_kept_plan(&LOOKUP_PLAN, LOOKUP, &types, |plan| {
+            Spi::connect(|client| {
+                let rows = client.select(plan, Some(1), &[key.to_vec().into(), model_name.into()])?;
+                match rows.into_iter().next() {
+                    Some(r) => r.get::<Vec<u8>>(1),
+                    None => Ok(None),
+                }
+            })
         })
     })
     .ok()
@@ -113,9 +162,9 @@ pub fn lookup(model_name: &str, key: &AnswerKey) -> Option<(Kept, Usage)> {
     if let Some(bytes) = stored {
         return answers::decode(&bytes);
     }
-    let (name, _, expires, answer) = read_file(&c.dir.join(answers::hex(key)))?;
-    (name == model_name && expires > now_us()).then_some(())?;
-    answers::decode(&answer)
+    let file = read_file(&c.dir.join(answers::hex(key)))?;
+    (file.model == model_name && file.expires > now_us()).then_some(())?;
+    answers::decode(&file.answer)
 }
 
 /// Keeps an answer that arrived: into the inbox. Runs inside the runtime (see `Context`).
@@ -125,13 +174,16 @@ pub fn store(model_name: &str, key: &AnswerKey, kept: &Kept, usage: &Usage) {
         return;
     }
     let created = now_us();
-    let mut file = Vec::with_capacity(64 + model_name.len());
+    let answer = answers::encode(kept, usage);
+    let mut file = Vec::with_capacity(answer.len() + 80 + model_name.len());
     file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&(model_name.len() as u16).to_le_bytes());
-    file.extend_from_slice(model_name.as_bytes());
+    file.extend_from_slice(&(model_name.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    file.extend_from_slice(&model_name.as_bytes()[..model_name.len().min(u16::MAX as usize)]);
     file.extend_from_slice(&created.to_le_bytes());
     file.extend_from_slice(&created.saturating_add(c.ttl_us).to_le_bytes());
-    file.extend_from_slice(&answers::encode(kept, usage));
+    file.extend_from_slice(&(answer.len() as u64).to_le_bytes());
+    file.extend_from_slice(&answers::digest(&answer));
+    file.extend_from_slice(&answer);
     if let Err(e) = write_file(&c.dir, &answers::hex(key), &file) {
         // The answer is still given; only a later call will pay for it again.
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -157,18 +209,48 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
-/// (model_name, created, expires, answer) of an inbox file; None for one damaged or gone.
-fn read_file(path: &Path) -> Option<(String, i64, i64, Vec<u8>)> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.get(..8)? != MAGIC {
+/// An inbox file as written.
+struct InboxFile {
+    model: String,
+    created: i64,
+    expires: i64,
+    answer: Vec<u8>,
+}
+
+/// The model, times and length of an inbox file, read from its header alone.
+fn read_header(f: &mut impl Read) -> Option<(String, i64, i64, u64)> {
+    let mut head = [0u8; 10];
+    f.read_exact(&mut head).ok()?;
+    if &head[..8] != MAGIC {
         return None;
     }
-    let n = u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?) as usize;
-    let name = std::str::from_utf8(bytes.get(10..10 + n)?).ok()?.to_string();
-    let at = 10 + n;
-    let created = i64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
-    let expires = i64::from_le_bytes(bytes.get(at + 8..at + 16)?.try_into().ok()?);
-    Some((name, created, expires, bytes.get(at + 16..)?.to_vec()))
+    let mut name = vec![0u8; u16::from_le_bytes([head[8], head[9]]) as usize];
+    f.read_exact(&mut name).ok()?;
+    let mut numbers = [0u8; 24];
+    f.read_exact(&mut numbers).ok()?;
+    let n = |i: usize| numbers[8 * i..8 * i + 8].try_into().ok();
+    Some((
+        String::from_utf8(name).ok()?,
+        i64::from_le_bytes(n(0)?),
+        i64::from_le_bytes(n(1)?),
+        u64::from_le_bytes(n(2)?),
+    ))
+}
+
+/// A whole inbox file, checked against its SHA-256; None for one damaged, cut short or gone.
+fn read_file(path: &Path) -> Option<InboxFile> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let (model, created, expires, len) = read_header(&mut f)?;
+    let mut sum = [0u8; 32];
+    f.read_exact(&mut sum).ok()?;
+    let mut answer = Vec::new();
+    f.take(len.saturating_add(1)).read_to_end(&mut answer).ok()?;
+    (answer.len() as u64 == len && answers::digest(&answer) == sum).then_some(InboxFile {
+        model,
+        created,
+        expires,
+        answer,
+    })
 }
 
 /// Inbox files by key (temporary files being written are not theirs yet).
@@ -176,15 +258,11 @@ fn inbox_files(dir: &Path) -> Vec<(AnswerKey, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     entries
         .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name();
-            let key = parse_hex(name.to_str()?)?;
-            Some((key, e.path()))
-        })
+        .filter_map(|e| Some((parse_hex(e.file_name().to_str()?)?, e.path())))
         .collect()
 }
 
-fn parse_hex(s: &str) -> Option<AnswerKey> {
+pub(crate) fn parse_hex(s: &str) -> Option<AnswerKey> {
     if s.len() != 64 {
         return None;
     }
@@ -195,11 +273,15 @@ fn parse_hex(s: &str) -> Option<AnswerKey> {
     Some(key)
 }
 
+/// Only one backend of a database moves the inbox at a time; a role without privileges on
+/// the cache table cannot take this lock (as it could an advisory lock) to stop it.
+const LOCK: &str = "LOCK TABLE bailian.answer_cache IN SHARE UPDATE EXCLUSIVE MODE NOWAIT";
+
 /// An answer of a model undeployed since it was kept is dropped with its file.
 const INSERT: &str = "
 INSERT INTO bailian.answer_cache (key, model_name, answer, created_at, expires_at)
-SELECT $1, m.model_name, $3, pg_catalog.to_timestamp($4 OPERATOR(pg_catalog./) 1e6::float8),
-       pg_catalog.to_timestamp($5 OPERATOR(pg_catalog./) 1e6::float8)
+SELECT $1, m.model_name, $3, pg_catalog.to_timestamp($4 OPERATOR(pg_catalog./) 1e6::pg_catalog.float8),
+       pg_catalog.to_timestamp($5 OPERATOR(pg_catalog./) 1e6::pg_catalog.float8)
   FROM bailian.models m WHERE m.model_name OPERATOR(pg_catalog.=) $2
 ON CONFLICT (key) DO UPDATE SET model_name = EXCLUDED.model_name, answer = EXCLUDED.answer,
     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at";
@@ -218,75 +300,98 @@ DELETE FROM bailian.answer_cache c USING (
 /// (each is a scan of the whole cache).
 const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-thread_local! {
-    static EVICTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+/// Moves up to `limit` inbox files into the table (see the module doc); now and then removes
+/// the expired entries and, past the size bound, the oldest. Whatever fails here is the
+/// cache's business, not the caller's: the subtransaction is rolled back and the files stay.
+fn ingest(c: &Context, limit: usize) {
+    // SAFETY: a plain read of the current subtransaction's id.
+    let parent = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let sub = crate::spi::SubTransaction::begin();
+    let work = std::panic::AssertUnwindSafe(|| crate::catalog::as_role(c.owner, || move_files(c, limit)));
+    // Everything but a cancel or a shutdown (57), resources (53) or an internal error (XX).
+    let caught = |code: &str| !matches!(code.get(..2), Some("57" | "53" | "XX"));
+    match crate::spi::try_in_catching(sub, caught, work) {
+        (Ok(Ok(moved)), Some(sub)) => {
+            sub.release();
+            remove_at_commit(parent, moved);
+        }
+        (Ok(Err(e)), Some(sub)) => {
+            sub.rollback();
+            pgrx::debug1!("pg_bailian: the answer inbox was not moved into the cache this time: {e}");
+        }
+        (result, _) => {
+            if let Err(crate::spi::Caught::Statement(e)) = result {
+                pgrx::debug1!("pg_bailian: the answer inbox was not moved into the cache this time: {e}");
+            }
+        }
+    }
 }
 
-/// Moves up to `limit` inbox files into the table, in the current transaction, and now and
-/// then removes the expired and, past the size bound, the oldest entries. Another backend
-/// doing it now: nothing. Returns how many files were moved.
-fn ingest(c: &Context, limit: usize) -> Result<usize, pgrx::spi::Error> {
-    let files = inbox_files(&c.dir);
-    if files.is_empty() {
-        return Ok(0);
-    }
+/// The SQL of `ingest`, in its subtransaction: the files it moved (or dropped as damaged).
+fn move_files(c: &Context, limit: usize) -> Result<Vec<PathBuf>, pgrx::spi::Error> {
     let max_bytes = crate::guc::cache_max_bytes();
-    crate::catalog::as_role(c.owner, || {
-        Spi::connect_mut(|client| {
-            // SAFETY: a plain read of this backend's database.
-            let db = i64::from(unsafe { pg_sys::MyDatabaseId }.to_u32());
-            let locked = client
-                .update(
-                    "SELECT pg_catalog.pg_try_advisory_xact_lock($1::int4, $2::int4)",
-                    Some(1),
-                    &[(INGEST_LOCK as i32).into(), (db as i32).into()],
-                )?
-                .first()
-                .get_one::<bool>()?
-                .unwrap_or(false);
-            if !locked {
-                return Ok(0);
-            }
-            let mut moved = Vec::new();
-            for (key, path) in files.into_iter().take(limit) {
-                // A damaged file is dropped: it can never be read.
-                let Some((name, created, expires, answer)) = read_file(&path) else {
-                    moved.push(path);
-                    continue;
-                };
+    Spi::connect_mut(|client| {
+        client.update(LOCK, None, &[])?;
+        let mut moved = Vec::new();
+        for (key, path) in inbox_files(&c.dir).into_iter().take(limit) {
+            // A damaged file can never be read: it goes too.
+            if let Some(f) = read_file(&path) {
                 client.update(
                     INSERT,
                     None,
-                    &[key.to_vec().into(), name.into(), answer.into(), created.into(), expires.into()],
+                    &[
+                        key.to_vec().into(),
+                        f.model.into(),
+                        f.answer.into(),
+                        f.created.into(),
+                        f.expires.into(),
+                    ],
                 )?;
-                moved.push(path);
             }
-            let due = EVICTED.with(|e| e.get().is_none_or(|at| at.elapsed() >= EVICT_EVERY));
-            if due || limit == usize::MAX {
-                client.update(EXPIRE, None, &[])?;
-                client.update(EVICT, None, &[(max_bytes as i64).into()])?;
-                EVICTED.with(|e| e.set(Some(std::time::Instant::now())));
-            }
-            let n = moved.len();
-            remove_at_commit(moved);
-            Ok(n)
-        })
+            moved.push(path);
+        }
+        let due = EVICTED.with(|e| e.get().is_none_or(|at| at.elapsed() >= EVICT_EVERY));
+        if due || limit == usize::MAX {
+            client.update(EXPIRE, None, &[])?;
+            client.update(EVICT, None, &[(max_bytes.min(i64::MAX as u64) as i64).into()])?;
+            EVICTED.with(|e| e.set(Some(std::time::Instant::now())));
+            forget_older_inboxes(&c.dir);
+        }
+        Ok(moved)
     })
 }
 
-fn remove_at_commit(paths: Vec<PathBuf>) {
-    MOVED.with(|m| m.borrow_mut().extend(paths));
-    if !CALLBACK.with(|c| c.replace(true)) {
-        // SAFETY: registers a callback for the life of the backend, once.
-        unsafe { pg_sys::RegisterXactCallback(Some(at_end), std::ptr::null_mut()) };
+/// The inboxes of this database's earlier cache tables (an extension dropped and created
+/// again) are never read: removed.
+fn forget_older_inboxes(dir: &Path) {
+    let (Some(parent), Some(current)) = (dir.parent(), dir.file_name()) else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.filter_map(Result::ok) {
+        if e.file_name() != current && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
+fn remove_at_commit(owner: pg_sys::SubTransactionId, paths: Vec<PathBuf>) {
+    MOVED.with(|m| m.borrow_mut().extend(paths.into_iter().map(|p| (owner, p))));
+    if !CALLBACKS.with(|c| c.replace(true)) {
+        // SAFETY: registers callbacks for the life of the backend, once.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(at_sub_end), std::ptr::null_mut());
+        }
+    }
+}
+
+/// # Safety
+/// Called by PostgreSQL at the end of every transaction, with its event; touches only this
+/// backend's list of moved files.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn at_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            for path in MOVED.with(|m| std::mem::take(&mut *m.borrow_mut())) {
+            for (_, path) in MOVED.with(|m| std::mem::take(&mut *m.borrow_mut())) {
                 // Gone already (another backend moved it first): nothing to do.
                 let _ = std::fs::remove_file(path);
             }
@@ -301,14 +406,40 @@ unsafe extern "C-unwind" fn at_end(event: pg_sys::XactEvent::Type, _arg: *mut st
     }
 }
 
-/// Inbox entries not yet in the table, by model: (count, bytes).
+/// # Safety
+/// Called by PostgreSQL at the end of every subtransaction: a move committed into its parent
+/// becomes the parent's; a move rolled back with it is forgotten (its rows are gone, its files
+/// must stay).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn at_sub_end(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => MOVED.with(|m| {
+            for (owner, _) in m.borrow_mut().iter_mut().filter(|(o, _)| *o == sub) {
+                *owner = parent;
+            }
+        }),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            MOVED.with(|m| m.borrow_mut().retain(|(o, _)| *o != sub))
+        }
+        _ => {}
+    }
+}
+
+/// Inbox entries not yet in the table, by model: (count, bytes), from their headers.
 pub fn pending_by_model() -> std::collections::BTreeMap<String, (i64, i64)> {
     let mut by_model = std::collections::BTreeMap::new();
-    for (_, path) in inbox_files(&inbox_dir()) {
-        if let Some((name, _, _, answer)) = read_file(&path) {
+    let Some((_, dir)) = place() else { return by_model };
+    for (_, path) in inbox_files(&dir) {
+        let header = std::fs::File::open(&path).ok().and_then(|mut f| read_header(&mut f));
+        if let Some((name, _, _, len)) = header {
             let n: &mut (i64, i64) = by_model.entry(name).or_default();
             n.0 += 1;
-            n.1 += answer.len() as i64;
+            n.1 += len as i64;
         }
     }
     by_model
@@ -316,13 +447,24 @@ pub fn pending_by_model() -> std::collections::BTreeMap<String, (i64, i64)> {
 
 /// Removes the inbox files of `model_name`; returns how many.
 pub fn clear_inbox(model_name: &str) -> i64 {
+    let Some((_, dir)) = place() else { return 0 };
     let mut n = 0;
-    for (_, path) in inbox_files(&inbox_dir()) {
-        if read_file(&path).is_some_and(|(name, ..)| name == model_name)
-            && std::fs::remove_file(&path).is_ok()
-        {
+    for (_, path) in inbox_files(&dir) {
+        let header = std::fs::File::open(&path).ok().and_then(|mut f| read_header(&mut f));
+        if header.is_some_and(|(name, ..)| name == model_name) && std::fs::remove_file(&path).is_ok() {
             n += 1;
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_read_back_from_their_names() {
+        let key = [0xab; 32];
+        assert_eq!(super::parse_hex(&bailian_core::answers::hex(&key)), Some(key));
+        assert_eq!(super::parse_hex("tmp.1.2"), None);
+        assert_eq!(super::parse_hex(&"g".repeat(64)), None);
+    }
 }

@@ -16,6 +16,7 @@
 //! the answer cache (`cache`): a call the statement has no answer for looks there before it
 //! sends anything.
 
+pub mod batch;
 pub mod cache;
 
 use crate::backend::Target;
@@ -87,13 +88,14 @@ fn keep(target: &Target, key: AnswerKey, kept: Kept, usage: Usage) {
 /// web is neither: its answer changes with the web.
 pub fn chat_key(target: &Target, request: &ChatRequest) -> Option<AnswerKey> {
     let searches = request.body.get("enable_search") == Some(&serde_json::Value::Bool(true));
-    (!searches && (sharing() || (caches(target) && !crate::shared::accounting::dry_running())))
-        .then(|| answers::chat_key(&target.deployment().name, request))
+    (batch::active()
+        || (!searches && (sharing() || (caches(target) && !crate::shared::accounting::dry_running()))))
+    .then(|| answers::chat_key(&target.deployment().name, request))
 }
 
 /// The key of an embedding input, when answers are shared or cached.
 pub fn embed_key(target: &Target, model: &EmbeddingModel, input: &Input) -> Option<AnswerKey> {
-    (sharing() || (caches(target) && !crate::shared::accounting::dry_running()))
+    (batch::active() || sharing() || (caches(target) && !crate::shared::accounting::dry_running()))
         .then(|| answers::embed_key(&target.deployment().name, model, input.as_embed_input()))
 }
 

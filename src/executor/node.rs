@@ -887,6 +887,9 @@ impl Batch {
             Ok(Prepared::Done(answer)) => Ok(Some(Ok(answer))),
             Ok(Prepared::Chat { target, request, finish }) => {
                 let key = answers::chat_key(&target, &request);
+                if let Some(out) = key.as_ref().and_then(|k| answers::batch::chat(&target, k, &request)) {
+                    return Ok(Some(finish.settle(&target, out)));
+                }
                 if let Some(outcome) = answers::recall_chat(&target, key.as_ref()) {
                     return Ok(Some(finish.settle(&target, Ok(outcome))));
                 }
@@ -904,6 +907,11 @@ impl Batch {
                 self.queued.push_back(Queued { calls: vec![(seq, site)], request });
                 Ok(None)
             }
+            Ok(Prepared::Rerank { target, .. } | Prepared::Similarity { target, .. })
+                if answers::batch::active() =>
+            {
+                Ok(Some(Err(answers::batch::unbatchable(&target))))
+            }
             Ok(Prepared::Rerank { target, url, query, document }) => {
                 let client = backend::client()?;
                 let request = Box::pin(rerank(client, target, url, query, document, seq, site));
@@ -918,6 +926,10 @@ impl Batch {
             }
             Ok(Prepared::Embed { target, model, input }) => {
                 let key = answers::embed_key(&target, &model, &input);
+                if let Some(v) = key.as_ref().and_then(|k| answers::batch::vector(&target, k, &model, &input))
+                {
+                    return Ok(Some(target.on_error().settle(v.map(Answer::Vector))));
+                }
                 if let Some(vector) = answers::recall_vector(&target, key.as_ref()) {
                     return Ok(Some(target.on_error().settle(Ok(Answer::Vector(vector)))));
                 }
@@ -1019,9 +1031,8 @@ impl Batch {
             let Some((target, calls)) = self.waiting.remove(&group) else { continue };
             let billed = answers::billed(&group.0);
             for (row, at) in calls {
-                if answer.is_ok() {
-                    target.served(Served::Shared, &billed);
-                }
+                let how = if answer.is_ok() { Served::Shared } else { Served::SharedFailure };
+                target.served(how, &billed);
                 shared.push((row, at, answer.clone()));
             }
         }

@@ -15,7 +15,7 @@ sql_entry!(pg_finfo_pg_bailian_cache_rows, pg_bailian_cache_rows, cache_rows);
 sql_entry!(pg_finfo_pg_bailian_cache_clear, pg_bailian_cache_clear, cache_clear);
 
 const ROWS: &str = "
-SELECT model_name, pg_catalog.count(*), pg_catalog.sum(pg_catalog.octet_length(answer))::int8,
+SELECT model_name, pg_catalog.count(*), pg_catalog.sum(pg_catalog.octet_length(answer))::pg_catalog.int8,
        pg_catalog.min(created_at), pg_catalog.max(created_at), pg_catalog.min(expires_at)
   FROM bailian.answer_cache
  GROUP BY model_name";

@@ -538,8 +538,12 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
         Prepared::Done(answer) => answer,
         Prepared::Chat { target, request, finish } => {
             let key = answers::chat_key(&target, &request);
-            let out = match answers::recall_chat(&target, key.as_ref()) {
-                Some(outcome) => Ok(outcome),
+            let batched = key.as_ref().and_then(|k| answers::batch::chat(&target, k, &request));
+            let out = match batched
+                .map(Some)
+                .unwrap_or_else(|| answers::recall_chat(&target, key.as_ref()).map(Ok))
+            {
+                Some(out) => out,
                 None => {
                     let request = &request;
                     let out =
@@ -555,8 +559,12 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
         }
         Prepared::Embed { target, model, input } => {
             let key = answers::embed_key(&target, &model, &input);
-            let vector = match answers::recall_vector(&target, key.as_ref()) {
-                Some(v) => Ok(Some(v)),
+            let batched = key.as_ref().and_then(|k| answers::batch::vector(&target, k, &model, &input));
+            let vector = match batched
+                .map(Some)
+                .unwrap_or_else(|| answers::recall_vector(&target, key.as_ref()).map(Ok))
+            {
+                Some(v) => v.map(Some),
                 None => {
                     let (model, input) = (&model, &input);
                     let vectors = backend::run(&target, |client, call| async move {
@@ -570,6 +578,9 @@ pub fn call_now(kernel: Kernel, fcinfo: pg_sys::FunctionCallInfo) -> Result<Opti
                 }
             };
             target.on_error().settle(vector.map(|v| v.map_or(Answer::Null, Answer::Vector)))?
+        }
+        Prepared::Rerank { target, .. } | Prepared::Similarity { target, .. } if answers::batch::active() => {
+            return Err(answers::batch::unbatchable(&target));
         }
         Prepared::Rerank { target, url, query, document } => {
             let model_type = target.deployment().spec.model_type;

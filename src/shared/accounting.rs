@@ -296,6 +296,10 @@ impl Meter for Account {
     }
 
     fn served(&self, how: Served, usage: &Usage) {
+        if how == Served::SharedFailure {
+            self.add(&UsageDelta { inputs: 1, failures: 1, ..UsageDelta::default() });
+            return;
+        }
         let saved = self.price.map_or(0, |p| p.cost_nano_yuan(usage));
         // `calls` counts requests as asked; a call served without one is an input asked for.
         self.add(&UsageDelta {

@@ -66,6 +66,12 @@ pub fn embed_key(model_name: &str, model: &EmbeddingModel, input: EmbedInput<'_>
     k.finish()
 }
 
+/// The SHA-256 of `bytes`: what the cache's inbox files carry to tell a whole answer from one
+/// cut short.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 /// The key as text: how the cache's rows and files name it.
 pub fn hex(key: &AnswerKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()

@@ -108,6 +108,9 @@ pub enum Served {
     Shared,
     /// From the answer cache.
     Cache,
+    /// With the error an identical call of the same statement or job got (no answer, no
+    /// request: an input asked for, and a failure).
+    SharedFailure,
 }
 
 /// What a call reports, step by step. Every method must be cheap and must not block: it runs

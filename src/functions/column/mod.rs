@@ -78,6 +78,7 @@
 //! procedures are not SECURITY DEFINER); everything else the job runs is built in `table`
 //! and names nothing through the caller's search_path.
 
+mod batch_file;
 mod chunk;
 mod claims;
 mod progress;
@@ -106,6 +107,7 @@ use table::{ClaimedFrom, Table, TargetKind};
 sql_entry!(pg_finfo_pg_bailian_update, pg_bailian_update, update);
 sql_entry!(pg_finfo_pg_bailian_embed_column, pg_bailian_embed_column, embed_column);
 sql_entry!(pg_finfo_pg_bailian_gen_column, pg_bailian_gen_column, gen_column);
+sql_entry!(pg_finfo_pg_bailian_batch_cancel, pg_bailian_batch_cancel, batch_cancel);
 
 /// How a row whose expression gave NULL is reported.
 pub(crate) const NULL_VALUE: &str = "the expression gave NULL";
@@ -296,7 +298,9 @@ fn update(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiE
     }
     let batch_size = batch_size(procedure, arg::<i32>(fcinfo, 3))?;
     let filter = arg::<String>(fcinfo, 4).filter(|f| !f.trim().is_empty());
+    let batch = batch_file::is_batch(procedure, mode_arg(fcinfo, 5))?;
     in_own_transactions(fcinfo, procedure)?;
+    let relid = table;
     let table = Table::open(procedure, table, &target)?;
     let scope = match &filter {
         Some(f) => format!("{} IS NULL AND {f}", quote_ident(&target)),
@@ -306,7 +310,31 @@ fn update(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiE
         Some(f) => table.with_filter(f),
         None => table,
     };
-    run(Job { procedure, table, expression, batch_size, scope })
+    run_in(
+        Job { procedure, table, expression, batch_size, scope },
+        batch.then_some(batch_file::Identity { relid, target }),
+    )
+}
+
+/// The mode argument at `n` (a procedure of an older version, before ALTER EXTENSION ...
+/// UPDATE, has none: 'live').
+fn mode_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
+    // SAFETY: fcinfo is the live call info.
+    (unsafe { (*fcinfo).nargs } as usize > n).then(|| arg::<String>(fcinfo, n)).flatten()
+}
+
+/// A job live, or through the Batch File API when it has a batch identity.
+fn run_in(job: Job, batch: Option<batch_file::Identity>) -> Result<Option<pg_sys::Datum>, AiError> {
+    match batch {
+        Some(identity) => batch_file::run(job, identity),
+        None => run(job),
+    }
+}
+
+/// `ai_batch_cancel(job_id)`.
+fn batch_cancel(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let job = arg::<i64>(fcinfo, 0).ok_or_else(|| AiError::invalid("job_id must not be NULL"))?;
+    Ok(batch_file::cancel(job)?.into_datum())
 }
 
 /// The arguments both wrappers start with: table, source, target and model, none NULL.
@@ -333,7 +361,9 @@ fn embed_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
     let procedure = "ai_embed_column";
     let (table, source, target, model) = wrapper_args(fcinfo, procedure)?;
     let batch_size = batch_size(procedure, arg::<i32>(fcinfo, 4))?;
+    let batch = batch_file::is_batch(procedure, mode_arg(fcinfo, 5))?;
     in_own_transactions(fcinfo, procedure)?;
+    let relid = table;
     let table = Table::open(procedure, table, &target)?;
     table.column(procedure, &source, "source")?;
     let kind = table.target_kind(procedure, true)?;
@@ -354,7 +384,10 @@ fn embed_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
     let scope = format!("{target} IS NULL, {source} has text");
     let table =
         table.with_filter(format!("{src} IS NOT NULL AND {src}::pg_catalog.text OPERATOR(pg_catalog.<>) ''"));
-    run(Job { procedure, table, expression, batch_size, scope })
+    run_in(
+        Job { procedure, table, expression, batch_size, scope },
+        batch.then_some(batch_file::Identity { relid, target }),
+    )
 }
 
 /// `CALL ai_gen_column(table_name, source_column, target_column, model_name,
@@ -366,6 +399,7 @@ fn gen_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     let (template, batch, params) =
         (arg::<String>(fcinfo, 4), arg::<i32>(fcinfo, 5), arg::<JsonB>(fcinfo, 6).map(|j| j.0));
     let batch_size = batch_size(procedure, batch)?;
+    let batch = batch_file::is_batch(procedure, mode_arg(fcinfo, 7))?;
     let template = match template {
         Some(t) if t.contains("{0}") => t,
         _ => {
@@ -375,6 +409,7 @@ fn gen_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
         }
     };
     in_own_transactions(fcinfo, procedure)?;
+    let relid = table;
     let table = Table::open(procedure, table, &target)?;
     table.column(procedure, &source, "source")?;
     table.target_kind(procedure, false)?;
@@ -396,7 +431,10 @@ fn gen_column(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
     );
     let scope = format!("{target} IS NULL, {source} has text");
     let table = table.with_filter(format!("{src} IS NOT NULL"));
-    run(Job { procedure, table, expression, batch_size, scope })
+    run_in(
+        Job { procedure, table, expression, batch_size, scope },
+        batch.then_some(batch_file::Identity { relid, target }),
+    )
 }
 
 /// A job commits, so it must be the CALL's own work: called by CALL outside a transaction
