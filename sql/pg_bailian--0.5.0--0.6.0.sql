@@ -121,6 +121,9 @@ CREATE TABLE bailian.answer_cache (
     created_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL
 );
+-- Inline where the row fits a page (an embedding of up to about 1,900 dimensions): a lookup
+-- reads the answer with its row, not from the TOAST table.
+ALTER TABLE bailian.answer_cache ALTER COLUMN answer SET STORAGE MAIN;
 CREATE INDEX answer_cache_model_name ON bailian.answer_cache (model_name);
 COMMENT ON TABLE bailian.answer_cache IS 'Answers of the deployments made with cache => true, by key (the SHA-256 of deployment, model, endpoint and request); read through ai_cache, emptied with ai_cache_clear, and of a model when it is undeployed. Not readable by PUBLIC.';
 REVOKE ALL ON bailian.answer_cache FROM PUBLIC;

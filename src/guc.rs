@@ -49,6 +49,20 @@ pub enum OnErrorSetting {
 
 pub static ON_ERROR: GucSetting<OnErrorSetting> = GucSetting::<OnErrorSetting>::new(OnErrorSetting::Error);
 
+/// Which deployments' answers the answer cache keeps and gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
+pub enum AnswerCache {
+    /// None: every call is sent.
+    #[name = c"off"]
+    Off,
+    /// Those deployed with cache => true.
+    #[name = c"deployed"]
+    Deployed,
+    /// Those, and every embedding deployment (an embedding depends only on its input).
+    #[name = c"embeddings"]
+    Embeddings,
+}
+
 pub static KEY_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -64,7 +78,7 @@ pub static SAVE_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Whether calls are counted in ai_usage and ai_activity (budgets and limits hold either way).
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static SHARE_ANSWERS: GucSetting<bool> = GucSetting::<bool>::new(true);
-pub static ANSWER_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static ANSWER_CACHE: GucSetting<AnswerCache> = GucSetting::<AnswerCache>::new(AnswerCache::Deployed);
 pub static CACHE_TTL: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 pub static CACHE_MAX_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
@@ -217,10 +231,10 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
-    GucRegistry::define_bool_guc(
+    GucRegistry::define_enum_guc(
         c"pg_bailian.answer_cache",
-        c"Use the answer cache for the deployments made with cache => true.",
-        c"Off: this session's calls neither read nor keep cached answers (SET LOCAL for one transaction, ALTER FUNCTION ... SET for one function).",
+        c"Which deployments' calls use the answer cache: deployed (those made with cache => true), embeddings (those and every embedding deployment) or off.",
+        c"Off: calls neither read nor keep cached answers. SET LOCAL for one transaction, ALTER FUNCTION ... SET for one function.",
         &ANSWER_CACHE,
         GucContext::Userset,
         GucFlags::default(),
@@ -366,7 +380,7 @@ pub fn share_answers() -> bool {
     SHARE_ANSWERS.get()
 }
 
-pub fn answer_cache() -> bool {
+pub fn answer_cache() -> AnswerCache {
     ANSWER_CACHE.get()
 }
 

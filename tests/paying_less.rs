@@ -266,6 +266,20 @@ fn the_cache_expires_and_is_only_for_reusable_answers() {
     assert_eq!(one_text(&mut c, ask), first);
     assert_eq!(s.stats().chat_requests, 3, "expired");
 
+    // A session may cache every embedding deployment's answers (they depend on the input
+    // alone), not a chat deployment's that did not opt in.
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
+    deploy(&mut c, &s, "chat2", "qwen-plus", "");
+    c.batch_execute("SET pg_bailian.answer_cache = embeddings; RESET pg_bailian.cache_ttl").unwrap();
+    s.reset();
+    for _ in 0..2 {
+        c.batch_execute("SELECT ai_embed('emb', 'kept by the setting'), ai_gen('chat2', 'not kept')")
+            .unwrap();
+    }
+    assert_eq!((s.stats().embedding_requests, s.stats().chat_requests), (1, 2));
+    let e = error_of(c.batch_execute("SET pg_bailian.answer_cache = always"));
+    assert!(e.1.contains("answer_cache"), "{e:?}");
+
     for (model, extra, why) in [
         ("gte-rerank-v2", "", "rerank model"),
         ("qwen-plus", ", params => '{\"enable_search\": true}'", "web search"),

@@ -49,7 +49,9 @@ const MAX_INBOX_FILES: usize = 100_000;
 /// inside the runtime, where nothing of PostgreSQL may be called.
 #[derive(Clone)]
 struct Context {
-    scope: (i64, u64),
+    /// The statement and transaction (a job's CALL commits as it goes: each of its
+    /// transactions moves what the one before left in the inbox), and the catalog generation.
+    scope: (i64, i64, u64),
     dir: PathBuf,
     ttl_us: i64,
     /// Whether answers may be written: not on a standby, nor past MAX_INBOX_FILES.
@@ -101,8 +103,8 @@ fn place() -> Option<(pg_sys::Oid, PathBuf)> {
 /// Opens the statement's cache context (moving the inbox into the table first, once per
 /// statement, where that is safe: see the module doc).
 fn context() -> Option<Context> {
-    let (statement, _, generation) = crate::catalog::stamp();
-    if let Some(c) = CONTEXT.with(|c| c.borrow().clone()).filter(|c| c.scope == (statement, generation)) {
+    let scope = crate::catalog::stamp();
+    if let Some(c) = CONTEXT.with(|c| c.borrow().clone()).filter(|c| c.scope == scope) {
         return Some(c);
     }
     let (owner, dir) = place()?;
@@ -117,7 +119,7 @@ fn context() -> Option<Context> {
     };
     let files = std::fs::read_dir(&dir).map_or(0, |d| d.count());
     let c = Context {
-        scope: (statement, generation),
+        scope,
         dir,
         ttl_us: crate::guc::cache_ttl_secs().saturating_mul(1_000_000),
         writable: !recovery && files < MAX_INBOX_FILES,
@@ -165,6 +167,53 @@ pub fn lookup(model_name: &str, key: &AnswerKey) -> Option<(Kept, Usage)> {
     let file = read_file(&c.dir.join(answers::hex(key)))?;
     (file.model == model_name && file.expires > now_us()).then_some(())?;
     answers::decode(&file.answer)
+}
+
+const LOOKUP_MANY: &str = "
+SELECT key, answer FROM bailian.answer_cache
+ WHERE key OPERATOR(pg_catalog.=) ANY ($1) AND model_name OPERATOR(pg_catalog.=) $2
+   AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()";
+
+thread_local! {
+    static LOOKUP_MANY_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+/// The answers the cache holds for `keys` of `model_name`, in one query (then the inbox
+/// files of those it has not).
+pub fn lookup_many(model_name: &str, keys: &[AnswerKey]) -> Vec<(AnswerKey, (Kept, Usage))> {
+    let Some(c) = context() else { return Vec::new() };
+    let wanted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = crate::catalog::as_role(c.owner, || {
+        use pgrx::{PgBuiltInOids, PgOid};
+        let types = [PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)];
+        crate::spi::with_kept_plan(&LOOKUP_MANY_PLAN, LOOKUP_MANY, &types, |plan| {
+            Spi::connect(|client| {
+                let rows = client.select(plan, None, &[wanted.into(), model_name.into()])?;
+                let mut out = Vec::new();
+                for r in rows {
+                    if let (Some(k), Some(a)) = (r.get::<Vec<u8>>(1)?, r.get::<Vec<u8>>(2)?) {
+                        out.push((k, a));
+                    }
+                }
+                Ok(out)
+            })
+        })
+    })
+    .unwrap_or_default();
+    let mut found: Vec<(AnswerKey, (Kept, Usage))> =
+        rows.into_iter().filter_map(|(k, a)| Some((k.try_into().ok()?, answers::decode(&a)?))).collect();
+    for key in keys {
+        if found.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let Some(file) = read_file(&c.dir.join(answers::hex(key))) else { continue };
+        if file.model == model_name && file.expires > now_us() {
+            if let Some(answer) = answers::decode(&file.answer) {
+                found.push((*key, answer));
+            }
+        }
+    }
+    found
 }
 
 /// Keeps an answer that arrived: into the inbox. Runs inside the runtime (see `Context`).

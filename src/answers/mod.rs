@@ -40,6 +40,11 @@ pub fn sharing() -> bool {
 /// The answer for `key`: the statement's, else (for a deployment that caches) the cache's,
 /// counted as served either way.
 fn recall(target: &Target, key: &AnswerKey) -> Option<(Kept, Usage)> {
+    recall_in(target, key, true)
+}
+
+/// `recall`, looking in the cache only when `cached`.
+fn recall_in(target: &Target, key: &AnswerKey, cached: bool) -> Option<(Kept, Usage)> {
     let (statement, _, generation) = crate::catalog::stamp();
     let shared = MEMO.with(|m| {
         let mut m = m.borrow_mut();
@@ -56,7 +61,7 @@ fn recall(target: &Target, key: &AnswerKey) -> Option<(Kept, Usage)> {
         target.served(Served::Shared, &usage);
         return Some((kept, usage));
     }
-    if !caches(target) {
+    if !cached || !caches(target) {
         return None;
     }
     let (kept, usage) = cache::lookup(&target.deployment().name, key)?;
@@ -68,8 +73,18 @@ fn recall(target: &Target, key: &AnswerKey) -> Option<(Kept, Usage)> {
 }
 
 /// Whether `target`'s answers go to the cache now.
-fn caches(target: &Target) -> bool {
-    target.deployment().cache && crate::guc::answer_cache()
+pub fn caches(target: &Target) -> bool {
+    let d = target.deployment();
+    match crate::guc::answer_cache() {
+        crate::guc::AnswerCache::Off => false,
+        crate::guc::AnswerCache::Deployed => d.cache,
+        // Where the deployment could opt in at all (`deploy::check_cacheable`).
+        crate::guc::AnswerCache::Embeddings => {
+            d.cache
+                || (d.spec.task == bailian_core::registry::Task::Embedding
+                    && d.spec.provider == bailian_core::registry::Provider::Bailian)
+        }
+    }
 }
 
 /// Keeps an answer for the rest of the statement. Called where a request lands, inside the
@@ -105,6 +120,34 @@ pub fn recall_chat(target: &Target, key: Option<&AnswerKey>) -> Option<ChatOutco
         (Kept::Chat(outcome), _) => Some(outcome),
         (Kept::Vector(_), _) => None,
     }
+}
+
+/// The embedding the statement already has for `key`, counted as served, not looking in the
+/// cache (the AI Batch node looks there for a whole pack at once: `cached_vectors`).
+pub fn recall_shared_vector(target: &Target, key: Option<&AnswerKey>) -> Option<Vec<f32>> {
+    match recall_in(target, key?, false)? {
+        (Kept::Vector(v), _) => Some(v),
+        (Kept::Chat(_), _) => None,
+    }
+}
+
+/// The cached embeddings of `keys` (one query), each counted as served and kept for the
+/// statement.
+pub fn cached_vectors(target: &Target, keys: &[AnswerKey]) -> std::collections::HashMap<AnswerKey, Vec<f32>> {
+    let mut found = std::collections::HashMap::new();
+    if keys.is_empty() || !caches(target) {
+        return found;
+    }
+    for (key, (kept, usage)) in cache::lookup_many(&target.deployment().name, keys) {
+        if let Kept::Vector(v) = kept {
+            target.served(Served::Cache, &usage);
+            if sharing() {
+                MEMO.with(|m| m.borrow_mut().1.put(key, Kept::Vector(v.clone()), usage));
+            }
+            found.insert(key, v);
+        }
+    }
+    found
 }
 
 /// The embedding the statement already has for `key`, counted as served.

@@ -381,6 +381,8 @@ struct Batch {
     waiting: HashMap<Group, Waiting>,
     /// The group of each call whose request others may wait for, by (row, site).
     sending: HashMap<(u64, usize), Group>,
+    /// Answers a pack found in the answer cache, given to their rows at the next `next`.
+    cached: Answers,
     requests: u64,
     /// The backend's AI totals when the node started: EXPLAIN ANALYZE shows what was spent
     /// since (including other AI work the statement did meanwhile, such as a second node).
@@ -511,6 +513,7 @@ unsafe extern "C-unwind" fn begin(
             packs: HashMap::new(),
             waiting: HashMap::new(),
             sending: HashMap::new(),
+            cached: Vec::new(),
             requests: 0,
             started: crate::shared::accounting::totals(),
             rows_cxt,
@@ -767,6 +770,10 @@ impl Batch {
         loop {
             // SAFETY: node is ours and live.
             unsafe { self.fill(node)? };
+            if !self.cached.is_empty() {
+                let cached = std::mem::take(&mut self.cached);
+                self.apply(cached);
+            }
             match self.window.front() {
                 None => return Ok(std::ptr::null_mut()),
                 Some(row) if row.results.iter().all(Option::is_some) => {
@@ -930,7 +937,8 @@ impl Batch {
                 {
                     return Ok(Some(target.on_error().settle(v.map(Answer::Vector))));
                 }
-                if let Some(vector) = answers::recall_vector(&target, key.as_ref()) {
+                // The answer cache is asked for the whole pack at once, when it is sealed.
+                if let Some(vector) = answers::recall_shared_vector(&target, key.as_ref()) {
                     return Ok(Some(target.on_error().settle(Ok(Answer::Vector(vector)))));
                 }
                 if let Some(key) = key.filter(|_| answers::sharing()) {
@@ -981,10 +989,40 @@ impl Batch {
     }
 
     fn seal(&mut self, pack: Pack) -> Result<(), AiError> {
+        let Some(pack) = self.from_cache(pack) else { return Ok(()) };
         let client = backend::client()?;
         let calls = pack.members.iter().map(|(seq, site, _)| (*seq, *site)).collect();
         self.queued.push_back(Queued { calls, request: Box::pin(embed(client, pack)) });
         Ok(())
+    }
+
+    /// Answers the members of `pack` the answer cache has (one lookup for the pack; their
+    /// answers wait in `cached` until the rows they belong to are in the window), and gives
+    /// back the pack of the others, if any.
+    fn from_cache(&mut self, mut pack: Pack) -> Option<Pack> {
+        if !answers::caches(&pack.target) {
+            return Some(pack);
+        }
+        let keys: Vec<AnswerKey> = pack.keys.iter().flatten().copied().collect();
+        let mut found = answers::cached_vectors(&pack.target, &keys);
+        if found.is_empty() {
+            return Some(pack);
+        }
+        let on_error = pack.target.on_error();
+        let mut members = Vec::with_capacity(pack.members.len());
+        let mut keys = Vec::with_capacity(pack.keys.len());
+        for (member, key) in pack.members.into_iter().zip(pack.keys) {
+            match key.and_then(|k| found.remove(&k)) {
+                Some(v) => self.cached.push((member.0, member.1, on_error.settle(Ok(Answer::Vector(v))))),
+                None => {
+                    members.push(member);
+                    keys.push(key);
+                }
+            }
+        }
+        pack.members = members;
+        pack.keys = keys;
+        (!pack.members.is_empty()).then_some(pack)
     }
 
     fn seal_all(&mut self) {
@@ -1154,6 +1192,9 @@ impl Batch {
     /// (see `carry`): its requests in flight, and its rows with their answers so far. Calls
     /// not sent yet are dropped: the next node makes them again.
     unsafe fn carry(&mut self) -> Carry {
+        // Answers found in the cache are arrived answers: their rows carry them.
+        let cached = std::mem::take(&mut self.cached);
+        self.apply(cached);
         let mut unsent: std::collections::HashSet<(u64, usize)> =
             self.queued.drain(..).flat_map(|q| q.calls).collect();
         // A waiting call's answer would come from this node, which ends: the taker makes it.
@@ -1205,6 +1246,7 @@ impl Batch {
         self.packs.clear();
         self.waiting.clear();
         self.sending.clear();
+        self.cached.clear();
         self.flight = Flight::new();
         self.in_flight = 0;
         self.unsent = false;

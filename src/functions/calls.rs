@@ -492,7 +492,7 @@ impl Answer {
             Answer::Null => None,
             Answer::Text(t) => t.into_datum(),
             Answer::Json(v) => JsonB(v).into_datum(),
-            Answer::Vector(v) => v.into_datum(),
+            Answer::Vector(v) => Some(float4_array(&v)),
             Answer::Bytes(b) => b.into_datum(),
             Answer::Float(f) => f.into_datum(),
             Answer::Warned(e) => {
@@ -501,6 +501,27 @@ impl Answer {
             }
         }
     }
+}
+
+/// A `real[]` of `v`, built by PostgreSQL in one call (an element at a time through the
+/// generic array builder costs a guarded call per element: most of a cached embedding's time).
+pub fn float4_array(v: &[f32]) -> pg_sys::Datum {
+    let mut elems: Vec<pg_sys::Datum> = v.iter().map(|f| pg_sys::Datum::from(f.to_bits())).collect();
+    // SAFETY: elems holds v.len() float4 datums (by value, 4 bytes, int-aligned, as
+    // pg_type says of float4); construct_array copies them into a new array in the current
+    // memory context and raises only for an impossible size (1 GB), which v cannot reach:
+    // an answer is at most pg_bailian.max_response_size.
+    let array = unsafe {
+        pg_sys::construct_array(
+            elems.as_mut_ptr(),
+            elems.len() as i32,
+            pg_sys::FLOAT4OID,
+            4,
+            true,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        )
+    };
+    pg_sys::Datum::from(array)
 }
 
 /// ai_similarity's request and answer: the cosine of the two texts' embeddings (NULL for a
