@@ -989,7 +989,7 @@ impl Batch {
     }
 
     fn seal(&mut self, pack: Pack) -> Result<(), AiError> {
-        let Some(pack) = self.from_cache(pack) else { return Ok(()) };
+        let Some(pack) = self.answer_from_cache(pack) else { return Ok(()) };
         let client = backend::client()?;
         let calls = pack.members.iter().map(|(seq, site, _)| (*seq, *site)).collect();
         self.queued.push_back(Queued { calls, request: Box::pin(embed(client, pack)) });
@@ -999,7 +999,7 @@ impl Batch {
     /// Answers the members of `pack` the answer cache has (one lookup for the pack; their
     /// answers wait in `cached` until the rows they belong to are in the window), and gives
     /// back the pack of the others, if any.
-    fn from_cache(&mut self, mut pack: Pack) -> Option<Pack> {
+    fn answer_from_cache(&mut self, mut pack: Pack) -> Option<Pack> {
         if !answers::caches(&pack.target) {
             return Some(pack);
         }
