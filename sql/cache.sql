@@ -12,8 +12,9 @@ CREATE TABLE bailian.answer_cache (
 );
 -- Inline where the row fits a page (an embedding of up to about 1,900 dimensions): a lookup
 -- reads the answer with its row, not from the TOAST table.
+-- No index on model_name: a lookup must go by key (a plan using the model's index would
+-- read every page of the model's answers); clearing a model's answers is rare.
 ALTER TABLE bailian.answer_cache ALTER COLUMN answer SET STORAGE MAIN;
-CREATE INDEX answer_cache_model_name ON bailian.answer_cache (model_name);
 COMMENT ON TABLE bailian.answer_cache IS 'Answers of the deployments made with cache => true, by key (the SHA-256 of deployment, model, endpoint and request); read through ai_cache, emptied with ai_cache_clear, and of a model when it is undeployed. Not readable by PUBLIC.';
 REVOKE ALL ON bailian.answer_cache FROM PUBLIC;
 

@@ -67,6 +67,23 @@ thread_local! {
     static MOVED: RefCell<Vec<(pg_sys::SubTransactionId, PathBuf)>> = const { RefCell::new(Vec::new()) };
     static CALLBACKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static EVICTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    /// Whether this backend wrote inbox files since it last moved the inbox.
+    static WROTE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The inbox's files, counted at most once every few seconds (a count lists 256 directories).
+fn inbox_count(dir: &Path) -> usize {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    thread_local! {
+        static COUNTED: std::cell::Cell<Option<(std::time::Instant, usize)>> = const { std::cell::Cell::new(None) };
+    }
+    if let Some((at, n)) = COUNTED.with(|c| c.get()).filter(|(at, _)| at.elapsed() < EVERY) {
+        let _ = at;
+        return n;
+    }
+    let n = inbox_files(dir).len();
+    COUNTED.with(|c| c.set(Some((std::time::Instant::now(), n))));
+    n
 }
 
 fn now_us() -> i64 {
@@ -117,7 +134,7 @@ fn context() -> Option<Context> {
             pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32,
         )
     };
-    let files = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    let files = inbox_count(&dir);
     let c = Context {
         scope,
         dir,
@@ -126,7 +143,10 @@ fn context() -> Option<Context> {
         owner,
     };
     CONTEXT.with(|cell| *cell.borrow_mut() = Some(c.clone()));
-    if files > 0 && !recovery && !read_only && !parallel && !snapshot {
+    // Files this backend wrote since it last moved them, or any another left (as last counted).
+    let pending = WROTE.with(|w| w.get()) || files > 0;
+    if pending && !recovery && !read_only && !parallel && !snapshot {
+        WROTE.with(|w| w.set(false));
         ingest(&c, INGEST_FILES);
     }
     Some(c)
@@ -164,7 +184,7 @@ pub fn lookup(model_name: &str, key: &AnswerKey) -> Option<(Kept, Usage)> {
     if let Some(bytes) = stored {
         return answers::decode(&bytes);
     }
-    let file = read_file(&c.dir.join(answers::hex(key)))?;
+    let file = read_file(&file_of(&c.dir, key))?;
     (file.model == model_name && file.expires > now_us()).then_some(())?;
     answers::decode(&file.answer)
 }
@@ -174,29 +194,23 @@ SELECT key, answer FROM bailian.answer_cache
  WHERE key OPERATOR(pg_catalog.=) ANY ($1) AND model_name OPERATOR(pg_catalog.=) $2
    AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()";
 
-thread_local! {
-    static LOOKUP_MANY_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
-
 /// The answers the cache holds for `keys` of `model_name`, in one query (then the inbox
 /// files of those it has not).
 pub fn lookup_many(model_name: &str, keys: &[AnswerKey]) -> Vec<(AnswerKey, (Kept, Usage))> {
     let Some(c) = context() else { return Vec::new() };
     let wanted: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+    // Planned with its values each time (not kept): a plan made once, while the cache was
+    // small, could scan the whole table for every pack once it is large.
     let rows: Vec<(Vec<u8>, Vec<u8>)> = crate::catalog::as_role(c.owner, || {
-        use pgrx::{PgBuiltInOids, PgOid};
-        let types = [PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)];
-        crate::spi::with_kept_plan(&LOOKUP_MANY_PLAN, LOOKUP_MANY, &types, |plan| {
-            Spi::connect(|client| {
-                let rows = client.select(plan, None, &[wanted.into(), model_name.into()])?;
-                let mut out = Vec::new();
-                for r in rows {
-                    if let (Some(k), Some(a)) = (r.get::<Vec<u8>>(1)?, r.get::<Vec<u8>>(2)?) {
-                        out.push((k, a));
-                    }
+        Spi::connect(|client| {
+            let rows = client.select(LOOKUP_MANY, None, &[wanted.into(), model_name.into()])?;
+            let mut out = Vec::new();
+            for r in rows {
+                if let (Some(k), Some(a)) = (r.get::<Vec<u8>>(1)?, r.get::<Vec<u8>>(2)?) {
+                    out.push((k, a));
                 }
-                Ok(out)
-            })
+            }
+            Ok::<_, pgrx::spi::Error>(out)
         })
     })
     .unwrap_or_default();
@@ -206,7 +220,7 @@ pub fn lookup_many(model_name: &str, keys: &[AnswerKey]) -> Vec<(AnswerKey, (Kep
         if found.iter().any(|(k, _)| k == key) {
             continue;
         }
-        let Some(file) = read_file(&c.dir.join(answers::hex(key))) else { continue };
+        let Some(file) = read_file(&file_of(&c.dir, key)) else { continue };
         if file.model == model_name && file.expires > now_us() {
             if let Some(answer) = answers::decode(&file.answer) {
                 found.push((*key, answer));
@@ -233,7 +247,8 @@ pub fn store(model_name: &str, key: &AnswerKey, kept: &Kept, usage: &Usage) {
     file.extend_from_slice(&(answer.len() as u64).to_le_bytes());
     file.extend_from_slice(&answers::digest(&answer));
     file.extend_from_slice(&answer);
-    if let Err(e) = write_file(&c.dir, &answers::hex(key), &file) {
+    WROTE.with(|w| w.set(true));
+    if let Err(e) = write_file(&file_of(&c.dir, key), &file) {
         // The answer is still given; only a later call will pay for it again.
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -242,7 +257,16 @@ pub fn store(model_name: &str, key: &AnswerKey, kept: &Kept, usage: &Usage) {
     }
 }
 
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// Where the inbox keeps the answer of `key`: in one of 256 directories by the key's first
+/// byte, so that no directory grows large (a file system looks a name up in a directory by
+/// reading its blocks: a directory of every answer would make each write slower).
+fn file_of(dir: &Path, key: &AnswerKey) -> PathBuf {
+    let name = answers::hex(key);
+    dir.join(&name[..2]).join(name)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let Some(dir) = path.parent() else { return Err(std::io::ErrorKind::InvalidInput.into()) };
     std::fs::create_dir_all(dir)?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -250,7 +274,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        std::fs::rename(&tmp, dir.join(name))
+        std::fs::rename(&tmp, path)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -304,11 +328,17 @@ fn read_file(path: &Path) -> Option<InboxFile> {
 
 /// Inbox files by key (temporary files being written are not theirs yet).
 fn inbox_files(dir: &Path) -> Vec<(AnswerKey, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| Some((parse_hex(e.file_name().to_str()?)?, e.path())))
-        .collect()
+    let Ok(shards) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files = Vec::new();
+    for shard in shards.filter_map(Result::ok) {
+        let Ok(entries) = std::fs::read_dir(shard.path()) else { continue };
+        files.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| Some((parse_hex(e.file_name().to_str()?)?, e.path()))),
+        );
+    }
+    files
 }
 
 pub(crate) fn parse_hex(s: &str) -> Option<AnswerKey> {

@@ -200,7 +200,7 @@ fn send(
             _ => "chat".to_string(),
         };
         let lines = requests.lines.into_iter().map(|(key, line)| (answers::hex(&key), line.body));
-        let files = batchfile::input_files(requests.endpoint, lines, &Limits::default())?;
+        let files = batchfile::input_files(requests.endpoint, lines, &limits_for(&expect))?;
         for (n, file) in files.into_iter().enumerate() {
             let name = format!("pg_bailian-job{job_id}-{model}-{n}.jsonl")
                 .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.' && c != '_', "_");
@@ -246,6 +246,19 @@ fn send(
         }
     }
     Ok(batches)
+}
+
+/// Input files small enough that their output file can be read back: a result file is read
+/// whole, within `pg_bailian.max_response_size` like any answer, so a file holds no more
+/// lines than their answers fit (an embedding's answer is about 20 bytes a dimension of
+/// JSON; a chat answer is taken as 32 kB).
+fn limits_for(expect: &str) -> Limits {
+    let per_line: u64 = match expect.strip_prefix("embeddings:") {
+        Some(d) => 1_000 + 20 * d.parse::<u64>().unwrap_or(2_048),
+        None => 32_768,
+    };
+    let fit = (crate::guc::max_response_bytes() / per_line).max(1);
+    Limits { max_lines: fit.min(batchfile::MAX_LINES), ..Limits::default() }
 }
 
 /// A batch as the job keeps it.
