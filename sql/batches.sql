@@ -36,6 +36,8 @@ CREATE TABLE bailian.batches (
     custom_ids     text[] NOT NULL,
     -- What the answers are: 'chat', or 'embeddings:<dimension>'.
     expect         text NOT NULL,
+    -- Its answers are kept in bailian.batch_answers and counted in ai_usage.
+    collected      boolean NOT NULL DEFAULT false,
     created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

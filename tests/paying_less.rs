@@ -580,3 +580,36 @@ fn cached_answers_survive_savepoints_and_snapshot_transactions() {
     assert_eq!(s.stats().requests, 0);
     check_embeddings(&mut c);
 }
+
+/// Result files that cannot be read now (here: larger than pg_bailian.max_response_size) fail
+/// the CALL with a clear error and lose nothing: the next CALL reads them, and the answers
+/// are counted once.
+#[test]
+fn unreadable_results_are_read_by_the_next_call_and_counted_once() {
+    let (mut c, _) = fresh_db("less_batch_unread");
+    let s = standin_with(Config { batch_hour_ms: 100.0, ..Config::default() });
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
+    c.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[]);
+         INSERT INTO docs (id, body) SELECT g, 'unread text ' || g FROM generate_series(1, 200) g;",
+    )
+    .unwrap();
+    let call = "CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, mode => 'batch')";
+    c.batch_execute(call).unwrap();
+    assert!(wait_for(std::time::Duration::from_secs(20), || { s.batch_usage_total().answered >= 200 }));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.batch_execute("SET pg_bailian.max_response_size = '64kB'").unwrap();
+    let e = error_of(c.batch_execute(call));
+    assert!(e.1.contains("could not be read"), "{e:?}");
+    let filled: i64 = c.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
+    assert_eq!(filled, 0);
+    c.batch_execute("RESET pg_bailian.max_response_size").unwrap();
+    c.batch_execute(call).unwrap();
+    let filled: i64 = c.query_one("SELECT count(emb) FROM docs", &[]).unwrap().get(0);
+    assert_eq!(filled, 200);
+    let requests: i64 = c
+        .query_one("SELECT sum(requests)::int8 FROM ai_usage WHERE database = current_database()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(requests, 200, "each answered line counted once");
+}

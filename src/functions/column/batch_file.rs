@@ -58,8 +58,14 @@ INSERT INTO bailian.batches (batch_id, job_id, model_name, endpoint, input_file_
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 const BATCHES: &str = "
-SELECT batch_id, model_name, status, custom_ids, expect FROM bailian.batches
+SELECT batch_id, model_name, status, custom_ids, expect, collected FROM bailian.batches
  WHERE job_id OPERATOR(pg_catalog.=) $1 ORDER BY batch_id";
+
+const COLLECTED: &str = "
+UPDATE bailian.batches SET collected = true, updated_at = pg_catalog.now() WHERE batch_id OPERATOR(pg_catalog.=) $1";
+
+const TALLY: &str = "
+SELECT pg_catalog.count(answer), pg_catalog.count(error) FROM bailian.batch_answers WHERE job_id OPERATOR(pg_catalog.=) $1";
 
 const SET_BATCH: &str = "
 UPDATE bailian.batches SET status = $2, total = $3, completed = $4, failed = $5, output_file_id = $6,
@@ -67,7 +73,7 @@ UPDATE bailian.batches SET status = $2, total = $3, completed = $4, failed = $5,
  WHERE batch_id OPERATOR(pg_catalog.=) $1";
 
 const SET_JOB: &str = "
-UPDATE bailian.batch_jobs SET state = $2, message = $3,
+UPDATE bailian.batch_jobs SET state = $2, message = COALESCE($3, message),
        collected_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'collected' THEN pg_catalog.now() ELSE collected_at END,
        finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'done' THEN pg_catalog.now() ELSE finished_at END
  WHERE job_id OPERATOR(pg_catalog.=) $1";
@@ -250,12 +256,12 @@ fn send(
 
 /// Input files small enough that their output file can be read back: a result file is read
 /// whole, within `pg_bailian.max_response_size` like any answer, so a file holds no more
-/// lines than their answers fit (an embedding's answer is about 20 bytes a dimension of
-/// JSON; a chat answer is taken as 32 kB).
+/// lines than their answers fit (an embedding's answer takes up to about 24 bytes a
+/// dimension of JSON; a chat answer is taken as 32 kB), with a third to spare.
 fn limits_for(expect: &str) -> Limits {
     let per_line: u64 = match expect.strip_prefix("embeddings:") {
-        Some(d) => 1_000 + 20 * d.parse::<u64>().unwrap_or(2_048),
-        None => 32_768,
+        Some(d) => (2_000 + 24 * d.parse::<u64>().unwrap_or(2_048)) * 4 / 3,
+        None => 32_768 * 4 / 3,
     };
     let fit = (crate::guc::max_response_bytes() / per_line).max(1);
     Limits { max_lines: fit.min(batchfile::MAX_LINES), ..Limits::default() }
@@ -268,6 +274,8 @@ struct Stored {
     status: String,
     custom_ids: Vec<String>,
     expect: String,
+    /// Its answers are kept in bailian.batch_answers (and counted in ai_usage).
+    collected: bool,
 }
 
 fn kept_batches(job_id: i64) -> Result<Vec<Stored>, AiError> {
@@ -282,6 +290,7 @@ fn kept_batches(job_id: i64) -> Result<Vec<Stored>, AiError> {
                         status: r.get::<String>(3).map_err(spi_failed)?.unwrap_or_default(),
                         custom_ids: r.get::<Vec<String>>(4).map_err(spi_failed)?.unwrap_or_default(),
                         expect: r.get::<String>(5).map_err(spi_failed)?.unwrap_or_default(),
+                        collected: r.get::<bool>(6).map_err(spi_failed)?.unwrap_or(false),
                     })
                 })
                 .collect()
@@ -359,9 +368,9 @@ fn collect_when_done(procedure: &'static str, job_id: i64) -> Result<bool, AiErr
         );
         return Ok(false);
     }
-    let mut answered = 0usize;
-    let mut failed = 0usize;
-    for (b, batch, target) in ended {
+    // Batch by batch, each committed with its answers and its cost: a CALL that stops half-way
+    // (a result file it cannot read now) leaves nothing to pay or count twice.
+    for (b, batch, target) in ended.into_iter().filter(|(b, _, _)| !b.collected) {
         let expected: Vec<(String, Expect)> =
             b.custom_ids.iter().map(|id| (id.clone(), expect_of(&b.expect))).collect();
         let results = backend::run(&target, |client, call| {
@@ -396,7 +405,16 @@ fn collect_when_done(procedure: &'static str, job_id: i64) -> Result<bool, AiErr
                     .collect()
             }
             // A batch that failed as a whole answers nothing, and costs nothing.
-            Err(e) => b.custom_ids.iter().map(|id| (id.clone(), Err(e.to_string()))).collect(),
+            Err(e @ AiError::BatchFailed { .. }) => b.custom_ids.iter().map(|id| (id.clone(), Err(e.to_string()))).collect(),
+            // Its answers are paid for but could not be read now (the network, a file larger
+            // than pg_bailian.max_response_size): nothing is given up; a later CALL reads
+            // them again (Bailian keeps result files, research §1.2).
+            Err(e) => {
+                return Err(AiError::invalid_with_hint(
+                    format!("{procedure}: job {job_id}: the results of batch {} could not be read: {e}", b.id),
+                    "Nothing is lost: CALL the job again to read them (raising pg_bailian.max_response_size if the file is larger than it).",
+                ))
+            }
         };
         as_catalog_owner(|| {
             Spi::connect_mut(|s| {
@@ -416,9 +434,20 @@ fn collect_when_done(procedure: &'static str, job_id: i64) -> Result<bool, AiErr
             })
         })
         .map_err(spi_failed)?;
-        answered += lines.iter().filter(|(_, k)| k.is_ok()).count();
-        failed += lines.iter().filter(|(_, k)| k.is_err()).count();
+        as_catalog_owner(|| {
+            Spi::connect_mut(|s| s.update(COLLECTED, None, &[b.id.as_str().into()]).map(|_| ()))
+        })
+        .map_err(spi_failed)?;
+        connection.commit();
     }
+    let (answered, failed): (i64, i64) = as_catalog_owner(|| {
+        Spi::connect(|s| {
+            let row = s.select(TALLY, Some(1), &[job_id.into()])?;
+            let row = row.first();
+            Ok::<_, pgrx::spi::Error>((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0)))
+        })
+    })
+    .map_err(spi_failed)?;
     set_job(job_id, "collected", Some(format!("{answered} answered, {failed} failed")))?;
     connection.commit();
     notice!("{procedure}: job {job_id}: Bailian's batches have ended: {answered} requests answered, {failed} failed; writing the rows");
