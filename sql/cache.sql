@@ -9,12 +9,13 @@ CREATE TABLE bailian.answer_cache (
     answer     bytea NOT NULL,
     created_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL
-);
--- Inline where the row fits a page (an embedding of up to about 1,900 dimensions): a lookup
--- reads the answer with its row, not from the TOAST table.
+)
+-- A row that fits a page (an answer up to about 8 kB: an embedding of up to about 1,900
+-- dimensions) is stored as it is, neither compressed (embeddings do not compress) nor moved
+-- to the TOAST table: kept without a compression attempt, read with its row.
+WITH (toast_tuple_target = 8160);
 -- No index on model_name: a lookup must go by key (a plan using the model's index would
 -- read every page of the model's answers); clearing a model's answers is rare.
-ALTER TABLE bailian.answer_cache ALTER COLUMN answer SET STORAGE MAIN;
 COMMENT ON TABLE bailian.answer_cache IS 'Answers of the deployments made with cache => true, by key (the SHA-256 of deployment, model, endpoint and request); read through ai_cache, emptied with ai_cache_clear, and of a model when it is undeployed. Not readable by PUBLIC.';
 REVOKE ALL ON bailian.answer_cache FROM PUBLIC;
 
