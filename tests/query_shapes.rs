@@ -28,7 +28,13 @@ fn make_r(c: &mut Client) {
 }
 
 fn setup(test: &str) -> (Client, Standin) {
-    let (mut c, _) = fresh_db(test);
+    let (mut c, db) = fresh_db(test);
+    // These tests count the calls each shape makes, batched and row by row; identical calls
+    // sent once (`pg_bailian.share_answers`, tests/paying_less.rs) would make fewer.
+    c.batch_execute(&format!(
+        "ALTER DATABASE {db} SET pg_bailian.share_answers = off; SET pg_bailian.share_answers = off"
+    ))
+    .unwrap();
     let s = standin();
     deploy(&mut c, &s, "chat", "qwen-plus", "");
     deploy(&mut c, &s, "emb", "text-embedding-v4", ", params => '{\"dimension\": 64}'");
