@@ -289,8 +289,10 @@ fn a_batched_select_over_large_rows_stays_within_the_memory_budget() {
         let (code, message) = error_of(c.batch_execute(sql));
         assert_eq!(code, "42501", "{sql}: {message}");
     }
+    // Sharing off: this is the read-ahead window's bound (the answers a statement shares are
+    // bounded apart, by a quarter of pg_bailian.max_batch_memory).
     let knobs = "SET pg_bailian.max_concurrency = 256; SET pg_bailian.max_read_ahead = 100000;
-                 SET pg_bailian.max_response_size = '1GB'";
+                 SET pg_bailian.max_response_size = '1GB'; SET pg_bailian.share_answers = off";
     c.batch_execute(knobs).unwrap();
     let plan: Vec<String> = c
         .query("EXPLAIN SELECT id, length(ai_gen('chat', body)) FROM big ORDER BY id", &[])
