@@ -335,21 +335,10 @@ fn inbox_files(dir: &Path) -> Vec<(AnswerKey, PathBuf)> {
         files.extend(
             entries
                 .filter_map(Result::ok)
-                .filter_map(|e| Some((parse_hex(e.file_name().to_str()?)?, e.path()))),
+                .filter_map(|e| Some((answers::from_hex(e.file_name().to_str()?)?, e.path()))),
         );
     }
     files
-}
-
-pub(crate) fn parse_hex(s: &str) -> Option<AnswerKey> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
 }
 
 /// Only one backend of a database moves the inbox at a time; a role without privileges on
@@ -535,15 +524,4 @@ pub fn clear_inbox(model_name: &str) -> i64 {
         }
     }
     n
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn keys_read_back_from_their_names() {
-        let key = [0xab; 32];
-        assert_eq!(super::parse_hex(&bailian_core::answers::hex(&key)), Some(key));
-        assert_eq!(super::parse_hex("tmp.1.2"), None);
-        assert_eq!(super::parse_hex(&"g".repeat(64)), None);
-    }
 }

@@ -77,6 +77,18 @@ pub fn hex(key: &AnswerKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The key `hex` wrote; None for any other text (a temporary file's name, a foreign id).
+pub fn from_hex(s: &str) -> Option<AnswerKey> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// An answer as the provider gave it, before a SQL function made its value of it (a chat
 /// outcome serves ai_gen, ai_chat and the task functions alike).
 #[derive(Clone, Debug, PartialEq)]
@@ -278,7 +290,11 @@ mod tests {
         );
         // Parts cannot run together: ("ab", "c") is not ("a", "bc").
         assert_ne!(embed_key("ab", &m, EmbedInput::Text("c")), embed_key("a", &m, EmbedInput::Text("bc")));
-        assert_eq!(hex(&embed_key("emb", &m, EmbedInput::Text("x"))).len(), 64);
+        let key = embed_key("emb", &m, EmbedInput::Text("x"));
+        assert_eq!(hex(&key).len(), 64);
+        assert_eq!(from_hex(&hex(&key)), Some(key));
+        assert_eq!(from_hex("tmp.1.2"), None);
+        assert_eq!(from_hex(&"g".repeat(64)), None);
     }
 
     #[test]

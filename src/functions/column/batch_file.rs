@@ -26,7 +26,7 @@ use crate::answers::batch::{self as collect, Collected};
 use crate::backend;
 use crate::catalog::{self, as_catalog_owner, spi_failed};
 use crate::spi::NonAtomicSpi;
-use bailian_core::answers::{self, AnswerKey, Kept};
+use bailian_core::answers::{self, Kept};
 use bailian_core::batchfile::{self, Answer, Batch, BatchStatus, CompletionWindow, Expect, Limits};
 use bailian_core::meter::Meter;
 use bailian_core::AiError;
@@ -419,7 +419,7 @@ fn collect_when_done(procedure: &'static str, job_id: i64) -> Result<bool, AiErr
         as_catalog_owner(|| {
             Spi::connect_mut(|s| {
                 for (id, kept) in &lines {
-                    let Some(key) = key_of(id) else { continue };
+                    let Some(key) = answers::from_hex(id) else { continue };
                     let (answer, error) = match kept {
                         Ok(k) => (Some(answers::encode(k, &Default::default())), None),
                         Err(e) => (None, Some(e.clone())),
@@ -459,17 +459,6 @@ fn expect_of(stored: &str) -> Expect {
         Some(d) => Expect::Embeddings { inputs: 1, dimension: d.parse().ok() },
         None => Expect::Chat,
     }
-}
-
-fn key_of(hex: &str) -> Option<AnswerKey> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(key)
 }
 
 /// Writes the rows from the kept answers, then closes the job.
