@@ -199,25 +199,44 @@ fn rate_limited() -> Row {
     );
     let start = Instant::now();
     c.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb')").unwrap();
-    let minutes = start.elapsed().as_secs_f64() / 60.0;
-    let stats = s.stats();
-    let ok = stats.by_status.get(&200).copied().unwrap_or(0) as f64;
-    let too_many = stats.by_status.get(&429).copied().unwrap_or(0) as f64;
-    let share_429 = too_many / stats.requests.max(1) as f64;
-    let per_minute = ok / minutes;
-    let ratio = per_minute / f64::from(RPM);
+    let Limited { per_minute, too_many, share_429, requests, ratio } = limited(&s, start, RPM);
     Row {
         scenario: "rate limit: 600 requests/min at client and stand-in, 6,000 rows",
         command: sql,
         measured: format!(
             "{per_minute:.0} requests/min, {:.2} % answered 429 ({too_many:.0} of {})",
             share_429 * 100.0,
-            stats.requests
+            requests
         ),
         baseline: format!("limit {RPM} requests/min"),
         ratio,
         target: "≥ 0.90 of limit, ≤ 1 % 429",
         pass: ratio >= 0.9 && share_429 <= 0.01,
+    }
+}
+
+/// What a rate-limited run achieved against the stand-in's limit of `rpm`.
+struct Limited {
+    per_minute: f64,
+    too_many: f64,
+    share_429: f64,
+    requests: u64,
+    /// per_minute against the limit.
+    ratio: f64,
+}
+
+fn limited(s: &Standin, start: Instant, rpm: u32) -> Limited {
+    let minutes = start.elapsed().as_secs_f64() / 60.0;
+    let stats = s.stats();
+    let ok = stats.by_status.get(&200).copied().unwrap_or(0) as f64;
+    let too_many = stats.by_status.get(&429).copied().unwrap_or(0) as f64;
+    let per_minute = ok / minutes;
+    Limited {
+        per_minute,
+        too_many,
+        share_429: too_many / stats.requests.max(1) as f64,
+        requests: stats.requests,
+        ratio: per_minute / f64::from(rpm),
     }
 }
 
@@ -251,20 +270,14 @@ fn shared_limit() -> Row {
     for w in workers {
         w.join().unwrap();
     }
-    let minutes = start.elapsed().as_secs_f64() / 60.0;
-    let stats = s.stats();
-    let ok = stats.by_status.get(&200).copied().unwrap_or(0) as f64;
-    let too_many = stats.by_status.get(&429).copied().unwrap_or(0) as f64;
-    let share_429 = too_many / stats.requests.max(1) as f64;
-    let per_minute = ok / minutes;
-    let ratio = per_minute / f64::from(RPM);
+    let Limited { per_minute, too_many, share_429, requests, ratio } = limited(&s, start, RPM);
     Row {
         scenario: "shared limit: 4 sessions x 160 rows at once, 600 requests/min at deployment and stand-in",
         command: sql,
         measured: format!(
             "{per_minute:.0} requests/min together, {:.2} % answered 429 ({too_many:.0} of {})",
             share_429 * 100.0,
-            stats.requests
+            requests
         ),
         baseline: format!("limit {RPM} requests/min (before issue 19, two sessions got 43 % 429s)"),
         ratio,
@@ -955,11 +968,118 @@ fn sync() -> Vec<Row> {
     ]
 }
 
+/// A session on the benchmark's Citus cluster (scripts/lib.sh, citus_cluster_start).
+fn connect_port(port: u16) -> Client {
+    Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), NoTls)
+        .expect("connect to the Citus cluster scripts/bench.sh starts")
+}
+
+/// A distributed table of `rows` texts on the Citus cluster.
+fn dist_table(c: &mut Client, name: &str, rows: u32, extra: &str) {
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {name};
+         CREATE TABLE {name} (id int PRIMARY KEY, body text, emb real[], answer text);
+         SELECT create_distributed_table('{name}', 'id'{extra});
+         INSERT INTO {name} SELECT g, 'row ' || g || ' of the benchmark, about topic ' || (g % 97), NULL, NULL
+           FROM generate_series(1, {rows}) g"
+    ))
+    .unwrap();
+}
+
+/// pg_bailian on a Citus cluster (a coordinator and two workers, scripts/lib.sh): how CALL
+/// ai_update on a distributed table scales with the workers that hold its shards when the
+/// provider is not the limit, and that the nodes together keep to one rate limit.
+fn citus() -> Vec<Row> {
+    let Ok(ports) = std::env::var("PG_BAILIAN_CITUS_PORTS") else {
+        eprintln!("  skipped: no Citus cluster here (Citus is built for PostgreSQL 15 only)");
+        return Vec::new();
+    };
+    let ports: Vec<u16> = ports.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let mut c = connect_port(ports[0]);
+    c.batch_execute("DROP EXTENSION IF EXISTS pg_bailian CASCADE; CREATE EXTENSION pg_bailian").unwrap();
+    c.batch_execute("SELECT count(*) FROM ai_citus_enable()").unwrap();
+    vec![citus_scale_out(&mut c, ports[2]), citus_shared_limit(&mut c)]
+}
+
+fn citus_deploy(c: &mut Client, name: &str, model_type: &str, s: &Standin, extra: &str) {
+    // A key from the servers' environment: no master key to copy to the workers.
+    c.batch_execute(&format!(
+        "SELECT ai_deploy_model('{name}', '{model_type}', 'env:PG_BAILIAN_DEMO_KEY', base_url => '{}', replace => true{extra})",
+        s.base_url()
+    ))
+    .unwrap();
+}
+
+fn citus_scale_out(c: &mut Client, second_worker: u16) -> Row {
+    const N: u32 = 2_000;
+    let s = standin(100, None);
+    citus_deploy(c, "chat", "qwen-flash", &s, "");
+    // The same table twice: its shards on one worker, then on both.
+    c.batch_execute(&format!(
+        "SELECT citus_set_node_property('127.0.0.1', {second_worker}, 'shouldhaveshards', false)"
+    ))
+    .unwrap();
+    dist_table(c, "one_worker", N, ", colocate_with => 'none'");
+    c.batch_execute(&format!(
+        "SELECT citus_set_node_property('127.0.0.1', {second_worker}, 'shouldhaveshards', true)"
+    ))
+    .unwrap();
+    dist_table(c, "two_workers", N, ", colocate_with => 'none'");
+    let fill = |c: &mut Client, table: &str| {
+        let start = Instant::now();
+        c.batch_execute(&format!("CALL ai_update('{table}', 'answer', $$ai_gen('chat', body)$$)")).unwrap();
+        let took = start.elapsed().as_secs_f64();
+        let filled: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table} WHERE answer IS NOT NULL"), &[])
+            .unwrap()
+            .get(0);
+        (f64::from(N) / took, filled == i64::from(N))
+    };
+    let (one, one_ok) = fill(c, "one_worker");
+    let (two, two_ok) = fill(c, "two_workers");
+    let ratio = two / one;
+    Row {
+        scenario: "Citus scale-out: CALL ai_update on a distributed table, 2,000 rows, 100 ms latency, no rate limit",
+        command: "CALL ai_update('two_workers', 'answer', $$ai_gen('chat', body)$$)  -- 8 shards on 2 workers".into(),
+        measured: format!("{two:.0} rows/s with the shards on 2 workers"),
+        baseline: format!("{one:.0} rows/s with the same table's shards on 1 worker (16 requests in flight per node)"),
+        ratio,
+        target: "≥ 1.6x with 2 workers (ideal 2x)",
+        pass: one_ok && two_ok && ratio >= 1.6,
+    }
+}
+
+fn citus_shared_limit(c: &mut Client) -> Row {
+    const N: u32 = 3_000;
+    const RPM: u32 = 600;
+    let s = standin(50, Some(RPM));
+    citus_deploy(c, "emb", "text-embedding-v4", &s, &format!(", requests_per_minute => {RPM}"));
+    dist_table(c, "limited", N, "");
+    let sql = format!("CALL ai_update('limited', 'emb', $$ai_embed('emb', body)$$)  -- on both workers at once; deployed with requests_per_minute => {RPM}, stand-in limit {RPM}/min");
+    let start = Instant::now();
+    c.batch_execute("CALL ai_update('limited', 'emb', $$ai_embed('emb', body)$$)").unwrap();
+    let filled: i64 = c.query_one("SELECT count(*) FROM limited WHERE emb IS NOT NULL", &[]).unwrap().get(0);
+    let Limited { per_minute, too_many, share_429, requests, ratio } = limited(&s, start, RPM);
+    Row {
+        scenario: "Citus shared limit: CALL ai_update on a distributed table on 2 workers at once, 3,000 rows, 600 requests/min at deployment and stand-in",
+        command: sql,
+        measured: format!(
+            "{per_minute:.0} requests/min from both workers together, {:.2} % answered 429 ({too_many:.0} of {}), {filled} rows filled",
+            share_429 * 100.0,
+            requests
+        ),
+        baseline: format!("limit {RPM} requests/min for the account (each node alone would send {RPM})"),
+        ratio,
+        target: "≥ 0.90 of limit, ≤ 0.5 % 429",
+        pass: filled == i64::from(N) && ratio >= 0.9 && share_429 <= 0.005,
+    }
+}
+
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     type Scenario = (&'static str, fn() -> Vec<Row>);
-    let scenarios: [Scenario; 15] = [
+    let scenarios: [Scenario; 16] = [
         ("overhead", || vec![overhead()]),
         ("throughput", || vec![embed_throughput()]),
         ("generation", || vec![gen_throughput()]),
@@ -975,6 +1095,7 @@ fn main() {
         ("shapes", shapes),
         ("sync", sync),
         ("paying_less", paying_less),
+        ("citus", citus),
     ];
     let mut rows = Vec::new();
     for (name, run) in scenarios {

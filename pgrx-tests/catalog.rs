@@ -258,7 +258,9 @@ fn a_role_without_grants_cannot_reach_a_key() {
     // the caller's rights and ownership themselves), Hologres' forms (model-less
     // calls, prompt(), list_external_models()), bailian.default_prompts() and
     // bailian.default_model_choices() (the ai_prompts and ai_default_models views call them
-    // with the caller's rights); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
+    // with the caller's rights), ai_citus_check() (which asks the nodes as the caller) and the
+    // per-node part of a column job, bailian.refuse_on_worker(text) (ai_prices' trigger, run
+    // by whoever writes ai_prices: it only raises an error); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
     // register/delete_external_model, and no other internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
@@ -271,7 +273,8 @@ fn a_role_without_grants_cannot_reach_a_key() {
     .unwrap();
     assert_eq!(
         executable,
-        "ai_batch_cancel(bigint), ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_classify(text,text,text[]), \
+        "ai_batch_cancel(bigint), ai_chat(text,jsonb,jsonb), ai_chunk(text,integer,integer), ai_citus_check(), \
+         ai_classify(text,text,text[]), \
          ai_classify(text,text[]), ai_count_tokens(text,text), ai_drop_budget(name,text), \
          ai_embed(text), ai_embed(text,bytea,text), ai_embed(text,text), \
          ai_embed_batch(text,text[]), ai_embed_column(regclass,name,name,text,integer,text), \
@@ -288,9 +291,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_supported_models(), ai_sync_chunks(text,regclass,text,name,text,integer,integer), \
          ai_sync_create(text,regclass,name,text,text,boolean), ai_sync_drop(text), ai_sync_pause(text), \
          ai_sync_resume(text), ai_sync_run(text), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
-         ai_update(regclass,name,text,integer,text,text), bailian.activity_rows(), \
+         ai_update(regclass,name,text,integer,text,text), \
+         ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text), bailian.activity_rows(), \
          bailian.budget_spent(), bailian.cache_rows(), bailian.default_model_choices(), bailian.default_prompts(), \
-         bailian.rate_limit_rows(), bailian.scope(), bailian.usage_rows(), list_external_models(), \
+         bailian.rate_limit_rows(), bailian.refuse_on_worker(text), bailian.scope(), bailian.usage_rows(), list_external_models(), \
          prompt(text,text[])"
     );
 

@@ -3,7 +3,8 @@
 # overhead, column throughput for embeddings and generation, the rate limit, memory, and
 # batched queries (UPDATE with ai_embed, ai_gen under a LIMIT, batching overhead, the query
 # shapes of filters, aggregates and sorts against row by row), and CALL ai_update against
-# ai_embed_column.
+# ai_embed_column; on a Citus cluster (coordinator and two workers), ai_update's scale-out and
+# one rate limit shared by the nodes.
 # Prints a table and records it, with the command, in benches/RESULTS.md.
 #   bash scripts/bench.sh                 # all scenarios (about 14 minutes after the build)
 #   bash scripts/bench.sh overhead memory # some of them
@@ -15,7 +16,9 @@ install_extension --release
 say "building the benchmark driver"
 cargo build --release -q -p pg_bailian_bench
 cluster_start
-trap 'cluster_stop' EXIT
+trap 'cluster_stop; citus_cluster_stop' EXIT
+# The Citus scenarios' cluster (PostgreSQL 15 with Citus built from ../shared/vendor only).
+case " ${*:-citus} " in *" citus "*) citus_cluster_start ;; esac
 
 TABLE="$(mktemp)"
 say "running: target/release/pg_bailian_bench $*"

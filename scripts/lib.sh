@@ -175,6 +175,21 @@ ensure_cargo_pgrx() {
 # Debian 12 has none, and the 16 wheel carries 0.6.2, so here 0.8.6 is built from a vendored
 # source release when one is at hand: $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the
 # checkout or beside its local origin. Into a wheel's tree it goes without root.
+# The path of a vendored source release named $1, or nothing: in $PG_BAILIAN_VENDOR_DIR, or in
+# ../shared/vendor beside the checkout or beside its local origin (a clone of a local checkout,
+# git clone . /tmp/x, has ../shared beside its origin).
+vendored() {
+    local origin dir
+    origin="$(git -C "$REPO" remote get-url origin 2>/dev/null || true)"
+    [ -d "$origin" ] || origin=""
+    for dir in "${PG_BAILIAN_VENDOR_DIR:-}" "$REPO/../shared/vendor" ${origin:+"$origin/../shared/vendor"}; do
+        if [ -n "$dir" ] && [ -f "$dir/$1" ]; then
+            echo "$dir/$1"
+            return
+        fi
+    done
+}
+
 PGVECTOR_VERSION=0.8.6
 ensure_pgvector() {
     local control have=""
@@ -189,16 +204,8 @@ ensure_pgvector() {
         export PG_BAILIAN_PGVECTOR=installed
         return
     fi
-    local tarball="" origin=""
-    # A clone of a local checkout (git clone . /tmp/x) has ../shared beside its origin.
-    origin="$(git -C "$REPO" remote get-url origin 2>/dev/null || true)"
-    [ -d "$origin" ] || origin=""
-    for dir in "${PG_BAILIAN_VENDOR_DIR:-}" "$REPO/../shared/vendor" ${origin:+"$origin/../shared/vendor"}; do
-        if [ -n "$dir" ] && [ -f "$dir/pgvector-$PGVECTOR_VERSION.tar.gz" ]; then
-            tarball="$dir/pgvector-$PGVECTOR_VERSION.tar.gz"
-            break
-        fi
-    done
+    local tarball
+    tarball="$(vendored "pgvector-$PGVECTOR_VERSION.tar.gz")"
     if [ -z "$tarball" ]; then
         echo "note: pgvector ${have:-is not installed}${have:+ has no halfvec} and no pgvector-$PGVECTOR_VERSION.tar.gz was found;" \
             "tests of vector targets will be skipped" >&2
@@ -216,11 +223,59 @@ ensure_pgvector() {
     export PG_BAILIAN_PGVECTOR=installed
 }
 
+# Citus, for the tests of pg_bailian on a Citus cluster (tests/citus.rs). A user's machine
+# installs Citus' own packages; here Citus 13.2.2 (the last release for PostgreSQL 15) is built
+# from a vendored source release into Debian's PostgreSQL 15, as ../shared/vendor/README says,
+# when it is at hand. Elsewhere (16, 18, or no tarball) the Citus tests say SKIP and why.
+CITUS_VERSION=13.2.2
+ensure_citus() {
+    export PG_BAILIAN_CITUS=missing
+    if [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ]; then
+        export PG_BAILIAN_CITUS=installed
+        return
+    fi
+    if [ "$PG_SOURCE" != debian ] || [ "$PG_MAJOR" != 15 ]; then
+        echo "note: no Citus for PostgreSQL $PG_MAJOR here (the vendored $CITUS_VERSION is built for 15 only); the Citus tests will be skipped" >&2
+        return
+    fi
+    local tarball
+    tarball="$(vendored "citus-$CITUS_VERSION.tar.gz")"
+    if [ -z "$tarball" ]; then
+        echo "note: Citus is not installed and no citus-$CITUS_VERSION.tar.gz was found; the Citus tests will be skipped" >&2
+        return
+    fi
+    local missing=()
+    for p in liblz4-dev libzstd-dev libcurl4-openssl-dev libkrb5-dev; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages for Citus: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    say "building Citus $CITUS_VERSION from $tarball (about a minute)"
+    local build
+    build="$(mktemp -d)"
+    tar xzf "$tarball" -C "$build"
+    (
+        cd "$build/citus-$CITUS_VERSION"
+        # PostgreSQL 15.20 exports have_createdb_privilege, which Citus' compatibility header
+        # also defines for majors before 16: the header's copy is renamed.
+        sed -i 's/^have_createdb_privilege(void)$/citus_have_createdb_privilege_compat(void)/' src/include/pg_version_compat.h
+        ./configure -q PG_CONFIG="$PG_CONFIG" >/dev/null
+        make -s -j"$(nproc)" >/dev/null 2>&1
+        as_root make -s install >/dev/null
+    ) || { echo "note: building Citus failed; the Citus tests will be skipped" >&2; rm -rf "$build"; return; }
+    rm -rf "$build"
+    export PG_BAILIAN_CITUS=installed
+}
+
 ensure_toolchain() {
     ensure_packages
     ensure_postgres
     ensure_cargo_pgrx
     ensure_pgvector
+    ensure_citus
 }
 
 # Installs the extension into the server of PG_MAJOR (pass --release for an optimized build).
@@ -375,3 +430,52 @@ cluster_stop() {
 
 # Runs psql against the throwaway cluster.
 psql_run() { "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+
+# A Citus cluster of the scripts' own for the benchmark: a coordinator and two workers on the
+# ports after PGPORT, made afresh in $RUN_DIR/citus-<n> (each run starts from empty nodes),
+# preloading citus then pg_bailian, the coordinator in the metadata. Exports
+# PG_BAILIAN_CITUS_PORTS ("coordinator worker1 worker2"); nothing when Citus is missing.
+citus_cluster_start() {
+    [ "${PG_BAILIAN_CITUS:-}" = installed ] || return 0
+    prepare_run_dir
+    local ports=() i port dir
+    for i in 0 1 2; do
+        port=$((PGPORT + 1 + i))
+        dir="$RUN_DIR/citus-$i"
+        pg_as_postgres "$PG_BIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null 2>&1 || true
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        chown postgres:postgres "$dir"
+        pg_as_postgres "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+        cat >>"$dir/postgresql.conf" <<EOC
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir'
+max_connections = 100
+shared_buffers = 64MB
+fsync = off
+shared_preload_libraries = 'citus,pg_bailian'
+citus.node_conninfo = 'sslmode=disable'
+citus.shard_count = 8
+pg_bailian.allowed_hosts = 'http://127.0.0.1, http://localhost'
+EOC
+        pg_as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/log" -w -t 60 start >/dev/null
+        "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -c "CREATE EXTENSION citus" postgres
+        ports+=("$port")
+    done
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${ports[0]}" -U postgres postgres >/dev/null <<EOS
+SELECT citus_set_coordinator_host('127.0.0.1', ${ports[0]});
+SELECT citus_add_node('127.0.0.1', ${ports[1]});
+SELECT citus_add_node('127.0.0.1', ${ports[2]});
+EOS
+    export PG_BAILIAN_CITUS_PORTS="${ports[*]}"
+    say "Citus cluster for the benchmark: coordinator 127.0.0.1:${ports[0]}, workers ${ports[1]}, ${ports[2]}"
+}
+
+citus_cluster_stop() {
+    [ -n "${PG_BAILIAN_CITUS_PORTS:-}" ] || return 0
+    local i
+    for i in 0 1 2; do
+        pg_as_postgres "$PG_BIN/pg_ctl" -D "$RUN_DIR/citus-$i" -m fast -w stop >/dev/null 2>&1 || true
+    done
+}

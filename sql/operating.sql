@@ -54,6 +54,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- On a Citus worker the catalog is not changed (the coordinator's reaches every node).
+    PERFORM bailian.refuse_on_worker('ai_prices');
     IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         DELETE FROM bailian.prices WHERE model_type OPERATOR(pg_catalog.=) OLD.model_type;
         RETURN OLD;

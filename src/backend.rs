@@ -191,7 +191,13 @@ fn limiter_for(d: &Deployment, key: &ApiKey) -> Option<Arc<Limiter>> {
         return None;
     }
     let bucket = BucketKey::new(key.expose().as_bytes(), d.spec.model_type, &d.host());
-    let (rpm, tpm) = (limits.requests_per_minute, limits.tokens_per_minute);
+    // On a Citus cluster every node limits itself to its share, so the nodes together keep to
+    // the account's limit (`crate::citus::rate_share`).
+    let share = crate::citus::rate_share();
+    let (rpm, tpm) = (
+        crate::citus::shared_limit(limits.requests_per_minute, share),
+        crate::citus::shared_limit(limits.tokens_per_minute, share),
+    );
     if let Some(l) = crate::shared::region().buckets.limiter(bucket, rpm, tpm) {
         return Some(Arc::new(l));
     }

@@ -29,9 +29,10 @@ const SCHEMA: &str = "bailian";
 
 /// Runs `f` as the owner of the catalog schema, restoring the caller's identity afterwards,
 /// also when `f` raises an error. Every query run this way must name schemas and operators
-/// explicitly: the caller's search_path is still in effect.
+/// explicitly: the caller's search_path is still in effect. On a Citus cluster the catalogs
+/// are reference tables, which these queries may read from inside a shard query (`crate::citus`).
 pub(crate) fn as_catalog_owner<T>(f: impl FnOnce() -> T) -> T {
-    as_role(catalog_owner(), f)
+    as_role(catalog_owner(), || crate::citus::with_catalog_reads(f))
 }
 
 /// The owner of the catalog schema.
@@ -143,6 +144,14 @@ fn master_key(create: bool) -> Result<Arc<MasterKey>, AiError> {
     let key = Arc::new(if create { MasterKey::load_or_create(&path)? } else { MasterKey::load(&path)? });
     MASTER.with(|m| *m.borrow_mut() = Some((path, key.clone())));
     Ok(key)
+}
+
+/// The id of this server's master key; None when its file does not exist (not created here).
+pub(crate) fn master_key_id() -> Result<Option<String>, AiError> {
+    if !crate::guc::master_key_file().exists() {
+        return Ok(None);
+    }
+    Ok(Some(master_key(false)?.id()))
 }
 
 pub(crate) fn spi_failed(e: pgrx::spi::SpiError) -> AiError {
@@ -273,7 +282,10 @@ pub fn load(name: &str) -> Result<Arc<Deployment>, AiError> {
         KeySource::from_stored(&stored_key, |sealed| master_key(false)?.open(sealed, name)).map_err(|e| {
             match e {
                 AiError::MasterKey { message, hint } => AiError::MasterKey {
-                    message: format!("cannot decrypt the API key of model \"{name}\": {message}"),
+                    message: format!(
+                        "cannot decrypt the API key of model \"{name}\"{}: {message}",
+                        crate::citus::where_suffix()
+                    ),
                     hint,
                 },
                 other => other,
@@ -612,6 +624,7 @@ pub fn set_default_model(
     model: Option<&str>,
     fits: impl FnOnce(&'static bailian_core::registry::ModelSpec) -> Result<(), AiError>,
 ) -> Result<(), AiError> {
+    crate::citus::refuse_on_worker("ai_set_default_model")?;
     let (caller, caller_name) = current_user();
     let done = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
@@ -734,6 +747,7 @@ ON CONFLICT (model_name) DO UPDATE SET api_key = EXCLUDED.api_key";
 /// Stores `d`; an existing model of that name is replaced only when `replace` is true and the
 /// caller may manage it. Returns whether a model was replaced.
 pub fn deploy(d: &Deployment, replace: bool) -> Result<bool, AiError> {
+    crate::citus::refuse_on_worker("ai_deploy_model")?;
     let (caller, caller_name) = current_user();
     // Sealed before switching identity: the key file belongs to the server, not to a role.
     let master = match &d.key {
@@ -830,6 +844,7 @@ pub fn set_prompt(
     prompt: Option<&str>,
     fits: impl FnOnce(&'static bailian_core::registry::ModelSpec) -> Result<(), AiError>,
 ) -> Result<(), AiError> {
+    crate::citus::refuse_on_worker("ai_set_prompt")?;
     let (caller, caller_name) = current_user();
     let done = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
@@ -921,8 +936,20 @@ pub fn clear_cache(name: &str) -> Result<i64, AiError> {
     })
 }
 
+/// Whether this catalog has the answer cache (0.6 on; the library may run against an older one).
+fn cache_table_exists(client: &pgrx::spi::SpiClient<'_>) -> Result<bool, AiError> {
+    Ok(client
+        .select("SELECT pg_catalog.to_regclass('bailian.answer_cache') IS NOT NULL", Some(1), &[])
+        .map_err(spi_failed)?
+        .first()
+        .get_one::<bool>()
+        .map_err(spi_failed)?
+        .unwrap_or(false))
+}
+
 /// Removes the model named `name`; false when there was none.
 pub fn undeploy(name: &str) -> Result<bool, AiError> {
+    crate::citus::refuse_on_worker("ai_undeploy_model")?;
     let (caller, _) = current_user();
     let removed = as_catalog_owner(|| {
         Spi::connect_mut(|client| {
@@ -931,15 +958,24 @@ pub fn undeploy(name: &str) -> Result<bool, AiError> {
             if !may_manage(caller, &owner) {
                 return Err(not_owner(name, &owner, "undeploy"));
             }
-            client
-                .update(
-                    "DELETE FROM bailian.models WHERE model_name OPERATOR(pg_catalog.=) $1",
-                    None,
-                    &[name.into()],
-                )
-                .map_err(spi_failed)?;
-            // Its cached answers go with it (the table's by the foreign key): a model deployed
-            // later under this name, perhaps by another role, must not be given them.
+            // What belongs to the model goes with it. The foreign keys would cascade, but
+            // ai_citus_enable() drops them: Citus allows none from the local answer cache to a
+            // reference table, and those among reference tables clash with the workers' copies.
+            let mut tables = vec!["model_keys", "prompts", "default_models", "budgets"];
+            if cache_table_exists(client)? {
+                tables.push("answer_cache");
+            }
+            for table in tables.into_iter().chain(["models"]) {
+                client
+                    .update(
+                        &format!("DELETE FROM bailian.{table} WHERE model_name OPERATOR(pg_catalog.=) $1"),
+                        None,
+                        &[name.into()],
+                    )
+                    .map_err(spi_failed)?;
+            }
+            // Its cached answers go with it: a model deployed later under this name, perhaps by
+            // another role, must not be given them.
             crate::answers::cache::clear_inbox(name);
             Ok::<_, AiError>(true)
         })

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 mod answers;
 mod backend;
 mod catalog;
+mod citus;
 mod entry;
 mod executor;
 mod functions;
@@ -31,6 +32,7 @@ extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["functions
 extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["procedures"]);
 extension_sql_file!("../sql/cache.sql", name = "cache", requires = ["catalog"]);
 extension_sql_file!("../sql/batches.sql", name = "batches", requires = ["catalog"]);
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["procedures", "operating"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

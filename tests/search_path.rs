@@ -301,6 +301,19 @@ fn run_everything(
     assert!(cleared > 0);
     let e = error_of(c.query("SELECT ai_batch_cancel(0)", &[]));
     assert!(e.1.contains("no batch job 0"), "{e:?}");
+    // The Citus routines, on a server without Citus: each runs as far as its check (tests/citus.rs
+    // runs them on a cluster).
+    for sql in ["SELECT * FROM ai_citus_enable()", "SELECT * FROM ai_citus_check()"] {
+        let e = error_of(c.query(sql, &[]));
+        assert!(e.1.contains("citus extension is not installed"), "{sql}: {e:?}");
+    }
+    let e = error_of(c.batch_execute(
+        "CALL ai_update_local_shards('public.docs', 'emb', $$ai_embed('emb', body)$$, 10, NULL, 'ai_update', 1)",
+    ));
+    assert!(e.1.contains("not a node of a Citus cluster"), "{e:?}");
+    let probe: String = c.query_one("SELECT bailian.json_probe()", &[]).unwrap().get(0);
+    assert!(probe.contains("\"preloaded\" : true") && probe.contains("\"key\""), "{probe}");
+    c.batch_execute("SELECT bailian.refuse_on_worker('a test')").unwrap();
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
@@ -375,6 +388,12 @@ fn run_everything(
         "bailian.rate_limit_rows()",
         "ai_estimate(text)",
         "bailian.set_price()",
+        "ai_citus_enable()",
+        "ai_citus_check()",
+        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text)",
+        "bailian.json_probe()",
+        "bailian.master_key_id()",
+        "bailian.refuse_on_worker(text)",
     ]
 }
 

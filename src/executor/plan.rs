@@ -31,12 +31,22 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: std::ffi::c_int,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    // SAFETY: the arguments are the planner's own, passed on unchanged.
-    let stmt = unsafe {
+    // SAFETY: the arguments are the planner's own, passed on unchanged. The previous hook is a
+    // plain C function pointer: its errors become Rust panics only through the FFI guard.
+    let plan = || unsafe {
         match PREV_PLANNER {
-            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+            Some(prev) => {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound_params))
+            }
             None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
         }
+    };
+    let stmt = if crate::citus::loaded() {
+        // SAFETY: query_string is NULL or the statement's NUL-terminated text.
+        let text = unsafe { (!query_string.is_null()).then(|| std::ffi::CStr::from_ptr(query_string)) };
+        citus_modification_errors(plan, text)
+    } else {
+        plan()
     };
     let marked = capture::is_marked(query_string);
     if (crate::guc::batch_execution() || marked) && !stmt.is_null() {
@@ -44,6 +54,40 @@ unsafe extern "C-unwind" fn planner(
         unsafe { rewrite(stmt, cursor_options as u32 & pg_sys::CURSOR_OPT_SCROLL != 0, marked) };
     }
     stmt
+}
+
+/// Citus refuses an UPDATE (or DELETE, MERGE) of a distributed or reference table that calls a
+/// VOLATILE function, as every AI function is: its own error says nothing of what to do
+/// instead. For a statement calling an AI function, the error names `ai_update`.
+fn citus_modification_errors(
+    plan: impl FnOnce() -> *mut pg_sys::PlannedStmt + std::panic::UnwindSafe,
+    text: Option<&std::ffi::CStr>,
+) -> *mut pg_sys::PlannedStmt {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+    pgrx::PgTryBuilder::new(plan)
+        .catch_others(|e| match &e {
+            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
+                if (report.message().contains("must not be VOLATILE")
+                    || report.message().contains("STABLE functions used in UPDATE queries"))
+                    && text.is_some_and(|t| t.to_string_lossy().to_lowercase().contains("ai_")) =>
+            {
+                ErrorReport::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "AI functions cannot be called in an UPDATE of a Citus distributed or reference table: {}",
+                        report.message()
+                    ),
+                    "pg_bailian",
+                )
+                .set_hint(
+                    "CALL ai_update('table', 'column', $$<expression>$$) fills the column on the nodes that hold its shards, committing as it goes (ai_embed_column and ai_gen_column too).",
+                )
+                .report(pgrx::PgLogLevel::ERROR);
+                unreachable!("an ERROR does not return")
+            }
+            _ => e.rethrow(),
+        })
+        .execute()
 }
 
 /// How many rows the consumer of a node's output will take.

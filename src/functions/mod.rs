@@ -4,6 +4,7 @@
 mod batch;
 mod cache;
 pub(crate) mod calls;
+mod citus;
 pub(crate) mod column;
 mod defaults;
 mod deploy;

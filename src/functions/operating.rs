@@ -217,6 +217,7 @@ SELECT p.input_price IS NOT NULL FROM bailian.models m
 /// `role` (NULL: every role) on `model_name` (NULL: every model). Returns its id.
 fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     const F: &str = "ai_set_budget";
+    crate::citus::refuse_on_worker(F)?;
     let role = name_arg(fcinfo, 0);
     let model = arg::<String>(fcinfo, 1);
     let limit = arg::<pgrx::AnyNumeric>(fcinfo, 2);
@@ -344,6 +345,7 @@ RETURNING id";
 /// ai_drop_budget(role, model_name): removes that budget; false if there was none.
 fn drop_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     const F: &str = "ai_drop_budget";
+    crate::citus::refuse_on_worker(F)?;
     let role = name_arg(fcinfo, 0);
     let model = arg::<String>(fcinfo, 1);
     let role_oid = may_budget(F, role.as_deref(), model.as_deref())?;
@@ -413,7 +415,16 @@ fn rate_limit_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Da
     for name in catalog::model_names()? {
         let Ok(d) = catalog::load(&name) else { continue };
         let limits = d.effective_limits(documented);
-        let source = limits.describe();
+        let mut source = limits.describe();
+        // On a Citus cluster, this node's pace: its share of the limit (`crate::citus`).
+        let share = crate::citus::rate_share();
+        if share < 1.0 && (limits.requests_per_minute.is_some() || limits.tokens_per_minute.is_some()) {
+            source = format!("{source}; this Citus node's share: {:.0} %", share * 100.0);
+        }
+        let (rpm, tpm) = (
+            crate::citus::shared_limit(limits.requests_per_minute, share),
+            crate::citus::shared_limit(limits.tokens_per_minute, share),
+        );
         let bucket = d.key.resolve_with(&d.name, crate::guc::policy).ok().and_then(|key| {
             let k =
                 bailian_core::shared::BucketKey::new(key.expose().as_bytes(), d.spec.model_type, &d.host());
@@ -423,8 +434,8 @@ fn rate_limit_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Da
             scope.into_datum(),
             name.into_datum(),
             d.spec.model_type.into_datum(),
-            limits.requests_per_minute.map(i64::from).into_datum(),
-            limits.tokens_per_minute.map(i64::from).into_datum(),
+            rpm.map(i64::from).into_datum(),
+            tpm.map(i64::from).into_datum(),
             source.into_datum(),
             bucket.map(|b| b.requests as i64).into_datum(),
             bucket.map(|b| b.throttled as i64).into_datum(),

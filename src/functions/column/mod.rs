@@ -82,6 +82,7 @@ mod batch_file;
 mod chunk;
 mod claims;
 mod progress;
+mod shards;
 pub(crate) mod table;
 
 use super::generate::call_params;
@@ -108,6 +109,7 @@ sql_entry!(pg_finfo_pg_bailian_update, pg_bailian_update, update);
 sql_entry!(pg_finfo_pg_bailian_embed_column, pg_bailian_embed_column, embed_column);
 sql_entry!(pg_finfo_pg_bailian_gen_column, pg_bailian_gen_column, gen_column);
 sql_entry!(pg_finfo_pg_bailian_batch_cancel, pg_bailian_batch_cancel, batch_cancel);
+sql_entry!(pg_finfo_pg_bailian_update_local_shards, pg_bailian_update_local_shards, shards::local_shards);
 
 /// How a row whose expression gave NULL is reported.
 pub(crate) const NULL_VALUE: &str = "the expression gave NULL";
@@ -325,6 +327,37 @@ fn mode_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
 
 /// A job live, or through the Batch File API when it has a batch identity.
 fn run_in(job: Job, batch: Option<batch_file::Identity>) -> Result<Option<pg_sys::Datum>, AiError> {
+    // On a Citus coordinator, a distributed table is filled by the nodes that hold its shards.
+    if let Some(kind) = shards::kind(job.table.oid)? {
+        return match kind {
+            shards::Kind::Reference if batch.is_some() => Err(shards::refused(
+                job.procedure,
+                &job.table.shown,
+                "a reference table, which mode => 'batch' does not fill",
+            )),
+            shards::Kind::Reference => shards::fill_reference(job),
+            shards::Kind::Replicated(what) => Err(shards::refused(job.procedure, &job.table.shown, what)),
+            shards::Kind::Distributed if batch.is_some() => Err(AiError::InvalidArgument {
+                message: format!(
+                    "{}: mode => 'batch' is not supported on a distributed table (its shards are filled live, on their nodes)",
+                    job.procedure
+                ),
+                hint: Some("Use mode => 'live' (the default).".into()),
+            }),
+            shards::Kind::Distributed => shards::spread(shards::Spread {
+                procedure: job.procedure,
+                relid: job.table.oid,
+                target: job.table.target.clone(),
+                filter: job.table.filter().map(str::to_string),
+                expression: job.expression,
+                batch_size: job.batch_size,
+            }),
+        };
+    }
+    run_local(job, batch)
+}
+
+fn run_local(job: Job, batch: Option<batch_file::Identity>) -> Result<Option<pg_sys::Datum>, AiError> {
     match batch {
         Some(identity) => batch_file::run(job, identity),
         None => run(job),
@@ -710,6 +743,8 @@ fn reason_of(e: &AiError) -> String {
 /// module doc), and floats written with all their digits, so that a float key read as text
 /// names the same row when it is compared again.
 fn transaction_settings() -> Result<(), AiError> {
+    // A shard's job on a Citus node: the shard's metadata lock, and the shard still here.
+    shards::guard_transaction()?;
     Spi::connect_mut(|c| {
         c.update("SET CONSTRAINTS ALL IMMEDIATE", None, &[])?;
         c.update("SET LOCAL extra_float_digits = 3", None, &[]).map(drop)
@@ -1002,6 +1037,8 @@ impl State<'_> {
 
     fn commit(&mut self, connection: &NonAtomicSpi) -> Result<(), AiError> {
         self.close_slab()?;
+        // A reference table's job: the batch's values go to every copy in this transaction.
+        shards::before_commit()?;
         connection.commit();
         if connection.commits() {
             self.claims.release_written();

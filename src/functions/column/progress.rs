@@ -28,8 +28,14 @@ pub struct Progress {
     /// fill takes at most a run's rows (`sync::fill::RUN_ROWS`), so this stays small.
     pub failures: Option<Vec<(Key, String)>>,
     reported: usize,
+    /// The first failed rows with their reasons (a node's part of a job on a distributed
+    /// table reports them to the coordinator).
+    first_failures: Vec<(String, String)>,
     started: Instant,
 }
+
+/// Failed rows kept by key for `reported_failures`.
+const FIRST_FAILURES_KEPT: usize = 10;
 
 pub fn show_key(key: &Key) -> String {
     key.iter().map(|k| k.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(", ")
@@ -50,6 +56,7 @@ impl Progress {
             locked_beyond: 0,
             failures: None,
             reported: 0,
+            first_failures: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -58,12 +65,20 @@ impl Progress {
         self.locked.len() as i64 + self.locked_beyond
     }
 
+    /// The first failed rows (their keys as text) and why.
+    pub fn reported_failures(&self) -> Vec<(String, String)> {
+        self.first_failures.clone()
+    }
+
     pub fn done(&self) -> i64 {
         self.filled + self.failed + self.skipped + self.other_session + self.locked_count()
     }
 
     pub fn failure(&mut self, key: &Key, reason: &str) {
         self.failed += 1;
+        if self.first_failures.len() < FIRST_FAILURES_KEPT {
+            self.first_failures.push((show_key(key), reason.to_string()));
+        }
         if let Some(kept) = self.failures.as_mut() {
             kept.push((key.clone(), reason.to_string()));
         }

@@ -173,6 +173,11 @@ impl Table {
         self
     }
 
+    /// The filter `with_filter` set.
+    pub fn filter(&self) -> Option<&str> {
+        self.filter.as_deref()
+    }
+
     pub fn has_filter(&self) -> bool {
         self.filter.is_some()
     }

@@ -1,0 +1,222 @@
+-- pg_bailian 0.6.0 -> 0.7.0, run by ALTER EXTENSION pg_bailian UPDATE.
+-- Never edit this file once 0.7.0 is released: a later change to the SQL surface goes into
+-- the next version's update script (see DEVELOPERS.md).
+\echo Use "ALTER EXTENSION pg_bailian UPDATE" to load this file. \quit
+
+-- What changes: pg_bailian on a Citus cluster (README: Citus).
+-- New: ai_citus_enable() and ai_citus_check(), the per-node part of a column job on a distributed
+-- table (ai_update_local_shards), and the error a catalog change gets on a Citus worker (ai_prices'
+-- trigger raises it). The catalog tables themselves are unchanged here: on Citus they become
+-- reference tables by ai_citus_enable(), outside any extension script (Citus' hooks do not run
+-- inside one).
+
+CREATE OR REPLACE FUNCTION bailian.set_price() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- On a Citus worker the catalog is not changed (the coordinator's reaches every node).
+    PERFORM bailian.refuse_on_worker('ai_prices');
+    IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        DELETE FROM bailian.prices WHERE model_type OPERATOR(pg_catalog.=) OLD.model_type;
+        RETURN OLD;
+    END IF;
+    IF NEW.model_type IS NULL OR NOT EXISTS (
+        SELECT FROM @extschema@.ai_supported_models() m WHERE m.model_type OPERATOR(pg_catalog.=) NEW.model_type) THEN
+        RAISE EXCEPTION 'ai_prices: "%" is not a model type pg_bailian supports', NEW.model_type
+            USING ERRCODE = '22023', HINT = 'SELECT model_type FROM ai_supported_models() lists them.';
+    END IF;
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND NEW.model_type OPERATOR(pg_catalog.<>) OLD.model_type THEN
+        RAISE EXCEPTION 'ai_prices: model_type cannot change (% to %)', OLD.model_type, NEW.model_type
+            USING ERRCODE = '22023', HINT = 'Delete the row and insert one for the other model type.';
+    END IF;
+    INSERT INTO bailian.prices AS p (model_type, input_price, output_price, thinking_output_price,
+                                     cached_input_ratio, batch_ratio, set_by, set_at)
+    VALUES (NEW.model_type, NEW.input_price, NEW.output_price, NEW.thinking_output_price,
+            COALESCE(NEW.cached_input_ratio, 1), NEW.batch_ratio, current_user, pg_catalog.now())
+    ON CONFLICT (model_type) DO UPDATE SET
+        input_price = EXCLUDED.input_price, output_price = EXCLUDED.output_price,
+        thinking_output_price = EXCLUDED.thinking_output_price, cached_input_ratio = EXCLUDED.cached_input_ratio,
+        batch_ratio = EXCLUDED.batch_ratio, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at;
+    RETURN NEW;
+END
+$$;
+
+-- pg_bailian on a Citus cluster (README: Citus; src/citus.rs). Citus propagates CREATE EXTENSION
+-- to the workers, not the catalogs' rows: ai_citus_enable() makes them reference tables, a copy on
+-- every node written together. These functions work, or say why not, where Citus is absent.
+
+-- The id of this node's master key (an 8-hex-digit fingerprint, the one sealed keys carry), or
+-- NULL when it has no master key file yet. Not a secret: the same id is in every sealed key.
+CREATE FUNCTION bailian.master_key_id() RETURNS text
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_master_key_id';
+COMMENT ON FUNCTION bailian.master_key_id() IS 'The id of this server''s master key (NULL: no key file yet); ai_citus_check compares the nodes'' ids.';
+
+-- Raises the error a catalog change gets on a Citus worker (used by ai_prices' trigger).
+CREATE FUNCTION bailian.refuse_on_worker(what text) RETURNS void
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_refuse_on_worker';
+COMMENT ON FUNCTION bailian.refuse_on_worker(text) IS 'Raises an error on a Citus worker, where the catalog is not changed; nothing elsewhere.';
+
+CREATE FUNCTION ai_citus_enable()
+RETURNS TABLE (catalog regclass, state text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regclass;
+    fk record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'ai_citus_enable: the citus extension is not installed in this database'
+            USING ERRCODE = '55000', HINT = 'pg_bailian needs it only on a Citus cluster: CREATE EXTENSION citus first.';
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RAISE EXCEPTION 'ai_citus_enable: this node is not the Citus coordinator'
+            USING ERRCODE = '55000', HINT = 'Run it on the coordinator: the catalogs reach every node from there.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_node n WHERE n.groupid OPERATOR(pg_catalog.=) 0) THEN
+        RAISE EXCEPTION 'ai_citus_enable: the coordinator is not in the cluster''s metadata, so it would hold no copy of the catalogs'
+            USING ERRCODE = '55000', HINT = 'SELECT citus_set_coordinator_host(''<host>'', <port>) first.';
+    END IF;
+    -- Citus allows no foreign key from a local table (the answer cache) to a reference table,
+    -- and the workers' copies of the catalog tables already have theirs: none is kept, and
+    -- ai_undeploy_model removes what belongs to a model itself.
+    FOR fk IN
+        SELECT c.conrelid::pg_catalog.regclass AS rel, c.conname
+          FROM pg_catalog.pg_constraint c
+         WHERE c.contype OPERATOR(pg_catalog.=) 'f'
+           AND c.confrelid OPERATOR(pg_catalog.=) 'bailian.models'::pg_catalog.regclass
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', fk.rel, fk.conname);
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['bailian.models', 'bailian.model_keys', 'bailian.prompts', 'bailian.default_models',
+                             'bailian.prices', 'bailian.budgets']::pg_catalog.regclass[]
+    LOOP
+        catalog := t;
+        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) t) THEN
+            state := 'already a reference table';
+        ELSE
+            PERFORM pg_catalog.create_reference_table(t);
+            -- The rows are now in the reference table's copies; the local ones would only hide.
+            PERFORM pg_catalog.truncate_local_data_after_distributing_table(t);
+            state := 'made a reference table';
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION ai_citus_enable() IS
+  'On a Citus coordinator (in the metadata: citus_set_coordinator_host), make pg_bailian''s catalogs (deployments, sealed keys, prompts, default models, prices, budgets) reference tables, so that every node, and every node added later, has the same ones: deploy on the coordinator only (workers refuse catalog changes). Idempotent; answers each catalog and what was done. Every node also needs the same master key file: ai_citus_check() compares them. For the extension''s owner or a superuser.';
+
+CREATE FUNCTION ai_citus_check()
+RETURNS TABLE (node text, node_role text, pg_bailian_version text, preloaded boolean, master_key_id text,
+               deployed_models bigint, ok boolean, problem text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mine record;
+    probe text;
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'ai_citus_check: the citus extension is not installed in this database'
+            USING ERRCODE = '55000';
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RAISE EXCEPTION 'ai_citus_check: run it on the Citus coordinator' USING ERRCODE = '55000';
+    END IF;
+    probe := bailian.json_probe();
+    SELECT (j->>'version') AS version, (j->>'key') AS key INTO mine FROM (SELECT probe::json AS j) s;
+    FOR r IN
+        SELECT n.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) n.nodeport AS name,
+               CASE WHEN n.groupid OPERATOR(pg_catalog.=) 0 THEN 'coordinator' ELSE 'worker' END AS kind,
+               x.success, x.result
+          FROM pg_catalog.run_command_on_all_nodes(
+                   $probe$SELECT CASE WHEN pg_catalog.to_regprocedure('bailian.json_probe()') IS NULL THEN '{}'
+                                      ELSE bailian.json_probe() END$probe$) x
+          JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) x.nodeid
+         ORDER BY n.groupid, n.nodeid
+    LOOP
+        node := r.name;
+        node_role := r.kind;
+        pg_bailian_version := NULL; preloaded := NULL; master_key_id := NULL; deployed_models := NULL;
+        problem := NULL;
+        IF NOT r.success THEN
+            problem := 'could not ask it: ' OPERATOR(pg_catalog.||) r.result;
+        ELSE
+            pg_bailian_version := r.result::json->>'version';
+            preloaded := (r.result::json->>'preloaded')::boolean;
+            master_key_id := r.result::json->>'key';
+            deployed_models := (r.result::json->>'models')::bigint;
+            IF pg_bailian_version IS NULL THEN
+                problem := 'pg_bailian is not installed on it (its CREATE EXTENSION did not reach it)';
+            ELSIF pg_bailian_version OPERATOR(pg_catalog.<>) mine.version THEN
+                problem := pg_catalog.format('pg_bailian %s there, %s on the coordinator: ALTER EXTENSION pg_bailian UPDATE', pg_bailian_version, mine.version);
+            ELSIF NOT preloaded THEN
+                problem := 'pg_bailian is not in shared_preload_libraries (after citus): no batching of shard queries, no shared rate limits';
+            ELSIF master_key_id IS DISTINCT FROM mine.key THEN
+                problem := pg_catalog.format('its master key (%s) is not the coordinator''s (%s): copy the coordinator''s master key file (pg_bailian.master_key_file) to it, or it cannot decrypt the deployed keys',
+                                             COALESCE(master_key_id, 'none'), COALESCE(mine.key, 'none'));
+            ELSIF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                               WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'bailian.models'::pg_catalog.regclass) THEN
+                problem := 'the catalogs are not shared: SELECT ai_citus_enable() on the coordinator';
+            END IF;
+        END IF;
+        ok := problem IS NULL;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION ai_citus_check() IS
+  'On a Citus coordinator, one row per node: its pg_bailian version, whether it preloads pg_bailian, its master key id (NULL: none yet) and how many models it sees deployed; ok is false, and problem says what to do, where a node would fail AI calls (no extension, another version, a master key that is not the coordinator''s, catalogs not shared). Asks every node over Citus'' connections, as the current user: for the extension''s owner or a superuser.';
+
+-- What ai_citus_check asks each node.
+CREATE FUNCTION bailian.json_probe() RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.json_build_object(
+    'version', (SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_bailian'),
+    'preloaded', pg_catalog.current_setting('shared_preload_libraries') OPERATOR(pg_catalog.~) '(^|[ ,])pg_bailian($|[ ,])',
+    'key', bailian.master_key_id(),
+    'models', (SELECT pg_catalog.count(*) FROM bailian.models))::text
+$$;
+COMMENT ON FUNCTION bailian.json_probe() IS 'This node''s pg_bailian version, preloading, master key id and deployed models, as ai_citus_check reads them.';
+
+-- One node's share of a column job on a distributed table: CALL ai_update (and ai_embed_column,
+-- ai_gen_column) on the coordinator runs it on every node that holds shards of the table, over
+-- Citus' connections, as the calling role; it fills that node's shards and answers a report.
+CREATE PROCEDURE ai_update_local_shards(table_name regclass, target_column name, expression text,
+                                        batch_size int, filter text, procedure_name text, rate_share float8,
+                                        INOUT report text DEFAULT NULL)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_bailian_update_local_shards';
+COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text) IS
+  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate; report is a JSON summary. Called by ai_update; the caller''s rights apply.';
+
+-- The objects made here get no privilege that ALTER DEFAULT PRIVILEGES of the updating role
+-- would grant (as finalize.sql does at CREATE EXTENSION), then exactly these.
+DO $acl$
+DECLARE
+    object text;
+    g text;
+BEGIN
+    FOREACH object IN ARRAY ARRAY['bailian.master_key_id()', 'bailian.refuse_on_worker(text)', 'ai_citus_enable()',
+                                  'ai_citus_check()', 'bailian.json_probe()',
+                                  'ai_update_local_shards(regclass, name, text, int, text, text, float8, text)'] LOOP
+        FOR g IN SELECT DISTINCT CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                      ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END
+                   FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+                  WHERE p.oid OPERATOR(pg_catalog.=) object::pg_catalog.regprocedure
+                    AND a.grantee OPERATOR(pg_catalog.<>) p.proowner LOOP
+            EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM %s', object, g);
+        END LOOP;
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', object);
+    END LOOP;
+END
+$acl$;
+GRANT EXECUTE ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_citus_check(), bailian.refuse_on_worker(text) TO PUBLIC;

@@ -1,0 +1,198 @@
+//! pg_bailian on a Citus cluster (README: Citus).
+//!
+//! The catalogs a call reads (deployments, keys, prompts, default models, prices, budgets) are
+//! Citus reference tables once `ai_citus_enable()` has run on the coordinator: every node holds
+//! a copy, written together by Citus' two-phase commit, and a node added later gets them with its
+//! first shards. Catalog changes are made on the coordinator only; a worker refuses them, so the
+//! nodes never disagree. The master key is not in the database: every node needs the same file,
+//! and `ai_citus_check()` compares their ids.
+//!
+//! Inside a shard query Citus refuses any query of a Citus table ("cannot execute a distributed
+//! query from a query on a shard"), because a distributed table's shard may move under it. A
+//! reference table's copy never moves, so the catalog reads, and only they, run with
+//! `citus.allow_nested_distributed_execution` on, at a GUC nest level of their own (as a
+//! function's `SET` clause does), never leaking into the caller's query.
+
+use bailian_core::AiError;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// Whether the Citus library is loaded in this backend (its settings exist).
+pub fn loaded() -> bool {
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting.
+    unsafe {
+        !pg_sys::GetConfigOption(c"citus.allow_nested_distributed_execution".as_ptr(), true, false).is_null()
+    }
+}
+
+/// Runs `f` (catalog reads of reference tables) with Citus' nested-execution check off, at a GUC
+/// nest level that ends with `f`, also when `f` raises an error.
+pub fn with_catalog_reads<T>(f: impl FnOnce() -> T) -> T {
+    if !loaded() {
+        return f();
+    }
+    struct Level(i32);
+    impl Drop for Level {
+        fn drop(&mut self) {
+            // SAFETY: pops the nest level opened below, restoring the setting's earlier value;
+            // on an error unwinding through here the (sub)transaction abort would do the same.
+            unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
+        }
+    }
+    // SAFETY: a nest level and a SET LOCAL-like save of a user-settable setting, as
+    // ProcedureCallStmt and fmgr_security_definer do for a function's SET clause.
+    let _level = unsafe {
+        let level = Level(pg_sys::NewGUCNestLevel());
+        pg_sys::set_config_option(
+            c"citus.allow_nested_distributed_execution".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    f()
+}
+
+/// This database's place in a Citus cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    /// Not a Citus database (no citus extension, or not part of a cluster).
+    Alone,
+    Coordinator,
+    /// A worker, named `host:port` as pg_dist_node knows it.
+    Worker(String),
+}
+
+/// Where this database stands; `Alone` unless the citus extension exists here.
+pub fn node() -> Node {
+    if !loaded() {
+        return Node::Alone;
+    }
+    let found = Spi::connect(|client| -> Result<Option<(i32, Option<String>)>, pgrx::spi::SpiError> {
+        let present = client
+            .select(
+                "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL
+                    AND EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus')",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        if !present {
+            return Ok(None);
+        }
+        let row = client.select(
+            "SELECT g.groupid,
+                    (SELECT n.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) n.nodeport::pg_catalog.text
+                       FROM pg_catalog.pg_dist_node n
+                      WHERE n.groupid OPERATOR(pg_catalog.=) g.groupid
+                      ORDER BY n.noderole OPERATOR(pg_catalog.<>) 'primary' LIMIT 1)
+               FROM pg_catalog.pg_dist_local_group g",
+            Some(1),
+            &[],
+        )?;
+        let row = row.first();
+        Ok(row.get::<i32>(1)?.map(|g| (g, row.get::<String>(2).ok().flatten())))
+    });
+    match found {
+        Ok(Some((0, _))) => Node::Coordinator,
+        Ok(Some((_, name))) => Node::Worker(name.unwrap_or_else(|| "(unnamed)".into())),
+        _ => Node::Alone,
+    }
+}
+
+/// Refuses a catalog change (`what`, e.g. "ai_deploy_model") on a Citus worker.
+pub fn refuse_on_worker(what: &str) -> Result<(), AiError> {
+    if let Node::Worker(name) = node() {
+        return Err(AiError::NotAllowed {
+            message: format!(
+                "{what} changes pg_bailian's catalog, which on a Citus cluster only the coordinator changes; this is worker node {name}"
+            ),
+            hint: "Run it on the coordinator: the change reaches every node.".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The node this is, for errors that only one node of a cluster may raise (a master key that
+/// differs): " on Citus worker node host:port", or nothing.
+pub fn where_suffix() -> String {
+    match node() {
+        Node::Worker(name) => format!(" on Citus worker node {name}"),
+        _ => String::new(),
+    }
+}
+
+/// `crate::catalog::stamp`: which statement a cached value is for.
+type Stamp = (i64, i64, u64);
+
+thread_local! {
+    /// The share of each deployment's rate a column job's part on this node was given.
+    static JOB_SHARE: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    /// The default share, with the statement it was computed for.
+    static DEFAULT_SHARE: std::cell::Cell<Option<(Stamp, f64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with this node's requests limited to `share` of each deployment's rate.
+pub fn with_rate_share<T>(share: f64, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<f64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            JOB_SHARE.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(JOB_SHARE.with(|s| s.replace(Some(share))));
+    f()
+}
+
+/// The share of a deployment's rate this node may use, so that the nodes of a cluster together
+/// stay under the account's limit: 1 off Citus; the share a column job's part was given (its
+/// share of the job's rows); else an equal share among the nodes that hold shards (Citus pushes
+/// a query's AI calls to them), which `pg_dist_node` says again when nodes join or leave.
+pub fn rate_share() -> f64 {
+    if let Some(share) = JOB_SHARE.with(|s| s.get()) {
+        return share;
+    }
+    if !loaded() {
+        return 1.0;
+    }
+    let stamp = crate::catalog::stamp();
+    if let Some((at, share)) = DEFAULT_SHARE.with(|s| s.get()) {
+        if at == stamp {
+            return share;
+        }
+    }
+    let share = match node() {
+        Node::Alone => 1.0,
+        _ => {
+            let nodes = Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_node
+                          WHERE isactive AND noderole OPERATOR(pg_catalog.=) 'primary' AND shouldhaveshards",
+                        Some(1),
+                        &[],
+                    )?
+                    .first()
+                    .get_one::<i64>()
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(1);
+            1.0 / nodes.max(1) as f64
+        }
+    };
+    DEFAULT_SHARE.with(|s| s.set(Some((stamp, share))));
+    share
+}
+
+/// `limit` scaled to this node's share, at least 1 (0, no limit, stays 0).
+pub fn shared_limit(limit: Option<u32>, share: f64) -> Option<u32> {
+    limit.map(|l| if l == 0 || share >= 1.0 { l } else { ((f64::from(l) * share).floor() as u32).max(1) })
+}

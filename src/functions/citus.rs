@@ -1,0 +1,24 @@
+//! The SQL functions of pg_bailian on a Citus cluster that are not column jobs (`sql/citus.sql`;
+//! what runs where: `crate::citus`).
+
+use super::arg;
+use crate::entry::sql_entry;
+use bailian_core::AiError;
+use pgrx::datum::IntoDatum;
+use pgrx::pg_sys;
+
+sql_entry!(pg_finfo_pg_bailian_master_key_id, pg_bailian_master_key_id, master_key_id);
+sql_entry!(pg_finfo_pg_bailian_refuse_on_worker, pg_bailian_refuse_on_worker, refuse_on_worker);
+
+/// bailian.master_key_id(): the id of this server's master key, NULL when its file does not
+/// exist yet (never created here: a node must get the coordinator's, not one of its own).
+fn master_key_id(_fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    Ok(crate::catalog::master_key_id()?.into_datum())
+}
+
+/// bailian.refuse_on_worker(what): the error a catalog change gets on a Citus worker.
+fn refuse_on_worker(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let what = arg::<String>(fcinfo, 0).unwrap_or_else(|| "this".into());
+    crate::citus::refuse_on_worker(&what)?;
+    Ok(None)
+}

@@ -1,0 +1,666 @@
+//! Column jobs on Citus distributed tables.
+//!
+//! Citus refuses `UPDATE dist SET c = ai_embed(...)` (a VOLATILE function in a distributed
+//! UPDATE) and the job engine's `FOR UPDATE` reads of a distributed table. But each shard is an
+//! ordinary table on the node that holds it, where the engine works as on one server, AI Batch
+//! node included. So `CALL ai_update` on the coordinator:
+//! 1. counts the rows to fill in each shard (`run_command_on_shards`, as the caller), and gives
+//!    each node holding some its share of the work, which is also its share of each
+//!    deployment's rate (`crate::citus::rate_share`), so the nodes together keep to the limit;
+//! 2. runs `CALL ai_update_local_shards(...)` on those nodes at once, over Citus' connections
+//!    (`master_run_on_worker`) as the calling role, where the job engine fills the node's shards
+//!    one after the other, committing as it goes;
+//! 3. adds up the nodes' reports into one.
+//!
+//! A shard may move while the job runs (the rebalancer, `citus_move_shard_placement`). Citus'
+//! own writes take the shard's metadata lock (ShareLock), which a move takes exclusively
+//! before it switches the shard over; every transaction of a shard's job takes it too, before
+//! it reads a row, and then checks that the shard is still here. A move therefore waits for
+//! the batch being written (which its logical replication carries over), and the next batch
+//! finds the shard gone and stops; the coordinator then runs another round, which finds its
+//! rows on their new node. No write goes to a copy that is being dropped, and none is doubled:
+//! a row is written only while its target is NULL.
+//!
+//! A reference table has a copy on every node: filled copy by copy, each would get answers of
+//! its own. So its job runs on the coordinator over a temporary copy of the rows to fill, and
+//! each batch's values are written, as constants, to the reference table in the batch's own
+//! transaction, which Citus commits on every copy at once (two-phase commit): one answer per
+//! row, the same on every node, paid for once. Distributed tables with more than one copy of
+//! a shard, and Citus local tables, are refused with a clear error.
+
+use super::{literal, quote_ident, run_job, Job, Progress};
+use crate::catalog::{as_catalog_owner, spi_failed};
+use crate::citus::{self, Node};
+use bailian_core::AiError;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+/// Rounds of fan-out at most: a round after one in which shards moved.
+const ROUNDS: usize = 3;
+
+/// Failed rows a node reports by key (the rest are counted).
+const REPORTED_FAILURES: usize = 10;
+
+thread_local! {
+    /// The shard whose job is running in this backend: every transaction of it locks the
+    /// shard's metadata and checks that it is still here (`guard_transaction`).
+    static SHARD: Cell<Option<i64>> = const { Cell::new(None) };
+    /// Set when the running shard's job found the shard gone.
+    static MOVED: Cell<bool> = const { Cell::new(false) };
+    /// A reference table's job: how each batch's values reach the reference table.
+    static REFERENCE: std::cell::RefCell<Option<CopyBack>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The statements that copy a batch's values from a reference table job's temporary copy to
+/// the reference table.
+struct CopyBack {
+    /// Marks the temporary rows filled since the last batch as copied, returning their keys
+    /// and values as text.
+    take: String,
+    /// Writes one (its value, then its keys, as text cast back) where the target is still NULL.
+    write: String,
+    keys: usize,
+}
+
+/// The name of the column that marks a temporary row as copied to the reference table.
+const COPIED: &str = "pg_bailian copied";
+
+/// `CALL ai_update(...)` on a reference table, on the coordinator (see the module doc).
+pub(super) fn fill_reference(mut job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
+    on_coordinator(job.procedure)?;
+    let table = &job.table;
+    let target = table.target.clone();
+    let keys = super::table::key_definitions(job.procedure, table.oid, &table.shown)?;
+    let target_type = qualified_type(table.oid, table.target_attnum);
+    let copy = format!("pg_temp.{}", quote_ident(&format!("ai_update_{}", table.oid.to_u32())));
+    let quoted_keys: Vec<String> = keys.iter().map(|(k, _, _)| quote_ident(k)).collect();
+    let filter = table.filter().map_or(String::new(), |f| format!(" AND ({f})"));
+    Spi::connect_mut(|client| {
+        client.update(&format!("DROP TABLE IF EXISTS {copy}"), None, &[])?;
+        client.update(
+            &format!("CREATE TEMP TABLE {copy} (LIKE {} INCLUDING DEFAULTS)", table.name_sql),
+            None,
+            &[],
+        )?;
+        client.update(
+            &format!("ALTER TABLE {copy} ADD PRIMARY KEY ({})", quoted_keys.join(", ")),
+            None,
+            &[],
+        )?;
+        client.update(
+            &format!(
+                "INSERT INTO {copy} SELECT * FROM {} WHERE {} IS NULL{filter}",
+                table.name_sql,
+                quote_ident(&target)
+            ),
+            None,
+            &[],
+        )?;
+        client
+            .update(
+                &format!(
+                    "ALTER TABLE {copy} ADD COLUMN {} boolean NOT NULL DEFAULT false",
+                    quote_ident(COPIED)
+                ),
+                None,
+                &[],
+            )
+            .map(drop)
+    })
+    .map_err(spi_failed)?;
+    let copy_oid = Spi::get_one::<pg_sys::Oid>(&format!(
+        "SELECT {}::pg_catalog.regclass::pg_catalog.oid",
+        literal(&copy)
+    ))
+    .map_err(spi_failed)?
+    .ok_or_else(|| AiError::Internal { message: "the temporary copy is gone".into() })?;
+    let take = format!(
+        "UPDATE {copy} SET {copied} = true WHERE {t} IS NOT NULL AND NOT {copied} RETURNING {}, {t}::pg_catalog.text",
+        quoted_keys.iter().map(|k| format!("{k}::pg_catalog.text")).collect::<Vec<_>>().join(", "),
+        copied = quote_ident(COPIED),
+        t = quote_ident(&target),
+    );
+    let n = keys.len();
+    // One row a statement, its values as parameters: Citus refuses a STABLE cast (text to
+    // real[], say) over a column in a modification, but evaluates it over parameters.
+    let write = format!(
+        "UPDATE {} r SET {t} = CAST($1 AS {target_type}) WHERE {} AND r.{t} IS NULL",
+        table.name_sql,
+        keys.iter()
+            .enumerate()
+            .map(|(i, (k, type_sql, eq))| format!("r.{} {eq} CAST(${} AS {type_sql})", quote_ident(k), i + 2))
+            .collect::<Vec<_>>()
+            .join(" AND "),
+        t = quote_ident(&target),
+    );
+    let shown = table.shown.clone();
+    let mut copy_table = super::Table::open(job.procedure, copy_oid, &target)?;
+    copy_table.shown = shown;
+    if let Some(f) = job.table.filter() {
+        copy_table = copy_table.with_filter(f.to_string());
+    }
+    job.table = copy_table;
+    REFERENCE.with(|r| *r.borrow_mut() = Some(CopyBack { take, write, keys: n }));
+    let done = run_job(job, false, false);
+    REFERENCE.with(|r| *r.borrow_mut() = None);
+    let _ = Spi::run(&format!("DROP TABLE IF EXISTS {copy}"));
+    done.map(|_| None)
+}
+
+/// Called before each commit of a job: a reference table's job copies the batch's values.
+pub(super) fn before_commit() -> Result<(), AiError> {
+    REFERENCE.with(|r| {
+        let r = r.borrow();
+        let Some(copy) = r.as_ref() else { return Ok(()) };
+        Spi::connect_mut(|client| {
+            let rows = client.update(&copy.take, None, &[])?;
+            let mut taken: Vec<Vec<Option<String>>> = Vec::new();
+            for row in rows {
+                // The value first, then the keys: the write's parameters.
+                let mut values = vec![row.get::<String>(copy.keys + 1)?];
+                for i in 1..=copy.keys {
+                    values.push(row.get::<String>(i)?);
+                }
+                taken.push(values);
+            }
+            if taken.is_empty() {
+                return Ok(());
+            }
+            let unknown = || pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID);
+            let write = client.prepare(&copy.write, &vec![unknown(); copy.keys + 1])?;
+            for values in taken {
+                let args: Vec<pgrx::datum::DatumWithOid> = values.into_iter().map(Into::into).collect();
+                client.update(&write, None, &args)?;
+            }
+            Ok(())
+        })
+        .map_err(spi_failed)
+    })
+}
+
+/// The type of column `attnum` of `relid`, schema-qualified and with its typmod (as the job
+/// engine names key types: whatever the search_path, it names the column's own type).
+fn qualified_type(relid: pg_sys::Oid, attnum: i16) -> String {
+    // SAFETY: catalog lookups for a column that exists (the job opened it); format_type_extended
+    // returns a palloc'd name.
+    unsafe {
+        let (mut typid, mut typmod, mut coll) = (pg_sys::Oid::INVALID, -1, pg_sys::Oid::INVALID);
+        pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typid, &mut typmod, &mut coll);
+        super::table::owned(pg_sys::format_type_extended(
+            typid,
+            typmod,
+            (pg_sys::FORMAT_TYPE_FORCE_QUALIFY | pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN) as u16,
+        ))
+        .unwrap_or_default()
+    }
+}
+
+/// What kind of Citus table a job's table is.
+pub(super) enum Kind {
+    /// Hash-distributed (or single-shard), one copy of each shard: filled on its nodes.
+    Distributed,
+    /// A reference table: filled through a temporary copy (see the module doc).
+    Reference,
+    /// A table with several copies of a shard, or a Citus local table: refused.
+    Replicated(&'static str),
+}
+
+/// The kind of Citus table `relid` is, None for a table Citus does not manage (or no Citus).
+pub(super) fn kind(relid: pg_sys::Oid) -> Result<Option<Kind>, AiError> {
+    if !citus::loaded() || citus::node() == Node::Alone {
+        return Ok(None);
+    }
+    let row = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT p.partmethod::pg_catalog.text, p.repmodel::pg_catalog.text, p.colocationid,
+                    (SELECT pg_catalog.max(c.n) FROM (SELECT pg_catalog.count(*) AS n FROM pg_catalog.pg_dist_placement pl
+                       JOIN pg_catalog.pg_dist_shard s ON s.shardid OPERATOR(pg_catalog.=) pl.shardid
+                      WHERE s.logicalrelid OPERATOR(pg_catalog.=) p.logicalrelid GROUP BY pl.shardid) c)
+               FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        let row = rows.first();
+        if row.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?.unwrap_or_default(),
+            row.get::<i32>(3)?.unwrap_or(0),
+            row.get::<i64>(4)?.unwrap_or(1),
+        )))
+    })
+    .map_err(spi_failed)?;
+    Ok(row.map(|(method, repmodel, colocation, copies)| match (method.as_str(), repmodel.as_str()) {
+        ("n", "t") => Kind::Reference,
+        // A Citus local table: a table of the coordinator's own that Citus knows.
+        ("n", _) if colocation == 0 => Kind::Replicated("a Citus local table"),
+        _ if copies > 1 => Kind::Replicated("a distributed table with more than one copy of a shard"),
+        _ => Kind::Distributed,
+    }))
+}
+
+/// The error a job on a table of a kind that is not filled gets.
+pub(super) fn refused(procedure: &str, table: &str, what: &str) -> AiError {
+    AiError::InvalidArgument {
+        message: format!(
+            "{procedure}: \"{table}\" is {what}; on a Citus cluster pg_bailian fills hash-distributed tables (one copy of each shard, each node filling its own) and reference tables"
+        ),
+        hint: Some(
+            "For a small table: UPDATE t SET c = s.v FROM (SELECT key, <expression> AS v FROM t WHERE c IS NULL OFFSET 0) s WHERE t.key = s.key computes each value once.".into(),
+        ),
+    }
+}
+
+/// What the coordinator runs on every node that holds shards of the table.
+pub(super) struct Spread {
+    pub procedure: &'static str,
+    pub relid: pg_sys::Oid,
+    pub target: String,
+    pub expression: String,
+    pub batch_size: usize,
+    pub filter: Option<String>,
+}
+
+/// A node's report, as `ai_update_local_shards` answers it.
+#[derive(Default)]
+struct Report {
+    shards: usize,
+    total: i64,
+    filled: i64,
+    failed: i64,
+    skipped: i64,
+    locked: i64,
+    other_session: i64,
+    moved: Vec<i64>,
+    failures: Vec<(String, String)>,
+    seconds: f64,
+}
+
+impl Report {
+    fn to_json(&self) -> String {
+        serde_json::json!({
+            "shards": self.shards, "total": self.total, "filled": self.filled, "failed": self.failed,
+            "skipped": self.skipped, "locked": self.locked, "other_session": self.other_session,
+            "moved": self.moved, "failures": self.failures, "seconds": self.seconds,
+        })
+        .to_string()
+    }
+
+    fn from_json(text: &str) -> Option<Report> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_i64);
+        Some(Report {
+            shards: n("shards")? as usize,
+            total: n("total")?,
+            filled: n("filled")?,
+            failed: n("failed")?,
+            skipped: n("skipped")?,
+            locked: n("locked")?,
+            other_session: n("other_session")?,
+            moved: v.get("moved")?.as_array()?.iter().filter_map(serde_json::Value::as_i64).collect(),
+            failures: v
+                .get("failures")?
+                .as_array()?
+                .iter()
+                .filter_map(|f| Some((f.get(0)?.as_str()?.to_string(), f.get(1)?.as_str()?.to_string())))
+                .collect(),
+            seconds: v.get("seconds")?.as_f64()?,
+        })
+    }
+}
+
+/// Jobs on Citus tables run from the coordinator.
+pub(super) fn on_coordinator(procedure: &str) -> Result<(), AiError> {
+    if let Node::Worker(name) = citus::node() {
+        return Err(AiError::NotAllowed {
+            message: format!(
+                "{procedure} on a Citus table runs from the coordinator; this is worker node {name}"
+            ),
+            hint: "CALL it on the coordinator: it fills every node's shards.".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `CALL ai_update(...)` on a distributed table, from the coordinator.
+pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
+    let procedure = job.procedure;
+    on_coordinator(procedure)?;
+    let qualified = qualified_name(job.relid)?;
+    let schema = extension_schema()?;
+    let started = std::time::Instant::now();
+    let mut sum = Report::default();
+    let mut nodes_used = 0;
+    for round in 0..ROUNDS {
+        // Where the shards are now: a move since the last round changed Citus' metadata, which
+        // this backend's caches learn from the invalidations sent at its commit.
+        // SAFETY: processes pending shared invalidation messages, as every statement start does.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
+        let work = rows_per_node(&job, &qualified)?;
+        let total: i64 = work.values().map(|(_, _, n)| n).sum();
+        if total == 0 {
+            if round == 0 {
+                pgrx::notice!("{procedure}: no rows of {qualified} to fill");
+            }
+            break;
+        }
+        let (mut names, mut ports, mut commands) = (Vec::new(), Vec::new(), Vec::new());
+        for (host, port, rows) in work.values() {
+            if *rows == 0 {
+                continue;
+            }
+            // The node's share of the work is its share of each deployment's rate.
+            let share = *rows as f64 / total as f64;
+            names.push(host.clone());
+            ports.push(*port);
+            commands.push(format!(
+                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share})",
+                literal(&qualified),
+                literal(&job.target),
+                literal(&job.expression),
+                job.batch_size,
+                job.filter.as_deref().map_or("NULL".to_string(), literal),
+                literal(procedure),
+            ));
+        }
+        nodes_used = nodes_used.max(names.len());
+        pgrx::notice!(
+            "{procedure}: {total} rows of {qualified} to fill on {} nodes ({}){}",
+            names.len(),
+            names.iter().zip(&ports).map(|(n, p)| format!("{n}:{p}")).collect::<Vec<_>>().join(", "),
+            if round > 0 { " (again: shards moved)" } else { "" }
+        );
+        let answers = Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
+                   FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+                None,
+                &[names.clone().into(), ports.clone().into(), commands.clone().into()],
+            )?;
+            rows.into_iter()
+                .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })
+        .map_err(spi_failed)?;
+        let mut errors = Vec::new();
+        let mut moved = false;
+        for (node, success, result) in answers {
+            let result = result.unwrap_or_default();
+            // A CALL with an INOUT argument answers its row; master_run_on_worker the first field.
+            match (success, Report::from_json(&result)) {
+                (Some(true), Some(r)) => {
+                    moved |= !r.moved.is_empty();
+                    sum.shards += r.shards;
+                    sum.filled += r.filled;
+                    sum.failed += r.failed;
+                    sum.skipped += r.skipped;
+                    sum.locked += r.locked;
+                    sum.other_session += r.other_session;
+                    sum.failures.extend(r.failures);
+                }
+                _ => errors.push(format!("{node}: {result}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(AiError::Internal {
+                message: format!(
+                    "{procedure} failed on {} of the nodes ({}); the batches committed before stay filled, {} rows so far",
+                    errors.len(),
+                    errors.join("; "),
+                    sum.filled
+                ),
+            });
+        }
+        if !moved {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    pgrx::notice!(
+        "{procedure}: finished on {nodes_used} nodes in {seconds:.1} s: {} filled, {} failed, {} skipped, {} locked by other transactions, {} done by another session, {:.1} rows/s",
+        sum.filled,
+        sum.failed,
+        sum.skipped,
+        sum.locked,
+        sum.other_session,
+        (sum.filled + sum.failed) as f64 / seconds.max(0.001)
+    );
+    if sum.failed > 0 {
+        let examples: Vec<String> =
+            sum.failures.iter().take(5).map(|(k, why)| format!("({k}): {why}")).collect();
+        pgrx::warning!(
+            "{procedure}: {} rows failed and keep a NULL {}: {}{}; CALL {procedure} again to retry them",
+            sum.failed,
+            job.target,
+            examples.join("; "),
+            if sum.failed > 5 { "; ..." } else { "" }
+        );
+    }
+    Ok(None)
+}
+
+/// The schema of pg_bailian's objects, quoted (the same on every node: CREATE EXTENSION
+/// reaches the workers with its SCHEMA).
+fn extension_schema() -> Result<String, AiError> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_extension e
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'pg_bailian'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<String>()
+    })
+    .map_err(spi_failed)?
+    .map(|n| quote_ident(&n))
+    .ok_or_else(|| AiError::Internal { message: "pg_bailian's schema not found".into() })
+}
+
+/// `schema.table`, quoted: how every node names the table (its oid differs from node to node).
+fn qualified_name(relid: pg_sys::Oid) -> Result<String, AiError> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname)
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                  WHERE c.oid OPERATOR(pg_catalog.=) $1",
+                Some(1),
+                &[relid.into()],
+            )?
+            .first()
+            .get_one::<String>()
+    })
+    .map_err(spi_failed)?
+    .ok_or_else(|| AiError::Internal { message: "the table is gone".into() })
+}
+
+/// The rows to fill per node holding shards of the table: (host, port, rows) by group id.
+/// Counted on the shards themselves, as the caller.
+fn rows_per_node(job: &Spread, qualified: &str) -> Result<BTreeMap<i32, (String, i32, i64)>, AiError> {
+    let mut condition = format!("{} IS NULL", quote_ident(&job.target));
+    if let Some(f) = &job.filter {
+        condition = format!("{condition} AND ({f})");
+    }
+    // run_command_on_shards puts the shard's name where %s is: every other % is doubled.
+    let count = format!("SELECT pg_catalog.count(*) FROM %s WHERE {}", condition.replace('%', "%%"));
+    // `update`, for a snapshot of its own: the CALL's may predate a shard move.
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT n.groupid, n.nodename, n.nodeport, r.success, r.result
+               FROM pg_catalog.run_command_on_shards($1::pg_catalog.regclass, $2) r
+               JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) r.shardid
+               JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) p.groupid
+                AND n.noderole OPERATOR(pg_catalog.=) 'primary'",
+            None,
+            &[qualified.into(), count.clone().into()],
+        )?;
+        let mut by_node: BTreeMap<i32, (String, i32, i64)> = BTreeMap::new();
+        for r in rows {
+            let group = r.get::<i32>(1)?.unwrap_or(0);
+            let host = r.get::<String>(2)?.unwrap_or_default();
+            let port = r.get::<i32>(3)?.unwrap_or(0);
+            let ok = r.get::<bool>(4)?.unwrap_or(false);
+            let result = r.get::<String>(5)?.unwrap_or_default();
+            if !ok {
+                return Ok(Err(AiError::invalid(format!(
+                    "{}: counting the rows to fill failed on a shard: {result}",
+                    job.procedure
+                ))));
+            }
+            let n: i64 = result.trim().parse().unwrap_or(0);
+            by_node.entry(group).or_insert((host, port, 0)).2 += n;
+        }
+        Ok(Ok(by_node))
+    })
+    .map_err(spi_failed)?
+}
+
+/// `CALL ai_update_local_shards(table_name, target_column, expression, batch_size, filter,
+/// procedure_name, rate_share, report)`: this node's part of a job on a distributed table.
+pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    use super::arg;
+    let procedure = match arg::<String>(fcinfo, 5).as_deref() {
+        Some("ai_embed_column") => "ai_embed_column",
+        Some("ai_gen_column") => "ai_gen_column",
+        _ => "ai_update",
+    };
+    let (Some(relid), Some(target), Some(expression)) =
+        (arg::<pg_sys::Oid>(fcinfo, 0), super::name_arg(fcinfo, 1), arg::<String>(fcinfo, 2))
+    else {
+        return Err(AiError::NullArgument {
+            message: "ai_update_local_shards: table_name, target_column and expression must not be NULL"
+                .into(),
+        });
+    };
+    let batch_size = super::batch_size(procedure, arg::<i32>(fcinfo, 3))?;
+    let filter = arg::<String>(fcinfo, 4).filter(|f| !f.trim().is_empty());
+    let share = arg::<f64>(fcinfo, 6).filter(|s| *s > 0.0 && *s <= 1.0).unwrap_or(1.0);
+    if citus::node() == Node::Alone {
+        return Err(AiError::invalid(
+            "ai_update_local_shards: this database is not a node of a Citus cluster; CALL ai_update on the coordinator runs it on the nodes",
+        ));
+    }
+    super::in_own_transactions(fcinfo, "ai_update_local_shards")?;
+    let started = std::time::Instant::now();
+    let mut report = Report::default();
+    for (shard, shard_relid) in local_shards_of(relid)? {
+        let table = super::Table::open(procedure, shard_relid, &target)?;
+        let table = match &filter {
+            Some(f) => table.with_filter(f.clone()),
+            None => table,
+        };
+        let scope = format!("{} IS NULL, shard {shard}", quote_ident(&target));
+        let job = Job { procedure, table, expression: expression.clone(), batch_size, scope };
+        SHARD.with(|s| s.set(Some(shard)));
+        MOVED.with(|m| m.set(false));
+        let done = citus::with_rate_share(share, || run_job(job, false, false));
+        SHARD.with(|s| s.set(None));
+        report.shards += 1;
+        match done {
+            Ok(p) => add(&mut report, &p),
+            Err(_) if MOVED.with(|m| m.get()) => report.moved.push(shard),
+            Err(e) => return Err(e),
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(Some(one_field_row(fcinfo, &report.to_json())?))
+}
+
+fn add(report: &mut Report, p: &Progress) {
+    report.total += p.total;
+    report.filled += p.filled;
+    report.failed += p.failed;
+    report.skipped += p.skipped;
+    report.locked += p.locked_count();
+    report.other_session += p.other_session;
+    let room = REPORTED_FAILURES.saturating_sub(report.failures.len());
+    report.failures.extend(p.reported_failures().into_iter().take(room));
+}
+
+/// This node's shards of `relid` (id and relation), in shard order.
+fn local_shards_of(relid: pg_sys::Oid) -> Result<Vec<(i64, pg_sys::Oid)>, AiError> {
+    // `update`, for a snapshot of its own (see rows_per_node).
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT s.shardid, pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid))::pg_catalog.oid
+               FROM pg_catalog.pg_dist_shard s
+               JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid
+              WHERE s.logicalrelid OPERATOR(pg_catalog.=) $1
+                AND p.groupid OPERATOR(pg_catalog.=) (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+              ORDER BY s.shardid",
+            None,
+            &[relid.into()],
+        )?;
+        rows.into_iter()
+            .filter_map(|r| match (r.get::<i64>(1), r.get::<pg_sys::Oid>(2)) {
+                (Ok(Some(s)), Ok(Some(o))) => Some(Ok((s, o))),
+                (Err(e), _) | (_, Err(e)) => Some(Err(e)),
+                _ => None,
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(spi_failed)
+}
+
+/// Called at the start of every transaction of a job: on a shard's job, takes the shard's
+/// metadata lock as Citus' own writes do, and stops the job if the shard is no longer here.
+pub(super) fn guard_transaction() -> Result<(), AiError> {
+    let Some(shard) = SHARD.with(|s| s.get()) else { return Ok(()) };
+    // lock_shard_metadata asks for the table's owner: taken as the catalog owner, for a job a
+    // role with UPDATE on the table runs (the lock only orders it before a move).
+    let here = as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            client.update(
+                "SELECT pg_catalog.lock_shard_metadata(5, ARRAY[$1]::pg_catalog.int8[])",
+                None,
+                &[shard.into()],
+            )?;
+            // Not `select`: a read-only query would see the snapshot from before the lock
+            // wait, where a move that just committed has not happened yet.
+            client
+                .update(
+                    "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_placement p
+                                     WHERE p.shardid OPERATOR(pg_catalog.=) $1
+                                       AND p.groupid OPERATOR(pg_catalog.=) (SELECT groupid FROM pg_catalog.pg_dist_local_group))",
+                    Some(1),
+                    &[shard.into()],
+                )?
+                .first()
+                .get_one::<bool>()
+        })
+    })
+    .map_err(spi_failed)?
+    .unwrap_or(false);
+    if !here {
+        MOVED.with(|m| m.set(true));
+        return Err(AiError::Internal { message: format!("shard {shard} moved to another node") });
+    }
+    Ok(())
+}
+
+/// The row a procedure with one INOUT text argument answers.
+fn one_field_row(fcinfo: pg_sys::FunctionCallInfo, text: &str) -> Result<pg_sys::Datum, AiError> {
+    use pgrx::datum::IntoDatum;
+    // SAFETY: fcinfo is the live call info of a procedure whose result is a row of one text
+    // field (its INOUT argument); the tuple is formed from a text datum of that type.
+    unsafe {
+        let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
+        if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc)
+            != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
+        {
+            return Err(AiError::Internal { message: "the result type is not a row type".into() });
+        }
+        let tupdesc = pg_sys::BlessTupleDesc(tupdesc);
+        let mut values = [text.into_datum().unwrap_or(pg_sys::Datum::from(0))];
+        let mut nulls = [false];
+        let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        Ok(pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc))
+    }
+}

@@ -1,0 +1,559 @@
+//! pg_bailian on a Citus cluster: a coordinator and two workers (and, in one test, a third
+//! worker added later), each a real PostgreSQL server on loopback preloading
+//! `citus,pg_bailian`, set up as Citus' own harness does (`citus_tests/common.py`), with the
+//! stand-in over HTTP. Skipped, saying why, where Citus is not installed (scripts/lib.sh builds
+//! Citus 13.2.2 for PostgreSQL 15 from ../shared/vendor when it can).
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const NODE_CONF: &str = "shared_preload_libraries = 'citus,pg_bailian'\n\
+     max_connections = 100\n\
+     max_worker_processes = 20\n\
+     max_prepared_transactions = 100\n\
+     citus.node_conninfo = 'sslmode=disable'\n\
+     citus.shard_count = 8\n\
+     pg_bailian.allowed_hosts = 'http://127.0.0.1, http://localhost'\n";
+
+struct Cluster {
+    coordinator: PrivateCluster,
+    workers: Vec<PrivateCluster>,
+}
+
+/// Whether Citus is installed in the server under test; if not, says what goes untested.
+fn citus_available() -> bool {
+    let libdir =
+        run_program(std::process::Command::new(format!("{}/pg_config", pg_bin())).arg("--pkglibdir"));
+    let there = std::path::Path::new(libdir.trim()).join("citus.so").exists();
+    if !there {
+        assert_ne!(
+            std::env::var("PG_BAILIAN_CITUS").as_deref(),
+            Ok("installed"),
+            "scripts/test.sh installed Citus, but the server under test has no citus.so"
+        );
+        eprintln!(
+            "SKIPPED: Citus is not installed for this PostgreSQL ({}); pg_bailian on a Citus cluster untested here",
+            libdir.trim()
+        );
+    }
+    there
+}
+
+fn node(name: &str) -> PrivateCluster {
+    let node = PrivateCluster::start(name, NODE_CONF);
+    node.connect("postgres").batch_execute("CREATE EXTENSION citus").unwrap();
+    node
+}
+
+impl Cluster {
+    /// A coordinator (in the metadata, so it holds the reference tables' copies) and two
+    /// workers, with pg_bailian created on the coordinator and its catalogs made shared.
+    fn start(name: &str) -> Option<Cluster> {
+        if !citus_available() {
+            return None;
+        }
+        let coordinator = node(&format!("{name}_c"));
+        let workers = vec![node(&format!("{name}_w1")), node(&format!("{name}_w2"))];
+        let cluster = Cluster { coordinator, workers };
+        let mut c = cluster.coordinator();
+        c.batch_execute(&format!(
+            "SELECT citus_set_coordinator_host('127.0.0.1', {})",
+            cluster.coordinator.port()
+        ))
+        .unwrap();
+        for w in &cluster.workers {
+            c.batch_execute(&format!("SELECT citus_add_node('127.0.0.1', {})", w.port())).unwrap();
+        }
+        c.batch_execute("CREATE EXTENSION pg_bailian").unwrap();
+        Some(cluster)
+    }
+
+    fn coordinator(&self) -> Client {
+        self.coordinator.connect("postgres")
+    }
+
+    fn worker(&self, i: usize) -> Client {
+        self.workers[i].connect("postgres")
+    }
+
+    /// Every node's copy of the coordinator's master key file (made by the first deploy of a
+    /// literal key), as an administrator installs it.
+    fn share_master_key(&self) {
+        let key = self.coordinator.data().join("pg_bailian.master.key");
+        assert!(key.exists(), "the coordinator has no master key yet");
+        for w in &self.workers {
+            copy_key(&key, &w.data());
+        }
+    }
+}
+
+fn copy_key(key: &std::path::Path, data: &std::path::Path) {
+    let to = data.join("pg_bailian.master.key");
+    std::fs::copy(key, &to).unwrap();
+    run_program(std::process::Command::new("chown").arg("postgres:postgres").arg(&to));
+    run_program(std::process::Command::new("chmod").arg("600").arg(&to));
+}
+
+fn strings(c: &mut Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).iter().map(|r| r.get(0)).collect()
+}
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+}
+
+/// Requests a node sent, by its own ai_usage.
+fn requests_of(c: &mut Client) -> i64 {
+    count(c, "SELECT coalesce(sum(requests), 0)::bigint FROM ai_usage")
+}
+
+const ENABLED: &str = "SELECT catalog::text || ': ' || state FROM ai_citus_enable()";
+
+#[test]
+fn every_node_has_the_coordinators_catalog_and_only_the_coordinator_changes_it() {
+    let Some(cluster) = Cluster::start("catalog") else { return };
+    let s = standin();
+    let mut c = cluster.coordinator();
+
+    // CREATE EXTENSION reached every node.
+    let versions = strings(
+        &mut c,
+        "SELECT result FROM run_command_on_all_nodes($$SELECT extversion FROM pg_extension WHERE extname = 'pg_bailian'$$) ORDER BY nodeid",
+    );
+    let mine = one_text(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_bailian'").unwrap();
+    assert_eq!(versions, vec![mine.clone(); 3]);
+
+    // Before the catalogs are shared, the check says what to do.
+    let problems =
+        strings(&mut c, "SELECT coalesce(problem, '') FROM ai_citus_check() WHERE node_role = 'worker'");
+    assert!(problems.iter().all(|p| p.contains("ai_citus_enable")), "{problems:?}");
+
+    let enabled = strings(&mut c, ENABLED);
+    assert_eq!(enabled.len(), 6, "{enabled:?}");
+    assert!(enabled.iter().all(|e| e.ends_with("made a reference table")), "{enabled:?}");
+    // Idempotent.
+    assert!(strings(&mut c, ENABLED).iter().all(|e| e.ends_with("already a reference table")));
+
+    deploy(&mut c, &s, "emb", "text-embedding-v4", "");
+    deploy(&mut c, &s, "chat", "qwen-plus", "");
+    c.batch_execute(
+        "SELECT ai_set_prompt('chat', 'ai_summarize', 'Sum it up in {max_words} words.');
+         SELECT ai_set_default_model('ai_embed', 'emb');
+         INSERT INTO ai_prices (model_type, input_price, output_price) VALUES ('qwen-plus', 0.8, 2);",
+    )
+    .unwrap();
+    for i in 0..2 {
+        let mut w = cluster.worker(i);
+        assert_eq!(strings(&mut w, "SELECT model_name FROM ai_models ORDER BY 1"), vec!["chat", "emb"]);
+        assert_eq!(
+            one_text(&mut w, "SELECT prompt FROM ai_prompts WHERE model_name = 'chat'").as_deref(),
+            Some("Sum it up in {max_words} words.")
+        );
+        assert_eq!(
+            one_text(&mut w, "SELECT model_name FROM ai_default_models WHERE function_name = 'ai_embed'")
+                .as_deref(),
+            Some("emb")
+        );
+        assert_eq!(
+            one_text(&mut w, "SELECT input_price::text FROM ai_prices WHERE model_type = 'qwen-plus'")
+                .as_deref(),
+            Some("0.8")
+        );
+    }
+
+    // The workers have no master key yet: the check says so, naming each node, and a call on a
+    // worker fails naming it.
+    let rows = c
+        .query("SELECT node, node_role, ok, coalesce(problem, '') FROM ai_citus_check() ORDER BY node_role, node", &[])
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let (node, role, ok, problem): (String, String, bool, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if role == "coordinator" {
+            assert!(ok, "{node}: {problem}");
+        } else {
+            assert!(!ok && problem.contains("master key"), "{node}: {problem}");
+        }
+    }
+    let w1 = format!("127.0.0.1:{}", cluster.workers[0].port());
+    let (_, message) = error_of(cluster.worker(0).query_one("SELECT ai_embed('emb', 'hello')", &[]));
+    assert!(
+        message.contains(&format!("on Citus worker node {w1}")) && message.contains("master key"),
+        "{message}"
+    );
+    // A query of the coordinator alone needs only its key.
+    assert_eq!(count(&mut c, "SELECT count(ai_embed('emb', x::text)) FROM generate_series(1, 3) x"), 3);
+    c.batch_execute(
+        "CREATE TABLE dist (id int PRIMARY KEY, body text); SELECT create_distributed_table('dist', 'id');
+                     INSERT INTO dist SELECT g, 'text ' || g FROM generate_series(1, 40) g;",
+    )
+    .unwrap();
+    let (_, message) = error_of(c.query_one("SELECT count(ai_embed('emb', body)) FROM dist", &[]));
+    assert!(message.contains("on Citus worker node") && message.contains("master key"), "{message}");
+
+    cluster.share_master_key();
+    let problems =
+        strings(&mut c, "SELECT node || ': ' || coalesce(problem, 'ok') FROM ai_citus_check() WHERE NOT ok");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(count(&mut c, "SELECT count(ai_embed('emb', body)) FROM dist"), 40);
+
+    // Catalog changes on a worker are refused, and change nothing.
+    let mut w = cluster.worker(0);
+    for sql in [
+        format!(
+            "SELECT ai_deploy_model('other', 'qwen-plus', '{}', base_url => '{}')",
+            key("other"),
+            s.base_url()
+        ),
+        "SELECT ai_undeploy_model('chat')".to_string(),
+        "SELECT ai_set_prompt('chat', 'ai_summarize', 'Shorter: {max_words}')".to_string(),
+        "SELECT ai_set_default_model('ai_embed', NULL)".to_string(),
+        "SELECT ai_set_budget(NULL, 'chat', 10)".to_string(),
+        "INSERT INTO ai_prices (model_type, input_price) VALUES ('qwen-max', 1)".to_string(),
+    ] {
+        let (code, message) = error_of(w.batch_execute(&sql));
+        assert!(
+            message.contains("only the coordinator changes") && message.contains(&w1),
+            "{sql}: {code} {message}"
+        );
+    }
+    assert_eq!(
+        strings(&mut c, "SELECT result FROM run_command_on_all_nodes($$SELECT string_agg(model_name, ',' ORDER BY model_name) FROM bailian.models$$)"),
+        vec!["chat,emb"; 3]
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_budgets"), 0);
+
+    // A node added later gets the extension from Citus, and the catalogs with the reference
+    // tables' copies.
+    let w3 = node("catalog_w3");
+    copy_key(&cluster.coordinator.data().join("pg_bailian.master.key"), &w3.data());
+    c.batch_execute(&format!("SELECT citus_add_node('127.0.0.1', {})", w3.port())).unwrap();
+    c.batch_execute("SELECT replicate_reference_tables('block_writes')").unwrap();
+    let mut third = w3.connect("postgres");
+    assert_eq!(
+        one_text(&mut third, "SELECT extversion FROM pg_extension WHERE extname = 'pg_bailian'"),
+        Some(mine)
+    );
+    assert_eq!(strings(&mut third, "SELECT model_name FROM ai_models ORDER BY 1"), vec!["chat", "emb"]);
+    assert!(one_text(&mut third, "SELECT ai_embed('emb', 'hello')::text").is_some());
+    assert!(strings(&mut c, "SELECT coalesce(problem, 'ok') FROM ai_citus_check()")
+        .iter()
+        .all(|p| p == "ok"));
+
+    // Undeploying on the coordinator removes the model and what belongs to it everywhere.
+    c.batch_execute("SELECT ai_undeploy_model('chat')").unwrap();
+    assert_eq!(
+        strings(&mut c, "SELECT result FROM run_command_on_all_nodes($$SELECT (SELECT count(*) FROM bailian.models)::text || '/' || (SELECT count(*) FROM bailian.prompts) || '/' || (SELECT count(*) FROM bailian.model_keys)$$)"),
+        vec!["1/0/1"; 4]
+    );
+    drop(third);
+    drop(w3);
+}
+
+#[test]
+fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
+    let Some(cluster) = Cluster::start("shapes") else { return };
+    let s = standin();
+    let mut c = cluster.coordinator();
+    strings(&mut c, ENABLED);
+    deploy(&mut c, &s, "emb", "text-embedding-v4", "");
+    deploy(&mut c, &s, "chat", "qwen-plus", "");
+    cluster.share_master_key();
+    c.batch_execute(
+        "CREATE TABLE dist (id int PRIMARY KEY, body text); SELECT create_distributed_table('dist', 'id');
+         INSERT INTO dist SELECT g, 'text ' || g FROM generate_series(1, 200) g;
+         CREATE TABLE other (k int, id int, note text); SELECT create_distributed_table('other', 'k');
+         INSERT INTO other SELECT g % 10, g, 'note ' || g FROM generate_series(1, 50) g;
+         CREATE TABLE answers (id int, answer text); SELECT create_distributed_table('answers', 'id');",
+    )
+    .unwrap();
+
+    // A multi-shard SELECT: the calls are made by the workers, batched there.
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dist WHERE array_length(ai_embed('emb', body), 1) = 1024"),
+        200
+    );
+    assert_eq!(requests_of(&mut c), 0, "the coordinator made no call of its own");
+    let (r1, r2) = (requests_of(&mut cluster.worker(0)), requests_of(&mut cluster.worker(1)));
+    assert!(r1 > 0 && r2 > 0, "both workers call the model: {r1}, {r2}");
+    // Packs of inputs: far fewer requests than rows.
+    assert!(r1 + r2 <= 40, "{r1} + {r2} requests for 200 rows");
+    c.batch_execute("SET citus.explain_all_tasks = on").unwrap();
+    let plan = strings(&mut c, "EXPLAIN (COSTS OFF) SELECT ai_embed('emb', body) FROM dist").join("\n");
+    assert_eq!(plan.matches("Custom Scan (AI Batch)").count(), 8, "{plan}");
+
+    let echo_of = |id: i32| echo(&format!("text {id}"));
+    // Router query (one shard).
+    assert_eq!(one_text(&mut c, "SELECT ai_gen('chat', body) FROM dist WHERE id = 7"), Some(echo_of(7)));
+    let plan =
+        strings(&mut c, "EXPLAIN (COSTS OFF) SELECT ai_gen('chat', body) FROM dist WHERE id = 7").join("\n");
+    assert!(plan.contains("AI Batch") && plan.contains("Task Count: 1"), "{plan}");
+    // Multi-shard with ORDER BY and LIMIT on the coordinator.
+    assert_eq!(
+        strings(&mut c, "SELECT ai_gen('chat', body) FROM dist ORDER BY id LIMIT 3"),
+        vec![echo_of(1), echo_of(2), echo_of(3)]
+    );
+    // An AI call in WHERE, aggregated on the coordinator.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dist WHERE ai_gen('chat', body) LIKE '%text 1%'"), {
+        (1..=200).filter(|i| echo_of(*i).contains("text 1")).count() as i64
+    });
+    // A repartition join (distributed on different columns).
+    c.batch_execute("SET citus.enable_repartition_joins = on").unwrap();
+    let joined = strings(
+        &mut c,
+        "SELECT ai_gen('chat', d.body || ' / ' || o.note) FROM dist d JOIN other o ON o.id = d.id ORDER BY d.id LIMIT 50",
+    );
+    assert_eq!(joined.len(), 50);
+    assert_eq!(joined[0], echo("text 1 / note 1"));
+    // INSERT ... SELECT (the SELECT's calls on the workers).
+    c.batch_execute("INSERT INTO answers SELECT id, ai_gen('chat', body) FROM dist WHERE id <= 30").unwrap();
+    assert_eq!(one_text(&mut c, "SELECT answer FROM answers WHERE id = 30"), Some(echo_of(30)));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM answers"), 30);
+    // A CTE kept as an intermediate result: the calls are made by the coordinator, batched.
+    let before = requests_of(&mut c);
+    assert_eq!(
+        strings(&mut c, "WITH src AS MATERIALIZED (SELECT id, body FROM dist WHERE id <= 20) SELECT ai_gen('chat', body) FROM src ORDER BY id"),
+        (1..=20).map(echo_of).collect::<Vec<_>>()
+    );
+    assert_eq!(requests_of(&mut c) - before, 20, "the coordinator made the CTE's calls");
+    let plan = strings(
+        &mut c,
+        "EXPLAIN (COSTS OFF) WITH src AS MATERIALIZED (SELECT id, body FROM dist) SELECT ai_gen('chat', body) FROM src",
+    )
+    .join("\n");
+    assert!(plan.contains("AI Batch"), "{plan}");
+    // A subquery with a LIMIT (planned on its own), its calls above it on the coordinator.
+    assert_eq!(
+        strings(&mut c, "SELECT ai_gen('chat', x) FROM (SELECT body AS x FROM dist ORDER BY id LIMIT 2) s"),
+        vec![echo_of(1), echo_of(2)]
+    );
+    // A call over a coordinator-side aggregate.
+    assert_eq!(
+        one_text(&mut c, "SELECT ai_gen('chat', string_agg(body, ',' ORDER BY id)) FROM dist WHERE id < 3"),
+        Some(echo("text 1,text 2"))
+    );
+
+    // A plain UPDATE is refused by Citus; the error says what to use instead.
+    let (code, message) = error_of(c.batch_execute("UPDATE dist SET body = ai_gen('chat', body)"));
+    assert_eq!(code, "0A000");
+    assert!(message.contains("Citus") && message.contains("VOLATILE"), "{message}");
+    let err = c.batch_execute("UPDATE dist SET body = ai_gen('chat', body)").unwrap_err();
+    let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default().to_string();
+    assert!(hint.contains("CALL ai_update"), "{hint}");
+}
+
+fn fill_table(c: &mut Client, rows: i32) {
+    c.batch_execute(&format!(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, emb real[], summary text);
+         SELECT create_distributed_table('docs', 'id');
+         INSERT INTO docs (id, body) SELECT g, 'document ' || g FROM generate_series(1, {rows}) g;"
+    ))
+    .unwrap();
+}
+
+/// How many times each input reached the stand-in.
+fn sent(s: &bailian_standin::Standin) -> HashMap<String, usize> {
+    let mut sent = HashMap::new();
+    for r in s.requests().iter().filter(|r| r.status == 200) {
+        for i in &r.inputs {
+            *sent.entry(i.clone()).or_insert(0) += 1;
+        }
+    }
+    sent
+}
+
+#[test]
+fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
+    let Some(cluster) = Cluster::start("update") else { return };
+    let s = standin_with(bailian_standin::Config { latency_ms: 10, ..Default::default() });
+    let mut c = cluster.coordinator();
+    strings(&mut c, ENABLED);
+    deploy(&mut c, &s, "emb", "text-embedding-v4", "");
+    deploy(&mut c, &s, "chat", "qwen-plus", "");
+    cluster.share_master_key();
+    fill_table(&mut c, 2000);
+
+    let (mut cc, seen) = cluster.coordinator.connect_collecting("postgres");
+    cc.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, batch_size => 300)").unwrap();
+    let told = notices(&seen);
+    assert!(told.contains("2000 rows of public.docs to fill on 2 nodes"), "{told}");
+    assert!(told.contains("finished on 2 nodes") && told.contains("2000 filled, 0 failed"), "{told}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE array_length(emb, 1) = 1024"), 2000);
+    // Each row's text was sent once, by the node holding it.
+    let inputs = sent(&s);
+    assert_eq!(inputs.len(), 2000);
+    assert!(inputs.values().all(|n| *n == 1), "an input sent twice");
+    let (r1, r2) = (requests_of(&mut cluster.worker(0)), requests_of(&mut cluster.worker(1)));
+    assert!(r1 > 0 && r2 > 0 && r1 + r2 == s.stats().embedding_requests as i64, "{r1} + {r2}");
+
+    // Again: nothing to do, nothing sent.
+    let before = s.stats().requests;
+    cc.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)").unwrap();
+    assert_eq!(s.stats().requests, before);
+
+    // The column procedures go the same way; a filter holds on every node.
+    cc.batch_execute("CALL ai_gen_column('docs', 'body', 'summary', 'chat', 'Sum up: {0}')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE summary IS NOT NULL"), 2000);
+    assert_eq!(one_text(&mut c, "SELECT summary FROM docs WHERE id = 17"), Some(echo("Sum up: document 17")));
+    c.batch_execute("UPDATE docs SET emb = NULL WHERE id <= 100").unwrap();
+    cc.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, filter => 'id % 2 = 0')")
+        .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 50);
+    cc.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb')").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 0);
+
+    // A failed row costs only itself, reported by key on the coordinator.
+    c.batch_execute(
+        "ALTER TABLE docs ADD COLUMN n int; UPDATE docs SET summary = NULL WHERE id IN (5, 6, 7)",
+    )
+    .unwrap();
+    let (mut cc2, seen2) = cluster.coordinator.connect_collecting("postgres");
+    cc2.batch_execute("CALL ai_update('docs', 'summary', $$CASE WHEN id = 6 THEN (1 / (id - 6))::text ELSE ai_gen('chat', body) END$$)")
+        .unwrap();
+    let told = notices(&seen2);
+    assert!(
+        told.contains("2 filled, 1 failed") && told.contains("(6)") && told.contains("division by zero"),
+        "{told}"
+    );
+
+    // In a transaction block, refused as on one server.
+    let (_, message) =
+        error_of(c.batch_execute("BEGIN; CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$); COMMIT"));
+    assert!(message.contains("cannot run inside a transaction block"), "{message}");
+    c.batch_execute("ROLLBACK").unwrap();
+
+    // A reference table has a copy on every node: each row is computed once, on the
+    // coordinator, and the same value reaches every copy, batch by batch.
+    c.batch_execute(
+        "CREATE TABLE ref (id int PRIMARY KEY, body text, emb real[], label varchar(200)); SELECT create_reference_table('ref');
+         INSERT INTO ref SELECT g, 'r ' || g FROM generate_series(1, 250) g;",
+    )
+    .unwrap();
+    s.reset();
+    let (mut cc3, seen3) = cluster.coordinator.connect_collecting("postgres");
+    cc3.batch_execute("CALL ai_update('ref', 'emb', $$ai_embed('emb', body)$$, batch_size => 100)").unwrap();
+    cc3.batch_execute(
+        "CALL ai_update('ref', 'label', $$ai_gen('chat', 'label: ' || body)$$, filter => 'id <= 120')",
+    )
+    .unwrap();
+    let told = notices(&seen3);
+    assert!(told.contains("250 rows of ref to fill") && told.contains("250 filled"), "{told}");
+    let sent = sent(&s);
+    assert_eq!(sent.len(), 250 + 120);
+    assert!(sent.values().all(|n| *n == 1), "an input sent twice");
+    let copies = strings(
+        &mut c,
+        "SELECT result FROM run_command_on_placements('ref', $$SELECT count(emb) || '/' || count(label) || '/' || md5(string_agg(emb::text || coalesce(label, '-'), ',' ORDER BY id)) FROM %s$$)",
+    );
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    assert!(copies.iter().all(|c| c == &copies[0] && c.starts_with("250/120/")), "{copies:?}");
+    assert_eq!(one_text(&mut c, "SELECT label FROM ref WHERE id = 9"), Some(echo("label: r 9")));
+    // A table with two copies of each shard: refused, before anything is sent.
+    c.batch_execute(
+        "SET citus.shard_replication_factor = 2;
+         CREATE TABLE twice (id int PRIMARY KEY, body text, emb real[]); SELECT create_distributed_table('twice', 'id');
+         RESET citus.shard_replication_factor;
+         INSERT INTO twice SELECT g, 't ' || g FROM generate_series(1, 5) g;",
+    )
+    .unwrap();
+    let before = s.stats().requests;
+    let (_, message) = error_of(c.batch_execute("CALL ai_update('twice', 'emb', $$ai_embed('emb', body)$$)"));
+    assert!(message.contains("more than one copy of a shard"), "{message}");
+    assert_eq!(s.stats().requests, before);
+    // On a worker: from the coordinator only.
+    let (_, message) =
+        error_of(cluster.worker(0).batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)"));
+    assert!(message.contains("runs from the coordinator"), "{message}");
+}
+
+#[test]
+fn a_shard_moved_during_ai_update_loses_no_write_and_pays_no_answer_twice() {
+    let Some(cluster) = Cluster::start("move") else { return };
+    let s = standin_with(bailian_standin::Config { latency_ms: 60, ..Default::default() });
+    let mut c = cluster.coordinator();
+    strings(&mut c, ENABLED);
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", max_retries => 0");
+    cluster.share_master_key();
+    fill_table(&mut c, 3000);
+    let (w1, w2) = (cluster.workers[0].port(), cluster.workers[1].port());
+    // A shard of the first worker that the job has not reached when it moves (its last one).
+    let shard: i64 = c
+        .query_one(
+            &format!(
+                "SELECT max(shardid) FROM citus_shards WHERE table_name = 'docs'::regclass AND nodeport = {w1}"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let coordinator_port = cluster.coordinator.port();
+    let job = std::thread::spawn(move || {
+        let mut cfg: postgres::Config =
+            format!("host=127.0.0.1 port={coordinator_port} user=postgres dbname=postgres").parse().unwrap();
+        let told = Seen::default();
+        let sink = told.clone();
+        cfg.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+        let mut j = cfg.connect(postgres::NoTls).unwrap();
+        j.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, batch_size => 100)")
+            .unwrap();
+        notices(&told)
+    });
+    // Once the job is writing on the first worker, move one of its shards to the second.
+    assert!(wait_for(Duration::from_secs(30), || count(
+        &mut c,
+        "SELECT count(*) FROM docs WHERE emb IS NOT NULL"
+    ) >= 200));
+    c.batch_execute(&format!(
+        "SELECT citus_move_shard_placement({shard}, '127.0.0.1', {w1}, '127.0.0.1', {w2}, shard_transfer_mode => 'block_writes')"
+    ))
+    .unwrap();
+    let told = job.join().unwrap();
+    assert!(told.contains("again: shards moved"), "{told}");
+    assert_eq!(
+        count(
+            &mut c,
+            &format!("SELECT count(*) FROM citus_shards WHERE shardid = {shard} AND nodeport = {w2}")
+        ),
+        1,
+        "the shard moved"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 0, "every row filled: {told}");
+    let sent = sent(&s);
+    assert_eq!(sent.len(), 3000);
+    let twice: Vec<_> = sent.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "answers paid for twice: {twice:?}");
+}
+
+#[test]
+fn the_nodes_share_one_rate_limit() {
+    let Some(cluster) = Cluster::start("rate") else { return };
+    // Bailian's limit for this key and model: 600 requests a minute (10 a second).
+    let s =
+        standin_with(bailian_standin::Config { latency_ms: 20, rpm_limit: Some(600), ..Default::default() });
+    let mut c = cluster.coordinator();
+    strings(&mut c, ENABLED);
+    deploy(&mut c, &s, "emb", "text-embedding-v4", ", requests_per_minute => 600");
+    cluster.share_master_key();
+    // 1,500 texts: 150 requests of 10 inputs, from both workers at once.
+    fill_table(&mut c, 1500);
+    c.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 0);
+    let stats = s.stats();
+    assert_eq!(stats.rate_limited, 0, "the nodes together kept under the limit: {stats:?}");
+    let (r1, r2) = (requests_of(&mut cluster.worker(0)), requests_of(&mut cluster.worker(1)));
+    assert!(r1 > 0 && r2 > 0, "{r1}, {r2}");
+    // Each node paced itself to its share of the limit (about half each here).
+    let limits = strings(
+        &mut c,
+        "SELECT result FROM run_command_on_workers($$SELECT coalesce(max(requests_per_minute), 0)::text FROM ai_rate_limits$$) ORDER BY nodeport",
+    );
+    for l in &limits {
+        let rpm: i64 = l.parse().unwrap();
+        assert!(rpm > 0 && rpm < 600, "a worker's limit is its share of 600: {limits:?}");
+    }
+}
