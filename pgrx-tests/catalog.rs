@@ -260,7 +260,8 @@ fn a_role_without_grants_cannot_reach_a_key() {
     // bailian.default_model_choices() (the ai_prompts and ai_default_models views call them
     // with the caller's rights), ai_citus_check() (which asks the nodes as the caller) and the
     // per-node part of a column job, bailian.refuse_on_worker(text) (ai_prices' trigger, run
-    // by whoever writes ai_prices: it only raises an error); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
+    // by whoever writes ai_prices: it only raises an error), bailian.worker_rows(text) (ai_usage and
+    // ai_activity call it: it asks the Citus workers as the caller); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
     // register/delete_external_model, and no other internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
@@ -294,7 +295,8 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_update(regclass,name,text,integer,text,text), \
          ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text), bailian.activity_rows(), \
          bailian.budget_spent(), bailian.cache_rows(), bailian.default_model_choices(), bailian.default_prompts(), \
-         bailian.rate_limit_rows(), bailian.refuse_on_worker(text), bailian.scope(), bailian.usage_rows(), list_external_models(), \
+         bailian.rate_limit_rows(), bailian.refuse_on_worker(text), bailian.scope(), bailian.usage_rows(), \
+         bailian.worker_rows(text), list_external_models(), \
          prompt(text,text[])"
     );
 

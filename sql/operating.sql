@@ -150,6 +150,60 @@ SELECT b.id AS budget_id, b.role, b.model_name, b."limit", b.unit, b.period, b.t
     ON s.budget_id OPERATOR(pg_catalog.=) b.id
    AND s.period_start OPERATOR(pg_catalog.=) pg_catalog.date_part('epoch', b.period_start)::bigint;
 
+-- On a Citus coordinator, ai_usage and ai_activity also show the workers' rows (src/citus.rs):
+-- each worker is asked, as the current user, for its own view's rows (so each applies its own
+-- rules of who sees what), which come back as JSON of these row types.
+CREATE TYPE bailian.usage_row AS (
+    database name, role name, model_name text, model_type text, function_name text, calls bigint,
+    requests bigint, inputs bigint, failures bigint, retries bigint, rate_limited bigint,
+    prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint,
+    cost_yuan numeric, shared_calls bigint, cache_hits bigint, saved_yuan numeric,
+    latency_p50_ms double precision, latency_p95_ms double precision, latency_max_ms double precision,
+    first_used timestamptz, last_used timestamptz, scope text);
+COMMENT ON TYPE bailian.usage_row IS 'A row of ai_usage as a Citus worker answers it to the coordinator.';
+CREATE TYPE bailian.activity_row AS (
+    pid integer, role name, database name, statement text, job text, model_name text, requests bigint,
+    in_flight bigint, retries bigint, rate_limited bigint, tokens bigint, cost_yuan numeric, rows_done bigint,
+    rows_total bigint, eta timestamptz, waiting_for_rate_limit boolean, query_start timestamptz, scope text);
+COMMENT ON TYPE bailian.activity_row IS 'A row of ai_activity as a Citus worker answers it to the coordinator.';
+
+CREATE FUNCTION bailian.worker_rows(view_name text)
+RETURNS TABLE (node text, item json)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    schema_name text;
+    w record;
+BEGIN
+    IF view_name OPERATOR(pg_catalog.<>) ALL (ARRAY['ai_usage', 'ai_activity']) THEN
+        RAISE EXCEPTION 'bailian.worker_rows: no view %', view_name USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RETURN;
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT n.nspname INTO schema_name
+      FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+     WHERE e.extname OPERATOR(pg_catalog.=) 'pg_bailian';
+    FOR w IN
+        SELECT x.nodename, x.nodeport, x.success, x.result
+          FROM pg_catalog.run_command_on_workers(pg_catalog.format(
+                   'SELECT COALESCE(pg_catalog.json_agg(v), ''[]'')::text FROM %I.%I v', schema_name, view_name)) x
+    LOOP
+        IF NOT w.success THEN
+            RAISE WARNING '%: Citus worker %:% did not answer: %', view_name, w.nodename, w.nodeport, w.result;
+            CONTINUE;
+        END IF;
+        RETURN QUERY SELECT w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport::text, j
+                       FROM pg_catalog.json_array_elements(w.result::json) j;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION bailian.worker_rows(text) IS 'On a Citus coordinator, the rows of ai_usage or ai_activity on each worker, asked as the current user; elsewhere none.';
+
 -- Usage, over every backend (with shared_preload_libraries; else this backend's alone).
 CREATE FUNCTION bailian.usage_rows()
 RETURNS TABLE (scope text, database_id bigint, role_id bigint, model_name text, model_type text, function_name text,
@@ -170,11 +224,14 @@ SELECT d.datname AS database, r.rolname AS role, u.model_name, u.model_type, u.f
        u.latency_p50_ms, u.latency_p95_ms, u.latency_max_ms,
        pg_catalog.to_timestamp(u.first_used_us OPERATOR(pg_catalog./) 1e6::float8) AS first_used,
        pg_catalog.to_timestamp(u.last_used_us OPERATOR(pg_catalog./) 1e6::float8) AS last_used,
-       u.scope
+       u.scope, NULL::text AS node
   FROM bailian.usage_rows() u
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) u.database_id::oid
-  LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) u.role_id::oid;
-COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function since the counters were last reset: calls (requests as asked, before retries), requests (sent, retries included), inputs, failures, retries, rate_limited (429s), tokens as the provider reported them, cost in yuan at ai_prices (NULL when the model has no price), calls answered without a request of their own (shared_calls: by an identical call of the same statement or job; cache_hits: from the answer cache) and what they would have cost (saved_yuan), latency percentiles (p50/p95 are the upper bound of a class of latencies, within 41%; max is exact), first and last use. scope: cluster (shared_preload_libraries) or backend (this session alone). A role sees its own rows; members of pg_read_all_stats see all (and the overflow row, database and role NULL, function ''(other)'', where counts go once pg_bailian.max_usage_entries rows are taken). Counters survive a clean restart (pg_bailian.save_usage).';
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) u.role_id::oid
+UNION ALL
+SELECT r.*, w.node
+  FROM bailian.worker_rows('ai_usage') w, pg_catalog.json_populate_record(NULL::bailian.usage_row, w.item) r;
+COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function since the counters were last reset: calls (requests as asked, before retries), requests (sent, retries included), inputs, failures, retries, rate_limited (429s), tokens as the provider reported them, cost in yuan at ai_prices (NULL when the model has no price), calls answered without a request of their own (shared_calls: by an identical call of the same statement or job; cache_hits: from the answer cache) and what they would have cost (saved_yuan), latency percentiles (p50/p95 are the upper bound of a class of latencies, within 41%; max is exact), first and last use. scope: cluster (shared_preload_libraries) or backend (this session alone). A role sees its own rows; members of pg_read_all_stats see all (and the overflow row, database and role NULL, function ''(other)'', where counts go once pg_bailian.max_usage_entries rows are taken). Counters survive a clean restart (pg_bailian.save_usage). node: NULL for this server; on a Citus coordinator, the worker (host:port) whose row it is: every node counts its own calls.';
 
 CREATE FUNCTION ai_usage_reset() RETURNS bigint
 LANGUAGE c VOLATILE
@@ -198,14 +255,17 @@ SELECT a.pid, a.usename AS role, a.datname AS database, a.query AS statement, s.
        CASE WHEN s.job IS NOT NULL AND s.rows_total IS NOT NULL AND s.rows_done > 0
             THEN pg_catalog.now() + (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp(s.job_started_us / 1e6::float8))
                                     * ((s.rows_total - s.rows_done)::float8 / s.rows_done::float8) END AS eta,
-       s.waiting AS waiting_for_rate_limit, a.query_start, s.scope
+       s.waiting AS waiting_for_rate_limit, a.query_start, s.scope, NULL::text AS node
   FROM bailian.activity_rows() s
   JOIN pg_catalog.pg_stat_activity a
     ON a.pid OPERATOR(pg_catalog.=) s.pid::integer
    AND a.state OPERATOR(pg_catalog.=) 'active'
    AND a.query_start OPERATOR(pg_catalog.=)
-       ('2000-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+) (s.statement_start::text || ' microseconds')::interval);
-COMMENT ON VIEW ai_activity IS 'AI work in progress, one row per backend whose current statement (or ai_update job) called a model: requests sent, in flight, retries, rate_limited (429s), tokens and cost so far, rows done of rows_total and an ETA for jobs, and whether it waits for the rate limiter. statement is pg_stat_activity''s query (hidden from roles that may not see it). scope: cluster (shared_preload_libraries) or backend.';
+       ('2000-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+) (s.statement_start::text || ' microseconds')::interval)
+UNION ALL
+SELECT r.*, w.node
+  FROM bailian.worker_rows('ai_activity') w, pg_catalog.json_populate_record(NULL::bailian.activity_row, w.item) r;
+COMMENT ON VIEW ai_activity IS 'AI work in progress, one row per backend whose current statement (or ai_update job) called a model: requests sent, in flight, retries, rate_limited (429s), tokens and cost so far, rows done of rows_total and an ETA for jobs, and whether it waits for the rate limiter. statement is pg_stat_activity''s query (hidden from roles that may not see it). scope: cluster (shared_preload_libraries) or backend. node: NULL for this server; on a Citus coordinator, the worker (host:port) where the backend runs (a column job on a distributed table works on every node holding its shards).';
 
 -- Rate limits: what each deployment's requests are paced by, and its bucket.
 CREATE FUNCTION bailian.rate_limit_rows()

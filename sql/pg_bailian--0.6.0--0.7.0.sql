@@ -4,7 +4,8 @@
 \echo Use "ALTER EXTENSION pg_bailian UPDATE" to load this file. \quit
 
 -- What changes: pg_bailian on a Citus cluster (README: Citus).
--- New: ai_citus_enable() and ai_citus_check(), the per-node part of a column job on a distributed
+-- New: ai_citus_enable() and ai_citus_check(), ai_usage and ai_activity with the workers' rows
+-- on a coordinator (their new column node), the per-node part of a column job on a distributed
 -- table (ai_update_local_shards), and the error a catalog change gets on a Citus worker (ai_prices'
 -- trigger raises it). The catalog tables themselves are unchanged here: on Citus they become
 -- reference tables by ai_citus_enable(), outside any extension script (Citus' hooks do not run
@@ -197,6 +198,98 @@ AS 'MODULE_PATHNAME', 'pg_bailian_update_local_shards';
 COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text) IS
   'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate; report is a JSON summary. Called by ai_update; the caller''s rights apply.';
 
+-- On a Citus coordinator, ai_usage and ai_activity also show the workers' rows (src/citus.rs):
+-- each worker is asked, as the current user, for its own view's rows (so each applies its own
+-- rules of who sees what), which come back as JSON of these row types.
+CREATE TYPE bailian.usage_row AS (
+    database name, role name, model_name text, model_type text, function_name text, calls bigint,
+    requests bigint, inputs bigint, failures bigint, retries bigint, rate_limited bigint,
+    prompt_tokens bigint, completion_tokens bigint, cached_tokens bigint, reasoning_tokens bigint,
+    cost_yuan numeric, shared_calls bigint, cache_hits bigint, saved_yuan numeric,
+    latency_p50_ms double precision, latency_p95_ms double precision, latency_max_ms double precision,
+    first_used timestamptz, last_used timestamptz, scope text);
+COMMENT ON TYPE bailian.usage_row IS 'A row of ai_usage as a Citus worker answers it to the coordinator.';
+CREATE TYPE bailian.activity_row AS (
+    pid integer, role name, database name, statement text, job text, model_name text, requests bigint,
+    in_flight bigint, retries bigint, rate_limited bigint, tokens bigint, cost_yuan numeric, rows_done bigint,
+    rows_total bigint, eta timestamptz, waiting_for_rate_limit boolean, query_start timestamptz, scope text);
+COMMENT ON TYPE bailian.activity_row IS 'A row of ai_activity as a Citus worker answers it to the coordinator.';
+
+CREATE FUNCTION bailian.worker_rows(view_name text)
+RETURNS TABLE (node text, item json)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    schema_name text;
+    w record;
+BEGIN
+    IF view_name OPERATOR(pg_catalog.<>) ALL (ARRAY['ai_usage', 'ai_activity']) THEN
+        RAISE EXCEPTION 'bailian.worker_rows: no view %', view_name USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RETURN;
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RETURN;
+    END IF;
+    SELECT n.nspname INTO schema_name
+      FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+     WHERE e.extname OPERATOR(pg_catalog.=) 'pg_bailian';
+    FOR w IN
+        SELECT x.nodename, x.nodeport, x.success, x.result
+          FROM pg_catalog.run_command_on_workers(pg_catalog.format(
+                   'SELECT COALESCE(pg_catalog.json_agg(v), ''[]'')::text FROM %I.%I v', schema_name, view_name)) x
+    LOOP
+        IF NOT w.success THEN
+            RAISE WARNING '%: Citus worker %:% did not answer: %', view_name, w.nodename, w.nodeport, w.result;
+            CONTINUE;
+        END IF;
+        RETURN QUERY SELECT w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport::text, j
+                       FROM pg_catalog.json_array_elements(w.result::json) j;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION bailian.worker_rows(text) IS 'On a Citus coordinator, the rows of ai_usage or ai_activity on each worker, asked as the current user; elsewhere none.';
+
+CREATE OR REPLACE VIEW ai_usage AS
+SELECT d.datname AS database, r.rolname AS role, u.model_name, u.model_type, u.function_name,
+       u.calls, u.requests, u.inputs, u.failures, u.retries, u.throttled AS rate_limited,
+       u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens,
+       u.cost_yuan::numeric AS cost_yuan,
+       u.shared_calls, u.cache_hits, u.saved_yuan::numeric AS saved_yuan,
+       u.latency_p50_ms, u.latency_p95_ms, u.latency_max_ms,
+       pg_catalog.to_timestamp(u.first_used_us OPERATOR(pg_catalog./) 1e6::float8) AS first_used,
+       pg_catalog.to_timestamp(u.last_used_us OPERATOR(pg_catalog./) 1e6::float8) AS last_used,
+       u.scope, NULL::text AS node
+  FROM bailian.usage_rows() u
+  LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) u.database_id::oid
+  LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) u.role_id::oid
+UNION ALL
+SELECT r.*, w.node
+  FROM bailian.worker_rows('ai_usage') w, pg_catalog.json_populate_record(NULL::bailian.usage_row, w.item) r;
+COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function since the counters were last reset: calls (requests as asked, before retries), requests (sent, retries included), inputs, failures, retries, rate_limited (429s), tokens as the provider reported them, cost in yuan at ai_prices (NULL when the model has no price), calls answered without a request of their own (shared_calls: by an identical call of the same statement or job; cache_hits: from the answer cache) and what they would have cost (saved_yuan), latency percentiles (p50/p95 are the upper bound of a class of latencies, within 41%; max is exact), first and last use. scope: cluster (shared_preload_libraries) or backend (this session alone). A role sees its own rows; members of pg_read_all_stats see all (and the overflow row, database and role NULL, function ''(other)'', where counts go once pg_bailian.max_usage_entries rows are taken). Counters survive a clean restart (pg_bailian.save_usage). node: NULL for this server; on a Citus coordinator, the worker (host:port) whose row it is: every node counts its own calls.';
+
+CREATE OR REPLACE VIEW ai_activity AS
+SELECT a.pid, a.usename AS role, a.datname AS database, a.query AS statement, s.job, s.model_name,
+       s.requests, s.in_flight, s.retries, s.throttled AS rate_limited, s.tokens, s.cost_yuan::numeric AS cost_yuan,
+       CASE WHEN s.job IS NOT NULL THEN s.rows_done END AS rows_done,
+       s.rows_total,
+       CASE WHEN s.job IS NOT NULL AND s.rows_total IS NOT NULL AND s.rows_done > 0
+            THEN pg_catalog.now() + (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp(s.job_started_us / 1e6::float8))
+                                    * ((s.rows_total - s.rows_done)::float8 / s.rows_done::float8) END AS eta,
+       s.waiting AS waiting_for_rate_limit, a.query_start, s.scope, NULL::text AS node
+  FROM bailian.activity_rows() s
+  JOIN pg_catalog.pg_stat_activity a
+    ON a.pid OPERATOR(pg_catalog.=) s.pid::integer
+   AND a.state OPERATOR(pg_catalog.=) 'active'
+   AND a.query_start OPERATOR(pg_catalog.=)
+       ('2000-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+) (s.statement_start::text || ' microseconds')::interval)
+UNION ALL
+SELECT r.*, w.node
+  FROM bailian.worker_rows('ai_activity') w, pg_catalog.json_populate_record(NULL::bailian.activity_row, w.item) r;
+COMMENT ON VIEW ai_activity IS 'AI work in progress, one row per backend whose current statement (or ai_update job) called a model: requests sent, in flight, retries, rate_limited (429s), tokens and cost so far, rows done of rows_total and an ETA for jobs, and whether it waits for the rate limiter. statement is pg_stat_activity''s query (hidden from roles that may not see it). scope: cluster (shared_preload_libraries) or backend. node: NULL for this server; on a Citus coordinator, the worker (host:port) where the backend runs (a column job on a distributed table works on every node holding its shards).';
+
 -- The objects made here get no privilege that ALTER DEFAULT PRIVILEGES of the updating role
 -- would grant (as finalize.sql does at CREATE EXTENSION), then exactly these.
 DO $acl$
@@ -206,7 +299,8 @@ DECLARE
 BEGIN
     FOREACH object IN ARRAY ARRAY['bailian.master_key_id()', 'bailian.refuse_on_worker(text)', 'ai_citus_enable()',
                                   'ai_citus_check()', 'bailian.json_probe()',
-                                  'ai_update_local_shards(regclass, name, text, int, text, text, float8, text)'] LOOP
+                                  'ai_update_local_shards(regclass, name, text, int, text, text, float8, text)',
+                                  'bailian.worker_rows(text)'] LOOP
         FOR g IN SELECT DISTINCT CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                                       ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END
                    FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
@@ -219,4 +313,4 @@ BEGIN
 END
 $acl$;
 GRANT EXECUTE ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION ai_citus_check(), bailian.refuse_on_worker(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ai_citus_check(), bailian.refuse_on_worker(text), bailian.worker_rows(text) TO PUBLIC;

@@ -106,9 +106,9 @@ fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
 
-/// Requests a node sent, by its own ai_usage.
+/// Requests a node sent, by its own ai_usage rows (a coordinator's also shows the workers').
 fn requests_of(c: &mut Client) -> i64 {
-    count(c, "SELECT coalesce(sum(requests), 0)::bigint FROM ai_usage")
+    count(c, "SELECT coalesce(sum(requests), 0)::bigint FROM ai_usage WHERE node IS NULL")
 }
 
 const ENABLED: &str = "SELECT catalog::text || ': ' || state FROM ai_citus_enable()";
@@ -283,6 +283,33 @@ fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
     assert!(r1 > 0 && r2 > 0, "both workers call the model: {r1}, {r2}");
     // Packs of inputs: far fewer requests than rows.
     assert!(r1 + r2 <= 40, "{r1} + {r2} requests for 200 rows");
+    // ai_usage on the coordinator shows the whole cluster, each worker's rows by node.
+    let w = |i: usize| format!("127.0.0.1:{}", cluster.workers[i].port());
+    let by_node: Vec<(Option<String>, i64)> = c
+        .query(
+            "SELECT node, sum(requests)::bigint FROM ai_usage WHERE model_name = 'emb' GROUP BY node ORDER BY node",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected = vec![(Some(w(0)), r1), (Some(w(1)), r2)];
+    expected.sort();
+    assert_eq!(by_node, expected);
+    assert_eq!(
+        count(&mut c, "SELECT sum(requests)::bigint FROM ai_usage WHERE model_name = 'emb'"),
+        s.stats().embedding_requests as i64
+    );
+    // A role sees its own rows there too: each worker applies its own rules.
+    c.batch_execute("CREATE ROLE clerk LOGIN; GRANT SELECT ON dist TO clerk").unwrap();
+    let mut clerk = cluster.coordinator.connect_as("postgres", "clerk");
+    assert_eq!(count(&mut clerk, "SELECT count(*) FROM ai_usage"), 0);
+    assert_eq!(count(&mut clerk, "SELECT count(*) FROM dist WHERE ai_embed('emb', body) IS NOT NULL AND id <= 10"), 10);
+    assert_eq!(
+        strings(&mut clerk, "SELECT DISTINCT role::text FROM ai_usage WHERE node IS NOT NULL"),
+        vec!["clerk"]
+    );
     c.batch_execute("SET citus.explain_all_tasks = on").unwrap();
     let plan = strings(&mut c, "EXPLAIN (COSTS OFF) SELECT ai_embed('emb', body) FROM dist").join("\n");
     assert_eq!(plan.matches("Custom Scan (AI Batch)").count(), 8, "{plan}");
@@ -541,7 +568,22 @@ fn the_nodes_share_one_rate_limit() {
     cluster.share_master_key();
     // 1,500 texts: 150 requests of 10 inputs, from both workers at once.
     fill_table(&mut c, 1500);
-    c.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)").unwrap();
+    let port = cluster.coordinator.port();
+    let job = std::thread::spawn(move || {
+        postgres::Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), postgres::NoTls)
+            .unwrap()
+            .batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)")
+    });
+    // While it runs, ai_activity on the coordinator shows each worker's part of the job.
+    let mut seen_nodes = Vec::new();
+    assert!(wait_for(Duration::from_secs(20), || {
+        seen_nodes = strings(
+            &mut c,
+            "SELECT DISTINCT node FROM ai_activity WHERE node IS NOT NULL AND job LIKE 'ai_update docs_%' ORDER BY 1",
+        );
+        seen_nodes.len() == 2
+    }), "{seen_nodes:?}");
+    job.join().unwrap().unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 0);
     let stats = s.stats();
     assert_eq!(stats.rate_limited, 0, "the nodes together kept under the limit: {stats:?}");

@@ -394,6 +394,7 @@ fn run_everything(
         "bailian.json_probe()",
         "bailian.master_key_id()",
         "bailian.refuse_on_worker(text)",
+        "bailian.worker_rows(text)",
     ]
 }
 
