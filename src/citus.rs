@@ -129,6 +129,25 @@ pub fn where_suffix() -> String {
     }
 }
 
+/// Whether Citus manages `relid` (distributed, reference or Citus local table).
+pub fn is_citus_table(relid: pgrx::pg_sys::Oid) -> Result<bool, AiError> {
+    if !loaded() || node() == Node::Alone {
+        return Ok(false);
+    }
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1)",
+                Some(1),
+                &[relid.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+    })
+    .map(|b| b.unwrap_or(false))
+    .map_err(crate::catalog::spi_failed)
+}
+
 /// `crate::catalog::stamp`: which statement a cached value is for.
 type Stamp = (i64, i64, u64);
 

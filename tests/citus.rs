@@ -492,6 +492,10 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     let (_, message) = error_of(c.batch_execute("CALL ai_update('twice', 'emb', $$ai_embed('emb', body)$$)"));
     assert!(message.contains("more than one copy of a shard"), "{message}");
     assert_eq!(s.stats().requests, before);
+    // Syncs keep plain tables current: a distributed table's is refused, nothing made.
+    let (_, message) = error_of(c.batch_execute("SELECT ai_sync_create('docs_emb', 'docs', 'emb', $$ai_embed('emb', body)$$)"));
+    assert!(message.contains("is a Citus table") && message.contains("syncs keep plain tables current"), "{message}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_syncs"), 0);
     // On a worker: from the coordinator only.
     let (_, message) =
         error_of(cluster.worker(0).batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)"));

@@ -88,6 +88,18 @@ fn check_trigger_privilege(procedure: &str, relid: pg_sys::Oid, table: &str) -> 
     })
 }
 
+/// Syncs keep a table current with triggers and a worker per database, which a Citus table's
+/// shards (on other nodes) would not reach: refused before anything is made.
+fn refuse_citus_table(procedure: &str, relid: pg_sys::Oid) -> Result<(), AiError> {
+    if crate::citus::is_citus_table(relid)? {
+        return Err(AiError::invalid_with_hint(
+            format!("{procedure}: \"{}\" is a Citus table; syncs keep plain tables current", qualified(relid)?),
+            "Fill a distributed table with CALL ai_update(...) on the coordinator (again after writes).",
+        ));
+    }
+    Ok(())
+}
+
 /// What a chunk sync adds to the catalog row.
 struct Chunks {
     source: pg_sys::Oid,
@@ -112,6 +124,7 @@ fn create_column_sync(
     if expression.trim().is_empty() {
         return Err(AiError::invalid(format!("{procedure}: expression must not be empty")));
     }
+    refuse_citus_table(procedure, relid)?;
     let (read, keys) = column::analyze_for_sync(procedure, relid, target, expression, filter)?;
     let Some(read) = read else {
         return Err(AiError::invalid_with_hint(
@@ -323,6 +336,7 @@ fn sync_chunks(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
         return Err(AiError::invalid(format!("{procedure}: content and embedding must not be empty")));
     }
     let source_sql = qualified(source)?;
+    refuse_citus_table(procedure, source)?;
     check_trigger_privilege(procedure, source, &source_sql)?;
     // SAFETY: a syscache lookup by oid.
     let relkind = unsafe { pg_sys::get_rel_relkind(source) } as u8;
