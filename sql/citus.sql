@@ -147,8 +147,8 @@ COMMENT ON FUNCTION bailian.json_probe() IS 'This node''s pg_bailian version, pr
 -- Citus' connections, as the calling role; it fills that node's shards and answers a report.
 CREATE PROCEDURE ai_update_local_shards(table_name regclass, target_column name, expression text,
                                         batch_size int, filter text, procedure_name text, rate_share float8,
-                                        INOUT report text DEFAULT NULL)
+                                        search_path text DEFAULT NULL, INOUT report text DEFAULT NULL)
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_update_local_shards';
-COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text) IS
-  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate; report is a JSON summary. Called by ai_update; the caller''s rights apply.';
+COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, text) IS
+  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate, with the caller''s search_path on the coordinator; report is a JSON summary. Called by ai_update; the caller''s rights apply.';

@@ -305,7 +305,10 @@ fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
     c.batch_execute("CREATE ROLE clerk LOGIN; GRANT SELECT ON dist TO clerk").unwrap();
     let mut clerk = cluster.coordinator.connect_as("postgres", "clerk");
     assert_eq!(count(&mut clerk, "SELECT count(*) FROM ai_usage"), 0);
-    assert_eq!(count(&mut clerk, "SELECT count(*) FROM dist WHERE ai_embed('emb', body) IS NOT NULL AND id <= 10"), 10);
+    assert_eq!(
+        count(&mut clerk, "SELECT count(*) FROM dist WHERE ai_embed('emb', body) IS NOT NULL AND id <= 10"),
+        10
+    );
     assert_eq!(
         strings(&mut clerk, "SELECT DISTINCT role::text FROM ai_usage WHERE node IS NOT NULL"),
         vec!["clerk"]
@@ -448,6 +451,19 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
         "{told}"
     );
 
+    // The nodes read the expression's names with the caller's search_path.
+    c.batch_execute(
+        "CREATE SCHEMA helpers;
+         CREATE FUNCTION helpers.tagged(t text) RETURNS text LANGUAGE sql AS $$SELECT 'tag: ' || t$$;
+         UPDATE docs SET summary = NULL WHERE id <= 30;",
+    )
+    .unwrap();
+    cc2.batch_execute("SET search_path = helpers, public").unwrap();
+    cc2.batch_execute("CALL ai_update('docs', 'summary', $$ai_gen('chat', tagged(body))$$)").unwrap();
+    cc2.batch_execute("RESET search_path").unwrap();
+    assert_eq!(one_text(&mut c, "SELECT summary FROM docs WHERE id = 30"), Some(echo("tag: document 30")));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE summary IS NULL"), 0);
+
     // In a transaction block, refused as on one server.
     let (_, message) =
         error_of(c.batch_execute("BEGIN; CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$); COMMIT"));
@@ -493,8 +509,13 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     assert!(message.contains("more than one copy of a shard"), "{message}");
     assert_eq!(s.stats().requests, before);
     // Syncs keep plain tables current: a distributed table's is refused, nothing made.
-    let (_, message) = error_of(c.batch_execute("SELECT ai_sync_create('docs_emb', 'docs', 'emb', $$ai_embed('emb', body)$$)"));
-    assert!(message.contains("is a Citus table") && message.contains("syncs keep plain tables current"), "{message}");
+    let (_, message) = error_of(
+        c.batch_execute("SELECT ai_sync_create('docs_emb', 'docs', 'emb', $$ai_embed('emb', body)$$)"),
+    );
+    assert!(
+        message.contains("is a Citus table") && message.contains("syncs keep plain tables current"),
+        "{message}"
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM ai_syncs"), 0);
     // On a worker: from the coordinator only.
     let (_, message) =
@@ -574,19 +595,25 @@ fn the_nodes_share_one_rate_limit() {
     fill_table(&mut c, 1500);
     let port = cluster.coordinator.port();
     let job = std::thread::spawn(move || {
-        postgres::Client::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), postgres::NoTls)
-            .unwrap()
-            .batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)")
+        postgres::Client::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+            postgres::NoTls,
+        )
+        .unwrap()
+        .batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$)")
     });
     // While it runs, ai_activity on the coordinator shows each worker's part of the job.
     let mut seen_nodes = Vec::new();
-    assert!(wait_for(Duration::from_secs(20), || {
-        seen_nodes = strings(
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            seen_nodes = strings(
             &mut c,
             "SELECT DISTINCT node FROM ai_activity WHERE node IS NOT NULL AND job LIKE 'ai_update docs_%' ORDER BY 1",
         );
-        seen_nodes.len() == 2
-    }), "{seen_nodes:?}");
+            seen_nodes.len() == 2
+        }),
+        "{seen_nodes:?}"
+    );
     job.join().unwrap().unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 0);
     let stats = s.stats();

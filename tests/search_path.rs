@@ -390,7 +390,7 @@ fn run_everything(
         "bailian.set_price()",
         "ai_citus_enable()",
         "ai_citus_check()",
-        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text)",
+        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,text)",
         "bailian.json_probe()",
         "bailian.master_key_id()",
         "bailian.refuse_on_worker(text)",

@@ -93,7 +93,10 @@ fn check_trigger_privilege(procedure: &str, relid: pg_sys::Oid, table: &str) -> 
 fn refuse_citus_table(procedure: &str, relid: pg_sys::Oid) -> Result<(), AiError> {
     if crate::citus::is_citus_table(relid)? {
         return Err(AiError::invalid_with_hint(
-            format!("{procedure}: \"{}\" is a Citus table; syncs keep plain tables current", qualified(relid)?),
+            format!(
+                "{procedure}: \"{}\" is a Citus table; syncs keep plain tables current",
+                qualified(relid)?
+            ),
             "Fill a distributed table with CALL ai_update(...) on the coordinator (again after writes).",
         ));
     }

@@ -332,6 +332,9 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
     on_coordinator(procedure)?;
     let qualified = qualified_name(job.relid)?;
     let schema = extension_schema()?;
+    let search_path = Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')")
+        .map_err(spi_failed)?
+        .unwrap_or_default();
     let started = std::time::Instant::now();
     let mut sum = Report::default();
     let mut nodes_used = 0;
@@ -358,13 +361,14 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
             names.push(host.clone());
             ports.push(*port);
             commands.push(format!(
-                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share})",
+                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share}, {})",
                 literal(&qualified),
                 literal(&job.target),
                 literal(&job.expression),
                 job.batch_size,
                 job.filter.as_deref().map_or("NULL".to_string(), literal),
                 literal(procedure),
+                literal(&search_path),
             ));
         }
         nodes_used = nodes_used.max(names.len());
@@ -542,12 +546,22 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
     let batch_size = super::batch_size(procedure, arg::<i32>(fcinfo, 3))?;
     let filter = arg::<String>(fcinfo, 4).filter(|f| !f.trim().is_empty());
     let share = arg::<f64>(fcinfo, 6).filter(|s| *s > 0.0 && *s <= 1.0).unwrap_or(1.0);
+    let search_path = arg::<String>(fcinfo, 7);
     if citus::node() == Node::Alone {
         return Err(AiError::invalid(
             "ai_update_local_shards: this database is not a node of a Citus cluster; CALL ai_update on the coordinator runs it on the nodes",
         ));
     }
     super::in_own_transactions(fcinfo, "ai_update_local_shards")?;
+    // The expression and filter read names as they did in the caller's session on the
+    // coordinator (this connection is Citus' own, with the role's default search_path).
+    if let Some(path) = &search_path {
+        Spi::connect_mut(|c| {
+            c.update("SELECT pg_catalog.set_config('search_path', $1, false)", None, &[path.as_str().into()])
+                .map(drop)
+        })
+        .map_err(spi_failed)?;
+    }
     let started = std::time::Instant::now();
     let mut report = Report::default();
     for (shard, shard_relid) in local_shards_of(relid)? {
