@@ -293,7 +293,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_sync_create(text,regclass,name,text,text,boolean), ai_sync_drop(text), ai_sync_pause(text), \
          ai_sync_resume(text), ai_sync_run(text), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
          ai_update(regclass,name,text,integer,text,text), \
-         ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,text), bailian.activity_rows(), \
+         ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,bigint[],text), bailian.activity_rows(), \
          bailian.budget_spent(), bailian.cache_rows(), bailian.default_model_choices(), bailian.default_prompts(), \
          bailian.rate_limit_rows(), bailian.refuse_on_worker(text), bailian.scope(), bailian.usage_rows(), \
          bailian.worker_rows(text), list_external_models(), \

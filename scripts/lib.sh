@@ -264,7 +264,7 @@ ensure_citus() {
         sed -i 's/^have_createdb_privilege(void)$/citus_have_createdb_privilege_compat(void)/' src/include/pg_version_compat.h
         ./configure -q PG_CONFIG="$PG_CONFIG" >/dev/null
         make -s -j"$(nproc)" >/dev/null 2>&1
-        as_root make -s install >/dev/null
+        as_root make -s install >/dev/null 2>&1
     ) || { echo "note: building Citus failed; the Citus tests will be skipped" >&2; rm -rf "$build"; return; }
     rm -rf "$build"
     export PG_BAILIAN_CITUS=installed

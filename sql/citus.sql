@@ -15,6 +15,13 @@ LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pg_bailian_refuse_on_worker';
 COMMENT ON FUNCTION bailian.refuse_on_worker(text) IS 'Raises an error on a Citus worker, where the catalog is not changed; nothing elsewhere.';
 
+-- What a Citus coordinator asks each worker when a model is undeployed or its cache cleared:
+-- the workers keep the answers of the calls they make in caches of their own.
+CREATE FUNCTION bailian.forget_answers(model_name text) RETURNS bigint
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'pg_bailian_forget_answers';
+COMMENT ON FUNCTION bailian.forget_answers(text) IS 'This node''s cached answers of a model, forgotten (asked by the Citus coordinator as the catalog owner); how many. Not executable by PUBLIC.';
+
 CREATE FUNCTION ai_citus_enable()
 RETURNS TABLE (catalog regclass, state text)
 LANGUAGE plpgsql
@@ -44,6 +51,13 @@ BEGIN
           FROM pg_catalog.pg_constraint c
          WHERE c.contype OPERATOR(pg_catalog.=) 'f'
            AND c.confrelid OPERATOR(pg_catalog.=) 'bailian.models'::pg_catalog.regclass
+           -- The extension's own tables only; a user's foreign key stays (and then Citus says why
+           -- it cannot make bailian.models a reference table).
+           AND EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid OPERATOR(pg_catalog.=) c.conrelid
+                          AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                          AND d.deptype OPERATOR(pg_catalog.=) 'e')
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', fk.rel, fk.conname);
     END LOOP;
@@ -147,8 +161,9 @@ COMMENT ON FUNCTION bailian.json_probe() IS 'This node''s pg_bailian version, pr
 -- Citus' connections, as the calling role; it fills that node's shards and answers a report.
 CREATE PROCEDURE ai_update_local_shards(table_name regclass, target_column name, expression text,
                                         batch_size int, filter text, procedure_name text, rate_share float8,
-                                        search_path text DEFAULT NULL, INOUT report text DEFAULT NULL)
+                                        search_path text DEFAULT NULL, shards bigint[] DEFAULT NULL,
+                                        INOUT report text DEFAULT NULL)
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_update_local_shards';
-COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, text) IS
-  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate, with the caller''s search_path on the coordinator; report is a JSON summary. Called by ai_update; the caller''s rights apply.';
+COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, bigint[], text) IS
+  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate, with the caller''s search_path on the coordinator, only the given shards (those the coordinator counted rows in here: one no longer here is reported as moved); report is a JSON summary. Called by ai_update; the caller''s rights apply.';

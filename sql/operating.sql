@@ -182,7 +182,8 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
         RETURN;
     END IF;
-    IF NOT pg_catalog.citus_is_coordinator() THEN
+    -- The coordinator is group 0 (pg_dist_local_group, in every Citus version).
+    IF (SELECT groupid FROM pg_catalog.pg_dist_local_group) OPERATOR(pg_catalog.<>) 0 THEN
         RETURN;
     END IF;
     SELECT n.nspname INTO schema_name

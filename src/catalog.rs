@@ -923,17 +923,34 @@ pub fn clear_cache(name: &str) -> Result<i64, AiError> {
             if !may_manage(caller, &owner) {
                 return Err(not_owner(name, &owner, "clear the cached answers of"));
             }
-            let gone = client
-                .update(
-                    "DELETE FROM bailian.answer_cache WHERE model_name OPERATOR(pg_catalog.=) $1",
-                    None,
-                    &[name.into()],
-                )
-                .map_err(spi_failed)?
-                .len() as i64;
-            Ok(gone + crate::answers::cache::clear_inbox(name))
+            let gone = forget_here(client, name)?;
+            crate::citus::forget_answers_on_workers(name);
+            Ok(gone)
         })
     })
+}
+
+/// This node's cached answers of `name` (table and inbox), forgotten; how many.
+fn forget_here(client: &mut pgrx::spi::SpiClient<'_>, name: &str) -> Result<i64, AiError> {
+    let mut gone = 0;
+    if cache_table_exists(client)? {
+        gone = client
+            .update(
+                "DELETE FROM bailian.answer_cache WHERE model_name OPERATOR(pg_catalog.=) $1",
+                None,
+                &[name.into()],
+            )
+            .map_err(spi_failed)?
+            .len() as i64;
+    }
+    Ok(gone + crate::answers::cache::clear_inbox(name))
+}
+
+/// bailian.forget_answers(model_name): this node's cached answers of the model, forgotten (a
+/// Citus coordinator asks its workers, as the catalog owner, when the model is undeployed or
+/// its cache cleared); how many.
+pub fn forget_answers(name: &str) -> Result<i64, AiError> {
+    as_catalog_owner(|| Spi::connect_mut(|client| forget_here(client, name)))
 }
 
 /// Whether this catalog has the answer cache (0.6 on; the library may run against an older one).
@@ -974,9 +991,10 @@ pub fn undeploy(name: &str) -> Result<bool, AiError> {
                     )
                     .map_err(spi_failed)?;
             }
-            // Its cached answers go with it: a model deployed later under this name, perhaps by
-            // another role, must not be given them.
+            // Its cached answers go with it, on every node: a model deployed later under this
+            // name, perhaps by another role, must not be given them.
             crate::answers::cache::clear_inbox(name);
+            crate::citus::forget_answers_on_workers(name);
             Ok::<_, AiError>(true)
         })
     });

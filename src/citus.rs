@@ -17,16 +17,34 @@ use bailian_core::AiError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// Whether the Citus library is loaded in this backend (its settings exist).
+/// Whether the Citus library is loaded in this backend: its setting exists and is Citus' own,
+/// not a placeholder any session can make with `SET citus.x = ...`.
 pub fn loaded() -> bool {
-    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting.
+    let name = c"citus.allow_nested_distributed_execution";
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting, and
+    // GetConfigOptionFlags with missing_ok 0 for one; both only read the GUC table.
     unsafe {
-        !pg_sys::GetConfigOption(c"citus.allow_nested_distributed_execution".as_ptr(), true, false).is_null()
+        !pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null()
+            && pg_sys::GetConfigOptionFlags(name.as_ptr(), true) & pg_sys::GUC_CUSTOM_PLACEHOLDER as i32 == 0
     }
 }
 
+/// Work that reads Citus' metadata between commits (a shard's job, the coordinator's rounds)
+/// must see each commit of a shard move: only READ COMMITTED takes a snapshot per statement.
+pub fn read_committed(procedure: &str) -> Result<(), AiError> {
+    // SAFETY: a plain read of the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } as u32 == pg_sys::XACT_READ_COMMITTED {
+        return Ok(());
+    }
+    Err(AiError::invalid_with_hint(
+        format!("{procedure} on a Citus table runs in READ COMMITTED transactions only (to see shards move)"),
+        "SET default_transaction_isolation = 'read committed' for the session (or ALTER ROLE ... RESET default_transaction_isolation).",
+    ))
+}
+
 /// Runs `f` (catalog reads of reference tables) with Citus' nested-execution check off, at a GUC
-/// nest level that ends with `f`, also when `f` raises an error.
+/// nest level that ends with `f`, also when `f` raises an error. `f` must neither commit nor
+/// leave a subtransaction open: the level it pops is the one it pushed.
 pub fn with_catalog_reads<T>(f: impl FnOnce() -> T) -> T {
     if !loaded() {
         return f();
@@ -126,6 +144,47 @@ pub fn where_suffix() -> String {
     match node() {
         Node::Worker(name) => format!(" on Citus worker node {name}"),
         _ => String::new(),
+    }
+}
+
+/// On a coordinator, makes every worker forget the cached answers of `model_name` (undeployed,
+/// or cleared with ai_cache_clear): the workers make the calls of shard queries and keep
+/// their answers in their own cache. As the catalog owner, over Citus' connections; a worker
+/// that cannot be reached keeps its answers, said in a WARNING (they expire with the TTL).
+pub fn forget_answers_on_workers(model_name: &str) {
+    if node() != Node::Coordinator {
+        return;
+    }
+    let failed = crate::catalog::as_catalog_owner(|| {
+        Spi::connect_mut(|client| {
+            let rows = client.update(
+                "SELECT nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) nodeport, result
+                   FROM pg_catalog.run_command_on_workers(
+                        pg_catalog.format('SELECT bailian.forget_answers(%L)', $1::pg_catalog.text))
+                  WHERE NOT success",
+                None,
+                &[model_name.into()],
+            )?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(format!(
+                        "{}: {}",
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?.unwrap_or_default()
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })
+    });
+    match failed {
+        Ok(failed) if failed.is_empty() => {}
+        Ok(failed) => pgrx::warning!(
+            "the cached answers of model \"{model_name}\" stay on Citus workers that did not answer: {}",
+            failed.join("; ")
+        ),
+        Err(e) => {
+            pgrx::warning!("the cached answers of model \"{model_name}\" stay on the Citus workers: {e}")
+        }
     }
 }
 

@@ -146,8 +146,15 @@ fn every_node_has_the_coordinators_catalog_and_only_the_coordinator_changes_it()
          INSERT INTO ai_prices (model_type, input_price, output_price) VALUES ('qwen-plus', 0.8, 2);",
     )
     .unwrap();
+    // A budget names its role by oid, which differs from node to node (Citus creates roles on
+    // every node): each node's copy names the same role.
+    c.batch_execute("CREATE ROLE budgeted; SELECT ai_set_budget('budgeted', 'chat', 5)").unwrap();
     for i in 0..2 {
         let mut w = cluster.worker(i);
+        assert_eq!(
+            strings(&mut w, "SELECT role::text || ' ' || \"limit\" FROM ai_budgets"),
+            vec!["budgeted 5"]
+        );
         assert_eq!(strings(&mut w, "SELECT model_name FROM ai_models ORDER BY 1"), vec!["chat", "emb"]);
         assert_eq!(
             one_text(&mut w, "SELECT prompt FROM ai_prompts WHERE model_name = 'chat'").as_deref(),
@@ -226,7 +233,7 @@ fn every_node_has_the_coordinators_catalog_and_only_the_coordinator_changes_it()
         strings(&mut c, "SELECT result FROM run_command_on_all_nodes($$SELECT string_agg(model_name, ',' ORDER BY model_name) FROM bailian.models$$)"),
         vec!["chat,emb"; 3]
     );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_budgets"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_budgets"), 1);
 
     // A node added later gets the extension from Citus, and the catalogs with the reference
     // tables' copies.
@@ -362,6 +369,18 @@ fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
         strings(&mut c, "SELECT ai_gen('chat', x) FROM (SELECT body AS x FROM dist ORDER BY id LIMIT 2) s"),
         vec![echo_of(1), echo_of(2)]
     );
+    // Cached answers are kept where the calls are made, on the workers: undeploying the model
+    // on the coordinator forgets them there too (a model deployed later under the name must
+    // not be given them).
+    deploy(&mut c, &s, "cached", "text-embedding-v4", ", cache => true");
+    let n = c.query_one("SELECT count(ai_embed('cached', body)) FROM dist", &[]).map(|r| r.get::<_, i64>(0));
+    assert_eq!(n.map_err(|e| e.as_db_error().map(|d| d.message().to_string())), Ok(200));
+    let cached_on_workers = "SELECT coalesce(sum(result::bigint), 0)::bigint FROM run_command_on_workers(
+        $$SELECT coalesce(sum(entries + pending_entries), 0) FROM ai_cache WHERE model_name = 'cached'$$)";
+    assert_eq!(count(&mut c, cached_on_workers), 200);
+    c.batch_execute("SELECT ai_undeploy_model('cached')").unwrap();
+    assert_eq!(count(&mut c, cached_on_workers), 0);
+
     // A call over a coordinator-side aggregate.
     assert_eq!(
         one_text(&mut c, "SELECT ai_gen('chat', string_agg(body, ',' ORDER BY id)) FROM dist WHERE id < 3"),
@@ -464,6 +483,25 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     assert_eq!(one_text(&mut c, "SELECT summary FROM docs WHERE id = 30"), Some(echo("tag: document 30")));
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE summary IS NULL"), 0);
 
+    // A table in a schema of its own, filled from a session whose search_path does not name
+    // it: each node finds its shards in the table's schema.
+    c.batch_execute(
+        "CREATE SCHEMA app;
+         CREATE TABLE app.items (id int PRIMARY KEY, body text, emb real[]); SELECT create_distributed_table('app.items', 'id');
+         INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 60) g;",
+    )
+    .unwrap();
+    cc2.batch_execute("CALL ai_update('app.items', 'emb', $$ai_embed('emb', body)$$)").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM app.items WHERE emb IS NULL"), 0);
+
+    // Shards are watched for moves by each statement's snapshot: READ COMMITTED only.
+    c.batch_execute("UPDATE app.items SET emb = NULL WHERE id = 1").unwrap();
+    cc2.batch_execute("SET default_transaction_isolation = 'repeatable read'").unwrap();
+    let (_, message) =
+        error_of(cc2.batch_execute("CALL ai_update('app.items', 'emb', $$ai_embed('emb', body)$$)"));
+    assert!(message.contains("READ COMMITTED"), "{message}");
+    cc2.batch_execute("RESET default_transaction_isolation").unwrap();
+
     // In a transaction block, refused as on one server.
     let (_, message) =
         error_of(c.batch_execute("BEGIN; CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$); COMMIT"));
@@ -495,6 +533,16 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     );
     assert_eq!(copies.len(), 3, "{copies:?}");
     assert!(copies.iter().all(|c| c == &copies[0] && c.starts_with("250/120/")), "{copies:?}");
+    // One job a reference table at a time (two would each pay for the same rows).
+    c.batch_execute("UPDATE ref SET label = NULL WHERE id = 1").unwrap();
+    let mut holder = cluster.coordinator();
+    holder.batch_execute("SELECT pg_advisory_lock(20563, 'ref'::regclass::oid::int)").unwrap();
+    let (_, message) =
+        error_of(c.batch_execute("CALL ai_update('ref', 'label', $$ai_gen('chat', 'label: ' || body)$$)"));
+    assert!(message.contains("another job is filling reference table ref"), "{message}");
+    holder.batch_execute("SELECT pg_advisory_unlock(20563, 'ref'::regclass::oid::int)").unwrap();
+    c.batch_execute("CALL ai_update('ref', 'label', $$ai_gen('chat', 'label: ' || body)$$)").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ref WHERE label IS NULL"), 0);
     assert_eq!(one_text(&mut c, "SELECT label FROM ref WHERE id = 9"), Some(echo("label: r 9")));
     // A table with two copies of each shard: refused, before anything is sent.
     c.batch_execute(

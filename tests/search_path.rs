@@ -314,6 +314,8 @@ fn run_everything(
     let probe: String = c.query_one("SELECT bailian.json_probe()", &[]).unwrap().get(0);
     assert!(probe.contains("\"preloaded\" : true") && probe.contains("\"key\""), "{probe}");
     c.batch_execute("SELECT bailian.refuse_on_worker('a test')").unwrap();
+    let forgotten: i64 = c.query_one("SELECT bailian.forget_answers('no such model')", &[]).unwrap().get(0);
+    assert_eq!(forgotten, 0);
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
@@ -390,11 +392,12 @@ fn run_everything(
         "bailian.set_price()",
         "ai_citus_enable()",
         "ai_citus_check()",
-        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,text)",
+        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,bigint[],text)",
         "bailian.json_probe()",
         "bailian.master_key_id()",
         "bailian.refuse_on_worker(text)",
         "bailian.worker_rows(text)",
+        "bailian.forget_answers(text)",
     ]
 }
 

@@ -345,12 +345,13 @@ fn inbox_files(dir: &Path) -> Vec<(AnswerKey, PathBuf)> {
 /// the cache table cannot take this lock (as it could an advisory lock) to stop it.
 const LOCK: &str = "LOCK TABLE bailian.answer_cache IN SHARE UPDATE EXCLUSIVE MODE NOWAIT";
 
-/// An answer of a model undeployed since it was kept is dropped with its file.
+/// A file's answer, for a model still deployed (`move_files` drops the others with their file).
+/// The deployed models are read apart, through the catalog: on a Citus cluster bailian.models
+/// is a reference table, which no statement writing this node's own table may read.
 const INSERT: &str = "
 INSERT INTO bailian.answer_cache (key, model_name, answer, created_at, expires_at)
-SELECT $1, m.model_name, $3, pg_catalog.to_timestamp($4 OPERATOR(pg_catalog./) 1e6::pg_catalog.float8),
-       pg_catalog.to_timestamp($5 OPERATOR(pg_catalog./) 1e6::pg_catalog.float8)
-  FROM bailian.models m WHERE m.model_name OPERATOR(pg_catalog.=) $2
+VALUES ($1, $2, $3, pg_catalog.to_timestamp($4 OPERATOR(pg_catalog./) 1e6::pg_catalog.float8),
+        pg_catalog.to_timestamp($5 OPERATOR(pg_catalog./) 1e6::pg_catalog.float8))
 ON CONFLICT (key) DO UPDATE SET model_name = EXCLUDED.model_name, answer = EXCLUDED.answer,
     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at";
 
@@ -398,12 +399,15 @@ fn ingest(c: &Context, limit: usize) {
 /// The SQL of `ingest`, in its subtransaction: the files it moved (or dropped as damaged).
 fn move_files(c: &Context, limit: usize) -> Result<Vec<PathBuf>, pgrx::spi::Error> {
     let max_bytes = crate::guc::cache_max_bytes();
+    let Ok(deployed) = crate::catalog::model_names() else { return Ok(Vec::new()) };
+    let deployed: std::collections::HashSet<String> = deployed.into_iter().collect();
     Spi::connect_mut(|client| {
         client.update(LOCK, None, &[])?;
         let mut moved = Vec::new();
         for (key, path) in inbox_files(&c.dir).into_iter().take(limit) {
-            // A damaged file can never be read: it goes too.
-            if let Some(f) = read_file(&path) {
+            // A damaged file can never be read, and an undeployed model's answer never given:
+            // they go too.
+            if let Some(f) = read_file(&path).filter(|f| deployed.contains(&f.model)) {
                 client.update(
                     INSERT,
                     None,

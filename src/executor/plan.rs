@@ -41,10 +41,12 @@ unsafe extern "C-unwind" fn planner(
             None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
         }
     };
-    let stmt = if crate::citus::loaded() {
-        // SAFETY: query_string is NULL or the statement's NUL-terminated text.
-        let text = unsafe { (!query_string.is_null()).then(|| std::ffi::CStr::from_ptr(query_string)) };
-        citus_modification_errors(plan, text)
+    // SAFETY: query_string is NULL or the statement's NUL-terminated text.
+    let text = unsafe { (!query_string.is_null()).then(|| std::ffi::CStr::from_ptr(query_string)) };
+    // Only a statement that may call an AI function is planned inside a catch (which would
+    // re-raise any other error without its position and context).
+    let stmt = if crate::citus::loaded() && text.is_some_and(|t| calls_ai(t.to_bytes())) {
+        citus_modification_errors(plan)
     } else {
         plan()
     };
@@ -61,15 +63,13 @@ unsafe extern "C-unwind" fn planner(
 /// instead. For a statement calling an AI function, the error names `ai_update`.
 fn citus_modification_errors(
     plan: impl FnOnce() -> *mut pg_sys::PlannedStmt + std::panic::UnwindSafe,
-    text: Option<&std::ffi::CStr>,
 ) -> *mut pg_sys::PlannedStmt {
     use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
     pgrx::PgTryBuilder::new(plan)
         .catch_others(|e| match &e {
             CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
-                if (report.message().contains("must not be VOLATILE")
-                    || report.message().contains("STABLE functions used in UPDATE queries"))
-                    && text.is_some_and(|t| t.to_string_lossy().to_lowercase().contains("ai_")) =>
+                if report.message().contains("must not be VOLATILE")
+                    || report.message().contains("STABLE functions used in UPDATE queries") =>
             {
                 ErrorReport::new(
                     pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -88,6 +88,13 @@ fn citus_modification_errors(
             _ => e.rethrow(),
         })
         .execute()
+}
+
+/// Whether a statement's text names an AI function (`ai_` in any case): a cheap test that
+/// never misses one (the names of the Hologres forms, list_external_models and prompt, call
+/// no model).
+fn calls_ai(text: &[u8]) -> bool {
+    text.windows(3).any(|w| w.eq_ignore_ascii_case(b"ai_"))
 }
 
 /// How many rows the consumer of a node's output will take.

@@ -9,6 +9,7 @@ use pgrx::pg_sys;
 
 sql_entry!(pg_finfo_pg_bailian_master_key_id, pg_bailian_master_key_id, master_key_id);
 sql_entry!(pg_finfo_pg_bailian_refuse_on_worker, pg_bailian_refuse_on_worker, refuse_on_worker);
+sql_entry!(pg_finfo_pg_bailian_forget_answers, pg_bailian_forget_answers, forget_answers);
 
 /// bailian.master_key_id(): the id of this server's master key, NULL when its file does not
 /// exist yet (never created here: a node must get the coordinator's, not one of its own).
@@ -21,4 +22,10 @@ fn refuse_on_worker(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::D
     let what = arg::<String>(fcinfo, 0).unwrap_or_else(|| "this".into());
     crate::citus::refuse_on_worker(&what)?;
     Ok(None)
+}
+
+/// bailian.forget_answers(model_name): see `catalog::forget_answers`.
+fn forget_answers(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let name = arg::<String>(fcinfo, 0).ok_or_else(|| AiError::invalid("model_name must not be NULL"))?;
+    Ok(crate::catalog::forget_answers(&name)?.into_datum())
 }

@@ -206,7 +206,12 @@ VALUES ($1::pg_catalog.oid::pg_catalog.regrole, $2, $3::pg_catalog.numeric, $4, 
         pg_catalog.current_setting('TimeZone'), $6, pg_catalog.now())
 ON CONFLICT (role, model_name) DO UPDATE SET \"limit\" = EXCLUDED.\"limit\", unit = EXCLUDED.unit,
     period = EXCLUDED.period, time_zone = EXCLUDED.time_zone, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at
-RETURNING id, pg_catalog.date_part('epoch', pg_catalog.date_trunc(period, pg_catalog.now(), time_zone))::pg_catalog.int8";
+RETURNING id, period, time_zone";
+
+/// When the budget's current period began (unix seconds). Apart from the upsert: on a Citus
+/// cluster bailian.budgets is a reference table, whose RETURNING takes immutable functions only.
+const PERIOD_START: &str = "
+SELECT pg_catalog.date_part('epoch', pg_catalog.date_trunc($1, pg_catalog.now(), $2))::pg_catalog.int8";
 
 const PRICED: &str = "
 SELECT p.input_price IS NOT NULL FROM bailian.models m
@@ -280,10 +285,19 @@ fn set_budget(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
                 )
                 .map_err(spi_failed)?;
             let row = row.first();
-            Ok::<_, AiError>((
-                row.get::<i64>(1).map_err(spi_failed)?.unwrap_or(0),
-                row.get::<i64>(2).map_err(spi_failed)?.unwrap_or(0),
-            ))
+            let id = row.get::<i64>(1).map_err(spi_failed)?.unwrap_or(0);
+            let (period, time_zone) = (
+                row.get::<String>(2).map_err(spi_failed)?.unwrap_or_default(),
+                row.get::<String>(3).map_err(spi_failed)?.unwrap_or_default(),
+            );
+            let start = client
+                .select(PERIOD_START, Some(1), &[period.as_str().into(), time_zone.as_str().into()])
+                .map_err(spi_failed)?
+                .first()
+                .get::<i64>(1)
+                .map_err(spi_failed)?
+                .unwrap_or(0);
+            Ok::<_, AiError>((id, start))
         })
     })?;
     // SAFETY: plain read.

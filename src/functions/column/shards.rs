@@ -46,7 +46,7 @@ const REPORTED_FAILURES: usize = 10;
 thread_local! {
     /// The shard whose job is running in this backend: every transaction of it locks the
     /// shard's metadata and checks that it is still here (`guard_transaction`).
-    static SHARD: Cell<Option<i64>> = const { Cell::new(None) };
+    static SHARD: std::cell::RefCell<Option<i64>> = const { std::cell::RefCell::new(None) };
     /// Set when the running shard's job found the shard gone.
     static MOVED: Cell<bool> = const { Cell::new(false) };
     /// A reference table's job: how each batch's values reach the reference table.
@@ -70,6 +70,12 @@ const COPIED: &str = "pg_bailian copied";
 /// `CALL ai_update(...)` on a reference table, on the coordinator (see the module doc).
 pub(super) fn fill_reference(mut job: Job) -> Result<Option<pg_sys::Datum>, AiError> {
     on_coordinator(job.procedure)?;
+    // The rights on the reference table itself, before anything is paid for (the job checks
+    // them again on its temporary copy, which the caller owns).
+    job.table.check_privileges(job.procedure)?;
+    // One job a reference table at a time: each fills a copy of its own, so two would pay
+    // for the same rows.
+    let _only = ReferenceLock::take(job.procedure, &job.table)?;
     let table = &job.table;
     let target = table.target.clone();
     let keys = super::table::key_definitions(job.procedure, table.oid, &table.shown)?;
@@ -142,11 +148,66 @@ pub(super) fn fill_reference(mut job: Job) -> Result<Option<pg_sys::Datum>, AiEr
         copy_table = copy_table.with_filter(f.to_string());
     }
     job.table = copy_table;
-    REFERENCE.with(|r| *r.borrow_mut() = Some(CopyBack { take, write, keys: n }));
-    let done = run_job(job, false, false);
-    REFERENCE.with(|r| *r.borrow_mut() = None);
+    let done = {
+        let _copying = Reset::new(&REFERENCE, Some(CopyBack { take, write, keys: n }));
+        run_job(job, false, false)
+    };
     let _ = Spi::run(&format!("DROP TABLE IF EXISTS {copy}"));
     done.map(|_| None)
+}
+
+/// Sets a thread-local for a job and resets it when the job ends, also when an error or a
+/// cancel unwinds through (a later job of the session must not find it set).
+struct Reset<T: 'static> {
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+}
+
+impl<T: 'static> Reset<T> {
+    fn new(key: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>, value: Option<T>) -> Reset<T> {
+        key.with(|k| *k.borrow_mut() = value);
+        Reset { key }
+    }
+}
+
+impl<T: 'static> Drop for Reset<T> {
+    fn drop(&mut self) {
+        self.key.with(|k| *k.borrow_mut() = None);
+    }
+}
+
+/// The session-level advisory lock that makes a reference table's job the only one on it,
+/// released when the job ends however it ends.
+struct ReferenceLock(u32);
+
+/// The advisory lock space of reference table jobs (two-key advisory locks: this, the table's oid).
+const REFERENCE_LOCKS: i32 = 20563;
+
+impl ReferenceLock {
+    fn take(procedure: &str, table: &super::Table) -> Result<ReferenceLock, AiError> {
+        let oid = table.oid.to_u32();
+        let got = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+            &[REFERENCE_LOCKS.into(), (oid as i32).into()],
+        )
+        .map_err(spi_failed)?
+        .unwrap_or(false);
+        if !got {
+            return Err(AiError::invalid_with_hint(
+                format!("{procedure}: another job is filling reference table {} now", table.shown),
+                "Wait for it to end (ai_activity shows it), then CALL again for what it left.",
+            ));
+        }
+        Ok(ReferenceLock(oid))
+    }
+}
+
+impl Drop for ReferenceLock {
+    fn drop(&mut self) {
+        let _ = Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.pg_advisory_unlock($1, $2)",
+            &[REFERENCE_LOCKS.into(), (self.0 as i32).into()],
+        );
+    }
 }
 
 /// Called before each commit of a job: a reference table's job copies the batch's values.
@@ -330,7 +391,8 @@ pub(super) fn on_coordinator(procedure: &str) -> Result<(), AiError> {
 pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
     let procedure = job.procedure;
     on_coordinator(procedure)?;
-    let qualified = qualified_name(job.relid)?;
+    citus::read_committed(procedure)?;
+    let (qualified, public) = qualified_name(job.relid)?;
     let schema = extension_schema()?;
     let search_path = Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')")
         .map_err(spi_failed)?
@@ -343,8 +405,8 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
         // this backend's caches learn from the invalidations sent at its commit.
         // SAFETY: processes pending shared invalidation messages, as every statement start does.
         unsafe { pg_sys::AcceptInvalidationMessages() };
-        let work = rows_per_node(&job, &qualified)?;
-        let total: i64 = work.values().map(|(_, _, n)| n).sum();
+        let work = rows_per_node(&job, &qualified, public)?;
+        let total: i64 = work.values().map(|n| n.rows).sum();
         if total == 0 {
             if round == 0 {
                 pgrx::notice!("{procedure}: no rows of {qualified} to fill");
@@ -352,16 +414,17 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
             break;
         }
         let (mut names, mut ports, mut commands) = (Vec::new(), Vec::new(), Vec::new());
-        for (host, port, rows) in work.values() {
-            if *rows == 0 {
+        for node in work.values() {
+            if node.rows == 0 {
                 continue;
             }
             // The node's share of the work is its share of each deployment's rate.
-            let share = *rows as f64 / total as f64;
-            names.push(host.clone());
-            ports.push(*port);
+            let share = node.rows as f64 / total as f64;
+            names.push(node.host.clone());
+            ports.push(node.port);
+            let shards: Vec<String> = node.shards.iter().map(i64::to_string).collect();
             commands.push(format!(
-                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share}, {})",
+                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share}, {}, '{{{}}}')",
                 literal(&qualified),
                 literal(&job.target),
                 literal(&job.expression),
@@ -369,6 +432,7 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
                 job.filter.as_deref().map_or("NULL".to_string(), literal),
                 literal(procedure),
                 literal(&search_path),
+                shards.join(","),
             ));
         }
         nodes_used = nodes_used.max(names.len());
@@ -467,37 +531,52 @@ fn extension_schema() -> Result<String, AiError> {
     .ok_or_else(|| AiError::Internal { message: "pg_bailian's schema not found".into() })
 }
 
-/// `schema.table`, quoted: how every node names the table (its oid differs from node to node).
-fn qualified_name(relid: pg_sys::Oid) -> Result<String, AiError> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname)
-                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-                  WHERE c.oid OPERATOR(pg_catalog.=) $1",
-                Some(1),
-                &[relid.into()],
-            )?
-            .first()
-            .get_one::<String>()
+/// `schema.table`, quoted: how every node names the table (its oid differs from node to node);
+/// and whether its schema is public.
+fn qualified_name(relid: pg_sys::Oid) -> Result<(String, bool), AiError> {
+    let (name, public) = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname),
+                    n.nspname OPERATOR(pg_catalog.=) 'public'
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[relid.into()],
+        )?;
+        let row = rows.first();
+        Ok::<_, pgrx::spi::SpiError>((row.get::<String>(1)?, row.get::<bool>(2)?.unwrap_or(false)))
     })
-    .map_err(spi_failed)?
-    .ok_or_else(|| AiError::Internal { message: "the table is gone".into() })
+    .map_err(spi_failed)?;
+    Ok((name.ok_or_else(|| AiError::Internal { message: "the table is gone".into() })?, public))
 }
 
-/// The rows to fill per node holding shards of the table: (host, port, rows) by group id.
+/// A node holding shards of the table: where it is, the rows to fill there and in which shards.
+struct Node_ {
+    host: String,
+    port: i32,
+    rows: i64,
+    shards: Vec<i64>,
+}
+
+/// The rows to fill per node holding shards of the table, by group id.
 /// Counted on the shards themselves, as the caller.
-fn rows_per_node(job: &Spread, qualified: &str) -> Result<BTreeMap<i32, (String, i32, i64)>, AiError> {
+fn rows_per_node(
+    job: &Spread,
+    qualified: &str,
+    schema_is_public: bool,
+) -> Result<BTreeMap<i32, Node_>, AiError> {
     let mut condition = format!("{} IS NULL", quote_ident(&job.target));
     if let Some(f) = &job.filter {
         condition = format!("{condition} AND ({f})");
     }
-    // run_command_on_shards puts the shard's name where %s is: every other % is doubled.
-    let count = format!("SELECT pg_catalog.count(*) FROM %s WHERE {}", condition.replace('%', "%%"));
+    // run_command_on_shards puts the shard's name where %s is (every other % is doubled),
+    // without its schema when that is public: named here, not left to a search_path.
+    let prefix = if schema_is_public { "public." } else { "" };
+    let count = format!("SELECT pg_catalog.count(*) FROM {prefix}%s WHERE {}", condition.replace('%', "%%"));
     // `update`, for a snapshot of its own: the CALL's may predate a shard move.
     Spi::connect_mut(|client| {
         let rows = client.update(
-            "SELECT n.groupid, n.nodename, n.nodeport, r.success, r.result
+            "SELECT n.groupid, n.nodename, n.nodeport, r.success, r.result, r.shardid
                FROM pg_catalog.run_command_on_shards($1::pg_catalog.regclass, $2) r
                JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) r.shardid
                JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) p.groupid
@@ -505,7 +584,7 @@ fn rows_per_node(job: &Spread, qualified: &str) -> Result<BTreeMap<i32, (String,
             None,
             &[qualified.into(), count.clone().into()],
         )?;
-        let mut by_node: BTreeMap<i32, (String, i32, i64)> = BTreeMap::new();
+        let mut by_node: BTreeMap<i32, Node_> = BTreeMap::new();
         for r in rows {
             let group = r.get::<i32>(1)?.unwrap_or(0);
             let host = r.get::<String>(2)?.unwrap_or_default();
@@ -519,7 +598,12 @@ fn rows_per_node(job: &Spread, qualified: &str) -> Result<BTreeMap<i32, (String,
                 ))));
             }
             let n: i64 = result.trim().parse().unwrap_or(0);
-            by_node.entry(group).or_insert((host, port, 0)).2 += n;
+            let shard = r.get::<i64>(6)?.unwrap_or(0);
+            let node = by_node.entry(group).or_insert(Node_ { host, port, rows: 0, shards: Vec::new() });
+            node.rows += n;
+            if n > 0 {
+                node.shards.push(shard);
+            }
         }
         Ok(Ok(by_node))
     })
@@ -553,18 +637,22 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
         ));
     }
     super::in_own_transactions(fcinfo, "ai_update_local_shards")?;
+    citus::read_committed(procedure)?;
     // The expression and filter read names as they did in the caller's session on the
     // coordinator (this connection is Citus' own, with the role's default search_path).
-    if let Some(path) = &search_path {
-        Spi::connect_mut(|c| {
-            c.update("SELECT pg_catalog.set_config('search_path', $1, false)", None, &[path.as_str().into()])
-                .map(drop)
-        })
-        .map_err(spi_failed)?;
-    }
+    let _path = match &search_path {
+        Some(path) => Some(SearchPath::set(path)?),
+        None => None,
+    };
     let started = std::time::Instant::now();
+    let only = arg::<Vec<i64>>(fcinfo, 8);
     let mut report = Report::default();
-    for (shard, shard_relid) in local_shards_of(relid)? {
+    let here = local_shards_of(relid, only.clone())?;
+    // Shards the coordinator counted here and that moved away since: the next round's.
+    if let Some(only) = &only {
+        report.moved.extend(only.iter().filter(|s| !here.iter().any(|(h, _)| h == *s)));
+    }
+    for (shard, shard_relid) in here {
         let table = super::Table::open(procedure, shard_relid, &target)?;
         let table = match &filter {
             Some(f) => table.with_filter(f.clone()),
@@ -572,10 +660,11 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
         };
         let scope = format!("{} IS NULL, shard {shard}", quote_ident(&target));
         let job = Job { procedure, table, expression: expression.clone(), batch_size, scope };
-        SHARD.with(|s| s.set(Some(shard)));
         MOVED.with(|m| m.set(false));
-        let done = citus::with_rate_share(share, || run_job(job, false, false));
-        SHARD.with(|s| s.set(None));
+        let done = {
+            let _shard = Reset::new(&SHARD, Some(shard));
+            citus::with_rate_share(share, || run_job(job, false, false))
+        };
         report.shards += 1;
         match done {
             Ok(p) => add(&mut report, &p),
@@ -585,6 +674,33 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Some(one_field_row(fcinfo, &report.to_json())?))
+}
+
+/// The session's search_path set for a job, the earlier one back when it ends (this may be a
+/// connection Citus keeps for later commands, or a session that CALLed the procedure itself).
+struct SearchPath(String);
+
+impl SearchPath {
+    fn set(path: &str) -> Result<SearchPath, AiError> {
+        let before = Spi::get_one::<String>("SELECT pg_catalog.current_setting('search_path')")
+            .map_err(spi_failed)?
+            .unwrap_or_default();
+        Self::apply(path)?;
+        Ok(SearchPath(before))
+    }
+
+    fn apply(path: &str) -> Result<(), AiError> {
+        Spi::connect_mut(|c| {
+            c.update("SELECT pg_catalog.set_config('search_path', $1, false)", None, &[path.into()]).map(drop)
+        })
+        .map_err(spi_failed)
+    }
+}
+
+impl Drop for SearchPath {
+    fn drop(&mut self) {
+        let _ = Self::apply(&self.0);
+    }
 }
 
 fn add(report: &mut Report, p: &Progress) {
@@ -599,34 +715,51 @@ fn add(report: &mut Report, p: &Progress) {
 }
 
 /// This node's shards of `relid` (id and relation), in shard order.
-fn local_shards_of(relid: pg_sys::Oid) -> Result<Vec<(i64, pg_sys::Oid)>, AiError> {
+fn local_shards_of(relid: pg_sys::Oid, only: Option<Vec<i64>>) -> Result<Vec<(i64, pg_sys::Oid)>, AiError> {
     // `update`, for a snapshot of its own (see rows_per_node).
     Spi::connect_mut(|client| {
         let rows = client.update(
-            "SELECT s.shardid, pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid))::pg_catalog.oid
+            // The shard is a table in its table's schema (looked up there, never through the
+            // search_path, which shard_name() leaves the public schema to): named by Citus'
+            // shard_name(), unqualified or qualified, or relname_shardid as it makes them.
+            "SELECT s.shardid,
+                    (SELECT c.oid FROM pg_catalog.pg_class c
+                      WHERE c.relnamespace OPERATOR(pg_catalog.=) t.relnamespace
+                        AND (c.relname OPERATOR(pg_catalog.=) (t.relname::pg_catalog.text OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.shardid::pg_catalog.text)
+                             OR pg_catalog.quote_ident(c.relname) OPERATOR(pg_catalog.=) pg_catalog.shard_name(s.logicalrelid, s.shardid)
+                             OR pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname)
+                                OPERATOR(pg_catalog.=) pg_catalog.shard_name(s.logicalrelid, s.shardid))
+                      ORDER BY c.relname OPERATOR(pg_catalog.<>) (t.relname::pg_catalog.text OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.shardid::pg_catalog.text)
+                      LIMIT 1)
                FROM pg_catalog.pg_dist_shard s
+               JOIN pg_catalog.pg_class t ON t.oid OPERATOR(pg_catalog.=) s.logicalrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.relnamespace
                JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid
               WHERE s.logicalrelid OPERATOR(pg_catalog.=) $1
                 AND p.groupid OPERATOR(pg_catalog.=) (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+                AND (pg_catalog.cardinality($2::pg_catalog.int8[]) IS NULL OR s.shardid OPERATOR(pg_catalog.=) ANY ($2))
               ORDER BY s.shardid",
             None,
-            &[relid.into()],
+            &[relid.into(), only.into()],
         )?;
-        rows.into_iter()
-            .filter_map(|r| match (r.get::<i64>(1), r.get::<pg_sys::Oid>(2)) {
-                (Ok(Some(s)), Ok(Some(o))) => Some(Ok((s, o))),
-                (Err(e), _) | (_, Err(e)) => Some(Err(e)),
-                _ => None,
-            })
-            .collect::<Result<Vec<_>, _>>()
+        let mut shards = Vec::new();
+        for r in rows {
+            let shard = r.get::<i64>(1)?.unwrap_or(0);
+            let Some(oid) = r.get::<pg_sys::Oid>(2)? else {
+                return Ok(Err(AiError::Internal { message: format!("the table of shard {shard} is missing on this node") }));
+            };
+            shards.push((shard, oid));
+        }
+        Ok(Ok(shards))
     })
-    .map_err(spi_failed)
+    .map_err(spi_failed)?
 }
 
 /// Called at the start of every transaction of a job: on a shard's job, takes the shard's
 /// metadata lock as Citus' own writes do, and stops the job if the shard is no longer here.
 pub(super) fn guard_transaction() -> Result<(), AiError> {
-    let Some(shard) = SHARD.with(|s| s.get()) else { return Ok(()) };
+    let Some(shard) = SHARD.with(|s| *s.borrow()) else { return Ok(()) };
+    citus::read_committed("ai_update")?;
     // lock_shard_metadata asks for the table's owner: taken as the catalog owner, for a job a
     // role with UPDATE on the table runs (the lock only orders it before a move).
     let here = as_catalog_owner(|| {
