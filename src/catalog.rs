@@ -348,6 +348,9 @@ pub fn price_and_budgets(
     role: pg_sys::Oid,
     batch: bool,
 ) -> Result<(Option<bailian_core::meter::Price>, Vec<crate::shared::accounting::BudgetDef>), AiError> {
+    // On a Citus cluster each node counts its own spending: it keeps to its share of a budget,
+    // the same share it has of the rate limits, so the nodes together keep to the whole.
+    let share = crate::citus::rate_share();
     as_catalog_owner(|| {
         Spi::connect(|client| {
             let mut price = None;
@@ -381,7 +384,7 @@ pub fn price_and_budgets(
                 } else {
                     budgets.push(crate::shared::accounting::BudgetDef {
                         id: row.get::<i64>(2).map_err(spi_failed)?.unwrap_or(0),
-                        limit: f(3)?.unwrap_or(0.0),
+                        limit: f(3)?.unwrap_or(0.0) * share,
                         unit: t(7)?,
                         period: t(8)?,
                         period_start: row.get::<i64>(9).map_err(spi_failed)?.unwrap_or(0),

@@ -668,6 +668,31 @@ fn the_nodes_share_one_rate_limit() {
     assert_eq!(stats.rate_limited, 0, "the nodes together kept under the limit: {stats:?}");
     let (r1, r2) = (requests_of(&mut cluster.worker(0)), requests_of(&mut cluster.worker(1)));
     assert!(r1 > 0 && r2 > 0, "{r1}, {r2}");
+    // A budget holds for the cluster too: each node keeps to its share of it. 2,000 tokens of
+    // a chat model for a job whose rows need some 3 times that, two requests in flight a node.
+    deploy(&mut c, &s, "chat", "qwen-plus", "");
+    c.batch_execute(
+        "ALTER ROLE postgres SET pg_bailian.max_concurrency = 2;
+         SELECT ai_set_budget(NULL, 'chat', 2000, unit => 'tokens');
+         ALTER TABLE docs ADD COLUMN answer text;",
+    )
+    .unwrap();
+    let mut spender = cluster.coordinator();
+    let (_, message) = error_of(
+        spender.batch_execute("CALL ai_update('docs', 'answer', $$ai_gen('chat', 'Say: ' || body)$$)"),
+    );
+    assert!(message.contains("budget"), "{message}");
+    let spent = count(
+        &mut c,
+        "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint FROM ai_usage WHERE model_name = 'chat'",
+    );
+    let answered = count(&mut c, "SELECT count(*) FROM docs WHERE answer IS NOT NULL");
+    eprintln!("budget: {spent} tokens spent, {answered} rows answered");
+    assert!(answered > 0 && answered < 1500, "{answered} rows answered");
+    // Each node alone would have spent up to the whole 2,000.
+    assert!((1000..=2200).contains(&spent), "the cluster spent {spent} tokens of a 2,000-token budget");
+    c.batch_execute("ALTER ROLE postgres RESET pg_bailian.max_concurrency").unwrap();
+
     // Each node paced itself to its share of the limit (about half each here).
     let limits = strings(
         &mut c,
