@@ -143,6 +143,11 @@ BEGIN
     IF NOT pg_catalog.citus_is_coordinator() THEN
         RAISE EXCEPTION 'ai_citus_check: run it on the Citus coordinator' USING ERRCODE = '55000';
     END IF;
+    IF NOT pg_catalog.has_schema_privilege('bailian', 'USAGE')
+       OR NOT pg_catalog.has_function_privilege('bailian.json_probe()', 'EXECUTE') THEN
+        RAISE EXCEPTION 'ai_citus_check: permission denied: it asks every node about pg_bailian''s internals, for the extension''s owner or a superuser'
+            USING ERRCODE = '42501';
+    END IF;
     probe := bailian.json_probe();
     SELECT (j->>'version') AS version, (j->>'key') AS key INTO mine FROM (SELECT probe::json AS j) s;
     FOR r IN

@@ -311,6 +311,8 @@ fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
     // A role sees its own rows there too: each worker applies its own rules.
     c.batch_execute("CREATE ROLE clerk LOGIN; GRANT SELECT ON dist TO clerk").unwrap();
     let mut clerk = cluster.coordinator.connect_as("postgres", "clerk");
+    let (code, message) = error_of(clerk.query("SELECT * FROM ai_citus_check()", &[]));
+    assert!(code == "42501" && message.contains("extension's owner or a superuser"), "{code} {message}");
     assert_eq!(count(&mut clerk, "SELECT count(*) FROM ai_usage"), 0);
     assert_eq!(
         count(&mut clerk, "SELECT count(*) FROM dist WHERE ai_embed('emb', body) IS NOT NULL AND id <= 10"),
