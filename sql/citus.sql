@@ -161,14 +161,22 @@ SELECT pg_catalog.json_build_object(
 $$;
 COMMENT ON FUNCTION bailian.json_probe() IS 'This node''s pg_bailian version, preloading, master key id and deployed models, as ai_citus_check reads them.';
 
+-- What a node of a column job on a distributed table tells the job's other nodes when it has
+-- finished its part: they may use its share of each deployment's rate (README: Citus).
+CREATE FUNCTION bailian.release_rate_share(job_id bigint, rate_share float8) RETURNS boolean
+LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pg_bailian_release_rate_share';
+COMMENT ON FUNCTION bailian.release_rate_share(bigint, float8) IS 'A node of Citus column job job_id (a random id only the job''s nodes are told) finished, releasing rate_share of each deployment''s rate to the nodes still running it here, which scale their shares up by it; false when this node could not keep it (pg_bailian not preloaded, or 64 jobs already tracked). Called by ai_update_local_shards as the job''s role.';
+
 -- One node's share of a column job on a distributed table: CALL ai_update (and ai_embed_column,
 -- ai_gen_column) on the coordinator runs it on every node that holds shards of the table, over
 -- Citus' connections, as the calling role; it fills that node's shards and answers a report.
 CREATE PROCEDURE ai_update_local_shards(table_name regclass, target_column name, expression text,
                                         batch_size int, filter text, procedure_name text, rate_share float8,
                                         search_path text DEFAULT NULL, shards bigint[] DEFAULT NULL,
+                                        job_id bigint DEFAULT NULL, peers text[] DEFAULT NULL,
                                         INOUT report text DEFAULT NULL)
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_bailian_update_local_shards';
-COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, bigint[], text) IS
-  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate, with the caller''s search_path on the coordinator, only the given shards (those the coordinator counted rows in here: one no longer here is reported as moved); report is a JSON summary. Called by ai_update; the caller''s rights apply.';
+COMMENT ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, bigint[], bigint, text[], text) IS
+  'One node''s part of CALL ai_update on a Citus distributed table, which runs it on every node holding its shards: fills the shards this node holds, a committed batch at a time, each under Citus'' shard metadata lock (a shard moved away meanwhile is left to the next round), its requests limited to rate_share of each deployment''s rate, with the caller''s search_path on the coordinator, only the given shards (those the coordinator counted rows in here: one no longer here is reported as moved); when done, it tells peers (the round''s other nodes, host:port) that it released its share under job_id, and they share it out; report is a JSON summary. Called by ai_update; the caller''s rights apply.';

@@ -349,8 +349,9 @@ pub fn price_and_budgets(
     batch: bool,
 ) -> Result<(Option<bailian_core::meter::Price>, Vec<crate::shared::accounting::BudgetDef>), AiError> {
     // On a Citus cluster each node counts its own spending: it keeps to its share of a budget,
-    // the same share it has of the rate limits, so the nodes together keep to the whole.
-    let share = crate::citus::rate_share();
+    // the share of the work it was given (never raised, as its rate share is, when other nodes
+    // finish: they spent from their own shares), so the nodes together keep to the whole.
+    let share = crate::citus::budget_share();
     as_catalog_owner(|| {
         Spi::connect(|client| {
             let mut price = None;

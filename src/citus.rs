@@ -211,32 +211,57 @@ pub fn is_citus_table(relid: pgrx::pg_sys::Oid) -> Result<bool, AiError> {
 type Stamp = (i64, i64, u64);
 
 thread_local! {
-    /// The share of each deployment's rate a column job's part on this node was given.
-    static JOB_SHARE: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    /// The share of each deployment's rate a column job's part on this node was given, and the
+    /// job's id (0: none) under which its other nodes release theirs when they finish.
+    static JOB_SHARE: std::cell::Cell<Option<(f64, u64)>> = const { std::cell::Cell::new(None) };
     /// The default share, with the statement it was computed for.
     static DEFAULT_SHARE: std::cell::Cell<Option<(Stamp, f64)>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `f` with this node's requests limited to `share` of each deployment's rate.
-pub fn with_rate_share<T>(share: f64, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<f64>);
+/// Runs `f` with this node's requests limited to `share` of each deployment's rate, raised by
+/// what the other nodes of job `job` release when they finish (`release_share`).
+pub fn with_rate_share<T>(share: f64, job: u64, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(f64, u64)>);
     impl Drop for Restore {
         fn drop(&mut self) {
             JOB_SHARE.with(|s| s.set(self.0));
         }
     }
-    let _restore = Restore(JOB_SHARE.with(|s| s.replace(Some(share))));
+    let _restore = Restore(JOB_SHARE.with(|s| s.replace(Some((share, job)))));
     f()
 }
 
+/// Records on this node that another node of column job `job` finished its part, releasing
+/// `share` of the rate to the nodes still running it. False when it could not be kept (no
+/// shared memory, or no room), which leaves those nodes at their first shares.
+pub fn release_share(job: u64, share: f64) -> bool {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    crate::shared::released().is_some_and(|r| r.release(job, share, now))
+}
+
 /// The share of a deployment's rate this node may use, so that the nodes of a cluster together
-/// stay under the account's limit: 1 off Citus; the share a column job's part was given (its
-/// share of the job's rows); else an equal share among the nodes that hold shards (Citus pushes
-/// a query's AI calls to them), which `pg_dist_node` says again when nodes join or leave.
+/// stay under the account's limit: 1 off Citus; for a column job's part, the share it was given
+/// (its share of the job's rows), scaled up by what the job's finished nodes released, so the
+/// nodes still running use the whole rate between them; else an equal share among the nodes
+/// that hold shards (Citus pushes a query's AI calls to them), which `pg_dist_node` says again
+/// when nodes join or leave.
 pub fn rate_share() -> f64 {
-    if let Some(share) = JOB_SHARE.with(|s| s.get()) {
-        return share;
+    if let Some((share, job)) = JOB_SHARE.with(|s| s.get()) {
+        return crate::shared::released().map_or(share, |r| r.scaled(job, share));
     }
+    default_share()
+}
+
+/// This node's share of a budget: its first share of the rate, never raised by what finished
+/// nodes release (they have spent from their own shares of the budget, which stay spent).
+pub fn budget_share() -> f64 {
+    match JOB_SHARE.with(|s| s.get()) {
+        Some((share, _)) => share,
+        None => default_share(),
+    }
+}
+
+fn default_share() -> f64 {
     if !loaded() {
         return 1.0;
     }

@@ -705,3 +705,73 @@ fn the_nodes_share_one_rate_limit() {
         assert!(rpm > 0 && rpm < 600, "a worker's limit is its share of 600: {limits:?}");
     }
 }
+
+#[test]
+fn a_node_that_finishes_its_part_early_gives_its_share_of_the_rate_to_the_others() {
+    let Some(cluster) = Cluster::start("rebalance") else { return };
+    let s =
+        standin_with(bailian_standin::Config { latency_ms: 20, rpm_limit: Some(600), ..Default::default() });
+    let mut c = cluster.coordinator();
+    strings(&mut c, ENABLED);
+    deploy(&mut c, &s, "chat", "qwen-plus", ", requests_per_minute => 600");
+    cluster.share_master_key();
+    fill_table(&mut c, 80);
+    // Every row on the first worker asks the same question (one request there, its answer
+    // shared), every row on the second its own: both get about half the rate for about half
+    // the rows, and the first is done long before the second.
+    let first = cluster.workers[0].port();
+    let on_first = strings(
+        &mut c,
+        &format!(
+            "SELECT string_agg(g::text, ',') FROM generate_series(1, 80) g
+              WHERE get_shard_id_for_distribution_column('docs', g) IN (
+                    SELECT p.shardid FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+                     WHERE n.nodeport = {first})"
+        ),
+    );
+    c.batch_execute(&format!("UPDATE docs SET body = 'the same question' WHERE id IN ({})", on_first[0]))
+        .unwrap();
+    let (mut cc, seen) = cluster.coordinator.connect_collecting("postgres");
+    let started = std::time::Instant::now();
+    cc.batch_execute("CALL ai_update('docs', 'summary', $$ai_gen('chat', body)$$)").unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let told = notices(&seen);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE summary IS NULL"), 0);
+    // The second worker started at its share and ended with the whole rate.
+    let second = cluster.workers[1].port();
+    let shares = told.lines().find(|l| l.contains("shares of the rate")).unwrap_or_default().to_string();
+    let of_second = shares
+        .split(&format!("127.0.0.1:{second} "))
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no share of the second worker: {told}"))
+        .to_string();
+    let first_share: f64 = of_second.split(' ').next().unwrap().parse().unwrap();
+    assert!((20.0..=80.0).contains(&first_share), "{shares}");
+    assert!(
+        of_second.ends_with("then 100 %"),
+        "the second worker's share was raised to the whole rate: {shares}"
+    );
+    assert!(shares.contains(&format!("127.0.0.1:{first} ")), "{shares}");
+    // It paced its requests by the whole limit (the pacer leaves no burst: at its first share
+    // they would be at least 60 s / (600 x share) / 0.98 apart, 204 ms at half, at the whole
+    // rate 102 ms), and the account was never over it.
+    let mut arrivals: Vec<f64> = s
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200 && !r.inputs.iter().any(|i| i.contains("the same question")))
+        .map(|r| r.received_ms)
+        .collect();
+    arrivals.sort_by(f64::total_cmp);
+    let mut gaps: Vec<f64> = arrivals.windows(2).skip(5).map(|w| w[1] - w[0]).collect();
+    gaps.sort_by(f64::total_cmp);
+    assert!(gaps.len() >= 10, "{arrivals:?}");
+    let median = gaps[gaps.len() / 2];
+    let at_first_share = 60_000.0 / (600.0 * first_share / 100.0) / 0.98;
+    assert!(
+        median < (0.75 * at_first_share).min(140.0),
+        "the second worker's requests came {median:.0} ms apart ({at_first_share:.0} at its first share): {gaps:?}"
+    );
+    assert_eq!(s.stats().rate_limited, 0, "{:?}", s.stats());
+    eprintln!("rebalanced job: {seconds:.1} s, the second worker's requests {median:.0} ms apart; {shares}");
+}

@@ -107,9 +107,15 @@ fn a_waiting_backend_exits_when_the_postmaster_dies() {
     let postmaster = cluster.postmaster_pid().expect("the postmaster runs");
     let killed = std::process::Command::new("kill").args(["-9", &postmaster.to_string()]).status();
     assert!(killed.unwrap().success());
-    let gone =
-        wait_for(Duration::from_secs(2), || !std::path::Path::new(&format!("/proc/{backend}")).exists());
-    assert!(gone, "the backend outlived its postmaster by 2 s");
+    // Its waits look every 100 ms; 5 s leaves room for a loaded machine (the held request would
+    // keep it for its whole timeout). An exited process not yet reaped by its new parent is
+    // gone too.
+    let gone = wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{backend}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    });
+    assert!(gone, "the backend outlived its postmaster by 5 s");
     assert!(wait_for(Duration::from_secs(1), || s.stats().in_flight == 0), "its request is still open");
     assert!(worker.join().unwrap().is_err());
 }

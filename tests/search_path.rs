@@ -316,6 +316,11 @@ fn run_everything(
     c.batch_execute("SELECT bailian.refuse_on_worker('a test')").unwrap();
     let forgotten: i64 = c.query_one("SELECT bailian.forget_answers('no such model')", &[]).unwrap().get(0);
     assert_eq!(forgotten, 0);
+    // Kept in the preloaded server's shared memory; refused when it could raise nothing.
+    let kept: bool = c.query_one("SELECT bailian.release_rate_share(42, 0.5)", &[]).unwrap().get(0);
+    assert!(kept);
+    let e = error_of(c.query("SELECT bailian.release_rate_share(42, 1.5)", &[]));
+    assert!(e.1.contains("rate_share must be in (0, 1]"), "{e:?}");
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
@@ -392,12 +397,13 @@ fn run_everything(
         "bailian.set_price()",
         "ai_citus_enable()",
         "ai_citus_check()",
-        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,bigint[],text)",
+        "ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,bigint[],bigint,text[],text)",
         "bailian.json_probe()",
         "bailian.master_key_id()",
         "bailian.refuse_on_worker(text)",
         "bailian.worker_rows(text)",
         "bailian.forget_answers(text)",
+        "bailian.release_rate_share(bigint,double precision)",
     ]
 }
 

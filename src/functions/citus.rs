@@ -29,3 +29,19 @@ fn forget_answers(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Dat
     let name = arg::<String>(fcinfo, 0).ok_or_else(|| AiError::invalid("model_name must not be NULL"))?;
     Ok(crate::catalog::forget_answers(&name)?.into_datum())
 }
+
+sql_entry!(pg_finfo_pg_bailian_release_rate_share, pg_bailian_release_rate_share, release_rate_share);
+
+/// bailian.release_rate_share(job_id, rate_share): another node of a column job finished its
+/// part; the nodes still running it here may use its share of the rate too.
+fn release_rate_share(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+    let (Some(job), Some(share)) = (arg::<i64>(fcinfo, 0), arg::<f64>(fcinfo, 1)) else {
+        return Err(AiError::NullArgument { message: "job_id and rate_share must not be NULL".into() });
+    };
+    if job == 0 || !(share > 0.0 && share <= 1.0) {
+        return Err(AiError::invalid(format!(
+            "release_rate_share: job_id must not be 0 and rate_share must be in (0, 1], not {share}"
+        )));
+    }
+    Ok(crate::citus::release_share(job as u64, share).into_datum())
+}

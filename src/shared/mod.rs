@@ -10,7 +10,7 @@
 pub mod accounting;
 mod persist;
 
-use bailian_core::shared::{Region, Slot};
+use bailian_core::shared::{Region, Released, Slot};
 use pgrx::pg_sys;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -44,6 +44,19 @@ pub fn scope() -> &'static str {
 
 const SEGMENT: &std::ffi::CStr = c"pg_bailian shared state";
 const WAKE_SEGMENT: &std::ffi::CStr = c"pg_bailian sync wake-ups";
+const RELEASED_SEGMENT: &std::ffi::CStr = c"pg_bailian released rate shares";
+
+static RELEASED: AtomicPtr<Released> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The rate shares finished nodes of Citus column jobs gave back (`crate::citus::rate_share`);
+/// None without preloading, where a job's part runs in a backend no other can reach, and
+/// every node keeps its first share.
+pub fn released() -> Option<&'static Released> {
+    let p = RELEASED.load(Ordering::Acquire);
+    // SAFETY: set by the startup hook to shared memory that stays mapped, zeroed when first
+    // made (all zeros is an empty table).
+    (!p.is_null()).then(|| unsafe { &*p })
+}
 
 static mut PREV_REQUEST: Option<unsafe extern "C-unwind" fn()> = None;
 static mut PREV_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
@@ -84,6 +97,7 @@ unsafe extern "C-unwind" fn request() {
         }
         pg_sys::RequestAddinShmemSpace(segment_size());
         pg_sys::RequestAddinShmemSpace(crate::sync::wake::size() + 64);
+        pg_sys::RequestAddinShmemSpace(Released::size() + 64);
     }
 }
 
@@ -110,6 +124,15 @@ unsafe extern "C-unwind" fn startup() {
             pg_sys::ShmemInitStruct(WAKE_SEGMENT.as_ptr(), crate::sync::wake::size() + 64, &mut wake_found)
                 .cast::<u8>();
         crate::sync::wake::attach(wake.add(wake.align_offset(64)), wake_found);
+        let mut released_found = false;
+        let released =
+            pg_sys::ShmemInitStruct(RELEASED_SEGMENT.as_ptr(), Released::size() + 64, &mut released_found)
+                .cast::<u8>();
+        let released = released.add(released.align_offset(64));
+        if !released_found {
+            std::ptr::write_bytes(released, 0, Released::size());
+        }
+        RELEASED.store(released.cast(), Ordering::Release);
         pg_sys::LWLockRelease(init_lock);
         if !found {
             persist::load(region);

@@ -339,6 +339,10 @@ struct Report {
     moved: Vec<i64>,
     failures: Vec<(String, String)>,
     seconds: f64,
+    /// The node's share of the rate when it was given the work, and when it finished (raised
+    /// by what the job's nodes that finished before it released).
+    first_share: f64,
+    last_share: f64,
 }
 
 impl Report {
@@ -347,6 +351,7 @@ impl Report {
             "shards": self.shards, "total": self.total, "filled": self.filled, "failed": self.failed,
             "skipped": self.skipped, "locked": self.locked, "other_session": self.other_session,
             "moved": self.moved, "failures": self.failures, "seconds": self.seconds,
+            "first_share": self.first_share, "last_share": self.last_share,
         })
         .to_string()
     }
@@ -370,6 +375,8 @@ impl Report {
                 .filter_map(|f| Some((f.get(0)?.as_str()?.to_string(), f.get(1)?.as_str()?.to_string())))
                 .collect(),
             seconds: v.get("seconds")?.as_f64()?,
+            first_share: v.get("first_share").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
+            last_share: v.get("last_share").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
         })
     }
 }
@@ -400,6 +407,7 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
     let started = std::time::Instant::now();
     let mut sum = Report::default();
     let mut nodes_used = 0;
+    let mut shares = Vec::new();
     for round in 0..ROUNDS {
         // Where the shards are now: a move since the last round changed Citus' metadata, which
         // this backend's caches learn from the invalidations sent at its commit.
@@ -414,17 +422,23 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
             break;
         }
         let (mut names, mut ports, mut commands) = (Vec::new(), Vec::new(), Vec::new());
-        for node in work.values() {
-            if node.rows == 0 {
-                continue;
-            }
+        let busy: Vec<&Node_> = work.values().filter(|n| n.rows > 0).collect();
+        // The round's id, which its nodes release their shares under when they finish: made
+        // up here and told only to them, so no other session can raise their rates.
+        let job_id = job_id()?;
+        for node in &busy {
             // The node's share of the work is its share of each deployment's rate.
             let share = node.rows as f64 / total as f64;
             names.push(node.host.clone());
             ports.push(node.port);
             let shards: Vec<String> = node.shards.iter().map(i64::to_string).collect();
+            let peers: Vec<String> = busy
+                .iter()
+                .filter(|p| (&p.host, p.port) != (&node.host, node.port))
+                .map(|p| format!("{}:{}", p.host, p.port))
+                .collect();
             commands.push(format!(
-                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share}, {}, '{{{}}}')",
+                "CALL {schema}.ai_update_local_shards({}::pg_catalog.regclass, {}, {}, {}, {}, {}, {share}, {}, '{{{}}}', {job_id}, {})",
                 literal(&qualified),
                 literal(&job.target),
                 literal(&job.expression),
@@ -433,6 +447,7 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
                 literal(procedure),
                 literal(&search_path),
                 shards.join(","),
+                literal(&format!("{{{}}}", peers.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(","))),
             ));
         }
         nodes_used = nodes_used.max(names.len());
@@ -462,6 +477,15 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
             match (success, Report::from_json(&result)) {
                 (Some(true), Some(r)) => {
                     moved |= !r.moved.is_empty();
+                    shares.push(format!(
+                        "{node} {:.0} %{}",
+                        r.first_share * 100.0,
+                        if r.last_share > r.first_share + 1e-6 {
+                            format!(" then {:.0} %", r.last_share * 100.0)
+                        } else {
+                            String::new()
+                        }
+                    ));
                     sum.shards += r.shards;
                     sum.filled += r.filled;
                     sum.failed += r.failed;
@@ -489,13 +513,14 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     pgrx::notice!(
-        "{procedure}: finished on {nodes_used} nodes in {seconds:.1} s: {} filled, {} failed, {} skipped, {} locked by other transactions, {} done by another session, {:.1} rows/s",
+        "{procedure}: finished on {nodes_used} nodes in {seconds:.1} s: {} filled, {} failed, {} skipped, {} locked by other transactions, {} done by another session, {:.1} rows/s; shares of the rate: {}",
         sum.filled,
         sum.failed,
         sum.skipped,
         sum.locked,
         sum.other_session,
-        (sum.filled + sum.failed) as f64 / seconds.max(0.001)
+        (sum.filled + sum.failed) as f64 / seconds.max(0.001),
+        shares.join(", ")
     );
     if sum.failed > 0 {
         let examples: Vec<String> =
@@ -509,6 +534,21 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
         );
     }
     Ok(None)
+}
+
+/// A random nonzero id for a round of a job.
+fn job_id() -> Result<i64, AiError> {
+    let mut bytes = [0u8; 8];
+    loop {
+        // SAFETY: fills the 8 bytes given.
+        if !unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
+            return Err(AiError::Internal { message: "could not make a random job id".into() });
+        }
+        let id = i64::from_le_bytes(bytes);
+        if id != 0 {
+            return Ok(id);
+        }
+    }
 }
 
 /// The schema of pg_bailian's objects, quoted (the same on every node: CREATE EXTENSION
@@ -646,7 +686,9 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
     };
     let started = std::time::Instant::now();
     let only = arg::<Vec<i64>>(fcinfo, 8);
-    let mut report = Report::default();
+    let job_id = arg::<i64>(fcinfo, 9).unwrap_or(0) as u64;
+    let peers = arg::<Vec<Option<String>>>(fcinfo, 10).unwrap_or_default();
+    let mut report = Report { first_share: share, ..Report::default() };
     let here = local_shards_of(relid, only.clone())?;
     // Shards the coordinator counted here and that moved away since: the next round's.
     if let Some(only) = &only {
@@ -663,7 +705,7 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
         MOVED.with(|m| m.set(false));
         let done = {
             let _shard = Reset::new(&SHARD, Some(shard));
-            citus::with_rate_share(share, || run_job(job, false, false))
+            citus::with_rate_share(share, job_id, || run_job(job, false, false))
         };
         report.shards += 1;
         match done {
@@ -672,8 +714,54 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
             Err(e) => return Err(e),
         }
     }
+    report.last_share = citus::with_rate_share(share, job_id, citus::rate_share);
+    // Done here: the job's nodes still running may use this node's share of the rate.
+    release_to(&peers, job_id, share);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Some(one_field_row(fcinfo, &report.to_json())?))
+}
+
+/// Tells the other nodes of a round (`host:port`) that this one finished, releasing `share`
+/// of the rate to them (`bailian.release_rate_share`), over Citus' connections as the job's
+/// role. A node that cannot be told keeps its first share, which is safe: that is logged, not
+/// raised (the work here is done and committed).
+fn release_to(peers: &[Option<String>], job_id: u64, share: f64) {
+    let peers: Vec<(String, i32)> = peers
+        .iter()
+        .flatten()
+        .filter_map(|p| p.rsplit_once(':'))
+        .filter_map(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+        .collect();
+    if peers.is_empty() || job_id == 0 {
+        return;
+    }
+    let command = format!("SELECT bailian.release_rate_share({}, {share})", job_id as i64);
+    let (names, ports): (Vec<String>, Vec<i32>) = peers.into_iter().unzip();
+    let commands = vec![command; names.len()];
+    let told = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
+                   FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+                None,
+                &[names.into(), ports.into(), commands.into()],
+            )?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
+            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+    });
+    match told {
+        Ok(rows) => {
+            for (node, ok, result) in rows {
+                if ok != Some(true) || result.as_deref() != Some("t") {
+                    pgrx::log!(
+                        "pg_bailian: node {node} could not take this node's share of column job {job_id:x}: {}",
+                        result.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Err(e) => pgrx::log!("pg_bailian: could not release this node's share of column job {job_id:x}: {e}"),
+    }
 }
 
 /// The session's search_path set for a job, the earlier one back when it ends (this may be a

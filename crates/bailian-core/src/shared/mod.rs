@@ -16,6 +16,7 @@
 pub mod activity;
 pub mod buckets;
 pub mod budgets;
+pub mod released;
 pub mod usage;
 
 use std::mem::{align_of, size_of};
@@ -25,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use activity::{Activity, ActivityRow, Slot};
 pub use buckets::{BucketKey, Buckets, Limiter};
 pub use budgets::{BudgetKey, BudgetRow, Budgets, Spent};
+pub use released::Released;
 pub use usage::{UsageDelta, UsageKey, UsageRow, UsageTable};
 
 /// How many of each kind of entry the region holds (`pg_bailian.max_rate_buckets`,
