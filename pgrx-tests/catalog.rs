@@ -263,7 +263,7 @@ fn a_role_without_grants_cannot_reach_a_key() {
     // by whoever writes ai_prices: it only raises an error), bailian.worker_rows(text) (ai_usage and
     // ai_activity call it: it asks the Citus workers as the caller), bailian.release_rate_share (a column job's node tells
     // the job's other nodes it finished, as the job's role: it can raise only the rate of a job whose
-    // random id is known); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
+    // random id is known; filling its table with made-up ids only stops rebalancing, the safe way); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
     // register/delete_external_model, and no other internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)

@@ -211,7 +211,7 @@ COMMENT ON FUNCTION bailian.json_probe() IS 'This node''s pg_bailian version, pr
 CREATE FUNCTION bailian.release_rate_share(job_id bigint, rate_share float8) RETURNS boolean
 LANGUAGE c VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'pg_bailian_release_rate_share';
-COMMENT ON FUNCTION bailian.release_rate_share(bigint, float8) IS 'A node of Citus column job job_id (a random id only the job''s nodes are told) finished, releasing rate_share of each deployment''s rate to the nodes still running it here, which scale their shares up by it; false when this node could not keep it (pg_bailian not preloaded, or 64 jobs already tracked). Called by ai_update_local_shards as the job''s role.';
+COMMENT ON FUNCTION bailian.release_rate_share(bigint, float8) IS 'A node of Citus column job job_id (a random id only the job''s nodes are told) finished, releasing rate_share of each deployment''s rate to the nodes still running it here, which scale their shares up by it; false when this node could not keep it (pg_bailian not preloaded, or 64 jobs already tracked, which leaves the nodes at their first shares). Called by ai_update_local_shards as the job''s role.';
 
 -- One node's share of a column job on a distributed table: CALL ai_update (and ai_embed_column,
 -- ai_gen_column) on the coordinator runs it on every node that holds shards of the table, over

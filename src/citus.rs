@@ -235,8 +235,19 @@ pub fn with_rate_share<T>(share: f64, job: u64, f: impl FnOnce() -> T) -> T {
 /// `share` of the rate to the nodes still running it. False when it could not be kept (no
 /// shared memory, or no room), which leaves those nodes at their first shares.
 pub fn release_share(job: u64, share: f64) -> bool {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    crate::shared::released().is_some_and(|r| r.release(job, share, now))
+    crate::shared::released().is_some_and(|r| r.release(job, share, now_seconds()))
+}
+
+/// This node's part of column job `job` has finished: what other nodes released to it is
+/// no longer read here.
+pub fn forget_released(job: u64) {
+    if let Some(r) = crate::shared::released() {
+        r.forget(job);
+    }
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The share of a deployment's rate this node may use, so that the nodes of a cluster together
@@ -247,7 +258,7 @@ pub fn release_share(job: u64, share: f64) -> bool {
 /// when nodes join or leave.
 pub fn rate_share() -> f64 {
     if let Some((share, job)) = JOB_SHARE.with(|s| s.get()) {
-        return crate::shared::released().map_or(share, |r| r.scaled(job, share));
+        return crate::shared::released().map_or(share, |r| r.scaled(job, share, now_seconds()));
     }
     default_share()
 }

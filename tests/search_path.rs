@@ -317,10 +317,13 @@ fn run_everything(
     let forgotten: i64 = c.query_one("SELECT bailian.forget_answers('no such model')", &[]).unwrap().get(0);
     assert_eq!(forgotten, 0);
     // Kept in the preloaded server's shared memory; refused when it could raise nothing.
-    let kept: bool = c.query_one("SELECT bailian.release_rate_share(42, 0.5)", &[]).unwrap().get(0);
+    let kept: bool =
+        c.query_one("SELECT bailian.release_rate_share(-7046029254386353131, 0.5)", &[]).unwrap().get(0);
     assert!(kept);
-    let e = error_of(c.query("SELECT bailian.release_rate_share(42, 1.5)", &[]));
-    assert!(e.1.contains("rate_share must be in (0, 1]"), "{e:?}");
+    for bad in ["-7046029254386353131, 1.5", "0, 0.5", "-7046029254386353131, 0"] {
+        let e = error_of(c.query(&format!("SELECT bailian.release_rate_share({bad})"), &[]));
+        assert!(e.1.contains("job_id must not be 0 and rate_share must be in (0, 1]"), "{bad}: {e:?}");
+    }
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);

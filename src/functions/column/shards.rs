@@ -447,7 +447,7 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
                 literal(procedure),
                 literal(&search_path),
                 shards.join(","),
-                literal(&format!("{{{}}}", peers.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(","))),
+                literal(&format!("{{{}}}", peers.iter().map(|p| array_element(p)).collect::<Vec<_>>().join(","))),
             ));
         }
         nodes_used = nodes_used.max(names.len());
@@ -478,13 +478,14 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
                 (Some(true), Some(r)) => {
                     moved |= !r.moved.is_empty();
                     shares.push(format!(
-                        "{node} {:.0} %{}",
+                        "{node} {:.0} %{}{}",
                         r.first_share * 100.0,
                         if r.last_share > r.first_share + 1e-6 {
                             format!(" then {:.0} %", r.last_share * 100.0)
                         } else {
                             String::new()
-                        }
+                        },
+                        if round > 0 { format!(" (round {})", round + 1) } else { String::new() }
                     ));
                     sum.shards += r.shards;
                     sum.filled += r.filled;
@@ -534,6 +535,11 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
         );
     }
     Ok(None)
+}
+
+/// `text` as an element of an array literal, double-quoted.
+fn array_element(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// A random nonzero id for a round of a job.
@@ -715,6 +721,7 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
         }
     }
     report.last_share = citus::with_rate_share(share, job_id, citus::rate_share);
+    citus::forget_released(job_id);
     // Done here: the job's nodes still running may use this node's share of the rate.
     release_to(&peers, job_id, share);
     report.seconds = started.elapsed().as_secs_f64();
@@ -724,7 +731,8 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
 /// Tells the other nodes of a round (`host:port`) that this one finished, releasing `share`
 /// of the rate to them (`bailian.release_rate_share`), over Citus' connections as the job's
 /// role. A node that cannot be told keeps its first share, which is safe: that is logged, not
-/// raised (the work here is done and committed).
+/// raised (the work here is done and committed), unless it is a cancel or a shortage of
+/// resources, which ends the statement as anywhere else.
 fn release_to(peers: &[Option<String>], job_id: u64, share: f64) {
     let peers: Vec<(String, i32)> = peers
         .iter()
@@ -738,17 +746,31 @@ fn release_to(peers: &[Option<String>], job_id: u64, share: f64) {
     let command = format!("SELECT bailian.release_rate_share({}, {share})", job_id as i64);
     let (names, ports): (Vec<String>, Vec<i32>) = peers.into_iter().unzip();
     let commands = vec![command; names.len()];
-    let told = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
-                   FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
-                None,
-                &[names.into(), ports.into(), commands.into()],
-            )?
-            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
-            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-    });
+    let sub = crate::spi::SubTransaction::begin();
+    let (told, sub) = crate::spi::try_in_catching(
+        sub,
+        |code| !code.starts_with("57") && !code.starts_with("53"),
+        move || {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
+                           FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+                        None,
+                        &[names.into(), ports.into(), commands.into()],
+                    )?
+                    .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
+                    .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+            })
+        },
+    );
+    if let Some(sub) = sub {
+        sub.release();
+    }
+    let told = match told {
+        Ok(told) => told.map_err(|e| e.to_string()),
+        Err(crate::spi::Caught::Statement(why)) => Err(why),
+    };
     match told {
         Ok(rows) => {
             for (node, ok, result) in rows {
