@@ -86,11 +86,24 @@ pub enum Node {
     Worker(String),
 }
 
-/// Where this database stands; `Alone` unless the citus extension exists here.
+/// Where this database stands; `Alone` unless the citus extension exists here. Looked up once
+/// per statement (and transaction): every catalog change and call asks.
 pub fn node() -> Node {
     if !loaded() {
         return Node::Alone;
     }
+    let stamp = crate::catalog::stamp();
+    if let Some(node) =
+        NODE.with(|n| n.borrow().as_ref().filter(|(at, _)| *at == stamp).map(|(_, n)| n.clone()))
+    {
+        return node;
+    }
+    let node = look_up_node();
+    NODE.with(|n| *n.borrow_mut() = Some((stamp, node.clone())));
+    node
+}
+
+fn look_up_node() -> Node {
     let found = Spi::connect(|client| -> Result<Option<(i32, Option<String>)>, pgrx::spi::SpiError> {
         let present = client
             .select(
@@ -214,6 +227,8 @@ thread_local! {
     /// The share of each deployment's rate a column job's part on this node was given, and the
     /// job's id (0: none) under which its other nodes release theirs when they finish.
     static JOB_SHARE: std::cell::Cell<Option<(f64, u64)>> = const { std::cell::Cell::new(None) };
+    /// `node()`, with the statement it was looked up for.
+    static NODE: std::cell::RefCell<Option<(Stamp, Node)>> = const { std::cell::RefCell::new(None) };
     /// The default share, with the statement it was computed for.
     static DEFAULT_SHARE: std::cell::Cell<Option<(Stamp, f64)>> = const { std::cell::Cell::new(None) };
 }
@@ -247,7 +262,7 @@ pub fn forget_released(job: u64) {
 }
 
 fn now_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    u64::try_from(bailian_core::shared::unix_us() / 1_000_000).unwrap_or(0)
 }
 
 /// The share of a deployment's rate this node may use, so that the nodes of a cluster together

@@ -457,18 +457,7 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
             names.iter().zip(&ports).map(|(n, p)| format!("{n}:{p}")).collect::<Vec<_>>().join(", "),
             if round > 0 { " (again: shards moved)" } else { "" }
         );
-        let answers = Spi::connect(|client| {
-            let rows = client.select(
-                "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
-                   FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
-                None,
-                &[names.clone().into(), ports.clone().into(), commands.clone().into()],
-            )?;
-            rows.into_iter()
-                .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-        })
-        .map_err(spi_failed)?;
+        let answers = run_on_nodes(names, ports, commands).map_err(spi_failed)?;
         let mut errors = Vec::new();
         let mut moved = false;
         for (node, success, result) in answers {
@@ -535,6 +524,30 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
         );
     }
     Ok(None)
+}
+
+/// A node's `host:port`, whether its command succeeded, and its first field or error.
+type NodeAnswer = (String, Option<bool>, Option<String>);
+
+/// Runs `commands[i]` on node `names[i]:ports[i]`, all at once, over Citus' connections as the
+/// current role: per node, its `host:port`, whether the command succeeded, and its first
+/// field or error.
+fn run_on_nodes(
+    names: Vec<String>,
+    ports: Vec<i32>,
+    commands: Vec<String>,
+) -> Result<Vec<NodeAnswer>, pgrx::spi::SpiError> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
+                   FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
+                None,
+                &[names.into(), ports.into(), commands.into()],
+            )?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
+            .collect()
+    })
 }
 
 /// `text` as an element of an array literal, double-quoted.
@@ -750,19 +763,7 @@ fn release_to(peers: &[Option<String>], job_id: u64, share: f64) {
     let (told, sub) = crate::spi::try_in_catching(
         sub,
         |code| !code.starts_with("57") && !code.starts_with("53"),
-        move || {
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT node_name OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) node_port, success, result
-                           FROM pg_catalog.master_run_on_worker($1, $2, $3, true)",
-                        None,
-                        &[names.into(), ports.into(), commands.into()],
-                    )?
-                    .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<bool>(2)?, r.get::<String>(3)?)))
-                    .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-            })
-        },
+        move || run_on_nodes(names, ports, commands),
     );
     if let Some(sub) = sub {
         sub.release();

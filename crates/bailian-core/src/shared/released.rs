@@ -111,7 +111,11 @@ impl Released {
             if e.job.load(SeqCst) != job {
                 return 0.0;
             }
-            e.touched.fetch_max(now_seconds, SeqCst);
+            // Written only when a second has passed: every call of a running part reads this,
+            // from every backend of the node.
+            if e.touched.load(SeqCst) < now_seconds {
+                e.touched.fetch_max(now_seconds, SeqCst);
+            }
             return amount as f64 / UNIT;
         }
         0.0
