@@ -170,11 +170,6 @@ ensure_cargo_pgrx() {
     done <<<"$others"
 }
 
-# pgvector, for the tests of vector/halfvec targets (halfvec needs 0.7 or later). A user's
-# machine installs its distribution's package (postgresql-15-pgvector) or pgvector's own;
-# Debian 12 has none, and the 16 wheel carries 0.6.2, so here 0.8.6 is built from a vendored
-# source release when one is at hand: $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the
-# checkout or beside its local origin. Into a wheel's tree it goes without root.
 # The path of a vendored source release named $1, or nothing: in $PG_BAILIAN_VENDOR_DIR, or in
 # ../shared/vendor beside the checkout or beside its local origin (a clone of a local checkout,
 # git clone . /tmp/x, has ../shared beside its origin).
@@ -190,6 +185,11 @@ vendored() {
     done
 }
 
+# pgvector, for the tests of vector/halfvec targets (halfvec needs 0.7 or later). A user's
+# machine installs its distribution's package (postgresql-15-pgvector) or pgvector's own;
+# Debian 12 has none, and the 16 wheel carries 0.6.2, so here 0.8.6 is built from a vendored
+# source release when one is at hand: $PG_BAILIAN_VENDOR_DIR, or ../shared/vendor beside the
+# checkout or beside its local origin. Into a wheel's tree it goes without root.
 PGVECTOR_VERSION=0.8.6
 ensure_pgvector() {
     local control have=""
@@ -472,10 +472,12 @@ EOS
     say "Citus cluster for the benchmark: coordinator 127.0.0.1:${ports[0]}, workers ${ports[1]}, ${ports[2]}"
 }
 
+# Stops every node citus_cluster_start started, also when it failed partway (before it
+# exported the ports).
 citus_cluster_stop() {
-    [ -n "${PG_BAILIAN_CITUS_PORTS:-}" ] || return 0
     local i
     for i in 0 1 2; do
+        [ -f "$RUN_DIR/citus-$i/postmaster.pid" ] || continue
         pg_as_postgres "$PG_BIN/pg_ctl" -D "$RUN_DIR/citus-$i" -m fast -w stop >/dev/null 2>&1 || true
     done
 }

@@ -268,7 +268,7 @@ BEGIN
     FOR w IN
         SELECT x.nodename, x.nodeport, x.success, x.result
           FROM pg_catalog.run_command_on_workers(pg_catalog.format(
-                   'SELECT COALESCE(pg_catalog.json_agg(v), ''[]'')::text FROM %I.%I v', schema_name, view_name)) x
+                   'SELECT COALESCE(pg_catalog.json_agg(v), ''[]'')::pg_catalog.text FROM %I.%I v', schema_name, view_name)) x
     LOOP
         IF NOT w.success THEN
             RAISE WARNING '%: Citus worker %:% did not answer: %', view_name, w.nodename, w.nodeport, w.result;

@@ -43,9 +43,12 @@ unsafe extern "C-unwind" fn planner(
     };
     // SAFETY: query_string is NULL or the statement's NUL-terminated text.
     let text = unsafe { (!query_string.is_null()).then(|| std::ffi::CStr::from_ptr(query_string)) };
-    // Only a statement that may call an AI function is planned inside a catch (which would
+    // Only a modification (Citus' error is about UPDATEs, DELETEs and MERGEs, also in a CTE or
+    // an ON CONFLICT) that may call an AI function is planned inside a catch (which would
     // re-raise any other error without its position and context).
-    let stmt = if crate::citus::loaded() && text.is_some_and(|t| calls_ai(t.to_bytes())) {
+    // SAFETY: parse is the Query being planned.
+    let modifies = unsafe { (*parse).commandType != pg_sys::CmdType::CMD_SELECT || (*parse).hasModifyingCTE };
+    let stmt = if modifies && crate::citus::loaded() && text.is_some_and(|t| calls_ai(t.to_bytes())) {
         citus_modification_errors(plan)
     } else {
         plan()
