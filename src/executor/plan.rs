@@ -62,35 +62,49 @@ unsafe extern "C-unwind" fn planner(
 }
 
 /// Citus refuses an UPDATE (or DELETE, MERGE) of a distributed or reference table that calls a
-/// VOLATILE function, as every AI function is: its own error says nothing of what to do
-/// instead. For a statement calling an AI function, the error names `ai_update`.
+/// VOLATILE function, as every AI function is, and an INSERT whose ON CONFLICT clause calls one:
+/// its own errors say nothing of what to do instead. For a statement calling an AI function,
+/// the error says it.
 fn citus_modification_errors(
     plan: impl FnOnce() -> *mut pg_sys::PlannedStmt + std::panic::UnwindSafe,
 ) -> *mut pg_sys::PlannedStmt {
     use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
     pgrx::PgTryBuilder::new(plan)
         .catch_others(|e| match &e {
-            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report)
-                if report.message().contains("must not be VOLATILE")
-                    || report.message().contains("STABLE functions used in UPDATE queries") =>
-            {
+            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+                let Some((what, hint)) = citus_refusal(report.message()) else { e.rethrow() };
                 ErrorReport::new(
                     pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "AI functions cannot be called in an UPDATE of a Citus distributed or reference table: {}",
-                        report.message()
-                    ),
+                    format!("AI functions cannot be called {what}: {}", report.message()),
                     "pg_bailian",
                 )
-                .set_hint(
-                    "CALL ai_update('table', 'column', $$<expression>$$) fills the column on the nodes that hold its shards, committing as it goes (ai_embed_column and ai_gen_column too).",
-                )
+                .set_hint(hint)
                 .report(pgrx::PgLogLevel::ERROR);
                 unreachable!("an ERROR does not return")
             }
             _ => e.rethrow(),
         })
         .execute()
+}
+
+/// For an error of Citus' planner refusing a VOLATILE function in a modification: where the
+/// call was, and what to do instead.
+fn citus_refusal(message: &str) -> Option<(&'static str, &'static str)> {
+    if message.contains("ON CONFLICT") || message.contains("DO UPDATE SET") {
+        Some((
+            "in the ON CONFLICT clause of an INSERT into a Citus distributed table",
+            "Call it in the INSERT's SELECT or VALUES and set the column from EXCLUDED (ON CONFLICT (id) DO UPDATE SET col = EXCLUDED.col), or fill the column afterwards with CALL ai_update('table', 'column', $$<expression>$$).",
+        ))
+    } else if message.contains("must not be VOLATILE")
+        || message.contains("STABLE functions used in UPDATE queries")
+    {
+        Some((
+            "in an UPDATE of a Citus distributed or reference table",
+            "CALL ai_update('table', 'column', $$<expression>$$) fills the column on the nodes that hold its shards, committing as it goes (ai_embed_column and ai_gen_column too).",
+        ))
+    } else {
+        None
+    }
 }
 
 /// Whether a statement's text names an AI function (`ai_` in any case): a cheap test that
