@@ -42,13 +42,35 @@ pub fn read_committed(procedure: &str) -> Result<(), AiError> {
     ))
 }
 
-/// Runs `f` (catalog reads of reference tables) with Citus' nested-execution check off, at a GUC
-/// nest level that ends with `f`, also when `f` raises an error. `f` must neither commit nor
-/// leave a subtransaction open: the level it pops is the one it pushed.
+/// Runs `f` (catalog reads of reference tables) with Citus' nested-execution check off and
+/// `search_path = pg_catalog, pg_temp`, at a GUC nest level that ends with `f`, also when `f`
+/// raises an error. `f` must neither commit nor leave a subtransaction open: the level it pops
+/// is the one it pushed.
+///
+/// The search_path: Citus runs a query on a reference table's local copy from its deparsed
+/// text, which names pg_catalog's objects unqualified (`now()`, `::text`), and reads that text
+/// again with the search_path then in effect. Under the caller's, a look-alike of another
+/// role's would run in our fully-qualified catalog queries.
 pub fn with_catalog_reads<T>(f: impl FnOnce() -> T) -> T {
     if !loaded() {
         return f();
     }
+    with_settings(
+        &[(c"citus.allow_nested_distributed_execution", c"on"), (c"search_path", c"pg_catalog, pg_temp")],
+        f,
+    )
+}
+
+/// Runs `f`, which calls Citus' SQL functions, with `search_path = pg_catalog, pg_temp` (as
+/// [`with_catalog_reads`] sets its setting). Some of them (`run_command_on_shards`,
+/// `run_command_on_workers`) are PL/pgSQL without a search_path of their own: their
+/// unqualified names (`=`, `count(*)`, `::regclass`) would otherwise be read with the
+/// caller's, and run whatever another role planted there.
+pub fn with_citus_functions<T>(f: impl FnOnce() -> T) -> T {
+    with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], f)
+}
+
+fn with_settings<T>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> T) -> T {
     struct Level(i32);
     impl Drop for Level {
         fn drop(&mut self) {
@@ -58,19 +80,22 @@ pub fn with_catalog_reads<T>(f: impl FnOnce() -> T) -> T {
         }
     }
     // SAFETY: a nest level and a SET LOCAL-like save of a user-settable setting, as
-    // ProcedureCallStmt and fmgr_security_definer do for a function's SET clause.
+    // ProcedureCallStmt and fmgr_security_definer do for a function's SET clause; both strings
+    // are NUL-terminated and outlive the call.
     let _level = unsafe {
         let level = Level(pg_sys::NewGUCNestLevel());
-        pg_sys::set_config_option(
-            c"citus.allow_nested_distributed_execution".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     f()
@@ -169,24 +194,26 @@ pub fn forget_answers_on_workers(model_name: &str) {
         return;
     }
     let failed = crate::catalog::as_catalog_owner(|| {
-        Spi::connect_mut(|client| {
-            let rows = client.update(
-                "SELECT nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) nodeport, result
+        with_citus_functions(|| {
+            Spi::connect_mut(|client| {
+                let rows = client.update(
+                    "SELECT nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) nodeport, result
                    FROM pg_catalog.run_command_on_workers(
                         pg_catalog.format('SELECT bailian.forget_answers(%L)', $1::pg_catalog.text))
                   WHERE NOT success",
-                None,
-                &[model_name.into()],
-            )?;
-            rows.into_iter()
-                .map(|r| {
-                    Ok(format!(
-                        "{}: {}",
-                        r.get::<String>(1)?.unwrap_or_default(),
-                        r.get::<String>(2)?.unwrap_or_default()
-                    ))
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+                    None,
+                    &[model_name.into()],
+                )?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(format!(
+                            "{}: {}",
+                            r.get::<String>(1)?.unwrap_or_default(),
+                            r.get::<String>(2)?.unwrap_or_default()
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+            })
         })
     });
     match failed {

@@ -72,6 +72,21 @@ impl Cluster {
         Some(cluster)
     }
 
+    /// A started cluster with its catalogs shared, models `emb` and `chat` deployed (a stand-in
+    /// answering in 10 ms), every node holding the master key, and `rows` rows in the
+    /// distributed table `docs` (see `fill_table`); and a session on the coordinator.
+    fn with_docs(name: &str, rows: i32) -> Option<(Cluster, bailian_standin::Standin, Client)> {
+        let cluster = Cluster::start(name)?;
+        let s = standin_with(bailian_standin::Config { latency_ms: 10, ..Default::default() });
+        let mut c = cluster.coordinator();
+        strings(&mut c, ENABLED);
+        deploy(&mut c, &s, "emb", "text-embedding-v4", "");
+        deploy(&mut c, &s, "chat", "qwen-plus", "");
+        cluster.share_master_key();
+        fill_table(&mut c, rows);
+        Some((cluster, s, c))
+    }
+
     fn coordinator(&self) -> Client {
         self.coordinator.connect("postgres")
     }
@@ -353,6 +368,36 @@ fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
     c.batch_execute("INSERT INTO answers SELECT id, ai_gen('chat', body) FROM dist WHERE id <= 30").unwrap();
     assert_eq!(one_text(&mut c, "SELECT answer FROM answers WHERE id = 30"), Some(echo_of(30)));
     assert_eq!(count(&mut c, "SELECT count(*) FROM answers"), 30);
+    // INSERT ... SELECT ... ON CONFLICT DO UPDATE: the answers are made in the SELECT, on the
+    // workers, and set from EXCLUDED; run again, every row conflicts and is updated.
+    c.batch_execute(
+        "CREATE TABLE latest (id int PRIMARY KEY, answer text); SELECT create_distributed_table('latest', 'id');",
+    )
+    .unwrap();
+    let upsert = "INSERT INTO latest SELECT id, ai_gen('chat', body) FROM dist WHERE id <= 20
+                  ON CONFLICT (id) DO UPDATE SET answer = EXCLUDED.answer";
+    let before = requests_of(&mut c);
+    c.batch_execute(upsert).unwrap();
+    c.batch_execute("UPDATE latest SET answer = 'stale' WHERE id <= 5").unwrap();
+    c.batch_execute(upsert).unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM latest"), 20);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM latest WHERE answer = 'stale'"), 0);
+    assert_eq!(one_text(&mut c, "SELECT answer FROM latest WHERE id = 3"), Some(echo_of(3)));
+    assert_eq!(requests_of(&mut c), before, "the coordinator made no call of its own");
+    // An AI call in the ON CONFLICT clause itself is refused by Citus (it must be IMMUTABLE
+    // there); the error says what to do instead, and nothing changed.
+    for refused in [
+        "INSERT INTO latest SELECT id, 'x' FROM dist WHERE id <= 5
+         ON CONFLICT (id) DO UPDATE SET answer = ai_gen('chat', EXCLUDED.answer)",
+        "INSERT INTO latest VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET answer = ai_gen('chat', EXCLUDED.answer)",
+    ] {
+        let err = c.batch_execute(refused).unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{refused}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{refused}: {}", db.message());
+        assert!(db.message().contains("ON CONFLICT clause"), "{refused}: {}", db.message());
+        assert!(db.hint().unwrap_or_default().contains("EXCLUDED"), "{refused}: {:?}", db.hint());
+    }
+    assert_eq!(one_text(&mut c, "SELECT answer FROM latest WHERE id = 1"), Some(echo_of(1)));
     // A CTE kept as an intermediate result: the calls are made by the coordinator, batched.
     let before = requests_of(&mut c);
     assert_eq!(
@@ -420,14 +465,7 @@ fn sent(s: &bailian_standin::Standin) -> HashMap<String, usize> {
 
 #[test]
 fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
-    let Some(cluster) = Cluster::start("update") else { return };
-    let s = standin_with(bailian_standin::Config { latency_ms: 10, ..Default::default() });
-    let mut c = cluster.coordinator();
-    strings(&mut c, ENABLED);
-    deploy(&mut c, &s, "emb", "text-embedding-v4", "");
-    deploy(&mut c, &s, "chat", "qwen-plus", "");
-    cluster.share_master_key();
-    fill_table(&mut c, 2000);
+    let Some((cluster, s, mut c)) = Cluster::with_docs("update", 2000) else { return };
 
     let (mut cc, seen) = cluster.coordinator.connect_collecting("postgres");
     cc.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, batch_size => 300)").unwrap();
@@ -480,6 +518,13 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     )
     .unwrap();
     cc2.batch_execute("SET search_path = helpers, public").unwrap();
+    // Its filter too, where each node counts its rows to fill and where it fills them.
+    cc2.batch_execute(
+        "CALL ai_update('docs', 'summary', $$ai_gen('chat', tagged(body))$$,
+                        filter => $$tagged(body) LIKE 'tag: document 1_'$$)",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE summary IS NULL"), 20);
     cc2.batch_execute("CALL ai_update('docs', 'summary', $$ai_gen('chat', tagged(body))$$)").unwrap();
     cc2.batch_execute("RESET search_path").unwrap();
     assert_eq!(one_text(&mut c, "SELECT summary FROM docs WHERE id = 30"), Some(echo("tag: document 30")));
@@ -778,4 +823,93 @@ fn a_node_that_finishes_its_part_early_gives_its_share_of_the_rate_to_the_others
     );
     assert_eq!(s.stats().rate_limited, 0, "{:?}", s.stats());
     eprintln!("rebalanced job: {seconds:.1} s, the second worker's requests {median:.0} ms apart; {shares}");
+}
+
+/// Whether a node's look-alikes ran: what they recorded there.
+fn hijack_log(c: &mut Client) -> Vec<String> {
+    strings(c, "SELECT who || ': ' || what FROM public.hijack_log")
+}
+
+#[test]
+fn planted_look_alikes_never_run_on_any_node() {
+    let Some((cluster, _standin, mut c)) = Cluster::with_docs("hostile", 300) else { return };
+    c.batch_execute(
+        "CREATE TABLE ref (id int PRIMARY KEY, body text, emb real[]); SELECT create_reference_table('ref');
+         INSERT INTO ref SELECT g, 'r ' || g FROM generate_series(1, 40) g;
+         SELECT ai_set_budget(NULL, 'emb', 100000000, unit => 'tokens');",
+    )
+    .unwrap();
+    // An unprivileged role plants its look-alikes in public on every node, each node's own
+    // (Citus would otherwise propagate them from the coordinator).
+    let mut nodes: Vec<&PrivateCluster> = vec![&cluster.coordinator];
+    nodes.extend(cluster.workers.iter());
+    for node in &nodes {
+        node.connect("postgres")
+            .batch_execute(
+                "SET citus.enable_ddl_propagation = off;
+                 DO $$ BEGIN CREATE ROLE cs_mallory LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+                 GRANT CREATE ON SCHEMA public TO cs_mallory;",
+            )
+            .unwrap();
+        let mut mallory = node.connect_as("postgres", "cs_mallory");
+        mallory.batch_execute("SET citus.enable_ddl_propagation = off").unwrap();
+        mallory.batch_execute(PLANT).unwrap();
+    }
+    let (mut cc, seen) = cluster.coordinator.connect_collecting("postgres");
+    let hijacks = |seen: &Seen| -> Vec<String> {
+        seen.lock().unwrap().iter().filter(|n| n.contains("HIJACKED")).cloned().collect()
+    };
+    // Not vacuous: with this search_path, plain SQL does pick the look-alikes up.
+    cc.batch_execute("SET search_path = public, pg_catalog; SELECT 'a'::text = 'b'::text").unwrap();
+    assert!(!hijacks(&seen).is_empty(), "the planted operator was not picked up");
+    seen.lock().unwrap().clear();
+    cc.batch_execute("RESET search_path; TRUNCATE public.hijack_log; SET search_path = public, pg_catalog")
+        .unwrap();
+
+    // Everything of ours that runs on or across nodes, under that search_path: the check, the
+    // set-up again, jobs on a distributed table (counted, spread, filled on the workers under
+    // the caller's search_path, shares released between them) and on a reference table, AI
+    // calls in shard queries, the cluster's usage and activity, and an undeploy that reaches
+    // every node's cache.
+    for sql in [
+        "SELECT * FROM public.ai_citus_check()",
+        "SELECT * FROM public.ai_citus_enable()",
+        "CALL public.ai_update('docs', 'emb', $$public.ai_embed('emb', body)$$, batch_size => 50,
+              filter => $$id OPERATOR(pg_catalog.<=) 250$$)",
+        "CALL public.ai_embed_column('docs', 'body', 'emb', 'emb')",
+        "CALL public.ai_gen_column('docs', 'body', 'summary', 'chat', 'Sum up: {0}')",
+        "CALL public.ai_update('ref', 'emb', $$public.ai_embed('emb', body)$$)",
+        "SELECT id, public.ai_gen('chat', body) FROM public.docs WHERE id OPERATOR(pg_catalog.<=) 40",
+        "SELECT * FROM public.ai_usage",
+        "SELECT * FROM public.ai_activity",
+        "SELECT public.ai_undeploy_model('chat')",
+    ] {
+        cc.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(hijacks(&seen), Vec::<String>::new(), "{sql}: planted objects ran");
+    }
+    cc.batch_execute("RESET search_path").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL OR summary IS NULL"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ref WHERE emb IS NULL"), 0);
+    for node in &nodes {
+        assert_eq!(
+            hijack_log(&mut node.connect("postgres")),
+            Vec::<String>::new(),
+            "on port {}",
+            node.port()
+        );
+    }
+
+    // Not vacuous on the workers either: an expression of the caller's own naming an operator
+    // the look-alikes shadow runs theirs there, where the job's rows are.
+    c.batch_execute("UPDATE docs SET emb = NULL WHERE id OPERATOR(pg_catalog.<=) 20").unwrap();
+    cc.batch_execute("SET search_path = public, pg_catalog").unwrap();
+    cc.batch_execute("CALL public.ai_update('docs', 'emb', $$public.ai_embed('emb', body || '!')$$)")
+        .unwrap();
+    cc.batch_execute("RESET search_path").unwrap();
+    let on_workers: usize =
+        cluster.workers.iter().map(|w| hijack_log(&mut w.connect("postgres")).len()).sum();
+    assert!(
+        on_workers > 0,
+        "the caller's search_path did not reach the workers: the test would prove nothing"
+    );
 }

@@ -10,6 +10,10 @@ use bailian_standin::{Config, Standin};
 use postgres::{Client, NoTls};
 use std::time::{Duration, Instant};
 
+/// Look-alikes of what SQL commonly resolves by name (operators, functions, aggregates,
+/// domains named like types), planted in `public` by a role that may create there.
+pub const PLANT: &str = include_str!("plant.sql");
+
 /// Keys in e2e tests all contain this, so the final log check can look for any of them.
 pub const KEY_MARK: &str = "e2esecret";
 
