@@ -237,7 +237,7 @@ COMMENT ON VIEW ai_usage IS 'AI calls per database, role, model and function sin
 CREATE FUNCTION ai_usage_reset() RETURNS bigint
 LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'pg_bailian_usage_reset';
-COMMENT ON FUNCTION ai_usage_reset() IS 'Forget the ai_usage counters of this database (a superuser''s call also the overflow row and the rows of databases dropped since); returns how many rows were forgotten. Budgets keep what they spent. Executable by the database owner and superusers.';
+COMMENT ON FUNCTION ai_usage_reset() IS 'Forget the ai_usage counters of this database (a superuser''s call also the overflow row and the rows of databases dropped since); returns how many rows were forgotten. Budgets keep what they spent. On a Citus coordinator, every worker''s counters too (as the caller, who needs the same right there; a worker that refuses keeps its rows, said in a WARNING). Executable by the database owner and superusers.';
 
 -- Live activity: one row per backend with AI work in its current statement.
 CREATE FUNCTION bailian.activity_rows()

@@ -345,3 +345,6 @@ $acl$;
 GRANT EXECUTE ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, bigint[], bigint, text[], text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_citus_check(), bailian.refuse_on_worker(text), bailian.worker_rows(text),
     bailian.release_rate_share(bigint, float8) TO PUBLIC;
+
+-- On a Citus coordinator, ai_usage_reset resets the workers' counters too.
+COMMENT ON FUNCTION ai_usage_reset() IS 'Forget the ai_usage counters of this database (a superuser''s call also the overflow row and the rows of databases dropped since); returns how many rows were forgotten. Budgets keep what they spent. On a Citus coordinator, every worker''s counters too (as the caller, who needs the same right there; a worker that refuses keeps its rows, said in a WARNING). Executable by the database owner and superusers.';

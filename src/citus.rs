@@ -185,6 +185,44 @@ pub fn where_suffix() -> String {
     }
 }
 
+/// On a coordinator, resets every worker's ai_usage (`schema.ai_usage_reset()`, as the caller,
+/// who needs the same right there); how many rows they forgot. A worker that refuses or cannot
+/// be reached keeps its rows, said in a WARNING.
+pub fn reset_usage_on_workers(schema: &str) -> Result<u64, AiError> {
+    let answers = with_citus_functions(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "SELECT nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) nodeport, success, result
+                       FROM pg_catalog.run_command_on_workers($1)",
+                    None,
+                    &[format!("SELECT {schema}.ai_usage_reset()").into()],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<bool>(2)?.unwrap_or(false),
+                        r.get::<String>(3)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        })
+    })
+    .map_err(crate::catalog::spi_failed)?;
+    let mut forgot = 0;
+    let mut failed = Vec::new();
+    for (node, success, result) in answers {
+        match result.trim().parse::<u64>() {
+            Ok(n) if success => forgot += n,
+            _ => failed.push(format!("{node}: {result}")),
+        }
+    }
+    if !failed.is_empty() {
+        pgrx::warning!("ai_usage_reset: the usage rows of these Citus workers stay: {}", failed.join("; "));
+    }
+    Ok(forgot)
+}
+
 /// On a coordinator, makes every worker forget the cached answers of `model_name` (undeployed,
 /// or cleared with ai_cache_clear): the workers make the calls of shard queries and keep
 /// their answers in their own cache. As the catalog owner, over Citus' connections; a worker

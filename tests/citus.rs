@@ -434,6 +434,15 @@ fn ai_calls_run_on_the_workers_batched_in_every_query_shape() {
         Some(echo("text 1,text 2"))
     );
 
+    // ai_usage_reset on the coordinator forgets every node's rows, as ai_usage shows them all.
+    let (here, there) = (
+        count(&mut c, "SELECT count(*) FROM ai_usage WHERE node IS NULL"),
+        count(&mut c, "SELECT count(*) FROM ai_usage WHERE node IS NOT NULL"),
+    );
+    assert!(here > 0 && there > 0, "{here}, {there}");
+    assert_eq!(count(&mut c, "SELECT ai_usage_reset()"), here + there);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_usage"), 0);
+
     // A plain UPDATE is refused by Citus; the error says what to use instead.
     let (code, message) = error_of(c.batch_execute("UPDATE dist SET body = ai_gen('chat', body)"));
     assert_eq!(code, "0A000");
@@ -869,8 +878,8 @@ fn planted_look_alikes_never_run_on_any_node() {
     // Everything of ours that runs on or across nodes, under that search_path: the check, the
     // set-up again, jobs on a distributed table (counted, spread, filled on the workers under
     // the caller's search_path, shares released between them) and on a reference table, AI
-    // calls in shard queries, the cluster's usage and activity, and an undeploy that reaches
-    // every node's cache.
+    // calls in shard queries, the cluster's usage and activity, its reset, and an undeploy that
+    // reaches every node's cache.
     for sql in [
         "SELECT * FROM public.ai_citus_check()",
         "SELECT * FROM public.ai_citus_enable()",
@@ -882,6 +891,7 @@ fn planted_look_alikes_never_run_on_any_node() {
         "SELECT id, public.ai_gen('chat', body) FROM public.docs WHERE id OPERATOR(pg_catalog.<=) 40",
         "SELECT * FROM public.ai_usage",
         "SELECT * FROM public.ai_activity",
+        "SELECT public.ai_usage_reset()",
         "SELECT public.ai_undeploy_model('chat')",
     ] {
         cc.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));

@@ -98,8 +98,9 @@ fn usage_rows(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>,
 }
 
 /// ai_usage_reset(): forgets this database's rows; a superuser's call also the overflow row
-/// and the rows of databases dropped since. Returns how many.
-fn usage_reset(_fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
+/// and the rows of databases dropped since. Returns how many. On a Citus coordinator, whose
+/// ai_usage shows every worker's rows too, each worker's as well.
+fn usage_reset(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     // SAFETY: plain reads of the session's database and role.
     let (db, superuser) = unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::superuser()) };
     let existing: Vec<u32> = if superuser {
@@ -119,7 +120,12 @@ fn usage_reset(_fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum
         }
         r.key.database == db || (superuser && !existing.contains(&r.key.database))
     });
-    Ok(i(n))
+    let on_workers = if crate::citus::node() == crate::citus::Node::Coordinator {
+        crate::citus::reset_usage_on_workers(&crate::functions::column::own_schema(fcinfo)?)?
+    } else {
+        0
+    };
+    Ok(i(n + on_workers))
 }
 
 /// bailian.budget_spent(): what each budget of this database spent in the period it is

@@ -265,7 +265,7 @@ fn nonatomic(fcinfo: pg_sys::FunctionCallInfo) -> bool {
 }
 
 /// The schema our functions live in, quoted: where the running procedure is.
-fn own_schema(fcinfo: pg_sys::FunctionCallInfo) -> Result<String, AiError> {
+pub(crate) fn own_schema(fcinfo: pg_sys::FunctionCallInfo) -> Result<String, AiError> {
     // SAFETY: fcinfo is live and flinfo names the running procedure; the lookups answer NULL
     // or InvalidOid rather than raise.
     let name = unsafe {
