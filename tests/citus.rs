@@ -499,8 +499,11 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE summary IS NOT NULL"), 2000);
     assert_eq!(one_text(&mut c, "SELECT summary FROM docs WHERE id = 17"), Some(echo("Sum up: document 17")));
     c.batch_execute("UPDATE docs SET emb = NULL WHERE id <= 100").unwrap();
-    cc.batch_execute("CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, filter => 'id % 2 = 0')")
-        .unwrap();
+    // (A filter may end in a comment.)
+    cc.batch_execute(
+        "CALL ai_update('docs', 'emb', $$ai_embed('emb', body)$$, filter => 'id % 2 = 0 -- even')",
+    )
+    .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 50);
     cc.batch_execute("CALL ai_embed_column('docs', 'body', 'emb', 'emb')").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL"), 0);
@@ -575,7 +578,7 @@ fn ai_update_fills_a_distributed_table_on_the_nodes_that_hold_its_shards() {
     let (mut cc3, seen3) = cluster.coordinator.connect_collecting("postgres");
     cc3.batch_execute("CALL ai_update('ref', 'emb', $$ai_embed('emb', body)$$, batch_size => 100)").unwrap();
     cc3.batch_execute(
-        "CALL ai_update('ref', 'label', $$ai_gen('chat', 'label: ' || body)$$, filter => 'id <= 120')",
+        "CALL ai_update('ref', 'label', $$ai_gen('chat', 'label: ' || body)$$, filter => 'id <= 120 -- first')",
     )
     .unwrap();
     let told = notices(&seen3);
@@ -898,6 +901,7 @@ fn planted_look_alikes_never_run_on_any_node() {
         assert_eq!(hijacks(&seen), Vec::<String>::new(), "{sql}: planted objects ran");
     }
     cc.batch_execute("RESET search_path").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ai_usage"), 0, "ai_usage_reset forgot every node's rows");
     assert_eq!(count(&mut c, "SELECT count(*) FROM docs WHERE emb IS NULL OR summary IS NULL"), 0);
     assert_eq!(count(&mut c, "SELECT count(*) FROM ref WHERE emb IS NULL"), 0);
     for node in &nodes {

@@ -207,6 +207,23 @@ fn run_everything(
         let e = error_of(c.query(&format!("SELECT bailian.release_rate_share({bad})"), &[]));
         assert!(e.1.contains("job_id must not be 0 and rate_share must be in (0, 1]"), "{bad}: {e:?}");
     }
+    // What a Citus coordinator asks each node before a column job: the rows to fill in a shard
+    // (here a plain table), the filter read with the given search_path.
+    let to_fill: i64 = c
+        .query_one(
+            "SELECT bailian.rows_to_fill('public.docs', 'label', $$id OPERATOR(pg_catalog.<=) 3$$, $1)",
+            &[&search_path],
+        )
+        .unwrap()
+        .get(0);
+    let expected: i64 = c
+        .query_one(
+            "SELECT pg_catalog.count(*) FROM public.docs WHERE label IS NULL AND id OPERATOR(pg_catalog.<=) 3",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(to_fill, expected);
     run_syncs(c, round);
     let dropped: bool = c.query_one("SELECT ai_undeploy_model('mt')", &[]).unwrap().get(0);
     assert!(dropped);
@@ -290,6 +307,7 @@ fn run_everything(
         "bailian.worker_rows(text)",
         "bailian.forget_answers(text)",
         "bailian.release_rate_share(bigint,double precision)",
+        "bailian.rows_to_fill(regclass,name,text,text)",
     ]
 }
 

@@ -49,7 +49,7 @@ unsafe extern "C-unwind" fn planner(
     // SAFETY: parse is the Query being planned.
     let modifies = unsafe { (*parse).commandType != pg_sys::CmdType::CMD_SELECT || (*parse).hasModifyingCTE };
     let stmt = if modifies && crate::citus::loaded() && text.is_some_and(|t| calls_ai(t.to_bytes())) {
-        citus_modification_errors(plan)
+        citus_modification_errors(plan, text.is_some_and(|t| on_conflict_calls_ai(t.to_bytes())))
     } else {
         plan()
     };
@@ -67,12 +67,15 @@ unsafe extern "C-unwind" fn planner(
 /// the error says it.
 fn citus_modification_errors(
     plan: impl FnOnce() -> *mut pg_sys::PlannedStmt + std::panic::UnwindSafe,
+    on_conflict_calls_ai: bool,
 ) -> *mut pg_sys::PlannedStmt {
     use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
     pgrx::PgTryBuilder::new(plan)
         .catch_others(|e| match &e {
             CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
-                let Some((what, hint)) = citus_refusal(report.message()) else { e.rethrow() };
+                let Some((what, hint)) = citus_refusal(report.message(), on_conflict_calls_ai) else {
+                    e.rethrow()
+                };
                 ErrorReport::new(
                     pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     format!("AI functions cannot be called {what}: {}", report.message()),
@@ -88,12 +91,14 @@ fn citus_modification_errors(
 }
 
 /// For an error of Citus' planner refusing a VOLATILE function in a modification: where the
-/// call was, and what to do instead.
-fn citus_refusal(message: &str) -> Option<(&'static str, &'static str)> {
+/// call was, and what to do instead. An ON CONFLICT clause's error is ours only when an AI
+/// function is named there (`on_conflict_calls_ai`): another function there (`now()`) fails
+/// the same way, and its error is left as Citus words it.
+fn citus_refusal(message: &str, on_conflict_calls_ai: bool) -> Option<(&'static str, &'static str)> {
     if message.contains("ON CONFLICT") || message.contains("DO UPDATE SET") {
-        Some((
-            "in the ON CONFLICT clause of an INSERT into a Citus distributed table",
-            "Call it in the INSERT's SELECT or VALUES and set the column from EXCLUDED (ON CONFLICT (id) DO UPDATE SET col = EXCLUDED.col), or fill the column afterwards with CALL ai_update('table', 'column', $$<expression>$$).",
+        on_conflict_calls_ai.then_some((
+            "in the ON CONFLICT clause of an INSERT into a Citus table",
+            "Call it in the INSERT's SELECT or VALUES and use its result through EXCLUDED (ON CONFLICT (id) DO UPDATE SET col = EXCLUDED.col), or fill the column afterwards with CALL ai_update('table', 'column', $$<expression>$$).",
         ))
     } else if message.contains("must not be VOLATILE")
         || message.contains("STABLE functions used in UPDATE queries")
@@ -112,6 +117,13 @@ fn citus_refusal(message: &str) -> Option<(&'static str, &'static str)> {
 /// no model).
 fn calls_ai(text: &[u8]) -> bool {
     text.windows(3).any(|w| w.eq_ignore_ascii_case(b"ai_"))
+}
+
+/// Whether the text after a statement's (first) `ON CONFLICT` names an AI function.
+fn on_conflict_calls_ai(text: &[u8]) -> bool {
+    text.windows(11)
+        .position(|w| w.eq_ignore_ascii_case(b"on conflict"))
+        .is_some_and(|at| calls_ai(&text[at..]))
 }
 
 /// How many rows the consumer of a node's output will take.
@@ -784,5 +796,38 @@ unsafe fn aggregates(expr: *mut pg_sys::Node, out: &mut Vec<*mut pg_sys::Node>) 
     // SAFETY: a valid expression tree.
     unsafe {
         walk(expr, (out as *mut Vec<*mut pg_sys::Node>).cast());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{citus_refusal, on_conflict_calls_ai};
+
+    #[test]
+    fn citus_refusals_are_reworded_only_where_an_ai_call_caused_them() {
+        let update = "functions used in UPDATE queries on distributed tables must not be VOLATILE";
+        assert!(citus_refusal(update, false).unwrap().1.contains("CALL ai_update"));
+        let set = "functions used in the DO UPDATE SET clause of INSERTs on distributed tables must be marked IMMUTABLE";
+        let r#where = "functions used in the WHERE clause of the ON CONFLICT clause of INSERTs on distributed tables must be marked IMMUTABLE";
+        for m in [set, r#where] {
+            assert!(citus_refusal(m, true).unwrap().1.contains("EXCLUDED"), "{m}");
+            assert_eq!(citus_refusal(m, false), None, "{m}");
+        }
+        assert_eq!(citus_refusal("relation \"x\" does not exist", true), None);
+    }
+
+    #[test]
+    fn only_an_ai_call_after_on_conflict_counts() {
+        let t = |s: &str| on_conflict_calls_ai(s.as_bytes());
+        assert!(t(
+            "INSERT INTO t VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET a = AI_GEN('chat', EXCLUDED.a)"
+        ));
+        assert!(t(
+            "insert into t values (1) on conflict (id) do update set a = 1 where ai_gen('c', t.a) = ''"
+        ));
+        assert!(!t(
+            "INSERT INTO t SELECT id, ai_gen('chat', b) FROM d ON CONFLICT (id) DO UPDATE SET at = now()"
+        ));
+        assert!(!t("INSERT INTO t SELECT id, ai_gen('chat', b) FROM d"));
     }
 }

@@ -114,17 +114,18 @@ fn usage_reset(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>
     } else {
         Vec::new()
     };
+    // The workers first: an error there leaves this node's rows too.
+    let on_workers = if crate::citus::node() == crate::citus::Node::Coordinator {
+        crate::citus::reset_usage_on_workers(&crate::functions::column::own_schema(fcinfo)?)?
+    } else {
+        0
+    };
     let n = region().usage.reset(|r| {
         if r.is_overflow() {
             return superuser;
         }
         r.key.database == db || (superuser && !existing.contains(&r.key.database))
     });
-    let on_workers = if crate::citus::node() == crate::citus::Node::Coordinator {
-        crate::citus::reset_usage_on_workers(&crate::functions::column::own_schema(fcinfo)?)?
-    } else {
-        0
-    };
     Ok(i(n + on_workers))
 }
 

@@ -164,7 +164,8 @@ pub(crate) fn fill_queued(
     let table = Table::open(procedure, relid, target)?;
     let restriction = queued(&table);
     let filter = match filter {
-        Some(f) => format!("({f}) AND {restriction}"),
+        // The newlines: a filter ending in a -- comment leaves the rest standing.
+        Some(f) => format!("(\n{f}\n) AND {restriction}"),
         None => restriction,
     };
     let scope = format!("{} IS NULL, queued by the sync", quote_ident(target));

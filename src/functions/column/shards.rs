@@ -82,7 +82,8 @@ pub(super) fn fill_reference(mut job: Job) -> Result<Option<pg_sys::Datum>, AiEr
     let target_type = qualified_type(table.oid, table.target_attnum);
     let copy = format!("pg_temp.{}", quote_ident(&format!("ai_update_{}", table.oid.to_u32())));
     let quoted_keys: Vec<String> = keys.iter().map(|(k, _, _)| quote_ident(k)).collect();
-    let filter = table.filter().map_or(String::new(), |f| format!(" AND ({f})"));
+    // The newlines: a filter ending in a -- comment leaves the rest standing.
+    let filter = table.filter().map_or(String::new(), |f| format!(" AND (\n{f}\n)"));
     Spi::connect_mut(|client| {
         client.update(&format!("DROP TABLE IF EXISTS {copy}"), None, &[])?;
         client.update(
@@ -619,94 +620,103 @@ struct Node_ {
     shards: Vec<i64>,
 }
 
-/// The rows to fill per node holding shards of the table, by group id.
-/// Counted on the shards themselves, as the caller, with the caller's search_path.
+/// The rows to fill per node holding shards of the table, by group id: each shard's count,
+/// asked of the node holding it (`bailian.rows_to_fill`, all at once), as the caller, the filter
+/// read with the caller's search_path.
 fn rows_per_node(
     job: &Spread,
     qualified: &str,
     schema_is_public: bool,
     search_path: &str,
 ) -> Result<BTreeMap<i32, Node_>, AiError> {
-    let count = count_command(job, schema_is_public, search_path);
+    let shards = shard_placements(qualified)?;
+    // shard_name() leaves out the public schema: named here, not left to a search_path.
+    let prefix = if schema_is_public { "public." } else { "" };
+    let commands: Vec<String> = shards
+        .iter()
+        .map(|p| {
+            format!(
+                "SELECT bailian.rows_to_fill({}::pg_catalog.regclass, {}, {}, {})",
+                literal(&format!("{prefix}{}", p.name)),
+                literal(&job.target),
+                job.filter.as_deref().map_or("NULL".to_string(), literal),
+                literal(search_path)
+            )
+        })
+        .collect();
+    let answers = run_on_nodes(
+        shards.iter().map(|p| p.host.clone()).collect(),
+        shards.iter().map(|p| p.port).collect(),
+        commands,
+    )
+    .map_err(spi_failed)?;
+    let mut by_node: BTreeMap<i32, Node_> = BTreeMap::new();
+    // master_run_on_worker answers in the order it was asked.
+    for (p, (node, success, result)) in shards.into_iter().zip(answers) {
+        let result = result.unwrap_or_default();
+        let n = match (success, result.trim().parse::<i64>()) {
+            (Some(true), Ok(n)) => n,
+            _ => {
+                return Err(AiError::invalid(format!(
+                    "{}: counting the rows to fill in shard {} on {node} failed: {result}",
+                    job.procedure, p.shard
+                )))
+            }
+        };
+        let node = by_node.entry(p.group).or_insert(Node_ {
+            host: p.host,
+            port: p.port,
+            rows: 0,
+            shards: Vec::new(),
+        });
+        node.rows += n;
+        if n > 0 {
+            node.shards.push(p.shard);
+        }
+    }
+    Ok(by_node)
+}
+
+/// A shard of a distributed table where Citus' metadata places it now.
+struct Placement {
+    shard: i64,
+    /// As `shard_name()` gives it: quoted, with its schema unless that is public.
+    name: String,
+    group: i32,
+    host: String,
+    port: i32,
+}
+
+fn shard_placements(qualified: &str) -> Result<Vec<Placement>, AiError> {
     // `update`, for a snapshot of its own: the CALL's may predate a shard move.
     crate::citus::with_citus_functions(|| {
         Spi::connect_mut(|client| {
-            let rows = client.update(
-                "SELECT n.groupid, n.nodename, n.nodeport, r.success, r.result, r.shardid
-               FROM pg_catalog.run_command_on_shards($1::pg_catalog.regclass, $2) r
-               JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) r.shardid
-               JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) p.groupid
-                AND n.noderole OPERATOR(pg_catalog.=) 'primary'",
-                None,
-                &[qualified.into(), count.clone().into()],
-            )?;
-            let mut by_node: BTreeMap<i32, Node_> = BTreeMap::new();
-            for r in rows {
-                let group = r.get::<i32>(1)?.unwrap_or(0);
-                let host = r.get::<String>(2)?.unwrap_or_default();
-                let port = r.get::<i32>(3)?.unwrap_or(0);
-                let ok = r.get::<bool>(4)?.unwrap_or(false);
-                let result = r.get::<String>(5)?.unwrap_or_default();
-                if !ok {
-                    return Ok(Err(AiError::invalid(format!(
-                        "{}: counting the rows to fill failed on a shard: {result}",
-                        job.procedure
-                    ))));
-                }
-                let Some(n) = counted(&result) else {
-                    return Ok(Err(AiError::invalid(format!(
-                        "{}: counting the rows to fill on a shard answered {result:?}, not a count",
-                        job.procedure
-                    ))));
-                };
-                let shard = r.get::<i64>(6)?.unwrap_or(0);
-                let node = by_node.entry(group).or_insert(Node_ { host, port, rows: 0, shards: Vec::new() });
-                node.rows += n;
-                if n > 0 {
-                    node.shards.push(shard);
-                }
-            }
-            Ok(Ok(by_node))
+            client
+                .update(
+                    "SELECT s.shardid, pg_catalog.shard_name(s.logicalrelid, s.shardid), n.groupid, n.nodename, n.nodeport
+                       FROM pg_catalog.pg_dist_shard s
+                       JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid
+                       JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) p.groupid
+                        AND n.noderole OPERATOR(pg_catalog.=) 'primary'
+                      WHERE s.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass
+                        AND p.shardstate OPERATOR(pg_catalog.=) 1
+                      ORDER BY s.shardid",
+                    None,
+                    &[qualified.into()],
+                )?
+                .map(|r| {
+                    Ok(Placement {
+                        shard: r.get::<i64>(1)?.unwrap_or(0),
+                        name: r.get::<String>(2)?.unwrap_or_default(),
+                        group: r.get::<i32>(3)?.unwrap_or(0),
+                        host: r.get::<String>(4)?.unwrap_or_default(),
+                        port: r.get::<i32>(5)?.unwrap_or(0),
+                    })
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
         })
     })
-    .map_err(spi_failed)?
-}
-
-/// The command `run_command_on_shards` runs on each shard (its name where `%s` is, without its
-/// schema when that is public: named here, not left to a search_path) to count the rows to
-/// fill there.
-///
-/// The filter must mean there what it means to the caller, so its names are read with the
-/// caller's search_path; but Citus runs the command in a fresh session with the role's default
-/// one, and keeps only its first result. So the count is one statement that sets the search_path
-/// (for its own transaction) and only then reads the query: `query_to_xml` parses its query
-/// text when it runs, and the text is built from `set_config`'s result, so it cannot run first.
-fn count_command(job: &Spread, schema_is_public: bool, search_path: &str) -> String {
-    let mut condition = format!("{} IS NULL", quote_ident(&job.target));
-    if let Some(f) = &job.filter {
-        condition = format!("{condition} AND ({f})");
-    }
-    let prefix = if schema_is_public { "public." } else { "" };
-    // Dollar quotes: a shard's name, put in by Citus, may hold a single quote.
-    let mut tag = "$bailian_count$".to_string();
-    while condition.contains(&tag) {
-        tag.insert(tag.len() - 1, '_');
-    }
-    // run_command_on_shards puts the shard's name where %s is; every other % is doubled.
-    format!(
-        "SELECT pg_catalog.query_to_xml(pg_catalog.concat(\
-            pg_catalog.left(pg_catalog.set_config('search_path', {}, true), 0), \
-            {tag}SELECT pg_catalog.count(*) AS n FROM {prefix}%s WHERE {}{tag}), false, true, '')",
-        literal(search_path).replace('%', "%%"),
-        condition.replace('%', "%%")
-    )
-}
-
-/// The count in `query_to_xml`'s answer to [`count_command`]: `<row ...><n>12</n></row>`.
-fn counted(answer: &str) -> Option<i64> {
-    let (_, rest) = answer.split_once("<n>")?;
-    let (n, _) = rest.split_once("</n>")?;
-    n.trim().parse().ok()
+    .map_err(spi_failed)
 }
 
 /// `CALL ai_update_local_shards(table_name, target_column, expression, batch_size, filter,
@@ -960,21 +970,5 @@ fn one_field_row(fcinfo: pg_sys::FunctionCallInfo, text: &str) -> Result<pg_sys:
         let mut nulls = [false];
         let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
         Ok(pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::counted;
-
-    #[test]
-    fn counts_are_read_from_query_to_xml_and_nothing_else_passes_for_one() {
-        let answer =
-            "<row xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n  <n>1234</n>\n</row>\n\n";
-        assert_eq!(counted(answer), Some(1234));
-        assert_eq!(counted("<row><n>0</n></row>"), Some(0));
-        for bad in ["", "SET", "1234", "<row><n></n></row>", "<row><n>12x</n></row>", "<n>3"] {
-            assert_eq!(counted(bad), None, "{bad:?}");
-        }
     }
 }
