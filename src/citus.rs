@@ -185,18 +185,22 @@ pub fn where_suffix() -> String {
     }
 }
 
-/// On a coordinator, resets every worker's ai_usage (`schema.ai_usage_reset()`, as the caller,
-/// who needs the same right there); how many rows they forgot. A worker that refuses or cannot
-/// be reached keeps its rows, said in a WARNING.
-pub fn reset_usage_on_workers(schema: &str) -> Result<u64, AiError> {
-    let answers = with_citus_functions(|| {
+/// A worker's answer to `run_command_on_workers`: its `host:port`, whether the command
+/// succeeded, and its first field or error.
+type WorkerAnswer = (String, bool, String);
+
+/// Runs `command` on every active worker at once (`run_command_on_workers`, over Citus'
+/// connections as the current role), with a search_path that Citus' PL/pgSQL cannot be
+/// misled by (`with_citus_functions`).
+fn on_workers(command: &str) -> Result<Vec<WorkerAnswer>, pgrx::spi::SpiError> {
+    with_citus_functions(|| {
         Spi::connect_mut(|client| {
             client
                 .update(
                     "SELECT nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) nodeport, success, result
                        FROM pg_catalog.run_command_on_workers($1)",
                     None,
-                    &[format!("SELECT {schema}.ai_usage_reset()").into()],
+                    &[command.into()],
                 )?
                 .map(|r| {
                     Ok((
@@ -205,10 +209,17 @@ pub fn reset_usage_on_workers(schema: &str) -> Result<u64, AiError> {
                         r.get::<String>(3)?.unwrap_or_default(),
                     ))
                 })
-                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+                .collect()
         })
     })
-    .map_err(crate::catalog::spi_failed)?;
+}
+
+/// On a coordinator, resets every worker's ai_usage (`schema.ai_usage_reset()`, as the caller,
+/// who needs the same right there); how many rows they forgot. A worker that refuses or cannot
+/// be reached keeps its rows, said in a WARNING.
+pub fn reset_usage_on_workers(schema: &str) -> Result<u64, AiError> {
+    let answers =
+        on_workers(&format!("SELECT {schema}.ai_usage_reset()")).map_err(crate::catalog::spi_failed)?;
     let mut forgot = 0;
     let mut failed = Vec::new();
     for (node, success, result) in answers {
@@ -231,35 +242,21 @@ pub fn forget_answers_on_workers(model_name: &str) {
     if node() != Node::Coordinator {
         return;
     }
-    let failed = crate::catalog::as_catalog_owner(|| {
-        with_citus_functions(|| {
-            Spi::connect_mut(|client| {
-                let rows = client.update(
-                    "SELECT nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) nodeport, result
-                   FROM pg_catalog.run_command_on_workers(
-                        pg_catalog.format('SELECT bailian.forget_answers(%L)', $1::pg_catalog.text))
-                  WHERE NOT success",
-                    None,
-                    &[model_name.into()],
-                )?;
-                rows.into_iter()
-                    .map(|r| {
-                        Ok(format!(
-                            "{}: {}",
-                            r.get::<String>(1)?.unwrap_or_default(),
-                            r.get::<String>(2)?.unwrap_or_default()
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-            })
-        })
-    });
-    match failed {
-        Ok(failed) if failed.is_empty() => {}
-        Ok(failed) => pgrx::warning!(
-            "the cached answers of model \"{model_name}\" stay on Citus workers that did not answer: {}",
-            failed.join("; ")
-        ),
+    let command = format!("SELECT bailian.forget_answers({})", crate::functions::column::literal(model_name));
+    match crate::catalog::as_catalog_owner(|| on_workers(&command)) {
+        Ok(answers) => {
+            let failed: Vec<String> = answers
+                .into_iter()
+                .filter(|a| !a.1)
+                .map(|(node, _, result)| format!("{node}: {result}"))
+                .collect();
+            if !failed.is_empty() {
+                pgrx::warning!(
+                    "the cached answers of model \"{model_name}\" stay on Citus workers that did not answer: {}",
+                    failed.join("; ")
+                );
+            }
+        }
         Err(e) => {
             pgrx::warning!("the cached answers of model \"{model_name}\" stay on the Citus workers: {e}")
         }
