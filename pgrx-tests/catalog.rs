@@ -261,10 +261,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
     // with the caller's rights), ai_citus_check() (which asks the nodes as the caller) and the
     // per-node part of a column job, bailian.refuse_on_worker(text) (ai_prices' trigger, run
     // by whoever writes ai_prices: it only raises an error), bailian.worker_rows(text) (ai_usage and
-    // ai_activity call it: it asks the Citus workers as the caller), bailian.release_rate_share (a column job's node tells
+    // ai_activity call it: it asks the Citus workers as the caller), ai_update_release_share (a column job's node tells
     // the job's other nodes it finished, as the job's role: it can raise only the rate of a job whose
     // random id is known; filling its table with made-up ids only stops rebalancing, the safe way),
-    // bailian.rows_to_fill (a count a column job's coordinator asks each node for, run with the caller's rights); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
+    // ai_update_rows_to_fill (a count a column job's coordinator asks each node for, run with the caller's rights); never deploy/undeploy, ai_set_prompt, ai_set_default_model,
     // register/delete_external_model, and no other internal helper.
     let executable = Spi::get_one::<String>(
         "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
@@ -296,9 +296,10 @@ fn a_role_without_grants_cannot_reach_a_key() {
          ai_sync_create(text,regclass,name,text,text,boolean), ai_sync_drop(text), ai_sync_pause(text), \
          ai_sync_resume(text), ai_sync_run(text), ai_translate(text,text), ai_translate(text,text,text,jsonb), \
          ai_update(regclass,name,text,integer,text,text), \
-         ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,bigint[],bigint,text[],text), bailian.activity_rows(), \
+         ai_update_local_shards(regclass,name,text,integer,text,text,double precision,text,bigint[],bigint,text[],text), \
+         ai_update_release_share(bigint,double precision), ai_update_rows_to_fill(regclass,name,text,text), bailian.activity_rows(), \
          bailian.budget_spent(), bailian.cache_rows(), bailian.default_model_choices(), bailian.default_prompts(), \
-         bailian.rate_limit_rows(), bailian.refuse_on_worker(text), bailian.release_rate_share(bigint,double precision), bailian.rows_to_fill(regclass,name,text,text), bailian.scope(), bailian.usage_rows(), \
+         bailian.rate_limit_rows(), bailian.refuse_on_worker(text), bailian.scope(), bailian.usage_rows(), \
          bailian.worker_rows(text), list_external_models(), \
          prompt(text,text[])"
     );

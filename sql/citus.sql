@@ -163,15 +163,15 @@ COMMENT ON FUNCTION bailian.json_probe() IS 'This node''s pg_bailian version, pr
 
 -- What a node of a column job on a distributed table tells the job's other nodes when it has
 -- finished its part: they may use its share of each deployment's rate (README: Citus).
-CREATE FUNCTION bailian.release_rate_share(job_id bigint, rate_share float8) RETURNS boolean
+CREATE FUNCTION ai_update_release_share(job_id bigint, rate_share float8) RETURNS boolean
 LANGUAGE c VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'pg_bailian_release_rate_share';
-COMMENT ON FUNCTION bailian.release_rate_share(bigint, float8) IS 'A node of Citus column job job_id (a random id only the job''s nodes are told) finished, releasing rate_share of each deployment''s rate to the nodes still running it here, which scale their shares up by it; false when this node could not keep it (pg_bailian not preloaded, or 64 jobs already tracked, which leaves the nodes at their first shares). Called by ai_update_local_shards as the job''s role.';
+COMMENT ON FUNCTION ai_update_release_share(bigint, float8) IS 'A node of Citus column job job_id (a random id only the job''s nodes are told) finished, releasing rate_share of each deployment''s rate to the nodes still running it here, which scale their shares up by it; false when this node could not keep it (pg_bailian not preloaded, or 64 jobs already tracked, which leaves the nodes at their first shares). Called by ai_update_local_shards as the job''s role.';
 
 -- The rows a column job on a distributed table has to fill in one shard: the coordinator asks
 -- each node this for each of its shards before it spreads the job (README: Citus). The filter's
 -- names are read with the caller's search_path, as the job's nodes read them.
-CREATE FUNCTION bailian.rows_to_fill(shard regclass, target_column name, filter text, search_path text)
+CREATE FUNCTION ai_update_rows_to_fill(shard regclass, target_column name, filter text, search_path text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -180,20 +180,20 @@ DECLARE
     n bigint;
 BEGIN
     IF shard IS NULL OR target_column IS NULL THEN
-        RAISE EXCEPTION 'bailian.rows_to_fill: shard and target_column must not be NULL' USING ERRCODE = '22004';
+        RAISE EXCEPTION 'ai_update_rows_to_fill: shard and target_column must not be NULL' USING ERRCODE = '22004';
     END IF;
     -- For this function's run only: its SET clause puts ours back when it returns.
-    IF rows_to_fill.search_path IS NOT NULL THEN
-        PERFORM pg_catalog.set_config('search_path', rows_to_fill.search_path, true);
+    IF ai_update_rows_to_fill.search_path IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('search_path', ai_update_rows_to_fill.search_path, true);
     END IF;
     -- The newline: a filter ending in a -- comment leaves the parenthesis standing.
     EXECUTE pg_catalog.format(E'SELECT pg_catalog.count(*) FROM %s WHERE %I IS NULL AND (%s\n)',
-                              shard, target_column, coalesce(rows_to_fill.filter, 'true'))
+                              shard, target_column, coalesce(ai_update_rows_to_fill.filter, 'true'))
        INTO n;
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION bailian.rows_to_fill(regclass, name, text, text) IS 'How many rows of a Citus shard (or any table) a column job would fill: target_column IS NULL and the filter, read with the given search_path (NULL: the session''s). Asked of each node by CALL ai_update on a coordinator, as the calling role; runs with its rights.';
+COMMENT ON FUNCTION ai_update_rows_to_fill(regclass, name, text, text) IS 'How many rows of a Citus shard (or any table) a column job would fill: target_column IS NULL and the filter, read with the given search_path (NULL: the session''s). Asked of each node by CALL ai_update on a coordinator, as the calling role; runs with its rights.';
 
 -- One node's share of a column job on a distributed table: CALL ai_update (and ai_embed_column,
 -- ai_gen_column) on the coordinator runs it on every node that holds shards of the table, over

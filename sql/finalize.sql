@@ -99,7 +99,7 @@ GRANT EXECUTE ON FUNCTION ai_batch_cancel(bigint) TO PUBLIC;
 -- On Citus, a column job's part on each node runs as the calling role (sql/citus.sql).
 GRANT EXECUTE ON PROCEDURE ai_update_local_shards(regclass, name, text, int, text, text, float8, text, bigint[], bigint, text[], text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION ai_citus_check(), bailian.refuse_on_worker(text), bailian.worker_rows(text),
-    bailian.release_rate_share(bigint, float8), bailian.rows_to_fill(regclass, name, text, text) TO PUBLIC;
+    ai_update_release_share(bigint, float8), ai_update_rows_to_fill(regclass, name, text, text) TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION ai_citus_enable() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION bailian.master_key_id(), bailian.json_probe(), bailian.forget_answers(text) FROM PUBLIC;
 GRANT SELECT ON ai_batches TO PUBLIC;

@@ -201,17 +201,17 @@ fn run_everything(
     assert_eq!(forgotten, 0);
     // Kept in the preloaded server's shared memory; refused when it could raise nothing.
     let kept: bool =
-        c.query_one("SELECT bailian.release_rate_share(-7046029254386353131, 0.5)", &[]).unwrap().get(0);
+        c.query_one("SELECT ai_update_release_share(-7046029254386353131, 0.5)", &[]).unwrap().get(0);
     assert!(kept);
     for bad in ["-7046029254386353131, 1.5", "0, 0.5", "-7046029254386353131, 0"] {
-        let e = error_of(c.query(&format!("SELECT bailian.release_rate_share({bad})"), &[]));
+        let e = error_of(c.query(&format!("SELECT ai_update_release_share({bad})"), &[]));
         assert!(e.1.contains("job_id must not be 0 and rate_share must be in (0, 1]"), "{bad}: {e:?}");
     }
     // What a Citus coordinator asks each node before a column job: the rows to fill in a shard
     // (here a plain table), the filter read with the given search_path.
     let to_fill: i64 = c
         .query_one(
-            "SELECT bailian.rows_to_fill('public.docs', 'label', $$id OPERATOR(pg_catalog.<=) 3$$, $1)",
+            "SELECT ai_update_rows_to_fill('public.docs', 'label', $$id OPERATOR(pg_catalog.<=) 3$$, $1)",
             &[&search_path],
         )
         .unwrap()
@@ -306,8 +306,8 @@ fn run_everything(
         "bailian.refuse_on_worker(text)",
         "bailian.worker_rows(text)",
         "bailian.forget_answers(text)",
-        "bailian.release_rate_share(bigint,double precision)",
-        "bailian.rows_to_fill(regclass,name,text,text)",
+        "ai_update_release_share(bigint,double precision)",
+        "ai_update_rows_to_fill(regclass,name,text,text)",
     ]
 }
 
@@ -611,6 +611,16 @@ fn planted_look_alikes_never_run() {
                             ARRAY['none', 'row']::pg_catalog.text[])$$, batch_size => 4)",
         )
         .unwrap();
+    // What a Citus coordinator asks each node before a column job, asked here by the clerk
+    // with the look-alikes first on the path it passes and on its own.
+    let to_fill: i64 = clerk
+        .query_one(
+            "SELECT ai_update_rows_to_fill('public.docs', 'label', $$id OPERATOR(pg_catalog.>) 0$$, 'public, pg_catalog')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(to_fill, 0, "every label is filled by now");
     // The prompts view (and the function under it) is for everyone; replacing a prompt is not.
     assert_eq!(prompt_rows(&mut clerk).len(), 7);
     let (code, msg) = error_of(

@@ -32,7 +32,7 @@ fn forget_answers(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Dat
 
 sql_entry!(pg_finfo_pg_bailian_release_rate_share, pg_bailian_release_rate_share, release_rate_share);
 
-/// bailian.release_rate_share(job_id, rate_share): another node of a column job finished its
+/// ai_update_release_share(job_id, rate_share): another node of a column job finished its
 /// part; the nodes still running it here may use its share of the rate too.
 fn release_rate_share(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys::Datum>, AiError> {
     let (Some(job), Some(share)) = (arg::<i64>(fcinfo, 0), arg::<f64>(fcinfo, 1)) else {
@@ -40,7 +40,7 @@ fn release_rate_share(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg_sys:
     };
     if job == 0 || !(share > 0.0 && share <= 1.0) {
         return Err(AiError::invalid(format!(
-            "release_rate_share: job_id must not be 0 and rate_share must be in (0, 1], not {share}"
+            "ai_update_release_share: job_id must not be 0 and rate_share must be in (0, 1], not {share}"
         )));
     }
     Ok(crate::citus::release_share(job as u64, share).into_datum())

@@ -316,7 +316,12 @@ impl PrivateCluster {
 
     /// A session whose NOTICEs and WARNINGs are collected (see `connect_collecting_as`).
     pub fn connect_collecting(&self, db: &str) -> (Client, Seen) {
-        let mut cfg: postgres::Config = self.conn_string(db, "postgres").parse().unwrap();
+        self.connect_collecting_as(db, "postgres")
+    }
+
+    /// A session of `user` whose NOTICEs and WARNINGs are collected.
+    pub fn connect_collecting_as(&self, db: &str, user: &str) -> (Client, Seen) {
+        let mut cfg: postgres::Config = self.conn_string(db, user).parse().unwrap();
         let seen = Seen::default();
         let sink = seen.clone();
         cfg.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {}", n.severity(), n.message())));

@@ -414,7 +414,7 @@ pub(super) fn spread(job: Spread) -> Result<Option<pg_sys::Datum>, AiError> {
         // this backend's caches learn from the invalidations sent at its commit.
         // SAFETY: processes pending shared invalidation messages, as every statement start does.
         unsafe { pg_sys::AcceptInvalidationMessages() };
-        let work = rows_per_node(&job, &qualified, public, &search_path)?;
+        let work = rows_per_node(&job, &schema, &qualified, public, &search_path)?;
         let total: i64 = work.values().map(|n| n.rows).sum();
         if total == 0 {
             if round == 0 {
@@ -621,10 +621,11 @@ struct Node_ {
 }
 
 /// The rows to fill per node holding shards of the table, by group id: each shard's count,
-/// asked of the node holding it (`bailian.rows_to_fill`, all at once), as the caller, the filter
+/// asked of the node holding it (`ai_update_rows_to_fill`, all at once), as the caller, the filter
 /// read with the caller's search_path.
 fn rows_per_node(
     job: &Spread,
+    schema: &str,
     qualified: &str,
     schema_is_public: bool,
     search_path: &str,
@@ -636,7 +637,7 @@ fn rows_per_node(
         .iter()
         .map(|p| {
             format!(
-                "SELECT bailian.rows_to_fill({}::pg_catalog.regclass, {}, {}, {})",
+                "SELECT {schema}.ai_update_rows_to_fill({}::pg_catalog.regclass, {}, {}, {})",
                 literal(&format!("{prefix}{}", p.name)),
                 literal(&job.target),
                 job.filter.as_deref().map_or("NULL".to_string(), literal),
@@ -786,17 +787,17 @@ pub(super) fn local_shards(fcinfo: pg_sys::FunctionCallInfo) -> Result<Option<pg
     report.last_share = citus::with_rate_share(share, job_id, citus::rate_share);
     citus::forget_released(job_id);
     // Done here: the job's nodes still running may use this node's share of the rate.
-    release_to(&peers, job_id, share);
+    release_to(&super::own_schema(fcinfo)?, &peers, job_id, share);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Some(one_field_row(fcinfo, &report.to_json())?))
 }
 
 /// Tells the other nodes of a round (`host:port`) that this one finished, releasing `share`
-/// of the rate to them (`bailian.release_rate_share`), over Citus' connections as the job's
+/// of the rate to them (`ai_update_release_share`), over Citus' connections as the job's
 /// role. A node that cannot be told keeps its first share, which is safe: that is logged, not
 /// raised (the work here is done and committed), unless it is a cancel or a shortage of
 /// resources, which ends the statement as anywhere else.
-fn release_to(peers: &[Option<String>], job_id: u64, share: f64) {
+fn release_to(schema: &str, peers: &[Option<String>], job_id: u64, share: f64) {
     let peers: Vec<(String, i32)> = peers
         .iter()
         .flatten()
@@ -806,7 +807,7 @@ fn release_to(peers: &[Option<String>], job_id: u64, share: f64) {
     if peers.is_empty() || job_id == 0 {
         return;
     }
-    let command = format!("SELECT bailian.release_rate_share({}, {share})", job_id as i64);
+    let command = format!("SELECT {schema}.ai_update_release_share({}, {share})", job_id as i64);
     let (names, ports): (Vec<String>, Vec<i32>) = peers.into_iter().unzip();
     let commands = vec![command; names.len()];
     let sub = crate::spi::SubTransaction::begin();
